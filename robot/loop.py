@@ -1,0 +1,367 @@
+"""The robot's loop step: `run_once(now)` submits, polls, stores results and records what it saw.
+
+APScheduler calls it in production; tests and the simulator call it directly with virtual time.
+Nothing here reads the wall clock: `now` is always given.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from robot.backends.base import Backend, BackendUnavailable, JobReport, JobRequest
+from robot.catalogue import Catalogue, DatasetInfo
+from robot.classify import ErrorTable, classify
+from robot.config import RobotConfig
+from robot.durations import parse_duration
+from robot.jobstates import FINAL_STATES, QUEUED_STATES, RUNNING_STATES, JobStatus, Outcome, QueueStatus
+from robot.planning import SlotState, choose_input, jobs_to_submit
+from robot.storage.models import Event, Job, Queue, QueueTransition, StorageEndpoint, Template, Test, TestQueue, queue_endpoint
+from robot.sync import ensure_functional_tests, sync_templates, sync_topology
+from robot.topology import TopologySource
+
+log = logging.getLogger(__name__)
+
+ROBOT_NOT_STARTED_IN_TIME = 1
+ROBOT_UNKNOWN_TO_BACKEND = 2
+WARN_AGAIN_AFTER = timedelta(hours=1)
+TOPOLOGY_REFRESH = timedelta(hours=1)
+
+
+@dataclass
+class StepSummary:
+    now: datetime
+    submitted: int = 0
+    polled: int = 0
+    finished: int = 0
+    lost: int = 0
+    timed_out: int = 0
+    backend_errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"now": self.now.isoformat(), "submitted": self.submitted, "polled": self.polled,
+                "finished": self.finished, "lost": self.lost, "timed_out": self.timed_out,
+                "backend_errors": self.backend_errors}
+
+
+class Robot:
+    def __init__(self, config: RobotConfig, sessions: sessionmaker[Session], backend: Backend,
+                 catalogue: Catalogue, topology: TopologySource, error_table: ErrorTable):
+        self.config = config
+        self.sessions = sessions
+        self.backend = backend
+        self.catalogue = catalogue
+        self.topology = topology
+        self.error_table = error_table
+        self._topology_synced_at: datetime | None = None
+        self._tests_valid_until: datetime | None = None
+        self._warned: dict[tuple[str, str], datetime] = {}
+
+    def run_once(self, now: datetime) -> StepSummary:
+        summary = StepSummary(now=now)
+        with self.sessions() as session:
+            self._refresh(session, now)
+            summary.lost = self._mark_unconfirmed_lost(session, now)
+            session.commit()
+            self._read_queue_status(session, now, summary)
+            session.commit()
+            self._poll(session, now, summary)
+            session.commit()
+            self._time_out_waiting_jobs(session, now, summary)
+            session.commit()
+            self._submit(session, now, summary)
+            session.commit()
+        return summary
+
+    # -- 1. topology, templates and tests ----------------------------------------------------
+    def _refresh(self, session: Session, now: datetime) -> None:
+        changed = False
+        if self._topology_synced_at is None or now - self._topology_synced_at >= TOPOLOGY_REFRESH:
+            topology = self.topology.topology()
+            sync_topology(session, topology, now)
+            sync_templates(session, self.config.templates)
+            self._topology_synced_at, changed = now, True
+        if changed or self._tests_valid_until is None or now >= self._tests_valid_until:
+            tests = ensure_functional_tests(session, self.config.templates, now)
+            self._tests_valid_until = min((t.end_time for t in tests), default=now + TOPOLOGY_REFRESH)
+
+    # -- 2. crash recovery ----------------------------------------------------------------------
+    def _mark_unconfirmed_lost(self, session: Session, now: datetime) -> int:
+        """Jobs recorded but never confirmed by the backend: an earlier step stopped in between.
+
+        They are not results (neither failed nor completed); marking them lost frees their slot.
+        """
+        lost = session.execute(
+            update(Job).where(Job.phase == "recorded").values(phase="lost").returning(Job.job_name)
+        ).scalars().all()
+        if lost:
+            self._event(session, now, "submission_unconfirmed", "",
+                        f"{len(lost)} job(s) were recorded but never confirmed submitted; marked lost, not counted",
+                        {"jobs": list(lost)[:50]})
+        return len(lost)
+
+    # -- 3. queue status -------------------------------------------------------------------------
+    def _read_queue_status(self, session: Session, now: datetime, summary: StepSummary) -> None:
+        try:
+            statuses = self.backend.queue_status()
+        except BackendUnavailable as exc:
+            summary.backend_errors.append(f"queue status: {exc}")
+            return
+        rows = session.execute(select(Queue.id, Queue.name, Queue.status).where(Queue.retired_at.is_(None))).all()
+        for queue_id, name, old in rows:
+            new = statuses.get(name)
+            if new is None or new.value == old:
+                continue
+            session.execute(update(Queue).where(Queue.id == queue_id).values(status=new.value, status_read_at=now))
+            session.add(QueueTransition(queue_id=queue_id, time=now, old=old, new=new.value, actor="backend",
+                                        reason="status read at the backend differs from the last one seen",
+                                        evidence={"backend": self.backend.name}, applied=True))
+
+    # -- 4. polling ------------------------------------------------------------------------------
+    def _poll(self, session: Session, now: datetime, summary: StepSummary) -> None:
+        active = session.execute(
+            select(Job.id, Job.panda_id, Job.job_status, Job.submitted_at).where(Job.phase == "active")
+        ).all()
+        batch_size = self.config.loop.poll_batch_size
+        for start in range(0, len(active), batch_size):
+            batch = active[start : start + batch_size]
+            try:
+                reports = self.backend.status([row.panda_id for row in batch])
+            except BackendUnavailable as exc:
+                summary.backend_errors.append(f"status: {exc}")
+                self._event(session, now, "backend_unreachable", self.backend.name,
+                            f"job status could not be read: {exc}; {len(active) - start} job(s) stay in flight, nothing counted")
+                return
+            summary.polled += len(batch)
+            changes: list[dict[str, Any]] = []
+            for row in batch:
+                report = reports.get(row.panda_id)
+                if report is None:
+                    if now - row.submitted_at >= self.config.loop.unknown_after:
+                        changes.append(self._unknown(row.id, now))
+                        summary.finished += 1
+                elif report.job_status != row.job_status or report.job_status in FINAL_STATES:
+                    changes.append(self._from_report(row.id, report, now))
+                    summary.finished += report.job_status in FINAL_STATES
+            if changes:
+                _update_jobs(session, changes)
+
+    def _from_report(self, job_id: int, report: JobReport, now: datetime) -> dict[str, Any]:
+        timing = report.pilot_timing
+        values: dict[str, Any] = {
+            "id": job_id, "job_status": report.job_status.value, "status_changed_at": now,
+            "creation_time": report.creation_time, "start_time": report.start_time, "end_time": report.end_time,
+        }
+        if report.job_status not in FINAL_STATES:
+            return values
+        values.update(
+            phase="done", trans_exit_code=report.trans_exit_code,
+            pilot_error_code=report.pilot_error_code, pilot_error_diag=report.pilot_error_diag,
+            exe_error_code=report.exe_error_code, exe_error_diag=report.exe_error_diag,
+            ddm_error_code=report.ddm_error_code, ddm_error_diag=report.ddm_error_diag,
+            task_buffer_error_code=report.task_buffer_error_code, task_buffer_error_diag=report.task_buffer_error_diag,
+            job_dispatcher_error_code=report.job_dispatcher_error_code,
+            job_dispatcher_error_diag=report.job_dispatcher_error_diag,
+            sup_error_code=report.sup_error_code, n_events=report.n_events,
+            cpu_consumption_time=report.cpu_consumption_time, max_rss_kb=report.max_rss_kb,
+            core_count=report.core_count, attempt_nr=report.attempt_nr,
+            time_queue=_seconds_between(report.creation_time, report.start_time),
+            time_stagein=timing.get("stagein"), time_setup=timing.get("setup"),
+            time_payload=timing.get("payload"), time_stageout=timing.get("stageout"),
+        )
+        if report.job_status is JobStatus.FINISHED:
+            values.update(outcome=Outcome.COMPLETED.value, error_source=None, error_code=None, error_name=None,
+                          error_class=None, error_diag=None)
+            return values
+        verdict = classify(
+            self.error_table,
+            pilot=(report.pilot_error_code, report.pilot_error_diag), exe=(report.exe_error_code, report.exe_error_diag),
+            ddm=(report.ddm_error_code, report.ddm_error_diag),
+            taskbuffer=(report.task_buffer_error_code, report.task_buffer_error_diag),
+            jobdispatcher=(report.job_dispatcher_error_code, report.job_dispatcher_error_diag),
+            sup=report.sup_error_code,
+        )
+        cancelled = report.job_status is JobStatus.CANCELLED or verdict.klass == "none"
+        values.update(outcome=(Outcome.CANCELLED if cancelled else Outcome.FAILED).value,
+                      error_source=verdict.source, error_code=verdict.code, error_name=verdict.name,
+                      error_class=verdict.klass, error_diag=verdict.diag)
+        return values
+
+    def _unknown(self, job_id: int, now: datetime) -> dict[str, Any]:
+        name = self.error_table.get(("robot", ROBOT_UNKNOWN_TO_BACKEND))
+        return {"id": job_id, "phase": "done", "status_changed_at": now, "outcome": Outcome.UNKNOWN.value,
+                "error_source": "robot", "error_code": ROBOT_UNKNOWN_TO_BACKEND,
+                "error_name": name.name if name else "UNKNOWNTOBACKEND", "error_class": "unknown",
+                "error_diag": f"the backend has not known this job for {self.config.loop.unknown_after}"}
+
+    # -- 5. jobs that never start --------------------------------------------------------------
+    def _time_out_waiting_jobs(self, session: Session, now: datetime, summary: StepSummary) -> None:
+        """A job still queued after its template's `max_queue_time` is killed and counted as a site failure."""
+        waiting = session.execute(
+            select(Job.id, Job.panda_id, Job.submitted_at, Template.settings)
+            .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
+            .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]))
+        ).all()
+        expired = [row for row in waiting
+                   if now - row.submitted_at >= parse_duration(row.settings.get("max_queue_time", 7200))]
+        if not expired:
+            return
+        try:
+            self.backend.kill([row.panda_id for row in expired])
+        except BackendUnavailable as exc:
+            summary.backend_errors.append(f"kill: {exc}")
+            return
+        entry = self.error_table.get(("robot", ROBOT_NOT_STARTED_IN_TIME))
+        _update_jobs(session, [
+            {"id": row.id, "phase": "done", "job_status": JobStatus.CANCELLED.value, "status_changed_at": now,
+             "end_time": now, "outcome": Outcome.FAILED.value, "error_source": "robot",
+             "error_code": ROBOT_NOT_STARTED_IN_TIME, "error_name": entry.name if entry else "NOTSTARTEDINTIME",
+             "error_class": entry.klass if entry else "site",
+             "error_diag": f"not started within max_queue_time ({parse_duration(row.settings.get('max_queue_time', 7200))}); killed",
+             "time_queue": (now - row.submitted_at).total_seconds()}
+            for row in expired
+        ])
+        summary.timed_out = len(expired)
+
+    # -- 6. submission -----------------------------------------------------------------------------
+    def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
+        slots = self._slot_states(session)
+        plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot)) > 0]
+        if not plan:
+            return
+        context = self._submission_context(session, {slot.queue_id for slot, _ in plan}, {slot.test_id for slot, _ in plan})
+        rows: list[dict[str, Any]] = []
+        requests: list[JobRequest] = []
+        datasets_cache: dict[tuple[str, str], list[DatasetInfo]] = {}
+        for slot, count in plan:
+            queue_name, endpoints = context.queues[slot.queue_id]
+            template = context.templates[slot.test_id]
+            datasets = [d for e in endpoints for d in self._datasets(datasets_cache, e, template["input_dataset"])]
+            if not datasets:
+                self._warn_no_data(session, now, queue_name, template, endpoints)
+                continue
+            for k in range(count):
+                dataset, files = choose_input(datasets, slot.total + k, template["events_per_job"])
+                name = f"hc.{slot.test_id}.{queue_name}.{uuid.uuid4().hex[:12]}"
+                rows.append({"test_id": slot.test_id, "queue_id": slot.queue_id, "job_name": name,
+                             "phase": "recorded", "dataset": dataset.name, "n_files": len(files), "recorded_at": now})
+                requests.append(JobRequest(
+                    job_name=name, queue=queue_name, payload=template["payload"], dataset=dataset.name, files=files,
+                    max_events=template["events_per_job"],
+                    max_wall_seconds=int(parse_duration(template["max_wall_time"]).total_seconds()),
+                    processing_type=template["processing_type"],
+                ))
+        if not rows:
+            return
+        # Recorded before sent: a crash from here on leaves rows the next step marks lost, never orphans.
+        session.execute(insert(Job), rows)
+        session.commit()
+        batch_size = self.config.loop.submit_batch_size
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            try:
+                panda_ids = self.backend.submit(batch)
+            except BackendUnavailable as exc:
+                summary.backend_errors.append(f"submit: {exc}")
+                self._event(session, now, "backend_unreachable", self.backend.name,
+                            f"submission failed: {exc}; {len(requests) - start} job(s) not sent, nothing counted")
+                session.execute(update(Job).where(Job.job_name.in_([r.job_name for r in requests[start:]]))
+                                .values(phase="lost"))
+                return
+            session.execute(
+                update(Job),
+                [{"id": job_id, "panda_id": pid, "phase": "active", "job_status": JobStatus.DEFINED.value,
+                  "submitted_at": now, "status_changed_at": now}
+                 for job_id, pid in zip(self._ids_of(session, batch), panda_ids)],
+            )
+            session.commit()
+            summary.submitted += len(batch)
+
+    def _slot_states(self, session: Session) -> list[SlotState]:
+        queued = [s.value for s in QUEUED_STATES]
+        running = [s.value for s in RUNNING_STATES]
+        in_flight = Job.phase.in_(["recorded", "active"])
+        counts = (
+            select(Job.test_id, Job.queue_id,
+                   func.sum(case((and_(in_flight, Job.job_status.is_(None) | Job.job_status.in_(queued)), 1), else_=0)).label("queued"),
+                   func.sum(case((and_(in_flight, Job.job_status.in_(running)), 1), else_=0)).label("running"),
+                   func.count().label("total"))
+            .where(Job.phase != "lost", Job.test_id.in_(select(Test.id).where(Test.state == "running")))
+            .group_by(Job.test_id, Job.queue_id)
+        ).subquery()
+        rows = session.execute(
+            select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
+                   TestQueue.resubmit_enabled, func.coalesce(counts.c.queued, 0), func.coalesce(counts.c.running, 0),
+                   func.coalesce(counts.c.total, 0))
+            .join(Test, Test.id == TestQueue.test_id)
+            .join(Queue, Queue.id == TestQueue.queue_id)
+            .outerjoin(counts, and_(counts.c.test_id == TestQueue.test_id, counts.c.queue_id == TestQueue.queue_id))
+            .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value)
+        ).all()
+        return [SlotState(*row) for row in rows]
+
+    @dataclass
+    class _Context:
+        queues: dict[int, tuple[str, list[str]]]
+        templates: dict[int, dict[str, Any]]
+
+    def _submission_context(self, session: Session, queue_ids: set[int], test_ids: set[int]) -> "Robot._Context":
+        queues: dict[int, tuple[str, list[str]]] = {}
+        for queue_id, name, endpoint in session.execute(
+            select(Queue.id, Queue.name, StorageEndpoint.name)
+            .outerjoin(queue_endpoint, queue_endpoint.c.queue_id == Queue.id)
+            .outerjoin(StorageEndpoint, StorageEndpoint.id == queue_endpoint.c.endpoint_id)
+            .where(Queue.id.in_(queue_ids))
+        ):
+            queues.setdefault(queue_id, (name, []))[1].extend([endpoint] if endpoint else [])
+        templates = dict(session.execute(
+            select(Test.id, Template.settings).join(Template, Template.id == Test.template_id).where(Test.id.in_(test_ids))
+        ).tuples().all())
+        return Robot._Context(queues=queues, templates=templates)
+
+    def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str) -> list[DatasetInfo]:
+        key = (endpoint, pattern)
+        if key not in cache:
+            cache[key] = self.catalogue.complete_datasets(endpoint, pattern)
+        return cache[key]
+
+    def _warn_no_data(self, session: Session, now: datetime, queue: str, template: dict[str, Any], endpoints: list[str]) -> None:
+        key = (queue, template["name"])
+        if key in self._warned and now - self._warned[key] < WARN_AGAIN_AFTER:
+            return
+        self._warned[key] = now
+        self._event(session, now, "no_input_data", queue,
+                    f"no complete dataset matching {template['input_dataset']!r} at {', '.join(endpoints) or 'no endpoint'}"
+                    f" for template {template['name']}: nothing submitted (not a site failure)",
+                    {"template": template["name"], "endpoints": endpoints})
+
+    @staticmethod
+    def _ids_of(session: Session, batch: list[JobRequest]) -> list[int]:
+        names = [r.job_name for r in batch]
+        found = dict(session.execute(select(Job.job_name, Job.id).where(Job.job_name.in_(names))).tuples().all())
+        return [found[n] for n in names]
+
+    @staticmethod
+    def _event(session: Session, now: datetime, kind: str, subject: str, message: str,
+               details: dict[str, Any] | None = None) -> None:
+        log.warning("%s %s: %s", kind, subject, message)
+        session.add(Event(time=now, kind=kind, subject=subject, message=message, details=details or {}))
+
+
+def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
+    """Bulk update by primary key, grouped by the set of columns each change touches."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for change in changes:
+        groups[tuple(sorted(change))].append(change)
+    for group in groups.values():
+        session.execute(update(Job), group)
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None

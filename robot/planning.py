@@ -1,0 +1,49 @@
+"""What to submit next: pure functions of the in-flight counts and the data catalogue."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robot.catalogue import DatasetInfo
+from robot.backends.base import InputFile
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One (test, queue) pair and its jobs, as the loop counts them."""
+
+    test_id: int
+    queue_id: int
+    max_running_jobs: int
+    min_queue_depth: int
+    resubmit_enabled: bool
+    queued: int  # recorded, defined or activated
+    running: int  # sent, starting, running or holding
+    total: int  # every job ever recorded for the pair (lost ones excluded)
+
+
+def jobs_to_submit(slot: SlotState) -> int:
+    """HammerCloud's rule: keep `max_running_jobs` jobs in flight, plus `min_queue_depth` queued.
+
+    With the defaults (1, 0) this is "one job in flight; when it ends, submit the next".
+    Without resubmission a pair gets its first `max_running_jobs` jobs and no more.
+    """
+    in_flight = slot.queued + slot.running
+    if not slot.resubmit_enabled:
+        return max(0, slot.max_running_jobs - slot.total)
+    fill = max(0, slot.max_running_jobs - in_flight)
+    depth = max(0, slot.min_queue_depth - (slot.queued + fill))
+    return fill + depth
+
+
+def choose_input(datasets: list[DatasetInfo], sequence: int, events_per_job: int) -> tuple[DatasetInfo, tuple[InputFile, ...]]:
+    """Rotate through the complete datasets; take the fewest files that hold `events_per_job` events."""
+    ordered = sorted(datasets, key=lambda d: d.name)
+    dataset = ordered[sequence % len(ordered)]
+    files: list[InputFile] = []
+    events = 0
+    for entry in dataset.files:
+        files.append(entry)
+        events += entry.events
+        if events >= events_per_job:
+            break
+    return dataset, tuple(files)

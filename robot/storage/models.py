@@ -1,0 +1,214 @@
+"""The robot's tables. Names follow PanDA's vocabulary so real and embedded results are one kind of row.
+
+Times are stored as naive UTC (portable across SQLite and PostgreSQL) and read back timezone-aware.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, String,
+                        Table, Text, TypeDecorator, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from robot.clock import as_utc
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database: use UTC-aware datetimes")
+        return as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# -- topology ------------------------------------------------------------------------------------
+class Cloud(Base):
+    __tablename__ = "cloud"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Site(Base):
+    __tablename__ = "site"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("cloud.id"))
+    contacts: Mapped[list[Any]] = mapped_column(default=list)
+    cloud: Mapped[Cloud] = relationship()
+
+
+class StorageEndpoint(Base):
+    __tablename__ = "storage_endpoint"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+
+
+queue_endpoint = Table(
+    "queue_endpoint",
+    Base.metadata,
+    Column("queue_id", ForeignKey("queue.id"), primary_key=True),
+    Column("endpoint_id", ForeignKey("storage_endpoint.id"), primary_key=True),
+)
+
+
+class Queue(Base):
+    __tablename__ = "queue"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+    exempt: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16), default="online")  # last status read from the backend
+    status_read_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]  # gone from the topology: kept for history, never tested
+    site: Mapped[Site] = relationship()
+    endpoints: Mapped[list[StorageEndpoint]] = relationship(secondary=queue_endpoint)
+
+
+# -- tests -------------------------------------------------------------------------------------
+class Template(Base):
+    """A test template as configured; kept in sync with the YAML so old tests keep their meaning."""
+
+    __tablename__ = "template"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    category: Mapped[str] = mapped_column(String(16))  # functional | stress
+    active: Mapped[bool]
+    payload: Mapped[str] = mapped_column(String(64))
+    input_dataset: Mapped[str] = mapped_column(String(512))
+    events_per_job: Mapped[int]
+    processing_type: Mapped[str] = mapped_column(String(64))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the full template as configured
+
+
+class Test(Base):
+    """One HammerCloud-style test: a template run over some queues between a start and an end."""
+
+    __tablename__ = "test"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("template.id"))
+    category: Mapped[str] = mapped_column(String(16))
+    # draft, unapproved, tobescheduled, scheduled, submitting, running, completed, error, cancelled
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    start_time: Mapped[datetime]
+    end_time: Mapped[datetime]
+    created_at: Mapped[datetime]
+    requested_by: Mapped[str] = mapped_column(String(128), default="robot")
+    template: Mapped[Template] = relationship()
+
+
+class TestQueue(Base):
+    """HammerCloud's per-queue row of a test: how many jobs to keep in flight there."""
+
+    __tablename__ = "test_queue"
+    __table_args__ = (UniqueConstraint("test_id", "queue_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    test_id: Mapped[int] = mapped_column(ForeignKey("test.id"), index=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
+    max_running_jobs: Mapped[int]
+    min_queue_depth: Mapped[int]
+    resubmit_enabled: Mapped[bool]
+
+
+class Job(Base):
+    """A test job: recorded before it is sent, then PanDA's view of it, then the robot's verdict.
+
+    `phase` is the robot's bookkeeping: recorded (written, not yet confirmed by the backend),
+    active (has a PanDA ID, in flight), done (final, result stored), lost (never confirmed sent).
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("job_phase", "phase"),
+        Index("job_queue_end", "queue_id", "end_time"),
+        Index("job_end", "end_time"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    test_id: Mapped[int] = mapped_column(ForeignKey("test.id"))
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
+    job_name: Mapped[str] = mapped_column(String(200), unique=True)
+    panda_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    job_status: Mapped[str | None] = mapped_column(String(16))  # PanDA's jobStatus
+    dataset: Mapped[str] = mapped_column(String(512))
+    n_files: Mapped[int]
+    recorded_at: Mapped[datetime]
+    submitted_at: Mapped[datetime | None]
+    status_changed_at: Mapped[datetime | None]  # when the robot last saw job_status change
+    # PanDA's times and results
+    creation_time: Mapped[datetime | None]
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    trans_exit_code: Mapped[int | None]
+    pilot_error_code: Mapped[int] = mapped_column(default=0)
+    pilot_error_diag: Mapped[str] = mapped_column(Text, default="")
+    exe_error_code: Mapped[int] = mapped_column(default=0)
+    exe_error_diag: Mapped[str] = mapped_column(Text, default="")
+    ddm_error_code: Mapped[int] = mapped_column(default=0)
+    ddm_error_diag: Mapped[str] = mapped_column(Text, default="")
+    task_buffer_error_code: Mapped[int] = mapped_column(default=0)
+    task_buffer_error_diag: Mapped[str] = mapped_column(Text, default="")
+    job_dispatcher_error_code: Mapped[int] = mapped_column(default=0)
+    job_dispatcher_error_diag: Mapped[str] = mapped_column(Text, default="")
+    sup_error_code: Mapped[int] = mapped_column(default=0)
+    n_events: Mapped[int] = mapped_column(default=0)
+    cpu_consumption_time: Mapped[float] = mapped_column(Float, default=0.0)
+    max_rss_kb: Mapped[int] = mapped_column(BigInteger, default=0)
+    core_count: Mapped[int] = mapped_column(default=1)
+    attempt_nr: Mapped[int] = mapped_column(default=0)
+    # time split in seconds: queue wait (creation -> start), then the pilot's steps
+    time_queue: Mapped[float | None]
+    time_stagein: Mapped[float | None]
+    time_setup: Mapped[float | None]
+    time_payload: Mapped[float | None]
+    time_stageout: Mapped[float | None]
+    # the robot's verdict once final
+    outcome: Mapped[str | None] = mapped_column(String(16))  # completed, failed, cancelled, unknown
+    error_source: Mapped[str | None] = mapped_column(String(16))  # pilot, exe, ddm, taskbuffer, ...
+    error_code: Mapped[int | None]
+    error_name: Mapped[str | None] = mapped_column(String(64))
+    error_class: Mapped[str | None] = mapped_column(String(16))  # site, user, central, unknown
+    error_diag: Mapped[str | None] = mapped_column(Text)
+
+
+# -- queue status and decisions -------------------------------------------------------------------
+class QueueTransition(Base):
+    """One change of a queue's status: decided by the robot, by a person, or observed at the backend."""
+
+    __tablename__ = "queue_transition"
+    __table_args__ = (Index("queue_transition_queue_time", "queue_id", "time"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
+    time: Mapped[datetime]
+    old: Mapped[str] = mapped_column(String(16))
+    new: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    actor: Mapped[str] = mapped_column(String(128))
+    applied: Mapped[bool] = mapped_column(Boolean, default=True)
+    queue: Mapped[Queue] = relationship()
+
+
+class Event(Base):
+    """The robot's own log of things operators should see: an unreachable backend, missing data, ..."""
+
+    __tablename__ = "event"
+    __table_args__ = (Index("event_time", "time"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    time: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200), default="")
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
