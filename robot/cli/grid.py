@@ -1,0 +1,142 @@
+"""`healthrobot grid ...`: look at the embedded grid and break or heal its queues while it runs.
+
+These commands work on the grid's state folder, so they act on a grid running in another process
+(the demo or the daemon) at its next dispatch.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from datetime import timedelta
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from robot.backends.embedded.config import FaultMode, load_grid_config
+from robot.backends.embedded.faults import active_faults
+from robot.backends.embedded.state import Fault, GridState
+from robot.backends.embedded.storage import GridStorage
+from robot.cli import Context, pass_context
+from robot.cli.params import DURATION
+from robot.clock import SystemClock
+from robot.config import ConfigError
+from robot.durations import format_duration
+from robot.jobstates import QueueStatus
+from robot.services import grid_state_dir
+
+
+def _open(ctx: Context) -> tuple[GridStorage, GridState]:
+    config = ctx.config
+    if config.backend.kind != "embedded":
+        raise click.ClickException(f"the configured backend is {config.backend.kind!r}, not the embedded grid")
+    try:
+        grid_config = load_grid_config(config.resolve(config.backend.embedded.grid))
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid grid configuration {exc}") from exc
+    state_dir = grid_state_dir(config)
+    return GridStorage(grid_config, state_dir), GridState(state_dir / "grid.sqlite")
+
+
+def _known_queue(storage: GridStorage, queue: str) -> None:
+    names = [q.name for q in storage.queue_settings()]
+    if queue not in names:
+        close = difflib.get_close_matches(queue, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known queues: {', '.join(names)}"
+        raise click.BadParameter(f"unknown queue {queue!r}{hint}", param_hint="QUEUE")
+
+
+@click.group("grid")
+def grid_group() -> None:
+    """The embedded grid: queues, faults, input data."""
+
+
+@grid_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def grid_list(ctx: Context, as_json: bool) -> None:
+    """Queues with their site, storage, slots, status and active faults."""
+    storage, state = _open(ctx)
+    now = SystemClock().now()
+    statuses, faults = state.queue_statuses(), state.faults()
+    rows = [{"queue": q.name, "site": q.site, "cloud": q.cloud, "endpoint": q.endpoint, "slots": q.slots,
+             "cpu_speed": q.cpu_speed, "status": statuses.get(q.name, QueueStatus.ONLINE).value,
+             "faults": [f.mode.value for f in active_faults(faults, q.name, now)]}
+            for q in storage.queue_settings()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(header_style="bold")
+    for column in ("Cloud", "Site", "Queue", "Storage endpoint", "Slots", "CPU speed", "Status", "Active faults"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["cloud"], row["site"], row["queue"], row["endpoint"], str(row["slots"]),
+                      f"{row['cpu_speed']:g}", row["status"], f"[red]{', '.join(row['faults'])}[/]")
+    Console().print(table)
+
+
+@grid_group.command("break")
+@click.argument("queue")
+@click.option("--mode", type=click.Choice([m.value for m in FaultMode]), required=True, help="What goes wrong.")
+@click.option("--for", "duration", type=DURATION, default="30m", show_default=True, help="How long the fault lasts.")
+@click.option("--start-in", type=DURATION, default="0s", show_default=True, help="Delay before the fault starts.")
+@click.option("--probability", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Share of the queue's jobs the fault hits.")
+@click.option("--slowdown", type=click.FloatRange(min=1), default=4.0, show_default=True,
+              help="For --mode slow: how many times longer jobs take.")
+@click.option("--by", "actor", default="operator", show_default=True, help="Who breaks it (recorded).")
+@pass_context
+def grid_break(ctx: Context, queue: str, mode: str, duration: timedelta, start_in: timedelta, probability: float,
+               slowdown: float, actor: str) -> None:
+    """Inject a fault into QUEUE (e.g. --mode stagein --for 30m)."""
+    storage, state = _open(ctx)
+    _known_queue(storage, queue)
+    start = SystemClock().now() + start_in
+    state.add_fault(Fault(queue=queue, mode=FaultMode(mode), start=start, until=start + duration,
+                          probability=probability, slowdown=slowdown, actor=actor))
+    click.echo(f"{queue}: {mode} fault from {start:%H:%M:%S} UTC for {format_duration(duration)}"
+               f" (probability {probability:g})")
+
+
+@grid_group.command("heal")
+@click.argument("queue")
+@pass_context
+def grid_heal(ctx: Context, queue: str) -> None:
+    """End every fault on QUEUE now, scheduled ones included."""
+    storage, state = _open(ctx)
+    _known_queue(storage, queue)
+    ended = state.heal(queue, SystemClock().now())
+    click.echo(f"{queue}: {ended} fault(s) ended" if ended else f"{queue}: no fault to heal")
+
+
+@grid_group.command("faults")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def grid_faults(ctx: Context, as_json: bool) -> None:
+    """Every fault, past, active and scheduled."""
+    _, state = _open(ctx)
+    now = SystemClock().now()
+    faults = state.faults()
+    rows = [{"queue": f.queue, "mode": f.mode.value, "start": f.start.isoformat(), "until": f.until.isoformat(),
+             "probability": f.probability, "actor": f.actor,
+             "state": "active" if f.active(now) else ("scheduled" if f.start > now else "ended")} for f in faults]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no faults")
+    for row in rows:
+        click.echo(f"{row['state']:9} {row['queue']:20} {row['mode']:16} {row['start']} -> {row['until']}"
+                   f"  p={row['probability']:g}  by {row['actor']}")
+
+
+@grid_group.command("prepare")
+@pass_context
+def grid_prepare(ctx: Context) -> None:
+    """Generate the grid's input datasets and lay out the storage endpoints (idempotent)."""
+    storage, _ = _open(ctx)
+    made = storage.prepare()
+    click.echo(f"generated {len(made)} dataset(s)" + "".join(f"\n  {name}" for name in made))
+
+
+COMMANDS = [grid_group]

@@ -1,0 +1,43 @@
+"""Terminal rendering of health figures (rich tables) shared by `status` and `demo`."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from rich.table import Table
+
+from robot.metrics import Health
+
+# HammerCloud's colours, read as failure rate: grey no test, green healthy, yellow degraded, red broken.
+DEGRADED, BROKEN = 0.2, 0.5
+
+
+def colour(health: Health) -> str:
+    if health.failure_rate is None:
+        return "grey50"
+    if health.failure_rate >= BROKEN:
+        return "red"
+    return "yellow" if health.failure_rate >= DEGRADED else "green"
+
+
+def _number(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def health_table(healths: Iterable[Health], title: str = "") -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name, justify in (("Cloud", "left"), ("Site", "left"), ("Queue", "left"), ("Status", "left"),
+                          ("Done", "right"), ("Failed", "right"), ("Failure rate (95% CI)", "right"),
+                          ("Events/s", "right"), ("CPU %", "right"), ("Stage-in s", "right"),
+                          ("Errors", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for h in healths:
+        style = colour(h)
+        rate = ("-" if h.failure_rate is None
+                else f"{100 * h.failure_rate:.0f}% ({100 * (h.ci_low or 0):.0f}-{100 * (h.ci_high or 0):.0f})")
+        errors = ", ".join(f"{cls} {n}" for cls, n in sorted(h.error_classes.items()))
+        if h.top_errors:
+            errors += f" [{h.top_errors[0][0]}]"
+        table.add_row(h.cloud or "", h.site or "", h.key if h.level == "queue" else "", h.status or "",
+                      str(h.total), str(h.failed), f"[{style}]{rate}[/]", _number(h.events_per_second),
+                      _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), errors)
+    return table

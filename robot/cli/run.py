@@ -1,0 +1,65 @@
+"""`healthrobot run`: the daemon. APScheduler calls `run_once(now)` every `loop.interval`."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from datetime import timezone
+from types import FrameType
+
+import click
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from robot.cli import Context, pass_context
+from robot.clock import SystemClock
+from robot.services import build
+from robot.storage.database import SchemaOutdated, check_schema
+
+log = logging.getLogger("robot.daemon")
+
+
+@click.command("run")
+@click.option("--once", is_flag=True, help="Take a single step, print its summary as JSON, and exit.")
+@pass_context
+def run(ctx: Context, once: bool) -> None:
+    """Run the robot: submit, poll, store and evaluate every loop interval until SIGTERM."""
+    clock = SystemClock()
+    services = build(ctx.config, clock)
+    try:
+        check_schema(services.engine)
+    except SchemaOutdated as exc:
+        services.close()
+        raise click.ClickException(str(exc)) from exc
+    services.grid.storage.prepare()
+    services.grid.start()
+    try:
+        if once:
+            click.echo(json.dumps(services.robot.run_once(clock.now()).as_dict()))
+            return
+        _serve(services.robot.run_once, clock, ctx.config.loop.interval.total_seconds())
+    finally:
+        services.close()
+        log.warning("stopped cleanly")
+
+
+def _serve(step, clock: SystemClock, interval: float) -> None:  # type: ignore[no-untyped-def]
+    scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc)
+
+    def one_step() -> None:
+        summary = step(clock.now())
+        log.info("step: %s", summary.as_dict())
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.warning("received %s: finishing the current step and stopping", signal.Signals(signum).name)
+        scheduler.shutdown(wait=True)
+
+    scheduler.add_job(one_step, "interval", seconds=interval, next_run_time=clock.now(), max_instances=1,
+                      coalesce=True, id="run_once")
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.warning("robot running: one step every %.0f s", interval)
+    scheduler.start()
+
+
+COMMANDS = [run]

@@ -1,0 +1,38 @@
+"""`healthrobot status`: health per queue, site or cloud from the stored results."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import click
+from rich.console import Console
+
+from robot.cli import Context, pass_context
+from robot.cli.render import health_table
+from robot.clock import SystemClock
+from robot.cli.params import DURATION
+from robot.durations import format_duration
+from robot.metrics import health
+from robot.storage.database import make_engine, make_sessionmaker
+
+
+@click.command("status")
+@click.option("--level", type=click.Choice(["queue", "site", "cloud"]), default="queue", show_default=True)
+@click.option("--window", default="3h", show_default=True, type=DURATION, help="Jobs that ended within this time.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def status(ctx: Context, level: str, window: timedelta, as_json: bool) -> None:
+    """Failure rate, events per second, CPU efficiency and error classes."""
+    engine = make_engine(ctx.config.database_url)
+    now = SystemClock().now()
+    with make_sessionmaker(engine)() as session:
+        found = health(session, now, window, level)  # type: ignore[arg-type]
+    engine.dispose()
+    if as_json:
+        click.echo(json.dumps({"now": now.isoformat(), "window_seconds": window.total_seconds(), "level": level,
+                               "health": [h.as_dict() for h in found]}, indent=2))
+    else:
+        Console().print(health_table(found, title=f"Health over the last {format_duration(window)}"))
+
+
+COMMANDS = [status]
