@@ -322,7 +322,7 @@ class Robot:
             queues.setdefault(queue_id, (name, []))[1].extend([endpoint] if endpoint else [])
         templates = dict(session.execute(
             select(Test.id, Template.settings).join(Template, Template.id == Test.template_id).where(Test.id.in_(test_ids))
-        ).tuples().all())
+        ).all())
         return Robot._Context(queues=queues, templates=templates)
 
     def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str) -> list[DatasetInfo]:
@@ -344,7 +344,7 @@ class Robot:
     @staticmethod
     def _ids_of(session: Session, batch: list[JobRequest]) -> list[int]:
         names = [r.job_name for r in batch]
-        found = dict(session.execute(select(Job.job_name, Job.id).where(Job.job_name.in_(names))).tuples().all())
+        found = dict(session.execute(select(Job.job_name, Job.id).where(Job.job_name.in_(names))).all())
         return [found[n] for n in names]
 
     @staticmethod

@@ -1,0 +1,113 @@
+"""Benchmark: CPU time of one `run_once` for 1,000 queues x 3 templates (target: under 0.5 s).
+
+The backend does no work (it accepts every job at once and answers status from memory), so the
+figure is the robot's own cost: planning, bookkeeping in SQLite, batched polling. Steady steps are
+measured twice: with every job still running, and with a share of the jobs finishing each step
+(their results stored and their successors submitted), as in production.
+
+    python bench/loop.py [--queues 1000] [--templates 3] [--steps 5] [--finishing 0.1]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Sequence
+
+from robot.backends.base import InputFile, JobReport, JobRequest
+from robot.catalogue import DatasetInfo
+from robot.classify import load_table
+from robot.config import RobotConfig
+from robot.jobstates import JobStatus, QueueStatus
+from robot.loop import Robot
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
+
+
+class NullGrid:
+    """Backend, topology and catalogue that answer instantly and never change anything."""
+
+    name = "null"
+
+    def __init__(self, queues: int):
+        self._ids = itertools.count(1)
+        self.finishing = 0.0  # share of the polled jobs reported finished
+        sites = [SiteInfo(f"SITE-{i}", f"CLOUD{i % 10}") for i in range(queues // 4 + 1)]
+        self._topology = Topology(
+            sites=tuple(sites),
+            endpoints=tuple(EndpointInfo(f"{s.name}_DATADISK", s.name) for s in sites),
+            queues=tuple(QueueInfo(f"ANALY_Q{i:04d}", f"SITE-{i // 4}", f"CLOUD{(i // 4) % 10}",
+                                   (f"SITE-{i // 4}_DATADISK",)) for i in range(queues)),
+        )
+        files = tuple(InputFile(f"f{i}.root", f"guid-{i}", "hc_test", "mc23.bench.DAOD_PHYS", 10**6, 10**4)
+                      for i in range(4))
+        self._dataset = [DatasetInfo("hc_test", "mc23.bench.DAOD_PHYS", files)]
+
+    def topology(self) -> Topology:
+        return self._topology
+
+    def complete_datasets(self, endpoint: str, pattern: str) -> list[DatasetInfo]:
+        return self._dataset
+
+    def submit(self, jobs: Sequence[JobRequest]) -> list[int]:
+        return [next(self._ids) for _ in jobs]
+
+    def status(self, panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
+        cut = int(len(panda_ids) * self.finishing)
+        return {pid: (self._finished(pid) if i < cut else JobReport(panda_id=pid, job_status=JobStatus.RUNNING))
+                for i, pid in enumerate(panda_ids)}
+
+    @staticmethod
+    def _finished(pid: int) -> JobReport:
+        start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+        return JobReport(panda_id=pid, job_status=JobStatus.FINISHED, creation_time=start, start_time=start,
+                         end_time=start + timedelta(seconds=300), trans_exit_code=0, n_events=20000,
+                         cpu_consumption_time=250.0,
+                         pilot_timing={"getjob": 1, "stagein": 20, "setup": 10, "payload": 260, "stageout": 5})
+
+    def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
+        return {pid: True for pid in panda_ids}
+
+    def queue_status(self) -> dict[str, QueueStatus]:
+        return {}
+
+    def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queues", type=int, default=1000)
+    parser.add_argument("--templates", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--finishing", type=float, default=0.1, help="share of jobs ending per step")
+    args = parser.parse_args()
+    templates = [{"name": f"AFT_{i}", "category": "functional", "payload": "zmumu",
+                  "input_dataset": "mc23.*", "events_per_job": 20000} for i in range(args.templates)]
+    with tempfile.TemporaryDirectory() as folder:
+        config = RobotConfig.model_validate({"data_dir": folder, "templates": templates})
+        engine = make_engine(f"sqlite:///{Path(folder) / 'bench.db'}")
+        upgrade(engine)
+        grid = NullGrid(args.queues)
+        robot = Robot(config, make_sessionmaker(engine), grid, grid, grid, load_table())
+        now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+        print(f"{args.queues} queues x {args.templates} templates = {args.queues * args.templates} jobs in flight")
+        steps = [("first step (topology, tests, submit all)", 0.0)]
+        steps += [(f"steady, all running {i + 1}", 0.0) for i in range(args.steps)]
+        steps += [(f"steady, {args.finishing:.0%} finishing {i + 1}", args.finishing) for i in range(args.steps)]
+        for label, finishing in steps:
+            grid.finishing = finishing
+            cpu, wall = time.process_time(), time.perf_counter()
+            summary = robot.run_once(now)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            print(f"{label:42s} cpu {cpu:6.3f} s  wall {wall:6.3f} s  polled {summary.polled:5d}  "
+                  f"finished {summary.finished:4d}  submitted {summary.submitted:5d}")
+            now += timedelta(minutes=1)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

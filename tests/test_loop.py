@@ -1,0 +1,265 @@
+"""The loop step's bookkeeping, against a scripted grid in virtual time."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from robot.clock import ManualClock
+from robot.jobstates import QueueStatus
+from robot.loop import Robot
+from robot.storage.models import Event, Job, Queue, QueueTransition
+from robot.storage.models import Test as TestRow
+from robot.storage.models import TestQueue as TestQueueRow
+from tests.fakes import T0, Crash, ScriptedGrid, make_robot, templates
+
+QUEUES = {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "DE"), "ANALY_C": ("SITE-C", "US")}
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def grid(clock: ManualClock) -> ScriptedGrid:
+    return ScriptedGrid(clock, QUEUES)
+
+
+def jobs(robot: Robot, **where: object) -> list[Job]:
+    with robot.sessions() as session:
+        query = select(Job).order_by(Job.id)
+        for key, value in where.items():
+            query = query.where(getattr(Job, key) == value)
+        return list(session.scalars(query))
+
+
+def step(robot: Robot, clock: ManualClock, seconds: float = 60):
+    clock.advance(seconds)
+    return robot.run_once(clock.now())
+
+
+def test_one_job_in_flight_per_template_and_queue_and_resubmit_when_it_ends(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_1"}, {"name": "AFT_2"}))
+    summary = robot.run_once(clock.now())
+    assert summary.submitted == 6  # 3 queues x 2 templates, one each
+    assert step(robot, clock).submitted == 0  # nothing ended: nothing new
+    first = grid.in_queue("ANALY_A")[0]
+    grid.finish(first)
+    summary = step(robot, clock)
+    assert summary.finished == 1 and summary.submitted == 1
+    assert len(grid.in_queue("ANALY_A")) == 2
+    done = jobs(robot, panda_id=first)[0]
+    assert (done.phase, done.outcome, done.n_events) == ("done", "completed", 10_000)
+
+
+def test_min_queue_depth_keeps_extra_jobs_queued(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "max_running_jobs": 2, "min_queue_depth": 1,
+                                                  "queues": ["ANALY_A"]}))
+    assert robot.run_once(clock.now()).submitted == 2  # 2 in flight, both queued: depth is met
+    grid.start(grid.in_queue("ANALY_A")[0])
+    assert step(robot, clock).submitted == 0  # 1 running + 1 queued
+    grid.start(grid.in_queue("ANALY_A")[1])
+    assert step(robot, clock).submitted == 1  # 2 running, none queued: depth asks for one more
+    assert step(robot, clock).submitted == 0
+
+
+def test_without_resubmission_a_queue_gets_its_jobs_once(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "ONCE", "resubmit": False, "max_running_jobs": 2,
+                                                  "queues": ["ANALY_B"]}))
+    assert robot.run_once(clock.now()).submitted == 2
+    for pid in grid.in_queue("ANALY_B"):
+        grid.finish(pid)
+    assert step(robot, clock).submitted == 0
+
+
+def test_template_queue_and_cloud_patterns_choose_the_queues(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "US_ONLY", "clouds": ["US"]},
+                                                 {"name": "A_ONLY", "queues": ["ANALY_A*"]}))
+    robot.run_once(clock.now())
+    assert sorted(r.queue for r in grid.requests.values()) == ["ANALY_A", "ANALY_C"]
+
+
+def test_polling_is_batched_one_call_per_batch(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates(*({"name": f"T{i}"} for i in range(5))), poll_batch_size=4)
+    robot.run_once(clock.now())  # 15 jobs
+    grid.calls.clear()
+    grid.status_batches.clear()
+    step(robot, clock)
+    assert grid.calls["status"] == 4 and grid.status_batches == [4, 4, 4, 3]
+
+
+def test_job_request_carries_the_test_marker_and_input_data(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "events_per_job": 25_000, "queues": ["ANALY_A"]}))
+    robot.run_once(clock.now())
+    (request,) = grid.requests.values()
+    assert request.processing_type == "gangarobot" and request.prod_source_label == "user"
+    assert request.dataset == "mc23.test.DAOD_PHYS" and len(request.files) == 3  # 3 x 10k events >= 25k
+    assert request.max_events == 25_000 and request.max_wall_seconds == 1800
+    stored = jobs(robot)[0]
+    assert stored.job_name == request.job_name and stored.dataset == request.dataset and stored.n_files == 3
+
+
+def test_failure_is_stored_with_panda_fields_and_classified(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"]}))
+    robot.run_once(clock.now())
+    (pid,) = grid.in_queue("ANALY_A")
+    grid.finish(pid, pilot_error_code=1099, pilot_error_diag="Get error: Copy command returned error code 256")
+    step(robot, clock)
+    job = jobs(robot, panda_id=pid)[0]
+    assert (job.outcome, job.error_source, job.error_code, job.error_name, job.error_class) == (
+        "failed", "pilot", 1099, "STAGEINFAILED", "site")
+    assert job.pilot_error_diag.startswith("Get error") and job.time_stagein == 5.0
+
+
+def test_user_and_central_errors_are_classified_as_such(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "max_running_jobs": 3, "queues": ["ANALY_A"]}))
+    robot.run_once(clock.now())
+    a, b, c = grid.in_queue("ANALY_A")
+    grid.finish(a, exe_error_code=1, exe_error_diag="Traceback: ZeroDivisionError")
+    grid.finish(b, pilot_error_code=1163, pilot_error_diag="Could not establish context")
+    grid.finish(c, pilot_error_code=4242)  # not in the table
+    step(robot, clock)
+    assert [(j.error_class, j.error_name) for j in jobs(robot, phase="done")] == [
+        ("user", "EXEERROR"), ("central", "NOPROXY"), ("unknown", "PILOT_4242")]
+
+
+def test_crash_between_recording_and_submitting_resumes_without_double_submission(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    running = grid.in_queue("ANALY_A")[0]
+    grid.finish(grid.in_queue("ANALY_B")[0])  # one slot frees up
+    grid.crash_on_submit = True
+    with pytest.raises(Crash):
+        step(robot, clock)
+    recorded = jobs(robot, phase="recorded")
+    assert len(recorded) == 1  # written before it was sent
+    # a new robot process on the same database
+    grid.crash_on_submit = False
+    restarted = Robot(robot.config, robot.sessions, grid, grid, grid, robot.error_table)
+    summary = step(restarted, clock)
+    assert summary.lost == 1 and summary.submitted == 1
+    assert jobs(restarted, job_name=recorded[0].job_name)[0].phase == "lost"
+    assert len(grid.in_queue("ANALY_B")) == 1  # exactly one successor, not two
+    assert len(grid.in_queue("ANALY_A")) == 1 and grid.in_queue("ANALY_A")[0] == running  # not resubmitted
+    with restarted.sessions() as session:
+        event = session.scalars(select(Event).where(Event.kind == "submission_unconfirmed")).one()
+    assert recorded[0].job_name in event.details["jobs"]
+
+
+def test_unreachable_backend_produces_unknown_never_failure(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}), unknown_after="2h")
+    robot.run_once(clock.now())
+    grid.unreachable = True
+    summary = step(robot, clock)
+    assert summary.backend_errors and summary.submitted == 0
+    assert all(j.phase == "active" and j.outcome is None for j in jobs(robot))
+    grid.unreachable = False
+    pid = grid.in_queue("ANALY_A")[0]
+    grid.finish(pid)
+    step(robot, clock)
+    assert jobs(robot, panda_id=pid)[0].outcome == "completed"
+    with robot.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Event).where(Event.kind == "backend_unreachable")) >= 1
+
+
+def test_submission_to_an_unreachable_backend_loses_nothing_and_counts_nothing(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    grid.unreachable = True
+    summary = robot.run_once(clock.now())
+    assert summary.submitted == 0 and "submit" in summary.backend_errors[-1]
+    assert {j.phase for j in jobs(robot)} == {"lost"} and all(j.outcome is None for j in jobs(robot))
+    grid.unreachable = False
+    assert step(robot, clock).submitted == 3
+
+
+def test_job_the_backend_forgot_becomes_unknown_after_the_grace_time(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_C"]}), unknown_after="1h")
+    robot.run_once(clock.now())
+    (pid,) = grid.in_queue("ANALY_C")
+    del grid.jobs[pid]
+    step(robot, clock, 30 * 60)
+    assert jobs(robot, panda_id=pid)[0].phase == "active"
+    step(robot, clock, 31 * 60)
+    job = jobs(robot, panda_id=pid)[0]
+    assert (job.outcome, job.error_class) == ("unknown", "unknown")
+
+
+def test_job_not_started_in_time_is_killed_and_counted_as_site_failure(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"], "max_queue_time": "2h"}))
+    robot.run_once(clock.now())
+    (pid,) = grid.in_queue("ANALY_A")
+    step(robot, clock, 3600)
+    assert grid.killed == []
+    step(robot, clock, 3601)
+    assert grid.killed == [pid]
+    job = jobs(robot, panda_id=pid)[0]
+    assert (job.outcome, job.error_class, job.error_name) == ("failed", "site", "NOTSTARTEDINTIME")
+    assert len(grid.in_queue("ANALY_A")) == 1  # and a successor went out
+
+
+def test_no_input_data_means_no_job_and_one_event(tmp_path, clock):
+    grid = ScriptedGrid(clock, QUEUES, datasets={"SITE-A_DATADISK": ["mc23.test.DAOD_PHYS"]})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    step(robot, clock)
+    assert sorted(r.queue for r in grid.requests.values()) == ["ANALY_A"]
+    with robot.sessions() as session:
+        events = session.scalars(select(Event).where(Event.kind == "no_input_data")).all()
+    assert sorted(e.subject for e in events) == ["ANALY_B", "ANALY_C"]  # warned once each, not every step
+
+
+def test_offline_queue_gets_no_jobs_and_status_changes_are_recorded(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    grid.statuses["ANALY_B"] = QueueStatus.OFFLINE
+    robot.run_once(clock.now())
+    assert "ANALY_B" not in {r.queue for r in grid.requests.values()}
+    grid.statuses["ANALY_B"] = QueueStatus.BROKEROFF
+    step(robot, clock)
+    assert "ANALY_B" in {r.queue for r in grid.requests.values()}  # brokeroff still takes test jobs
+    with robot.sessions() as session:
+        moves = [(t.queue.name, t.old, t.new, t.actor) for t in session.scalars(select(QueueTransition).order_by(QueueTransition.id))]
+    assert moves == [("ANALY_B", "online", "offline", "backend"), ("ANALY_B", "offline", "brokeroff", "backend")]
+
+
+def test_functional_test_is_renewed_after_its_lifetime(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "lifetime": "1h"}))
+    robot.run_once(clock.now())
+    step(robot, clock, 3601)
+    with robot.sessions() as session:
+        states = session.execute(select(TestRow.id, TestRow.state).order_by(TestRow.id)).all()
+    assert [s for _, s in states] == ["completed", "running"]
+    assert len(grid.requests) == 6  # the new test started its own jobs
+    old_test_job = min(grid.requests)
+    grid.finish(old_test_job)
+    assert step(robot, clock).submitted == 0  # the old test's job is stored, not replaced
+    assert jobs(robot, panda_id=old_test_job)[0].outcome == "completed"
+
+
+def test_queue_removed_from_topology_is_retired_and_new_queue_joins(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    del grid.queues["ANALY_C"]
+    grid.queues["ANALY_D"] = ("SITE-D", "FR")
+    for pid in list(grid.jobs):
+        grid.finish(pid)
+    step(robot, clock, 3601)  # the topology is refreshed hourly
+    with robot.sessions() as session:
+        retired = session.scalars(select(Queue.name).where(Queue.retired_at.is_not(None))).all()
+        pairs = session.scalar(select(func.count()).select_from(TestQueueRow))
+    assert retired == ["ANALY_C"] and pairs == 4
+    assert sorted(r.queue for r in grid.requests.values()).count("ANALY_C") == 1
+    assert "ANALY_D" in {r.queue for r in grid.requests.values()}
+
+
+def test_run_once_uses_only_the_given_time(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"]}))
+    robot.run_once(T0)
+    job = jobs(robot)[0]
+    assert job.recorded_at == T0 and job.submitted_at == T0
+    later = T0 + timedelta(days=3)
+    (pid,) = grid.in_queue("ANALY_A")
+    grid.finish(pid)
+    robot.run_once(later)
+    assert jobs(robot, panda_id=pid)[0].status_changed_at == later
