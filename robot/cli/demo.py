@@ -13,13 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
-from robot.cli.render import BROKEN, DEGRADED, health_table
+from robot.cli.render import BROKEN, DEGRADED, health_table, make_console
 from robot.clock import SystemClock
 from robot.config import DatabaseConfig
 from robot.durations import format_duration
@@ -44,7 +44,7 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig()})
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     clock = SystemClock()
     services = build(config, clock)
     console.print(f"[bold]Queue Health Robot demo[/] in {workdir}")

@@ -10,7 +10,6 @@ import json
 from datetime import timedelta
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from robot.backends.embedded.config import FaultMode, load_grid_config
@@ -18,6 +17,7 @@ from robot.backends.embedded.faults import active_faults
 from robot.backends.embedded.state import Fault, GridState
 from robot.backends.embedded.storage import GridStorage
 from robot.cli import Context, pass_context
+from robot.cli.render import make_console
 from robot.cli.params import DURATION
 from robot.clock import SystemClock
 from robot.config import ConfigError
@@ -72,7 +72,7 @@ def grid_list(ctx: Context, as_json: bool) -> None:
     for row in rows:
         table.add_row(row["cloud"], row["site"], row["queue"], row["endpoint"], str(row["slots"]),
                       f"{row['cpu_speed']:g}", row["status"], f"[red]{', '.join(row['faults'])}[/]")
-    Console().print(table)
+    make_console().print(table)
 
 
 @grid_group.command("break")

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
 from robot.cli import Context, pass_context
+from robot.cli.render import make_console
 from robot.storage.database import make_engine, make_sessionmaker
 from robot.storage.models import Job, Queue, Template, Test
 
@@ -52,7 +52,7 @@ def jobs_list(ctx: Context, queue: str | None, outcome: str | None, limit: int, 
     for r in rows:
         table.add_row(str(r["panda_id"] or "-"), r["queue"], r["template"], r["job_status"] or "-", r["outcome"] or "-",
                       r["error_class"] or "", r["error"] or "", str(r["n_events"]), (r["end_time"] or "")[:19])
-    Console().print(table)
+    make_console().print(table)
 
 
 COMMANDS = [jobs_group]

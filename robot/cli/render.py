@@ -3,12 +3,19 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from rich.console import Console
 from rich.table import Table
 
 from robot.metrics import Health
 
 # HammerCloud's colours, read as failure rate: grey no test, green healthy, yellow degraded, red broken.
 DEGRADED, BROKEN = 0.2, 0.5
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for tables; when the output is not a terminal, wide enough not to cut names."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
 
 
 def colour(health: Health) -> str:

@@ -5,10 +5,9 @@ import json
 from datetime import timedelta
 
 import click
-from rich.console import Console
 
 from robot.cli import Context, pass_context
-from robot.cli.render import health_table
+from robot.cli.render import health_table, make_console
 from robot.clock import SystemClock
 from robot.cli.params import DURATION
 from robot.durations import format_duration
@@ -32,7 +31,7 @@ def status(ctx: Context, level: str, window: timedelta, as_json: bool) -> None:
         click.echo(json.dumps({"now": now.isoformat(), "window_seconds": window.total_seconds(), "level": level,
                                "health": [h.as_dict() for h in found]}, indent=2))
     else:
-        Console().print(health_table(found, title=f"Health over the last {format_duration(window)}"))
+        make_console().print(health_table(found, title=f"Health over the last {format_duration(window)}"))
 
 
 COMMANDS = [status]

@@ -49,7 +49,8 @@ class EmbeddedGrid:
         self._workdir = state_dir / "work"
         self._logdir = state_dir / "logs"
         self._queues = {q.name: q for q in self.storage.queue_settings()}
-        self._rng = random.Random(config.seed)
+        # One random stream per queue: a queue's outcomes do not depend on what other queues do.
+        self._rngs = {name: random.Random(f"{config.seed}:{name}") for name in self._queues}
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -158,7 +159,7 @@ class EmbeddedGrid:
             active = active_faults(faults, queue.name, now)
             if is_stuck(active) or running[queue.name] >= queue.slots:
                 continue
-            injection = plan_injection(active, queue.user_failure_rate, self._rng)
+            injection = plan_injection(active, queue.user_failure_rate, self._rngs[queue.name])
             reading[queue.endpoint] += 1
             running[queue.name] += 1
             pilot_job = {

@@ -1,0 +1,177 @@
+"""The command line, in-process (click's runner) and, for the daemon and the demo, as real processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from robot.cli import main
+from robot.clock import ManualClock
+from tests.fakes import T0, ScriptedGrid, make_robot, templates
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def populated(tmp_path):
+    """A robot database with one completed and one failed job, and a config file pointing at it."""
+    clock = ManualClock(T0)
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "US")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    grid.finish(grid.in_queue("ANALY_A")[0])
+    grid.finish(grid.in_queue("ANALY_B")[0], pilot_error_code=1377, pilot_error_diag="CVMFS is not alive")
+    # status reads the wall clock: put the results in the last hour of real time
+    robot.run_once(clock.now())
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    return config
+
+
+def test_help_everywhere():
+    for args in ([], ["grid"], ["grid", "break"], ["status"], ["demo"], ["run"], ["db"], ["config", "check"], ["jobs", "list"]):
+        result = invoke(*args, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_config_check_ok_and_invalid(tmp_path):
+    result = invoke("config", "check", str(REPO / "configs" / "robot.yaml"), "--json")
+    summary = json.loads(result.output)
+    assert result.exit_code == 0 and summary["ok"] and summary["queues"] >= 10
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loop:\n  interval: soon\n")
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    assert str(bad) in result.output and "loop.interval" in result.output
+
+
+def test_a_broken_config_gives_a_clear_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("databse: {}\n")
+    result = CliRunner().invoke(main, ["--config", str(bad), "status"])
+    assert result.exit_code == 1 and "databse: unknown key" in result.output and "Traceback" not in result.output
+
+
+def test_status_json_and_table(populated):
+    result = invoke("--config", str(populated), "status", "--json", "--window", "1000d")
+    report = {h["key"]: h for h in json.loads(result.output)["health"]}
+    assert report["ANALY_A"]["completed"] == 1 and report["ANALY_A"]["failure_rate"] == 0.0
+    assert report["ANALY_B"]["failed"] == 1 and report["ANALY_B"]["error_classes"] == {"site": 1}
+    cloud = {h["key"]: h for h in json.loads(invoke("--config", str(populated), "status", "--json", "--level", "cloud",
+                                                    "--window", "1000d").output)["health"]}
+    assert set(cloud) == {"DE", "US"}
+    table = invoke("--config", str(populated), "status", "--window", "1000d").output
+    assert "ANALY_B" in table and "100%" in table
+    assert invoke("--config", str(populated), "status", "--window", "soon").exit_code == 2
+
+
+def test_jobs_list_filters(populated):
+    rows = json.loads(invoke("--config", str(populated), "jobs", "list", "--outcome", "failed", "--json").output)
+    assert [(r["queue"], r["error"], r["error_class"]) for r in rows] == [("ANALY_B", "CVMFSISNOTALIVE", "site")]
+    rows = json.loads(invoke("--config", str(populated), "jobs", "list", "--queue", "ANALY_A", "--json").output)
+    assert {r["outcome"] for r in rows} == {"completed", None}  # the finished one and its successor
+
+
+def test_db_upgrade_reports_revisions(tmp_path):
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    assert "empty ->" in invoke("--config", str(config), "db", "upgrade").output
+    assert "-> " in invoke("--config", str(config), "db", "upgrade").output
+
+
+def _small_setup(tmp_path: Path, interval: str = "2s") -> Path:
+    """The shipped configuration with a small grid (3 queues, small datasets)."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("""
+defaults: {user_failure_rate: 0}
+datasets:
+  - {name: mc23_13p6TeV.601189.PhPy8EG_Zmumu.deriv.DAOD_PHYS.e8514_s4162_r14622_p6026, files: 1, events_per_file: 5000, seed: 1}
+clouds:
+  DE:
+    sites:
+      FZK-LCG2:
+        storage: {FZK-LCG2_DATADISK: {}}
+        queues: {ANALY_FZK: {}}
+      DESY-HH:
+        storage: {DESY-HH_DATADISK: {}}
+        queues: {ANALY_DESY-HH: {}}
+faults:
+  - {queue: ANALY_DESY-HH, mode: cvmfs, start_after: 0s, duration: 1h}
+""")
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"""
+data_dir: {tmp_path / 'state'}
+backend: {{embedded: {{grid: {grid}, max_parallel_jobs: 2}}}}
+loop: {{interval: {interval}}}
+templates:
+  - {{name: AFT, category: functional, payload: zmumu, input_dataset: "mc23_*", events_per_job: 5000}}
+""")
+    return config
+
+
+def _cli(*args: str, **kwargs):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "robot.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_daemon_refuses_an_old_schema_then_runs_and_stops_cleanly_on_sigterm(tmp_path):
+    config = _small_setup(tmp_path)
+    refused = _cli("--config", str(config), "run")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 1 and "healthrobot db upgrade" in err
+    assert invoke("--config", str(config), "db", "upgrade").exit_code == 0
+    daemon = _cli("--config", str(config), "-v", "run")
+    deadline = time.monotonic() + 90
+    rows: list[dict] = []
+    while time.monotonic() < deadline and len([r for r in rows if r["outcome"]]) < 2:
+        time.sleep(2)
+        rows = json.loads(invoke("--config", str(config), "jobs", "list", "--json").output)
+    daemon.send_signal(signal.SIGTERM)
+    _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert "received SIGTERM" in err and "stopped cleanly" in err
+    outcomes = {(r["queue"], r["outcome"]) for r in rows if r["outcome"]}
+    assert ("ANALY_FZK", "completed") in outcomes or ("ANALY_DESY-HH", "failed") in outcomes
+    assert not any(r["queue"] == "ANALY_DESY-HH" and r["outcome"] == "completed" for r in rows)
+
+
+def test_run_once_prints_a_step_summary(tmp_path):
+    config = _small_setup(tmp_path)
+    invoke("--config", str(config), "db", "upgrade")
+    result = invoke("--config", str(config), "run", "--once")
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["submitted"] == 2 and summary["backend_errors"] == []
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_the_broken_queue_stands_out(tmp_path):
+    """The README's first command, as a user runs it: real payloads on the shipped grid."""
+    workdir = tmp_path / "demo"
+    demo = _cli("demo", "--duration", "75s", "--json", "--workdir", str(workdir))
+    out, err = demo.communicate(timeout=240)
+    assert demo.returncode == 0, err
+    summary = json.loads(out)
+    health = {h["key"]: h for h in summary["health"]}
+    broken = health["ANALY_MWT2_UCORE"]
+    assert summary["broken"] == ["ANALY_MWT2_UCORE"], summary["broken"]
+    assert broken["failure_rate"] > 0.5 and broken["error_classes"].get("site", 0) >= 3
+    healthy = [h for k, h in health.items() if k != "ANALY_MWT2_UCORE"]
+    assert all(h["failure_rate"] is not None and h["failure_rate"] < 0.2 for h in healthy)
+    assert all(h["events_per_second"] and h["events_per_second"] > 1000 for h in healthy)  # real payload runs
+    assert sum(h["completed"] for h in healthy) >= 2 * len(healthy)
+    assert (workdir / "healthrobot.db").exists()
+    shutil.rmtree(workdir / "grid" / "datasets", ignore_errors=True)

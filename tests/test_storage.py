@@ -1,0 +1,64 @@
+"""Storage: migrations match the models, the schema check, UTC times, SQLite in WAL mode."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import StatementError
+
+from robot.storage.database import SchemaOutdated, check_schema, head_revision, make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Base, Event
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'robot.db'}")
+    yield engine
+    engine.dispose()
+
+
+def test_upgrade_creates_every_table_and_matches_the_models(engine):
+    upgrade(engine)
+    assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []  # a model changed without a migration would show here
+
+
+def test_schema_check_refuses_an_outdated_database(engine):
+    with pytest.raises(SchemaOutdated, match="healthrobot db upgrade"):
+        check_schema(engine)
+    upgrade(engine)
+    check_schema(engine)
+    assert head_revision()
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(engine):
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_times_are_stored_in_utc_and_read_back_aware(engine):
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    paris = timezone(timedelta(hours=1))
+    with sessions() as session:
+        session.add(Event(time=datetime(2026, 11, 1, 13, 0, tzinfo=paris), kind="k", message="m"))
+        session.commit()
+    with sessions() as session:
+        stored = session.query(Event).one().time
+    assert stored == datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc) and stored.tzinfo is not None
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT time FROM event")).scalar().startswith("2026-11-01 12:00:00")
+
+
+def test_naive_times_are_refused(engine):
+    upgrade(engine)
+    with make_sessionmaker(engine)() as session:
+        session.add(Event(time=datetime(2026, 11, 1, 12, 0), kind="k", message="m"))
+        with pytest.raises(StatementError, match="UTC-aware"):
+            session.commit()
