@@ -1,0 +1,66 @@
+"""The README documents every command, option and configuration key (Datasette's rule)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import click
+import pytest
+from pydantic import BaseModel
+
+from robot.backends.embedded.config import DefaultsConfig, QueueConfig, ScheduledFault, EndpointConfig
+from robot.cli import main
+from robot.config import RobotConfig
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+EXAMPLE = (REPO / "configs" / "robot.yaml").read_text()
+
+
+def commands(command: click.Command, name: str) -> Iterator[tuple[str, click.Command]]:
+    yield name, command
+    if isinstance(command, click.Group):
+        for sub_name, sub in command.commands.items():
+            yield from commands(sub, f"{name} {sub_name}")
+
+
+ALL = [(name, cmd) for name, cmd in commands(main, "healthrobot") if not isinstance(cmd, click.Group)]
+
+
+@pytest.mark.parametrize("name,command", ALL, ids=[n for n, _ in ALL])
+def test_every_command_and_option_is_in_the_readme(name, command):
+    assert f"`{name}" in README, f"{name} is not in the README's CLI reference"
+    row = next(line for line in README.splitlines() if line.startswith(f"| `{name}"))
+    for option in (o for p in command.params for o in p.opts if o.startswith("--") and o != "--help"):
+        assert re.search(rf"`{option}[` ]", row), f"{name} {option} is not documented in its README row"
+
+
+def fields(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    for key, info in model.model_fields.items():
+        if info.exclude:
+            continue
+        path = f"{prefix}{key}"
+        annotation = info.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        nested = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested:
+            yield from fields(nested[0], f"{path}[]." if annotation is not nested[0] else f"{path}.")
+        else:
+            yield path
+
+
+@pytest.mark.parametrize("path", list(fields(RobotConfig)))
+def test_every_robot_setting_is_in_the_readme_and_the_example(path):
+    assert f"| `{path}` |" in README
+    assert re.search(rf"^\s*-?\s*{re.escape(path.split('.')[-1].removesuffix('[]'))}:", EXAMPLE, re.M), \
+        f"{path} is not in configs/robot.yaml"
+
+
+@pytest.mark.parametrize("model,where", [(DefaultsConfig, "defaults."), (QueueConfig, "queues.<queue>"),
+                                         (EndpointConfig, "storage.<endpoint>"), (ScheduledFault, "faults[]")])
+def test_every_grid_setting_is_in_the_readme(model, where):
+    rows = [line for line in README.splitlines() if line.startswith("| `")]
+    row = " ".join(line for line in rows if where in line.split("|")[1])
+    for key in model.model_fields:
+        assert f"`{key}`" in row or f"`{where}{key}`" in row, f"grid key {key} of {where} is undocumented"
