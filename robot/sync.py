@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from robot.config import TemplateConfig
 from robot.storage.models import Cloud, Queue, Site, StorageEndpoint, Template, Test, TestQueue
@@ -80,7 +80,9 @@ def ensure_functional_tests(session: Session, templates: list[TemplateConfig], n
         if test.end_time <= now or not test.template.active:
             test.state = "completed"
     running: list[Test] = []
-    live_queues = list(session.scalars(select(Queue).where(Queue.retired_at.is_(None))))
+    live_queues = list(session.scalars(
+        select(Queue).where(Queue.retired_at.is_(None)).options(selectinload(Queue.site).selectinload(Site.cloud))
+    ))
     for config in templates:
         if config.category != "functional" or not config.active:
             continue

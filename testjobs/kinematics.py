@@ -15,6 +15,13 @@ import numpy as np
 
 Array = Any  # numpy.ndarray or awkward.Array
 
+# Particle masses and widths (GeV, PDG values).
+MUON_MASS = 0.10566
+B_QUARK_MASS = 4.8
+Z_MASS, Z_WIDTH = 91.1876, 2.4952
+W_MASS, W_WIDTH = 80.377, 2.085
+TOP_MASS, TOP_WIDTH = 172.5, 1.42
+
 
 @dataclass(frozen=True)
 class FourVector:

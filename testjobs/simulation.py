@@ -19,13 +19,17 @@ from collections.abc import Callable, Mapping
 import awkward as ak
 import numpy as np
 
-from testjobs.kinematics import FourVector
-
-Z_MASS, Z_WIDTH = 91.1876, 2.4952
-W_MASS, W_WIDTH = 80.377, 2.085
-TOP_MASS, TOP_WIDTH = 172.5, 1.42
-MUON_MASS = 0.10566
-B_QUARK_MASS = 4.8
+from testjobs.kinematics import (
+    B_QUARK_MASS,
+    MUON_MASS,
+    TOP_MASS,
+    TOP_WIDTH,
+    W_MASS,
+    W_WIDTH,
+    Z_MASS,
+    Z_WIDTH,
+    FourVector,
+)
 
 Columns = dict[str, object]
 Mixture = Mapping[str, float]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -30,6 +31,7 @@ from testjobs.payloads import (
     EXIT_OUTPUT_WRITE,
     EXIT_PAYLOAD_EXCEPTION,
     OOM_SOFT_LIMIT_MB,
+    PAYLOADS,
     ttbar,
     zmumu,
 )
@@ -204,12 +206,34 @@ def count_zmumu_by_loop(path: Path) -> int:
     return selected
 
 
+def write_random_muons(path: Path, n_events: int = 3000) -> None:
+    """Muons scattered across the cut values with random charges, so that same-sign pairs,
+    |eta| just above 2.5 and pt just below 20 GeV all occur often."""
+    rng = np.random.default_rng(42)
+    counts = rng.integers(0, 5, n_events)
+    total = int(counts.sum())
+    muons = ak.unflatten(ak.zip({
+        "pt": rng.uniform(10.0, 40.0, total).astype(np.float32),
+        "eta": rng.uniform(-3.0, 3.0, total).astype(np.float32),
+        "phi": rng.uniform(-np.pi, np.pi, total).astype(np.float32),
+        "charge": rng.choice(np.array([-1, 1], dtype=np.int8), total),
+    }), counts)
+    with uproot.recreate(path) as output:
+        output.mktree("events", {"mu": muons, "met_pt": rng.exponential(20.0, n_events).astype(np.float32)})
+
+
 def test_zmumu_selection_matches_an_independent_count(zmumu_files: list[Path], tmp_path: Path) -> None:
     assert zmumu.main(payload_args(zmumu_files, tmp_path, "--max-events", "-1")) == EXIT_OK
     report = load_report(tmp_path)
     expected = sum(count_zmumu_by_loop(path) for path in zmumu_files)
     assert report["events_selected"] == expected
     assert 0.3 * report["events_read"] < expected < report["events_read"]
+
+
+def test_zmumu_selection_on_edge_cases_matches_an_independent_count(tmp_path: Path) -> None:
+    write_random_muons(tmp_path / "muons.root")
+    assert zmumu.main(payload_args([tmp_path / "muons.root"], tmp_path, "--max-events", "-1")) == EXIT_OK
+    assert load_report(tmp_path)["events_selected"] == count_zmumu_by_loop(tmp_path / "muons.root")
 
 
 def test_zmumu_mass_histogram_peaks_at_the_z_mass(zmumu_files: list[Path], tmp_path: Path) -> None:
@@ -253,6 +277,14 @@ def test_cli_run_in_a_subprocess(zmumu_files: list[Path], tmp_path: Path) -> Non
     assert result.returncode == EXIT_OK, result.stderr
     assert load_report(tmp_path)["events_read"] == 700
     assert (tmp_path / "out.root").is_file()
+
+
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_every_registered_payload_runs(zmumu_files: list[Path], tmp_path: Path, name: str) -> None:
+    payload = importlib.import_module(f"testjobs.payloads.{name}")
+    assert payload.main(payload_args(zmumu_files, tmp_path, "--max-events", "1000")) == EXIT_OK
+    assert load_report(tmp_path)["events_read"] == 1000
+    assert uproot.open(tmp_path / "out.root").keys()
 
 
 def test_missing_input_file(zmumu_files: list[Path], tmp_path: Path) -> None:

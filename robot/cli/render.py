@@ -33,7 +33,7 @@ def _number(value: float | None, fmt: str = "{:.0f}") -> str:
 def health_table(healths: Iterable[Health], title: str = "") -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for name, justify in (("Cloud", "left"), ("Site", "left"), ("Queue", "left"), ("Status", "left"),
-                          ("Done", "right"), ("Failed", "right"), ("Failure rate (95% CI)", "right"),
+                          ("Jobs", "right"), ("Failed", "right"), ("Failure rate (95% CI)", "right"),
                           ("Events/s", "right"), ("CPU %", "right"), ("Stage-in s", "right"),
                           ("Errors", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]

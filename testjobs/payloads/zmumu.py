@@ -15,11 +15,9 @@ from collections.abc import Sequence
 import awkward as ak
 import numpy as np
 
-from testjobs.kinematics import FourVector
+from testjobs.kinematics import MUON_MASS, Z_MASS, FourVector
 from testjobs.payloads.common import Histogram, run_payload
 
-MUON_MASS = 0.10566
-Z_MASS = 91.1876
 PT_MIN = 20.0
 ETA_MAX = 2.5
 
