@@ -50,6 +50,14 @@ class StepSummary:
                 "backend_errors": self.backend_errors}
 
 
+@dataclass(frozen=True)
+class SubmissionContext:
+    """What submission needs to know about the queues and tests it sends to."""
+
+    queues: dict[int, tuple[str, list[str]]]  # queue id -> (name, storage endpoints)
+    templates: dict[int, dict[str, Any]]  # test id -> its template's settings
+
+
 class Robot:
     def __init__(self, config: RobotConfig, sessions: sessionmaker[Session], backend: Backend,
                  catalogue: Catalogue, topology: TopologySource, error_table: ErrorTable):
@@ -260,7 +268,9 @@ class Robot:
         if not rows:
             return
         # Recorded before sent: a crash from here on leaves rows the next step marks lost, never orphans.
-        session.execute(insert(Job), rows)
+        ids = dict(session.execute(
+            insert(Job).returning(Job.job_name, Job.id, sort_by_parameter_order=True), rows
+        ).all())
         session.commit()
         batch_size = self.config.loop.submit_batch_size
         for start in range(0, len(requests), batch_size):
@@ -278,7 +288,7 @@ class Robot:
                 update(Job),
                 [{"id": job_id, "panda_id": pid, "phase": "active", "job_status": JobStatus.DEFINED.value,
                   "submitted_at": now, "status_changed_at": now}
-                 for job_id, pid in zip(self._ids_of(session, batch), panda_ids)],
+                 for job_id, pid in zip((ids[r.job_name] for r in batch), panda_ids)],
             )
             session.commit()
             summary.submitted += len(batch)
@@ -306,12 +316,8 @@ class Robot:
         ).all()
         return [SlotState(*row) for row in rows]
 
-    @dataclass
-    class _Context:
-        queues: dict[int, tuple[str, list[str]]]
-        templates: dict[int, dict[str, Any]]
-
-    def _submission_context(self, session: Session, queue_ids: set[int], test_ids: set[int]) -> "Robot._Context":
+    @staticmethod
+    def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
         queues: dict[int, tuple[str, list[str]]] = {}
         for queue_id, name, endpoint in session.execute(
             select(Queue.id, Queue.name, StorageEndpoint.name)
@@ -323,7 +329,7 @@ class Robot:
         templates = dict(session.execute(
             select(Test.id, Template.settings).join(Template, Template.id == Test.template_id).where(Test.id.in_(test_ids))
         ).all())
-        return Robot._Context(queues=queues, templates=templates)
+        return SubmissionContext(queues=queues, templates=templates)
 
     def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str) -> list[DatasetInfo]:
         key = (endpoint, pattern)
@@ -340,12 +346,6 @@ class Robot:
                     f"no complete dataset matching {template['input_dataset']!r} at {', '.join(endpoints) or 'no endpoint'}"
                     f" for template {template['name']}: nothing submitted (not a site failure)",
                     {"template": template["name"], "endpoints": endpoints})
-
-    @staticmethod
-    def _ids_of(session: Session, batch: list[JobRequest]) -> list[int]:
-        names = [r.job_name for r in batch]
-        found = dict(session.execute(select(Job.job_name, Job.id).where(Job.job_name.in_(names))).all())
-        return [found[n] for n in names]
 
     @staticmethod
     def _event(session: Session, now: datetime, kind: str, subject: str, message: str,
