@@ -91,10 +91,16 @@ class Robot:
     def _refresh(self, session: Session, now: datetime) -> None:
         changed = False
         if self._topology_synced_at is None or now - self._topology_synced_at >= TOPOLOGY_REFRESH:
-            topology = self.topology.topology()
-            sync_topology(session, topology, now)
-            sync_templates(session, self.config.templates)
-            self._topology_synced_at, changed = now, True
+            try:
+                topology = self.topology.topology()
+            except BackendUnavailable as exc:
+                # Keep working with the stored topology; try again at the next step.
+                self._event(session, now, "topology_unreachable", "", f"topology could not be read: {exc}")
+                topology = None
+            if topology is not None:
+                sync_topology(session, topology, now)
+                sync_templates(session, self.config.templates)
+                self._topology_synced_at, changed = now, True
         if changed or self._tests_valid_until is None or now >= self._tests_valid_until:
             tests = ensure_functional_tests(session, self.config.templates, now)
             self._tests_valid_until = min((t.end_time for t in tests), default=now + TOPOLOGY_REFRESH)

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from robot.backends.base import BackendUnavailable
 from robot.clock import ManualClock
 from robot.jobstates import QueueStatus
 from robot.loop import Robot
@@ -263,3 +264,25 @@ def test_run_once_uses_only_the_given_time(tmp_path, clock, grid):
     grid.finish(pid)
     robot.run_once(later)
     assert jobs(robot, panda_id=pid)[0].status_changed_at == later
+
+
+def test_unreachable_topology_keeps_the_stored_one_and_retries(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+
+    def refuse():
+        raise BackendUnavailable("CRIC: 503 Service Unavailable")
+
+    grid.topology, original = refuse, grid.topology
+    for pid in list(grid.jobs):
+        grid.finish(pid)
+    summary = step(robot, clock, 3601)
+    assert summary.submitted == 3  # tests go on with the stored queues
+    with robot.sessions() as session:
+        assert session.scalars(select(Event.kind)).all() == ["topology_unreachable"]
+        assert session.scalar(select(func.count()).select_from(Queue).where(Queue.retired_at.is_not(None))) == 0
+    grid.topology = original
+    del grid.queues["ANALY_C"]
+    step(robot, clock)  # retried at the very next step, not an hour later
+    with robot.sessions() as session:
+        assert session.scalars(select(Queue.name).where(Queue.retired_at.is_not(None))).all() == ["ANALY_C"]
