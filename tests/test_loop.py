@@ -11,8 +11,7 @@ from robot.clock import ManualClock
 from robot.jobstates import QueueStatus
 from robot.loop import Robot
 from robot.storage.models import Event, Job, Queue, QueueTransition
-from robot.storage.models import Test as TestRow
-from robot.storage.models import TestQueue as TestQueueRow
+from robot.storage import models
 from tests.fakes import T0, Crash, ScriptedGrid, make_robot, templates
 
 QUEUES = {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "DE"), "ANALY_C": ("SITE-C", "US")}
@@ -229,7 +228,7 @@ def test_functional_test_is_renewed_after_its_lifetime(tmp_path, clock, grid):
     robot.run_once(clock.now())
     step(robot, clock, 3601)
     with robot.sessions() as session:
-        states = session.execute(select(TestRow.id, TestRow.state).order_by(TestRow.id)).all()
+        states = session.execute(select(models.Test.id, models.Test.state).order_by(models.Test.id)).all()
     assert [s for _, s in states] == ["completed", "running"]
     assert len(grid.requests) == 6  # the new test started its own jobs
     old_test_job = min(grid.requests)
@@ -248,7 +247,7 @@ def test_queue_removed_from_topology_is_retired_and_new_queue_joins(tmp_path, cl
     step(robot, clock, 3601)  # the topology is refreshed hourly
     with robot.sessions() as session:
         retired = session.scalars(select(Queue.name).where(Queue.retired_at.is_not(None))).all()
-        pairs = session.scalar(select(func.count()).select_from(TestQueueRow))
+        pairs = session.scalar(select(func.count()).select_from(models.TestQueue))
     assert retired == ["ANALY_C"] and pairs == 4
     assert sorted(r.queue for r in grid.requests.values()).count("ANALY_C") == 1
     assert "ANALY_D" in {r.queue for r in grid.requests.values()}
