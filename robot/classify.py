@@ -11,7 +11,7 @@ from typing import Mapping
 
 import yaml
 
-from robot.config import ConfigError
+from robot.yamlconfig import ConfigError
 
 DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "error_codes.yaml"
 CLASSES = ("site", "user", "central", "unknown", "none")

@@ -10,7 +10,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 ROBOT_NOT_STARTED_IN_TIME = 1
 ROBOT_UNKNOWN_TO_BACKEND = 2
 WARN_AGAIN_AFTER = timedelta(hours=1)
+# A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
+Evaluator = Callable[[Session, datetime], Any]
 TOPOLOGY_REFRESH = timedelta(hours=1)
 
 
@@ -43,6 +45,7 @@ class StepSummary:
     lost: int = 0
     timed_out: int = 0
     backend_errors: list[str] = field(default_factory=list)
+    evaluations: list[Any] = field(default_factory=list)  # what each evaluator (e.g. exclusion) returned
 
     def as_dict(self) -> dict[str, Any]:
         return {"now": self.now.isoformat(), "submitted": self.submitted, "polled": self.polled,
@@ -60,13 +63,15 @@ class SubmissionContext:
 
 class Robot:
     def __init__(self, config: RobotConfig, sessions: sessionmaker[Session], backend: Backend,
-                 catalogue: Catalogue, topology: TopologySource, error_table: ErrorTable):
+                 catalogue: Catalogue, topology: TopologySource, error_table: ErrorTable,
+                 evaluators: Sequence[Evaluator] = ()):
         self.config = config
         self.sessions = sessions
         self.backend = backend
         self.catalogue = catalogue
         self.topology = topology
         self.error_table = error_table
+        self.evaluators = list(evaluators)
         self._topology_synced_at: datetime | None = None
         self._tests_valid_until: datetime | None = None
         self._warned: dict[tuple[str, str], datetime] = {}
@@ -83,6 +88,9 @@ class Robot:
             session.commit()
             self._time_out_waiting_jobs(session, now, summary)
             session.commit()
+            for evaluate in self.evaluators:
+                summary.evaluations.append(evaluate(session, now))
+                session.commit()
             self._submit(session, now, summary)
             session.commit()
         return summary
@@ -246,7 +254,7 @@ class Robot:
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
         slots = self._slot_states(session)
-        plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot)) > 0]
+        plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot, now)) > 0]
         if not plan:
             return
         context = self._submission_context(session, {slot.queue_id for slot, _ in plan}, {slot.test_id for slot, _ in plan})
@@ -307,20 +315,20 @@ class Robot:
             select(Job.test_id, Job.queue_id,
                    func.sum(case((and_(in_flight, Job.job_status.is_(None) | Job.job_status.in_(queued)), 1), else_=0)).label("queued"),
                    func.sum(case((and_(in_flight, Job.job_status.in_(running)), 1), else_=0)).label("running"),
-                   func.count().label("total"))
+                   func.count().label("total"), func.max(Job.end_time).label("last_end"))
             .where(Job.phase != "lost", Job.test_id.in_(select(Test.id).where(Test.state == "running")))
             .group_by(Job.test_id, Job.queue_id)
         ).subquery()
         rows = session.execute(
             select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
                    TestQueue.resubmit_enabled, func.coalesce(counts.c.queued, 0), func.coalesce(counts.c.running, 0),
-                   func.coalesce(counts.c.total, 0))
+                   func.coalesce(counts.c.total, 0), Queue.extra_jobs, Queue.job_gap_seconds, counts.c.last_end)
             .join(Test, Test.id == TestQueue.test_id)
             .join(Queue, Queue.id == TestQueue.queue_id)
             .outerjoin(counts, and_(counts.c.test_id == TestQueue.test_id, counts.c.queue_id == TestQueue.queue_id))
             .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value)
         ).all()
-        return [SlotState(*row) for row in rows]
+        return [SlotState(*row[:8], extra_jobs=row[8], gap=timedelta(seconds=row[9]), last_end=row[10]) for row in rows]
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":

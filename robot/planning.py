@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from robot.catalogue import DatasetInfo
 from robot.backends.base import InputFile
@@ -19,18 +20,24 @@ class SlotState:
     queued: int  # recorded, defined or activated
     running: int  # sent, starting, running or holding
     total: int  # every job ever recorded for the pair (lost ones excluded)
+    extra_jobs: int = 0  # probes the exclusion policy asks for (the queue is in doubt)
+    gap: timedelta = timedelta(0)  # the policy's pause between jobs (a long-stable queue)
+    last_end: datetime | None = None  # when the pair's latest job ended
 
 
-def jobs_to_submit(slot: SlotState) -> int:
+def jobs_to_submit(slot: SlotState, now: datetime) -> int:
     """HammerCloud's rule: keep `max_running_jobs` jobs in flight, plus `min_queue_depth` queued.
 
     With the defaults (1, 0) this is "one job in flight; when it ends, submit the next".
-    Without resubmission a pair gets its first `max_running_jobs` jobs and no more.
+    Without resubmission a pair gets its first `max_running_jobs` jobs and no more. The exclusion
+    policy may ask for `extra_jobs` more in flight (probes), or for a `gap` after a job ends.
     """
     in_flight = slot.queued + slot.running
     if not slot.resubmit_enabled:
         return max(0, slot.max_running_jobs - slot.total)
-    fill = max(0, slot.max_running_jobs - in_flight)
+    if not slot.extra_jobs and slot.gap and slot.last_end and now - slot.last_end < slot.gap:
+        return 0
+    fill = max(0, slot.max_running_jobs + slot.extra_jobs - in_flight)
     depth = max(0, slot.min_queue_depth - (slot.queued + fill))
     return fill + depth
 

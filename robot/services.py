@@ -7,6 +7,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from blacklist.engine import ExclusionEngine
+from blacklist.policies import Policy
+from robot.backends.base import Backend
 from robot.backends.embedded.config import load_grid_config
 from robot.backends.embedded.grid import EmbeddedGrid
 from robot.classify import load_table
@@ -39,10 +42,17 @@ def open_grid(config: RobotConfig, clock: Clock) -> EmbeddedGrid:
     return EmbeddedGrid(grid_config, grid_state_dir(config), clock, config.backend.embedded.max_parallel_jobs)
 
 
+def exclusion_engine(config: RobotConfig, backend: Backend) -> ExclusionEngine:
+    functional = [t.name for t in config.templates if t.category == "functional" and t.active]
+    critical = tuple(config.blacklist.critical_templates or functional)
+    return ExclusionEngine(Policy(config.blacklist, critical), backend)
+
+
 def build(config: RobotConfig, clock: Clock) -> Services:
     engine = make_engine(config.database_url, config.database.echo)
     sessions = make_sessionmaker(engine)
     grid = open_grid(config, clock)
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
-    robot = Robot(config, sessions, backend=grid, catalogue=grid.storage, topology=grid.storage, error_table=table)
+    robot = Robot(config, sessions, backend=grid, catalogue=grid.storage, topology=grid.storage, error_table=table,
+                  evaluators=[exclusion_engine(config, grid)])
     return Services(config=config, engine=engine, sessions=sessions, grid=grid, robot=robot)

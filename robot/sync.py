@@ -36,7 +36,7 @@ def sync_topology(session: Session, topology: Topology, now: datetime) -> dict[s
     for info in topology.queues:
         queue = queues.get(info.name)
         if queue is None:
-            queue = Queue(name=info.name, status="online")
+            queue = Queue(name=info.name, status="online", robot_state="online", robot_state_since=now)
             session.add(queue)
             added += 1
         queue.site, queue.exempt, queue.retired_at = sites[info.site], info.exempt, None

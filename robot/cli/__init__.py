@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from robot.config import ConfigError, RobotConfig, load_config
+from robot.config import RobotConfig, load_config
+from robot.yamlconfig import ConfigError
 
 DEFAULT_CONFIG = "configs/robot.yaml"
 

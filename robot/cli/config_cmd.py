@@ -7,7 +7,8 @@ import click
 
 from robot.backends.embedded.config import load_grid_config
 from robot.classify import load_table
-from robot.config import ConfigError, load_config
+from robot.config import load_config
+from robot.yamlconfig import ConfigError
 
 
 @click.group("config")

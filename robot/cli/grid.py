@@ -20,7 +20,7 @@ from robot.cli import Context, pass_context
 from robot.cli.render import make_console
 from robot.cli.params import DURATION
 from robot.clock import SystemClock
-from robot.config import ConfigError
+from robot.yamlconfig import ConfigError
 from robot.durations import format_duration
 from robot.jobstates import QueueStatus
 from robot.services import grid_state_dir

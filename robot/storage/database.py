@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -19,7 +20,12 @@ class SchemaOutdated(Exception):
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+    """An engine for any SQLAlchemy URL; `sqlite://` alone is one in-memory database shared by all sessions."""
+    if url == "sqlite://":
+        engine = create_engine(url, echo=echo, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, echo=echo)
     if engine.dialect.name == "sqlite":

@@ -73,6 +73,12 @@ class Queue(Base):
     status: Mapped[str] = mapped_column(String(16), default="online")  # last status read from the backend
     status_read_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]  # gone from the topology: kept for history, never tested
+    # the robot's own view, kept by the exclusion engine: online, pending (in doubt) or excluded
+    robot_state: Mapped[str] = mapped_column(String(16), default="online", server_default="online")
+    robot_state_since: Mapped[datetime | None]
+    # the testing cadence the exclusion policy asks for: extra jobs in flight, gap between jobs
+    extra_jobs: Mapped[int] = mapped_column(default=0, server_default="0")
+    job_gap_seconds: Mapped[int] = mapped_column(default=0, server_default="0")
     site: Mapped[Site] = relationship()
     endpoints: Mapped[list[StorageEndpoint]] = relationship(secondary=queue_endpoint)
 
@@ -185,20 +191,70 @@ class Job(Base):
 
 # -- queue status and decisions -------------------------------------------------------------------
 class QueueTransition(Base):
-    """One change of a queue's status: decided by the robot, by a person, or observed at the backend."""
+    """One change of a queue's state, with its reason and evidence: what mails, pages and tickets read.
+
+    kind "status": the PanDA status (online, brokeroff, test, offline), set by the robot or a person,
+    or observed at the backend; kind "state": the robot's own view (online, pending, excluded).
+    `applied` is false for a decision taken in dry-run mode.
+    """
 
     __tablename__ = "queue_transition"
-    __table_args__ = (Index("queue_transition_queue_time", "queue_id", "time"),)
+    __table_args__ = (Index("queue_transition_queue_time", "queue_id", "time"),
+                      Index("queue_transition_unnotified", "notified_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
     time: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16), default="status", server_default="status")
     old: Mapped[str] = mapped_column(String(16))
     new: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
     actor: Mapped[str] = mapped_column(String(128))
+    policy: Mapped[str | None] = mapped_column(String(32))
     applied: Mapped[bool] = mapped_column(Boolean, default=True)
+    read_back: Mapped[str | None] = mapped_column(String(16))  # the status read after applying it
+    notified_at: Mapped[datetime | None]
     queue: Mapped[Queue] = relationship()
+
+
+class Override(Base):
+    """A person's exclusion or inclusion of a queue: it always wins over the robot until it ends."""
+
+    __tablename__ = "override"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # exclude | include
+    status: Mapped[str] = mapped_column(String(16))  # the PanDA status it set
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    until: Mapped[datetime | None]  # none: until cleared
+    cleared_at: Mapped[datetime | None]
+    queue: Mapped[Queue] = relationship()
+
+
+class Silence(Base):
+    """No automatic action (and no mail) for a queue, a site or a cloud, with who, why and until."""
+
+    __tablename__ = "silence"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # queue | site | cloud
+    name: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    until: Mapped[datetime]
+    cleared_at: Mapped[datetime | None]
+
+
+class Setting(Base):
+    """Runtime switches that operators flip without a restart (e.g. the exclusion mode)."""
+
+    __tablename__ = "setting"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    actor: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[datetime]
 
 
 class Event(Base):

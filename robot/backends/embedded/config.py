@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from robot.config import Duration, PositiveInt, Strict, load_yaml_model
+from robot.yamlconfig import Duration, PositiveInt, Strict, load_yaml_model
 
 
 class FaultMode(StrEnum):

@@ -134,9 +134,11 @@ class GridState:
         )
 
     def heal(self, queue: str, now: datetime) -> int:
-        """End every operator fault on the queue now; returns how many were active."""
+        """End every fault on the queue now (cancelling those not started yet); returns how many."""
+        # A fault not started yet gets start=until=now, so it reads as ended, not as still scheduled.
         cursor = self._db.execute(
-            "UPDATE faults SET until=? WHERE queue=? AND until>?", (_ts(now), queue, _ts(now))
+            "UPDATE faults SET start=MIN(start, ?), until=? WHERE queue=? AND until>?",
+            (_ts(now), _ts(now), queue, _ts(now)),
         )
         return cursor.rowcount
 

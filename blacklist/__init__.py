@@ -1,0 +1,1 @@
+"""Automatic exclusion of broken queues: policies (pure), safety guards (pure), actuation (I/O)."""

@@ -1,0 +1,184 @@
+"""The exclusion engine as a loop step: read the stored facts, decide, guard, act, record.
+
+Decisions come from pure functions (policies, safety); this module only gathers their input from
+the database and turns their output into transition rows and backend calls. Every decision that
+changes something is one stored transition (old, new, reason, evidence, actor, time), applied or
+dry-run alike.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from blacklist.model import Action, Decision, QueueView, Result
+from blacklist.policies import Policy
+from blacklist.safety import Incident, guard, hands_off
+from robot.backends.base import Backend, BackendUnavailable
+from robot.jobstates import QueueStatus
+from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
+                                  Template, Test)
+
+log = logging.getLogger(__name__)
+
+MODE_SETTING = "blacklist.mode"
+INCIDENT_REPEAT = timedelta(hours=1)
+
+
+@dataclass
+class EvaluationSummary:
+    mode: str
+    decisions: list[Decision] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
+
+    def changes(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action in (Action.EXCLUDE, Action.INCLUDE, Action.PEND, Action.CLEAR)]
+
+
+def effective_mode(session: Session, configured: str) -> str:
+    """The exclusion mode: an operator's runtime switch, else the configuration."""
+    stored = session.get(Setting, MODE_SETTING)
+    return stored.value if stored else configured
+
+
+class ExclusionEngine:
+    def __init__(self, policy: Policy, backend: Backend):
+        self.policy = policy
+        self.backend = backend
+        self.settings = policy.settings
+
+    def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
+        mode = effective_mode(session, self.settings.mode)
+        summary = EvaluationSummary(mode=mode)
+        if mode == "off":
+            return summary
+        views, ids, flaps = load_views(session, now, self.policy)
+        decisions = []
+        for view in views.values():
+            why = hands_off(view)
+            decisions.append(Decision(view.name, Action.KEEP, why, policy=self.policy.name) if why
+                             else self.policy.decide(view, now, flaps.get(view.name, 0)))
+        decisions, incidents = guard(decisions, views, self.settings.safety, now)
+        summary.decisions, summary.incidents = decisions, incidents
+        for decision in decisions:
+            self._apply(session, decision, views[decision.queue], ids[decision.queue], mode, now)
+        self._record_incidents(session, incidents, now)
+        self._set_cadence(session, views, ids, now)
+        return summary
+
+    # -- acting ----------------------------------------------------------------------------------
+    def _apply(self, session: Session, decision: Decision, view: QueueView, queue_id: int, mode: str,
+               now: datetime) -> None:
+        state = {Action.EXCLUDE: "excluded", Action.INCLUDE: "online", Action.PEND: "pending",
+                 Action.CLEAR: "online"}.get(decision.action)
+        if state is None:
+            return
+        actor = self.settings.actor
+        if not decision.changes_status:
+            session.add(QueueTransition(queue_id=queue_id, time=now, kind="state", old=view.robot_state, new=state,
+                                        reason=decision.reason, evidence=decision.evidence, actor=actor,
+                                        policy=decision.policy, applied=True))
+            _set_state(session, queue_id, state, now)
+            return
+        target = self.settings.exclude_to if decision.action is Action.EXCLUDE else QueueStatus.ONLINE.value
+        old = view.status if mode == "enforce" else ("online" if view.robot_state != "excluded" else self.settings.exclude_to)
+        transition = QueueTransition(queue_id=queue_id, time=now, kind="status", old=old, new=target,
+                                     reason=decision.reason, evidence=decision.evidence, actor=actor,
+                                     policy=decision.policy, applied=mode == "enforce")
+        if mode == "enforce":
+            try:
+                self.backend.set_queue_status(view.name, QueueStatus(target), decision.reason, actor)
+                read_back = self.backend.queue_status().get(view.name)
+            except BackendUnavailable as exc:
+                session.add(Event(time=now, kind="actuation_failed", subject=view.name,
+                                  message=f"could not set {target}: {exc}; the decision is taken again next step",
+                                  details={"decision": decision.reason}))
+                return
+            transition.read_back = read_back.value if read_back else None
+            if transition.read_back != target:
+                session.add(Event(time=now, kind="status_mismatch", subject=view.name,
+                                  message=f"set {target} but read back {transition.read_back}",
+                                  details={"decision": decision.reason}))
+            session.execute(update(Queue).where(Queue.id == queue_id)
+                            .values(status=transition.read_back or target, status_read_at=now))
+        session.add(transition)
+        _set_state(session, queue_id, state, now)
+        log.warning("%s %s %s (%s): %s", mode, decision.action.value, view.name, target, decision.reason)
+
+    def _record_incidents(self, session: Session, incidents: list[Incident], now: datetime) -> None:
+        for incident in incidents:
+            recent = session.scalar(select(func.count()).select_from(Event).where(
+                Event.kind == incident.kind, Event.time > now - INCIDENT_REPEAT))
+            if not recent:
+                session.add(Event(time=now, kind=incident.kind, subject="central", message=incident.message,
+                                  details={"queues": list(incident.queues), **incident.evidence}))
+
+    def _set_cadence(self, session: Session, views: dict[str, QueueView], ids: dict[str, int], now: datetime) -> None:
+        current = {qid: (extra, gap) for qid, extra, gap in
+                   session.execute(select(Queue.id, Queue.extra_jobs, Queue.job_gap_seconds))}
+        changed = []
+        for name, view in views.items():
+            cadence = self.policy.cadence(view, now)
+            wanted = (cadence.extra_jobs, int(cadence.gap.total_seconds()))
+            if current.get(ids[name]) != wanted:
+                changed.append({"id": ids[name], "extra_jobs": wanted[0], "job_gap_seconds": wanted[1]})
+        if changed:
+            session.execute(update(Queue), changed)
+
+
+def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> None:
+    session.execute(update(Queue).where(Queue.id == queue_id).values(robot_state=state, robot_state_since=now))
+
+
+def load_views(session: Session, now: datetime, policy: Policy) -> tuple[dict[str, QueueView], dict[str, int], dict[str, int]]:
+    """Every live queue's facts: status, the robot's state, overrides, silences, recent results."""
+    actor = policy.settings.actor
+    rows = session.execute(
+        select(Queue.id, Queue.name, Queue.status, Queue.robot_state, Queue.robot_state_since, Queue.exempt,
+               Site.name, Cloud.name)
+        .join(Site, Site.id == Queue.site_id).join(Cloud, Cloud.id == Site.cloud_id)
+        .where(Queue.retired_at.is_(None))
+    ).all()
+    robot_moves = session.execute(
+        select(QueueTransition.queue_id,
+               func.max(QueueTransition.time).filter(QueueTransition.new != "online"),
+               func.count().filter(QueueTransition.new != "online", QueueTransition.time >= now - policy.flap_window),
+               func.max(QueueTransition.time).filter(QueueTransition.new == "online"))
+        .where(QueueTransition.kind == "status", QueueTransition.actor == actor)
+        .group_by(QueueTransition.queue_id)
+    ).all()
+    last_moves = {qid: (excluded, count, included) for qid, excluded, count, included in robot_moves}
+    manual = dict(session.execute(
+        select(Override.queue_id, Override.action).where(
+            Override.cleared_at.is_(None), (Override.until.is_(None)) | (Override.until > now))
+        .order_by(Override.created_at)
+    ).all())
+    silences = session.execute(select(Silence.scope, Silence.name).where(Silence.cleared_at.is_(None),
+                                                                         Silence.until > now)).all()
+    silenced = {(scope, name) for scope, name in silences}
+    results: dict[int, list[Result]] = defaultdict(list)
+    query = (select(Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
+                    Job.error_name, Job.error_code)
+             .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
+             .where(Job.phase == "done", Job.outcome.in_(["completed", "failed"]),
+                    Job.end_time >= now - policy.window, Template.name.in_(policy.templates)))
+    for qid, panda_id, template, end, outcome, klass, name, code in session.execute(query):
+        results[qid].append(Result(panda_id or 0, template, end, outcome == "failed", klass, name, code))
+    views, ids, flaps = {}, {}, {}
+    for qid, name, status, state, since, exempt, site, cloud in rows:
+        when, count, included = last_moves.get(qid, (None, 0, None))
+        ordered = tuple(sorted(results.get(qid, []), key=lambda r: r.end_time, reverse=True))
+        views[name] = QueueView(
+            name=name, site=site, cloud=cloud, status=status, robot_state=state,
+            excluded_by_robot=state == "excluded", manual=manual.get(qid),
+            silenced=bool({("queue", name), ("site", site), ("cloud", cloud)} & silenced),
+            exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
+            results=ordered)
+        ids[name] = qid
+        flaps[name] = max(0, count - 1) if state == "excluded" else count
+    return views, ids, flaps
+

@@ -1,0 +1,80 @@
+"""What exclusion policies read and what they decide. Plain values: policies are pure functions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Action(StrEnum):
+    EXCLUDE = "exclude"  # take the queue out of user brokerage (to test / brokeroff / offline)
+    INCLUDE = "include"  # set it online again
+    PEND = "pend"  # suspicious: send probe jobs, decide when they return (our policy only)
+    CLEAR = "clear"  # the suspicion is gone: back to normal testing (our policy only)
+    KEEP = "keep"  # nothing to change
+    NEEDS_JOBS = "needs_jobs"  # not enough results to judge
+
+
+@dataclass(frozen=True)
+class Result:
+    """One final test job, as the policies see it."""
+
+    panda_id: int
+    template: str
+    end_time: datetime
+    failed: bool
+    error_class: str | None = None  # site, user, central, unknown (for failures)
+    error_name: str | None = None
+    error_code: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """A queue's facts at evaluation time."""
+
+    name: str
+    site: str
+    cloud: str
+    status: str  # PanDA status as last read: online, brokeroff, test, offline
+    robot_state: str = "online"  # online, pending, excluded: the robot's own view
+    excluded_by_robot: bool = False  # the current exclusion was the robot's (only those it may lift)
+    manual: str | None = None  # an active manual override: "exclude" or "include"
+    silenced: bool = False
+    exempt: bool = False
+    last_robot_exclusion: datetime | None = None
+    last_robot_inclusion: datetime | None = None  # evidence older than this was already judged
+    state_since: datetime | None = None  # when robot_state was entered
+    results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only
+
+
+@dataclass(frozen=True)
+class Decision:
+    queue: str
+    action: Action
+    reason: str
+    new_status: str | None = None  # PanDA status to set (exclude / include)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    policy: str = ""
+
+    @property
+    def changes_status(self) -> bool:
+        return self.action in (Action.EXCLUDE, Action.INCLUDE)
+
+
+def by_template(results: tuple[Result, ...], templates: list[str]) -> dict[str, list[Result]]:
+    """Results per critical template, newest first."""
+    grouped: dict[str, list[Result]] = {t: [] for t in templates}
+    for result in results:
+        if result.template in grouped:
+            grouped[result.template].append(result)
+    for items in grouped.values():
+        items.sort(key=lambda r: r.end_time, reverse=True)
+    return grouped
+
+
+def evidence_of(results: list[Result]) -> list[dict[str, Any]]:
+    """The jobs behind a decision, as stored with it."""
+    return [{"panda_id": r.panda_id, "template": r.template, "end_time": r.end_time.isoformat(),
+             "failed": r.failed, "error_class": r.error_class, "error": r.error_name, "code": r.error_code}
+            for r in results]

@@ -1,0 +1,71 @@
+"""The `blacklist:` section of the robot's configuration: policy choice, tuning and safety."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from robot.yamlconfig import Duration, NonNegativeInt, PositiveInt, Strict
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class HammerCloudSettings(Strict):
+    """HammerCloud's own policy, as its code has it."""
+
+    window: Duration = timedelta(hours=3)
+    reinclude_successes: PositiveInt = 2  # the last N jobs completed in every critical template
+    reexclusion_cooldown: Duration = timedelta(hours=6)
+
+
+class SequentialSettings(Strict):
+    """Our default: a sequential probability ratio test on site-class failures, with probes."""
+
+    window: Duration = timedelta(hours=6)
+    p_healthy: Fraction = 0.03  # site-class failure probability of a healthy queue
+    p_broken: Fraction = 0.5  # ... of a broken one
+    alpha: Fraction = 0.002  # accepted chance of excluding a healthy queue per decision
+    beta: Fraction = 0.05  # accepted chance of missing a broken one
+    probes: NonNegativeInt = 2  # extra jobs in flight per critical template while in doubt
+    max_pending: Duration = timedelta(hours=2)  # give up the suspicion after this without a verdict
+    include_successes: PositiveInt = 3  # consecutive good jobs after an exclusion before re-inclusion
+    flap_window: Duration = timedelta(hours=24)  # each earlier exclusion in it asks for more good jobs
+    stable_after: Duration = timedelta(hours=24)  # no site failure for this long: a stable queue
+    stable_gap: Duration = timedelta(minutes=30)  # on a stable queue, wait this long between jobs of a template
+
+
+class SafetySettings(Strict):
+    mass_guard: bool = True  # hold exclusions and raise one central incident when many queues fail at once
+    mass_min_queues: PositiveInt = 3  # a mass event needs at least this many queues at once ...
+    mass_fraction: Fraction = 0.15  # ... and this share of all queues, or
+    cloud_fraction: Fraction = 0.5  # this share of one cloud's queues
+    central_share: Fraction = 0.5  # or this share of the evidence being central-class errors
+    max_excluded_fraction: Fraction = 0.2  # never more than this share of queues excluded by the robot
+    exempt_patterns: list[str] = ["*test*", "*TEST*", "*local*", "*LOCAL*"]
+    exempt_sites: list[str] = []  # sites that opted out of automatic exclusion
+
+
+class NotifySettings(Strict):
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: PositiveInt = 25
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None  # use ${ENV} for it
+    sender: str = "queue-health-robot@localhost"
+    operations: list[str] = []  # always copied
+    monitor_url: str = ""  # e.g. https://monitor.example.org/queue/{queue}
+    burst: Duration = timedelta(minutes=10)  # decisions on one site within this time share one message
+
+
+class BlacklistSettings(Strict):
+    mode: Literal["off", "dry-run", "enforce"] = "dry-run"
+    policy: Literal["default", "hammercloud"] = "default"
+    critical_templates: list[str] = []  # default: every active functional template
+    exclude_to: Literal["test", "brokeroff", "offline"] = "brokeroff"
+    actor: str = "healthrobot"  # the probe name the robot's changes carry
+    hammercloud: HammerCloudSettings = HammerCloudSettings()
+    default: SequentialSettings = SequentialSettings()
+    safety: SafetySettings = SafetySettings()
+    notify: NotifySettings = NotifySettings()

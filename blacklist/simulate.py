@@ -1,0 +1,192 @@
+"""Policies side by side in virtual time: the real loop and engine against the simulated grid.
+
+Each (policy, seed) run drives `Robot.run_once(now)` step by step over the scenario, with the
+exclusion engine in enforce mode, then scores the stored transitions against the ground truth of
+the scenario (which queue was broken when, when the central services failed).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from blacklist.engine import ExclusionEngine
+from blacklist.policies import Policy
+from blacklist.settings import BlacklistSettings
+from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid
+from robot.classify import load_table
+from robot.clock import ManualClock
+from robot.config import RobotConfig
+from robot.loop import Robot
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Queue, QueueTransition
+from robot.yamlconfig import load_yaml_model
+from blacklist.settings import SafetySettings
+
+# HammerCloud as it runs: its own policy, its exemptions and cooldown, no mass-exclusion guard
+# and no cap (the mass-exclusion recovery it gained later acts after the fact).
+BUILTIN = {
+    "default": BlacklistSettings(mode="enforce", policy="default"),
+    "hammercloud": BlacklistSettings(mode="enforce", policy="hammercloud",
+                                     safety=SafetySettings(mass_guard=False, max_excluded_fraction=1.0)),
+}
+
+
+class _PolicyFile(BlacklistSettings):
+    pass
+
+
+def policy_settings(name_or_path: str) -> tuple[str, BlacklistSettings]:
+    """A built-in policy by name, or a YAML file holding a `blacklist:` section's content."""
+    if name_or_path in BUILTIN:
+        return name_or_path, BUILTIN[name_or_path]
+    settings = load_yaml_model(name_or_path, BlacklistSettings)
+    return Path(name_or_path).stem, settings.model_copy(update={"mode": "enforce"})
+
+
+@dataclass
+class RunResult:
+    policy: str
+    seed: int
+    latencies: list[float] = field(default_factory=list)  # seconds, per detected fault
+    missed: int = 0
+    faults: int = 0
+    false_exclusions: int = 0
+    central_exclusions: int = 0
+    reinclusion: list[float] = field(default_factory=list)  # seconds from recovery to re-inclusion
+    not_reincluded: int = 0
+    lost_queue_hours: float = 0.0  # excluded while healthy
+    jobs: int = 0
+    queue_days: float = 0.0
+
+
+def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) -> RunResult:
+    clock = ManualClock(scenario.start)
+    grid = SimulatedGrid(scenario, clock, seed)
+    templates = [{"name": t, "category": "functional", "payload": "simulated", "input_dataset": "*",
+                  "events_per_job": scenario.job.events, "max_wall_time": "1d", "max_queue_time": "2h"}
+                 for t in scenario.templates]
+    config = RobotConfig.model_validate({"data_dir": "/nonexistent", "database": {"url": "sqlite://"},
+                                         "templates": templates})
+    engine = make_engine("sqlite://")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    policy = Policy(settings, tuple(scenario.templates))
+    robot = Robot(config, sessions, grid, grid, grid, load_table(), evaluators=[ExclusionEngine(policy, grid)])
+    end = scenario.start + scenario.duration
+    now = scenario.start
+    while now < end:
+        clock.set(now)
+        robot.run_once(now)
+        now += scenario.step
+    with sessions() as session:
+        transitions = session.execute(
+            select(Queue.name, QueueTransition.time, QueueTransition.new)
+            .join(Queue, Queue.id == QueueTransition.queue_id)
+            .where(QueueTransition.kind == "status", QueueTransition.actor == settings.actor)
+            .order_by(QueueTransition.time)
+        ).all()
+    engine.dispose()
+    result = score(scenario, grid.faults, [(q, t, new) for q, t, new in transitions], end)
+    result.policy, result.seed, result.jobs = label, seed, grid.submitted
+    return result
+
+
+def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple[str, datetime, str]],
+          end: datetime) -> RunResult:
+    """Compare the robot's exclusions with the truth."""
+    result = RunResult(policy="", seed=0, faults=len(faults))
+    result.queue_days = scenario.queues.count * scenario.duration.total_seconds() / 86400
+    outages = [(scenario.start + o.onset, scenario.start + o.onset + o.duration + timedelta(hours=1))
+               for o in scenario.central_outages]
+    by_queue: dict[str, list[tuple[datetime, str]]] = {}
+    for queue, when, new in transitions:
+        by_queue.setdefault(queue, []).append((when, new))
+    for fault in faults:
+        excluded = next((t for t, new in by_queue.get(fault.queue, []) if new != "online"
+                         and fault.start <= t <= fault.end), None)
+        if excluded is None:
+            result.missed += 1
+            continue
+        result.latencies.append((excluded - fault.start).total_seconds())
+        back = next((t for t, new in by_queue.get(fault.queue, []) if new == "online" and t >= fault.end), None)
+        if back is None:
+            result.not_reincluded += 1
+        else:
+            result.reinclusion.append((back - fault.end).total_seconds())
+    for queue, events in by_queue.items():
+        windows = [f for f in faults if f.queue == queue]
+        for when, new in events:
+            if new != "online" and not any(f.start <= when <= f.end for f in windows):
+                result.false_exclusions += 1
+                if any(a <= when <= b for a, b in outages):
+                    result.central_exclusions += 1
+        result.lost_queue_hours += _healthy_excluded_hours(events, windows, end)
+    return result
+
+
+def _healthy_excluded_hours(events: list[tuple[datetime, str]], faults: list[FaultWindow], end: datetime) -> float:
+    """Hours the queue spent excluded while no fault was active on it (user brokerage lost)."""
+    lost, since = 0.0, None
+    for when, new in events + [(end, "online")]:
+        if new != "online" and since is None:
+            since = when
+        elif new == "online" and since is not None:
+            lost += _outside(since, when, faults)
+            since = None
+    return lost / 3600
+
+
+def _outside(start: datetime, stop: datetime, faults: list[FaultWindow]) -> float:
+    total = (stop - start).total_seconds()
+    for fault in faults:
+        overlap = (min(stop, fault.end) - max(start, fault.start)).total_seconds()
+        total -= max(0.0, overlap)
+    return max(0.0, total)
+
+
+@dataclass(frozen=True)
+class Summary:
+    policy: str
+    runs: int
+    faults: int
+    detection_median_min: float | None
+    detection_p95_min: float | None
+    missed: int
+    false_per_100_queue_days: float
+    central_exclusions: int
+    reinclusion_median_min: float | None
+    not_reincluded: int
+    lost_queue_hours: float
+    jobs: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def summarize(runs: list[RunResult]) -> Summary:
+    latencies = [x / 60 for r in runs for x in r.latencies]
+    back = [x / 60 for r in runs for x in r.reinclusion]
+    queue_days = sum(r.queue_days for r in runs)
+    return Summary(
+        policy=runs[0].policy, runs=len(runs), faults=sum(r.faults for r in runs),
+        detection_median_min=statistics.median(latencies) if latencies else None,
+        detection_p95_min=_p95(latencies), missed=sum(r.missed for r in runs),
+        false_per_100_queue_days=100 * sum(r.false_exclusions for r in runs) / queue_days if queue_days else 0.0,
+        central_exclusions=sum(r.central_exclusions for r in runs),
+        reinclusion_median_min=statistics.median(back) if back else None,
+        not_reincluded=sum(r.not_reincluded for r in runs),
+        lost_queue_hours=sum(r.lost_queue_hours for r in runs) / len(runs),
+        jobs=sum(r.jobs for r in runs) / len(runs),
+    )
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]

@@ -1,0 +1,99 @@
+"""YAML configuration files: strict models, `${ENV}` substitution, errors that name file and key."""
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from robot.durations import parse_duration
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem: which file, which key, what was expected."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + ("\n  ".join([""] + problems) if len(problems) > 1 else problems[0]))
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_timedelta="float")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def substitute_env(value: Any, where: str = "", env: dict[str, str] | None = None) -> Any:
+    """Replace `${NAME}` and `${NAME:-default}` in every string of a parsed YAML tree."""
+    env = os.environ if env is None else env
+    if isinstance(value, dict):
+        return {k: substitute_env(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise KeyError(f"{where or '<top>'}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    return _ENV_REF.sub(replace, value)
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: key path, what is wrong, what was found."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"]) or "<top>"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif kind == "missing":
+            lines.append(f"{loc}: missing required key")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {message} (got {item['input']!r})")
+    return lines
+
+
+def load_yaml_model(path: Path | str, model: type[M], **extra: Any) -> M:
+    """Read a YAML file into a pydantic model; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, [f"<top>: expected a mapping of keys, got {type(raw).__name__}"])
+    try:
+        raw = substitute_env(raw)
+    except KeyError as exc:
+        raise ConfigError(path, [exc.args[0]]) from exc
+    try:
+        return model.model_validate({**raw, **extra})
+    except ValidationError as exc:
+        raise ConfigError(path, describe_validation_error(exc)) from exc
