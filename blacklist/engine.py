@@ -50,13 +50,14 @@ class ExclusionEngine:
         self.policy = policy
         self.backend = backend
         self.settings = policy.settings
+        self.results = ResultCache(policy)
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         mode = effective_mode(session, self.settings.mode)
         summary = EvaluationSummary(mode=mode)
         if mode == "off":
             return summary
-        views, ids, flaps = load_views(session, now, self.policy)
+        views, ids, flaps = load_views(session, now, self.policy, self.results.read(session, now))
         decisions = []
         for view in views.values():
             why = hands_off(view)
@@ -134,7 +135,38 @@ def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> No
     session.execute(update(Queue).where(Queue.id == queue_id).values(robot_state=state, robot_state_since=now))
 
 
-def load_views(session: Session, now: datetime, policy: Policy) -> tuple[dict[str, QueueView], dict[str, int], dict[str, int]]:
+class ResultCache:
+    """The critical templates' final results in the policy window, per queue id.
+
+    The first read loads the whole window; later reads load only the jobs whose state changed
+    since, so a step costs what changed, not the window. It mirrors stored rows and nothing else.
+    """
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._by_queue: dict[int, dict[int, Result]] = defaultdict(dict)
+        self._seen_until: datetime | None = None
+
+    def read(self, session: Session, now: datetime) -> dict[int, list[Result]]:
+        start = now - self.policy.window
+        query = (select(Job.id, Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
+                        Job.error_name, Job.error_code)
+                 .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
+                 .where(Job.phase == "done", Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,
+                        Template.name.in_(self.policy.templates)))
+        if self._seen_until is not None:
+            query = query.where(Job.status_changed_at >= self._seen_until)
+        for job_id, qid, panda_id, template, end, outcome, klass, name, code in session.execute(query):
+            self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code)
+        self._seen_until = now
+        for results in self._by_queue.values():
+            for job_id in [j for j, r in results.items() if r.end_time < start]:
+                del results[job_id]
+        return {qid: list(results.values()) for qid, results in self._by_queue.items()}
+
+
+def load_views(session: Session, now: datetime, policy: Policy,
+               results: dict[int, list[Result]]) -> tuple[dict[str, QueueView], dict[str, int], dict[str, int]]:
     """Every live queue's facts: status, the robot's state, overrides, silences, recent results."""
     actor = policy.settings.actor
     rows = session.execute(
@@ -160,14 +192,6 @@ def load_views(session: Session, now: datetime, policy: Policy) -> tuple[dict[st
     silences = session.execute(select(Silence.scope, Silence.name).where(Silence.cleared_at.is_(None),
                                                                          Silence.until > now)).all()
     silenced = {(scope, name) for scope, name in silences}
-    results: dict[int, list[Result]] = defaultdict(list)
-    query = (select(Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
-                    Job.error_name, Job.error_code)
-             .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
-             .where(Job.phase == "done", Job.outcome.in_(["completed", "failed"]),
-                    Job.end_time >= now - policy.window, Template.name.in_(policy.templates)))
-    for qid, panda_id, template, end, outcome, klass, name, code in session.execute(query):
-        results[qid].append(Result(panda_id or 0, template, end, outcome == "failed", klass, name, code))
     views, ids, flaps = {}, {}, {}
     for qid, name, status, state, since, exempt, site, cloud in rows:
         when, count, included = last_moves.get(qid, (None, 0, None))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
+import zlib
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
@@ -24,7 +25,7 @@ from robot.jobstates import FINAL_STATES, QUEUED_STATES, RUNNING_STATES, JobStat
 from robot.planning import SlotState, choose_input, jobs_to_submit
 from robot.storage.models import Event, Job, Queue, QueueTransition, StorageEndpoint, Template, Test, TestQueue, queue_endpoint
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
-from robot.topology import TopologySource
+from robot.topology import Topology, TopologySource
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ WARN_AGAIN_AFTER = timedelta(hours=1)
 # A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
 Evaluator = Callable[[Session, datetime], Any]
 TOPOLOGY_REFRESH = timedelta(hours=1)
+MAX_GAP = timedelta(days=1)  # the longest pause between jobs a policy may ask for
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Robot:
         self.error_table = error_table
         self.evaluators = list(evaluators)
         self._topology_synced_at: datetime | None = None
+        self._topology: Topology | None = None
         self._tests_valid_until: datetime | None = None
         self._warned: dict[tuple[str, str], datetime] = {}
 
@@ -105,10 +108,12 @@ class Robot:
                 # Keep working with the stored topology; try again at the next step.
                 self._event(session, now, "topology_unreachable", "", f"topology could not be read: {exc}")
                 topology = None
-            if topology is not None:
+            if topology is not None and topology != self._topology:
                 sync_topology(session, topology, now)
                 sync_templates(session, self.config.templates)
-                self._topology_synced_at, changed = now, True
+                self._topology, changed = topology, True
+            if topology is not None:
+                self._topology_synced_at = now
         if changed or self._tests_valid_until is None or now >= self._tests_valid_until:
             tests = ensure_functional_tests(session, self.config.templates, now)
             self._tests_valid_until = min((t.end_time for t in tests), default=now + TOPOLOGY_REFRESH)
@@ -253,7 +258,7 @@ class Robot:
 
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        slots = self._slot_states(session)
+        slots = self._slot_states(session, now)
         plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot, now)) > 0]
         if not plan:
             return
@@ -268,9 +273,9 @@ class Robot:
             if not datasets:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
                 continue
-            for k in range(count):
-                dataset, files = choose_input(datasets, slot.total + k, template["events_per_job"])
+            for _ in range(count):
                 name = f"hc.{slot.test_id}.{queue_name}.{uuid.uuid4().hex[:12]}"
+                dataset, files = choose_input(datasets, zlib.crc32(name.encode()), template["events_per_job"])
                 rows.append({"test_id": slot.test_id, "queue_id": slot.queue_id, "job_name": name,
                              "phase": "recorded", "dataset": dataset.name, "n_files": len(files), "recorded_at": now})
                 requests.append(JobRequest(
@@ -307,28 +312,44 @@ class Robot:
             session.commit()
             summary.submitted += len(batch)
 
-    def _slot_states(self, session: Session) -> list[SlotState]:
-        queued = [s.value for s in QUEUED_STATES]
-        running = [s.value for s in RUNNING_STATES]
-        in_flight = Job.phase.in_(["recorded", "active"])
-        counts = (
-            select(Job.test_id, Job.queue_id,
-                   func.sum(case((and_(in_flight, Job.job_status.is_(None) | Job.job_status.in_(queued)), 1), else_=0)).label("queued"),
-                   func.sum(case((and_(in_flight, Job.job_status.in_(running)), 1), else_=0)).label("running"),
-                   func.count().label("total"), func.max(Job.end_time).label("last_end"))
-            .where(Job.phase != "lost", Job.test_id.in_(select(Test.id).where(Test.state == "running")))
-            .group_by(Job.test_id, Job.queue_id)
-        ).subquery()
-        rows = session.execute(
+    def _slot_states(self, session: Session, now: datetime) -> list[SlotState]:
+        """Every (running test, live queue) pair with its jobs in flight, from a few small queries."""
+        pairs = session.execute(
             select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
-                   TestQueue.resubmit_enabled, func.coalesce(counts.c.queued, 0), func.coalesce(counts.c.running, 0),
-                   func.coalesce(counts.c.total, 0), Queue.extra_jobs, Queue.job_gap_seconds, counts.c.last_end)
-            .join(Test, Test.id == TestQueue.test_id)
-            .join(Queue, Queue.id == TestQueue.queue_id)
-            .outerjoin(counts, and_(counts.c.test_id == TestQueue.test_id, counts.c.queue_id == TestQueue.queue_id))
+                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds)
+            .join(Test, Test.id == TestQueue.test_id).join(Queue, Queue.id == TestQueue.queue_id)
             .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value)
         ).all()
-        return [SlotState(*row[:8], extra_jobs=row[8], gap=timedelta(seconds=row[9]), last_end=row[10]) for row in rows]
+        running_states = {s.value for s in RUNNING_STATES}
+        queued: Counter[tuple[int, int]] = Counter()
+        running: Counter[tuple[int, int]] = Counter()
+        for test_id, queue_id, status in session.execute(
+            select(Job.test_id, Job.queue_id, Job.job_status).where(Job.phase.in_(["recorded", "active"]))
+        ):
+            (running if status in running_states else queued)[(test_id, queue_id)] += 1
+        last_end = self._last_ends(session, now, {q for _, q, *_, gap in pairs if gap})
+        once = {t for t, _, _, _, resubmit, _, _ in pairs if not resubmit}
+        totals: dict[tuple[int, int], int] = {}
+        if once:
+            totals = {(t, q): n for t, q, n in session.execute(
+                select(Job.test_id, Job.queue_id, func.count()).where(Job.test_id.in_(once), Job.phase != "lost")
+                .group_by(Job.test_id, Job.queue_id))}
+        return [SlotState(test_id=t, queue_id=q, max_running_jobs=m, min_queue_depth=d, resubmit_enabled=r,
+                          queued=queued[(t, q)], running=running[(t, q)],
+                          total=totals.get((t, q), queued[(t, q)] + running[(t, q)]), extra_jobs=extra,
+                          gap=timedelta(seconds=gap), last_end=last_end.get((t, q)))
+                for t, q, m, d, r, extra, gap in pairs]
+
+    @staticmethod
+    def _last_ends(session: Session, now: datetime, queue_ids: set[int]) -> dict[tuple[int, int], datetime]:
+        """When the latest job of each pair ended, for queues the policy wants tested with a gap."""
+        if not queue_ids:
+            return {}
+        rows = session.execute(
+            select(Job.test_id, Job.queue_id, func.max(Job.end_time))
+            .where(Job.queue_id.in_(queue_ids), Job.end_time >= now - MAX_GAP).group_by(Job.test_id, Job.queue_id)
+        )
+        return {(t, q): end for t, q, end in rows}
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":

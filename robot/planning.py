@@ -19,7 +19,7 @@ class SlotState:
     resubmit_enabled: bool
     queued: int  # recorded, defined or activated
     running: int  # sent, starting, running or holding
-    total: int  # every job ever recorded for the pair (lost ones excluded)
+    total: int  # jobs recorded for the pair (lost ones excluded); all of them where resubmission is off
     extra_jobs: int = 0  # probes the exclusion policy asks for (the queue is in doubt)
     gap: timedelta = timedelta(0)  # the policy's pause between jobs (a long-stable queue)
     last_end: datetime | None = None  # when the pair's latest job ended
@@ -43,7 +43,8 @@ def jobs_to_submit(slot: SlotState, now: datetime) -> int:
 
 
 def choose_input(datasets: list[DatasetInfo], sequence: int, events_per_job: int) -> tuple[DatasetInfo, tuple[InputFile, ...]]:
-    """Rotate through the complete datasets; take the fewest files that hold `events_per_job` events."""
+    """Pick a complete dataset by `sequence` (any number that varies between jobs); take the fewest
+    files that hold `events_per_job` events."""
     ordered = sorted(datasets, key=lambda d: d.name)
     dataset = ordered[sequence % len(ordered)]
     files: list[InputFile] = []

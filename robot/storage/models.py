@@ -140,6 +140,7 @@ class Job(Base):
         Index("job_phase", "phase"),
         Index("job_queue_end", "queue_id", "end_time"),
         Index("job_end", "end_time"),
+        Index("job_status_changed", "status_changed_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     test_id: Mapped[int] = mapped_column(ForeignKey("test.id"))

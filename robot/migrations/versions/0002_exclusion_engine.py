@@ -50,6 +50,9 @@ def upgrade() -> None:
     with op.batch_alter_table('override', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_override_queue_id'), ['queue_id'], unique=False)
 
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.create_index('job_status_changed', ['status_changed_at'], unique=False)
+
     with op.batch_alter_table('queue', schema=None) as batch_op:
         batch_op.add_column(sa.Column('robot_state', sa.String(length=16), server_default='online', nullable=False))
         batch_op.add_column(sa.Column('robot_state_since', robot.storage.models.UTCDateTime(), nullable=True))
@@ -78,6 +81,9 @@ def downgrade() -> None:
         batch_op.drop_column('extra_jobs')
         batch_op.drop_column('robot_state_since')
         batch_op.drop_column('robot_state')
+
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_index('job_status_changed')
 
     with op.batch_alter_table('override', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_override_queue_id'))
