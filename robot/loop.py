@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, JobRequest
@@ -390,12 +390,15 @@ class Robot:
 
 
 def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
-    """Bulk update by primary key, grouped by the set of columns each change touches."""
+    """Bulk update by primary key (one executemany per set of columns touched)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for change in changes:
-        groups[tuple(sorted(change))].append(change)
-    for group in groups.values():
-        session.execute(update(Job), group)
+        groups[tuple(sorted(k for k in change if k != "id"))].append(change)
+    table = Job.__table__
+    for columns, group in groups.items():
+        statement = (update(table).where(table.c.id == bindparam("_id"))
+                     .values({c: bindparam(f"_{c}") for c in columns}))
+        session.execute(statement, [{f"_{k}": v for k, v in change.items()} for change in group])
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:

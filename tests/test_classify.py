@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from robot.classify import load_table, classify
-from robot.config import ConfigError
+from robot.yamlconfig import ConfigError
 
 TABLE = load_table()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from robot.backends.embedded.config import load_grid_config
-from robot.config import ConfigError, load_config
+from robot.config import load_config
+from robot.yamlconfig import ConfigError
 from robot.durations import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent

@@ -161,10 +161,11 @@ def place_faults(scenario: Scenario, seed: int) -> list[FaultWindow]:
 
 @dataclass
 class _Job:
-    report: JobReport
+    report: JobReport  # what the job reports now (activated until it starts)
     start: datetime
     end: datetime
     final: JobReport  # what the job reports once it has ended
+    started: bool = False
 
 
 class SimulatedGrid:
@@ -226,7 +227,10 @@ class SimulatedGrid:
                     job.report = job.final
                 found[panda_id] = job.report
             elif now >= job.start:
-                found[panda_id] = replace(job.report, job_status=JobStatus.RUNNING, start_time=job.start)
+                if not job.started:
+                    job.report = replace(job.report, job_status=JobStatus.RUNNING, start_time=job.start)
+                    job.started = True
+                found[panda_id] = job.report
             else:
                 found[panda_id] = job.report
         return found

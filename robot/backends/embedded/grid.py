@@ -88,6 +88,7 @@ class EmbeddedGrid:
                     done[pid] = False
                     continue
                 self._terminate(pid)
+                shutil.rmtree(self._workdir / str(pid), ignore_errors=True)
                 job.update(job_status=JobStatus.CANCELLED.value, end_time=now.isoformat(),
                            task_buffer_error_code=KILLED, task_buffer_error_diag="killed by the robot on request")
                 self.state.save_job(pid, job)
