@@ -53,6 +53,7 @@ class ExclusionEngine:
         self.results = ResultCache(policy)
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
+        self._apply_overrides(session, now)
         mode = effective_mode(session, self.settings.mode)
         summary = EvaluationSummary(mode=mode)
         if mode == "off":
@@ -86,29 +87,63 @@ class ExclusionEngine:
             _set_state(session, queue_id, state, now)
             return
         target = self.settings.exclude_to if decision.action is Action.EXCLUDE else QueueStatus.ONLINE.value
-        old = view.status if mode == "enforce" else ("online" if view.robot_state != "excluded" else self.settings.exclude_to)
-        transition = QueueTransition(queue_id=queue_id, time=now, kind="status", old=old, new=target,
-                                     reason=decision.reason, evidence=decision.evidence, actor=actor,
-                                     policy=decision.policy, applied=mode == "enforce")
         if mode == "enforce":
-            try:
-                self.backend.set_queue_status(view.name, QueueStatus(target), decision.reason, actor)
-                read_back = self.backend.queue_status().get(view.name)
-            except BackendUnavailable as exc:
-                session.add(Event(time=now, kind="actuation_failed", subject=view.name,
-                                  message=f"could not set {target}: {exc}; the decision is taken again next step",
-                                  details={"decision": decision.reason}))
-                return
-            transition.read_back = read_back.value if read_back else None
-            if transition.read_back != target:
-                session.add(Event(time=now, kind="status_mismatch", subject=view.name,
-                                  message=f"set {target} but read back {transition.read_back}",
-                                  details={"decision": decision.reason}))
-            session.execute(update(Queue).where(Queue.id == queue_id)
-                            .values(status=transition.read_back or target, status_read_at=now))
-        session.add(transition)
+            if not self._set_status(session, queue_id, view.name, view.status, target, decision.reason,
+                                    decision.evidence, actor, decision.policy, now):
+                return  # the backend could not be reached: the decision is taken again next step
+        else:
+            old = "online" if view.robot_state != "excluded" else self.settings.exclude_to
+            session.add(QueueTransition(queue_id=queue_id, time=now, kind="status", old=old, new=target,
+                                        reason=decision.reason, evidence=decision.evidence, actor=actor,
+                                        policy=decision.policy, applied=False))
         _set_state(session, queue_id, state, now)
         log.warning("%s %s %s (%s): %s", mode, decision.action.value, view.name, target, decision.reason)
+
+    def _set_status(self, session: Session, queue_id: int, queue: str, old: str, target: str, reason: str,
+                    evidence: dict, actor: str, policy: str | None, now: datetime) -> bool:
+        """Set a queue's status at the backend, read it back, and record the transition."""
+        try:
+            self.backend.set_queue_status(queue, QueueStatus(target), reason, actor)
+            read_back = self.backend.queue_status().get(queue)
+        except BackendUnavailable as exc:
+            session.add(Event(time=now, kind="actuation_failed", subject=queue,
+                              message=f"could not set {target}: {exc}", details={"reason": reason}))
+            return False
+        seen = read_back.value if read_back else None
+        if seen != target:
+            session.add(Event(time=now, kind="status_mismatch", subject=queue,
+                              message=f"set {target} but read back {seen}", details={"reason": reason}))
+        session.execute(update(Queue).where(Queue.id == queue_id).values(status=seen or target, status_read_at=now))
+        session.add(QueueTransition(queue_id=queue_id, time=now, kind="status", old=old, new=target, reason=reason,
+                                    evidence=evidence, actor=actor, policy=policy, applied=True, read_back=seen))
+        return True
+
+    def _apply_overrides(self, session: Session, now: datetime) -> None:
+        """People's exclusions and inclusions: set when they start, and an exclusion lifted when it ends.
+
+        They are applied whatever the mode: the switch and dry-run concern automatic decisions only.
+        """
+        rows = session.execute(
+            select(Override, Queue.name, Queue.status).join(Queue, Queue.id == Override.queue_id)
+            .where(Override.ended_at.is_(None)).order_by(Override.created_at)
+        ).all()
+        for override, queue, status in rows:
+            active = override.cleared_at is None and (override.until is None or override.until > now)
+            person = f"person:{override.actor}"
+            evidence = {"override": override.id, "until": override.until.isoformat() if override.until else None}
+            if active and override.applied_at is None:
+                reason = f"manual {override.action} by {override.actor}: {override.reason}"
+                if self._set_status(session, override.queue_id, queue, status, override.status, reason, evidence,
+                                    person, None, now):
+                    override.applied_at = now
+                    _set_state(session, override.queue_id, "online", now)
+            elif not active:
+                if override.action == "exclude" and override.applied_at is not None:
+                    reason = f"manual exclusion by {override.actor} ended: back online"
+                    if not self._set_status(session, override.queue_id, queue, status, QueueStatus.ONLINE.value,
+                                            reason, evidence, person, None, now):
+                        continue
+                override.ended_at = now
 
     def _record_incidents(self, session: Session, incidents: list[Incident], now: datetime) -> None:
         for incident in incidents:
@@ -150,14 +185,15 @@ class ResultCache:
     def read(self, session: Session, now: datetime) -> dict[int, list[Result]]:
         start = now - self.policy.window
         query = (select(Job.id, Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
-                        Job.error_name, Job.error_code)
+                        Job.error_name, Job.error_code, Job.start_time)
                  .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
                  .where(Job.phase == "done", Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,
                         Template.name.in_(self.policy.templates)))
         if self._seen_until is not None:
             query = query.where(Job.status_changed_at >= self._seen_until)
-        for job_id, qid, panda_id, template, end, outcome, klass, name, code in session.execute(query):
-            self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code)
+        for job_id, qid, panda_id, template, end, outcome, klass, name, code, started in session.execute(query):
+            self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code,
+                                                 started)
         self._seen_until = now
         for results in self._by_queue.values():
             for job_id in [j for j, r in results.items() if r.end_time < start]:
@@ -192,6 +228,19 @@ def load_views(session: Session, now: datetime, policy: Policy,
     silences = session.execute(select(Silence.scope, Silence.name).where(Silence.cleared_at.is_(None),
                                                                          Silence.until > now)).all()
     silenced = {(scope, name) for scope, name in silences}
+    waiting: dict[int, list[datetime]] = defaultdict(list)
+    last_start: dict[int, datetime] = {}
+    for qid, status, submitted, started in session.execute(
+        select(Job.queue_id, Job.job_status, Job.submitted_at, Job.start_time).where(Job.phase == "active")
+    ):
+        if status in ("defined", "activated"):
+            waiting[qid].append(submitted)
+        elif started is not None and (qid not in last_start or started > last_start[qid]):
+            last_start[qid] = started
+    for qid, items in results.items():
+        for result in items:
+            if result.start_time and (qid not in last_start or result.start_time > last_start[qid]):
+                last_start[qid] = result.start_time
     views, ids, flaps = {}, {}, {}
     for qid, name, status, state, since, exempt, site, cloud in rows:
         when, count, included = last_moves.get(qid, (None, 0, None))
@@ -201,7 +250,7 @@ def load_views(session: Session, now: datetime, policy: Policy,
             excluded_by_robot=state == "excluded", manual=manual.get(qid),
             silenced=bool({("queue", name), ("site", site), ("cloud", cloud)} & silenced),
             exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
-            results=ordered)
+            results=ordered, waiting_since=tuple(waiting.get(qid, ())), last_start=last_start.get(qid))
         ids[name] = qid
         flaps[name] = max(0, count - 1) if state == "excluded" else count
     return views, ids, flaps

@@ -27,6 +27,7 @@ class Result:
     error_class: str | None = None  # site, user, central, unknown (for failures)
     error_name: str | None = None
     error_code: int | None = None
+    start_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class QueueView:
     last_robot_inclusion: datetime | None = None  # evidence older than this was already judged
     state_since: datetime | None = None  # when robot_state was entered
     results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only
+    waiting_since: tuple[datetime, ...] = ()  # submission times of the jobs not started yet
+    last_start: datetime | None = None  # when a job last started at the queue
 
 
 @dataclass(frozen=True)

@@ -86,11 +86,11 @@ def _mass_guard(decisions: list[Decision], views: dict[str, QueueView], settings
                 held |= queues
                 incidents.append(Incident("cloud_failure", f"{count} of {cloud_size[cloud]} queues of cloud {cloud} "
                                           "failing at once: exclusions held", tuple(sorted(queues)), {"cloud": cloud}))
-    classes = Counter(r.error_class for q in excluding for r in views[q].results if r.failed)
+    queues = excluding - held  # the share is judged on the exclusions it would hold, as the incident says
+    classes = Counter(r.error_class for q in queues for r in views[q].results if r.failed)
     failures = sum(classes.values())
-    if (len(excluding - held) >= settings.mass_min_queues and failures
+    if (len(queues) >= settings.mass_min_queues and failures
             and classes["central"] / failures >= settings.central_share):
-        queues = excluding - held
         held |= queues
         incidents.append(Incident("central_errors", f"{classes['central']} of {failures} failures behind these "
                                   "exclusions are central-class errors: exclusions held", tuple(sorted(queues)),

@@ -6,6 +6,10 @@ fault). The evidence is weighed with Page's CUSUM of log-likelihood ratios betwe
 (site-failure probability p_healthy) and "broken" (p_broken), in time order over the window:
   S <- max(0, S + log(p_b/p_h))            for a site-class failure
   S <- max(0, S + log((1-p_b)/(1-p_h)))    for a completed job
+A site failure with the same error code as the one before it in the same excursion weighs more,
+log(p_b / (p_h * code_share)): random failures of healthy sites scatter over many codes, a broken
+service repeats one. A queue where nothing has started for `stall_after` while test jobs wait
+counts each such job as a site failure (a stuck queue shows no errors, only silence).
 The queue is excluded when S reaches log((1-beta)/alpha) (Wald's bound); one failure's worth of S
 makes it PENDING: probe jobs go out at once so that the verdict comes in minutes, not hours.
 A suspicion that finds no confirmation (S back to 0, or max_pending elapsed) is cleared.
@@ -28,12 +32,14 @@ NAME = "default"
 @dataclass(frozen=True)
 class Weights:
     failure: float
+    repeat: float  # a failure repeating the previous failure's error code
     success: float
     exclude_at: float
 
     @classmethod
     def of(cls, s: SequentialSettings) -> "Weights":
         return cls(failure=math.log(s.p_broken / s.p_healthy),
+                   repeat=math.log(s.p_broken / (s.p_healthy * s.code_share)),
                    success=math.log((1 - s.p_broken) / (1 - s.p_healthy)),
                    exclude_at=math.log((1 - s.beta) / s.alpha))
 
@@ -47,12 +53,26 @@ def cusum(results: list[Result], weights: Weights) -> tuple[float, list[Result]]
     """The CUSUM statistic over results in time order, and the site failures since it last was 0."""
     score, since_zero = 0.0, []
     for result in sorted(results, key=lambda r: r.end_time):
-        score = max(0.0, score + (weights.failure if result.failed else weights.success))
+        if not result.failed:
+            step = weights.success
+        elif since_zero and since_zero[-1].error_code == result.error_code:
+            step = weights.repeat
+        else:
+            step = weights.failure
+        score = max(0.0, score + step)
         if score == 0.0:
             since_zero = []
         elif result.failed:
             since_zero.append(result)
     return score, since_zero
+
+
+def stalled(view: QueueView, settings: SequentialSettings, now: datetime) -> list[Result]:
+    """Jobs waiting longer than `stall_after` at a queue where nothing started meanwhile, as failures."""
+    if view.last_start is not None and now - view.last_start < settings.stall_after:
+        return []
+    return [Result(0, "", now, True, "site", "STALLED", -1)
+            for since in view.waiting_since if now - since >= settings.stall_after]
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime,
     start = now - settings.window
     if view.last_robot_inclusion and view.last_robot_inclusion > start:
         start = view.last_robot_inclusion  # a re-included queue starts with a clean slate
-    window = counted(tuple(r for r in view.results if r.end_time >= start))
+    window = counted(tuple(r for r in view.results if r.end_time >= start)) + stalled(view, settings, now)
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)
     score, failures = cusum(window, weights)

@@ -27,6 +27,8 @@ class SequentialSettings(Strict):
     p_broken: Fraction = 0.5  # ... of a broken one
     alpha: Fraction = 0.002  # accepted chance of excluding a healthy queue per decision
     beta: Fraction = 0.05  # accepted chance of missing a broken one
+    code_share: Fraction = 0.25  # share of random site failures that repeat the previous one's error code
+    stall_after: Duration = timedelta(minutes=45)  # a job waiting this long while nothing starts: a stall
     probes: NonNegativeInt = 2  # extra jobs in flight per critical template while in doubt
     max_pending: Duration = timedelta(hours=2)  # give up the suspicion after this without a verdict
     include_successes: PositiveInt = 3  # consecutive good jobs after an exclusion before re-inclusion

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from blacklist.engine import ExclusionEngine
 from blacklist.policies import Policy
-from blacklist.settings import BlacklistSettings
+from blacklist.settings import BlacklistSettings, SafetySettings
 from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid
 from robot.classify import load_table
 from robot.clock import ManualClock
@@ -25,7 +25,6 @@ from robot.loop import Robot
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Queue, QueueTransition
 from robot.yamlconfig import load_yaml_model
-from blacklist.settings import SafetySettings
 
 # HammerCloud as it runs: its own policy, its exemptions and cooldown, no mass-exclusion guard
 # and no cap (the mass-exclusion recovery it gained later acts after the fact).
@@ -34,10 +33,6 @@ BUILTIN = {
     "hammercloud": BlacklistSettings(mode="enforce", policy="hammercloud",
                                      safety=SafetySettings(mass_guard=False, max_excluded_fraction=1.0)),
 }
-
-
-class _PolicyFile(BlacklistSettings):
-    pass
 
 
 def policy_settings(name_or_path: str) -> tuple[str, BlacklistSettings]:

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from blacklist.engine import ExclusionEngine
+from blacklist.notify import Notifier
 from blacklist.policies import Policy
 from robot.backends.base import Backend
 from robot.backends.embedded.config import load_grid_config
@@ -54,5 +55,5 @@ def build(config: RobotConfig, clock: Clock) -> Services:
     grid = open_grid(config, clock)
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     robot = Robot(config, sessions, backend=grid, catalogue=grid.storage, topology=grid.storage, error_table=table,
-                  evaluators=[exclusion_engine(config, grid)])
+                  evaluators=[exclusion_engine(config, grid), Notifier(config.blacklist.notify, config.blacklist.actor)])
     return Services(config=config, engine=engine, sessions=sessions, grid=grid, robot=robot)

@@ -231,6 +231,8 @@ class Override(Base):
     created_at: Mapped[datetime]
     until: Mapped[datetime | None]  # none: until cleared
     cleared_at: Mapped[datetime | None]
+    applied_at: Mapped[datetime | None]  # when the engine set the status it asks for
+    ended_at: Mapped[datetime | None]  # when the engine acted on its end (an exclusion ending: back online)
     queue: Mapped[Queue] = relationship()
 
 

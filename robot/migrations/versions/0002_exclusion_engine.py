@@ -44,6 +44,8 @@ def upgrade() -> None:
     sa.Column('created_at', robot.storage.models.UTCDateTime(), nullable=False),
     sa.Column('until', robot.storage.models.UTCDateTime(), nullable=True),
     sa.Column('cleared_at', robot.storage.models.UTCDateTime(), nullable=True),
+    sa.Column('applied_at', robot.storage.models.UTCDateTime(), nullable=True),
+    sa.Column('ended_at', robot.storage.models.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['queue_id'], ['queue.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -1,0 +1,239 @@
+"""`healthrobot blacklist ...`: the exclusion list, people's overrides, silences and the mode switch.
+
+People's exclusions and inclusions are stored here and applied by the robot's next step (so they
+reach the grid through the same actuator, are read back and recorded like the robot's own).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import click
+from rich.table import Table
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from blacklist.engine import MODE_SETTING, effective_mode
+from robot.cli import Context, pass_context
+from robot.cli.params import DURATION
+from robot.cli.render import make_console
+from robot.clock import SystemClock
+from robot.storage.database import make_engine, make_sessionmaker
+from robot.storage.models import Cloud, Override, Queue, QueueTransition, Setting, Silence, Site
+
+
+def _session(ctx: Context) -> Session:
+    return make_sessionmaker(make_engine(ctx.config.database_url))()
+
+
+def _queue(session: Session, name: str) -> Queue:
+    queue = session.scalars(select(Queue).where(Queue.name == name)).first()
+    if queue is None:
+        known = session.scalars(select(Queue.name).where(Queue.retired_at.is_(None))).all()
+        raise click.BadParameter(f"unknown queue {name!r} (known: {', '.join(sorted(known)[:20]) or 'none yet'})",
+                                 param_hint="QUEUE")
+    return queue
+
+
+def _until(now: datetime, duration: timedelta | None) -> datetime | None:
+    return now + duration if duration else None
+
+
+@click.group("blacklist")
+def blacklist_group() -> None:
+    """Exclusions: list them, override the robot, silence it, switch it."""
+
+
+@blacklist_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def blacklist_list(ctx: Context, as_json: bool) -> None:
+    """Queues not online or in doubt, with the last reason; active overrides and silences; the mode."""
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        queues = session.execute(
+            select(Queue.id, Queue.name, Queue.status, Queue.robot_state, Queue.robot_state_since)
+            .where(Queue.retired_at.is_(None), or_(Queue.status != "online", Queue.robot_state != "online"))
+            .order_by(Queue.name)
+        ).all()
+        rows = []
+        for qid, name, status, state, since in queues:
+            last = session.scalars(select(QueueTransition).where(QueueTransition.queue_id == qid)
+                                   .order_by(QueueTransition.id.desc()).limit(1)).first()
+            rows.append({"queue": name, "status": status, "robot_state": state,
+                         "since": since.isoformat() if since else None,
+                         "last_reason": last.reason if last else None, "actor": last.actor if last else None,
+                         "applied": last.applied if last else None})
+        overrides = [{"queue": q, "action": o.action, "status": o.status, "by": o.actor, "reason": o.reason,
+                      "until": o.until.isoformat() if o.until else None}
+                     for o, q in session.execute(select(Override, Queue.name).join(Queue, Queue.id == Override.queue_id)
+                                                 .where(Override.ended_at.is_(None), Override.cleared_at.is_(None)))]
+        silences = [{"scope": s.scope, "name": s.name, "by": s.actor, "reason": s.reason, "until": s.until.isoformat()}
+                    for s in session.scalars(select(Silence).where(Silence.cleared_at.is_(None), Silence.until > now))]
+        mode = effective_mode(session, ctx.config.blacklist.mode)
+    if as_json:
+        click.echo(json.dumps({"mode": mode, "queues": rows, "overrides": overrides, "silences": silences}, indent=2))
+        return
+    console = make_console()
+    console.print(f"mode: [bold]{mode}[/] (policy {ctx.config.blacklist.policy})")
+    table = Table(header_style="bold")
+    for column in ("Queue", "Status", "Robot", "Since (UTC)", "By", "Last reason"):
+        table.add_column(column)
+    for r in rows:
+        by = (r["actor"] or "") + ("" if r["applied"] in (None, True) else " (dry-run)")
+        table.add_row(r["queue"], r["status"], r["robot_state"], (r["since"] or "")[:19], by, r["last_reason"] or "")
+    console.print(table)
+    for o in overrides:
+        console.print(f"override: {o['queue']} {o['action']} ({o['status']}) by {o['by']} until {o['until'] or 'cleared'}: {o['reason']}")
+    for s in silences:
+        console.print(f"silence: {s['scope']} {s['name']} by {s['by']} until {s['until']}: {s['reason']}")
+
+
+def _override(ctx: Context, queue_name: str, action: str, status: str, reason: str, actor: str,
+              duration: timedelta | None) -> None:
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        queue = _queue(session, queue_name)
+        for previous in session.scalars(select(Override).where(Override.queue_id == queue.id,
+                                                               Override.cleared_at.is_(None),
+                                                               Override.ended_at.is_(None))):
+            previous.cleared_at = now  # the newest word of a person replaces the older one
+        session.add(Override(queue_id=queue.id, action=action, status=status, actor=actor, reason=reason,
+                             created_at=now, until=_until(now, duration)))
+        session.commit()
+    until = f" until {(now + duration):%Y-%m-%d %H:%M} UTC" if duration else ""
+    click.echo(f"{queue_name}: manual {action} ({status}) by {actor}{until}; applied at the robot's next step")
+
+
+@blacklist_group.command("exclude")
+@click.argument("queue")
+@click.option("--reason", required=True, help="Why (recorded and mailed).")
+@click.option("--by", "actor", required=True, help="Who decides.")
+@click.option("--for", "duration", type=DURATION, help="End the exclusion after this long (default: until cleared).")
+@click.option("--status", type=click.Choice(["brokeroff", "test", "offline"]), default="brokeroff", show_default=True)
+@pass_context
+def blacklist_exclude(ctx: Context, queue: str, reason: str, actor: str, duration: timedelta | None,
+                      status: str) -> None:
+    """Exclude QUEUE by hand: the robot will not change it while this lasts."""
+    _override(ctx, queue, "exclude", status, reason, actor, duration)
+
+
+@blacklist_group.command("include")
+@click.argument("queue")
+@click.option("--reason", required=True, help="Why (recorded).")
+@click.option("--by", "actor", required=True, help="Who decides.")
+@click.option("--for", "duration", type=DURATION, help="Keep the robot from excluding it for this long.")
+@pass_context
+def blacklist_include(ctx: Context, queue: str, reason: str, actor: str, duration: timedelta | None) -> None:
+    """Set QUEUE online by hand; the robot does not exclude it while this lasts."""
+    _override(ctx, queue, "include", "online", reason, actor, duration)
+
+
+@blacklist_group.command("clear")
+@click.argument("queue")
+@click.option("--by", "actor", required=True, help="Who clears it.")
+@pass_context
+def blacklist_clear(ctx: Context, queue: str, actor: str) -> None:
+    """End a person's override of QUEUE now (an exclusion ends: the queue goes back online)."""
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        found = _queue(session, queue)
+        overrides = session.scalars(select(Override).where(Override.queue_id == found.id,
+                                                           Override.cleared_at.is_(None),
+                                                           Override.ended_at.is_(None))).all()
+        for override in overrides:
+            override.cleared_at = now
+            override.reason += f" (cleared by {actor})"
+        session.commit()
+    click.echo(f"{queue}: {len(overrides)} override(s) cleared" if overrides else f"{queue}: no override to clear")
+
+
+@blacklist_group.command("silence")
+@click.argument("name")
+@click.option("--for", "duration", type=DURATION, required=True, help="How long.")
+@click.option("--reason", required=True, help="Why (e.g. scheduled downtime).")
+@click.option("--by", "actor", required=True, help="Who.")
+@pass_context
+def blacklist_silence(ctx: Context, name: str, duration: timedelta, reason: str, actor: str) -> None:
+    """No automatic exclusion and no mail for NAME (a queue, a site or a cloud) for a while."""
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        scope = _scope_of(session, name)
+        session.add(Silence(scope=scope, name=name, actor=actor, reason=reason, created_at=now, until=now + duration))
+        session.commit()
+    click.echo(f"{scope} {name} silenced by {actor} until {(now + duration):%Y-%m-%d %H:%M} UTC")
+
+
+@blacklist_group.command("unsilence")
+@click.argument("name")
+@click.option("--by", "actor", required=True, help="Who.")
+@pass_context
+def blacklist_unsilence(ctx: Context, name: str, actor: str) -> None:
+    """End the silences of NAME now."""
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        found = session.scalars(select(Silence).where(Silence.name == name, Silence.cleared_at.is_(None),
+                                                      Silence.until > now)).all()
+        for silence in found:
+            silence.cleared_at = now
+            silence.reason += f" (ended by {actor})"
+        session.commit()
+    click.echo(f"{name}: {len(found)} silence(s) ended")
+
+
+def _scope_of(session: Session, name: str) -> str:
+    for scope, column in (("queue", Queue.name), ("site", Site.name), ("cloud", Cloud.name)):
+        if session.scalar(select(column).where(column == name)):
+            return scope
+    raise click.BadParameter(f"{name!r} is neither a queue, a site nor a cloud the robot knows", param_hint="NAME")
+
+
+@blacklist_group.command("mode")
+@click.argument("mode", required=False, type=click.Choice(["off", "dry-run", "enforce"]))
+@click.option("--by", "actor", help="Who switches (required to switch).")
+@click.option("--reset", is_flag=True, help="Forget the switch: the configuration's mode applies again.")
+@pass_context
+def blacklist_mode(ctx: Context, mode: str | None, actor: str | None, reset: bool) -> None:
+    """Show or switch the automatic exclusion mode (off, dry-run, enforce) without a restart."""
+    with _session(ctx) as session:
+        if reset or mode:
+            if not actor:
+                raise click.UsageError("--by is required to switch the mode")
+            stored = session.get(Setting, MODE_SETTING)
+            if reset:
+                if stored:
+                    session.delete(stored)
+            else:
+                session.merge(Setting(name=MODE_SETTING, value=mode, actor=actor, changed_at=SystemClock().now()))
+            session.commit()
+        current = effective_mode(session, ctx.config.blacklist.mode)
+        stored = session.get(Setting, MODE_SETTING)
+    source = f"switched by {stored.actor} at {stored.changed_at:%Y-%m-%d %H:%M} UTC" if stored else "from the configuration"
+    click.echo(f"mode: {current} ({source})")
+
+
+@blacklist_group.command("history")
+@click.option("--queue", help="Only this queue.")
+@click.option("--since", type=DURATION, default="7d", show_default=True, help="How far back.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with the evidence.")
+@pass_context
+def blacklist_history(ctx: Context, queue: str | None, since: timedelta, as_json: bool) -> None:
+    """Every transition with actor, reason and evidence, newest first."""
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        query = (select(QueueTransition, Queue.name).join(Queue, Queue.id == QueueTransition.queue_id)
+                 .where(QueueTransition.time >= now - since).order_by(QueueTransition.id.desc()))
+        if queue:
+            query = query.where(Queue.name == queue)
+        rows = [{"time": t.time.isoformat(), "queue": name, "kind": t.kind, "old": t.old, "new": t.new,
+                 "actor": t.actor, "policy": t.policy, "applied": t.applied, "read_back": t.read_back,
+                 "reason": t.reason, "evidence": t.evidence} for t, name in session.execute(query)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        flag = "" if r["applied"] else " [dry-run]"
+        click.echo(f"{r['time'][:19]} {r['queue']:20} {r['old']} -> {r['new']} by {r['actor']}{flag}: {r['reason']}")
+
+
+COMMANDS = [blacklist_group]
