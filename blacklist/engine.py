@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -67,30 +67,33 @@ class ExclusionEngine:
         decisions, incidents = guard(decisions, views, self.settings.safety, now)
         summary.decisions, summary.incidents = decisions, incidents
         for decision in decisions:
-            self._apply(session, decision, views[decision.queue], ids[decision.queue], mode, now)
+            state = self._apply(session, decision, views[decision.queue], ids[decision.queue], mode, now)
+            if state is not None:
+                views[decision.queue] = replace(views[decision.queue], robot_state=state, state_since=now)
         self._record_incidents(session, incidents, now)
         self._set_cadence(session, views, ids, now)
         return summary
 
     # -- acting ----------------------------------------------------------------------------------
     def _apply(self, session: Session, decision: Decision, view: QueueView, queue_id: int, mode: str,
-               now: datetime) -> None:
+               now: datetime) -> str | None:
+        """Carry out one decision; returns the robot's new state for the queue, if it changed."""
         state = {Action.EXCLUDE: "excluded", Action.INCLUDE: "online", Action.PEND: "pending",
                  Action.CLEAR: "online"}.get(decision.action)
         if state is None:
-            return
+            return None
         actor = self.settings.actor
         if not decision.changes_status:
             session.add(QueueTransition(queue_id=queue_id, time=now, kind="state", old=view.robot_state, new=state,
                                         reason=decision.reason, evidence=decision.evidence, actor=actor,
                                         policy=decision.policy, applied=True))
             _set_state(session, queue_id, state, now)
-            return
+            return state
         target = self.settings.exclude_to if decision.action is Action.EXCLUDE else QueueStatus.ONLINE.value
         if mode == "enforce":
             if not self._set_status(session, queue_id, view.name, view.status, target, decision.reason,
                                     decision.evidence, actor, decision.policy, now):
-                return  # the backend could not be reached: the decision is taken again next step
+                return None  # the backend could not be reached: the decision is taken again next step
         else:
             old = "online" if view.robot_state != "excluded" else self.settings.exclude_to
             session.add(QueueTransition(queue_id=queue_id, time=now, kind="status", old=old, new=target,
@@ -98,6 +101,7 @@ class ExclusionEngine:
                                         policy=decision.policy, applied=False))
         _set_state(session, queue_id, state, now)
         log.warning("%s %s %s (%s): %s", mode, decision.action.value, view.name, target, decision.reason)
+        return state
 
     def _set_status(self, session: Session, queue_id: int, queue: str, old: str, target: str, reason: str,
                     evidence: dict, actor: str, policy: str | None, now: datetime) -> bool:

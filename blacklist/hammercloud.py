@@ -47,7 +47,7 @@ def decide(view: QueueView, templates: list[str], settings: HammerCloudSettings,
         if not fired:
             return Decision(view.name, Action.KEEP, "no exclusion rule fires", policy=NAME)
         names = ", ".join(name for name, _ in fired)
-        jobs = [r for _, rs in fired for r in rs]
+        jobs = list({r.panda_id: r for _, rs in fired for r in rs}.values())  # a job behind two rules, once
         if view.last_robot_exclusion and now - view.last_robot_exclusion < settings.reexclusion_cooldown:
             return Decision(view.name, Action.KEEP, f"{names} fires, but the queue was excluded less than "
                             f"{settings.reexclusion_cooldown} ago", evidence={"jobs": evidence_of(jobs)}, policy=NAME)

@@ -8,6 +8,7 @@ incident instead; and the robot never holds more than a capped share of the queu
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -28,8 +29,9 @@ class Incident:
 
 
 def is_exempt(view: QueueView, settings: SafetySettings) -> bool:
+    name = view.name.lower()
     return (view.exempt or view.site in settings.exempt_sites
-            or any(fnmatch.fnmatchcase(view.name, p) for p in settings.exempt_patterns))
+            or any(fnmatch.fnmatchcase(name, p.lower()) for p in settings.exempt_patterns))
 
 
 def hands_off(view: QueueView) -> str | None:
@@ -102,7 +104,8 @@ def _mass_guard(decisions: list[Decision], views: dict[str, QueueView], settings
 
 
 def _cap(decisions: list[Decision], views: dict[str, QueueView], settings: SafetySettings) -> list[Decision]:
-    limit = int(settings.max_excluded_fraction * len(views))
+    # at least one queue, so that a small grid can still exclude; rounded, not truncated (0.29 x 100 = 29)
+    limit = max(1, math.floor(settings.max_excluded_fraction * len(views) + 1e-9))
     excluded = sum(1 for v in views.values() if v.robot_state == "excluded")
     capped = []
     for decision in decisions:

@@ -110,7 +110,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime,
                             evidence=evidence, policy=NAME)
         return Decision(view.name, Action.KEEP, f"in doubt (CUSUM {score:.1f}): waiting for probe jobs",
                         evidence=evidence, policy=NAME)
-    if score >= weights.failure * 0.999:
+    if failures:  # a site failure not yet outweighed by completed jobs
         return Decision(view.name, Action.PEND, f"site-class failure {failures[-1].error_name} "
                         f"(job {failures[-1].panda_id}): sending probe jobs", evidence=evidence, policy=NAME)
     return Decision(view.name, Action.KEEP, "healthy" if score == 0 else f"CUSUM {score:.1f}", policy=NAME)

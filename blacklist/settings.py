@@ -44,7 +44,7 @@ class SafetySettings(Strict):
     cloud_fraction: Fraction = 0.5  # this share of one cloud's queues
     central_share: Fraction = 0.5  # or this share of the evidence being central-class errors
     max_excluded_fraction: Fraction = 0.2  # never more than this share of queues excluded by the robot
-    exempt_patterns: list[str] = ["*test*", "*TEST*", "*local*", "*LOCAL*"]
+    exempt_patterns: list[str] = ["*test*", "*local*"]  # queue names, case-insensitive
     exempt_sites: list[str] = []  # sites that opted out of automatic exclusion
 
 

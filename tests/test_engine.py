@@ -1,0 +1,249 @@
+"""The exclusion engine inside the loop: transitions, dry-run and enforce, read-back, people, switches."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from blacklist.engine import ExclusionEngine
+from blacklist.policies import Policy
+from blacklist.settings import BlacklistSettings
+from robot.backends.base import BackendUnavailable
+from robot.cli import main
+from robot.clock import ManualClock
+from robot.jobstates import QueueStatus
+from robot.loop import Robot
+from robot.storage.models import Event, Override, Queue, QueueTransition, Setting
+from tests.fakes import T0, ScriptedGrid, make_robot, templates
+
+QUEUES = {f"ANALY_{c}{i}": (f"SITE-{c}{i}", c) for c in "ABCD" for i in range(1, 4)}  # 12 queues, 4 clouds
+
+
+@pytest.fixture
+def clock():
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def grid(clock):
+    return ScriptedGrid(clock, QUEUES)
+
+
+def robot_with_engine(tmp_path, grid, mode="enforce", **blacklist) -> Robot:
+    """A robot whose scripted grid starts no job by itself: stall detection is off unless asked for."""
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}, {"name": "AFT_B"}))
+    blacklist.setdefault("default", {"stall_after": "30d"})
+    settings = BlacklistSettings.model_validate({"mode": mode, **blacklist})
+    robot.evaluators.append(ExclusionEngine(Policy(settings, ("AFT_A", "AFT_B")), grid))
+    return robot
+
+
+def fail_all(grid, queue, code=1099):
+    for pid in grid.in_queue(queue):
+        grid.finish(pid, pilot_error_code=code, pilot_error_diag="Get error: copy failed")
+
+
+def step(robot, clock, minutes=10):
+    clock.advance(timedelta(minutes=minutes))
+    return robot.run_once(clock.now())
+
+
+def transitions(robot, kind="status"):
+    with robot.sessions() as session:
+        return [(t.queue.name, t.old, t.new, t.actor, t.applied, t.read_back) for t in
+                session.scalars(select(QueueTransition).where(QueueTransition.kind == kind).order_by(QueueTransition.id))]
+
+
+def break_queue(robot, grid, clock, queue, rounds=4):
+    for _ in range(rounds):
+        fail_all(grid, queue)
+        step(robot, clock)
+
+
+def test_broken_queue_is_excluded_with_reason_and_evidence_then_reincluded(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    break_queue(robot, grid, clock, "ANALY_A1")
+    assert grid.statuses["ANALY_A1"] is QueueStatus.BROKEROFF
+    assert transitions(robot) == [("ANALY_A1", "online", "brokeroff", "healthrobot", True, "brokeroff")]
+    with robot.sessions() as session:
+        exclusion = session.scalars(select(QueueTransition).where(QueueTransition.kind == "status")).one()
+        queue = session.scalars(select(Queue).where(Queue.name == "ANALY_A1")).one()
+    assert "STAGEINFAILED" in exclusion.reason and exclusion.policy == "default"
+    assert {j["error"] for j in exclusion.evidence["jobs"]} == {"STAGEINFAILED"} and len(exclusion.evidence["jobs"]) >= 2
+    assert (queue.status, queue.robot_state) == ("brokeroff", "excluded")
+    # the site recovers: test jobs complete and the queue comes back online
+    for _ in range(8):
+        for pid in grid.in_queue("ANALY_A1"):
+            grid.finish(pid)
+        step(robot, clock)
+    assert grid.statuses["ANALY_A1"] is QueueStatus.ONLINE
+    assert transitions(robot)[-1][:3] == ("ANALY_A1", "brokeroff", "online")
+    assert all(q == "ANALY_A1" for q, *_ in transitions(robot))  # nobody else touched
+
+
+def test_probes_go_out_when_a_queue_is_in_doubt(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    grid.finish(grid.in_queue("ANALY_B2")[0], pilot_error_code=1377)
+    step(robot, clock)
+    assert len(grid.in_queue("ANALY_B2")) == 2 + 2 * 2  # one per template, plus two probes each
+    with robot.sessions() as session:
+        assert session.scalars(select(Queue.robot_state).where(Queue.name == "ANALY_B2")).one() == "pending"
+
+
+def test_dry_run_records_but_changes_nothing(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid, mode="dry-run")
+    robot.run_once(clock.now())
+    break_queue(robot, grid, clock, "ANALY_C3")
+    assert "ANALY_C3" not in grid.statuses
+    assert transitions(robot) == [("ANALY_C3", "online", "brokeroff", "healthrobot", False, None)]
+    step(robot, clock)
+    assert len(transitions(robot)) == 1  # decided once, not at every step
+
+
+def test_read_back_mismatch_is_recorded(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    grid.set_queue_status = lambda queue, status, reason, actor: None  # CRIC accepts but does not change it
+    break_queue(robot, grid, clock, "ANALY_D1")
+    (first, *_) = transitions(robot)
+    assert first[:3] == ("ANALY_D1", "online", "brokeroff") and first[5] == "online"
+    with robot.sessions() as session:
+        mismatch = session.scalars(select(Event).where(Event.kind == "status_mismatch")).first()
+    assert mismatch.subject == "ANALY_D1" and "read back online" in mismatch.message
+
+
+def test_unreachable_actuator_takes_the_decision_again_later(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+
+    def refuse(*_):
+        raise BackendUnavailable("CRIC: timeout")
+
+    grid.set_queue_status, original = refuse, grid.set_queue_status
+    break_queue(robot, grid, clock, "ANALY_A2")
+    assert transitions(robot) == []
+    grid.set_queue_status = original
+    step(robot, clock)
+    assert transitions(robot)[0][:3] == ("ANALY_A2", "online", "brokeroff")
+
+
+def test_central_errors_do_not_exclude_and_mass_failures_raise_one_incident(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    for _ in range(4):
+        for queue in QUEUES:
+            fail_all(grid, queue, code=1324)  # SERVICENOTAVAILABLE: central
+        step(robot, clock)
+    assert transitions(robot) == []
+    for _ in range(4):
+        for queue in ("ANALY_A1", "ANALY_A2", "ANALY_A3", "ANALY_B1"):
+            fail_all(grid, queue)  # site-class, but a third of the grid at once
+        step(robot, clock)
+    assert transitions(robot) == []
+    with robot.sessions() as session:
+        incidents = session.scalars(select(Event).where(Event.kind.in_(["mass_failure", "cloud_failure"]))).all()
+    assert incidents and set(incidents[0].details["queues"]) >= {"ANALY_A1", "ANALY_A2", "ANALY_A3"}
+
+
+def test_hammercloud_policy_excludes_on_user_errors_ours_does_not(tmp_path, clock):
+    for policy, expected in (("hammercloud", 1), ("default", 0)):
+        clock = ManualClock(T0)
+        grid = ScriptedGrid(clock, QUEUES)
+        robot = robot_with_engine(tmp_path / policy, grid, policy=policy)
+        robot.run_once(clock.now())
+        for _ in range(4):
+            for pid in grid.in_queue("ANALY_B1"):
+                grid.finish(pid, exe_error_code=1, exe_error_diag="Traceback")
+            step(robot, clock)
+        assert len(transitions(robot)) == expected, policy
+
+
+def test_a_persons_exclusion_wins_and_ends_on_time(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        queue_id = session.scalars(select(Queue.id).where(Queue.name == "ANALY_C1")).one()
+        session.add(Override(queue_id=queue_id, action="exclude", status="offline", actor="alice",
+                             reason="disk server replaced", created_at=clock.now(), until=clock.now() + timedelta(hours=2)))
+        session.commit()
+    step(robot, clock)
+    assert grid.statuses["ANALY_C1"] is QueueStatus.OFFLINE
+    assert transitions(robot)[-1] == ("ANALY_C1", "online", "offline", "person:alice", True, "offline")
+    for _ in range(6):  # healthy jobs: the robot would include it, but the person's word wins
+        for pid in grid.in_queue("ANALY_C1"):
+            grid.finish(pid)
+        step(robot, clock)
+    assert grid.statuses["ANALY_C1"] is QueueStatus.OFFLINE
+    step(robot, clock, 120)
+    assert grid.statuses["ANALY_C1"] is QueueStatus.ONLINE
+    assert transitions(robot)[-1][:4] == ("ANALY_C1", "offline", "online", "person:alice")
+
+
+def test_the_robot_only_lifts_its_own_exclusions(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    grid.statuses["ANALY_D2"] = QueueStatus.TEST  # set by someone else at CRIC
+    for _ in range(6):
+        for pid in grid.in_queue("ANALY_D2"):
+            grid.finish(pid)
+        step(robot, clock)
+    assert grid.statuses["ANALY_D2"] is QueueStatus.TEST
+    assert [t for t in transitions(robot) if t[3] == "healthrobot"] == []
+
+
+def test_mode_switch_off_stops_decisions_without_restart(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        session.add(Setting(name="blacklist.mode", value="off", actor="ops", changed_at=clock.now()))
+        session.commit()
+    break_queue(robot, grid, clock, "ANALY_B3")
+    assert transitions(robot) == [] and "ANALY_B3" not in grid.statuses
+
+
+def test_blacklist_cli_overrides_silences_and_mode(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    run = lambda *args: CliRunner().invoke(main, ["--config", str(config), "blacklist", *args])  # noqa: E731
+    assert run("exclude", "ANALY_A3", "--reason", "downtime", "--by", "alice", "--for", "2h").exit_code == 0
+    assert run("exclude", "ANALY_NOPE", "--reason", "x", "--by", "alice").exit_code == 2
+    assert run("exclude", "ANALY_A3", "--by", "alice").exit_code == 2  # a reason is required
+    assert run("silence", "SITE-B1", "--for", "4h", "--reason", "scheduled downtime", "--by", "bob").exit_code == 0
+    assert "neither a queue" in run("silence", "NOWHERE", "--for", "1h", "--reason", "r", "--by", "b").output
+    assert "mode: enforce" not in run("mode", "dry-run", "--by", "carol").output.replace("dry-run", "")
+    step(robot, clock)
+    listing = json.loads(run("list", "--json").output)
+    assert listing["mode"] == "dry-run"
+    assert [(o["queue"], o["by"]) for o in listing["overrides"]] == [("ANALY_A3", "alice")]
+    assert [(s["scope"], s["name"]) for s in listing["silences"]] == [("site", "SITE-B1")]
+    assert [q["queue"] for q in listing["queues"]] == ["ANALY_A3"]
+    assert grid.statuses["ANALY_A3"] is QueueStatus.BROKEROFF
+    history = json.loads(run("history", "--since", "1000d", "--json").output)
+    assert history[0]["actor"] == "person:alice" and "downtime" in history[0]["reason"]
+    assert "1 override(s) cleared" in run("clear", "ANALY_A3", "--by", "alice").output
+    step(robot, clock)
+    assert grid.statuses["ANALY_A3"] is QueueStatus.ONLINE
+    assert "from the configuration" in run("mode", "--reset", "--by", "carol").output
+
+
+def test_a_stuck_queue_is_excluded_while_the_others_run(tmp_path, clock, grid):
+    robot = robot_with_engine(tmp_path, grid, default={"stall_after": "45m"})
+    robot.run_once(clock.now())
+    for _ in range(8):
+        for queue in QUEUES:
+            if queue != "ANALY_C2":
+                for pid in grid.in_queue(queue):
+                    grid.start(pid)
+                    grid.finish(pid)
+        step(robot, clock)
+    assert transitions(robot) == [("ANALY_C2", "online", "brokeroff", "healthrobot", True, "brokeroff")]
+    with robot.sessions() as session:
+        reason = session.scalars(select(QueueTransition.reason).where(QueueTransition.kind == "status")).one()
+    assert "STALLED" in reason

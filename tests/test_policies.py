@@ -1,0 +1,624 @@
+"""The exclusion policies and the safety rules, as pure functions over plain values.
+
+No database and no clock: every test builds `Result` and `QueueView` values with fixed UTC times.
+Result patterns are written newest first, one letter per job: F failed, C completed.
+"""
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from blacklist import hammercloud, safety, sequential
+from blacklist.model import Action, Decision, QueueView, Result, by_template
+from blacklist.settings import HammerCloudSettings, SafetySettings, SequentialSettings
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+_ids = itertools.count(1000)
+
+HC = HammerCloudSettings()
+SEQ = SequentialSettings()
+SAFE = SafetySettings()
+W = sequential.Weights.of(SEQ)
+
+
+# -- builders ------------------------------------------------------------------------------------
+
+def results(template: str, pattern: str, *, newest: datetime = NOW - 5 * MIN, step: timedelta = 10 * MIN,
+            error_class: str | None = "site", classes: tuple[str | None, ...] | None = None) -> list[Result]:
+    """One template's results, newest first: pattern[i] ended at newest - i * step.
+
+    Failures get `error_class`, or cycle through `classes` when given.
+    """
+    cycle = itertools.cycle(classes) if classes else itertools.repeat(error_class)
+    out = []
+    for i, letter in enumerate(pattern):
+        assert letter in "FC", pattern
+        failed = letter == "F"
+        klass = next(cycle) if failed else None
+        out.append(Result(next(_ids), template, newest - i * step, failed, klass,
+                          f"ERR_{klass}".upper() if failed else None, 1000 + i if failed else None))
+    return out
+
+
+def view(name: str = "ANALY_A", *res: list[Result], site: str | None = None, cloud: str = "DE",
+         status: str = "online", **kw) -> QueueView:
+    rs = tuple(sorted((r for rs in res for r in rs), key=lambda r: r.end_time, reverse=True))
+    return QueueView(name=name, site=site or f"SITE-{name}", cloud=cloud, status=status, results=rs, **kw)
+
+
+def ids(rs) -> set[int]:
+    return {r.panda_id for r in rs}
+
+
+def evidence_ids(decision: Decision) -> set[int]:
+    return {j["panda_id"] for j in decision.evidence["jobs"]}
+
+
+# HammerCloud truth tables use templates T1..Tn; mixed error classes on purpose (every failure counts).
+MIXED = ("user", "central", "site", "unknown", None)
+
+
+def hc_results(*patterns: str, **kw) -> tuple[list[str], list[Result]]:
+    templates = [f"T{i + 1}" for i in range(len(patterns))]
+    rs = [r for t, p in zip(templates, patterns) for r in results(t, p, classes=MIXED, **kw)]
+    return templates, rs
+
+
+# ================================================================================================
+# 1. HammerCloud's rules
+# ================================================================================================
+
+L1F3, L3F1, L2P1 = "LastOneFromThree", "LastThreeFromOne", "LastTwoPlusOne"
+
+
+@pytest.mark.parametrize("patterns,expected", [
+    # three critical templates
+    (("F", "F", "F"), [L1F3]),
+    (("FC", "FCC", "F"), [L1F3]),
+    (("F", "F", "C"), []),  # latest failed in only 2 templates
+    (("F", "F", ""), []),  # a template without results is not a failure
+    (("FFF", "C", "C"), [L3F1]),
+    (("C", "FFFC", "CF"), [L3F1]),
+    (("FCF", "C", "C"), []),  # not 3 in a row
+    (("FFCFF", "C", "C"), []),
+    (("CFFF", "C", "C"), []),  # the newest completed
+    (("FF", "FF", "C"), [L2P1]),  # last 2 failed in 2 templates
+    (("FF", "F", "C"), [L2P1]),  # last 2 in one, last 1 in another
+    (("C", "FFC", "FC"), [L2P1]),
+    (("FF", "C", "C"), []),
+    (("FF", "CF", "CF"), []),  # the others' failures are not their latest
+    (("FFF", "FF", "F"), [L1F3, L3F1, L2P1]),
+    (("FFF", "F", "C"), [L3F1, L2P1]),
+    (("FF", "FF", "FF"), [L1F3, L2P1]),
+    (("CFF", "CFF", "CFF"), []),
+    (("C", "C", "C"), []),
+    # two critical templates
+    (("FF", "FF"), [L2P1]),
+    (("FF", "F"), [L2P1]),
+    (("FC", "FF"), [L2P1]),
+    (("F", "F"), []),  # LastOneFromThree needs 3 templates
+    (("FFF", "C"), [L3F1]),
+    (("FFF", "FFF"), [L3F1, L2P1]),
+    (("FF", "C"), []),
+    (("CF", "FF"), []),
+    (("FCF", "FCF"), []),
+])
+def test_hammercloud_rules_truth_table(patterns, expected):
+    templates, rs = hc_results(*patterns)
+    fired = hammercloud.fired_rules(by_template(tuple(rs), templates))
+    assert [name for name, _ in fired] == expected
+    for _, jobs in fired:
+        assert jobs and all(r.failed for r in jobs)
+
+
+@pytest.mark.parametrize("patterns,rule,expected", [
+    (("F", "F", "F", "C"), L1F3, {("T1", 0), ("T2", 0), ("T3", 0)}),
+    (("C", "FFFF", "C"), L3F1, {("T2", 0), ("T2", 1), ("T2", 2)}),
+    (("FF", "C", "F"), L2P1, {("T1", 0), ("T1", 1), ("T3", 0)}),
+    (("C", "FF", "FF"), L2P1, {("T2", 0), ("T2", 1), ("T3", 0), ("T3", 1)}),
+])
+def test_hammercloud_rules_name_the_failed_jobs_that_fire_them(patterns, rule, expected):
+    templates, rs = hc_results(*patterns)
+    grouped = by_template(tuple(rs), templates)
+    jobs = dict(hammercloud.fired_rules(grouped))[rule]
+    assert ids(jobs) == {grouped[t][i].panda_id for t, i in expected}
+
+
+@pytest.mark.parametrize("klass", ["user", "central", "unknown", "site", None])
+def test_hammercloud_counts_every_failure_whatever_its_class(klass):
+    rs = results("T1", "FFF", error_class=klass) + results("T2", "C")
+    decision = hammercloud.decide(view("ANALY_A", rs), ["T1", "T2"], HC, NOW)
+    assert decision.action is Action.EXCLUDE
+    assert L3F1 in decision.reason
+
+
+def test_hammercloud_ignores_results_older_than_its_window():
+    old = results("T1", "FF", newest=NOW - 10 * MIN, step=HOUR)  # 10 min and 70 min ago
+    out_of_window = results("T1", "F", newest=NOW - HC.window - MIN)
+    assert hammercloud.decide(view("ANALY_A", old, out_of_window), ["T1"], HC, NOW).action is Action.KEEP
+    in_window = results("T1", "F", newest=NOW - HC.window + MIN)
+    assert hammercloud.decide(view("ANALY_A", old, in_window), ["T1"], HC, NOW).action is Action.EXCLUDE
+
+
+def test_hammercloud_ignores_templates_that_are_not_critical():
+    rs = results("T1", "C") + results("OTHER", "FFFF")
+    assert hammercloud.decide(view("ANALY_A", rs), ["T1", "T2"], HC, NOW).action is Action.KEEP
+
+
+def test_hammercloud_excludes_an_online_queue_naming_rules_and_failed_jobs():
+    templates, rs = hc_results("FF", "F", "C")
+    decision = hammercloud.decide(view("ANALY_A", rs), templates, HC, NOW)
+    assert decision.action is Action.EXCLUDE and decision.changes_status
+    assert decision.policy == "hammercloud"
+    assert L2P1 in decision.reason and decision.evidence["rules"] == [L2P1]
+    failed = {r.panda_id for r in rs if r.failed}
+    assert evidence_ids(decision) == failed
+    assert all(str(i) in decision.reason for i in failed)
+
+
+def test_hammercloud_exclusion_lists_every_rule_that_fires():
+    templates, rs = hc_results("FFF", "FF", "F")
+    decision = hammercloud.decide(view("ANALY_A", rs), templates, HC, NOW)
+    assert decision.action is Action.EXCLUDE
+    assert decision.evidence["rules"] == [L1F3, L3F1, L2P1]
+    assert all(rule in decision.reason for rule in (L1F3, L3F1, L2P1))
+    assert evidence_ids(decision) == {r.panda_id for r in rs if r.failed}
+
+
+def test_hammercloud_keeps_a_queue_when_nothing_fires():
+    templates, rs = hc_results("FC", "CF", "FCF")
+    decision = hammercloud.decide(view("ANALY_A", rs), templates, HC, NOW)
+    assert decision.action is Action.KEEP and not decision.changes_status
+
+
+@pytest.mark.parametrize("ago,action", [(5 * HOUR, Action.KEEP), (7 * HOUR, Action.EXCLUDE)])
+def test_hammercloud_reexclusion_cooldown(ago, action):
+    templates, rs = hc_results("FFF", "C")
+    decision = hammercloud.decide(view("ANALY_A", rs, last_robot_exclusion=NOW - ago,
+                                       last_robot_inclusion=NOW - ago + HOUR), templates, HC, NOW)
+    assert decision.action is action
+    if action is Action.KEEP:
+        assert L3F1 in decision.reason and "excluded less than" in decision.reason
+
+
+def test_hammercloud_excluded_queue_still_failing_is_kept():
+    templates, rs = hc_results("FF", "FF")
+    decision = hammercloud.decide(view("ANALY_A", rs, status="brokeroff", robot_state="excluded",
+                                       excluded_by_robot=True), templates, HC, NOW)
+    assert decision.action is Action.KEEP and "still failing" in decision.reason
+
+
+def test_hammercloud_needs_jobs_in_every_template_before_reinclusion():
+    templates, rs = hc_results("CC", "C", "CCC")
+    decision = hammercloud.decide(view("ANALY_A", rs, status="brokeroff", robot_state="excluded",
+                                       excluded_by_robot=True), templates, HC, NOW)
+    assert decision.action is Action.NEEDS_JOBS
+    assert "T2" in decision.reason and "T1" not in decision.reason and "T3" not in decision.reason
+
+
+@pytest.mark.parametrize("patterns,action", [
+    (("CC", "CC"), Action.INCLUDE),
+    (("CCF", "CCFF", "CC"), Action.INCLUDE),  # only the last 2 matter
+    (("CF", "CC"), Action.KEEP),
+    (("FC", "CC"), Action.KEEP),
+    (("CC", "CCC", "CF"), Action.KEEP),
+])
+def test_hammercloud_reinclusion_needs_the_last_two_completed_everywhere(patterns, action):
+    templates, rs = hc_results(*patterns)
+    decision = hammercloud.decide(view("ANALY_A", rs, status="brokeroff", robot_state="excluded",
+                                       excluded_by_robot=True), templates, HC, NOW)
+    assert decision.action is action
+    if action is Action.INCLUDE:
+        grouped = by_template(tuple(rs), templates)
+        assert evidence_ids(decision) == {r.panda_id for t in templates for r in grouped[t][:2]}
+    else:
+        bad = [t for t, p in zip(templates, patterns) if "F" in p[:2]]
+        assert all(t in decision.reason for t in bad)
+
+
+# ================================================================================================
+# 2. The sequential (default) policy
+# ================================================================================================
+
+def seq(pattern: str, state: str = "online", *, extra: list[Result] | tuple = (), recent_exclusions: int = 0,
+        **kw) -> Decision:
+    status = "brokeroff" if state == "excluded" else "online"
+    v = view("ANALY_A", results("T1", pattern), list(extra), status=status,
+             robot_state=state, excluded_by_robot=state == "excluded", **kw)
+    return sequential.decide(v, SEQ, NOW, recent_exclusions)
+
+
+def test_sequential_weights_with_default_settings():
+    # one site failure makes a queue pending, two do not exclude it, three in a row do
+    assert 2 * W.failure < W.exclude_at <= 3 * W.failure
+    assert 4 * -W.success < W.failure < 5 * -W.success  # five completed jobs reset one failure
+
+
+@pytest.mark.parametrize("klass", ["user", "central", "unknown", None])
+@pytest.mark.parametrize("state", ["online", "pending"])
+def test_sequential_ignores_failures_not_of_the_site(klass, state):
+    rs = results("T1", "F" * 12, error_class=klass)
+    assert sequential.counted(rs) == []
+    assert sequential.cusum(sequential.counted(rs), W) == (0.0, [])
+    decision = sequential.decide(view("ANALY_A", rs, robot_state=state, state_since=NOW - 10 * MIN), SEQ, NOW)
+    expected = Action.KEEP if state == "online" else Action.CLEAR
+    assert decision.action is expected
+
+
+def test_sequential_ignored_failures_do_not_break_a_site_failure_streak():
+    rs = results("T1", "FFFFF", classes=("site", "user", "site", "central", "site"))
+    decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
+    assert decision.action is Action.EXCLUDE
+    assert evidence_ids(decision) == {r.panda_id for r in rs if r.error_class == "site"}
+
+
+def test_sequential_one_site_failure_makes_an_online_queue_pending():
+    rs = results("T1", "FCCC")
+    decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
+    assert decision.action is Action.PEND and not decision.changes_status
+    assert str(rs[0].panda_id) in decision.reason
+    assert evidence_ids(decision) == {rs[0].panda_id}
+    assert decision.evidence["cusum"] == pytest.approx(W.failure, abs=0.01)
+
+
+def test_sequential_healthy_queue_is_kept():
+    decision = seq("CCCCCC")
+    assert decision.action is Action.KEEP and decision.reason == "healthy"
+
+
+@pytest.mark.parametrize("pattern", ["FFF", "FFCF", "FCFF", "FFFCCC"])
+def test_sequential_site_failures_close_together_exclude(pattern):
+    rs = results("T1", pattern)
+    decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
+    assert decision.action is Action.EXCLUDE and decision.changes_status
+    assert decision.policy == "default"
+    assert decision.evidence["cusum"] >= decision.evidence["exclude_at"]
+    assert evidence_ids(decision) == {r.panda_id for r in rs if r.failed}
+
+
+def test_sequential_two_site_failures_are_not_enough():
+    decision = seq("FF")
+    assert decision.action is Action.PEND
+    assert decision.evidence["cusum"] < decision.evidence["exclude_at"]
+
+
+def test_sequential_spread_out_site_failures_do_not_exclude():
+    pattern = "F" + "C" * 5 + "F" + "C" * 5 + "F"  # the same 3 failures as "FFF"
+    rs = results("T1", pattern)
+    score, since_zero = sequential.cusum(sequential.counted(rs), W)
+    assert score == pytest.approx(W.failure) and ids(since_zero) == {rs[0].panda_id}
+    decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
+    assert decision.action is not Action.EXCLUDE
+    assert evidence_ids(decision) == {rs[0].panda_id}
+
+
+def test_sequential_results_older_than_the_window_are_ignored():
+    old = results("T1", "FFF", newest=NOW - SEQ.window - MIN)
+    assert seq("CC", extra=old).action is Action.KEEP
+
+
+def test_sequential_pending_queue_whose_probes_complete_is_cleared():
+    decision = seq("CCCCCF", "pending", state_since=NOW - 50 * MIN)
+    assert decision.action is Action.CLEAR and decision.evidence["cusum"] == 0
+
+
+def test_sequential_pending_queue_in_doubt_waits():
+    decision = seq("CCF", "pending", state_since=NOW - 30 * MIN)
+    assert decision.action is Action.KEEP and "in doubt" in decision.reason
+
+
+@pytest.mark.parametrize("pending_for,action", [(SEQ.max_pending + MIN, Action.CLEAR),
+                                                (SEQ.max_pending - MIN, Action.KEEP)])
+def test_sequential_pending_too_long_is_cleared(pending_for, action):
+    decision = seq("CF", "pending", state_since=NOW - pending_for)
+    assert decision.action is action
+    if action is Action.CLEAR:
+        assert str(SEQ.max_pending) in decision.reason
+
+
+def test_sequential_pending_queue_confirmed_is_excluded():
+    assert seq("FFF", "pending", state_since=NOW - 40 * MIN).action is Action.EXCLUDE
+
+
+# re-inclusion: the queue was excluded 2 h ago, with the failures that excluded it before that
+EXCLUDED_AT = NOW - 2 * HOUR
+BEFORE = results("T1", "FFF", newest=EXCLUDED_AT - 5 * MIN)
+
+
+def reinclude(pattern: str, recent_exclusions: int = 0, **kw) -> Decision:
+    return seq(pattern, "excluded", extra=BEFORE, recent_exclusions=recent_exclusions,
+               state_since=EXCLUDED_AT, last_robot_exclusion=EXCLUDED_AT, **kw)
+
+
+@pytest.mark.parametrize("pattern,recent,action", [
+    ("CCC", 0, Action.INCLUDE),
+    ("CCCF", 0, Action.INCLUDE),  # the failure is older than the streak
+    ("CC", 0, Action.NEEDS_JOBS),
+    ("CCFC", 0, Action.NEEDS_JOBS),
+    ("", 0, Action.NEEDS_JOBS),
+    ("FCCC", 0, Action.KEEP),
+    ("F", 0, Action.KEEP),
+    ("CCC", 1, Action.NEEDS_JOBS),
+    ("CCCCC", 1, Action.NEEDS_JOBS),
+    ("CCCCCC", 1, Action.INCLUDE),
+    ("CCCCCC", 2, Action.NEEDS_JOBS),
+    ("CCCCCCCCC", 2, Action.INCLUDE),
+])
+def test_sequential_reinclusion_needs_completed_jobs_in_a_row(pattern, recent, action):
+    decision = reinclude(pattern, recent)
+    assert decision.action is action
+    need = SEQ.include_successes * (1 + recent)
+    if action is Action.NEEDS_JOBS:
+        assert f"of {need}" in decision.reason
+    if action is Action.INCLUDE:
+        assert len(decision.evidence["jobs"]) == need
+        assert all(not j["failed"] for j in decision.evidence["jobs"])
+
+
+def test_sequential_reinclusion_ignores_failures_not_of_the_site():
+    rs = results("T1", "CFCC", classes=("user",))
+    decision = sequential.decide(view("ANALY_A", rs, BEFORE, status="brokeroff", robot_state="excluded",
+                                      excluded_by_robot=True, state_since=EXCLUDED_AT), SEQ, NOW)
+    assert decision.action is Action.INCLUDE
+
+
+def test_sequential_freshly_reincluded_queue_is_not_reexcluded_for_old_failures():
+    old_failures = results("T1", "FFF", newest=NOW - 40 * MIN)  # inside the 6 h window
+    fresh = view("ANALY_A", old_failures, last_robot_inclusion=NOW - 30 * MIN)
+    assert sequential.decide(fresh, SEQ, NOW).action is Action.KEEP
+    # without the inclusion the same evidence excludes, and failures after the inclusion count
+    assert sequential.decide(view("ANALY_A", old_failures), SEQ, NOW).action is Action.EXCLUDE
+    new_failure = results("T1", "F", newest=NOW - 5 * MIN)
+    again = view("ANALY_A", old_failures, new_failure, last_robot_inclusion=NOW - 30 * MIN)
+    assert sequential.decide(again, SEQ, NOW).action is Action.PEND
+
+
+def cad(*res: list[Result], **kw) -> sequential.Cadence:
+    return sequential.cadence(view("ANALY_A", *res, **kw), SEQ, NOW)
+
+
+def test_cadence_pending_queue_gets_probe_jobs():
+    c = cad(results("T1", "F"), robot_state="pending", state_since=NOW - 5 * MIN)
+    assert c.extra_jobs == SEQ.probes > 0 and c.gap == timedelta(0)
+
+
+def test_cadence_excluded_and_failing_queue_is_tested_slowly():
+    c = cad(results("T1", "FFC"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
+    assert c.gap == SEQ.stable_gap > timedelta(0) and c.extra_jobs == 0
+
+
+def test_cadence_excluded_and_recovering_queue_is_confirmed_quickly():
+    c = cad(results("T1", "CFF"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
+    assert c.extra_jobs == SEQ.probes and c.gap == timedelta(0)
+
+
+def test_cadence_long_stable_queue_gets_a_gap():
+    c = cad(results("T1", "CCCC"), state_since=NOW - SEQ.stable_after - HOUR)
+    assert c.gap == SEQ.stable_gap and c.extra_jobs == 0
+
+
+@pytest.mark.parametrize("kw", [
+    {"state_since": NOW - 30 * HOUR, "res": "CFC"},  # a recent site failure
+    {"state_since": NOW - HOUR, "res": "CCC"},  # back online only an hour ago
+])
+def test_cadence_recently_failing_online_queue_has_no_gap(kw):
+    c = cad(results("T1", kw["res"]), state_since=kw["state_since"])
+    assert c == sequential.Cadence()
+
+
+def test_cadence_user_failures_do_not_unsettle_a_stable_queue():
+    c = cad(results("T1", "FFC", error_class="user"), state_since=NOW - 30 * HOUR)
+    assert c.gap == SEQ.stable_gap
+
+
+# ================================================================================================
+# 3. Safety rules
+# ================================================================================================
+
+@pytest.mark.parametrize("kw,expected", [
+    ({"manual": "exclude"}, "manual exclude"),
+    ({"manual": "include", "status": "brokeroff", "robot_state": "excluded"}, "manual include"),
+    ({"status": "brokeroff"}, "outside the robot"),
+    ({"status": "offline"}, "outside the robot"),
+    ({"status": "test", "robot_state": "pending"}, "outside the robot"),
+    ({}, None),
+    ({"robot_state": "pending"}, None),
+    ({"status": "brokeroff", "robot_state": "excluded", "excluded_by_robot": True}, None),
+])
+def test_hands_off(kw, expected):
+    why = safety.hands_off(view("ANALY_A", **kw))
+    if expected is None:
+        assert why is None
+    else:
+        assert why and expected in why
+
+
+@pytest.mark.parametrize("name,site,flag,expected", [
+    ("ANALY_CERN", "CERN", False, False),
+    ("ANALY_CERN", "CERN", True, True),
+    ("ANALY_TEST_X", "X", False, True),
+    ("ANALY_X_test", "X", False, True),
+    ("ANALY_local_X", "X", False, True),
+    ("ANALY_X_LOCAL", "X", False, True),
+    ("ANALY_OPTOUT", "OPTED-OUT", False, True),
+])
+def test_is_exempt(name, site, flag, expected):
+    settings = SafetySettings(exempt_sites=["OPTED-OUT"])
+    assert safety.is_exempt(view(name, site=site, exempt=flag), settings) is expected
+
+
+def exclude(name: str, reason: str = "broken") -> Decision:
+    return Decision(name, Action.EXCLUDE, reason, policy="test")
+
+
+def fleet(clouds: dict[str, int], **per_queue) -> dict[str, QueueView]:
+    """Queues Q<cloud><i>, per cloud; per_queue maps a queue name to view() overrides ("res": results)."""
+    views = {}
+    for cloud, n in clouds.items():
+        for i in range(n):
+            name = f"Q{cloud}{i}"
+            kw = dict(per_queue.get(name, {}))
+            views[name] = view(name, *kw.pop("res", ()), cloud=cloud, **kw)
+    return views
+
+
+SPREAD = {"CA": 4, "DE": 4, "FR": 4, "IT": 4, "UK": 4}  # 20 queues, 4 per cloud
+
+
+@pytest.mark.parametrize("override,why", [
+    ({"silenced": True}, "silenced"),
+    ({"exempt": True}, "exempt"),
+])
+def test_guard_holds_exclusions_of_silenced_and_exempt_queues(override, why):
+    views = fleet(SPREAD, QDE0=override)
+    decisions, incidents = safety.guard([exclude("QDE0"), exclude("QFR0")], views, SAFE, NOW)
+    held, applied = decisions
+    assert held.action is Action.KEEP and held.new_status is None
+    assert why in held.reason and "broken" in held.reason
+    assert applied.action is Action.EXCLUDE and incidents == []
+
+
+def test_guard_holds_exempt_by_name_and_by_site():
+    views = {v.name: v for v in [view("ANALY_TEST_X"), view("ANALY_B_local"), view("ANALY_C", site="OPT"),
+                                 *fleet(SPREAD).values()]}
+    settings = SafetySettings(exempt_sites=["OPT"])
+    decisions, _ = safety.guard([exclude("ANALY_TEST_X"), exclude("ANALY_B_local"), exclude("ANALY_C")],
+                                views, settings, NOW)
+    assert all(d.action is Action.KEEP and "exempt" in d.reason for d in decisions)
+
+
+def test_guard_lets_other_decisions_of_exempt_queues_through():
+    views = fleet(SPREAD, QDE0={"exempt": True, "silenced": True})
+    decisions = [Decision("QDE0", Action.INCLUDE, "ok"), Decision("QDE1", Action.PEND, "doubt")]
+    assert safety.guard(decisions, views, SAFE, NOW) == (decisions, [])
+
+
+def test_mass_guard_holds_many_simultaneous_exclusions():
+    views = fleet(SPREAD)
+    failing = ["QCA0", "QDE0", "QFR0", "QIT0"]  # 4 of 20 = 20 % >= 15 %
+    decisions, incidents = safety.guard([exclude(q) for q in failing] + [Decision("QUK0", Action.KEEP, "ok")],
+                                        views, SAFE, NOW)
+    assert [d.action for d in decisions] == [Action.KEEP] * 5
+    assert all("mass failure" in d.reason for d in decisions[:4])
+    assert [(i.kind, i.queues) for i in incidents] == [("mass_failure", tuple(sorted(failing)))]
+
+
+def test_mass_guard_lets_a_few_exclusions_through():
+    decisions, incidents = safety.guard([exclude("QCA0"), exclude("QDE0")], fleet(SPREAD), SAFE, NOW)
+    assert [d.action for d in decisions] == [Action.EXCLUDE] * 2 and incidents == []
+
+
+def test_cloud_guard_holds_most_of_one_cloud_but_not_another_cloud():
+    views = fleet({"DE": 4, "FR": 12, "IT": 12, "UK": 12})  # 40 queues: 4 failing is below the mass share
+    decisions, incidents = safety.guard([exclude("QDE0"), exclude("QDE1"), exclude("QDE2"), exclude("QFR0")],
+                                        views, SAFE, NOW)
+    assert [d.action for d in decisions] == [Action.KEEP] * 3 + [Action.EXCLUDE]
+    assert len(incidents) == 1
+    incident = incidents[0]
+    assert incident.kind == "cloud_failure" and incident.queues == ("QDE0", "QDE1", "QDE2")
+    assert "DE" in incident.message and incident.evidence["cloud"] == "DE"
+
+
+def test_cloud_guard_needs_the_cloud_share():
+    views = fleet({"DE": 8, "FR": 12, "IT": 12, "UK": 12})  # 3 of 8 < 50 %
+    decisions, incidents = safety.guard([exclude("QDE0"), exclude("QDE1"), exclude("QDE2")], views, SAFE, NOW)
+    assert [d.action for d in decisions] == [Action.EXCLUDE] * 3 and incidents == []
+
+
+def _central_fleet(central: int, site: int, n: int) -> tuple[dict[str, QueueView], list[str]]:
+    """40 queues in 5 clouds; n failing ones in distinct clouds, each with `central` central-class and
+    `site` site-class failures behind its exclusion."""
+    failing = [f"Q{c}0" for c in ("CA", "DE", "FR", "IT", "UK")[:n]]
+    res = {"res": [results("T1", "F" * central, error_class="central"),
+                   results("T1", "F" * site, newest=NOW - 2 * MIN)]}
+    return fleet({"CA": 8, "DE": 8, "FR": 8, "IT": 8, "UK": 8}, **{q: res for q in failing}), failing
+
+
+@pytest.mark.parametrize("central,site,n,held", [
+    (2, 1, 3, True),
+    (1, 1, 3, True),  # exactly the share
+    (1, 2, 3, False),
+    (3, 0, 2, False),  # too few queues
+])
+def test_central_errors_hold_exclusions(central, site, n, held):
+    views, failing = _central_fleet(central, site, n)
+    decisions, incidents = safety.guard([exclude(q) for q in failing], views, SAFE, NOW)
+    if held:
+        assert all(d.action is Action.KEEP for d in decisions)
+        assert [(i.kind, i.queues) for i in incidents] == [("central_errors", tuple(sorted(failing)))]
+        assert incidents[0].evidence["classes"]["central"] == central * n
+    else:
+        assert all(d.action is Action.EXCLUDE for d in decisions) and incidents == []
+
+
+@pytest.mark.parametrize("cloud_class,other_class,others_held", [
+    ("central", "site", False),  # the cloud's central errors do not make the others' site failures central
+    ("site", "central", True),  # nor do the cloud's site failures dilute the others' central errors
+])
+def test_central_share_is_judged_on_the_exclusions_it_would_hold(cloud_class, other_class, others_held):
+    cloud = {"res": [results("T1", "FFF", error_class=cloud_class)]}
+    other = {"res": [results("T1", "FF", error_class=other_class), results("T1", "F", newest=NOW - HOUR)]}
+    in_cloud, others = ["QDE0", "QDE1", "QDE2"], ["QFR0", "QIT0", "QUK0"]
+    views = fleet({"DE": 4, "FR": 16, "IT": 16, "UK": 16},  # 52 queues: 6 failing is below the mass share
+                  **{q: cloud for q in in_cloud}, **{q: other for q in others})
+    decisions, incidents = safety.guard([exclude(q) for q in in_cloud + others], views, SAFE, NOW)
+    actions = {d.queue: d.action for d in decisions}
+    assert all(actions[q] is Action.KEEP for q in in_cloud)
+    expected = Action.KEEP if others_held else Action.EXCLUDE
+    assert all(actions[q] is expected for q in others)
+    kinds = [(i.kind, i.queues) for i in incidents]
+    assert kinds == [("cloud_failure", tuple(in_cloud))] + ([("central_errors", tuple(others))] if others_held else [])
+    if others_held:
+        assert incidents[1].evidence["classes"] == {"central": 6, "site": 3}
+
+
+@pytest.mark.parametrize("ago,held", [(30 * MIN, True), (2 * HOUR, False)])
+def test_recent_robot_exclusions_count_toward_the_mass_threshold(ago, held):
+    views = fleet(SPREAD, QUK0={"status": "brokeroff", "robot_state": "excluded", "excluded_by_robot": True,
+                                "last_robot_exclusion": NOW - ago, "state_since": NOW - ago})
+    decisions, incidents = safety.guard([exclude("QCA0"), exclude("QDE0")], views, SAFE, NOW)
+    if held:
+        assert [d.action for d in decisions] == [Action.KEEP] * 2
+        assert [(i.kind, i.queues) for i in incidents] == [("mass_failure", ("QCA0", "QDE0", "QUK0"))]
+    else:
+        assert [d.action for d in decisions] == [Action.EXCLUDE] * 2 and incidents == []
+
+
+def _mass_scenario(kind: str) -> tuple[dict[str, QueueView], list[str]]:
+    if kind == "mass_failure":  # 4 of 20, in 4 clouds
+        return fleet(SPREAD), ["QCA0", "QDE0", "QFR0", "QIT0"]
+    if kind == "cloud_failure":  # 3 of the 4 queues of DE, of 40
+        return fleet({"DE": 4, "FR": 12, "IT": 12, "UK": 12}), ["QDE0", "QDE1", "QDE2"]
+    return _central_fleet(2, 1, 3)
+
+
+@pytest.mark.parametrize("kind", ["mass_failure", "cloud_failure", "central_errors"])
+def test_mass_guard_off_disables_every_mass_rule(kind):
+    views, failing = _mass_scenario(kind)
+    decisions, incidents = safety.guard([exclude(q) for q in failing], views, SAFE, NOW)
+    assert all(d.action is Action.KEEP for d in decisions) and [i.kind for i in incidents] == [kind]
+    decisions, incidents = safety.guard([exclude(q) for q in failing], views, SafetySettings(mass_guard=False), NOW)
+    assert all(d.action is Action.EXCLUDE for d in decisions) and incidents == []
+
+
+def test_cap_on_the_share_of_excluded_queues():
+    views = fleet({"DE": 5, "FR": 5}, QFR4={"status": "brokeroff", "robot_state": "excluded",
+                                            "excluded_by_robot": True, "last_robot_exclusion": NOW - 5 * HOUR})
+    settings = SafetySettings(mass_guard=False)  # 3 of 10 at once would otherwise be a mass event
+    assert settings.max_excluded_fraction == 0.2
+    decisions, incidents = safety.guard([exclude("QDE0"), exclude("QDE1"), exclude("QFR0")], views, settings, NOW)
+    assert [d.action for d in decisions] == [Action.EXCLUDE, Action.KEEP, Action.KEEP]
+    assert all("cap 20%" in d.reason and "2 of 10" in d.reason for d in decisions[1:])
+    assert incidents == []
+
+
+def test_cap_applies_after_the_mass_guard_with_defaults():
+    # with the guard on, 3 of 10 at once is a mass event: nothing goes through and nothing is capped
+    views = fleet({"DE": 5, "FR": 5})
+    decisions, incidents = safety.guard([exclude("QDE0"), exclude("QDE1"), exclude("QFR0")], views, SAFE, NOW)
+    assert all(d.action is Action.KEEP and "mass failure" in d.reason for d in decisions)
+    assert [i.kind for i in incidents] == ["mass_failure"]
