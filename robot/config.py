@@ -84,6 +84,9 @@ class RobotConfig(Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"template names must be unique, repeated: {', '.join(duplicates)}")
+        unknown = sorted(set(self.blacklist.critical_templates) - set(names))
+        if unknown:
+            raise ValueError(f"blacklist.critical_templates names unknown templates: {', '.join(unknown)}")
         return self
 
     def resolve(self, relative: str) -> Path:
