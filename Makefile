@@ -25,3 +25,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/loop.py
+	$(BIN)/python bench/simulate.py
