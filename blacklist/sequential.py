@@ -142,9 +142,9 @@ def cadence(view: QueueView, settings: SequentialSettings, now: datetime) -> Cad
     if view.robot_state == "pending":
         return Cadence(extra_jobs=settings.probes, reason="in doubt: probe jobs")
     if view.robot_state == "excluded":
-        latest = max(view.results, key=lambda r: r.end_time, default=None)
-        if latest is not None and not latest.failed:
-            return Cadence(extra_jobs=settings.probes, reason="recovering: confirm quickly")
+        newest = sorted(view.results, key=lambda r: r.end_time, reverse=True)[:2]
+        if len(newest) == 2 and not any(r.failed for r in newest):
+            return Cadence(extra_jobs=1, reason="recovering: confirm quickly")
         return Cadence(gap=settings.stable_gap, reason="excluded and failing: test slowly")
     site_failures = [r for r in view.results if r.failed and r.error_class == "site"]
     last_failure = max((r.end_time for r in site_failures), default=None)

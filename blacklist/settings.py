@@ -29,12 +29,12 @@ class SequentialSettings(Strict):
     beta: Fraction = 0.05  # accepted chance of missing a broken one
     code_share: Fraction = 0.25  # share of random site failures that repeat the previous one's error code
     stall_after: Duration = timedelta(minutes=45)  # a job waiting this long while nothing starts: a stall
-    probes: NonNegativeInt = 2  # extra jobs in flight per critical template while in doubt
+    probes: NonNegativeInt = 3  # extra jobs in flight per critical template while in doubt
     max_pending: Duration = timedelta(hours=2)  # give up the suspicion after this without a verdict
     include_successes: PositiveInt = 3  # consecutive good jobs after an exclusion before re-inclusion
     flap_window: Duration = timedelta(hours=24)  # each earlier exclusion in it asks for more good jobs
-    stable_after: Duration = timedelta(hours=24)  # no site failure for this long: a stable queue
-    stable_gap: Duration = timedelta(minutes=30)  # on a stable queue, wait this long between jobs of a template
+    stable_after: Duration = timedelta(hours=12)  # no site failure for this long: a stable queue
+    stable_gap: Duration = timedelta(minutes=15)  # on a stable queue, wait this long between jobs of a template
 
 
 class SafetySettings(Strict):

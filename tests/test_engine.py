@@ -90,7 +90,8 @@ def test_probes_go_out_when_a_queue_is_in_doubt(tmp_path, clock, grid):
     robot.run_once(clock.now())
     grid.finish(grid.in_queue("ANALY_B2")[0], pilot_error_code=1377)
     step(robot, clock)
-    assert len(grid.in_queue("ANALY_B2")) == 2 + 2 * 2  # one per template, plus two probes each
+    probes = BlacklistSettings().default.probes
+    assert len(grid.in_queue("ANALY_B2")) == 2 + 2 * probes  # one per template, plus the probes of each
     with robot.sessions() as session:
         assert session.scalars(select(Queue.robot_state).where(Queue.name == "ANALY_B2")).one() == "pending"
 

@@ -392,8 +392,13 @@ def test_cadence_excluded_and_failing_queue_is_tested_slowly():
 
 
 def test_cadence_excluded_and_recovering_queue_is_confirmed_quickly():
+    c = cad(results("T1", "CCF"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
+    assert c.extra_jobs == 1 and c.gap == timedelta(0)
+
+
+def test_cadence_excluded_queue_with_one_good_job_is_still_tested_slowly():
     c = cad(results("T1", "CFF"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
-    assert c.extra_jobs == SEQ.probes and c.gap == timedelta(0)
+    assert c.extra_jobs == 0 and c.gap == SEQ.stable_gap
 
 
 def test_cadence_long_stable_queue_gets_a_gap():
