@@ -1,0 +1,150 @@
+"""The simulated grid, the scoring of a run, the simulate command and replay."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from click.testing import CliRunner
+
+from blacklist.policies import Policy
+from blacklist.replay import differences, recorded_moves, replay
+from blacklist.settings import BlacklistSettings
+from blacklist.simulate import BUILTIN, run, score
+from robot.backends.base import JobRequest
+from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid, queue_names
+from robot.cli import main
+from robot.clock import ManualClock
+from robot.jobstates import JobStatus
+from tests.fakes import T0, ScriptedGrid, make_robot, templates
+
+START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+def scenario(**extra) -> Scenario:
+    base = {"name": "t", "duration": "1d", "queues": {"count": 8, "clouds": ["DE", "US"], "per_site": 2},
+            "templates": ["AFT_A", "AFT_B"], "noise": {"site": 0, "user": 0, "unknown": 0}}
+    return Scenario.model_validate({**base, **extra})
+
+
+def request(queue: str) -> JobRequest:
+    return JobRequest(job_name="j", queue=queue, payload="p", dataset="d", files=(), max_events=1, max_wall_seconds=60)
+
+
+def final(grid: SimulatedGrid, clock: ManualClock, pid: int):
+    clock.advance(timedelta(days=2))
+    report = grid.status([pid])[pid]
+    assert report.job_status in (JobStatus.FINISHED, JobStatus.FAILED)
+    return report
+
+
+def test_a_job_lives_through_panda_states_in_virtual_time():
+    clock = ManualClock(START)
+    grid = SimulatedGrid(scenario(), clock, seed=1)
+    (pid,) = grid.submit([request(queue_names(grid.scenario.queues)[0])])
+    assert grid.status([pid])[pid].job_status is JobStatus.ACTIVATED
+    states = set()
+    for _ in range(200):
+        clock.advance(timedelta(minutes=1))
+        states.add(grid.status([pid])[pid].job_status)
+    assert {JobStatus.ACTIVATED, JobStatus.RUNNING, JobStatus.FINISHED} <= states | {JobStatus.ACTIVATED}
+    report = grid.status([pid])[pid]
+    assert report.job_status is JobStatus.FINISHED and report.start_time < report.end_time and report.n_events > 0
+
+
+def test_faults_centrals_and_user_waves_give_their_error_classes():
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "0s", "duration": "1d", "mode": "cvmfs"}],
+                  central_outages=[{"onset": "0s", "duration": "1d", "probability": 1.0, "clouds": ["US"]}],
+                  user_waves=[{"onset": "0s", "duration": "1d", "probability": 1.0}])
+    clock = ManualClock(START)
+    grid = SimulatedGrid(sc, clock, seed=1)
+    broken, central, user = grid.submit([request("ANALY_DE-SITE000_1"), request("ANALY_US-SITE001_1"),
+                                         request("ANALY_DE-SITE002_1")])
+    assert final(grid, clock, broken).pilot_error_code == 1377
+    assert final(grid, clock, central).pilot_error_code == 1324
+    assert final(grid, clock, user).exe_error_code == 1
+
+
+def test_common_random_numbers_the_kth_job_of_a_queue_meets_the_same_luck():
+    sc = scenario(noise={"site": 0.3, "user": 0.3, "unknown": 0.0})
+    outcomes = []
+    for extra_queue_jobs in (0, 5):  # another queue's activity must not change this queue's luck
+        clock = ManualClock(START)
+        grid = SimulatedGrid(sc, clock, seed=7)
+        grid.submit([request("ANALY_US-SITE001_2")] * extra_queue_jobs)
+        ids = grid.submit([request("ANALY_DE-SITE000_1")] * 10)
+        clock.advance(timedelta(days=3))
+        outcomes.append([(r.job_status, r.pilot_error_code) for r in grid.status(ids).values()])
+    assert outcomes[0] == outcomes[1]
+    assert len({o for o in outcomes[0]}) > 1  # and there is luck to meet
+
+
+def test_stuck_queue_starts_nothing_until_the_fault_ends():
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "0s", "duration": "6h", "mode": "stuck"}])
+    clock = ManualClock(START)
+    grid = SimulatedGrid(sc, clock, seed=1)
+    (pid,) = grid.submit([request("ANALY_DE-SITE000_1")])
+    clock.advance(timedelta(hours=5))
+    assert grid.status([pid])[pid].job_status is JobStatus.ACTIVATED
+    assert final(grid, clock, pid).start_time >= START + timedelta(hours=6)
+
+
+def test_score_counts_latency_misses_false_and_central_exclusions():
+    sc = scenario(central_outages=[{"onset": "10h", "duration": "1h"}])
+    faults = [FaultWindow("Q1", START + timedelta(hours=2), START + timedelta(hours=6), "stagein", 1.0),
+              FaultWindow("Q2", START + timedelta(hours=2), START + timedelta(hours=3), "stagein", 1.0)]
+    moves = [("Q1", START + timedelta(hours=2, minutes=20), "brokeroff"),
+             ("Q1", START + timedelta(hours=7), "online"),
+             ("Q3", START + timedelta(hours=10, minutes=30), "brokeroff"),
+             ("Q3", START + timedelta(hours=12, minutes=30), "online")]
+    result = score(sc, faults, moves, START + timedelta(days=1))
+    assert result.latencies == [20 * 60] and result.missed == 1
+    assert result.reinclusion == [3600]
+    assert result.false_exclusions == 1 and result.central_exclusions == 1
+    assert result.lost_queue_hours == pytest.approx(2 + 1)  # Q3 excluded 2 h while healthy, Q1 1 h after recovery
+
+
+def test_both_policies_run_on_a_small_scenario_and_ours_ignores_a_user_wave():
+    sc = scenario(duration="12h", user_waves=[{"onset": "2h", "duration": "4h", "probability": 0.8}])
+    ours, theirs = run(sc, BUILTIN["default"], 1, "default"), run(sc, BUILTIN["hammercloud"], 1, "hammercloud")
+    assert ours.false_exclusions == 0
+    assert theirs.false_exclusions > 0
+    assert ours.jobs > 0 and theirs.jobs > 0
+
+
+def test_simulate_command_prints_the_comparison(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text("name: tiny\nduration: 6h\nqueues: {count: 4}\n"
+                    "faults:\n  - {queues: 1, onset: 1h, duration: 4h, mode: stagein}\n")
+    result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["report"]["scenario"]
+    assert set(report) == {"hammercloud", "default"} and report["default"]["faults"] == 1
+    table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1"]).output
+    assert "Detect. median" in table and "hammercloud" in table
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nduration: 1d\nfaults:\n  - {queues: [NOPE], onset: 1h, duration: 1h}\n")
+    result = CliRunner().invoke(main, ["policy", "simulate", str(bad)])
+    assert result.exit_code == 1 and "unknown queue" in result.output
+
+
+def test_replay_finds_where_another_policy_would_have_differed(tmp_path):
+    clock = ManualClock(T0)
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "US")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}, {"name": "AFT_B"}))
+    robot.run_once(clock.now())
+    for _ in range(4):  # user-code failures only: HammerCloud would exclude, ours would not
+        for pid in grid.in_queue("ANALY_A"):
+            grid.finish(pid, exe_error_code=1, exe_error_diag="Traceback")
+        clock.advance(timedelta(minutes=10))
+        robot.run_once(clock.now())
+    theirs = Policy(BlacklistSettings(policy="hammercloud"), ("AFT_A", "AFT_B"))
+    ours = Policy(BlacklistSettings(policy="default"), ("AFT_A", "AFT_B"))
+    with robot.sessions() as session:
+        hc = replay(session, theirs, T0, clock.now())
+        default = replay(session, ours, T0, clock.now())
+        recorded = recorded_moves(session, "healthrobot", T0, clock.now())
+    assert [(m.queue, m.action) for m in hc] == [("ANALY_A", "exclude")] and "LastT" in hc[0].reason
+    assert default == [] and recorded == []
+    (diff,) = differences(hc, recorded, timedelta(minutes=30))
+    assert (diff.queue, diff.replayed, diff.recorded) == ("ANALY_A", "exclude", None)
