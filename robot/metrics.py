@@ -56,6 +56,7 @@ class Health:
     error_classes: dict[str, int] = field(default_factory=dict)
     top_errors: list[tuple[str, int]] = field(default_factory=list)
     status: str | None = None
+    robot_state: str | None = None  # the exclusion engine's view: online, pending, excluded
     cloud: str | None = None
     site: str | None = None
 
@@ -124,11 +125,11 @@ def _median(values: list[float]) -> float | None:
 def health(session: Session, now: datetime, window: timedelta, level: Level = "queue") -> list[Health]:
     """Health of every live queue (or its site / cloud) from the jobs that ended in the window."""
     queues = session.execute(
-        select(Queue.id, Queue.name, Queue.status, Site.name, Cloud.name)
+        select(Queue.id, Queue.name, Queue.status, Site.name, Cloud.name, Queue.robot_state)
         .join(Site, Site.id == Queue.site_id).join(Cloud, Cloud.id == Site.cloud_id)
         .where(Queue.retired_at.is_(None))
     ).all()
-    key_of = {qid: {"queue": q, "site": s, "cloud": c}[level] for qid, q, _, s, c in queues}
+    key_of = {qid: {"queue": q, "site": s, "cloud": c}[level] for qid, q, _, s, c, _ in queues}
     grouped: dict[str, list[JobResult]] = defaultdict(list)
     rows = session.execute(
         select(Job.queue_id, Job.outcome, Job.n_events, Job.start_time, Job.end_time, Job.time_payload,
@@ -142,12 +143,12 @@ def health(session: Session, now: datetime, window: timedelta, level: Level = "q
         wall = (end - start).total_seconds() if start and end else None
         grouped[key_of[qid]].append(JobResult(outcome, n_events or 0, wall, payload, stagein, wait, cpu or 0.0, klass, name))
     found: dict[str, Health] = {}
-    for qid, queue, status, site, cloud in queues:
+    for qid, queue, status, site, cloud, robot_state in queues:
         key = key_of[qid]
         if key not in found:
             found[key] = summarize(key, level, grouped.get(key, []))
             found[key].cloud = cloud
             found[key].site = site if level != "cloud" else None
         if level == "queue":
-            found[key].status = status
+            found[key].status, found[key].robot_state = status, robot_state
     return sorted(found.values(), key=lambda h: (h.cloud or "", h.site or "", h.key))

@@ -174,4 +174,8 @@ def test_demo_end_to_end_the_broken_queue_stands_out(tmp_path):
     assert all(h["events_per_second"] and h["events_per_second"] > 1000 for h in healthy)  # real payload runs
     assert sum(h["completed"] for h in healthy) >= 2 * len(healthy)
     assert (workdir / "healthrobot.db").exists()
+    # the exclusion engine (dry-run by default) decided to exclude the broken queue, and only it
+    assert {d["queue"] for d in summary["exclusions"] if d["new"] != "online"} == {"ANALY_MWT2_UCORE"}
+    assert all(not d["applied"] for d in summary["exclusions"])
+    assert "STAGEINFAILED" in summary["exclusions"][0]["reason"]
     shutil.rmtree(workdir / "grid" / "datasets", ignore_errors=True)

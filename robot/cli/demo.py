@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
+from sqlalchemy import select
 from rich.console import Group
 from rich.live import Live
 from rich.text import Text
@@ -26,6 +27,7 @@ from robot.durations import format_duration
 from robot.metrics import Health, health
 from robot.services import build
 from robot.storage.database import upgrade
+from robot.storage.models import Queue, QueueTransition
 
 
 @click.command("demo")
@@ -99,13 +101,23 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     if not live and not as_json:
         console.print(health_table(found, title="Queue health"))
     verdict = _verdict(found)
+    with services.sessions() as session:  # the engine reconnects after close()
+        decisions = [{"time": t.time.isoformat(), "queue": name, "old": t.old, "new": t.new, "applied": t.applied,
+                      "reason": t.reason}
+                     for t, name in session.execute(select(QueueTransition, Queue.name)
+                                                    .join(Queue, Queue.id == QueueTransition.queue_id)
+                                                    .where(QueueTransition.kind == "status")
+                                                    .order_by(QueueTransition.id))]
     if as_json:
         click.echo(json.dumps({"workdir": str(workdir), "started": started.isoformat(),
                                "duration_seconds": (clock.now() - started).total_seconds(), **totals,
-                               **verdict, "health": [h.as_dict() for h in found]}, indent=2))
+                               **verdict, "exclusions": decisions, "health": [h.as_dict() for h in found]}, indent=2))
     else:
         console.print(f"broken queues (failure rate >= {BROKEN:.0%}): {', '.join(verdict['broken']) or 'none'}")
         console.print(f"degraded queues ({DEGRADED:.0%}-{BROKEN:.0%}): {', '.join(verdict['degraded']) or 'none'}")
+        for d in decisions:
+            mode = "" if d["applied"] else " [dry-run]"
+            console.print(f"exclusion engine{mode}: {d['queue']} {d['old']} -> {d['new']}: {d['reason']}")
         console.print(f"see it again: HEALTHROBOT_DATA_DIR={workdir} healthrobot --config {ctx.config_path} status")
 
 

@@ -44,7 +44,10 @@ def health_table(healths: Iterable[Health], title: str = "") -> Table:
         errors = ", ".join(f"{cls} {n}" for cls, n in sorted(h.error_classes.items()))
         if h.top_errors:
             errors += f" [{h.top_errors[0][0]}]"
-        table.add_row(h.cloud or "", h.site or "", h.key if h.level == "queue" else "", h.status or "",
+        status = h.status or ""
+        if h.robot_state and h.robot_state != "online" and not (h.robot_state == "excluded" and status != "online"):
+            status += f" ({h.robot_state}{', dry-run' if h.robot_state == 'excluded' else ''})"
+        table.add_row(h.cloud or "", h.site or "", h.key if h.level == "queue" else "", status,
                       str(h.total), str(h.failed), f"[{style}]{rate}[/]", _number(h.events_per_second),
                       _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), errors)
     return table
