@@ -17,6 +17,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
+from blacklist.engine import ExclusionEngine
+from blacklist.policies import Policy
+from blacklist.settings import BlacklistSettings
 from robot.backends.base import InputFile, JobReport, JobRequest
 from robot.catalogue import DatasetInfo
 from robot.classify import load_table
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--templates", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--finishing", type=float, default=0.1, help="share of jobs ending per step")
+    parser.add_argument("--without-exclusion", action="store_true", help="leave the exclusion engine out")
     args = parser.parse_args()
     templates = [{"name": f"AFT_{i}", "category": "functional", "payload": "zmumu",
                   "input_dataset": "mc23.*", "events_per_job": 20000} for i in range(args.templates)]
@@ -92,9 +96,12 @@ def main() -> None:
         engine = make_engine(f"sqlite:///{Path(folder) / 'bench.db'}")
         upgrade(engine)
         grid = NullGrid(args.queues)
-        robot = Robot(config, make_sessionmaker(engine), grid, grid, grid, load_table())
+        policy = Policy(BlacklistSettings(mode="dry-run"), tuple(t["name"] for t in templates))
+        engines = [] if args.without_exclusion else [ExclusionEngine(policy, grid)]
+        robot = Robot(config, make_sessionmaker(engine), grid, grid, grid, load_table(), evaluators=engines)
         now = datetime(2026, 11, 1, tzinfo=timezone.utc)
-        print(f"{args.queues} queues x {args.templates} templates = {args.queues * args.templates} jobs in flight")
+        print(f"{args.queues} queues x {args.templates} templates = {args.queues * args.templates} jobs in flight, "
+              f"exclusion engine {'off' if args.without_exclusion else 'on (dry-run)'}")
         steps = [("first step (topology, tests, submit all)", 0.0)]
         steps += [(f"steady, all running {i + 1}", 0.0) for i in range(args.steps)]
         steps += [(f"steady, {args.finishing:.0%} finishing {i + 1}", args.finishing) for i in range(args.steps)]

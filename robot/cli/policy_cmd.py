@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ COLUMNS = [("detection_median_min", "Detect. median (min)"), ("detection_p95_min
 
 def _one(args: tuple[str, str, int]) -> tuple[str, str, RunResult]:
     path, policy, seed = args
+    logging.getLogger("blacklist").setLevel(logging.ERROR)  # the decisions are scored, not logged
     label, settings = policy_settings(policy)
     return path, label, run(load_scenario(path), settings, seed, label)
 
