@@ -62,6 +62,24 @@ class TemplateConfig(Strict):
         return any(fnmatch.fnmatchcase(queue, pattern) for pattern in self.queues)
 
 
+class StressSafetyConfig(Strict):
+    """HammerCloud's stop rule: stop sending to a queue when too many recent jobs failed."""
+
+    window: Duration = timedelta(hours=1)
+    min_jobs: PositiveInt = 20  # more than this many jobs ended in the window ...
+    max_failure_fraction: Annotated[float, Field(gt=0, le=1)] = 0.7  # ... and more than this share failed
+
+
+class StressConfig(Strict):
+    max_jobs: PositiveInt = 2000
+    max_concurrency: PositiveInt = 200
+    max_duration: Duration = timedelta(days=1)
+    retries: NonNegativeInt = 1  # a failed job is sent again this many times
+    operators: list[str] = []  # may request anywhere and approve any request
+    site_admins: dict[str, list[str]] = {}  # site -> people whose requests for it are approved at once
+    safety: StressSafetyConfig = StressSafetyConfig()
+
+
 class ClassificationConfig(Strict):
     table: str | None = None  # YAML file with extra or changed error-code classes
 
@@ -74,6 +92,7 @@ class RobotConfig(Strict):
     classification: ClassificationConfig = ClassificationConfig()
     templates: list[TemplateConfig] = []
     blacklist: BlacklistSettings = BlacklistSettings()
+    stress: StressConfig = StressConfig()
 
     # Where the file was read from: relative paths in it are resolved against that folder.
     base_dir: Annotated[Path, Field(exclude=True)] = Path(".")

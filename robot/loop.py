@@ -23,6 +23,7 @@ from robot.config import RobotConfig
 from robot.durations import parse_duration
 from robot.jobstates import FINAL_STATES, QUEUED_STATES, RUNNING_STATES, JobStatus, Outcome, QueueStatus
 from robot.planning import SlotState, choose_input, jobs_to_submit
+from robot.stress import pending_retries
 from robot.storage.models import Event, Job, Queue, QueueTransition, StorageEndpoint, Template, Test, TestQueue, queue_endpoint
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
@@ -273,11 +274,12 @@ class Robot:
             if not datasets:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
                 continue
-            for _ in range(count):
+            for k in range(count):
                 name = f"hc.{slot.test_id}.{queue_name}.{uuid.uuid4().hex[:12]}"
                 dataset, files = choose_input(datasets, zlib.crc32(name.encode()), template["events_per_job"])
                 rows.append({"test_id": slot.test_id, "queue_id": slot.queue_id, "job_name": name,
-                             "phase": "recorded", "dataset": dataset.name, "n_files": len(files), "recorded_at": now})
+                             "phase": "recorded", "dataset": dataset.name, "n_files": len(files), "recorded_at": now,
+                             "retry_of": slot.retry_ids[k] if k < len(slot.retry_ids) else None})
                 requests.append(JobRequest(
                     job_name=name, queue=queue_name, payload=template["payload"], dataset=dataset.name, files=files,
                     max_events=template["events_per_job"],
@@ -314,12 +316,14 @@ class Robot:
 
     def _slot_states(self, session: Session, now: datetime) -> list[SlotState]:
         """Every (running test, live queue) pair with its jobs in flight, from a few small queries."""
-        pairs = session.execute(
+        pairs = [row for row in session.execute(
             select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
-                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds)
+                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds, TestQueue.max_jobs,
+                   Test.end_time, Test.allow_excluded, Queue.status, Queue.robot_state)
             .join(Test, Test.id == TestQueue.test_id).join(Queue, Queue.id == TestQueue.queue_id)
-            .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value)
-        ).all()
+            .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value,
+                   TestQueue.stopped_at.is_(None))
+        ) if row.max_jobs is None or _stress_may_send(row, now)]
         running_states = {s.value for s in RUNNING_STATES}
         queued: Counter[tuple[int, int]] = Counter()
         running: Counter[tuple[int, int]] = Counter()
@@ -327,18 +331,26 @@ class Robot:
             select(Job.test_id, Job.queue_id, Job.job_status).where(Job.phase.in_(["recorded", "active"]))
         ):
             (running if status in running_states else queued)[(test_id, queue_id)] += 1
-        last_end = self._last_ends(session, now, {q for _, q, *_, gap in pairs if gap})
-        once = {t for t, _, _, _, resubmit, _, _ in pairs if not resubmit}
+        last_end = self._last_ends(session, now, {row.queue_id for row in pairs if row.job_gap_seconds})
+        counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
         totals: dict[tuple[int, int], int] = {}
-        if once:
+        if counted:
             totals = {(t, q): n for t, q, n in session.execute(
-                select(Job.test_id, Job.queue_id, func.count()).where(Job.test_id.in_(once), Job.phase != "lost")
+                select(Job.test_id, Job.queue_id, func.count())
+                .where(Job.test_id.in_(counted), Job.phase != "lost", Job.retry_of.is_(None))
                 .group_by(Job.test_id, Job.queue_id))}
-        return [SlotState(test_id=t, queue_id=q, max_running_jobs=m, min_queue_depth=d, resubmit_enabled=r,
-                          queued=queued[(t, q)], running=running[(t, q)],
-                          total=totals.get((t, q), queued[(t, q)] + running[(t, q)]), extra_jobs=extra,
-                          gap=timedelta(seconds=gap), last_end=last_end.get((t, q)))
-                for t, q, m, d, r, extra, gap in pairs]
+        retries = pending_retries(session, sorted({row.test_id for row in pairs if row.max_jobs is not None}))
+        slots = []
+        for row in pairs:
+            key = (row.test_id, row.queue_id)
+            slots.append(SlotState(
+                test_id=row.test_id, queue_id=row.queue_id, max_running_jobs=row.max_running_jobs,
+                min_queue_depth=row.min_queue_depth, resubmit_enabled=row.resubmit_enabled,
+                queued=queued[key], running=running[key], total=totals.get(key, queued[key] + running[key]),
+                extra_jobs=0 if row.max_jobs is not None else row.extra_jobs,
+                gap=timedelta(0) if row.max_jobs is not None else timedelta(seconds=row.job_gap_seconds),
+                last_end=last_end.get(key), max_jobs=row.max_jobs, retry_ids=tuple(retries.get(key, ()))))
+        return slots
 
     @staticmethod
     def _last_ends(session: Session, now: datetime, queue_ids: set[int]) -> dict[tuple[int, int], datetime]:
@@ -387,6 +399,12 @@ class Robot:
                details: dict[str, Any] | None = None) -> None:
         log.warning("%s %s: %s", kind, subject, message)
         session.add(Event(time=now, kind=kind, subject=subject, message=message, details=details or {}))
+
+
+def _stress_may_send(row: Any, now: datetime) -> bool:
+    """A stress test sends until its end, and to an excluded queue only if it was asked to."""
+    excluded = row.status != QueueStatus.ONLINE.value or row.robot_state == "excluded"
+    return now < row.end_time and (row.allow_excluded or not excluded)
 
 
 def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:

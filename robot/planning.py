@@ -23,6 +23,8 @@ class SlotState:
     extra_jobs: int = 0  # probes the exclusion policy asks for (the queue is in doubt)
     gap: timedelta = timedelta(0)  # the policy's pause between jobs (a long-stable queue)
     last_end: datetime | None = None  # when the pair's latest job ended
+    max_jobs: int | None = None  # a stress test's total of first attempts
+    retry_ids: tuple[int, ...] = ()  # failed jobs waiting for their retry
 
 
 def jobs_to_submit(slot: SlotState, now: datetime) -> int:
@@ -31,8 +33,13 @@ def jobs_to_submit(slot: SlotState, now: datetime) -> int:
     With the defaults (1, 0) this is "one job in flight; when it ends, submit the next".
     Without resubmission a pair gets its first `max_running_jobs` jobs and no more. The exclusion
     policy may ask for `extra_jobs` more in flight (probes), or for a `gap` after a job ends.
+    A stress test keeps `max_running_jobs` in flight until `max_jobs` first attempts are out, and
+    sends the retries it owes before new jobs.
     """
     in_flight = slot.queued + slot.running
+    if slot.max_jobs is not None:  # a stress test: C in flight until N are done, retries first
+        budget = len(slot.retry_ids) + max(0, slot.max_jobs - slot.total)
+        return min(max(0, slot.max_running_jobs - in_flight), budget)
     if not slot.resubmit_enabled:
         return max(0, slot.max_running_jobs - slot.total)
     if not slot.extra_jobs and slot.gap and slot.last_end and now - slot.last_end < slot.gap:

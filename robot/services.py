@@ -17,6 +17,8 @@ from robot.classify import load_table
 from robot.clock import Clock
 from robot.config import RobotConfig
 from robot.loop import Robot
+from robot.stress import StressSupervisor
+from robot.stress_report import build_report
 from robot.storage.database import make_engine, make_sessionmaker
 
 
@@ -55,5 +57,6 @@ def build(config: RobotConfig, clock: Clock) -> Services:
     grid = open_grid(config, clock)
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     robot = Robot(config, sessions, backend=grid, catalogue=grid.storage, topology=grid.storage, error_table=table,
-                  evaluators=[exclusion_engine(config, grid), Notifier(config.blacklist.notify, config.blacklist.actor)])
+                  evaluators=[StressSupervisor(config, grid, report=build_report), exclusion_engine(config, grid),
+                              Notifier(config.blacklist.notify, config.blacklist.actor)])
     return Services(config=config, engine=engine, sessions=sessions, grid=grid, robot=robot)

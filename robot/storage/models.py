@@ -112,6 +112,15 @@ class Test(Base):
     end_time: Mapped[datetime]
     created_at: Mapped[datetime]
     requested_by: Mapped[str] = mapped_column(String(128), default="robot")
+    # stress tests: what was asked, who approved it, how it ended, and its report
+    max_jobs: Mapped[int | None]
+    concurrency: Mapped[int | None]
+    allow_excluded: Mapped[bool] = mapped_column(default=False, server_default="0")
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    approved_at: Mapped[datetime | None]
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+    outcome: Mapped[str | None] = mapped_column(Text)  # why it ended: done, duration over, safety stop, ...
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     template: Mapped[Template] = relationship()
 
 
@@ -126,6 +135,10 @@ class TestQueue(Base):
     max_running_jobs: Mapped[int]
     min_queue_depth: Mapped[int]
     resubmit_enabled: Mapped[bool]
+    max_jobs: Mapped[int | None]  # a stress test's total (first attempts; retries come on top)
+    retries: Mapped[int] = mapped_column(default=0, server_default="0")
+    stopped_at: Mapped[datetime | None]  # the stress safety rule stopped sending here
+    stop_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):
@@ -148,6 +161,7 @@ class Job(Base):
     job_name: Mapped[str] = mapped_column(String(200), unique=True)
     panda_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     phase: Mapped[str] = mapped_column(String(16))
+    retry_of: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # the failed job this one retries
     job_status: Mapped[str | None] = mapped_column(String(16))  # PanDA's jobStatus
     dataset: Mapped[str] = mapped_column(String(512))
     n_files: Mapped[int]

@@ -1,0 +1,210 @@
+"""`healthrobot stress ...`: request, approve, cancel and read stress tests."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+from rich.table import Table
+from sqlalchemy import select
+
+from robot.cli import Context, pass_context
+from robot.cli.params import DURATION
+from robot.cli.render import make_console
+from robot.clock import SystemClock, as_utc
+from robot.storage.database import make_engine, make_sessionmaker
+from robot.storage.models import Queue, Template, Test, TestQueue
+from robot.stress import StressRequest, StressRequestError, approve, cancel, request_stress_test
+from robot.stress_report import build_report
+
+
+def _sessions(ctx: Context):  # type: ignore[no-untyped-def]
+    return make_sessionmaker(make_engine(ctx.config.database_url))
+
+
+def _fail(exc: StressRequestError) -> None:
+    raise click.ClickException("request refused:\n  " + "\n  ".join(exc.problems))
+
+
+@click.group("stress")
+def stress_group() -> None:
+    """Stress tests: many concurrent jobs on a queue, on request."""
+
+
+@stress_group.command("request")
+@click.option("--queue", "queues", multiple=True, required=True, help="Queue to load (repeatable).")
+@click.option("--template", required=True, help="A stress template.")
+@click.option("--jobs", type=int, required=True, help="Jobs to run per queue (retries come on top).")
+@click.option("--concurrency", type=int, required=True, help="Jobs in flight at once per queue.")
+@click.option("--duration", type=DURATION, help="Stop sending after this long (default: the configured cap).")
+@click.option("--start", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]), help="Start time, UTC (default: now).")
+@click.option("--by", "requested_by", required=True, help="Who asks (decides whether it is approved at once).")
+@click.option("--allow-excluded", is_flag=True, help="Run even on queues that are excluded.")
+@click.option("--comment", default="", help="What changed at the site, what to look for.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def stress_request(ctx: Context, queues: tuple[str, ...], template: str, jobs: int, concurrency: int,
+                   duration: timedelta | None, start: datetime | None, requested_by: str, allow_excluded: bool,
+                   comment: str, as_json: bool) -> None:
+    """Ask for a stress test; approved at once for an operator or the site's admin."""
+    request = StressRequest(queues=queues, template=template, jobs=jobs, concurrency=concurrency,
+                            requested_by=requested_by, duration=duration, start=as_utc(start) if start else None,
+                            allow_excluded=allow_excluded, comment=comment)
+    with _sessions(ctx)() as session:
+        try:
+            test = request_stress_test(session, request, ctx.config, SystemClock().now())
+        except StressRequestError as exc:
+            _fail(exc)
+        session.commit()
+        result = {"id": test.id, "state": test.state, "approved_by": test.approved_by,
+                  "start": test.start_time.isoformat(), "end": test.end_time.isoformat()}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        how = f"approved by {result['approved_by']}" if result["approved_by"] else "waiting for an operator's approval"
+        click.echo(f"stress test {result['id']}: {result['state']} ({how}); runs from {result['start'][:16]} "
+                   f"to {result['end'][:16]} UTC at the robot's next steps")
+
+
+def _rows(session: Any, test_id: int | None = None) -> list[dict[str, Any]]:
+    query = select(Test, Template.name).join(Template, Template.id == Test.template_id).where(
+        Test.category == "stress").order_by(Test.id.desc())
+    if test_id is not None:
+        query = query.where(Test.id == test_id)
+    rows = []
+    for test, template in session.execute(query):
+        queues = [{"queue": q, "stopped": p.stop_reason} for p, q in session.execute(
+            select(TestQueue, Queue.name).join(Queue, Queue.id == TestQueue.queue_id).where(TestQueue.test_id == test.id))]
+        rows.append({"id": test.id, "template": template, "state": test.state, "queues": queues,
+                     "jobs": test.max_jobs, "concurrency": test.concurrency, "requested_by": test.requested_by,
+                     "approved_by": test.approved_by, "start": test.start_time.isoformat(),
+                     "end": test.end_time.isoformat(), "outcome": test.outcome, "comment": test.comment})
+    return rows
+
+
+@stress_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def stress_list(ctx: Context, as_json: bool) -> None:
+    """Every stress test, newest first."""
+    with _sessions(ctx)() as session:
+        rows = _rows(session)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(header_style="bold")
+    for column in ("ID", "State", "Template", "Queues", "Jobs x conc.", "Requested by", "Start (UTC)", "Outcome"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r["id"]), r["state"], r["template"], ", ".join(q["queue"] for q in r["queues"]),
+                      f"{r['jobs']} x {r['concurrency']}", r["requested_by"], r["start"][:16], r["outcome"] or "")
+    make_console().print(table)
+
+
+@stress_group.command("show")
+@click.argument("test_id", type=int)
+@pass_context
+def stress_show(ctx: Context, test_id: int) -> None:
+    """One stress test in full (JSON)."""
+    with _sessions(ctx)() as session:
+        rows = _rows(session, test_id)
+    if not rows:
+        raise click.ClickException(f"no stress test {test_id}")
+    click.echo(json.dumps(rows[0], indent=2))
+
+
+@stress_group.command("approve")
+@click.argument("test_id", type=int)
+@click.option("--by", "who", required=True, help="The operator approving.")
+@pass_context
+def stress_approve(ctx: Context, test_id: int, who: str) -> None:
+    """Approve a waiting request (operators only)."""
+    with _sessions(ctx)() as session:
+        try:
+            test = approve(session, test_id, who, ctx.config, SystemClock().now())
+        except StressRequestError as exc:
+            _fail(exc)
+        session.commit()
+        click.echo(f"stress test {test.id}: {test.state}, approved by {test.approved_by}")
+
+
+@stress_group.command("cancel")
+@click.argument("test_id", type=int)
+@click.option("--by", "who", required=True, help="Who cancels.")
+@pass_context
+def stress_cancel(ctx: Context, test_id: int, who: str) -> None:
+    """Cancel: nothing more is sent and the jobs in flight are killed at the robot's next step."""
+    with _sessions(ctx)() as session:
+        try:
+            test = cancel(session, test_id, who, SystemClock().now())
+        except StressRequestError as exc:
+            _fail(exc)
+        session.commit()
+        click.echo(f"stress test {test.id}: {test.outcome}")
+
+
+@stress_group.command("report")
+@click.argument("test_id", type=int)
+@click.option("--compare", "compare_id", type=int, help="An earlier stress test to set beside it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (plot data included).")
+@pass_context
+def stress_report(ctx: Context, test_id: int, compare_id: int | None, as_json: bool) -> None:
+    """Throughput, failures and time split of a stress test, beside the queue's functional baseline."""
+    with _sessions(ctx)() as session:
+        test = session.get(Test, test_id)
+        if test is None or test.category != "stress":
+            raise click.ClickException(f"no stress test {test_id}")
+        compare = session.get(Test, compare_id) if compare_id else None
+        if compare_id and (compare is None or compare.category != "stress"):
+            raise click.ClickException(f"no stress test {compare_id} to compare with")
+        report = (test.report if test.report and compare is None
+                  else build_report(session, test, SystemClock().now(), compare))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    console = make_console()
+    console.print(f"[bold]stress test {report['test']}[/] {report['template']} on {', '.join(report['queues'])}: "
+                  f"{report['state']} ({report['outcome'] or 'running'})")
+    columns = [("this test", report["summary"]), ("functional baseline", report["baseline"])]
+    if "compare" in report:
+        columns.append((f"test {report['compare']['test']}", report["compare"]["summary"]))
+    table = Table(header_style="bold")
+    table.add_column("")
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    lines = [("jobs ended", lambda s: s["ended"]), ("failed", lambda s: s["failed"]),
+             ("failure rate", lambda s: _pct(s["failure_rate"])),
+             ("events/s overall", lambda s: _num(s["events_per_second"])),
+             ("events/s per job p10/p50/p90", lambda s: _q(s["events_per_second_per_job"], "{:.0f}")),
+             ("CPU efficiency %", lambda s: _num(s["cpu_efficiency"]))]
+    lines += [(f"{step} s p10/p50/p90", lambda s, step=step: _q(s["times"][step], "{:.2f}"))
+              for step in ("queue", "stagein", "setup", "payload", "stageout")]
+    for label, value in lines:
+        table.add_row(label, *(str(value(summary)) for _, summary in columns))
+    console.print(table)
+    for error, count in report["summary"]["top_errors"]:
+        console.print(f"  {count} x {error}")
+    for queue, reason in report.get("stops", {}).items():
+        console.print(f"  stopped at {queue}: {reason}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _q(values: dict[str, Any], fmt: str) -> str:
+    if not values.get("n"):
+        return "-"
+    return "/".join(fmt.format(values[k]) for k in ("p10", "p50", "p90"))
+
+
+COMMANDS = [stress_group]
