@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from blacklist.model import Action, Decision, QueueView, Result
+from blacklist.model import END_TIME, Action, Decision, QueueView, Result
 from blacklist.policies import Policy
 from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
@@ -171,7 +171,8 @@ class ExclusionEngine:
 
 
 def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> None:
-    session.execute(update(Queue).where(Queue.id == queue_id).values(robot_state=state, robot_state_since=now))
+    session.execute(update(Queue).where(Queue.id == queue_id).values(robot_state=state, robot_state_since=now)
+                    .execution_options(synchronize_session=False))
 
 
 class ResultCache:
@@ -185,13 +186,14 @@ class ResultCache:
         self.policy = policy
         self._by_queue: dict[int, dict[int, Result]] = defaultdict(dict)
         self._seen_until: datetime | None = None
+        self._pruned_at: datetime | None = None
 
     def read(self, session: Session, now: datetime) -> dict[int, list[Result]]:
         start = now - self.policy.window
         query = (select(Job.id, Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
                         Job.error_name, Job.error_code, Job.start_time)
                  .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
-                 .where(Job.phase == "done", Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,
+                 .where(Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,  # outcome: final
                         Template.name.in_(self.policy.templates)))
         if self._seen_until is not None:
             query = query.where(Job.status_changed_at >= self._seen_until)
@@ -199,9 +201,11 @@ class ResultCache:
             self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code,
                                                  started)
         self._seen_until = now
-        for results in self._by_queue.values():
-            for job_id in [j for j, r in results.items() if r.end_time < start]:
-                del results[job_id]
+        if self._pruned_at is None or now - self._pruned_at >= self.policy.window / 12:
+            self._pruned_at = now
+            for results in self._by_queue.values():
+                for job_id in [j for j, r in results.items() if r.end_time < start]:
+                    del results[job_id]
         return {qid: list(results.values()) for qid, results in self._by_queue.items()}
 
 
@@ -233,14 +237,16 @@ def load_views(session: Session, now: datetime, policy: Policy,
                                                                          Silence.until > now)).all()
     silenced = {(scope, name) for scope, name in silences}
     waiting: dict[int, list[datetime]] = defaultdict(list)
-    last_start: dict[int, datetime] = {}
-    for qid, status, submitted, started in session.execute(
-        select(Job.queue_id, Job.job_status, Job.submitted_at, Job.start_time).where(Job.phase == "active")
+    stall_after = policy.settings.default.stall_after
+    for qid, submitted in session.execute(  # only jobs waiting long enough to matter
+        select(Job.queue_id, Job.submitted_at).where(Job.phase == "active", Job.job_status.in_(["defined", "activated"]),
+                                                     Job.submitted_at <= now - stall_after)
     ):
-        if status in ("defined", "activated"):
-            waiting[qid].append(submitted)
-        elif started is not None and (qid not in last_start or started > last_start[qid]):
-            last_start[qid] = started
+        waiting[qid].append(submitted)
+    last_start: dict[int, datetime] = dict(session.execute(
+        select(Job.queue_id, func.max(Job.start_time)).where(Job.phase == "active", Job.start_time.is_not(None))
+        .group_by(Job.queue_id)
+    ).all())
     for qid, items in results.items():
         for result in items:
             if result.start_time and (qid not in last_start or result.start_time > last_start[qid]):
@@ -248,7 +254,7 @@ def load_views(session: Session, now: datetime, policy: Policy,
     views, ids, flaps = {}, {}, {}
     for qid, name, status, state, since, exempt, site, cloud in rows:
         when, count, included = last_moves.get(qid, (None, 0, None))
-        ordered = tuple(sorted(results.get(qid, []), key=lambda r: r.end_time, reverse=True))
+        ordered = tuple(sorted(results.get(qid, []), key=END_TIME, reverse=True))
         views[name] = QueueView(
             name=name, site=site, cloud=cloud, status=status, robot_state=state,
             excluded_by_robot=state == "excluded", manual=manual.get(qid),

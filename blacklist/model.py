@@ -4,7 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
+
+
+END_TIME = attrgetter("end_time")  # the sort key of results
 
 
 class Action(StrEnum):
@@ -47,7 +51,7 @@ class QueueView:
     last_robot_inclusion: datetime | None = None  # evidence older than this was already judged
     state_since: datetime | None = None  # when robot_state was entered
     results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only
-    waiting_since: tuple[datetime, ...] = ()  # submission times of the jobs not started yet
+    waiting_since: tuple[datetime, ...] = ()  # submission times of jobs not started yet (the long waits)
     last_start: datetime | None = None  # when a job last started at the queue
 
 
@@ -72,7 +76,7 @@ def by_template(results: tuple[Result, ...], templates: list[str]) -> dict[str, 
         if result.template in grouped:
             grouped[result.template].append(result)
     for items in grouped.values():
-        items.sort(key=lambda r: r.end_time, reverse=True)
+        items.sort(key=END_TIME, reverse=True)
     return grouped
 
 

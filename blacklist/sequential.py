@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from blacklist.model import Action, Decision, QueueView, Result, evidence_of
+from blacklist.model import END_TIME, Action, Decision, QueueView, Result, evidence_of
 from blacklist.settings import SequentialSettings
 
 NAME = "default"
@@ -52,7 +52,7 @@ def counted(results: tuple[Result, ...] | list[Result]) -> list[Result]:
 def cusum(results: list[Result], weights: Weights) -> tuple[float, list[Result]]:
     """The CUSUM statistic over results in time order, and the site failures since it last was 0."""
     score, since_zero = 0.0, []
-    for result in sorted(results, key=lambda r: r.end_time):
+    for result in sorted(results, key=END_TIME):
         if not result.failed:
             step = weights.success
         elif since_zero and since_zero[-1].error_code == result.error_code:
@@ -119,7 +119,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime,
 def _reinclusion(view: QueueView, window: list[Result], settings: SequentialSettings,
                  recent_exclusions: int) -> Decision:
     since = view.state_since
-    fresh = sorted((r for r in window if since is None or r.end_time >= since), key=lambda r: r.end_time,
+    fresh = sorted((r for r in window if since is None or r.end_time >= since), key=END_TIME,
                    reverse=True)
     need = settings.include_successes * (1 + recent_exclusions)
     streak = []
@@ -142,7 +142,7 @@ def cadence(view: QueueView, settings: SequentialSettings, now: datetime) -> Cad
     if view.robot_state == "pending":
         return Cadence(extra_jobs=settings.probes, reason="in doubt: probe jobs")
     if view.robot_state == "excluded":
-        newest = sorted(view.results, key=lambda r: r.end_time, reverse=True)[:2]
+        newest = sorted(view.results, key=END_TIME, reverse=True)[:2]
         if len(newest) == 2 and not any(r.failed for r in newest):
             return Cadence(extra_jobs=1, reason="recovering: confirm quickly")
         return Cadence(gap=settings.stable_gap, reason="excluded and failing: test slowly")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, JobRequest
@@ -36,7 +36,6 @@ WARN_AGAIN_AFTER = timedelta(hours=1)
 # A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
 Evaluator = Callable[[Session, datetime], Any]
 TOPOLOGY_REFRESH = timedelta(hours=1)
-MAX_GAP = timedelta(days=1)  # the longest pause between jobs a policy may ask for
 
 
 @dataclass
@@ -153,9 +152,7 @@ class Robot:
 
     # -- 4. polling ------------------------------------------------------------------------------
     def _poll(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        active = session.execute(
-            select(Job.id, Job.panda_id, Job.job_status, Job.submitted_at).where(Job.phase == "active")
-        ).all()
+        active = session.execute(select(Job.id, Job.panda_id, Job.job_status).where(Job.phase == "active")).all()
         batch_size = self.config.loop.poll_batch_size
         for start in range(0, len(active), batch_size):
             batch = active[start : start + batch_size]
@@ -168,17 +165,26 @@ class Robot:
                 return
             summary.polled += len(batch)
             changes: list[dict[str, Any]] = []
+            forgotten = [row.id for row in batch if reports.get(row.panda_id) is None]
+            for job_id in self._unknown_for_too_long(session, forgotten, now):
+                changes.append(self._unknown(job_id, now))
+                summary.finished += 1
             for row in batch:
                 report = reports.get(row.panda_id)
                 if report is None:
-                    if now - row.submitted_at >= self.config.loop.unknown_after:
-                        changes.append(self._unknown(row.id, now))
-                        summary.finished += 1
+                    continue
                 elif report.job_status != row.job_status or report.job_status in FINAL_STATES:
                     changes.append(self._from_report(row.id, report, now))
                     summary.finished += report.job_status in FINAL_STATES
             if changes:
                 _update_jobs(session, changes)
+
+    def _unknown_for_too_long(self, session: Session, job_ids: list[int], now: datetime) -> list[int]:
+        """Of the jobs the backend did not know, those submitted longer than `unknown_after` ago."""
+        if not job_ids:
+            return []
+        return list(session.scalars(select(Job.id).where(
+            Job.id.in_(job_ids), Job.submitted_at <= now - self.config.loop.unknown_after)))
 
     def _from_report(self, job_id: int, report: JobReport, now: datetime) -> dict[str, Any]:
         timing = report.pilot_timing
@@ -231,10 +237,12 @@ class Robot:
     # -- 5. jobs that never start --------------------------------------------------------------
     def _time_out_waiting_jobs(self, session: Session, now: datetime, summary: StepSummary) -> None:
         """A job still queued after its template's `max_queue_time` is killed and counted as a site failure."""
+        shortest = min((t.max_queue_time for t in self.config.templates), default=timedelta(hours=2))
         waiting = session.execute(
             select(Job.id, Job.panda_id, Job.submitted_at, Template.settings)
             .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
-            .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]))
+            .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]),
+                   Job.submitted_at <= now - shortest)
         ).all()
         expired = [row for row in waiting
                    if now - row.submitted_at >= parse_duration(row.settings.get("max_queue_time", 7200))]
@@ -316,14 +324,16 @@ class Robot:
 
     def _slot_states(self, session: Session, now: datetime) -> list[SlotState]:
         """Every (running test, live queue) pair with its jobs in flight, from a few small queries."""
-        pairs = [row for row in session.execute(
+        # A stress test sends until its end, and to an excluded queue only if it was asked to.
+        stress_may_send = and_(Test.end_time > now, or_(Test.allow_excluded, and_(
+            Queue.status == QueueStatus.ONLINE.value, Queue.robot_state != "excluded")))
+        pairs = session.execute(
             select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
-                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds, TestQueue.max_jobs,
-                   Test.end_time, Test.allow_excluded, Queue.status, Queue.robot_state)
+                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds, TestQueue.max_jobs)
             .join(Test, Test.id == TestQueue.test_id).join(Queue, Queue.id == TestQueue.queue_id)
             .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value,
-                   TestQueue.stopped_at.is_(None))
-        ) if row.max_jobs is None or _stress_may_send(row, now)]
+                   TestQueue.stopped_at.is_(None), or_(TestQueue.max_jobs.is_(None), stress_may_send))
+        ).all()
         running_states = {s.value for s in RUNNING_STATES}
         queued: Counter[tuple[int, int]] = Counter()
         running: Counter[tuple[int, int]] = Counter()
@@ -331,7 +341,8 @@ class Robot:
             select(Job.test_id, Job.queue_id, Job.job_status).where(Job.phase.in_(["recorded", "active"]))
         ):
             (running if status in running_states else queued)[(test_id, queue_id)] += 1
-        last_end = self._last_ends(session, now, {row.queue_id for row in pairs if row.job_gap_seconds})
+        gaps = {row.queue_id: row.job_gap_seconds for row in pairs if row.job_gap_seconds}
+        last_end = self._last_ends(session, now, set(gaps), timedelta(seconds=max(gaps.values(), default=0)))
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
         totals: dict[tuple[int, int], int] = {}
         if counted:
@@ -353,13 +364,15 @@ class Robot:
         return slots
 
     @staticmethod
-    def _last_ends(session: Session, now: datetime, queue_ids: set[int]) -> dict[tuple[int, int], datetime]:
-        """When the latest job of each pair ended, for queues the policy wants tested with a gap."""
+    def _last_ends(session: Session, now: datetime, queue_ids: set[int],
+                   longest_gap: timedelta) -> dict[tuple[int, int], datetime]:
+        """When the latest job of each pair ended (within the longest gap asked), for queues the policy
+        wants tested with a gap; an older end does not hold anything back."""
         if not queue_ids:
             return {}
         rows = session.execute(
             select(Job.test_id, Job.queue_id, func.max(Job.end_time))
-            .where(Job.queue_id.in_(queue_ids), Job.end_time >= now - MAX_GAP).group_by(Job.test_id, Job.queue_id)
+            .where(Job.queue_id.in_(queue_ids), Job.end_time >= now - longest_gap).group_by(Job.test_id, Job.queue_id)
         )
         return {(t, q): end for t, q, end in rows}
 
@@ -399,12 +412,6 @@ class Robot:
                details: dict[str, Any] | None = None) -> None:
         log.warning("%s %s: %s", kind, subject, message)
         session.add(Event(time=now, kind=kind, subject=subject, message=message, details=details or {}))
-
-
-def _stress_may_send(row: Any, now: datetime) -> bool:
-    """A stress test sends until its end, and to an excluded queue only if it was asked to."""
-    excluded = row.status != QueueStatus.ONLINE.value or row.robot_state == "excluded"
-    return now < row.end_time and (row.allow_excluded or not excluded)
 
 
 def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
