@@ -26,3 +26,4 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/loop.py
 	$(BIN)/python bench/simulate.py
+	$(BIN)/python bench/stress.py
