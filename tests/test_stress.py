@@ -232,5 +232,7 @@ def test_stress_test_end_to_end_on_the_embedded_grid(tiny_grid):
         assert report["summary"]["events_per_second"] > 0
         table = runner.invoke(main, ["--config", str(files.robot_yaml), "stress", "report", str(test_id)]).output
         assert "functional baseline" in table and "events/s overall" in table
+        watched = runner.invoke(main, ["--config", str(files.robot_yaml), "stress", "watch", str(test_id)])
+        assert watched.exit_code == 0 and f"stress test {test_id}: completed" in watched.output
     finally:
         services.close()

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import make_console
 from robot.clock import SystemClock, as_utc
 from robot.storage.database import make_engine, make_sessionmaker
-from robot.storage.models import Queue, Template, Test, TestQueue
+from robot.storage.models import Job, Queue, Template, Test, TestQueue
 from robot.stress import StressRequest, StressRequestError, approve, cancel, request_stress_test
 from robot.stress_report import build_report
 
@@ -142,6 +144,35 @@ def stress_cancel(ctx: Context, test_id: int, who: str) -> None:
             _fail(exc)
         session.commit()
         click.echo(f"stress test {test.id}: {test.outcome}")
+
+
+@stress_group.command("watch")
+@click.argument("test_id", type=int)
+@click.option("--interval", type=DURATION, default="2s", show_default=True, help="Refresh period.")
+@pass_context
+def stress_watch(ctx: Context, test_id: int, interval: timedelta) -> None:
+    """Follow a stress test with a progress bar (jobs ended of those asked) until it ends."""
+    sessions = _sessions(ctx)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=make_console(stderr=True)) as progress:
+        task = progress.add_task(f"stress test {test_id}", total=None)
+        while True:
+            with sessions() as session:
+                test = session.get(Test, test_id)
+                if test is None or test.category != "stress":
+                    raise click.ClickException(f"no stress test {test_id}")
+                queues = session.scalar(select(func.count()).select_from(TestQueue).where(TestQueue.test_id == test_id))
+                ended = session.scalar(select(func.count()).select_from(Job).where(
+                    Job.test_id == test_id, Job.retry_of.is_(None), Job.phase == "done"))
+                in_flight = session.scalar(select(func.count()).select_from(Job).where(
+                    Job.test_id == test_id, Job.phase.in_(["recorded", "active"])))
+                state, outcome = test.state, test.outcome
+            progress.update(task, total=(test.max_jobs or 0) * queues, completed=ended,
+                            description=f"stress test {test_id} {state}, {in_flight} in flight")
+            if state not in ("unapproved", "scheduled", "running"):
+                break
+            time.sleep(interval.total_seconds())
+    click.echo(f"stress test {test_id}: {state} ({outcome or ''})")
 
 
 @stress_group.command("report")
