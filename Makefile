@@ -27,3 +27,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/loop.py
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/stress.py
+	$(BIN)/python bench/tickets.py

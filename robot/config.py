@@ -80,6 +80,19 @@ class StressConfig(Strict):
     safety: StressSafetyConfig = StressSafetyConfig()
 
 
+class GGUSConfig(Strict):
+    url: str  # e.g. https://helpdesk.ggus.eu
+    token: str  # use ${GGUS_TOKEN}: never written in the file
+    vo: str = "atlas"
+    sites: list[str] = []  # only tickets for these sites (empty: all of the VO)
+
+
+class TicketsConfig(Strict):
+    aliases: dict[str, str] = {}  # other names people use -> queue or site name
+    support_address: str = ""  # the support desk's own address (its replies do not re-open a thread)
+    ggus: GGUSConfig | None = None
+
+
 class ClassificationConfig(Strict):
     table: str | None = None  # YAML file with extra or changed error-code classes
 
@@ -93,6 +106,7 @@ class RobotConfig(Strict):
     templates: list[TemplateConfig] = []
     blacklist: BlacklistSettings = BlacklistSettings()
     stress: StressConfig = StressConfig()
+    tickets: TicketsConfig = TicketsConfig()
 
     # Where the file was read from: relative paths in it are resolved against that folder.
     base_dir: Annotated[Path, Field(exclude=True)] = Path(".")

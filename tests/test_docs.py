@@ -45,7 +45,8 @@ def fields(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
         inner = getattr(annotation, "__args__", (annotation,))
         nested = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
         if nested:
-            yield from fields(nested[0], f"{path}[]." if annotation is not nested[0] else f"{path}.")
+            is_list = getattr(annotation, "__origin__", None) is list
+            yield from fields(nested[0], f"{path}[]." if is_list else f"{path}.")
         else:
             yield path
 
@@ -53,7 +54,7 @@ def fields(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
 @pytest.mark.parametrize("path", list(fields(RobotConfig)))
 def test_every_robot_setting_is_in_the_readme_and_the_example(path):
     assert f"| `{path}` |" in README
-    assert re.search(rf"^\s*-?\s*{re.escape(path.split('.')[-1].removesuffix('[]'))}:", EXAMPLE, re.M), \
+    assert re.search(rf"^\s*#?\s*-?\s*{re.escape(path.split('.')[-1].removesuffix('[]'))}:", EXAMPLE, re.M), \
         f"{path} is not in configs/robot.yaml"
 
 

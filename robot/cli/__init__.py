@@ -47,9 +47,10 @@ def main(ctx: click.Context, config_path: str, verbose: int) -> None:
 
 
 def _register() -> None:
-    from robot.cli import blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd
+    from robot.cli import (blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd,
+                           tickets_cmd)
 
-    for module in (blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd):
+    for module in (blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd, tickets_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
 

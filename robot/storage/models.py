@@ -285,3 +285,82 @@ class Event(Base):
     subject: Mapped[str] = mapped_column(String(200), default="")
     message: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# -- tickets ----------------------------------------------------------------------------------
+class Ticket(Base):
+    """A user support thread (mail) or a GGUS ticket, with the robot's verdict on it."""
+
+    __tablename__ = "ticket"
+    __table_args__ = (UniqueConstraint("source", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))  # mail | ggus
+    key: Mapped[str] = mapped_column(String(512))  # thread key: Gmail thread, GGUS number or root Message-ID
+    subject: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # open | waiting | closed
+    labels: Mapped[list[Any]] = mapped_column(default=list)
+    requester: Mapped[str] = mapped_column(String(256), default="")
+    first_message_at: Mapped[datetime]
+    last_message_at: Mapped[datetime]
+    messages: Mapped[int] = mapped_column(default=0)
+    verdict: Mapped[str | None] = mapped_column(String(16))  # site | central | not_site | unknown
+    verdict_reason: Mapped[str | None] = mapped_column(Text)
+    verdict_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    judged_at: Mapped[datetime | None]
+
+
+class TicketMessage(Base):
+    __tablename__ = "ticket_message"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    message_id: Mapped[str] = mapped_column(String(512), unique=True)
+    date: Mapped[datetime]
+    sender: Mapped[str] = mapped_column(String(256), default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+
+
+class TicketMention(Base):
+    """Something a ticket names: a queue, site, storage endpoint, cloud, PanDA job, task or error."""
+
+    __tablename__ = "ticket_mention"
+    __table_args__ = (Index("ticket_mention_queue", "queue"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(256))
+    queue: Mapped[str | None] = mapped_column(String(128))
+    site: Mapped[str | None] = mapped_column(String(128))
+    cloud: Mapped[str | None] = mapped_column(String(64))
+    complaint: Mapped[bool] = mapped_column(default=True)
+    code: Mapped[int | None]
+    snippet: Mapped[str] = mapped_column(Text, default="")
+
+
+class Episode(Base):
+    """A period when a queue was degraded: from the robot's exclusions or from its failure rates."""
+
+    __tablename__ = "episode"
+    __table_args__ = (Index("episode_queue_start", "queue_id", "start"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
+    start: Mapped[datetime]
+    end: Mapped[datetime | None]  # none: still going on
+    source: Mapped[str] = mapped_column(String(16))  # exclusion | metrics
+    reason: Mapped[str] = mapped_column(Text)
+    error_classes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    queue: Mapped[Queue] = relationship()
+
+
+class TicketLink(Base):
+    """A ticket linked to an episode, with how sure the robot is and why."""
+
+    __tablename__ = "ticket_link"
+    __table_args__ = (UniqueConstraint("ticket_id", "episode_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episode.id"), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

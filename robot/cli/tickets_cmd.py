@@ -1,0 +1,163 @@
+"""`healthrobot tickets import|list` and `healthrobot why`: is the problem the site?"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from robot.classify import load_table
+from robot.cli import Context, pass_context
+from robot.cli.render import make_console
+from robot.clock import SystemClock
+from robot.storage.database import make_engine, make_sessionmaker
+from robot.storage.models import Episode, Job, Queue, QueueTransition, Ticket, TicketLink, TicketMention
+from robot.tickets.ingest import import_source
+from robot.tickets.store import judge_tickets
+
+
+def _session(ctx: Context) -> Session:
+    return make_sessionmaker(make_engine(ctx.config.database_url))()
+
+
+@click.group("tickets")
+def tickets_group() -> None:
+    """User support tickets: import them, see their verdicts."""
+
+
+@tickets_group.command("import")
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
+    """Import SOURCE: an mbox file, a Maildir folder, or `ggus` (configured under tickets.ggus)."""
+    config = ctx.config
+    table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
+    now = SystemClock().now()
+    with _session(ctx) as session:
+        try:
+            summary, changed = import_source(session, source, config, table, now)
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        judged = judge_tickets(session, now, changed)
+        session.commit()
+    result = {**summary.as_dict(), "judged": judged}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{source}: {summary.threads} threads, {summary.new_tickets} new and {summary.updated_tickets} "
+               f"updated tickets, {summary.new_messages} new messages, {len(summary.skipped)} skipped")
+    for reason in summary.skipped[:20]:
+        click.echo(f"  skipped: {reason}")
+
+
+@tickets_group.command("list")
+@click.option("--queue", help="Only tickets that name this queue.")
+@click.option("--open", "only_open", is_flag=True, help="Only open and waiting tickets.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def tickets_list(ctx: Context, queue: str | None, only_open: bool, as_json: bool) -> None:
+    """Tickets with their verdicts, newest first."""
+    with _session(ctx) as session:
+        query = select(Ticket).order_by(Ticket.last_message_at.desc())
+        if only_open:
+            query = query.where(Ticket.state != "closed")
+        if queue:
+            query = query.where(Ticket.id.in_(select(TicketMention.ticket_id).where(TicketMention.queue == queue)))
+        rows = [_ticket_row(session, t) for t in session.scalars(query)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(header_style="bold")
+    for column in ("ID", "State", "Last (UTC)", "Subject", "Verdict", "Why"):
+        table.add_column(column)
+    for r in rows:  # plain text cells: a ticket's content is never markup
+        table.add_row(str(r["id"]), r["state"], r["last_message_at"][:16], r["subject"][:60], r["verdict"] or "-",
+                      (r["verdict_reason"] or "")[:100])
+    make_console().print(table, markup=False)
+
+
+def _ticket_row(session: Session, ticket: Ticket) -> dict[str, Any]:
+    mentions = session.scalars(select(TicketMention).where(TicketMention.ticket_id == ticket.id)).all()
+    links = session.execute(select(TicketLink, Episode, Queue.name).join(Episode, Episode.id == TicketLink.episode_id)
+                            .join(Queue, Queue.id == Episode.queue_id).where(TicketLink.ticket_id == ticket.id)).all()
+    return {"id": ticket.id, "source": ticket.source, "key": ticket.key, "subject": ticket.subject,
+            "state": ticket.state, "labels": ticket.labels, "messages": ticket.messages,
+            "first_message_at": ticket.first_message_at.isoformat(), "last_message_at": ticket.last_message_at.isoformat(),
+            "verdict": ticket.verdict, "verdict_reason": ticket.verdict_reason, "evidence": ticket.verdict_evidence,
+            "mentions": [{"kind": m.kind, "value": m.value, "queue": m.queue, "site": m.site, "complaint": m.complaint}
+                         for m in mentions],
+            "links": [{"queue": q, "score": link.score, "why": link.reason, "episode": e.reason,
+                       "start": e.start.isoformat(), "end": e.end.isoformat() if e.end else None}
+                      for link, e, q in links]}
+
+
+@click.command("why")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def why(ctx: Context, target: str, as_json: bool) -> None:
+    """Why: a ticket (its id), a queue (its name) or a PanDA job (its ID): is the problem the site?"""
+    with _session(ctx) as session:
+        answer = _why(session, target.removeprefix("T") if target[:1] == "T" and target[1:].isdigit() else target)
+    if answer is None:
+        raise click.ClickException(f"{target!r} is no ticket id, queue name or PanDA job ID the robot knows")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(answer["answer"])
+    for line in answer.get("details", []):
+        click.echo(f"  {line}")
+
+
+def _why(session: Session, target: str) -> dict[str, Any] | None:
+    if target.isdigit() and len(target) < 7:
+        ticket = session.get(Ticket, int(target))
+        if ticket is not None:
+            row = _ticket_row(session, ticket)
+            details = [f"linked: {link['queue']} ({link['score']:.2f}) {link['why']}: {link['episode']}"
+                       for link in row["links"]]
+            details += [f"names {m['kind']} {m['value']}" + ("" if m["complaint"] else " (said to work)")
+                        for m in row["mentions"]]
+            return {"kind": "ticket", **row, "answer": f"ticket {ticket.id} ({ticket.subject}): "
+                                                      f"{ticket.verdict or 'not judged'}: {ticket.verdict_reason or ''}",
+                    "details": details}
+    queue = session.scalars(select(Queue).where(Queue.name == target)).first()
+    if queue is not None:
+        last = session.scalars(select(QueueTransition).where(QueueTransition.queue_id == queue.id)
+                               .order_by(QueueTransition.id.desc()).limit(1)).first()
+        episodes = session.scalars(select(Episode).where(Episode.queue_id == queue.id)
+                                   .order_by(Episode.start.desc()).limit(5)).all()
+        tickets = session.scalars(select(Ticket).where(Ticket.state != "closed", Ticket.id.in_(
+            select(TicketMention.ticket_id).where(TicketMention.queue == queue.name)))).all()
+        details = [f"episode {e.start:%Y-%m-%d %H:%M}-{e.end:%H:%M}" if e.end else f"episode since {e.start:%Y-%m-%d %H:%M}"
+                   for e in episodes]
+        details = [f"{d}: {e.reason}" for d, e in zip(details, episodes)]
+        details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
+        state = f"{queue.status}, robot: {queue.robot_state}"
+        reason = f"; last change: {last.reason}" if last else ""
+        return {"kind": "queue", "queue": queue.name, "status": queue.status, "robot_state": queue.robot_state,
+                "answer": f"{queue.name}: {state}{reason}", "details": details,
+                "tickets": [t.id for t in tickets]}
+    if target.isdigit():
+        job = session.execute(select(Job, Queue.name).join(Queue, Queue.id == Job.queue_id)
+                              .where(Job.panda_id == int(target))).first()
+        tickets = session.scalars(select(Ticket).where(Ticket.id.in_(select(TicketMention.ticket_id).where(
+            TicketMention.kind == "panda_id", TicketMention.value == target)))).all()
+        if job is None and not tickets:
+            return None
+        details = [f"ticket {t.id}: {t.subject}: {t.verdict}: {t.verdict_reason}" for t in tickets]
+        if job is not None:
+            found, name = job
+            answer = (f"PanDA job {target} (a robot test job) at {name}: {found.outcome or found.job_status}"
+                      + (f", {found.error_class} error {found.error_name}: {found.error_diag}" if found.error_name else ""))
+        else:
+            answer = f"PanDA job {target} is named in {len(tickets)} ticket(s)"
+        return {"kind": "job", "panda_id": int(target), "answer": answer, "details": details}
+    return None
+
+
+COMMANDS = [tickets_group, why]

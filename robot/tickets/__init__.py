@@ -1,0 +1,1 @@
+"""User support tickets: ingestion, what they name, and their links to degraded queues."""

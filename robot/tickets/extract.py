@@ -1,0 +1,437 @@
+"""What a support ticket names: queues, sites, storage endpoints, clouds, PanDA jobs, JEDI tasks and errors.
+
+Pure functions, no I/O. The text is untrusted: it is only searched with precompiled patterns, never
+evaluated or rendered, and only its first `MAX_SCAN_CHARS` characters are read.
+
+Names are matched on token boundaries (a token is a maximal run of letters, digits, "_" and "-",
+because queue names contain both), by one dictionary lookup per token: a name inside a longer
+token ("ANALY_FZK" inside "ANALY_FZK_SHORT", "MWT2" inside "ANALY_MWT2_UCORE") never matches, and
+neither does a token that is part of a host name or mail address ("dcache.mwt2.org").
+
+Complaints. Every mention is a complaint unless its own clause (the text since the last ".", "!",
+"?", ";" or line break, and up to the next one) says the thing works or was left out by the user:
+
+- before the name: "runs/ran/works/worked/succeeded [fine|well|ok] at|on|in X", "fine at X",
+  "OK at X", "no problem(s) at X", "I excluded X", "excluding X", "except [for] X", "apart from X",
+  "--excludedSite X" / "--excludedSite=A,B,X" (the name may be any item of a list after these);
+- after the name: "X is/was/looks/seems fine|ok|okay|good|healthy|working", "X works",
+  "X runs fine", "X is/was/has been excluded".
+
+A negation ("not", "n't", "never", "no longer") just before the phrase keeps it a complaint
+("doesn't work at X", "X is not OK"). After de-duplication a thing is a non-complaint only if every
+one of its occurrences is. IDs and errors are always complaints.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from robot.classify import ErrorClass
+from robot.topology import Topology
+
+MAX_SCAN_CHARS = 200_000
+SNIPPET_CHARS = 80
+QUEUE_PREFIX = "ANALY_"
+
+TOPOLOGY_KINDS = ("queue", "site", "endpoint", "cloud")
+
+# --- names ---------------------------------------------------------------------------------------
+# letters and digits joined by "_" and "-"; leading and trailing "_" and "-" are not part of the name
+TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_\-]*[A-Za-z0-9])?")
+# "X cloud", "X-cloud", "cloud: X", "cloud=X", "cloud X"; the code itself must be written in capitals
+CLOUD = re.compile(r"\b(?P<pre>[A-Z]{2,5})[ \t-]+(?i:clouds?)\b|\b(?i:cloud)[ \t]*[:=]?[ \t]*(?P<post>[A-Z]{2,5})\b")
+
+# --- complaint rules (see the module docstring) --------------------------------------------------
+CLAUSE_END = re.compile(r"[.!?;\n]")
+_LIST = r"(?:[\w\-]+\s*(?:,|\band\b|\bor\b|&)\s*)*"
+NOT_COMPLAINT_BEFORE = re.compile(
+    r"(?i)(?P<phrase>"
+    r"(?:\b(?:runs?|ran|running|works?|worked|working|succeed(?:s|ed)?|passe[sd]|fine|ok|okay|well|good)"
+    r"(?:\s+(?:fine|ok|okay|well|perfectly|correctly))?\s+(?:at|on|in|for|with)"
+    r"|\bno\s+problems?\s+(?:at|on|in|with)"
+    r"|\b(?:i\s+)?(?:have\s+)?(?:excluded?|excluding|except(?:\s+for)?|apart\s+from|besides|other\s+than)"
+    r"|--?excluded?sites?\s*[=:]?)"
+    r"(?:\s+|(?<=[=:])\s*)(?:the\s+)?(?:(?:site|queue|queues|sites|endpoint|cloud)\s+)?" + _LIST + r")$"
+)
+NOT_COMPLAINT_AFTER = re.compile(
+    r"(?i)^\s*(?:\)\s*)?(?:(?:is|was|are|were|looks?|seems?|has\s+been|have\s+been)\s+(?:still\s+|also\s+|already\s+)?"
+    r"(?:fine|ok|okay|good|healthy|working|excluded)\b"
+    r"|works?\b|worked\b|runs?\s+fine\b|ran\s+fine\b)"
+)
+NEGATION = re.compile(r"(?i)(?:\bnot|n't|\bnever|\bno\s+longer)\s*$")
+CLAUSE_WINDOW = 120
+
+# --- job and task IDs ----------------------------------------------------------------------------
+PANDA_LINK = re.compile(r"(?i)\bpandaid\s*[=:]\s*(\d{1,12})\b")
+TASK_LINK = re.compile(r"(?i)(?:\b(?:jedi)?taskid\s*[=:]\s*|/tasks?/)(\d{1,10})\b")
+BARE_NUMBER = re.compile(r"\b\d{8,11}\b")
+PANDA_CONTEXT = re.compile(r"(?i)panda|job")
+TASK_CONTEXT = re.compile(r"(?i)task")
+ID_CONTEXT_CHARS = 80
+
+# --- error codes and texts -----------------------------------------------------------------------
+PILOT_CODE = re.compile(r"\b1\d{3}\b")
+# the number follows "error", "code" or "pilot" (maybe after other codes: "error codes 1098, 1099")
+CODE_CONTEXT = re.compile(r"(?i)(?:error|code|pilot)[^\d\n]{0,25}(?:1\d{3}\s*(?:,|/|\bor\b|\band\b)\s*)*$")
+CODE_CONTEXT_CHARS = 60
+
+_FAILURE = r"(?:fail\w*|errors?|timed?[ -]?out|timeouts?|problems?|broken|down|not\s+(?:alive|available|mounted|working))"
+_CONTAINER = r"(?:singularity|apptainer)"
+_CONTAINER_FAILURE = r"(?:fail\w*|errors?|cannot|could\s+not|unable)"
+_STAGE = r"stage[- ]?(?:in|out)"
+
+
+@dataclass(frozen=True)
+class ErrorText:
+    """A known error text: cheap lower-case triggers, the pattern, and its pilot code by direction."""
+    triggers: tuple[str, ...]  # the pattern is only run on texts containing one of these
+    pattern: re.Pattern
+    code_in: int | None  # stage-in
+    code_out: int | None  # stage-out
+    code: int | None  # direction unknown
+
+
+def _error_text(triggers: tuple[str, ...], pattern: str, code_in: int | None, code_out: int | None = None,
+                code: int | None = None, *, directional: bool = False) -> ErrorText:
+    """The pattern is matched against the lower-cased text (so that literal prefixes are searched fast)."""
+    if re.search(r"\\[A-Z]", pattern):
+        raise ValueError(f"error-text patterns are lower-cased, so no upper-case escapes: {pattern}")
+    if not directional:
+        code_out = code = code_in
+    return ErrorText(triggers, re.compile(pattern.lower()), code_in, code_out, code)
+
+
+def _failure_near(thing: str, failure: str) -> str:
+    return rf"\b{thing}\b[^\n]{{0,60}}?\b{failure}|\b{failure}\b[^\n]{{0,40}}?\b{thing}\b"
+
+
+_STAGE_TRIGGER = ("stage",)
+ERROR_TEXTS: tuple[ErrorText, ...] = (
+    _error_text(("get error:",), r"\bGet error:", 1099),
+    _error_text(("put error:",), r"\bPut error:", 1137),
+    _error_text(("lfc_creatg",), r"\blfc_creatg failed", None),
+    _error_text(("copy command",), r"\bCopy command returned error code \d+", None),
+    _error_text(("no space left",), r"\bNo space left on device", 1098, 1333, 1098, directional=True),
+    _error_text(("unreachable",), r"\bNetwork is unreachable", 1327),
+    _error_text(("not available at the moment",), r"\bservice is not available at the moment", 1324),
+    _error_text(("server responded",), r"\[ERROR\] Server responded with an error", 1362),
+    _error_text(("xrdadler32",), r"\bfailed xrdadler32", 1171, 1172, None, directional=True),
+    _error_text(("globus_xio:",), r"\bglobus_xio:", 1180, 1181, None, directional=True),
+    _error_text(("establish context",), r"\bCould not establish context", 1163),
+    _error_text(("cvmfs",), r"\bCVMFSISNOTALIVE\b|" + _failure_near("cvmfs", _FAILURE), 1377),
+    _error_text(("singularity", "apptainer"), _failure_near(_CONTAINER, _CONTAINER_FAILURE), 1306),
+    _error_text(_STAGE_TRIGGER, rf"\b{_STAGE}\b[^\n.]{{0,40}}?\btime[d ]?[- ]?out", 1151, 1152, None,
+                directional=True),
+    _error_text(_STAGE_TRIGGER, rf"\b{_STAGE}\b[^\n.]{{0,40}}?\b(?:fail\w*|errors?|problems?)"
+                                rf"|\b(?:fail\w*|errors?)\s+(?:\w+\s+){{0,3}}?(?:to|at|during|in|on)\s+{_STAGE}\b",
+                1099, 1137, None, directional=True),
+)
+DIRECTION_MARKERS = {"in": ("get error", "stage-in", "stagein", "stage in"),
+                     "out": ("put error", "stage-out", "stageout", "stage out")}
+DIRECTION_WINDOW = 300  # characters searched for a direction marker on each side
+
+
+@dataclass(frozen=True)
+class Mention:
+    kind: str  # queue | site | endpoint | cloud | panda_id | task_id | error_code | error_text
+    value: str  # the text as written (first occurrence)
+    queue: str | None = None
+    site: str | None = None
+    cloud: str | None = None
+    complaint: bool = True
+    snippet: str = ""
+    code: int | None = None  # error codes and error texts mapped to a pilot code
+    error_class: ErrorClass | None = None  # from the error table, when known
+
+
+_Found = tuple[int, int, "Mention"]  # start, end, mention without its snippet yet
+
+
+@dataclass(frozen=True)
+class _Target:
+    kind: str
+    name: str  # canonical name of the queue, site, endpoint or cloud
+    queue: str | None
+    site: str | None
+    cloud: str | None
+
+
+class TopologyIndex:
+    """Resolves names written in tickets to the topology, by one dict lookup per token."""
+
+    def __init__(self, names: Mapping[str, _Target], clouds: Iterable[str]):
+        self._names = dict(names)
+        self._clouds = {c.upper(): c for c in clouds}
+
+    @classmethod
+    def from_topology(cls, topology: Topology, aliases: Mapping[str, str] | None = None) -> TopologyIndex:
+        """Index queue, site and endpoint names (case-insensitive) and the configured aliases.
+
+        Precedence when two spellings collide: exact queue, endpoint and site names, then aliases,
+        then queue names with the `ANALY_` prefix added or removed.
+        """
+        site_cloud = {s.name: s.cloud for s in topology.sites}
+        for q in topology.queues:
+            site_cloud.setdefault(q.site, q.cloud)
+        endpoint_site = {e.name: e.site for e in topology.endpoints}
+        for q in topology.queues:
+            for endpoint in q.endpoints:
+                endpoint_site.setdefault(endpoint, q.site)
+        clouds = set(site_cloud.values())
+
+        exact: dict[str, _Target] = {}
+        for site, cloud in site_cloud.items():
+            exact[site.lower()] = _Target("site", site, None, site, cloud)
+        for endpoint, site in endpoint_site.items():
+            exact[endpoint.lower()] = _Target("endpoint", endpoint, None, site, site_cloud.get(site))
+        for q in topology.queues:
+            exact[q.name.lower()] = _Target("queue", q.name, q.name, q.site, q.cloud)
+
+        names: dict[str, _Target] = {}
+        for q in topology.queues:
+            upper = q.name.upper()
+            other = q.name[len(QUEUE_PREFIX):] if upper.startswith(QUEUE_PREFIX) else QUEUE_PREFIX + q.name
+            if other:
+                names[other.lower()] = exact[q.name.lower()]
+        for alias, target in (aliases or {}).items():
+            resolved = exact.get(target.lower())
+            if resolved is None and target.upper() in {c.upper() for c in clouds}:
+                cloud = next(c for c in clouds if c.upper() == target.upper())
+                resolved = _Target("cloud", cloud, None, None, cloud)
+            if resolved is not None and alias.strip():
+                names[alias.strip().lower()] = resolved
+        names.update(exact)
+        return cls(names, clouds)
+
+    def lookup(self, name: str) -> _Target | None:
+        """The queue, endpoint or site (or aliased thing) a token names, or None."""
+        return self._names.get(name.lower())
+
+    def known(self, tokens: set[str]) -> set[str]:
+        """The lower-case tokens that name something."""
+        return tokens & self._names.keys()
+
+    def cloud(self, code: str) -> str | None:
+        return self._clouds.get(code.upper())
+
+
+def extract(subject: str, body: str, index: TopologyIndex, error_table: Mapping | None = None) -> list[Mention]:
+    """Everything the ticket names, one mention per thing, in order of first appearance."""
+    text = f"{subject or ''}\n{(body or '')[:MAX_SCAN_CHARS]}"
+    table = error_table or {}
+    found: list[_Found] = []
+    lower = _lower(text)
+    tokens = set(TOKEN.findall(lower))
+    found += _names(text, lower, tokens, index)
+    found += _clouds(text, index)
+    found += _ids(text, lower)
+    found += _error_codes(text, table)
+    found += _error_names(text, lower, tokens, table)
+    found += _error_texts(text, lower, table)
+    return _deduplicate(text, found)
+
+
+# --- topology names ------------------------------------------------------------------------------
+
+def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex) -> Iterator[_Found]:
+    """Known names among the tokens (`tokens`: every lower-case token of the text, to skip most texts fast)."""
+    hits = index.known(tokens)
+    if not hits:
+        return
+    for match in TOKEN.finditer(lower):
+        if match.group() not in hits:
+            continue
+        start, end = match.start(), match.end()
+        if _in_host_or_address(text, start, end):
+            continue
+        target = index.lookup(match.group())
+        yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
+                                  _is_complaint(text, start, end))
+
+
+def _in_host_or_address(text: str, start: int, end: int) -> bool:
+    before = text[start - 1] if start else ""
+    after = text[end:end + 2]
+    return before in (".", "@") or after[:1] == "@" or (after[:1] == "." and after[1:2].isalnum())
+
+
+def _clouds(text: str, index: TopologyIndex) -> Iterator[_Found]:
+    for match in CLOUD.finditer(text):
+        group = "pre" if match.group("pre") else "post"
+        cloud = index.cloud(match.group(group))
+        if cloud is None:
+            continue
+        start, end = match.start(), match.end()
+        yield match.start(group), match.end(group), Mention("cloud", match.group(group), None, None, cloud,
+                                                            _is_complaint(text, start, end))
+
+
+def _is_complaint(text: str, start: int, end: int) -> bool:
+    before = _clause_before(text, start)
+    phrase = NOT_COMPLAINT_BEFORE.search(before)
+    if phrase and not NEGATION.search(before[:phrase.start("phrase")]):
+        return False
+    after = _clause_after(text, end)
+    return not NOT_COMPLAINT_AFTER.search(after)
+
+
+def _clause_before(text: str, start: int) -> str:
+    window = text[max(0, start - CLAUSE_WINDOW):start]
+    cut = max(window.rfind(c) for c in ".!?;\n")
+    return window[cut + 1:]
+
+
+def _clause_after(text: str, end: int) -> str:
+    window = text[end:end + CLAUSE_WINDOW]
+    stop = CLAUSE_END.search(window)
+    return window[:stop.start()] if stop else window
+
+
+# --- IDs -----------------------------------------------------------------------------------------
+
+def _ids(text: str, lower: str) -> Iterator[_Found]:
+    if "pandaid" in lower:
+        for match in PANDA_LINK.finditer(text):
+            yield _plain("panda_id", text, match.start(1), match.end(1))
+    if "taskid" in lower or "/task" in lower:
+        for match in TASK_LINK.finditer(text):
+            yield _plain("task_id", text, match.start(1), match.end(1))
+    for match in BARE_NUMBER.finditer(text):
+        start, end = match.start(), match.end()
+        context = _line_before(text, start, ID_CONTEXT_CHARS)
+        if end - start == 8 and TASK_CONTEXT.search(context):
+            yield _plain("task_id", text, start, end)
+        elif end - start >= 9 and PANDA_CONTEXT.search(context):
+            yield _plain("panda_id", text, start, end)
+
+
+def _line_before(text: str, start: int, chars: int) -> str:
+    window = text[max(0, start - chars):start]
+    return window[window.rfind("\n") + 1:]
+
+
+def _plain(kind: str, text: str, start: int, end: int, code: int | None = None,
+           error_class: ErrorClass | None = None) -> tuple[int, int, Mention]:
+    return start, end, Mention(kind, text[start:end], code=code, error_class=error_class)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def _error_codes(text: str, table: Mapping) -> Iterator[_Found]:
+    for match in PILOT_CODE.finditer(text):
+        start, end = match.start(), match.end()
+        if CODE_CONTEXT.search(_line_before(text, start, CODE_CONTEXT_CHARS)):
+            code = int(match.group())
+            yield _plain("error_code", text, start, end, code, table.get(("pilot", code)))
+
+
+def _error_names(text: str, lower: str, tokens: set[str], table: Mapping) -> Iterator[_Found]:
+    """Symbolic pilot error names from the table written in capitals ("NOLOCALSPACE")."""
+    codes = _pilot_names(table)
+    hits = tokens & codes.keys()
+    if not hits:
+        return
+    for match in TOKEN.finditer(lower):
+        code = codes.get(match.group()) if match.group() in hits else None
+        if code is not None and text[match.start():match.end()].isupper():
+            yield _plain("error_code", text, match.start(), match.end(), code,
+                                        table.get(("pilot", code)))
+
+
+_pilot_names_cache: list = [None, {}]  # [table, {lower-case name: lowest code}]
+
+
+def _pilot_names(table: Mapping) -> dict[str, int]:
+    if _pilot_names_cache[0] is not table:
+        codes: dict[str, int] = {}
+        for (source, code), entry in sorted(table.items(), key=lambda item: item[0][1], reverse=True):
+            if source == "pilot" and len(entry.name) >= 6:
+                codes[entry.name.lower()] = code
+        _pilot_names_cache[:] = [table, codes]
+    return _pilot_names_cache[1]
+
+
+def _error_texts(text: str, lower: str, table: Mapping) -> Iterator[_Found]:
+    for known in ERROR_TEXTS:
+        if not any(trigger in lower for trigger in known.triggers):
+            continue
+        for match in known.pattern.finditer(lower):
+            start, end = match.start(), match.end()
+            direction = _direction(lower, start, end)
+            code = known.code_in if direction == "in" else known.code_out if direction == "out" else known.code
+            error_class = table.get(("pilot", code)) if code is not None else None
+            yield _plain("error_text", text, start, end, code, error_class)
+
+
+def _direction(lower: str, start: int, end: int) -> str | None:
+    """Stage-in or stage-out: the nearest marker on the same line (both sides), else the last one before it."""
+    inside = [direction for direction, markers in DIRECTION_MARKERS.items()
+              if any(marker in lower[start:end] for marker in markers)]
+    if len(inside) == 1:
+        return inside[0]
+    line_start = max(lower.rfind("\n", 0, start) + 1, start - DIRECTION_WINDOW)
+    line_end = lower.find("\n", end, end + DIRECTION_WINDOW)
+    line_end = min(len(lower), end + DIRECTION_WINDOW) if line_end < 0 else line_end
+    best: tuple[int, str] | None = None
+    for direction, markers in DIRECTION_MARKERS.items():
+        for marker in markers:
+            before = lower.rfind(marker, line_start, start)
+            if before >= 0 and (best is None or start - before < best[0]):
+                best = (start - before, direction)
+            after = lower.find(marker, end, line_end)
+            if after >= 0 and (best is None or after - end < best[0]):
+                best = (after - end, direction)
+    if best is not None:
+        return best[1]
+    last: tuple[int, str] | None = None
+    for direction, markers in DIRECTION_MARKERS.items():
+        for marker in markers:
+            before = lower.rfind(marker, max(0, line_start - DIRECTION_WINDOW), line_start)
+            if before >= 0 and (last is None or before > last[0]):
+                last = (before, direction)
+    return last[1] if last else None
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _lower(text: str) -> str:
+    """Lower case with the same length as `text` (str.lower may lengthen some non-ASCII letters)."""
+    lower = text.lower()
+    return lower if len(lower) == len(text) else text.translate(_ASCII_LOWER)
+
+
+def _snippet(text: str, start: int, end: int) -> str:
+    pad = max(0, (SNIPPET_CHARS - (end - start)) // 2)
+    piece = text[max(0, start - pad):end + pad]
+    if not piece.isprintable():
+        piece = "".join(c if c.isprintable() else " " for c in piece)
+    return " ".join(piece.split())
+
+
+def _key(mention: Mention) -> tuple:
+    if mention.kind in TOPOLOGY_KINDS:
+        name = {"queue": mention.queue, "site": mention.site, "cloud": mention.cloud}.get(mention.kind)
+        return mention.kind, (name or mention.value).lower()
+    if mention.kind in ("panda_id", "task_id"):
+        return mention.kind, int(mention.value)
+    if mention.kind == "error_code":
+        return mention.kind, mention.code
+    return mention.kind, mention.value.lower(), mention.code
+
+
+def _deduplicate(text: str, found: list[_Found]) -> list[Mention]:
+    """One mention per thing (first occurrence, with its snippet); a complaint if any occurrence is one."""
+    merged: dict[tuple, tuple[int, int, Mention]] = {}
+    for start, end, mention in sorted(found, key=lambda item: item[0]):
+        key = _key(mention)
+        if key not in merged:
+            merged[key] = (start, end, mention)
+        elif mention.complaint and not merged[key][2].complaint:
+            first_start, first_end, first = merged[key]
+            merged[key] = (first_start, first_end, replace(first, complaint=True))
+    return [replace(mention, snippet=_snippet(text, start, end))
+            for start, end, mention in sorted(merged.values(), key=lambda item: item[0])]

@@ -1,0 +1,93 @@
+"""Where tickets come from: an mbox file, a Maildir folder, or GGUS; all end as stored threads."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from robot.backends.base import JobReport
+from robot.backends.embedded.state import GridState
+from robot.config import RobotConfig
+from robot.jobstates import JobStatus
+from robot.storage.models import Cloud, Queue, Site, StorageEndpoint, queue_endpoint
+from robot.tickets.extract import TopologyIndex
+from robot.tickets.mail import Message, read_maildir, read_mbox
+from robot.tickets.store import ImportSummary, store_threads
+from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, thread
+from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
+
+
+def stored_topology(session: Session) -> Topology:
+    """The topology as the robot last stored it (queues, sites, endpoints, clouds)."""
+    sites = session.execute(select(Site.name, Cloud.name).join(Cloud, Cloud.id == Site.cloud_id)).all()
+    endpoints = session.execute(select(StorageEndpoint.name, Site.name).join(Site, Site.id == StorageEndpoint.site_id)).all()
+    links: dict[str, list[str]] = {}
+    for queue, endpoint in session.execute(
+        select(Queue.name, StorageEndpoint.name).join(queue_endpoint, queue_endpoint.c.queue_id == Queue.id)
+        .join(StorageEndpoint, StorageEndpoint.id == queue_endpoint.c.endpoint_id)
+    ):
+        links.setdefault(queue, []).append(endpoint)
+    queues = session.execute(select(Queue.name, Site.name, Cloud.name).join(Site, Site.id == Queue.site_id)
+                             .join(Cloud, Cloud.id == Site.cloud_id).where(Queue.retired_at.is_(None))).all()
+    return Topology(sites=tuple(SiteInfo(s, c) for s, c in sites),
+                    endpoints=tuple(EndpointInfo(e, s) for e, s in endpoints),
+                    queues=tuple(QueueInfo(q, s, c, tuple(links.get(q, ()))) for q, s, c in queues))
+
+
+def grid_job_lookup(config: RobotConfig):  # type: ignore[no-untyped-def]
+    """Ask the embedded grid's records where PanDA jobs ran (read-only: the grid may be running)."""
+    path = config.data_path / "grid" / "grid.sqlite"
+
+    def lookup(panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
+        if not path.exists():
+            return {}
+        state = GridState(path)
+        try:
+            found = state.jobs(list(panda_ids))
+        finally:
+            state.close()
+        return {pid: JobReport(panda_id=pid, job_status=JobStatus(job["job_status"]), queue=job["queue"])
+                for pid, job in found.items()}
+
+    return lookup
+
+
+def import_source(session: Session, source: str, config: RobotConfig, error_table: Any,
+                  now: datetime) -> tuple[ImportSummary, list[int]]:
+    if source == "ggus":
+        messages, skipped, label = _from_ggus(config), [], "ggus"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{source}: no such mbox file or Maildir folder")
+        reader = read_maildir if path.is_dir() else read_mbox
+        messages, skipped = [], []
+        for item in reader(path):
+            if isinstance(item, Message):
+                messages.append(item)
+            else:
+                skipped.append(f"{item}")
+        label = "mail"
+    index = TopologyIndex.from_topology(stored_topology(session), config.tickets.aliases)
+    support = (config.tickets.support_address,) if config.tickets.support_address else DEFAULT_SUPPORT_ADDRESSES
+    threads = thread(messages, support_addresses=support)
+    summary, changed = store_threads(session, label, threads, index, error_table, grid_job_lookup(config))
+    summary.skipped = skipped
+    return summary, changed
+
+
+def _from_ggus(config: RobotConfig) -> Iterable[Message]:
+    from robot.tickets.ggus import GGUSClient
+
+    settings = config.tickets.ggus
+    if settings is None:
+        raise ValueError("tickets.ggus is not configured (url, token)")
+    client = GGUSClient(settings.url, settings.token, vo=settings.vo)
+    messages: list[Message] = []
+    for site in settings.sites or [None]:
+        for ticket in client.search(site, 0):
+            messages += client.to_messages(ticket, client.articles(ticket["id"]))
+    return messages

@@ -1,0 +1,372 @@
+"""Parse support-desk mail (hostile input) into plain, immutable `Message` records.
+
+`parse_message` never raises anything but `MessageSkipped`: odd charsets are decoded with
+errors="replace", malformed or missing headers get defaults, HTML-only bodies are converted to
+text (never kept as HTML), attachments are ignored (only their filenames are noted), long bodies
+are truncated and raw messages over `MAX_RAW_BYTES` are skipped.
+"""
+from __future__ import annotations
+
+import codecs
+import email
+import email.header
+import email.policy
+import email.utils
+import hashlib
+import mailbox
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Iterator
+
+MAX_RAW_BYTES = 20 * 1024 * 1024
+MAX_BODY_CHARS = 100_000
+MAX_SUBJECT_CHARS = 1_000
+MAX_REFERENCES = 200
+
+GGUS_SUBJECT_RE = re.compile(r"GGUS[-_ ]?Ticket[-_ ]?ID\s*:?\s*#?\s*(\d{3,10})", re.IGNORECASE)
+_MSGID_RE = re.compile(r"<([^<>\s]{1,500})>")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Message:
+    source: str
+    message_id: str
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    thread_hint: str | None
+    subject: str
+    sender: str
+    date: datetime
+    labels: tuple[str, ...]
+    body: str
+    truncated: bool
+    attachments: tuple[str, ...] = ()
+
+
+class MessageSkipped(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Skip:
+    source: str
+    position: int | str
+    reason: str
+
+
+# --------------------------------------------------------------------------- text helpers
+
+class _TextExtractor(HTMLParser):
+    _BLOCK = {"p", "br", "div", "tr", "li", "ul", "ol", "table", "blockquote", "pre", "hr",
+              "h1", "h2", "h3", "h4", "h5", "h6", "title", "section", "article", "header", "footer"}
+    _DROP = {"script", "style", "head", "template", "noscript"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.drop_depth = 0
+        self.href: str | None = None
+        self.link_text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            href = next((v for k, v in attrs if k == "href" and v), None)
+            self.href = href.strip() if href and href.strip().lower().startswith(("http://", "https://")) else None
+            self.link_text = []
+        if tag in self._DROP:
+            self.drop_depth += 1
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_startendtag(self, tag, attrs):
+        if tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self.href:  # keep link targets (job links matter), as plain text
+            if self.href not in "".join(self.link_text):
+                self.parts.append(f" ({self.href})")
+            self.href = None
+        if tag in self._DROP:
+            self.drop_depth = max(0, self.drop_depth - 1)
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.drop_depth:
+            self.parts.append(data)
+            if self.href:
+                self.link_text.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """HTML -> plain text: tags dropped, entities unescaped, script/style content dropped."""
+    parser = _TextExtractor()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:  # the stdlib parser is lenient; be safe anyway
+        pass
+    text = "".join(parser.parts).replace("\xa0", " ").replace("\r\n", "\n").replace("\r", "\n")
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def limit_body(text: str, limit: int = MAX_BODY_CHARS) -> tuple[str, bool]:
+    """Normalise newlines, drop NULs, truncate to `limit` characters; returns (text, truncated)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    if len(text) > limit:
+        return text[:limit], True
+    return text, False
+
+
+def clean_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
+    value = _CONTROL_RE.sub(" ", value.replace("\r", " ").replace("\n", " "))
+    return re.sub(r"\s+", " ", value).strip()[:limit]
+
+
+def normalise_message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    match = _MSGID_RE.search(value)
+    if match:
+        return match.group(1)
+    value = value.strip().strip("<>").strip()
+    if not value or any(c.isspace() for c in value):
+        token = value.split()[0] if value.split() else ""
+        value = token
+    return value[:500] or None
+
+
+def parse_message_ids(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    ids = _MSGID_RE.findall(value)
+    if not ids:
+        ids = [t.strip("<>,") for t in value.split()]
+    out: list[str] = []
+    for i in ids:
+        if i and i not in out:
+            out.append(i)
+    return tuple(out[-MAX_REFERENCES:])
+
+
+def ggus_hint(subject: str) -> str | None:
+    match = GGUS_SUBJECT_RE.search(subject or "")
+    return f"ggus:{int(match.group(1))}" if match else None
+
+
+def as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _raw_header(msg, name: str) -> str | None:
+    """The header's raw text (no structured parsing, which may raise on malformed input)."""
+    try:
+        for key, value in msg.raw_items():
+            if key.lower() == name.lower():
+                return str(value)
+    except Exception:
+        return None
+    return None
+
+
+def _header(msg, name: str) -> str | None:
+    raw = _raw_header(msg, name)
+    if raw is None:
+        return None
+    try:  # undo RFC 2047 by hand, tolerating unknown charsets
+        parts = []
+        for chunk, charset in email.header.decode_header(raw):
+            if isinstance(chunk, bytes):
+                parts.append(_decode(chunk, charset))
+            else:
+                parts.append(chunk)
+        return "".join(parts)
+    except Exception:
+        return raw
+
+
+def _decode(payload: bytes, charset: str | None) -> str:
+    name = "utf-8"
+    if charset:
+        try:
+            name = codecs.lookup(charset.strip().strip('"')).name
+        except (LookupError, ValueError, TypeError):
+            name = "utf-8"
+    try:
+        return payload.decode(name, errors="replace")
+    except Exception:
+        return payload.decode("utf-8", errors="replace")
+
+
+def _parse_date(msg, fallback: datetime) -> datetime:
+    raw = _raw_header(msg, "Date")
+    if raw:
+        try:
+            return as_utc(email.utils.parsedate_to_datetime(clean_line(raw)))
+        except Exception:
+            pass
+    return as_utc(fallback)
+
+
+def _parse_sender(msg) -> str:
+    raw = _header(msg, "From") or _raw_header(msg, "From") or ""
+    try:
+        _, addr = email.utils.parseaddr(clean_line(raw))
+    except Exception:
+        addr = ""
+    return clean_line(addr or raw, 320).lower()
+
+
+def _body_and_attachments(msg) -> tuple[str, tuple[str, ...]]:
+    plain: list[str] = []
+    html: list[str] = []
+    attachments: list[str] = []
+    for part in msg.walk():
+        try:
+            if part.is_multipart():
+                continue
+            filename = None
+            try:
+                filename = part.get_filename()
+            except Exception:
+                filename = None
+            disposition = None
+            try:
+                disposition = part.get_content_disposition()
+            except Exception:
+                pass
+            if filename or disposition == "attachment":
+                attachments.append(clean_line(filename or "(unnamed)", 255))
+                continue
+            ctype = part.get_content_type()
+            if ctype not in ("text/plain", "text/html"):
+                continue
+            payload = part.get_payload(decode=True)
+            if payload is None:
+                payload = str(part.get_payload() or "").encode("utf-8", "replace")
+            try:
+                charset = part.get_content_charset()
+            except Exception:
+                charset = None
+            text = _decode(payload, charset)
+            (plain if ctype == "text/plain" else html).append(text)
+        except MessageSkipped:
+            raise
+        except Exception:
+            continue
+    if plain:
+        body = "\n".join(plain)
+    elif html:
+        body = "\n".join(html_to_text(h) for h in html)
+    else:
+        body = ""
+    return body, tuple(attachments)
+
+
+def parse_message(raw: bytes, source: str, fallback_date: datetime,
+                  max_bytes: int = MAX_RAW_BYTES) -> Message:
+    """Parse one raw RFC 822 message; raises only `MessageSkipped`."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise MessageSkipped("not bytes")
+    if len(raw) > max_bytes:
+        raise MessageSkipped(f"message too large ({len(raw)} bytes > {max_bytes})")
+    if not raw.strip():
+        raise MessageSkipped("empty message")
+    try:
+        return _parse(bytes(raw), source, fallback_date)
+    except MessageSkipped:
+        raise
+    except Exception as exc:  # safety net: hostile input never escapes as another error
+        raise MessageSkipped(f"unparsable message ({type(exc).__name__})") from None
+
+
+def _parse(raw: bytes, source: str, fallback_date: datetime) -> Message:
+    # compat32 leaves headers raw (they are decoded by hand below): several times faster than
+    # policy.default's header objects, and just as tolerant of hostile input.
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    if not list(msg.raw_items()):
+        raise MessageSkipped("no headers")
+    subject = clean_line(_header(msg, "Subject") or "")
+    message_id = normalise_message_id(_raw_header(msg, "Message-ID"))
+    if not message_id:
+        message_id = f"sha256-{hashlib.sha256(raw).hexdigest()[:32]}@synthesised"
+    in_reply_to_ids = parse_message_ids(_raw_header(msg, "In-Reply-To"))
+    references = parse_message_ids(_raw_header(msg, "References"))
+    # The GGUS number wins over the Gmail thread id: it is shared by mail and the GGUS API.
+    hint = ggus_hint(subject)
+    if hint is None:
+        thrid = clean_line(_raw_header(msg, "X-GM-THRID") or "", 100)
+        hint = thrid or None
+    labels: list[str] = []
+    for label in (_header(msg, "X-Gmail-Labels") or "").split(","):
+        label = clean_line(label.strip().strip('"'), 200)
+        if label and label not in labels:
+            labels.append(label)
+    body, attachments = _body_and_attachments(msg)
+    body, truncated = limit_body(body)
+    return Message(
+        source=source,
+        message_id=message_id,
+        in_reply_to=in_reply_to_ids[0] if in_reply_to_ids else None,
+        references=references,
+        thread_hint=hint,
+        subject=subject,
+        sender=_parse_sender(msg),
+        date=_parse_date(msg, fallback_date),
+        labels=tuple(labels),
+        body=body,
+        truncated=truncated,
+        attachments=attachments,
+    )
+
+
+# --------------------------------------------------------------------------- archives
+
+def _read_box(box: mailbox.Mailbox, source: str, keys, fallback_date: datetime,
+              max_bytes: int) -> Iterator[Message | Skip]:
+    for position, key in keys:
+        try:
+            raw = box.get_bytes(key)
+        except Exception as exc:
+            yield Skip(source, position, f"unreadable ({type(exc).__name__})")
+            continue
+        try:
+            yield parse_message(raw, source, fallback_date, max_bytes=max_bytes)
+        except MessageSkipped as exc:
+            yield Skip(source, position, exc.reason)
+
+
+def read_mbox(path, fallback_date: datetime | None = None,
+              max_bytes: int = MAX_RAW_BYTES) -> Iterator[Message | Skip]:
+    """Messages of an mbox file in file order; bad ones come out as `Skip` (position = index)."""
+    path = Path(path)
+    source = f"mbox:{path}"
+    fallback = fallback_date or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        yield from _read_box(box, source, enumerate(box.iterkeys()), fallback, max_bytes)
+    finally:
+        box.close()
+
+
+def read_maildir(path, fallback_date: datetime | None = None,
+                 max_bytes: int = MAX_RAW_BYTES) -> Iterator[Message | Skip]:
+    """Messages of a Maildir (sorted by key); bad ones come out as `Skip` (position = key)."""
+    path = Path(path)
+    source = f"maildir:{path}"
+    fallback = fallback_date or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+    keys = sorted(box.iterkeys())
+    yield from _read_box(box, source, ((k, k) for k in keys), fallback, max_bytes)
