@@ -26,8 +26,9 @@ import yaml
 from robot.backends.base import InputFile, JobReport, JobRequest
 from robot.backends.embedded.config import GridConfig
 from robot.backends.embedded.grid import EmbeddedGrid
-from robot.clock import Clock, SystemClock
+from robot.clock import Clock, ManualClock, SystemClock
 from robot.jobstates import FINAL_STATES
+from tests.fakes import T0
 from testjobs.datasets import generate_dataset, load_manifest
 
 # Named like the demo's Z->mumu sample, so templates matching "*Zmumu*" find it.
@@ -197,3 +198,9 @@ def tiny_grid(tmp_path, grid_dataset_cache):
 def wait_final():
     """`wait_final(grid, ids, timeout=30)`: tick and poll until every job is final; returns the reports."""
     return wait_until_final
+
+
+@pytest.fixture
+def clock():
+    """Virtual time at the scripted tests' start (tests.fakes.T0)."""
+    return ManualClock(T0)

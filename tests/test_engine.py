@@ -22,10 +22,6 @@ from tests.fakes import T0, ScriptedGrid, make_robot, templates
 QUEUES = {f"ANALY_{c}{i}": (f"SITE-{c}{i}", c) for c in "ABCD" for i in range(1, 4)}  # 12 queues, 4 clouds
 
 
-@pytest.fixture
-def clock():
-    return ManualClock(T0)
-
 
 @pytest.fixture
 def grid(clock):

@@ -17,10 +17,6 @@ from tests.fakes import T0, Crash, ScriptedGrid, make_robot, templates
 QUEUES = {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "DE"), "ANALY_C": ("SITE-C", "US")}
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
 
 @pytest.fixture
 def grid(clock: ManualClock) -> ScriptedGrid:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from robot.cli import main
-from robot.clock import ManualClock, SystemClock
+from robot.clock import SystemClock
 from robot.config import RobotConfig, load_config
 from robot.services import build
 from robot.storage import models
@@ -26,10 +26,6 @@ STRESS = {"name": "STRESS", "category": "stress", "payload": "zmumu", "input_dat
 CONFIG = {"stress": {"max_jobs": 100, "max_concurrency": 10, "max_duration": "6h", "operators": ["olga"],
                      "site_admins": {"SITE-A": ["anna"]}, "safety": {"min_jobs": 20}}}
 
-
-@pytest.fixture
-def clock():
-    return ManualClock(T0)
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
 
+from robot.clock import as_utc
+
 MAX_RAW_BYTES = 20 * 1024 * 1024
 MAX_BODY_CHARS = 100_000
 MAX_SUBJECT_CHARS = 1_000
@@ -160,12 +162,6 @@ def parse_message_ids(value: str | None) -> tuple[str, ...]:
 def ggus_hint(subject: str) -> str | None:
     match = GGUS_SUBJECT_RE.search(subject or "")
     return f"ggus:{int(match.group(1))}" if match else None
-
-
-def as_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 # --------------------------------------------------------------------------- parsing
