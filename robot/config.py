@@ -87,10 +87,20 @@ class GGUSConfig(Strict):
     sites: list[str] = []  # only tickets for these sites (empty: all of the VO)
 
 
+class IMAPConfig(Strict):
+    host: str
+    port: PositiveInt = 993
+    ssl: bool = True
+    username: str
+    password: str  # use ${IMAP_PASSWORD}: never written in the file
+    folder: str = "INBOX"  # Gmail: "[Gmail]/All Mail"
+
+
 class TicketsConfig(Strict):
     aliases: dict[str, str] = {}  # other names people use -> queue or site name
     support_address: str = ""  # the support desk's own address (its replies do not re-open a thread)
     ggus: GGUSConfig | None = None
+    imap: IMAPConfig | None = None
 
 
 class ClassificationConfig(Strict):

@@ -33,7 +33,7 @@ def tickets_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
-    """Import SOURCE: an mbox file, a Maildir folder, or `ggus` (configured under tickets.ggus)."""
+    """Import SOURCE: an mbox file, a Maildir folder, `imap` or `ggus` (configured under tickets.imap / .ggus)."""
     config = ctx.config
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     now = SystemClock().now()

@@ -1,4 +1,4 @@
-"""Where tickets come from: an mbox file, a Maildir folder, or GGUS; all end as stored threads."""
+"""Where tickets come from: an mbox file, a Maildir folder, an IMAP mailbox or GGUS; all end as stored threads."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -12,8 +12,9 @@ from robot.backends.base import JobReport
 from robot.backends.embedded.state import GridState
 from robot.config import RobotConfig
 from robot.jobstates import JobStatus
-from robot.storage.models import Cloud, Queue, Site, StorageEndpoint, queue_endpoint
+from robot.storage.models import Cloud, Queue, Setting, Site, StorageEndpoint, queue_endpoint
 from robot.tickets.extract import TopologyIndex
+from robot.tickets.imap import connect, fetch_new
 from robot.tickets.mail import Message, read_maildir, read_mbox
 from robot.tickets.store import ImportSummary, store_threads
 from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, thread
@@ -59,6 +60,9 @@ def import_source(session: Session, source: str, config: RobotConfig, error_tabl
                   now: datetime) -> tuple[ImportSummary, list[int]]:
     if source == "ggus":
         messages, skipped, label = _from_ggus(config), [], "ggus"
+    elif source == "imap":
+        messages, skipped = _from_imap(session, config, now)
+        label = "mail"
     else:
         path = Path(source)
         if not path.exists():
@@ -77,6 +81,23 @@ def import_source(session: Session, source: str, config: RobotConfig, error_tabl
     summary, changed = store_threads(session, label, threads, index, error_table, grid_job_lookup(config))
     summary.skipped = skipped
     return summary, changed
+
+
+def _from_imap(session: Session, config: RobotConfig, now: datetime) -> tuple[list[Message], list[str]]:
+    """New mail since the last import (the last UID is kept per server and folder)."""
+    settings = config.tickets.imap
+    if settings is None:
+        raise ValueError("tickets.imap is not configured (host, username, password, folder)")
+    key = f"tickets.imap.{settings.host}.{settings.folder}.uid"[:64]
+    stored = session.get(Setting, key)
+    client = connect(settings.host, settings.port, settings.username, settings.password, ssl=settings.ssl)
+    try:
+        items, last_uid = fetch_new(client, settings.folder, int(stored.value) if stored else 0,
+                                    f"imap:{settings.host}", now)
+    finally:
+        client.logout()
+    session.merge(Setting(name=key, value=str(last_uid), actor="tickets import", changed_at=now))
+    return [m for m in items if isinstance(m, Message)], [str(s) for s in items if not isinstance(s, Message)]
 
 
 def _from_ggus(config: RobotConfig) -> Iterable[Message]:
