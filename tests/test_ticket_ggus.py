@@ -130,3 +130,29 @@ def test_bad_json_is_unavailable():
     responses.add(responses.GET, API + "/tickets/search", body="<html>maintenance</html>")
     with pytest.raises(TicketSourceUnavailable):
         client().search("MWT2", 0)
+
+
+@responses.activate
+def test_tickets_import_ggus_through_the_cli_is_idempotent(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from robot.cli import main
+    from robot.storage.database import make_engine, upgrade
+
+    responses.add(responses.GET, API + "/tickets/search", json=[ticket(7)])  # a short page: the last one
+    responses.add(responses.GET, API + "/ticket_articles/by_ticket/7", json=ARTICLES)
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ntickets:\n  ggus: {{url: {BASE}, token: '${{TEST_GGUS_TOKEN}}'}}\n")
+    upgrade(make_engine(f"sqlite:///{tmp_path / 'healthrobot.db'}"))
+    env = {"TEST_GGUS_TOKEN": TOKEN}
+    run = lambda: CliRunner(env=env).invoke(main, ["--config", str(config), "tickets", "import", "ggus", "--json"])  # noqa: E731
+    first = run()
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["new_messages"] == 2 and json.loads(first.output)["new_tickets"] == 1
+    again = json.loads(run().output)
+    assert again["threads"] == 1 and again["new_messages"] == 0 and again["new_tickets"] == 0
+    listed = json.loads(CliRunner(env=env).invoke(main, ["--config", str(config), "tickets", "list", "--json"]).output)
+    assert listed[0]["source"] == "ggus" and "pandaid" not in listed[0]["subject"]
+    assert any(m["kind"] == "panda_id" and m["value"] == "6412345678" for m in listed[0]["mentions"])
