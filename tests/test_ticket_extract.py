@@ -1,7 +1,6 @@
 """What tickets name: robot.tickets.extract."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -203,11 +202,3 @@ On Monday, DAST wrote:
 > data, we will ask the data management team to have a look. Best regards, the DAST shifter
 """
 
-
-def test_extraction_is_fast(index):
-    body = TYPICAL_BODY[:2048]
-    assert len(body) > 1800
-    started = time.perf_counter()
-    for _ in range(2000):
-        extract("Jobs failing at MWT2", body, index, TABLE)
-    assert time.perf_counter() - started < 2.0
