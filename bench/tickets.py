@@ -20,7 +20,6 @@ from pathlib import Path
 
 from robot.classify import load_table
 from robot.config import RobotConfig
-from robot.services import grid_state_dir  # noqa: F401  (keeps the import cost in the figure honest)
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.sync import sync_topology
 from robot.tickets.ingest import import_source
