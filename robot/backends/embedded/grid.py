@@ -139,17 +139,19 @@ class EmbeddedGrid:
                     self.state.save_job(pid, job)
                 elif job["job_status"] == JobStatus.RUNNING.value:
                     self._reap(pid, job, now)
-            self._dispatch([(p, j) for p, j in open_jobs if j["job_status"] == JobStatus.ACTIVATED.value], now)
+            self._dispatch(open_jobs, now)
 
     def running_jobs(self) -> int:
         with self._lock:
             return len(self._processes)
 
-    def _dispatch(self, activated: list[tuple[int, dict[str, Any]]], now: datetime) -> None:
+    def _dispatch(self, open_jobs: list[tuple[int, dict[str, Any]]], now: datetime) -> None:
+        """Start activated jobs where slots are free; `open_jobs` is this tick's view, already reaped."""
         faults = self.state.faults()
         statuses = self.state.queue_statuses()
-        running = Counter(j["queue"] for _, j in self.state.jobs_in((JobStatus.RUNNING.value,)))
+        running = Counter(j["queue"] for _, j in open_jobs if j["job_status"] == JobStatus.RUNNING.value)
         reading = Counter(self._queues[q].endpoint for q in running.elements())
+        activated = [(p, j) for p, j in open_jobs if j["job_status"] == JobStatus.ACTIVATED.value]
         for pid, job in activated:
             if len(self._processes) >= self.max_parallel_jobs:
                 return
