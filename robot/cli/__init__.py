@@ -6,7 +6,11 @@ import sys
 
 import click
 
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
 from robot.config import RobotConfig, load_config
+from robot.storage.database import make_engine, make_sessionmaker
 from robot.yamlconfig import ConfigError
 
 DEFAULT_CONFIG = "configs/robot.yaml"
@@ -18,6 +22,7 @@ class Context:
     def __init__(self, config_path: str):
         self.config_path = config_path
         self._config: RobotConfig | None = None
+        self._engine: Engine | None = None
 
     @property
     def config(self) -> RobotConfig:
@@ -27,6 +32,16 @@ class Context:
             except ConfigError as exc:
                 raise click.ClickException(f"invalid configuration {exc}") from exc
         return self._config
+
+    @property
+    def engine(self) -> Engine:
+        """The configured database, opened on first use."""
+        if self._engine is None:
+            self._engine = make_engine(self.config.database_url)
+        return self._engine
+
+    def session(self) -> Session:
+        return make_sessionmaker(self.engine)()
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -18,12 +18,7 @@ from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import make_console
 from robot.clock import SystemClock
-from robot.storage.database import make_engine, make_sessionmaker
 from robot.storage.models import Cloud, Override, Queue, QueueTransition, Setting, Silence, Site
-
-
-def _session(ctx: Context) -> Session:
-    return make_sessionmaker(make_engine(ctx.config.database_url))()
 
 
 def _queue(session: Session, name: str) -> Queue:
@@ -50,7 +45,7 @@ def blacklist_group() -> None:
 def blacklist_list(ctx: Context, as_json: bool) -> None:
     """Queues not online or in doubt, with the last reason; active overrides and silences; the mode."""
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         queues = session.execute(
             select(Queue.id, Queue.name, Queue.status, Queue.robot_state, Queue.robot_state_since)
             .where(Queue.retired_at.is_(None), or_(Queue.status != "online", Queue.robot_state != "online"))
@@ -92,7 +87,7 @@ def blacklist_list(ctx: Context, as_json: bool) -> None:
 def _override(ctx: Context, queue_name: str, action: str, status: str, reason: str, actor: str,
               duration: timedelta | None) -> None:
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         queue = _queue(session, queue_name)
         for previous in session.scalars(select(Override).where(Override.queue_id == queue.id,
                                                                Override.cleared_at.is_(None),
@@ -136,7 +131,7 @@ def blacklist_include(ctx: Context, queue: str, reason: str, actor: str, duratio
 def blacklist_clear(ctx: Context, queue: str, actor: str) -> None:
     """End a person's override of QUEUE now (an exclusion ends: the queue goes back online)."""
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         found = _queue(session, queue)
         overrides = session.scalars(select(Override).where(Override.queue_id == found.id,
                                                            Override.cleared_at.is_(None),
@@ -157,7 +152,7 @@ def blacklist_clear(ctx: Context, queue: str, actor: str) -> None:
 def blacklist_silence(ctx: Context, name: str, duration: timedelta, reason: str, actor: str) -> None:
     """No automatic exclusion and no mail for NAME (a queue, a site or a cloud) for a while."""
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         scope = _scope_of(session, name)
         session.add(Silence(scope=scope, name=name, actor=actor, reason=reason, created_at=now, until=now + duration))
         session.commit()
@@ -171,7 +166,7 @@ def blacklist_silence(ctx: Context, name: str, duration: timedelta, reason: str,
 def blacklist_unsilence(ctx: Context, name: str, actor: str) -> None:
     """End the silences of NAME now."""
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         found = session.scalars(select(Silence).where(Silence.name == name, Silence.cleared_at.is_(None),
                                                       Silence.until > now)).all()
         for silence in found:
@@ -195,7 +190,7 @@ def _scope_of(session: Session, name: str) -> str:
 @pass_context
 def blacklist_mode(ctx: Context, mode: str | None, actor: str | None, reset: bool) -> None:
     """Show or switch the automatic exclusion mode (off, dry-run, enforce) without a restart."""
-    with _session(ctx) as session:
+    with ctx.session() as session:
         if reset or mode:
             if not actor:
                 raise click.UsageError("--by is required to switch the mode")
@@ -220,7 +215,7 @@ def blacklist_mode(ctx: Context, mode: str | None, actor: str | None, reset: boo
 def blacklist_history(ctx: Context, queue: str | None, since: timedelta, as_json: bool) -> None:
     """Every transition with actor, reason and evidence, newest first."""
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         query = (select(QueueTransition, Queue.name).join(Queue, Queue.id == QueueTransition.queue_id)
                  .where(QueueTransition.time >= now - since).order_by(QueueTransition.id.desc()))
         if queue:

@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from robot.cli import Context, pass_context
 from robot.cli.render import make_console
-from robot.storage.database import make_engine, make_sessionmaker
 from robot.storage.models import Job, Queue, Template, Test
 
 
@@ -35,14 +34,12 @@ def jobs_list(ctx: Context, queue: str | None, outcome: str | None, limit: int, 
         query = query.where(Job.phase.in_(["recorded", "active"]))
     elif outcome:
         query = query.where(Job.outcome == outcome)
-    engine = make_engine(ctx.config.database_url)
-    with make_sessionmaker(engine)() as session:
+    with ctx.session() as session:
         rows = [{"panda_id": job.panda_id, "queue": qname, "template": tname, "job_status": job.job_status,
                  "outcome": job.outcome, "error_class": job.error_class, "error": job.error_name,
                  "diag": job.error_diag, "n_events": job.n_events,
                  "end_time": job.end_time.isoformat() if job.end_time else None}
                 for job, qname, tname in session.execute(query)]
-    engine.dispose()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -18,7 +18,6 @@ from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import make_console
 from robot.clock import SystemClock
-from robot.storage.database import make_engine, make_sessionmaker
 from robot.yamlconfig import ConfigError
 
 COLUMNS = [("detection_median_min", "Detect. median (min)"), ("detection_p95_min", "Detect. p95 (min)"),
@@ -111,11 +110,9 @@ def policy_replay(ctx: Context, since: timedelta, policy_name: str | None, step:
     functional = [t.name for t in config.templates if t.category == "functional" and t.active]
     policy = Policy(settings, tuple(config.blacklist.critical_templates or functional))
     now = SystemClock().now()
-    engine = make_engine(config.database_url)
-    with make_sessionmaker(engine)() as session:
+    with ctx.session() as session:
         replayed = replay(session, policy, now - since, now, step)
         recorded = recorded_moves(session, config.blacklist.actor, now - since, now)
-    engine.dispose()
     found = differences(replayed, recorded, tolerance)
     if as_json:
         click.echo(json.dumps({"policy": label, "replayed": len(replayed), "recorded": len(recorded),

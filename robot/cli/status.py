@@ -12,7 +12,6 @@ from robot.clock import SystemClock
 from robot.cli.params import DURATION
 from robot.durations import format_duration
 from robot.metrics import health
-from robot.storage.database import make_engine, make_sessionmaker
 
 
 @click.command("status")
@@ -22,11 +21,9 @@ from robot.storage.database import make_engine, make_sessionmaker
 @pass_context
 def status(ctx: Context, level: str, window: timedelta, as_json: bool) -> None:
     """Failure rate, events per second, CPU efficiency and error classes."""
-    engine = make_engine(ctx.config.database_url)
     now = SystemClock().now()
-    with make_sessionmaker(engine)() as session:
+    with ctx.session() as session:
         found = health(session, now, window, level)  # type: ignore[arg-type]
-    engine.dispose()
     if as_json:
         click.echo(json.dumps({"now": now.isoformat(), "window_seconds": window.total_seconds(), "level": level,
                                "health": [h.as_dict() for h in found]}, indent=2))

@@ -15,14 +15,9 @@ from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import make_console
 from robot.clock import SystemClock, as_utc
-from robot.storage.database import make_engine, make_sessionmaker
 from robot.storage.models import Job, Queue, Template, Test, TestQueue
 from robot.stress import StressRequest, StressRequestError, approve, cancel, request_stress_test
 from robot.stress_report import build_report
-
-
-def _sessions(ctx: Context):  # type: ignore[no-untyped-def]
-    return make_sessionmaker(make_engine(ctx.config.database_url))
 
 
 def _fail(exc: StressRequestError) -> None:
@@ -53,7 +48,7 @@ def stress_request(ctx: Context, queues: tuple[str, ...], template: str, jobs: i
     request = StressRequest(queues=queues, template=template, jobs=jobs, concurrency=concurrency,
                             requested_by=requested_by, duration=duration, start=as_utc(start) if start else None,
                             allow_excluded=allow_excluded, comment=comment)
-    with _sessions(ctx)() as session:
+    with ctx.session() as session:
         try:
             test = request_stress_test(session, request, ctx.config, SystemClock().now())
         except StressRequestError as exc:
@@ -90,7 +85,7 @@ def _rows(session: Any, test_id: int | None = None) -> list[dict[str, Any]]:
 @pass_context
 def stress_list(ctx: Context, as_json: bool) -> None:
     """Every stress test, newest first."""
-    with _sessions(ctx)() as session:
+    with ctx.session() as session:
         rows = _rows(session)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -109,7 +104,7 @@ def stress_list(ctx: Context, as_json: bool) -> None:
 @pass_context
 def stress_show(ctx: Context, test_id: int) -> None:
     """One stress test in full (JSON)."""
-    with _sessions(ctx)() as session:
+    with ctx.session() as session:
         rows = _rows(session, test_id)
     if not rows:
         raise click.ClickException(f"no stress test {test_id}")
@@ -122,7 +117,7 @@ def stress_show(ctx: Context, test_id: int) -> None:
 @pass_context
 def stress_approve(ctx: Context, test_id: int, who: str) -> None:
     """Approve a waiting request (operators only)."""
-    with _sessions(ctx)() as session:
+    with ctx.session() as session:
         try:
             test = approve(session, test_id, who, ctx.config, SystemClock().now())
         except StressRequestError as exc:
@@ -137,7 +132,7 @@ def stress_approve(ctx: Context, test_id: int, who: str) -> None:
 @pass_context
 def stress_cancel(ctx: Context, test_id: int, who: str) -> None:
     """Cancel: nothing more is sent and the jobs in flight are killed at the robot's next step."""
-    with _sessions(ctx)() as session:
+    with ctx.session() as session:
         try:
             test = cancel(session, test_id, who, SystemClock().now())
         except StressRequestError as exc:
@@ -152,12 +147,11 @@ def stress_cancel(ctx: Context, test_id: int, who: str) -> None:
 @pass_context
 def stress_watch(ctx: Context, test_id: int, interval: timedelta) -> None:
     """Follow a stress test with a progress bar (jobs ended of those asked) until it ends."""
-    sessions = _sessions(ctx)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=make_console(stderr=True)) as progress:
         task = progress.add_task(f"stress test {test_id}", total=None)
         while True:
-            with sessions() as session:
+            with ctx.session() as session:
                 test = session.get(Test, test_id)
                 if test is None or test.category != "stress":
                     raise click.ClickException(f"no stress test {test_id}")
@@ -182,7 +176,7 @@ def stress_watch(ctx: Context, test_id: int, interval: timedelta) -> None:
 @pass_context
 def stress_report(ctx: Context, test_id: int, compare_id: int | None, as_json: bool) -> None:
     """Throughput, failures and time split of a stress test, beside the queue's functional baseline."""
-    with _sessions(ctx)() as session:
+    with ctx.session() as session:
         test = session.get(Test, test_id)
         if test is None or test.category != "stress":
             raise click.ClickException(f"no stress test {test_id}")

@@ -13,14 +13,9 @@ from robot.classify import load_table
 from robot.cli import Context, pass_context
 from robot.cli.render import make_console
 from robot.clock import SystemClock
-from robot.storage.database import make_engine, make_sessionmaker
 from robot.storage.models import Episode, Job, Queue, QueueTransition, Ticket, TicketLink, TicketMention
 from robot.tickets.ingest import import_source
 from robot.tickets.store import judge_tickets
-
-
-def _session(ctx: Context) -> Session:
-    return make_sessionmaker(make_engine(ctx.config.database_url))()
 
 
 @click.group("tickets")
@@ -37,7 +32,7 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
     config = ctx.config
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     now = SystemClock().now()
-    with _session(ctx) as session:
+    with ctx.session() as session:
         try:
             summary, changed = import_source(session, source, config, table, now)
         except (FileNotFoundError, ValueError) as exc:
@@ -61,7 +56,7 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
 @pass_context
 def tickets_list(ctx: Context, queue: str | None, only_open: bool, as_json: bool) -> None:
     """Tickets with their verdicts, newest first."""
-    with _session(ctx) as session:
+    with ctx.session() as session:
         query = select(Ticket).order_by(Ticket.last_message_at.desc())
         if only_open:
             query = query.where(Ticket.state != "closed")
@@ -101,7 +96,7 @@ def _ticket_row(session: Session, ticket: Ticket) -> dict[str, Any]:
 @pass_context
 def why(ctx: Context, target: str, as_json: bool) -> None:
     """Why: a ticket (its id), a queue (its name) or a PanDA job (its ID): is the problem the site?"""
-    with _session(ctx) as session:
+    with ctx.session() as session:
         answer = _why(session, target.removeprefix("T") if target[:1] == "T" and target[1:].isdigit() else target)
     if answer is None:
         raise click.ClickException(f"{target!r} is no ticket id, queue name or PanDA job ID the robot knows")
