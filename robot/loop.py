@@ -244,12 +244,12 @@ class Robot:
             .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]),
                    Job.submitted_at <= now - shortest)
         ).all()
-        expired = [row for row in waiting
-                   if now - row.submitted_at >= parse_duration(row.settings.get("max_queue_time", 7200))]
+        limits = [(row, parse_duration(row.settings.get("max_queue_time", 7200))) for row in waiting]
+        expired = [(row, limit) for row, limit in limits if now - row.submitted_at >= limit]
         if not expired:
             return
         try:
-            self.backend.kill([row.panda_id for row in expired])
+            self.backend.kill([row.panda_id for row, _ in expired])
         except BackendUnavailable as exc:
             summary.backend_errors.append(f"kill: {exc}")
             return
@@ -259,9 +259,9 @@ class Robot:
              "end_time": now, "outcome": Outcome.FAILED.value, "error_source": "robot",
              "error_code": ROBOT_NOT_STARTED_IN_TIME, "error_name": entry.name if entry else "NOTSTARTEDINTIME",
              "error_class": entry.klass if entry else "site",
-             "error_diag": f"not started within max_queue_time ({parse_duration(row.settings.get('max_queue_time', 7200))}); killed",
+             "error_diag": f"not started within max_queue_time ({limit}); killed",
              "time_queue": (now - row.submitted_at).total_seconds()}
-            for row in expired
+            for row, limit in expired
         ])
         summary.timed_out = len(expired)
 
