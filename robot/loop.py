@@ -35,7 +35,6 @@ ROBOT_UNKNOWN_TO_BACKEND = 2
 WARN_AGAIN_AFTER = timedelta(hours=1)
 # A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
 Evaluator = Callable[[Session, datetime], Any]
-TOPOLOGY_REFRESH = timedelta(hours=1)
 
 
 @dataclass
@@ -101,7 +100,7 @@ class Robot:
     # -- 1. topology, templates and tests ----------------------------------------------------
     def _refresh(self, session: Session, now: datetime) -> None:
         changed = False
-        if self._topology_synced_at is None or now - self._topology_synced_at >= TOPOLOGY_REFRESH:
+        if self._topology_synced_at is None or now - self._topology_synced_at >= self.config.topology.refresh:
             try:
                 topology = self.topology.topology()
             except BackendUnavailable as exc:
@@ -116,7 +115,7 @@ class Robot:
                 self._topology_synced_at = now
         if changed or self._tests_valid_until is None or now >= self._tests_valid_until:
             tests = ensure_functional_tests(session, self.config.templates, now)
-            self._tests_valid_until = min((t.end_time for t in tests), default=now + TOPOLOGY_REFRESH)
+            self._tests_valid_until = min((t.end_time for t in tests), default=now + self.config.topology.refresh)
 
     # -- 2. crash recovery ----------------------------------------------------------------------
     def _mark_unconfirmed_lost(self, session: Session, now: datetime) -> int:

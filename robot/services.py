@@ -10,16 +10,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from blacklist.engine import ExclusionEngine
 from blacklist.notify import Notifier
 from blacklist.policies import Policy
-from robot.backends.base import Backend
+from robot.backends.base import Backend, QueueStatusStore
+from robot.backends.cric import CRICClient
 from robot.backends.embedded.config import load_grid_config
 from robot.backends.embedded.grid import EmbeddedGrid
+from robot.backends.embedded.state import GridState
+from robot.backends.embedded.status import GridQueueStatus
+from robot.backends.embedded.storage import GridStorage
+from robot.catalogue import Catalogue
 from robot.classify import load_table
 from robot.clock import Clock
-from robot.config import RobotConfig
+from robot.config import CRICConfig, RobotConfig
 from robot.loop import Robot
 from robot.stress import StressSupervisor
 from robot.stress_report import build_report
 from robot.storage.database import make_engine, make_sessionmaker
+from robot.topology import TopologySource
 
 
 @dataclass
@@ -27,12 +33,13 @@ class Services:
     config: RobotConfig
     engine: Engine
     sessions: sessionmaker[Session]
-    grid: EmbeddedGrid
     robot: Robot
+    grid: EmbeddedGrid | None = None  # the embedded grid when it runs in this process
 
     def close(self) -> None:
-        self.grid.stop()
-        self.grid.state.close()
+        if self.grid is not None:
+            self.grid.stop()
+            self.grid.state.close()
         self.engine.dispose()
 
 
@@ -51,12 +58,60 @@ def exclusion_engine(config: RobotConfig, backend: Backend) -> ExclusionEngine:
     return ExclusionEngine(Policy(config.blacklist, critical), backend)
 
 
-def build(config: RobotConfig, clock: Clock) -> Services:
+@dataclass
+class GridParts:
+    """What the robot takes from the grid's side: topology, queue statuses, input data."""
+
+    topology: TopologySource
+    statuses: QueueStatusStore
+    catalogue: Catalogue
+
+
+def cric_client(settings: CRICConfig) -> CRICClient:
+    cert = (settings.cert_file, settings.key_file or settings.cert_file) if settings.cert_file else None
+    token = Path(settings.token_file).read_text().strip() if settings.token_file else None
+    return CRICClient(settings.url, cert=cert, ca_path=settings.ca_path, token=token, probe=settings.probe,
+                      timeout=settings.timeout.total_seconds(), retries=settings.retries)
+
+
+def grid_parts(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None) -> GridParts:
+    """Each service is embedded or real by its own switch in the configuration."""
+    storage: GridStorage | None = grid.storage if grid is not None else None
+    statuses: QueueStatusStore | None = grid
+    if grid is None and config.topology.source == "embedded":
+        # The embedded grid runs in another process (`healthrobot grid serve`): read its files.
+        storage = GridStorage(load_grid_config(config.resolve(config.backend.embedded.grid)), grid_state_dir(config))
+        statuses = GridQueueStatus(GridState(grid_state_dir(config) / "grid.sqlite"),
+                                   [q.name for q in storage.queue_settings()], clock)
+    topology: TopologySource | None = storage
+    if config.topology.source == "cric":
+        assert config.topology.cric is not None  # checked by the configuration model
+        topology = statuses = cric_client(config.topology.cric)
+    catalogue: Catalogue | None = storage
+    if topology is None or statuses is None or catalogue is None:
+        raise ValueError("no source of input datasets: with topology.source cric, set datasets.source to rucio")
+    return GridParts(topology=topology, statuses=statuses, catalogue=catalogue)
+
+
+def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -> Services:
+    """The robot as configured. `grid`: an embedded grid already running in this process (the demo)."""
     engine = make_engine(config.database_url, config.database.echo)
     sessions = make_sessionmaker(engine)
-    grid = open_grid(config, clock)
+    if grid is None and config.backend.kind == "embedded":
+        grid = open_grid(config, clock)
+    parts = grid_parts(config, clock, grid)
+    backend: Backend
+    if config.backend.kind == "panda":
+        from robot.backends.panda import PandaBackend  # panda-client is imported only when used
+
+        assert config.backend.panda is not None  # checked by the configuration model
+        backend = PandaBackend(config.backend.panda, parts.statuses)
+    else:
+        assert grid is not None
+        backend = grid
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
-    robot = Robot(config, sessions, backend=grid, catalogue=grid.storage, topology=grid.storage, error_table=table,
-                  evaluators=[StressSupervisor(config, grid, report=build_report), exclusion_engine(config, grid),
+    robot = Robot(config, sessions, backend=backend, catalogue=parts.catalogue, topology=parts.topology,
+                  error_table=table,
+                  evaluators=[StressSupervisor(config, backend, report=build_report), exclusion_engine(config, backend),
                               Notifier(config.blacklist.notify, config.blacklist.actor)])
-    return Services(config=config, engine=engine, sessions=sessions, grid=grid, robot=robot)
+    return Services(config=config, engine=engine, sessions=sessions, robot=robot, grid=grid)

@@ -152,7 +152,7 @@ def test_set_queue_status_sends_probe_request_and_reads_back(client: CRICClient)
     responses.add(responses.POST, SET, json={"status": "ok"})
     responses.add(responses.GET, PQ, json=pandaqueues(ANALY_FZK="offline"))
 
-    got = client.set_queue_status("ANALY_FZK", QueueStatus.OFFLINE, "3 failures in a row", "queue-health-robot")
+    got = client.set_queue_status("ANALY_FZK", QueueStatus.OFFLINE, "3 failures in a row", "robot:default")
 
     assert got is QueueStatus.OFFLINE
     write = responses.calls[0].request
@@ -160,7 +160,7 @@ def test_set_queue_status_sends_probe_request_and_reads_back(client: CRICClient)
     assert urlsplit(write.url).path == "/request/pandaqueuestatus/update/set_probestatus/"
     qs = parse_qs(urlsplit(write.url).query, keep_blank_values=True)
     assert qs == {"json": [""], "panda_resource": ["ANALY_FZK"], "value": ["OFFLINE"],
-                  "reason": ["3 failures in a row"], "probe": ["queue-health-robot"]}
+                  "reason": ["3 failures in a row [robot:default]"], "probe": ["healthrobot"]}
     assert write.headers["Authorization"] == f"Bearer {TOKEN}"
     assert responses.calls[1].request.method == "GET"
 

@@ -91,3 +91,11 @@ class Backend(Protocol):
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         """Change a queue's status (exclusion actuators call this)."""
+
+
+class QueueStatusStore(Protocol):
+    """Where queue statuses live and exclusions are applied (CRIC in production, not PanDA)."""
+
+    def queue_status(self) -> dict[str, QueueStatus]: ...
+
+    def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> object: ...

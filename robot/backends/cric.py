@@ -65,12 +65,14 @@ class CRICClient:
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
         analysis_only: bool = True,
+        probe: str = "healthrobot",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = max(0, int(retries))  # retries after the first attempt
         self.sleep = sleep
         self.analysis_only = analysis_only
+        self.probe = probe
         self.session = session if session is not None else requests.Session()
         if cert is not None:
             self.session.cert = cert
@@ -244,9 +246,9 @@ class CRICClient:
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> QueueStatus:
         value = QueueStatus(status).value.upper()
         self._request("POST", SET_PROBESTATUS_PATH, {
-            "panda_resource": queue, "value": value, "reason": reason, "probe": actor,
+            "panda_resource": queue, "value": value, "reason": f"{reason} [{actor}]", "probe": self.probe,
         })
-        log.info("CRIC set %s to %s by %s: %s", queue, value, actor, reason)
+        log.info("CRIC set %s to %s as probe %s for %s: %s", queue, value, self.probe, actor, reason)
         now = self._statuses(filtered=False)
         if queue not in now:
             raise BackendUnavailable(

@@ -31,8 +31,9 @@ def run(ctx: Context, once: bool) -> None:
     except SchemaOutdated as exc:
         services.close()
         raise click.ClickException(str(exc)) from exc
-    services.grid.storage.prepare()
-    services.grid.start()
+    if services.grid is not None:  # the embedded grid runs in this process
+        services.grid.storage.prepare()
+        services.grid.start()
     try:
         if once:
             click.echo(json.dumps(services.robot.run_once(clock.now()).as_dict()))

@@ -1,0 +1,92 @@
+"""Each service is embedded or real by its own switch in the configuration, and only by it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robot.backends.embedded.grid import EmbeddedGrid
+from robot.backends.embedded.state import GridState
+from robot.backends.embedded.storage import GridStorage
+from robot.config import load_config
+from robot.jobstates import QueueStatus
+from robot.services import build
+from robot.yamlconfig import ConfigError
+from tests.fakes import T0
+
+
+class Clock:
+    def now(self):
+        return T0
+
+
+def configure(path: Path, **changes) -> Path:
+    raw = yaml.safe_load(path.read_text())
+    raw.update(changes)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_default_runs_everything_on_the_embedded_grid(tiny_grid):
+    files = tiny_grid.write_files()
+    services = build(load_config(files.robot_yaml), Clock())
+    try:
+        assert isinstance(services.grid, EmbeddedGrid)
+        assert services.robot.backend is services.grid
+        assert services.robot.topology is services.grid.storage
+        assert services.robot.catalogue is services.grid.storage
+    finally:
+        services.close()
+
+
+def test_panda_backend_with_the_grid_in_another_process_reads_the_grids_files(tiny_grid):
+    files = tiny_grid.write_files()
+    raw = yaml.safe_load(files.robot_yaml.read_text())
+    raw["backend"].update(kind="panda", panda={"url": "http://127.0.0.1:9/server/panda", "auth": "none"})
+    files.robot_yaml.write_text(yaml.safe_dump(raw))
+    services = build(load_config(files.robot_yaml), Clock())
+    try:
+        assert services.grid is None  # nothing of the grid runs here
+        assert services.robot.backend.name == "panda"
+        assert isinstance(services.robot.topology, GridStorage)
+        assert [q.name for q in services.robot.topology.topology().queues] == ["ANALY_TINY"]
+        # Exclusions go to the grid's state file, where `grid serve` reads them.
+        services.robot.backend.set_queue_status("ANALY_TINY", QueueStatus.OFFLINE, "test", "robot")
+        assert services.robot.backend.queue_status() == {"ANALY_TINY": QueueStatus.OFFLINE}
+        state = GridState(files.state_dir / "grid.sqlite")
+        assert state.queue_statuses() == {"ANALY_TINY": QueueStatus.OFFLINE}
+        state.close()
+    finally:
+        services.close()
+
+
+def test_production_takes_topology_and_statuses_from_cric(tiny_grid, tmp_path):
+    files = tiny_grid.write_files()
+    token = tmp_path / "cric.token"
+    token.write_text("s3cret-cric-token\n")
+    raw = yaml.safe_load(files.robot_yaml.read_text())
+    raw["backend"].update(kind="panda", panda={"url": "https://pandaserver.example:25443/server/panda"})
+    raw["topology"] = {"source": "cric", "cric": {"url": "https://cric.example", "token_file": str(token),
+                                                  "probe": "qhr-probe", "retries": 1}}
+    files.robot_yaml.write_text(yaml.safe_dump(raw))
+    config = load_config(files.robot_yaml)
+    with pytest.raises(ValueError, match="datasets.source to rucio"):
+        build(config, Clock())
+
+
+def test_cric_topology_needs_the_panda_backend(tmp_path):
+    path = tmp_path / "robot.yaml"
+    path.write_text("topology:\n  source: cric\n  cric:\n    url: https://cric.example\n")
+    with pytest.raises(ConfigError, match="topology.source cric needs backend.kind panda"):
+        load_config(path)
+
+
+def test_switching_to_a_real_service_without_its_settings_is_refused(tmp_path):
+    path = tmp_path / "robot.yaml"
+    path.write_text("backend:\n  kind: panda\n")
+    with pytest.raises(ConfigError, match="backend.panda"):
+        load_config(path)
+    path.write_text("backend:\n  kind: panda\n  panda:\n    url: https://p.example/server/panda\ntopology:\n  source: cric\n")
+    with pytest.raises(ConfigError, match="topology.cric"):
+        load_config(path)
