@@ -26,9 +26,60 @@ class EmbeddedBackendConfig(Strict):
     max_parallel_jobs: PositiveInt = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
 
+class PandaConfig(Strict):
+    """The real PanDA server, reached through the unmodified panda-client.
+
+    Credentials never appear in this file: an x509 proxy (`proxy_file`, else `$X509_USER_PROXY`)
+    or an OIDC ID token (`token_file`, else `$PANDA_AUTH_ID_TOKEN` / `$OIDC_AUTH_TOKEN_FILE`).
+    """
+
+    url: str  # e.g. https://pandaserver.cern.ch:25443/server/panda
+    cache_url: str | None = None  # PANDACACHE_URL; default: url
+    auth: Literal["x509", "oidc", "none"] = "x509"  # none: plain http on loopback only
+    vo: str = "atlas"  # the OIDC virtual organisation (PANDA_AUTH_VO)
+    proxy_file: str | None = None
+    token_file: str | None = None
+    ca_dir: str | None = None  # X509_CERT_DIR
+    timeout: Duration = timedelta(seconds=60)
+    retries: NonNegativeInt = 3  # after the first attempt, with exponential back-off
+    cmt_config: str = "x86_64-el9-gcc13-opt"  # the platform the test jobs ask for
+
+
 class BackendConfig(Strict):
-    kind: Literal["embedded"] = "embedded"
+    kind: Literal["embedded", "panda"] = "embedded"
     embedded: EmbeddedBackendConfig = EmbeddedBackendConfig()
+    panda: PandaConfig | None = None
+
+    @model_validator(mode="after")
+    def _panda_needs_settings(self) -> "BackendConfig":
+        if self.kind == "panda" and self.panda is None:
+            raise ValueError("backend.kind is panda but backend.panda (url, auth) is missing")
+        return self
+
+
+class CRICConfig(Strict):
+    """ATLAS CRIC: topology, queue status, and where exclusions are applied (probe status)."""
+
+    url: str  # e.g. https://atlas-cric.cern.ch
+    cert_file: str | None = None  # grid certificate and key for the probe-status write
+    key_file: str | None = None
+    ca_path: str | None = None
+    token_file: str | None = None  # alternatively a bearer token, read from this file
+    probe: str = "healthrobot"  # the probe name CRIC records with each status change
+    timeout: Duration = timedelta(seconds=30)
+    retries: NonNegativeInt = 3
+
+
+class TopologyConfig(Strict):
+    source: Literal["embedded", "cric"] = "embedded"  # cric: queues, sites, endpoints and statuses from CRIC
+    cric: CRICConfig | None = None
+    refresh: Duration = timedelta(minutes=30)  # how often CRIC is read again
+
+    @model_validator(mode="after")
+    def _cric_needs_settings(self) -> "TopologyConfig":
+        if self.source == "cric" and self.cric is None:
+            raise ValueError("topology.source is cric but topology.cric (url) is missing")
+        return self
 
 
 class LoopConfig(Strict):
@@ -107,16 +158,29 @@ class ClassificationConfig(Strict):
     table: str | None = None  # YAML file with extra or changed error-code classes
 
 
+class DashboardConfig(Strict):
+    """The web dashboard (`healthrobot dashboard`), with /health and /metrics on the same server."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to listen on every interface (put it behind a reverse proxy)
+    port: Annotated[int, Field(ge=0, le=65535)] = 8050  # 0: any free port
+    anonymous_read: bool = False  # people who are not signed in may view the pages (never change anything)
+    trusted_user_header: str | None = None  # e.g. X-Remote-User, set by a single sign-on reverse proxy
+    secret_key_file: str | None = None  # signs the sign-in cookie; default: <data_dir>/dashboard.key, made 0600
+    refresh: Duration = timedelta(seconds=30)  # how often open pages reload their data
+
+
 class RobotConfig(Strict):
     data_dir: str = "../var"
     database: DatabaseConfig = DatabaseConfig()
     backend: BackendConfig = BackendConfig()
+    topology: TopologyConfig = TopologyConfig()
     loop: LoopConfig = LoopConfig()
     classification: ClassificationConfig = ClassificationConfig()
     templates: list[TemplateConfig] = []
     blacklist: BlacklistSettings = BlacklistSettings()
     stress: StressConfig = StressConfig()
     tickets: TicketsConfig = TicketsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     # Where the file was read from: relative paths in it are resolved against that folder.
     base_dir: Annotated[Path, Field(exclude=True)] = Path(".")
@@ -130,6 +194,12 @@ class RobotConfig(Strict):
         unknown = sorted(set(self.blacklist.critical_templates) - set(names))
         if unknown:
             raise ValueError(f"blacklist.critical_templates names unknown templates: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _services_fit_together(self) -> "RobotConfig":
+        if self.backend.kind == "embedded" and self.topology.source == "cric":
+            raise ValueError("topology.source cric needs backend.kind panda: the embedded grid has only its own queues")
         return self
 
     def resolve(self, relative: str) -> Path:
