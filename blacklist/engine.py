@@ -238,10 +238,14 @@ def load_views(session: Session, now: datetime, policy: Policy,
     silenced = {(scope, name) for scope, name in silences}
     waiting: dict[int, list[datetime]] = defaultdict(list)
     stall_after = policy.settings.default.stall_after
+    # A stall is judged only on job states read in this step: while the backend cannot be reached,
+    # the stored states are old news, and jobs that "wait" may long have started.
+    statuses_fresh = session.scalar(select(func.count()).select_from(Event).where(
+        Event.kind == "backend_unreachable", Event.time == now)) == 0
     for qid, submitted in session.execute(  # only jobs waiting long enough to matter
         select(Job.queue_id, Job.submitted_at).where(Job.phase == "active", Job.job_status.in_(["defined", "activated"]),
                                                      Job.submitted_at <= now - stall_after)
-    ):
+    ) if statuses_fresh else ():
         waiting[qid].append(submitted)
     last_start: dict[int, datetime] = dict(session.execute(
         select(Job.queue_id, func.max(Job.start_time)).where(Job.phase == "active", Job.start_time.is_not(None))

@@ -244,3 +244,28 @@ def test_a_stuck_queue_is_excluded_while_the_others_run(tmp_path, clock, grid):
     with robot.sessions() as session:
         reason = session.scalars(select(QueueTransition.reason).where(QueueTransition.kind == "status")).one()
     assert "STALLED" in reason
+
+
+def test_no_stall_is_judged_while_the_backend_cannot_be_read(tmp_path, clock, grid):
+    """Stored job states are old news during an outage: waiting jobs may long have started."""
+    robot = robot_with_engine(tmp_path, grid, default={"stall_after": "45m"})
+    robot.run_once(clock.now())
+    for queue in QUEUES:  # jobs start everywhere but at two queues
+        if queue not in ("ANALY_A1", "ANALY_C2"):
+            for pid in grid.in_queue(queue):
+                grid.start(pid)
+    step(robot, clock)
+    grid.unreachable = True
+    for _ in range(8):  # 80 minutes in which nothing can be read
+        step(robot, clock)
+    with robot.sessions() as session:
+        assert session.scalars(select(QueueTransition.reason).where(QueueTransition.actor == "healthrobot")).all() == []
+    grid.unreachable = False
+    for pid in grid.in_queue("ANALY_A1"):  # they had started meanwhile; ANALY_C2's had not
+        grid.start(pid)
+    step(robot, clock)
+    with robot.sessions() as session:
+        reasons = session.execute(select(Queue.name, QueueTransition.reason).join(Queue)
+                                  .where(QueueTransition.actor == "healthrobot")).all()
+    assert reasons and {name for name, _ in reasons} == {"ANALY_C2"}
+    assert all("STALLED" in reason for _, reason in reasons)
