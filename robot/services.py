@@ -1,6 +1,7 @@
 """Build the robot's parts from its configuration: database, backend, topology and catalogue."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +36,14 @@ class Services:
     sessions: sessionmaker[Session]
     robot: Robot
     grid: EmbeddedGrid | None = None  # the embedded grid when it runs in this process
+    grid_statuses: GridQueueStatus | None = None  # its state file, when it runs in another process
 
     def close(self) -> None:
         if self.grid is not None:
             self.grid.stop()
             self.grid.state.close()
+        if self.grid_statuses is not None:
+            self.grid_statuses.state.close()
         self.engine.dispose()
 
 
@@ -67,10 +71,13 @@ class GridParts:
     catalogue: Catalogue
 
 
-def cric_client(settings: CRICConfig) -> CRICClient:
-    cert = (settings.cert_file, settings.key_file or settings.cert_file) if settings.cert_file else None
-    token = Path(settings.token_file).read_text().strip() if settings.token_file else None
-    return CRICClient(settings.url, cert=cert, ca_path=settings.ca_path, token=token, probe=settings.probe,
+def cric_client(settings: CRICConfig, resolve: Callable[[str], Path] = Path) -> CRICClient:
+    """The CRIC client; file names are resolved against the configuration's folder."""
+    cert_file, key_file = settings.cert_file, settings.key_file or settings.cert_file
+    cert = (str(resolve(cert_file)), str(resolve(key_file))) if cert_file and key_file else None
+    token = resolve(settings.token_file).read_text().strip() if settings.token_file else None
+    ca_path = str(resolve(settings.ca_path)) if settings.ca_path else None
+    return CRICClient(settings.url, cert=cert, ca_path=ca_path, token=token, probe=settings.probe,
                       timeout=settings.timeout.total_seconds(), retries=settings.retries)
 
 
@@ -86,8 +93,12 @@ def grid_parts(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None) -> 
     topology: TopologySource | None = storage
     if config.topology.source == "cric":
         assert config.topology.cric is not None  # checked by the configuration model
-        topology = statuses = cric_client(config.topology.cric)
+        topology = statuses = cric_client(config.topology.cric, config.resolve)
     catalogue: Catalogue | None = storage
+    if config.datasets.source == "rucio":
+        from robot.rucio_catalogue import RucioCatalogue  # rucio-clients is imported only when used
+
+        catalogue = RucioCatalogue.from_config(config, clock)
     if topology is None or statuses is None or catalogue is None:
         raise ValueError("no source of input datasets: with topology.source cric, set datasets.source to rucio")
     return GridParts(topology=topology, statuses=statuses, catalogue=catalogue)
@@ -105,7 +116,10 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
         from robot.backends.panda import PandaBackend  # panda-client is imported only when used
 
         assert config.backend.panda is not None  # checked by the configuration model
-        backend = PandaBackend(config.backend.panda, parts.statuses)
+        settings = config.backend.panda
+        files = {key: str(config.resolve(value)) for key in ("proxy_file", "token_file", "ca_dir")
+                 if (value := getattr(settings, key))}  # relative to the configuration's folder
+        backend = PandaBackend(settings.model_copy(update=files), parts.statuses)
     else:
         assert grid is not None
         backend = grid
@@ -114,4 +128,5 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
                   error_table=table,
                   evaluators=[StressSupervisor(config, backend, report=build_report), exclusion_engine(config, backend),
                               Notifier(config.blacklist.notify, config.blacklist.actor)])
-    return Services(config=config, engine=engine, sessions=sessions, robot=robot, grid=grid)
+    return Services(config=config, engine=engine, sessions=sessions, robot=robot, grid=grid,
+                    grid_statuses=parts.statuses if isinstance(parts.statuses, GridQueueStatus) else None)

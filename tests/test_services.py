@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robot.backends.cric import CRICClient
 from robot.backends.embedded.grid import EmbeddedGrid
 from robot.backends.embedded.state import GridState
 from robot.backends.embedded.storage import GridStorage
 from robot.config import load_config
+from robot.rucio_catalogue import RucioCatalogue
 from robot.jobstates import QueueStatus
 from robot.services import build
 from robot.yamlconfig import ConfigError
@@ -61,18 +63,31 @@ def test_panda_backend_with_the_grid_in_another_process_reads_the_grids_files(ti
         services.close()
 
 
-def test_production_takes_topology_and_statuses_from_cric(tiny_grid, tmp_path):
+def test_production_takes_topology_and_statuses_from_cric_and_data_from_rucio(tiny_grid, tmp_path):
     files = tiny_grid.write_files()
-    token = tmp_path / "cric.token"
-    token.write_text("s3cret-cric-token\n")
+    (files.robot_yaml.parent / "cric.token").write_text("s3cret-cric-token\n")
+    (files.robot_yaml.parent / "rucio.pass").write_text("s3cret-rucio-password\n")
+    (files.robot_yaml.parent / "panda.token").write_text("s3cret-panda-token\n")
     raw = yaml.safe_load(files.robot_yaml.read_text())
-    raw["backend"].update(kind="panda", panda={"url": "https://pandaserver.example:25443/server/panda"})
-    raw["topology"] = {"source": "cric", "cric": {"url": "https://cric.example", "token_file": str(token),
+    raw["backend"].update(kind="panda", panda={"url": "https://pandaserver.example:25443/server/panda",
+                                               "auth": "oidc", "token_file": "panda.token"})
+    raw["topology"] = {"source": "cric", "cric": {"url": "https://cric.example", "token_file": "cric.token",
                                                   "probe": "qhr-probe", "retries": 1}}
+    raw["datasets"] = {"source": "rucio", "rucio": {"host": "https://rucio.example", "account": "qhr",
+                                                    "auth_type": "userpass", "username": "qhr",
+                                                    "password_file": "rucio.pass"}}
     files.robot_yaml.write_text(yaml.safe_dump(raw))
-    config = load_config(files.robot_yaml)
-    with pytest.raises(ValueError, match="datasets.source to rucio"):
-        build(config, Clock())
+    services = build(load_config(files.robot_yaml), Clock())
+    try:
+        robot = services.robot
+        assert services.grid is None
+        assert isinstance(robot.topology, CRICClient) and robot.topology.probe == "qhr-probe"
+        assert isinstance(robot.catalogue, RucioCatalogue)
+        assert robot.backend.name == "panda" and robot.backend.status_store is robot.topology  # exclusions go to CRIC
+        everything = " ".join(repr(x) for x in (robot.topology, robot.catalogue, robot.backend, services))
+        assert "s3cret" not in everything
+    finally:
+        services.close()
 
 
 def test_cric_topology_needs_the_panda_backend(tmp_path):
@@ -90,3 +105,16 @@ def test_switching_to_a_real_service_without_its_settings_is_refused(tmp_path):
     path.write_text("backend:\n  kind: panda\n  panda:\n    url: https://p.example/server/panda\ntopology:\n  source: cric\n")
     with pytest.raises(ConfigError, match="topology.cric"):
         load_config(path)
+
+
+def test_credential_files_are_found_next_to_the_configuration(tiny_grid):
+    files = tiny_grid.write_files()
+    raw = yaml.safe_load(files.robot_yaml.read_text())
+    raw["backend"].update(kind="panda", panda={"url": "https://p.example/server/panda", "auth": "oidc",
+                                               "token_file": "secrets/panda.token"})
+    files.robot_yaml.write_text(yaml.safe_dump(raw))
+    services = build(load_config(files.robot_yaml), Clock())
+    try:
+        assert services.robot.backend.settings.token_file == str(files.robot_yaml.parent / "secrets" / "panda.token")
+    finally:
+        services.close()
