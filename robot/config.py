@@ -43,6 +43,7 @@ class PandaConfig(Strict):
     timeout: Duration = timedelta(seconds=60)
     retries: NonNegativeInt = 3  # after the first attempt, with exponential back-off
     cmt_config: str = "x86_64-el9-gcc13-opt"  # the platform the test jobs ask for
+    nickname: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "healthrobot"  # outputs: user.<nickname>.<job>
 
 
 class BackendConfig(Strict):
@@ -79,6 +80,47 @@ class TopologyConfig(Strict):
     def _cric_needs_settings(self) -> "TopologyConfig":
         if self.source == "cric" and self.cric is None:
             raise ValueError("topology.source is cric but topology.cric (url) is missing")
+        return self
+
+
+class RucioConfig(Strict):
+    """Rucio, for the input datasets complete at each queue's storage endpoints (robot/rucio_catalogue.py).
+
+    Secrets never appear in this file: the password is read from `password_file`, a certificate and
+    key from their files, an OIDC token from `$BEARER_TOKEN` / `$BEARER_TOKEN_FILE`.
+    """
+
+    host: str  # e.g. https://voatlasrucio-server-prod.cern.ch
+    auth_host: str | None = None  # default: host
+    account: str
+    auth_type: Literal["userpass", "x509", "oidc"] = "x509"
+    username: str | None = None  # userpass identity
+    password_file: str | None = None  # userpass: the password, read from this file
+    cert_file: str | None = None  # x509: certificate (or proxy)
+    key_file: str | None = None  # x509: its key (default: cert_file)
+    ca_cert: str | None = None  # CA bundle or folder to verify Rucio (default: $X509_CERT_DIR, else system CAs)
+    vo: str | None = None  # multi-VO servers only
+    timeout: Duration = timedelta(seconds=30)
+    retries: NonNegativeInt = 3  # after the first attempt, with exponential back-off
+    cache_ttl: Duration = timedelta(minutes=15)  # how long a list of complete datasets is reused
+
+    @model_validator(mode="after")
+    def _credentials(self) -> "RucioConfig":
+        if self.auth_type == "userpass" and not (self.username and self.password_file):
+            raise ValueError("rucio auth_type userpass needs username and password_file")
+        if self.auth_type == "x509" and not self.cert_file:
+            raise ValueError("rucio auth_type x509 needs cert_file (and key_file unless the certificate holds it)")
+        return self
+
+
+class DatasetsConfig(Strict):
+    source: Literal["embedded", "rucio"] = "embedded"  # rucio: datasets complete at an endpoint, from Rucio
+    rucio: RucioConfig | None = None
+
+    @model_validator(mode="after")
+    def _rucio_needs_settings(self) -> "DatasetsConfig":
+        if self.source == "rucio" and self.rucio is None:
+            raise ValueError("datasets.source is rucio but datasets.rucio (host, account, credentials) is missing")
         return self
 
 
@@ -174,6 +216,7 @@ class RobotConfig(Strict):
     database: DatabaseConfig = DatabaseConfig()
     backend: BackendConfig = BackendConfig()
     topology: TopologyConfig = TopologyConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
     loop: LoopConfig = LoopConfig()
     classification: ClassificationConfig = ClassificationConfig()
     templates: list[TemplateConfig] = []
