@@ -11,10 +11,11 @@ import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy import select
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
@@ -22,12 +23,18 @@ from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import BROKEN, DEGRADED, health_table, make_console
 from robot.clock import SystemClock
-from robot.config import DatabaseConfig
+from robot.config import DatabaseConfig, RobotConfig
 from robot.durations import format_duration
 from robot.metrics import Health, health
-from robot.services import build
+from robot.services import Services, build
 from robot.storage.database import upgrade
 from robot.storage.models import Queue, QueueTransition
+
+if TYPE_CHECKING:
+    from dashboard.app import DashboardServer
+    from robot.backends.embedded.grid import EmbeddedGrid
+    from robot.backends.embedded.panda_service import PandaServiceHandle
+    from robot.backends.embedded.workers import GridWorkers
 
 
 @click.command("demo")
@@ -38,17 +45,22 @@ from robot.storage.models import Queue, QueueTransition
               help="Folder for the demo's database and grid (default: <data_dir>/demo, emptied first).")
 @click.option("--keep", is_flag=True, help="Keep what an earlier demo left in the folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end (and no live table).")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the web dashboard.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535),
+              help="Port of the demo's dashboard (default: dashboard.port; 0: any free port).")
+@click.option("--via-panda", is_flag=True,
+              help="Serve the grid over PanDA's REST API and make the robot use its PanDA backend (panda-client).")
 @pass_context
 def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedelta, workdir: Path | None,
-         keep: bool, as_json: bool) -> None:
-    """Run the robot against the embedded grid with a live health table."""
+         keep: bool, as_json: bool, no_dashboard: bool, dashboard_port: int | None, via_panda: bool = False) -> None:
+    """Run the robot against the embedded grid with a live health table (and the web dashboard)."""
     workdir = (workdir or ctx.config.data_path / "demo").resolve()
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig()})
     console = make_console(stderr=as_json)
     clock = SystemClock()
-    services = build(config, clock)
+    services, panda = _build(config, clock, via_panda)
     console.print(f"[bold]Queue Health Robot demo[/] in {workdir}")
     console.print("preparing input data (real ROOT files) ...")
     services.grid.storage.prepare()
@@ -62,7 +74,10 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     console.print(f"break another queue from a second terminal:\n  HEALTHROBOT_DATA_DIR={workdir} "
                   f"healthrobot --config {ctx.config_path} grid break ANALY_FZK --mode cvmfs --for 10m\n")
 
+    server = None if no_dashboard else _start_dashboard(config, services, clock, dashboard_port, console)
     services.grid.start(period=0.5)
+    if panda is not None:
+        panda.start(console)
     started = clock.now()
     deadline = time.monotonic() + duration.total_seconds()
     totals = {"submitted": 0, "finished": 0, "steps": 0}
@@ -97,6 +112,10 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     finally:
         if live:
             live.stop()
+        if server is not None:
+            server.stop()
+        if panda is not None:
+            panda.close()
         services.close()
     if not live and not as_json:
         console.print(health_table(found, title="Queue health"))
@@ -121,10 +140,71 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
         console.print(f"see it again: HEALTHROBOT_DATA_DIR={workdir} healthrobot --config {ctx.config_path} status")
 
 
+def _start_dashboard(config: RobotConfig, services: Services, clock: SystemClock, port: int | None,
+                     console: Console) -> "DashboardServer | None":
+    """The dashboard on the demo's database, in a thread; viewing is open (it listens on loopback)."""
+    try:
+        from dashboard.app import DashboardServer, create_app
+
+        settings = config.dashboard.model_copy(update={"anonymous_read": True})
+        app = create_app(config.model_copy(update={"dashboard": settings}), services.sessions, clock)
+        server = DashboardServer(app.server, settings.host, settings.port if port is None else port).start()
+    except Exception as exc:  # the demo goes on without it (e.g. the port is taken)
+        console.print(f"[yellow]dashboard not started: {exc}[/] (choose another port with --dashboard-port)")
+        return None
+    console.print(f"dashboard: [bold]{server.url}[/]  (health: {server.url}/health, metrics: {server.url}/metrics)")
+    return server
+
+
 def _verdict(found: list[Health]) -> dict[str, list[str]]:
     rated = [h for h in found if h.failure_rate is not None]
     return {"broken": [h.key for h in rated if h.failure_rate >= BROKEN],  # type: ignore[operator]
             "degraded": [h.key for h in rated if DEGRADED <= h.failure_rate < BROKEN]}  # type: ignore[operator]
+
+
+class _ViaPanda:
+    """--via-panda: the grid in pull mode behind its PanDA service, and the grid's worker nodes."""
+
+    def __init__(self, grid: "EmbeddedGrid", handle: "PandaServiceHandle"):
+        self.grid = grid
+        self.handle = handle
+        self.workers: "GridWorkers | None" = None
+
+    def start(self, console: Console) -> None:
+        from robot.backends.embedded.workers import GridWorkers  # noqa: PLC0415
+
+        self.workers = GridWorkers(self.grid, self.handle.url).start()
+        console.print(f"the robot reaches the grid through PanDA's REST API (panda-client) at "
+                      f"PANDA_URL={self.handle.url}")
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+        self.handle.close()
+
+
+def _build(config: RobotConfig, clock: SystemClock, via_panda: bool) -> tuple[Services, _ViaPanda | None]:
+    """The robot's services; with --via-panda its backend is PandaBackend against the served grid."""
+    if not via_panda:
+        return build(config, clock), None
+    from robot.backends.embedded.config import load_grid_config  # noqa: PLC0415
+    from robot.backends.embedded.grid import EmbeddedGrid  # noqa: PLC0415
+    from robot.backends.embedded.panda_service import serve  # noqa: PLC0415
+    from robot.config import PandaConfig  # noqa: PLC0415
+    from robot.services import grid_state_dir  # noqa: PLC0415
+
+    grid = EmbeddedGrid(load_grid_config(config.resolve(config.backend.embedded.grid)), grid_state_dir(config),
+                        clock, config.backend.embedded.max_parallel_jobs, dispatch="pull")
+    handle = serve(grid)
+    # The grid itself is the status store: PanDA cannot set a queue's status (CRIC does, in production).
+    backend = config.backend.model_copy(update={"kind": "panda", "panda": PandaConfig(url=handle.url, auth="none")})
+    try:
+        services = build(config.model_copy(update={"backend": backend}), clock, grid=grid)
+    except Exception:
+        handle.close()
+        grid.state.close()
+        raise
+    return services, _ViaPanda(grid, handle)
 
 
 COMMANDS = [demo]

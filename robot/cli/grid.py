@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import signal
+import threading
 from datetime import timedelta
 
 import click
@@ -28,7 +30,9 @@ from robot.services import grid_state_dir
 
 def _open(ctx: Context) -> tuple[GridStorage, GridState]:
     config = ctx.config
-    if config.backend.kind != "embedded":
+    # The embedded grid is in use when the robot runs it, or reaches it through PanDA (`grid serve`)
+    # and reads its queues from its state folder.
+    if config.backend.kind != "embedded" and config.topology.source != "embedded":
         raise click.ClickException(f"the configured backend is {config.backend.kind!r}, not the embedded grid")
     try:
         grid_config = load_grid_config(config.resolve(config.backend.embedded.grid))
@@ -137,6 +141,85 @@ def grid_prepare(ctx: Context) -> None:
     storage, _ = _open(ctx)
     made = storage.prepare()
     click.echo(f"generated {len(made)} dataset(s)" + "".join(f"\n  {name}" for name in made))
+
+
+@grid_group.command("register-rucio")
+@click.option("--dry-run", is_flag=True, help="Read Rucio and list what would be added; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def grid_register_rucio(ctx: Context, dry_run: bool, as_json: bool) -> None:
+    """Register the grid's endpoints, datasets and replicas in the Rucio server of `datasets.rucio` (idempotent)."""
+    from rucio.common.exception import RucioException
+
+    from robot.backends.base import BackendUnavailable
+    from robot.rucio_catalogue import client_from_settings
+    from robot.rucio_register import register_grid
+
+    config = ctx.config
+    if config.datasets.rucio is None:
+        raise click.ClickException("datasets.rucio (host, account, credentials) is not configured")
+    storage, _ = _open(ctx)
+    storage.prepare()
+    try:
+        client = client_from_settings(config.datasets.rucio, config.data_path, resolve=config.resolve)
+        done = register_grid(storage, client, config.datasets.rucio.account, dry_run=dry_run)
+    except (BackendUnavailable, RucioException, OSError) as exc:
+        raise click.ClickException(f"Rucio {config.datasets.rucio.host}: {type(exc).__name__}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "changed": done.changed, **done.as_dict()}, indent=2))
+        return
+    verb = "would add" if dry_run else "added"
+    if not done.changed:
+        click.echo("Rucio already holds the grid's data: nothing to add")
+        return
+    for key, value in done.as_dict().items():
+        if value:
+            shown = value if isinstance(value, int) else ", ".join(value)
+            click.echo(f"{verb} {key}: {shown}")
+
+
+@grid_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. No credential is checked: keep it on loopback.")
+@click.option("--port", type=click.IntRange(0, 65535), default=25080, show_default=True,
+              help="Port to listen on (0: any free port).")
+@pass_context
+def grid_serve(ctx: Context, host: str, port: int) -> None:
+    """Run the embedded grid behind PanDA's REST API, with its worker nodes, until SIGTERM or Ctrl-C."""
+    from robot.backends.embedded.grid import EmbeddedGrid  # noqa: PLC0415 - only when serving
+    from robot.backends.embedded.panda_service import serve  # noqa: PLC0415
+    from robot.backends.embedded.workers import GridWorkers  # noqa: PLC0415
+
+    storage, state = _open(ctx)  # the same checks as the other grid commands
+    state.close()
+    config = ctx.config
+    grid = EmbeddedGrid(storage.config, grid_state_dir(config), SystemClock(),
+                        config.backend.embedded.max_parallel_jobs, dispatch="pull")
+    made = grid.storage.prepare()
+    if made:
+        click.echo(f"generated {len(made)} dataset(s)", err=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        handle = serve(grid, host, port)
+    except OSError as exc:
+        grid.state.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    grid.start(period=1.0)
+    workers = GridWorkers(grid, handle.url).start()
+    queues = grid.storage.queue_settings()
+    click.echo(f"embedded grid: {len(queues)} queues, {workers.threads} worker(s), served at\n"
+               f"PANDA_URL={handle.url}\nPANDA_URL_SSL={handle.url}", err=False)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        click.echo("stopping: worker nodes, then the service and the grid", err=True)
+        workers.stop()
+        handle.close()
+        grid.stop()
+        grid.state.close()
 
 
 COMMANDS = [grid_group]
