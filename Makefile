@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine (Python 3.11 with pip):
 #   make demo    the robot on the embedded grid, with a live health table
-#   make test    the full test suite (installs what the tests need first)
+#   make test    the full test suite (installs what the tests need first, headless chromium included)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/healthrobot demo $(ARGS)
 
 test: $(STAMP)
+	sh tests/ensure_browser.sh
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)

@@ -23,8 +23,10 @@ from robot.config import RobotConfig
 from robot.durations import parse_duration
 from robot.jobstates import FINAL_STATES, QUEUED_STATES, RUNNING_STATES, JobStatus, Outcome, QueueStatus
 from robot.planning import SlotState, choose_input, jobs_to_submit
+from robot import rollup
 from robot.stress import pending_retries
-from robot.storage.models import Event, Job, Queue, QueueTransition, StorageEndpoint, Template, Test, TestQueue, queue_endpoint
+from robot.storage.models import (Event, Job, Queue, QueueTransition, Setting, StorageEndpoint, Template, Test,
+                                  TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
 
@@ -35,6 +37,8 @@ ROBOT_UNKNOWN_TO_BACKEND = 2
 WARN_AGAIN_AFTER = timedelta(hours=1)
 # A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
 Evaluator = Callable[[Session, datetime], Any]
+LAST_STEP_SETTING = "loop.last_step_at"  # heartbeat: the time of the last step (ISO 8601)
+BACKEND_SETTING = "loop.backend"  # "ok", or why the last step could not reach the backend
 
 
 @dataclass
@@ -89,11 +93,13 @@ class Robot:
             self._poll(session, now, summary)
             session.commit()
             self._time_out_waiting_jobs(session, now, summary)
+            rollup.update(session, now)  # the dashboards' sums of the jobs that just became final
             session.commit()
             for evaluate in self.evaluators:
                 summary.evaluations.append(evaluate(session, now))
                 session.commit()
             self._submit(session, now, summary)
+            _heartbeat(session, now, summary)
             session.commit()
         return summary
 
@@ -274,10 +280,18 @@ class Robot:
         rows: list[dict[str, Any]] = []
         requests: list[JobRequest] = []
         datasets_cache: dict[tuple[str, str], list[DatasetInfo]] = {}
+        outage: BackendUnavailable | None = None  # the catalogue failed: not asked again in this step
+        unserved: set[str] = set()
         for slot, count in plan:
             queue_name, endpoints = context.queues[slot.queue_id]
             template = context.templates[slot.test_id]
-            datasets = [d for e in endpoints for d in self._datasets(datasets_cache, e, template["input_dataset"])]
+            try:
+                datasets = [d for e in endpoints
+                            for d in self._datasets(datasets_cache, e, template["input_dataset"], outage)]
+            except BackendUnavailable as exc:
+                outage = outage or exc
+                unserved.add(queue_name)
+                continue
             if not datasets:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
                 continue
@@ -293,6 +307,12 @@ class Robot:
                     max_wall_seconds=int(parse_duration(template["max_wall_time"]).total_seconds()),
                     processing_type=template["processing_type"],
                 ))
+        if outage is not None:
+            # Nothing is known about the input data: nothing sent there, no dataset missing, no failure.
+            summary.backend_errors.append(f"catalogue: {outage}")
+            self._event(session, now, "catalogue_unreachable", "",
+                        f"input datasets could not be read: {outage}; nothing sent to {len(unserved)} queue(s)"
+                        " this step, nothing counted", {"queues": sorted(unserved)[:100]})
         if not rows:
             return
         # Recorded before sent: a crash from here on leaves rows the next step marks lost, never orphans.
@@ -390,9 +410,12 @@ class Robot:
         ).all())
         return SubmissionContext(queues=queues, templates=templates)
 
-    def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str) -> list[DatasetInfo]:
+    def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str,
+                  outage: BackendUnavailable | None = None) -> list[DatasetInfo]:
         key = (endpoint, pattern)
         if key not in cache:
+            if outage is not None:
+                raise outage
             cache[key] = self.catalogue.complete_datasets(endpoint, pattern)
         return cache[key]
 
@@ -423,6 +446,13 @@ def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
         statement = (update(table).where(table.c.id == bindparam("_id"))
                      .values({c: bindparam(f"_{c}") for c in columns}))
         session.execute(statement, [{f"_{k}": v for k, v in change.items()} for change in group])
+
+
+def _heartbeat(session: Session, now: datetime, summary: StepSummary) -> None:
+    """When the last step ran and whether it reached the backend: what the dashboard's /health reads."""
+    session.merge(Setting(name=LAST_STEP_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
+    problem = "; ".join(summary.backend_errors)
+    session.merge(Setting(name=BACKEND_SETTING, value=(problem or "ok")[:256], actor="robot", changed_at=now))
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:

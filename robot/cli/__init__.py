@@ -68,6 +68,10 @@ def _register() -> None:
     for module in (blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd, tickets_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
+    from robot.cli.dashboard_cmd import dashboard  # the web dashboard (Dash is imported only when it is served)
+    main.add_command(dashboard)
+    from robot.cli.users_cmd import users_group  # dashboard sign-in accounts
+    main.add_command(users_group)
 
 
 _register()

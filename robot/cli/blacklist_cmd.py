@@ -6,32 +6,19 @@ reach the grid through the same actuator, are read back and recorded like the ro
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import click
 from rich.table import Table
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 
+from blacklist import overrides as people
 from blacklist.engine import MODE_SETTING, effective_mode
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import make_console
 from robot.clock import SystemClock
-from robot.storage.models import Cloud, Override, Queue, QueueTransition, Setting, Silence, Site
-
-
-def _queue(session: Session, name: str) -> Queue:
-    queue = session.scalars(select(Queue).where(Queue.name == name)).first()
-    if queue is None:
-        known = session.scalars(select(Queue.name).where(Queue.retired_at.is_(None))).all()
-        raise click.BadParameter(f"unknown queue {name!r} (known: {', '.join(sorted(known)[:20]) or 'none yet'})",
-                                 param_hint="QUEUE")
-    return queue
-
-
-def _until(now: datetime, duration: timedelta | None) -> datetime | None:
-    return now + duration if duration else None
+from robot.storage.models import Override, Queue, QueueTransition, Setting, Silence
 
 
 @click.group("blacklist")
@@ -88,13 +75,10 @@ def _override(ctx: Context, queue_name: str, action: str, status: str, reason: s
               duration: timedelta | None) -> None:
     now = SystemClock().now()
     with ctx.session() as session:
-        queue = _queue(session, queue_name)
-        for previous in session.scalars(select(Override).where(Override.queue_id == queue.id,
-                                                               Override.cleared_at.is_(None),
-                                                               Override.ended_at.is_(None))):
-            previous.cleared_at = now  # the newest word of a person replaces the older one
-        session.add(Override(queue_id=queue.id, action=action, status=status, actor=actor, reason=reason,
-                             created_at=now, until=_until(now, duration)))
+        try:
+            people.set_override(session, queue_name, action, status, reason, actor, now, duration)
+        except people.UnknownName as exc:
+            raise click.BadParameter(str(exc), param_hint="QUEUE") from exc
         session.commit()
     until = f" until {(now + duration):%Y-%m-%d %H:%M} UTC" if duration else ""
     click.echo(f"{queue_name}: manual {action} ({status}) by {actor}{until}; applied at the robot's next step")
@@ -132,15 +116,12 @@ def blacklist_clear(ctx: Context, queue: str, actor: str) -> None:
     """End a person's override of QUEUE now (an exclusion ends: the queue goes back online)."""
     now = SystemClock().now()
     with ctx.session() as session:
-        found = _queue(session, queue)
-        overrides = session.scalars(select(Override).where(Override.queue_id == found.id,
-                                                           Override.cleared_at.is_(None),
-                                                           Override.ended_at.is_(None))).all()
-        for override in overrides:
-            override.cleared_at = now
-            override.reason += f" (cleared by {actor})"
+        try:
+            cleared = people.clear_overrides(session, queue, actor, now)
+        except people.UnknownName as exc:
+            raise click.BadParameter(str(exc), param_hint="QUEUE") from exc
         session.commit()
-    click.echo(f"{queue}: {len(overrides)} override(s) cleared" if overrides else f"{queue}: no override to clear")
+    click.echo(f"{queue}: {cleared} override(s) cleared" if cleared else f"{queue}: no override to clear")
 
 
 @blacklist_group.command("silence")
@@ -153,8 +134,10 @@ def blacklist_silence(ctx: Context, name: str, duration: timedelta, reason: str,
     """No automatic exclusion and no mail for NAME (a queue, a site or a cloud) for a while."""
     now = SystemClock().now()
     with ctx.session() as session:
-        scope = _scope_of(session, name)
-        session.add(Silence(scope=scope, name=name, actor=actor, reason=reason, created_at=now, until=now + duration))
+        try:
+            scope = people.add_silence(session, name, duration, reason, actor, now).scope
+        except people.UnknownName as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME") from exc
         session.commit()
     click.echo(f"{scope} {name} silenced by {actor} until {(now + duration):%Y-%m-%d %H:%M} UTC")
 
@@ -167,20 +150,9 @@ def blacklist_unsilence(ctx: Context, name: str, actor: str) -> None:
     """End the silences of NAME now."""
     now = SystemClock().now()
     with ctx.session() as session:
-        found = session.scalars(select(Silence).where(Silence.name == name, Silence.cleared_at.is_(None),
-                                                      Silence.until > now)).all()
-        for silence in found:
-            silence.cleared_at = now
-            silence.reason += f" (ended by {actor})"
+        ended = people.end_silences(session, name, actor, now)
         session.commit()
-    click.echo(f"{name}: {len(found)} silence(s) ended")
-
-
-def _scope_of(session: Session, name: str) -> str:
-    for scope, column in (("queue", Queue.name), ("site", Site.name), ("cloud", Cloud.name)):
-        if session.scalar(select(column).where(column == name)):
-            return scope
-    raise click.BadParameter(f"{name!r} is neither a queue, a site nor a cloud the robot knows", param_hint="NAME")
+    click.echo(f"{name}: {ended} silence(s) ended")
 
 
 @blacklist_group.command("mode")

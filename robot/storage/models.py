@@ -154,6 +154,7 @@ class Job(Base):
         Index("job_queue_end", "queue_id", "end_time"),
         Index("job_end", "end_time"),
         Index("job_status_changed", "status_changed_at"),
+        Index("job_test_outcome", "test_id", "outcome"),  # a stress test's counts without a scan
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     test_id: Mapped[int] = mapped_column(ForeignKey("test.id"))
@@ -364,3 +365,51 @@ class TicketLink(Base):
     score: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+# -- dashboards -------------------------------------------------------------------------------
+class JobRollup(Base):
+    """Final job results summed per queue, template and period, so long windows read a few rows.
+
+    A period is an hour, a day or a week (`span` seconds) starting at `start` (Unix seconds, a
+    multiple of `span`: integers keep the pages' arithmetic portable). Hours are recomputed from
+    the job table for every hour in which jobs became final (robot.rollup), days from their hours
+    and weeks from their days, so a job seen final twice is still counted once. `jobs` counts the
+    completed and failed ones, as the metrics do; throughput sums are over completed jobs.
+    """
+
+    __tablename__ = "job_rollup"
+    __table_args__ = (Index("job_rollup_queue", "queue_id", "span", "start"), {"sqlite_with_rowid": False})
+    span: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", name="fk_job_rollup_queue_id"), primary_key=True,
+                                          autoincrement=False)
+    template_id: Mapped[int] = mapped_column(ForeignKey("template.id", name="fk_job_rollup_template_id"),
+                                             primary_key=True, autoincrement=False)
+    jobs: Mapped[int] = mapped_column(default=0)  # completed + failed
+    failed: Mapped[int] = mapped_column(default=0)
+    completed: Mapped[int] = mapped_column(default=0)
+    cancelled: Mapped[int] = mapped_column(default=0)
+    unknown: Mapped[int] = mapped_column(default=0)
+    failed_site: Mapped[int] = mapped_column(default=0)  # failures per error class
+    failed_user: Mapped[int] = mapped_column(default=0)
+    failed_central: Mapped[int] = mapped_column(default=0)
+    failed_unknown: Mapped[int] = mapped_column(default=0)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)  # completed jobs with a wall time
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    payload_events: Mapped[int] = mapped_column(BigInteger, default=0)  # completed jobs with a payload time
+    payload_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    last_end: Mapped[datetime | None]
+
+
+class User(Base):
+    """Someone who may sign in to the dashboard; roles come from the configuration, not from here."""
+
+    __tablename__ = "user"
+    __table_args__ = (UniqueConstraint("name", name="uq_user_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str] = mapped_column(String(256))  # scrypt$n$r$p$salt$hash (robot.users)
+    created_at: Mapped[datetime]
+    disabled: Mapped[bool] = mapped_column(default=False, server_default="0")

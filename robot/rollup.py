@@ -1,0 +1,303 @@
+"""The job rollup: final results summed per queue, template and hour, day and week (`job_rollup`).
+
+Pages over long windows read these rows instead of the job table. Every hour in which jobs became
+final is recomputed from the job table (the rows of that hour and those queues are replaced), then
+its day from its hours and its week from its days. Recomputing instead of adding is what makes a
+job count once however often it is seen final (a retried step, a job polled twice): the rollup
+always equals what `rebuild` derives from the job table.
+
+`update(session, now)` is the loop's call, once per step after the results are stored; it finds
+the jobs made final since its last call through `job.status_changed_at` (kept in the `setting`
+table). `rebuild(session, now)` is the backfill (`healthrobot db rollup`): it derives everything
+again from the job table, and may be run any number of times.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import BigInteger, Float, Integer, and_, case, cast, delete, func, insert, literal, or_, select
+from sqlalchemy.orm import Session
+
+from robot.storage.models import Job, JobRollup, Setting, Test
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+DAY = 24 * HOUR
+WEEK = 7 * DAY  # Unix-aligned weeks (they start on Thursdays): only their nesting of days matters
+SPANS = (HOUR, DAY, WEEK)
+WATERMARK_SETTING = "rollup.seen_until"  # status_changed_at from which final jobs are not rolled up yet
+CLASSES = ("site", "user", "central", "unknown")
+CHUNK = 500  # ids per IN (...)
+REBUILD_CHUNK = timedelta(days=7)
+
+
+@dataclass
+class Counts:
+    """The sums of one rollup row (or of several: `add`)."""
+
+    jobs: int = 0
+    failed: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    unknown: int = 0
+    failed_site: int = 0
+    failed_user: int = 0
+    failed_central: int = 0
+    failed_unknown: int = 0
+    events: int = 0
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    payload_events: int = 0
+    payload_seconds: float = 0.0
+    last_end: datetime | None = None
+
+    def add_job(self, outcome: str | None, end: datetime, start: datetime | None, n_events: int | None,
+                payload: float | None, cpu: float | None, error_class: str | None) -> None:
+        """One final job, counted as robot.metrics.summarize counts it."""
+        if self.last_end is None or end > self.last_end:
+            self.last_end = end
+        if outcome == "completed":
+            self.jobs += 1
+            self.completed += 1
+            wall = (end - start).total_seconds() if start else 0.0
+            if wall > 0:
+                self.events += n_events or 0
+                self.wall_seconds += wall
+                self.cpu_seconds += cpu or 0.0
+            if payload and payload > 0:
+                self.payload_events += n_events or 0
+                self.payload_seconds += payload
+        elif outcome == "failed":
+            self.jobs += 1
+            self.failed += 1
+            klass = error_class if error_class in CLASSES else "unknown"
+            setattr(self, f"failed_{klass}", getattr(self, f"failed_{klass}") + 1)
+        elif outcome == "cancelled":
+            self.cancelled += 1
+        elif outcome == "unknown":
+            self.unknown += 1
+
+    def add(self, other: "Counts") -> None:
+        for name in SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.last_end is not None and (self.last_end is None or other.last_end > self.last_end):
+            self.last_end = other.last_end
+
+    def as_row(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SUMS = tuple(f.name for f in fields(Counts) if f.name != "last_end")
+ROLLUP_COLUMNS = ("span", "start", "queue_id", "template_id", *SUMS, "last_end")
+
+
+def epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def floor_to(seconds: float, span: int) -> int:
+    return int(seconds // span) * span
+
+
+def job_columns() -> tuple[Any, ...]:
+    """What `Counts.add_job` reads, after the queue and template ids."""
+    return (Job.queue_id, Test.template_id, Job.outcome, Job.end_time, Job.start_time, Job.n_events,
+            Job.time_payload, Job.cpu_consumption_time, Job.error_class)
+
+
+def aggregate(rows: Iterable[Any], span: int = HOUR) -> dict[tuple[int, int, int], Counts]:
+    """(queue id, template id, period start) -> Counts, from rows shaped like `job_columns()`. Pure."""
+    found: dict[tuple[int, int, int], Counts] = {}
+    for queue_id, template_id, outcome, end, start, n_events, payload, cpu, klass in rows:
+        key = (queue_id, template_id, floor_to(epoch(end), span))
+        counts = found.get(key)
+        if counts is None:
+            counts = found[key] = Counts()
+        counts.add_job(outcome, end, start, n_events, payload, cpu, klass)
+    return found
+
+
+FINAL = ("completed", "failed", "cancelled", "unknown")  # outcomes are set when a job is done
+
+
+def _final_jobs(*where: Any) -> Any:
+    return (select(*job_columns()).join(Test, Test.id == Job.test_id)
+            .where(Job.outcome.in_(FINAL), Job.end_time.is_not(None), *where))
+
+
+def _hour_and_wall(dialect: str) -> tuple[Any, Any] | None:
+    """SQL for a job's hour (Unix seconds) and wall time, on the databases that have them."""
+    if dialect == "sqlite":  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff'; SQLite's own date functions keep ms only
+
+        def whole(column: Any) -> Any:  # the fraction cut off first: SQLite would round it to the next second
+            return cast(func.strftime("%s", func.substr(column, 1, 19)), Integer)
+
+        def exact(column: Any) -> Any:
+            return whole(column) + cast(func.substr(column, 20), Float)
+
+        return (whole(Job.end_time) // HOUR) * HOUR, exact(Job.end_time) - exact(Job.start_time)
+    if dialect == "postgresql":
+        seconds = func.extract("epoch", Job.end_time)
+        return (cast(func.floor(seconds / HOUR), BigInteger) * HOUR,
+                func.extract("epoch", Job.end_time - Job.start_time))
+    return None
+
+
+def _hours_select(dialect: str, *where: Any) -> Any | None:
+    """The hour rows of the matching final jobs, summed by the database as `Counts.add_job` sums them."""
+    found = _hour_and_wall(dialect)
+    if found is None:
+        return None
+    hour, wall = found
+    completed = Job.outcome == "completed"
+    timed = and_(completed, Job.end_time > Job.start_time)
+    paid = and_(completed, Job.time_payload > 0)
+    failed = Job.outcome == "failed"
+
+    def count(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    def total(condition: Any, value: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, func.coalesce(value, 0)), else_=0)), 0)
+
+    return (select(literal(HOUR), hour, Job.queue_id, Test.template_id,
+                   count(Job.outcome.in_(["completed", "failed"])), count(failed), count(completed),
+                   count(Job.outcome == "cancelled"), count(Job.outcome == "unknown"),
+                   *(count(and_(failed, Job.error_class == k)) for k in ("site", "user", "central")),
+                   count(and_(failed, or_(Job.error_class.is_(None), Job.error_class.not_in(CLASSES[:3])))),
+                   total(timed, Job.n_events), total(timed, wall), total(timed, Job.cpu_consumption_time),
+                   total(paid, Job.n_events), total(paid, Job.time_payload), func.max(Job.end_time))
+            .join(Test, Test.id == Job.test_id)
+            .where(Job.outcome.in_(FINAL), Job.end_time.is_not(None), *where)
+            .group_by(hour, Job.queue_id, Test.template_id))
+
+
+def _fill_hours(session: Session, *where: Any) -> None:
+    """Insert the hour rows of the matching final jobs (their rows must be gone)."""
+    query = _hours_select(session.get_bind().dialect.name, *where)
+    if query is not None:
+        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, query))
+        return
+    _insert(session, HOUR, aggregate(session.execute(_final_jobs(*where)), HOUR))
+
+
+def _insert(session: Session, span: int, found: dict[tuple[int, int, int], Counts]) -> None:
+    if found:  # in the table's key order (span, start, queue, template): appended, not scattered
+        session.execute(insert(JobRollup.__table__), [
+            {"span": span, "start": start, "queue_id": q, "template_id": t, **found[(q, t, start)].as_row()}
+            for start, q, t in sorted((start, q, t) for q, t, start in found)])
+
+
+def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
+    ordered = sorted(ids)
+    for i in range(0, len(ordered), CHUNK):
+        yield ordered[i:i + CHUNK]
+
+
+def _recompute_hour(session: Session, hour: int, queue_ids: set[int]) -> None:
+    for chunk in _chunks(queue_ids):
+        session.execute(delete(JobRollup).where(JobRollup.span == HOUR, JobRollup.start == hour,
+                                                JobRollup.queue_id.in_(chunk)))
+        _fill_hours(session, Job.queue_id.in_(chunk), Job.end_time >= at(hour), Job.end_time < at(hour + HOUR))
+
+
+def _summed(span: int, finer: int, *where: Any) -> Any:
+    """A select of the `finer` rows summed into periods of `span` (integer division keeps it portable)."""
+    period = (JobRollup.start // span) * span
+    return (select(literal(span), period, JobRollup.queue_id, JobRollup.template_id,
+                   *(func.sum(getattr(JobRollup, name)) for name in SUMS), func.max(JobRollup.last_end))
+            .where(JobRollup.span == finer, *where)
+            .group_by(period, JobRollup.queue_id, JobRollup.template_id))
+
+
+def _recompute_from_finer(session: Session, span: int, finer: int, start: int, queue_ids: set[int]) -> None:
+    for chunk in _chunks(queue_ids):
+        session.execute(delete(JobRollup).where(JobRollup.span == span, JobRollup.start == start,
+                                                JobRollup.queue_id.in_(chunk)))
+        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(
+            span, finer, JobRollup.start >= start, JobRollup.start < start + span, JobRollup.queue_id.in_(chunk))))
+
+
+def _watermark(session: Session) -> datetime | None:
+    stored = session.get(Setting, WATERMARK_SETTING)
+    return datetime.fromisoformat(stored.value) if stored else None
+
+
+def _set_watermark(session: Session, now: datetime) -> None:
+    session.merge(Setting(name=WATERMARK_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
+
+
+def update(session: Session, now: datetime) -> int:
+    """Roll up the jobs made final since the last call; returns how many were seen.
+
+    Safe to repeat: each touched hour is recomputed from the job table, never incremented. The
+    first call on a database without a watermark rebuilds everything.
+    """
+    seen_until = _watermark(session)
+    if seen_until is None:
+        return rebuild(session, now)
+    touched: dict[int, set[int]] = defaultdict(set)  # hour start -> queue ids
+    count = 0
+    for queue_id, end in session.execute(
+        select(Job.queue_id, Job.end_time).where(Job.status_changed_at >= seen_until, Job.outcome.in_(FINAL),
+                                                 Job.end_time.is_not(None))
+    ):
+        touched[floor_to(epoch(end), HOUR)].add(queue_id)
+        count += 1
+    _refresh(session, touched)
+    _set_watermark(session, max(now, seen_until))
+    return count
+
+
+def _refresh(session: Session, hours: dict[int, set[int]]) -> None:
+    for hour, queue_ids in hours.items():
+        _recompute_hour(session, hour, queue_ids)
+    finer = hours
+    for span, below in ((DAY, HOUR), (WEEK, DAY)):
+        periods: dict[int, set[int]] = defaultdict(set)
+        for start, queue_ids in finer.items():
+            periods[floor_to(start, span)] |= queue_ids
+        for start, queue_ids in periods.items():
+            _recompute_from_finer(session, span, below, start, queue_ids)
+        finer = periods
+
+
+def rebuild(session: Session, now: datetime) -> int:
+    """Derive the whole rollup again from the job table (the backfill); returns the jobs rolled up."""
+    session.execute(delete(JobRollup))
+    dialect = session.get_bind().dialect.name
+    if _hours_select(dialect) is not None:
+        _fill_hours(session)
+    else:  # a database without the date arithmetic above: summed here, a week of jobs at a time
+        first, last = session.execute(select(func.min(Job.end_time), func.max(Job.end_time))
+                                      .where(Job.outcome.in_(FINAL))).one()
+        start = at(floor_to(epoch(first), HOUR)) if first is not None else None
+        while start is not None and start <= last:
+            _fill_hours(session, Job.end_time >= start, Job.end_time < start + REBUILD_CHUNK)
+            start += REBUILD_CHUNK
+    for span, finer in ((DAY, HOUR), (WEEK, DAY)):
+        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer)))
+    _set_watermark(session, now)
+    count = session.scalar(select(func.coalesce(func.sum(JobRollup.jobs + JobRollup.cancelled + JobRollup.unknown), 0))
+                           .where(JobRollup.span == WEEK))
+    log.info("job rollup rebuilt from %d final jobs", count)
+    return int(count or 0)
+
+
+def stored_counts(session: Session, span: int = HOUR) -> dict[tuple[int, int, int], Counts]:
+    """Every stored row of one span, as Counts (for checks and tests)."""
+    found = {}
+    for row in session.scalars(select(JobRollup).where(JobRollup.span == span)):
+        found[(row.queue_id, row.template_id, row.start)] = Counts(
+            **{name: getattr(row, name) for name in (*SUMS, "last_end")})
+    return found
+

@@ -1,0 +1,183 @@
+"""The job rollup: kept by the loop as jobs end, counted once, equal to the backfill and to the job table."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select, update
+
+from robot import rollup
+from robot.cli import main
+from robot.clock import ManualClock
+from robot.rollup import DAY, HOUR, WEEK, Counts
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Job, JobRollup, Setting
+from tests.fakes import T0, ScriptedGrid, make_robot, templates
+
+QUEUES = {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "US")}
+
+
+@pytest.fixture
+def grid(clock: ManualClock) -> ScriptedGrid:
+    return ScriptedGrid(clock, QUEUES)
+
+
+def all_rows(session) -> dict[tuple[int, int, int, int], dict]:
+    return {(r.span, r.start, r.queue_id, r.template_id): {n: getattr(r, n) for n in (*rollup.SUMS, "last_end")}
+            for r in session.scalars(select(JobRollup))}
+
+
+def run_jobs(robot, grid, clock) -> None:
+    """Three steps of jobs at two queues: completions, a site failure, a user failure."""
+    robot.run_once(clock.now())
+    a1, b1 = grid.in_queue("ANALY_A")[0], grid.in_queue("ANALY_B")[0]
+    grid.start(a1)
+    grid.start(b1)
+    clock.advance(600)
+    grid.finish(a1, events=12_000, wall=400)
+    grid.finish(b1, wall=300, pilot_error_code=1099, pilot_error_diag="stage-in failed")
+    robot.run_once(clock.now())
+    clock.advance(3600)  # the next hour
+    a2 = grid.in_queue("ANALY_A")[0]
+    grid.start(a2)
+    grid.finish(a2, wall=200, pilot_error_code=1305, pilot_error_diag="payload failed")
+    robot.run_once(clock.now())
+
+
+def test_the_loop_rolls_up_final_jobs_by_queue_template_and_hour(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        ids = dict(session.execute(select(Job.panda_id, Job.queue_id)).all())
+        hours = rollup.stored_counts(session, HOUR)
+        days = rollup.stored_counts(session, DAY)
+        weeks = rollup.stored_counts(session, WEEK)
+    a, b = ids[grid.in_queue("ANALY_A")[0]], ids[grid.in_queue("ANALY_B")[0]]
+    first_hour = int((T0 + timedelta(seconds=600)).timestamp()) // HOUR * HOUR
+    assert sorted(hours) == [(a, 1, first_hour), (a, 1, first_hour + HOUR), (b, 1, first_hour)]
+    done = hours[(a, 1, first_hour)]
+    assert (done.jobs, done.completed, done.failed, done.events) == (1, 1, 0, 12_000)
+    assert done.wall_seconds == pytest.approx(400) and done.payload_seconds == pytest.approx(390)
+    assert done.cpu_seconds == pytest.approx(320) and done.last_end == T0 + timedelta(seconds=400)
+    site = hours[(b, 1, first_hour)]
+    assert (site.jobs, site.failed, site.failed_site, site.failed_user, site.events) == (1, 1, 1, 0, 0)
+    user = hours[(a, 1, first_hour + HOUR)]
+    assert (user.failed, user.failed_user, user.failed_site) == (1, 1, 0)
+    day = days[(a, 1, int(T0.timestamp()) // DAY * DAY)]
+    assert (day.jobs, day.completed, day.failed, day.failed_user, day.events) == (2, 1, 1, 1, 12_000)
+    assert sum(w.jobs for w in weeks.values()) == 3
+
+
+def test_a_job_seen_final_twice_is_counted_once(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        before = all_rows(session)
+        # the same results seen again: a retried step at the same time, then the jobs' state touched again
+        rollup.update(session, clock.now())
+        rollup.update(session, clock.now())
+        session.execute(update(Job).where(Job.phase == "done").values(status_changed_at=clock.now()))
+        assert rollup.update(session, clock.now()) == 3
+        session.commit()
+        assert all_rows(session) == before
+    clock.advance(60)
+    robot.run_once(clock.now())  # and the loop's next step
+    with robot.sessions() as session:
+        assert all_rows(session) == before
+        assert sum(r["jobs"] for k, r in before.items() if k[0] == HOUR) == 3
+
+
+def test_jobs_final_in_a_step_that_crashed_before_the_rollup_are_rolled_up_later(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        seen = session.get(Setting, rollup.WATERMARK_SETTING).value
+        # a job made final (status stored and committed) by a step that died before rolling up
+        job = session.scalars(select(Job).where(Job.phase == "active")).first()
+        job.phase, job.outcome, job.status_changed_at = "done", "completed", clock.now()
+        job.start_time, job.end_time = clock.now() - timedelta(seconds=100), clock.now()
+        session.commit()
+        assert datetime.fromisoformat(seen) <= clock.now()
+    clock.advance(60)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        assert sum(c.jobs for c in rollup.stored_counts(session, HOUR).values()) == 4
+
+
+def test_backfill_equals_the_incremental_rollup_and_is_idempotent(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        incremental = all_rows(session)
+        assert rollup.rebuild(session, clock.now()) == 3
+        assert all_rows(session) == incremental
+        rollup.rebuild(session, clock.now())
+        assert all_rows(session) == incremental
+        session.execute(update(JobRollup).values(jobs=99))  # damaged: the backfill repairs it
+        rollup.rebuild(session, clock.now())
+        assert all_rows(session) == incremental
+
+
+def test_the_databases_sums_equal_the_python_reference(tmp_path):
+    """The SQL the rollup runs counts exactly as `Counts.add_job` (the metrics' rules) does."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    from tests.test_dashboard_queries import World  # one world builder for both files
+    with sessions() as session:
+        world = World(session)
+        base = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
+        for k in range(400):
+            end = base + timedelta(minutes=17 * k, microseconds=999_999 if k % 7 == 0 else 123 * k)
+            outcome = ("completed", "failed", "cancelled", "unknown", "completed")[k % 5]
+            world.job(("ANALY_A", "ANALY_B")[k % 2], end, outcome=outcome, template=("T1", "T2")[k % 3 == 0],
+                      wall=0 if k % 11 == 0 else 100.5 + k, payload=None if k % 13 == 0 else 50.25,
+                      error_class=(None, "site", "user", "central", "weird")[k % 5] if outcome == "failed" else None)
+        session.flush()
+        rollup.rebuild(session, base)
+        stored = rollup.stored_counts(session, HOUR)
+        reference = rollup.aggregate(session.execute(rollup._final_jobs()), HOUR)
+        assert set(stored) == set(reference)
+        for key, counts in reference.items():
+            got = stored[key]
+            for name in rollup.SUMS:
+                assert getattr(got, name) == pytest.approx(getattr(counts, name), abs=1e-6), (key, name)
+            assert got.last_end == counts.last_end
+        days = rollup.stored_counts(session, DAY)
+        total = Counts()
+        for counts in days.values():
+            total.add(counts)
+        assert total.jobs == sum(c.jobs for c in reference.values()) == 240
+        assert total.cancelled == total.unknown == 80
+
+
+def test_counts_follow_the_metrics_rules():
+    counts = Counts()
+    end = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+    counts.add_job("completed", end, end - timedelta(seconds=100), 1000, 80.0, 50.0, None)
+    counts.add_job("completed", end, None, 500, None, 0.0, None)  # no start: no throughput
+    counts.add_job("failed", end, end - timedelta(seconds=10), 0, None, 1.0, "central")
+    counts.add_job("failed", end, end, 0, None, 0.0, "gremlins")  # an unknown class counts as unknown
+    counts.add_job("cancelled", end, end, 0, None, 0.0, "none")
+    counts.add_job("unknown", end, None, 0, None, 0.0, "unknown")
+    assert (counts.jobs, counts.completed, counts.failed, counts.cancelled, counts.unknown) == (4, 2, 2, 1, 1)
+    assert (counts.failed_central, counts.failed_unknown, counts.failed_site) == (1, 1, 0)
+    assert (counts.events, counts.wall_seconds, counts.cpu_seconds) == (1000, 100.0, 50.0)
+    assert (counts.payload_events, counts.payload_seconds) == (1000, 80.0)
+
+
+def test_db_rollup_command_rebuilds(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        expected = all_rows(session)
+        session.execute(JobRollup.__table__.delete())
+        session.commit()
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "db", "rollup"])
+    assert result.exit_code == 0, result.output
+    assert "rebuilt from 3 final jobs" in result.output
+    with robot.sessions() as session:
+        assert all_rows(session) == expected

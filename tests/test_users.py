@@ -1,0 +1,124 @@
+"""Dashboard sign-in storage: scrypt hashes, authentication, refusals, and the `healthrobot users` commands."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from robot import users
+from robot.cli import main
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import User
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def session(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'users.db'}")
+    upgrade(engine)
+    with make_sessionmaker(engine)() as session:
+        yield session
+    engine.dispose()
+
+
+def test_passwords_are_stored_as_salted_scrypt_hashes(session):
+    users.add_user(session, "alice", "correct horse", NOW)
+    users.add_user(session, "bob", "correct horse", NOW)
+    alice, bob = (session.scalars(select(User.password_hash).where(User.name == n)).one() for n in ("alice", "bob"))
+    scheme, n, r, p, salt, digest = alice.split("$")
+    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert len(base64.b64decode(salt)) == 16 and "correct horse" not in alice
+    assert base64.b64decode(digest) == hashlib.scrypt(b"correct horse", salt=base64.b64decode(salt), n=16384, r=8,
+                                                      p=1, dklen=len(base64.b64decode(digest)))
+    assert alice != bob  # a random salt per password
+
+
+def test_authenticate_returns_the_name_only_for_the_right_password(session):
+    users.add_user(session, "alice", "correct horse", NOW)
+    assert users.authenticate(session, "alice", "correct horse") == "alice"
+    assert users.authenticate(session, "alice", "correct horsE") is None
+    assert users.authenticate(session, "alice", "") is None
+    assert users.authenticate(session, "mallory", "correct horse") is None
+
+
+def test_disabled_users_cannot_sign_in(session):
+    users.add_user(session, "alice", "correct horse", NOW)
+    users.set_disabled(session, "alice", True)
+    assert users.authenticate(session, "alice", "correct horse") is None
+    assert [(u.name, u.disabled) for u in users.list_users(session)] == [("alice", True)]
+    users.set_disabled(session, "alice", False)
+    assert users.authenticate(session, "alice", "correct horse") == "alice"
+
+
+def test_short_passwords_duplicates_and_bad_names_are_refused(session):
+    with pytest.raises(users.UserError, match="at least 8 characters"):
+        users.add_user(session, "alice", "1234567", NOW)
+    users.add_user(session, "alice", "12345678", NOW)
+    with pytest.raises(users.UserError, match="exists already"):
+        users.add_user(session, "alice", "another password", NOW)
+    with pytest.raises(users.UserError, match="without spaces"):
+        users.add_user(session, "al ice", "another password", NOW)
+    with pytest.raises(users.UserError, match="at least 8"):
+        users.set_password(session, "alice", "short")
+    assert users.authenticate(session, "alice", "12345678") == "alice"
+
+
+def test_set_password_and_remove(session):
+    users.add_user(session, "alice", "correct horse", NOW)
+    users.set_password(session, "alice", "battery staple")
+    assert users.authenticate(session, "alice", "correct horse") is None
+    assert users.authenticate(session, "alice", "battery staple") == "alice"
+    users.remove_user(session, "alice")
+    assert users.list_users(session) == [] and users.authenticate(session, "alice", "battery staple") is None
+    with pytest.raises(users.UserError, match="no user"):
+        users.remove_user(session, "alice")
+
+
+def test_a_malformed_stored_hash_never_matches():
+    assert not users.verify_password("x" * 8, "plain-text")
+    assert not users.verify_password("x" * 8, "scrypt$16384$8$1$!!!$!!!")
+    assert not users.verify_password("x" * 8, "bcrypt$1$2$3$AAAA$AAAA")
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "robot.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    assert CliRunner().invoke(main, ["--config", str(path), "db", "upgrade"]).exit_code == 0
+    return str(path)
+
+
+def test_cli_users_add_with_password_stdin_then_list_passwd_and_remove(config, tmp_path):
+    run = CliRunner().invoke
+    result = run(main, ["--config", config, "users", "add", "alice", "--password-stdin"], input="correct horse\n")
+    assert result.exit_code == 0, result.output
+    assert "user alice added" in result.output
+    listed = json.loads(run(main, ["--config", config, "users", "list", "--json"]).output)
+    assert [(u["name"], u["disabled"]) for u in listed] == [("alice", False)]
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'healthrobot.db'}")
+    with make_sessionmaker(engine)() as session:
+        assert users.authenticate(session, "alice", "correct horse") == "alice"
+    result = run(main, ["--config", config, "users", "passwd", "alice"], input="battery staple\nbattery staple\n")
+    assert result.exit_code == 0, result.output
+    with make_sessionmaker(engine)() as session:
+        assert users.authenticate(session, "alice", "battery staple") == "alice"
+    assert run(main, ["--config", config, "users", "remove", "alice"]).exit_code == 0
+    assert json.loads(run(main, ["--config", config, "users", "list", "--json"]).output) == []
+    engine.dispose()
+
+
+def test_cli_refuses_a_short_password_a_mismatch_and_a_duplicate(config):
+    run = CliRunner().invoke
+    result = run(main, ["--config", config, "users", "add", "bob", "--password-stdin"], input="short\n")
+    assert result.exit_code != 0 and "at least 8 characters" in result.output
+    result = run(main, ["--config", config, "users", "add", "bob"], input="first password\nsecond password\n"
+                                                                        "first password\nfirst password\n")
+    assert result.exit_code == 0 and "do not match" in result.output.lower()  # asked again, then accepted
+    result = run(main, ["--config", config, "users", "add", "bob", "--password-stdin"], input="whatever123\n")
+    assert result.exit_code != 0 and "exists already" in result.output
