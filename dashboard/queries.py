@@ -282,9 +282,10 @@ def _statuses(session: Session, places: list[_Place], now: datetime) -> dict[int
             found[place.id] = ("silenced", reason, silence)
         elif override:
             found[place.id] = ("excluded" if override[0] == "exclude" else "online", reason, override[1])
-        elif place.robot_state == "excluded" or place.status != "online":
-            found[place.id] = ("excluded", reason, "" if place.robot_state == "excluded"
-                               else f"status {place.status} at the backend")
+        elif place.status != "online":
+            found[place.id] = ("excluded", reason, f"status {place.status} at the backend")
+        elif place.robot_state == "excluded":  # decided but not applied (dry-run), or not read back
+            found[place.id] = ("excluded", reason, "decided, not applied (dry-run?): the status at the backend is online")
         elif place.robot_state == "pending":
             found[place.id] = ("pending", reason, "")
         else:

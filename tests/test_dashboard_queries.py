@@ -118,6 +118,17 @@ def test_overview_an_include_override_wins_and_a_status_set_outside_the_robot_is
     roll(session)
     found = by_queue(queries.overview(session, Filters(NOW - timedelta(days=1), NOW), NOW))
     assert (found["ANALY_A"].status, found["ANALY_B"].status, found["ANALY_C"].status) == ("online", "excluded", "online")
+    assert found["ANALY_B"].detail == "status offline at the backend"
+
+
+def test_overview_says_when_the_robots_exclusion_was_not_applied(session, world):
+    q = world.queues
+    q["ANALY_A"].robot_state = "excluded"  # a dry-run decision: the backend still has it online
+    q["ANALY_B"].robot_state, q["ANALY_B"].status = "excluded", "brokeroff"  # applied
+    roll(session)
+    found = by_queue(queries.overview(session, Filters(NOW - timedelta(days=1), NOW), NOW))
+    assert (found["ANALY_A"].status, found["ANALY_B"].status) == ("excluded", "excluded")
+    assert "not applied" in found["ANALY_A"].detail and found["ANALY_B"].detail == "status brokeroff at the backend"
 
 
 def test_overview_failure_rate_wilson_band_and_events_per_second(session, world):

@@ -188,22 +188,23 @@ def _client(env: dict[str, str | None]) -> types.SimpleNamespace:
         return _PANDA
 
 
+def _set_environment(env: dict[str, str | None]) -> None:
+    """Set these variables; None removes one."""
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _environment(env: dict[str, str | None]) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in _MANAGED_ENV}
     try:
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(env)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 def _api_base(url: str) -> str:
