@@ -29,3 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/stress.py
 	$(BIN)/python bench/tickets.py
+	$(BIN)/python bench/dashboard.py

@@ -9,7 +9,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboard import auth, figures, queries
 from dashboard.pages.common import PageContext, as_dict, cell, heading, message, rows, table
-from robot.durations import parse_duration
+from robot.durations import format_duration, parse_duration
 from robot.storage.models import Test
 from robot.stress import StressRequest, StressRequestError, check, queue_facts, request_stress_test
 from robot.stress_report import build_report
@@ -50,7 +50,7 @@ def layout(ctx: PageContext) -> html.Div:
                                                                   className="input")),
             field(f"Concurrency (1-{caps.max_concurrency})", dcc.Input(id="st-concurrency", type="text", value="10",
                                                                       className="input")),
-            field(f"Duration (e.g. 2h; at most {caps.max_duration})", dcc.Input(id="st-duration", type="text",
+            field(f"Duration (e.g. 2h; at most {format_duration(caps.max_duration)})", dcc.Input(id="st-duration", type="text",
                                                                                  value="2h", className="input")),
             field("Start (UTC, YYYY-MM-DD HH:MM; empty: now)", dcc.Input(id="st-start", type="text", value="",
                                                                          className="input")),
