@@ -243,6 +243,9 @@ class RobotConfig(Strict):
     def _services_fit_together(self) -> "RobotConfig":
         if self.backend.kind == "embedded" and self.topology.source == "cric":
             raise ValueError("topology.source cric needs backend.kind panda: the embedded grid has only its own queues")
+        if self.topology.source == "cric" and self.datasets.source == "embedded":
+            raise ValueError("topology.source cric needs datasets.source rucio: the embedded grid's datasets are not"
+                             " at CRIC's storage endpoints")
         return self
 
     def resolve(self, relative: str) -> Path:

@@ -99,8 +99,7 @@ def grid_parts(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None) -> 
         from robot.rucio_catalogue import RucioCatalogue  # rucio-clients is imported only when used
 
         catalogue = RucioCatalogue.from_config(config, clock)
-    if topology is None or statuses is None or catalogue is None:
-        raise ValueError("no source of input datasets: with topology.source cric, set datasets.source to rucio")
+    assert topology is not None and statuses is not None and catalogue is not None  # by the configuration model
     return GridParts(topology=topology, statuses=statuses, catalogue=catalogue)
 
 

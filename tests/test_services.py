@@ -90,10 +90,14 @@ def test_production_takes_topology_and_statuses_from_cric_and_data_from_rucio(ti
         services.close()
 
 
-def test_cric_topology_needs_the_panda_backend(tmp_path):
+def test_cric_topology_needs_the_panda_backend_and_rucio(tmp_path):
     path = tmp_path / "robot.yaml"
     path.write_text("topology:\n  source: cric\n  cric:\n    url: https://cric.example\n")
     with pytest.raises(ConfigError, match="topology.source cric needs backend.kind panda"):
+        load_config(path)
+    path.write_text("backend:\n  kind: panda\n  panda:\n    url: https://p.example/server/panda\n"
+                    "topology:\n  source: cric\n  cric:\n    url: https://cric.example\n")
+    with pytest.raises(ConfigError, match="topology.source cric needs datasets.source rucio"):
         load_config(path)
 
 
