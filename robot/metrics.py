@@ -143,7 +143,7 @@ def health(session: Session, now: datetime, window: timedelta, level: Level = "q
         wall = (end - start).total_seconds() if start and end else None
         grouped[key_of[qid]].append(JobResult(outcome, n_events or 0, wall, payload, stagein, wait, cpu or 0.0, klass, name))
     found: dict[str, Health] = {}
-    for qid, queue, status, site, cloud, robot_state in queues:
+    for qid, _queue, status, site, cloud, robot_state in queues:
         key = key_of[qid]
         if key not in found:
             found[key] = summarize(key, level, grouped.get(key, []))

@@ -322,7 +322,7 @@ def test_queue_status_gates_dispatch(tiny_grid, wait_final):
     assert all(r.pilot_error_code == 1377 for r in reports.values())  # they really ran
     for _ in range(3):
         grid.tick()
-    for pid, report in grid.status(sorted(held)).items():
+    for report in grid.status(sorted(held)).values():
         assert report.job_status is JobStatus.ACTIVATED and report.start_time is None
 
     # the status is the grid's (persistent) state: another grid on the same folder reads it back
