@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import requests
 
 from robot.backends.base import BackendUnavailable, InputFile
+from robot.backoff import backoff_delay
 from robot.catalogue import DatasetInfo
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CLIENT_LOG = logging.getLogger(f"{__name__}.client")  # what rucio-clients logs, secrets dropped
 
-MAX_BACKOFF = 30.0
 FILE_CACHE_SIZE = 5000  # datasets whose file lists are kept
 DEFAULT_VO = "def"
 CLIENT_CONFIG = """\
@@ -331,7 +331,7 @@ class RucioCatalogue:
         last = ""
         for attempt in range(attempts):
             if attempt:
-                delay = min(2.0 ** (attempt - 1), MAX_BACKOFF)
+                delay = backoff_delay(attempt)
                 log.warning("%s: reading %s failed (%s), retry %d/%d in %.0fs",
                             self.where, what, last, attempt, self.retries, delay)
                 self._sleep(delay)

@@ -37,6 +37,7 @@ from urllib.parse import urlencode
 import requests
 
 from robot.backends.base import BackendUnavailable
+from robot.backoff import backoff_delay
 from robot.jobstates import QueueStatus
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -49,7 +50,6 @@ SET_PROBESTATUS_PATH = "/request/pandaqueuestatus/update/set_probestatus/"
 
 ANALYSIS_TYPES = frozenset({"analysis", "unified"})
 READ_ACTIVITIES = ("read_lan", "read_wan")
-MAX_BACKOFF = 30.0
 
 
 class CRICClient:
@@ -93,7 +93,7 @@ class CRICClient:
         last = ""
         for attempt in range(attempts):
             if attempt:
-                delay = min(2.0 ** (attempt - 1), MAX_BACKOFF)
+                delay = backoff_delay(attempt)
                 log.warning("CRIC %s %s failed (%s), retry %d/%d in %.0fs",
                             method, path, last, attempt, self.retries, delay)
                 self.sleep(delay)

@@ -72,12 +72,12 @@ from urllib.parse import urlparse
 
 from robot.backends.base import BackendUnavailable, JobReport, JobRequest, QueueStatusStore
 from robot.backends.job_parameters import OUTPUT_FILE, TRANSFORMATION, JobParameters, format_job_parameters
+from robot.backoff import backoff_delay
 from robot.config import PandaConfig
 from robot.jobstates import JobStatus, QueueStatus
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
 MAX_BATCH = 500  # IDs or jobs per panda-client call, whatever the caller passes
 MIN_RAM_MB = 2000  # minRamCount per job (one core), ATLAS's usual analysis request
 DISK_MARGIN_MB = 2000  # maxDiskCount: the input files plus this much work space
@@ -352,7 +352,7 @@ class PandaBackend:
                 raise BackendUnavailable(
                     f"PanDA {what}: {result.reason}; not retried: the server may have acted on it")
             if attempt + 1 < attempts:
-                delay = min(2.0**attempt, MAX_BACKOFF)
+                delay = backoff_delay(attempt + 1)
                 log.warning("PanDA %s failed (%s), retry %d/%d in %.0fs", what, result.reason, attempt + 1,
                             self.retries, delay)
                 self.sleep(delay)

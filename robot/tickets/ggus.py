@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import requests
 
+from robot.backoff import MAX_BACKOFF, backoff_delay
 from robot.tickets.mail import Message, clean_line, html_to_text, limit_body
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _name(value: Any) -> str:
 class GGUSClient:
     def __init__(self, base_url: str, token: str, vo: str = "atlas", timeout: float = 30,
                  retries: int = 3, *, page_size: int = 100, backoff: float = 1.0,
-                 max_backoff: float = 30.0, max_pages: int = 1000,
+                 max_backoff: float = MAX_BACKOFF, max_pages: int = 1000,
                  sleep: Callable[[float], None] = time.sleep,
                  session: requests.Session | None = None):
         base = base_url.rstrip("/")
@@ -79,7 +80,7 @@ class GGUSClient:
         problem = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                delay = backoff_delay(attempt, self.backoff, self.max_backoff)
                 log.info("GGUS: retrying %s in %.1fs (%s)", url, delay, problem)
                 self.sleep(delay)
             try:
