@@ -30,6 +30,7 @@ from robot.backends.base import JobReport, JobRequest
 from robot.backends.embedded.config import GridConfig
 from robot.backends.embedded.faults import Injection, active_faults, is_stuck, plan_injection
 from robot.backends.embedded.state import Fault, GridState
+from robot.backends.embedded.status import GridQueueStatus
 from robot.backends.embedded.storage import GridStorage
 from robot.clock import Clock, as_utc
 from robot.jobstates import JobStatus, QueueStatus
@@ -74,6 +75,7 @@ class EmbeddedGrid:
         self._workdir = state_dir / "work"
         self._logdir = state_dir / "logs"
         self._queues = {q.name: q for q in self.storage.queue_settings()}
+        self._statuses = GridQueueStatus(self.state, self._queues, clock)
         # One random stream per queue: a queue's outcomes do not depend on what other queues do.
         self._rngs = {name: random.Random(f"{config.seed}:{name}") for name in self._queues}
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -131,14 +133,11 @@ class EmbeddedGrid:
 
     def queue_status(self) -> dict[str, QueueStatus]:
         with self._lock:
-            stored = self.state.queue_statuses()
-        return {name: stored.get(name, QueueStatus.ONLINE) for name in self._queues}
+            return self._statuses.queue_status()
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
-        if queue not in self._queues:
-            raise ValueError(f"unknown queue {queue!r}")
         with self._lock:
-            self.state.set_queue_status(queue, status, reason, actor, self.clock.now())
+            self._statuses.set_queue_status(queue, status, reason, actor)
 
     # -- running --------------------------------------------------------------------------------
     def start(self, period: float = 1.0) -> None:

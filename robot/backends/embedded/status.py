@@ -1,8 +1,8 @@
 """The embedded grid's queue statuses, read and set through its state file.
 
-Used when the grid runs in another process (`healthrobot grid serve`) and the robot reaches its
-jobs through PanDA: PanDA cannot set a queue's status, so exclusions go to the grid's state, as they
-would go to CRIC in production.
+The grid reads and sets them through this class, and so does the robot when the grid runs in
+another process (`healthrobot grid serve`) and the robot reaches its jobs through PanDA: PanDA cannot
+set a queue's status, so exclusions go to the grid's state, as they would go to CRIC in production.
 """
 from __future__ import annotations
 
