@@ -484,6 +484,14 @@ def tickets(session: Session, limit: int = 500) -> list[TicketRow]:
     return _ticket_rows(session, found)
 
 
+def ticket(session: Session, ticket_id: int) -> TicketRow:
+    """One ticket, as `tickets` shows it; LookupError if there is none with that id."""
+    found = session.execute(select(*TICKET_COLUMNS).where(Ticket.id == ticket_id)).all()
+    if not found:
+        raise LookupError(f"no ticket {ticket_id}")
+    return _ticket_rows(session, found)[0]
+
+
 TICKET_COLUMNS = (Ticket.id, Ticket.source, Ticket.subject, Ticket.state, Ticket.first_message_at,
                   Ticket.last_message_at, Ticket.verdict, Ticket.verdict_reason, Ticket.requester, Ticket.messages)
 

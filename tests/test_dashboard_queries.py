@@ -390,6 +390,9 @@ def test_tickets_newest_first_with_verdict_and_linked_episodes(session, world):
     assert [(e.queue, e.score, e.summary) for e in found[0].episodes] == [("ANALY_A2", 0.7, "ANALY_A2 failing"),
                                                                         ("ANALY_A", 0.56, "ANALY_A failing")]
     assert len(queries.tickets(session, limit=1)) == 1
+    assert queries.ticket(session, older.id) == found[1]
+    with pytest.raises(LookupError):
+        queries.ticket(session, newer.id + 100)
 
 
 def test_stress_tests_list_and_detail(session, world):

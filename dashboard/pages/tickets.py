@@ -58,9 +58,10 @@ def register(app: Dash, ctx: PageContext) -> None:
     def episodes(active: dict[str, Any] | None, _data: list[dict[str, Any]]) -> Any:
         if not active or active.get("row_id") is None:
             return ""
-        with ctx.sessions() as session:
-            ticket = next((t for t in queries.tickets(session) if t.id == active["row_id"]), None)
-        if ticket is None:
+        try:
+            with ctx.sessions() as session:
+                ticket = queries.ticket(session, int(active["row_id"]))
+        except LookupError:
             return ""
         found = list(ticket.episodes or [])
         title = html.H3(["Ticket ", str(ticket.id), ": ", html.Span(ticket.subject, id="tk-subject")])
