@@ -122,3 +122,11 @@ def test_cli_refuses_a_short_password_a_mismatch_and_a_duplicate(config):
     assert result.exit_code == 0 and "do not match" in result.output.lower()  # asked again, then accepted
     result = run(main, ["--config", config, "users", "add", "bob", "--password-stdin"], input="whatever123\n")
     assert result.exit_code != 0 and "exists already" in result.output
+
+
+@pytest.mark.parametrize("command", [["users", "list"], ["db", "rollup"], ["dashboard", "--port", "0"]])
+def test_commands_refuse_a_database_whose_schema_is_not_current(tmp_path, command):
+    path = tmp_path / "robot.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\n")  # no `db upgrade`: the database is empty
+    result = CliRunner().invoke(main, ["--config", str(path), *command])
+    assert result.exit_code == 1 and "healthrobot db upgrade" in result.output

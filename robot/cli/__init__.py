@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from robot.config import RobotConfig, load_config
-from robot.storage.database import make_engine, make_sessionmaker
+from robot.storage.database import SchemaOutdated, check_schema, make_engine, make_sessionmaker
 from robot.yamlconfig import ConfigError
 
 DEFAULT_CONFIG = "configs/robot.yaml"
@@ -42,6 +42,13 @@ class Context:
 
     def session(self) -> Session:
         return make_sessionmaker(self.engine)()
+
+    def require_current_schema(self) -> None:
+        """Refuse to go on with a database whose schema is not this code's (the message says what to run)."""
+        try:
+            check_schema(self.engine)
+        except SchemaOutdated as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -9,7 +9,7 @@ import click
 
 from robot.cli import Context, pass_context
 from robot.clock import SystemClock
-from robot.storage.database import SchemaOutdated, check_schema, make_sessionmaker
+from robot.storage.database import make_sessionmaker
 
 
 @click.command("dashboard")
@@ -20,10 +20,7 @@ def dashboard(ctx: Context, host: str | None, port: int | None) -> None:
     """Serve the web dashboard (and /health, /metrics) on the robot's database."""
     from dashboard.app import DashboardServer, create_app  # Dash is imported only when served
 
-    try:
-        check_schema(ctx.engine)
-    except SchemaOutdated as exc:
-        raise click.ClickException(str(exc)) from exc
+    ctx.require_current_schema()
     settings = ctx.config.dashboard
     app = create_app(ctx.config, make_sessionmaker(ctx.engine), SystemClock())
     try:

@@ -6,7 +6,7 @@ import click
 from robot import rollup
 from robot.cli import Context, pass_context
 from robot.clock import SystemClock
-from robot.storage.database import SchemaOutdated, check_schema, current_revision, head_revision, upgrade
+from robot.storage.database import current_revision, head_revision, upgrade
 
 
 @click.group("db")
@@ -27,10 +27,7 @@ def db_upgrade(ctx: Context) -> None:
 @pass_context
 def db_rollup(ctx: Context) -> None:
     """Rebuild the dashboards' job rollup from the job table (idempotent; the robot keeps it up to date)."""
-    try:
-        check_schema(ctx.engine)
-    except SchemaOutdated as exc:
-        raise click.ClickException(str(exc)) from exc
+    ctx.require_current_schema()
     with ctx.session() as session:
         count = rollup.rebuild(session, SystemClock().now())
         session.commit()

@@ -7,9 +7,10 @@ import sys
 import click
 
 from robot import users
+from sqlalchemy.orm import Session
+
 from robot.cli import Context, pass_context
 from robot.clock import SystemClock
-from robot.storage.database import SchemaOutdated, check_schema
 
 
 @click.group("users")
@@ -29,11 +30,8 @@ def _password(from_stdin: bool) -> str:
     return password
 
 
-def _session(ctx: Context):  # type: ignore[no-untyped-def]
-    try:
-        check_schema(ctx.engine)
-    except SchemaOutdated as exc:
-        raise click.ClickException(str(exc)) from exc
+def _session(ctx: Context) -> Session:
+    ctx.require_current_schema()
     return ctx.session()
 
 
