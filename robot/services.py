@@ -22,6 +22,7 @@ from robot.catalogue import Catalogue
 from robot.classify import load_table
 from robot.clock import Clock
 from robot.config import CRICConfig, RobotConfig
+from robot.incidents import CentralIncidents
 from robot.loop import Robot
 from robot.stress import StressSupervisor
 from robot.stress_report import build_report
@@ -126,6 +127,7 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
     robot = Robot(config, sessions, backend=backend, catalogue=parts.catalogue, topology=parts.topology,
                   error_table=table,
                   evaluators=[StressSupervisor(config, backend, report=build_report), exclusion_engine(config, backend),
+                              CentralIncidents(),
                               Notifier(config.blacklist.notify, config.blacklist.actor)])
     return Services(config=config, engine=engine, sessions=sessions, robot=robot, grid=grid,
                     grid_statuses=parts.statuses if isinstance(parts.statuses, GridQueueStatus) else None)

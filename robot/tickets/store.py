@@ -25,7 +25,7 @@ from robot.tickets.verdict import LEAD, CentralIncident, EpisodeRef, Figures, Na
 
 log = logging.getLogger(__name__)
 
-CENTRAL_EVENTS = ("mass_failure", "cloud_failure", "central_errors")
+CENTRAL_EVENTS = ("mass_failure", "cloud_failure", "central_errors", "central_failures")
 JobLookup = Callable[[Sequence[int]], dict[int, JobReport | None]]
 
 
