@@ -37,7 +37,7 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
             summary, changed = import_source(session, source, config, table, now)
         except (FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
-        judged = judge_tickets(session, now, changed)
+        judged = judge_tickets(session, now, changed, table)
         session.commit()
     result = {**summary.as_dict(), "judged": judged}
     if as_json:
@@ -113,12 +113,21 @@ def _why(session: Session, target: str) -> dict[str, Any] | None:
         ticket = session.get(Ticket, int(target))
         if ticket is not None:
             row = _ticket_row(session, ticket)
-            details = [f"linked: {link['queue']} ({link['score']:.2f}) {link['why']}: {link['episode']}"
-                       for link in row["links"]]
+            evidence = row["evidence"] or {}
+            details = []
+            if "confidence" in evidence:
+                details.append(f"confidence: {evidence['confidence']:.0%}")
+            details += [f"points at the site: {line}" for line in evidence.get("for_site", [])]
+            details += [f"points away from the site: {line}" for line in evidence.get("against_site", [])]
+            details += [f"linked: {link['queue']} ({link['score']:.2f}) {link['why']}: {link['episode']}"
+                        for link in row["links"]]
             details += [f"names {m['kind']} {m['value']}" + ("" if m["complaint"] else " (said to work)")
-                        for m in row["mentions"]]
-            return {"kind": "ticket", **row, "answer": f"ticket {ticket.id} ({ticket.subject}): "
-                                                      f"{ticket.verdict or 'not judged'}: {ticket.verdict_reason or ''}",
+                        for m in row["mentions"] if m["kind"] != "job_error"]
+            if evidence.get("reply"):
+                details.append(f"reply: {evidence['reply']}")
+            return {"kind": "ticket", **row, "confidence": evidence.get("confidence"), "reply": evidence.get("reply"),
+                    "answer": f"ticket {ticket.id} ({ticket.subject}): "
+                              f"{ticket.verdict or 'not judged'}: {ticket.verdict_reason or ''}",
                     "details": details}
     queue = session.scalars(select(Queue).where(Queue.name == target)).first()
     if queue is not None:

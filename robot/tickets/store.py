@@ -16,12 +16,14 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable, JobReport
-from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, Ticket, TicketLink, TicketMention,
-                                  TicketMessage)
+from robot.classify import classify, load_table
+from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, StorageEndpoint, Ticket, TicketLink,
+                                  TicketMention, TicketMessage, queue_endpoint)
 from robot.tickets.episodes import refresh_episodes
 from robot.tickets.extract import TopologyIndex, extract
 from robot.tickets.threads import Thread
-from robot.tickets.verdict import LEAD, CentralIncident, EpisodeRef, Figures, Named, judge
+from robot.tickets.verdict import (INCIDENT_MARGIN, LEAD, QUIET_LEAD, CentralIncident, EpisodeRef, Figures, Named,
+                                   Places, judge)
 
 log = logging.getLogger(__name__)
 
@@ -85,54 +87,113 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
     return summary, [t.id for t, _ in changed]
 
 
+@dataclass(frozen=True)
+class JobFact:
+    """Where a pasted PanDA job ran and how it ended, as the robot or PanDA knows it."""
+
+    queue: str
+    status: str  # PanDA's jobStatus
+    error_class: str | None = None  # failed jobs: site | user | central | unknown; finished: none
+    error: str = ""  # e.g. "pilot 1099 STAGEINFAILED: Get error: ..."
+    code: int | None = None
+
+    def snippet(self) -> str:
+        """Stored with the job's `job_error` mention: the class first, so that a verdict reads it back."""
+        return f"{self.error_class}: {self.status}" + (f", {self.error}" if self.error else "")
+
+
 def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], index: TopologyIndex,
                     error_table: Any, lookup_jobs: JobLookup | None) -> None:
-    """What each changed ticket names, extracted again from all its messages."""
+    """What each changed ticket names, extracted again from all its messages.
+
+    A pasted PanDA job gets a second mention, `job_error`, with how it ended (the class of its error
+    leads its snippet); what was already found about a job is reused, not asked again.
+    """
     if not changed:
         return
     ids = [t.id for t, _ in changed]
+    known: dict[int, JobFact] = {}
     for chunk in range(0, len(ids), 500):
-        session.execute(delete(TicketMention).where(TicketMention.ticket_id.in_(ids[chunk:chunk + 500])))
+        part = ids[chunk:chunk + 500]
+        for m in session.scalars(select(TicketMention).where(TicketMention.ticket_id.in_(part),
+                                                             TicketMention.kind == "job_error")):
+            klass, _, rest = m.snippet.partition(": ")
+            status, _, error = rest.partition(", ")
+            if m.value.isdigit() and m.queue:
+                known[int(m.value)] = JobFact(m.queue, status, klass if klass != "None" else None, error, m.code)
+        session.execute(delete(TicketMention).where(TicketMention.ticket_id.in_(part)))
     found = {t.id: extract(item.subject, "\n".join(m.body for m in item.messages), index, error_table)
              for t, item in changed}
     jobs = sorted({int(m.value) for ms in found.values() for m in ms if m.kind == "panda_id" and m.value.isdigit()})
-    where = _job_queues(session, jobs, lookup_jobs)
+    facts = {pid: known[pid] for pid in jobs if pid in known}
+    facts.update(_job_facts(session, [pid for pid in jobs if pid not in facts], lookup_jobs, error_table))
     places = queue_places(session)
     rows = []
     for ticket_id, mentions in found.items():
         for mention in mentions:
             queue, site, cloud = mention.queue, mention.site, mention.cloud
-            if mention.kind == "panda_id" and mention.value.isdigit() and int(mention.value) in where:
-                queue = where[int(mention.value)]
+            fact = facts.get(int(mention.value)) if mention.kind == "panda_id" and mention.value.isdigit() else None
+            if fact is not None:
+                queue = fact.queue
                 site, cloud = places.get(queue, (None, None))
             rows.append({"ticket_id": ticket_id, "kind": mention.kind, "value": mention.value[:256], "queue": queue,
                          "site": site, "cloud": cloud, "complaint": mention.complaint,
                          "code": getattr(mention, "code", None), "snippet": mention.snippet[:300]})
+            if fact is not None and fact.error_class:
+                rows.append({**rows[-1], "kind": "job_error", "code": fact.code, "snippet": fact.snippet()[:300]})
     if rows:
         session.execute(insert(TicketMention), rows)
 
 
-def _job_queues(session: Session, panda_ids: list[int], lookup_jobs: JobLookup | None) -> dict[int, str]:
-    """Where pasted PanDA jobs ran: the robot's own test jobs first, then the backend."""
+def _job_facts(session: Session, panda_ids: list[int], lookup_jobs: JobLookup | None,
+               error_table: Any) -> dict[int, JobFact]:
+    """Where pasted PanDA jobs ran and how they ended: the robot's own test jobs first, then the backend
+    (one batched call; a backend that cannot be reached leaves them unresolved)."""
     if not panda_ids:
         return {}
-    found: dict[int, str] = {}
+    found: dict[int, JobFact] = {}
     for chunk in range(0, len(panda_ids), 500):
-        found.update(session.execute(select(Job.panda_id, Queue.name).join(Queue, Queue.id == Job.queue_id)
-                                     .where(Job.panda_id.in_(panda_ids[chunk:chunk + 500]))).all())
+        for pid, queue, status, outcome, klass, name, code, diag in session.execute(
+                select(Job.panda_id, Queue.name, Job.job_status, Job.outcome, Job.error_class, Job.error_name,
+                       Job.error_code, Job.error_diag).join(Queue, Queue.id == Job.queue_id)
+                .where(Job.panda_id.in_(panda_ids[chunk:chunk + 500]))):
+            failed = outcome == "failed"
+            found[pid] = JobFact(queue, str(status), (klass or "unknown") if failed else
+                                 "none" if outcome == "completed" else None,
+                                 f"{name}: {diag or ''}".strip(": ") if failed else "", code if failed else None)
     missing = [p for p in panda_ids if p not in found]
     if missing and lookup_jobs is not None:
         try:
-            for panda_id, report in lookup_jobs(missing).items():
-                if report is not None and report.queue:
-                    found[panda_id] = report.queue
+            reports = lookup_jobs(missing)
         except BackendUnavailable as exc:
             log.warning("PanDA jobs %s could not be looked up: %s", missing[:5], exc)
+            reports = {}
+        for panda_id, report in reports.items():
+            if report is not None and report.queue:
+                found[panda_id] = _fact(report, error_table)
     return found
 
 
-def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | None = None) -> int:
+def _fact(report: JobReport, error_table: Any) -> JobFact:
+    status = report.job_status.value
+    if status == "finished":
+        return JobFact(report.queue, status, "none")
+    if status not in ("failed", "cancelled", "closed"):
+        return JobFact(report.queue, status)
+    verdict = classify(error_table or {}, pilot=(report.pilot_error_code, report.pilot_error_diag),
+                       exe=(report.exe_error_code, report.exe_error_diag),
+                       ddm=(report.ddm_error_code, report.ddm_error_diag),
+                       taskbuffer=(report.task_buffer_error_code, report.task_buffer_error_diag),
+                       jobdispatcher=(report.job_dispatcher_error_code, report.job_dispatcher_error_diag),
+                       sup=report.sup_error_code)
+    return JobFact(report.queue, status, verdict.klass, f"{verdict.source} {verdict.code} {verdict.name}: "
+                   f"{verdict.diag}".strip(": "), verdict.code or None)
+
+
+def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | None = None,
+                  error_table: Any = None) -> int:
     """Refresh the episodes, then link and judge the given tickets (default: every open one)."""
+    table = error_table if error_table is not None else load_table()
     query = select(Ticket) if ticket_ids is not None else select(Ticket).where(Ticket.state != "closed")
     tickets: list[Ticket] = []
     if ticket_ids is not None:
@@ -146,26 +207,29 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
     since = min(t.first_message_at for t in tickets) - LEAD
     refresh_episodes(session, since, now)
     places = queue_places(session)
+    where = _places(session, places)
     episodes = [EpisodeRef(e.id, name, *places[name], e.start, e.end, e.source, e.reason, e.error_classes)
                 for e, name in session.execute(select(Episode, Queue.name).join(Queue, Queue.id == Episode.queue_id))]
-    incidents = [CentralIncident(t, k, m) for t, k, m in session.execute(
-        select(Event.time, Event.kind, Event.message).where(Event.kind.in_(CENTRAL_EVENTS), Event.time >= since))]
+    incidents = central_incidents(session, since - INCIDENT_MARGIN)
     named: dict[int, list[Named]] = {}
     wanted = {t.id for t in tickets}
     for m in session.scalars(select(TicketMention).where(TicketMention.ticket_id.in_(
             select(Ticket.id).where(Ticket.last_message_at >= since)))):
         if m.ticket_id in wanted:
-            named.setdefault(m.ticket_id, []).append(Named(m.kind, m.value, m.queue, m.site, m.cloud, m.complaint))
-    results = TestResults(session, since, now)
+            named.setdefault(m.ticket_id, []).append(Named(m.kind, m.value, m.queue, m.site, m.cloud, m.complaint,
+                                                           _error_class(m, table)))
+    results = TestResults(session, since - QUIET_LEAD, now)
     ids = [t.id for t in tickets]
     for chunk in range(0, len(ids), 500):
         session.execute(delete(TicketLink).where(TicketLink.ticket_id.in_(ids[chunk:chunk + 500])))
     links = []
     for ticket in tickets:
         mentions = named.get(ticket.id, [])
-        queues = {n.queue for n in mentions if n.queue and n.complaint}
+        queues = {q for n in mentions if n.complaint for q in where.queues(n)}
         figures = results.figures(queues, ticket.first_message_at - LEAD, ticket.last_message_at)
-        result = judge(ticket.first_message_at, ticket.last_message_at, mentions, episodes, figures, incidents)
+        grid = results.totals(ticket.first_message_at - QUIET_LEAD, ticket.last_message_at)
+        result = judge(ticket.first_message_at, ticket.last_message_at, mentions, episodes, figures, incidents,
+                       where, grid)
         ticket.verdict, ticket.verdict_reason = result.verdict, result.reason
         ticket.verdict_evidence, ticket.judged_at = result.evidence, now
         links += [{"ticket_id": ticket.id, "episode_id": e, "score": score, "reason": why, "created_at": now}
@@ -174,6 +238,43 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
         session.execute(insert(TicketLink), links)
     session.flush()
     return len(tickets)
+
+
+def central_incidents(session: Session, since: datetime) -> list[CentralIncident]:
+    """The central incidents the robot recorded: waves of central failures (with their start and end)
+    and the exclusion engine's mass events (at one time)."""
+    found = []
+    for time, kind, message, details in session.execute(
+            select(Event.time, Event.kind, Event.message, Event.details)
+            .where(Event.kind.in_(CENTRAL_EVENTS), Event.time >= since).order_by(Event.time)):
+        details = details or {}
+        start = datetime.fromisoformat(details["start"]) if details.get("start") else time
+        end = datetime.fromisoformat(details["end"]) if details.get("end") else time
+        found.append(CentralIncident(start, end, kind, message, tuple(details.get("queues", ()))))
+    return found
+
+
+def _error_class(mention: TicketMention, table: Any) -> str | None:
+    """The class of an error the ticket quotes (from the error table), or of a pasted job's error."""
+    if mention.kind == "job_error":
+        klass = mention.snippet.partition(": ")[0]
+        return klass if klass in ("site", "user", "central", "unknown", "none") else None
+    if mention.kind in ("error_code", "error_text") and mention.code is not None:
+        known = table.get(("pilot", mention.code))
+        return known.klass if known is not None else None
+    return None
+
+
+def _places(session: Session, places: dict[str, tuple[str, str]]) -> Places:
+    site_queues: dict[str, list[str]] = {}
+    for queue, (site, _cloud) in places.items():
+        site_queues.setdefault(site, []).append(queue)
+    endpoint_queues: dict[str, list[str]] = {}
+    for queue, endpoint in session.execute(
+            select(Queue.name, StorageEndpoint.name).join(queue_endpoint, queue_endpoint.c.queue_id == Queue.id)
+            .join(StorageEndpoint, StorageEndpoint.id == queue_endpoint.c.endpoint_id)):
+        endpoint_queues.setdefault(endpoint.lower(), []).append(queue)
+    return Places(site_queues, endpoint_queues)
 
 
 class TestResults:
@@ -200,6 +301,18 @@ class TestResults:
             if window:
                 found[queue] = Figures(queue, len(window), sum(r[1] for r in window), sum(r[2] for r in window))
         return found
+
+    def totals(self, since: datetime, until: datetime) -> Figures:
+        """Every queue's results together; `queue` says how many queues reported."""
+        jobs = failed = site_failed = queues = 0
+        for rows in self._by_queue.values():
+            window = rows[bisect.bisect_left(rows, (since,)):bisect.bisect_right(rows, (until, True, True))]
+            if window:
+                queues += 1
+                jobs += len(window)
+                failed += sum(r[1] for r in window)
+                site_failed += sum(r[2] for r in window)
+        return Figures(f"{queues} queues", jobs, failed, site_failed)
 
 
 def queue_places(session: Session) -> dict[str, tuple[str, str]]:
