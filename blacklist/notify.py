@@ -256,7 +256,7 @@ class Notifier:
                 connection.ehlo()
             if s.username:
                 step = f"log in as {s.username}"
-                connection.login(s.username, s.password or "")
+                connection.login(s.username, s.password.get_secret_value() if s.password else "")
         except (OSError, smtplib.SMTPException) as exc:
             _close(connection)
             raise SendFailed(f"cannot {step} at {s.smtp_host}:{s.smtp_port}: {_describe(exc)}", True) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from robot.yamlconfig import Duration, NonNegativeInt, PositiveInt, Strict
 
@@ -54,7 +54,7 @@ class NotifySettings(Strict):
     smtp_port: PositiveInt = 25
     starttls: bool = False
     username: str | None = None
-    password: str | None = None  # use ${ENV} for it
+    password: SecretStr | None = None  # use ${ENV} for it; never shown
     sender: str = "queue-health-robot@localhost"
     operations: list[str] = []  # always copied
     monitor_url: str = ""  # e.g. https://monitor.example.org/queue/{queue}

@@ -7,17 +7,31 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from blacklist.settings import BlacklistSettings
 from robot.yamlconfig import Duration, NonNegativeInt, PositiveInt, Strict, load_yaml_model
 
+# The password of a database URL (`scheme://user:password@host/...`, split as SQLAlchemy splits it)
+# and any `password=` query parameter.
+_URL_PASSWORD = re.compile(r"^([\w+]+://[^:/@]*:)[^@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password replaced by `***`: the only form of a database URL that is ever shown."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
+
+
 class DatabaseConfig(Strict):
-    url: str | None = None  # default: sqlite:///<data_dir>/healthrobot.db
+    """Where the robot's state lives. The URL is a secret (it may hold a password): shown only masked."""
+
+    url: SecretStr | None = None  # default: sqlite:///<data_dir>/healthrobot.db
     echo: bool = False
 
 
@@ -175,7 +189,7 @@ class StressConfig(Strict):
 
 class GGUSConfig(Strict):
     url: str  # e.g. https://helpdesk.ggus.eu
-    token: str  # use ${GGUS_TOKEN}: never written in the file
+    token: SecretStr  # use ${GGUS_TOKEN}: never written in the file
     vo: str = "atlas"
     sites: list[str] = []  # only tickets for these sites (empty: all of the VO)
 
@@ -185,7 +199,7 @@ class IMAPConfig(Strict):
     port: PositiveInt = 993
     ssl: bool = True
     username: str
-    password: str  # use ${IMAP_PASSWORD}: never written in the file
+    password: SecretStr  # use ${IMAP_PASSWORD}: never written in the file
     folder: str = "INBOX"  # Gmail: "[Gmail]/All Mail"
 
 
@@ -258,7 +272,15 @@ class RobotConfig(Strict):
 
     @property
     def database_url(self) -> str:
-        return self.database.url or f"sqlite:///{self.data_path / 'healthrobot.db'}"
+        """The URL to connect with, password included: never print or log it (see `shown_database_url`)."""
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite:///{self.data_path / 'healthrobot.db'}"
+
+    @property
+    def shown_database_url(self) -> str:
+        """The database URL as it may be printed: its password masked."""
+        return masked_url(self.database_url)
 
     def template(self, name: str) -> TemplateConfig:
         for template in self.templates:

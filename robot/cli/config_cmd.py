@@ -35,7 +35,7 @@ def check(file: str, as_json: bool) -> None:
                 click.echo(f"  {problem}", err=True)
         raise SystemExit(1) from exc
     summary = {
-        "ok": True, "file": file, "database": config.database_url, "backend": config.backend.kind,
+        "ok": True, "file": file, "database": config.shown_database_url, "backend": config.backend.kind,
         "templates": [t.name for t in config.templates],
         "queues": sum(len(s.queues) for c in grid.clouds.values() for s in c.sites.values()) if grid else None,
     }

@@ -90,7 +90,8 @@ def _from_imap(session: Session, config: RobotConfig, now: datetime) -> tuple[li
         raise ValueError("tickets.imap is not configured (host, username, password, folder)")
     key = f"tickets.imap.{settings.host}.{settings.folder}.uid"[:64]
     stored = session.get(Setting, key)
-    client = connect(settings.host, settings.port, settings.username, settings.password, ssl=settings.ssl)
+    client = connect(settings.host, settings.port, settings.username, settings.password.get_secret_value(),
+                     ssl=settings.ssl)
     try:
         items, last_uid = fetch_new(client, settings.folder, int(stored.value) if stored else 0,
                                     f"imap:{settings.host}", now)
@@ -106,7 +107,7 @@ def _from_ggus(config: RobotConfig) -> Iterable[Message]:
     settings = config.tickets.ggus
     if settings is None:
         raise ValueError("tickets.ggus is not configured (url, token)")
-    client = GGUSClient(settings.url, settings.token, vo=settings.vo)
+    client = GGUSClient(settings.url, settings.token.get_secret_value(), vo=settings.vo)
     messages: list[Message] = []
     for site in settings.sites or [None]:
         for ticket in client.search(site, 0):
