@@ -47,14 +47,16 @@ class StepSummary:
     submitted: int = 0
     polled: int = 0
     finished: int = 0
-    lost: int = 0
+    lost: int = 0  # unconfirmed submissions the backend does not hold
+    reconciled: int = 0  # unconfirmed submissions the backend holds: attached to their rows
     timed_out: int = 0
     backend_errors: list[str] = field(default_factory=list)
     evaluations: list[Any] = field(default_factory=list)  # what each evaluator (e.g. exclusion) returned
 
     def as_dict(self) -> dict[str, Any]:
         return {"now": self.now.isoformat(), "submitted": self.submitted, "polled": self.polled,
-                "finished": self.finished, "lost": self.lost, "timed_out": self.timed_out,
+                "finished": self.finished, "lost": self.lost,
+                "reconciled": self.reconciled, "timed_out": self.timed_out,
                 "backend_errors": self.backend_errors}
 
 
@@ -86,7 +88,7 @@ class Robot:
         summary = StepSummary(now=now)
         with self.sessions() as session:
             self._refresh(session, now)
-            summary.lost = self._mark_unconfirmed_lost(session, now)
+            self._reconcile_unconfirmed(session, now, summary)
             session.commit()
             self._read_queue_status(session, now, summary)
             session.commit()
@@ -124,19 +126,40 @@ class Robot:
             self._tests_valid_until = min((t.end_time for t in tests), default=now + self.config.topology.refresh)
 
     # -- 2. crash recovery ----------------------------------------------------------------------
-    def _mark_unconfirmed_lost(self, session: Session, now: datetime) -> int:
-        """Jobs recorded but never confirmed by the backend: an earlier step stopped in between.
-
-        They are not results (neither failed nor completed); marking them lost frees their slot.
-        """
-        lost = session.execute(
-            update(Job).where(Job.phase == "recorded").values(phase="lost").returning(Job.job_name)
-        ).scalars().all()
+    def _reconcile_unconfirmed(self, session: Session, now: datetime, summary: StepSummary) -> None:
+        """Jobs recorded but never confirmed: an earlier step stopped (or the backend's reply was lost)
+        between recording them and storing their PanDA IDs. The backend is asked for each by name:
+        one it holds is attached to its row and followed from now on; one it certainly does not hold
+        is marked lost (never counted). While it cannot tell, the rows stay recorded and keep their
+        slots, so nothing is sent twice."""
+        rows = session.execute(select(Job.id, Job.job_name, Job.recorded_at).where(Job.phase == "recorded")).all()
+        if not rows:
+            return
+        found: dict[str, int | None] = {}
+        batch_size = self.config.loop.submit_batch_size
+        try:
+            for start in range(0, len(rows), batch_size):
+                found.update(self.backend.find([row.job_name for row in rows[start : start + batch_size]]))
+        except BackendUnavailable as exc:
+            summary.backend_errors.append(f"find: {exc}")
+            self._event(session, now, "submission_unconfirmed", self.backend.name,
+                        f"{len(rows)} job(s) recorded but never confirmed submitted could not be looked up: {exc};"
+                        " they keep their slots until the backend answers", {"jobs": [r.job_name for r in rows][:50]})
+            return
+        attached = [(row, found[row.job_name]) for row in rows if found.get(row.job_name) is not None]
+        lost = [row for row in rows if found.get(row.job_name) is None]
+        if attached:
+            _update_jobs(session, [
+                {"id": row.id, "panda_id": pid, "phase": "active", "job_status": JobStatus.DEFINED.value,
+                 "submitted_at": row.recorded_at, "status_changed_at": now} for row, pid in attached])
         if lost:
-            self._event(session, now, "submission_unconfirmed", "",
-                        f"{len(lost)} job(s) were recorded but never confirmed submitted; marked lost, not counted",
-                        {"jobs": list(lost)[:50]})
-        return len(lost)
+            session.execute(update(Job).where(Job.id.in_([row.id for row in lost])).values(phase="lost"))
+        summary.reconciled, summary.lost = len(attached), len(lost)
+        self._event(session, now, "submission_unconfirmed", self.backend.name,
+                    f"{len(rows)} job(s) were recorded but never confirmed submitted: {len(attached)} found at the"
+                    f" backend and followed, {len(lost)} unknown to it and marked lost (not counted)",
+                    {"found": {row.job_name: pid for row, pid in attached[:50]},
+                     "lost": [row.job_name for row in lost[:50]]})
 
     # -- 3. queue status -------------------------------------------------------------------------
     def _read_queue_status(self, session: Session, now: datetime, summary: StepSummary) -> None:
@@ -315,7 +338,7 @@ class Robot:
                         " this step, nothing counted", {"queues": sorted(unserved)[:100]})
         if not rows:
             return
-        # Recorded before sent: a crash from here on leaves rows the next step marks lost, never orphans.
+        # Recorded before sent: a crash from here on leaves rows the next step looks up at the backend.
         ids = dict(session.execute(
             insert(Job).returning(Job.job_name, Job.id, sort_by_parameter_order=True), rows
         ).all())
@@ -327,10 +350,11 @@ class Robot:
                 panda_ids = self.backend.submit(batch)
             except BackendUnavailable as exc:
                 summary.backend_errors.append(f"submit: {exc}")
+                # The server may have stored the batch before its reply was lost: the rows stay recorded
+                # and the next step looks them up by name before calling any of them lost.
                 self._event(session, now, "backend_unreachable", self.backend.name,
-                            f"submission failed: {exc}; {len(requests) - start} job(s) not sent, nothing counted")
-                session.execute(update(Job).where(Job.job_name.in_([r.job_name for r in requests[start:]]))
-                                .values(phase="lost"))
+                            f"submission failed: {exc}; {len(requests) - start} job(s) unconfirmed, looked up at"
+                            " the next step, nothing counted")
                 return
             session.execute(
                 update(Job),

@@ -40,7 +40,9 @@ class ScriptedGrid:
         self.calls: Counter[str] = Counter()
         self.status_batches: list[int] = []
         self.unreachable = False
-        self.crash_on_submit = False
+        self.crash_on_submit = False  # the robot dies before the grid records the jobs
+        self.crash_after_submit = False  # the grid records the jobs, the robot dies before it hears back
+        self.find_unreachable = False  # name look-ups fail (the rest answers)
         self.killed: list[int] = []
         self._ids = itertools.count(1000)
 
@@ -75,7 +77,16 @@ class ScriptedGrid:
                                        creation_time=self.clock.now())
             self.requests[pid] = job
             ids.append(pid)
+        if self.crash_after_submit:
+            raise Crash("robot killed after the grid recorded the jobs")
         return ids
+
+    def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
+        self._check("find")
+        if self.find_unreachable:
+            raise BackendUnavailable("find: connection refused")
+        by_name = {job.job_name: pid for pid, job in self.requests.items()}
+        return {name: by_name.get(name) for name in job_names}
 
     def status(self, panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
         self._check("status")

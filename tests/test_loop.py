@@ -141,7 +141,44 @@ def test_crash_between_recording_and_submitting_resumes_without_double_submissio
     assert len(grid.in_queue("ANALY_A")) == 1 and grid.in_queue("ANALY_A")[0] == running  # not resubmitted
     with restarted.sessions() as session:
         event = session.scalars(select(Event).where(Event.kind == "submission_unconfirmed")).one()
-    assert recorded[0].job_name in event.details["jobs"]
+    assert recorded[0].job_name in event.details["lost"]
+
+
+def test_crash_after_the_grid_recorded_the_job_attaches_it_instead_of_orphaning_it(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    grid.finish(grid.in_queue("ANALY_B")[0])  # one slot frees up
+    grid.crash_after_submit = True
+    with pytest.raises(Crash):
+        step(robot, clock)
+    (orphan,) = grid.in_queue("ANALY_B")  # the grid runs it; the robot never heard its PanDA ID
+    grid.crash_after_submit = False
+    restarted = Robot(robot.config, robot.sessions, grid, grid, grid, robot.error_table)
+    summary = step(restarted, clock)
+    assert (summary.reconciled, summary.lost, summary.submitted) == (1, 0, 0)
+    assert grid.in_queue("ANALY_B") == [orphan]  # max_running_jobs 1: no second job
+    (row,) = jobs(restarted, panda_id=orphan)
+    assert row.phase == "active" and row.job_name == grid.requests[orphan].job_name
+    grid.finish(orphan)
+    step(restarted, clock)
+    assert jobs(restarted, panda_id=orphan)[0].outcome == "completed"  # followed to its end
+
+
+def test_unconfirmed_job_keeps_its_slot_while_the_backend_cannot_be_asked(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_B"]}))
+    grid.crash_after_submit = True
+    with pytest.raises(Crash):
+        robot.run_once(clock.now())
+    grid.crash_after_submit = False
+    grid.find_unreachable = True
+    restarted = Robot(robot.config, robot.sessions, grid, grid, grid, robot.error_table)
+    for _ in range(3):
+        summary = step(restarted, clock)
+        assert summary.submitted == 0 and summary.lost == 0 and any("find" in e for e in summary.backend_errors)
+    assert len(grid.in_queue("ANALY_B")) == 1 and {j.phase for j in jobs(restarted)} == {"recorded"}
+    grid.find_unreachable = False
+    summary = step(restarted, clock)
+    assert (summary.reconciled, summary.submitted) == (1, 0) and len(grid.in_queue("ANALY_B")) == 1
 
 
 def test_unreachable_backend_produces_unknown_never_failure(tmp_path, clock, grid):
@@ -165,9 +202,11 @@ def test_submission_to_an_unreachable_backend_loses_nothing_and_counts_nothing(t
     grid.unreachable = True
     summary = robot.run_once(clock.now())
     assert summary.submitted == 0 and "submit" in summary.backend_errors[-1]
-    assert {j.phase for j in jobs(robot)} == {"lost"} and all(j.outcome is None for j in jobs(robot))
+    # unconfirmed (the server may have stored them), not counted, slots kept until looked up
+    assert {j.phase for j in jobs(robot)} == {"recorded"} and all(j.outcome is None for j in jobs(robot))
     grid.unreachable = False
-    assert step(robot, clock).submitted == 3
+    summary = step(robot, clock)
+    assert (summary.lost, summary.submitted) == (3, 3)
 
 
 def test_job_the_backend_forgot_becomes_unknown_after_the_grace_time(tmp_path, clock, grid):

@@ -5,6 +5,7 @@ dispatch) in a background thread, and the robot's side sees it only through PanD
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -75,3 +76,41 @@ def test_a_job_the_service_cannot_run_refuses_the_bulk(tiny_grid):
             backend.submit([tiny_grid.request("ANALY_GOOD", grid=grid), bad])
         (pid,) = backend.submit([tiny_grid.request("ANALY_GOOD", grid=grid)])
         assert list(grid.job_rows(list(range(1, pid + 1)))) == [pid]  # nothing of the refused bulk stored
+
+
+def test_jobs_are_found_by_name_even_when_the_reply_to_their_submission_was_lost(tiny_grid):
+    """The server stores a bulk and its reply is lost: the backend cannot know the PandaIDs from the
+    submission, and finds them by name (through their jobDefinitionID) instead."""
+    from werkzeug.serving import make_server
+
+    grid = tiny_grid.grid({"ANALY_GOOD": {}})
+    service = panda_service.PandaService(grid)
+    lose_reply = [True]
+
+    def lossy(environ, start_response):
+        if environ["PATH_INFO"].endswith("/job/submit") and lose_reply:
+            lose_reply.clear()
+            list(service(environ, lambda *args: None))  # the bulk is stored; its reply never arrives
+            start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+            return [b"upstream went away"]
+        return service(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, lossy, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        backend = PandaBackend(PandaConfig(url=f"http://127.0.0.1:{server.server_port}/server/panda", auth="none",
+                                           retries=2), grid, sleep=lambda s: None)
+        jobs = [tiny_grid.request("ANALY_GOOD", grid=grid) for _ in range(2)]
+        with pytest.raises(BackendUnavailable, match="not retried"):
+            backend.submit(jobs)
+        stored = grid.job_rows(list(range(1, 10)))
+        assert sorted(row["job_name"] for row in stored.values()) == sorted(j.job_name for j in jobs)
+        found = backend.find([jobs[0].job_name, "hc.1.ANALY_GOOD.never-sent", jobs[1].job_name])
+        by_name = {row["job_name"]: pid for pid, row in stored.items()}
+        assert found == {jobs[0].job_name: by_name[jobs[0].job_name], "hc.1.ANALY_GOOD.never-sent": None,
+                         jobs[1].job_name: by_name[jobs[1].job_name]}
+        assert grid.find([jobs[1].job_name, "nope"]) == {jobs[1].job_name: by_name[jobs[1].job_name], "nope": None}
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -83,8 +83,14 @@ class Backend(Protocol):
     def status(self, panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
         """One call for many jobs; None for an ID the backend does not know."""
 
+    def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
+        """The PanDA ID of the job submitted under each name; None only where the backend certainly
+        holds no job of that name. Raises BackendUnavailable when it cannot tell (the robot then keeps
+        the submission unconfirmed: its slot stays taken)."""
+
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
-        """Ask the backend to kill; the jobs end `cancelled`."""
+        """Ask the backend to kill; True where it will end `cancelled`, False where the backend
+        refused (a job already final, or one it does not know)."""
 
     def queue_status(self) -> dict[str, QueueStatus]:
         """Current status of every queue the backend serves."""

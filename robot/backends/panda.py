@@ -46,10 +46,10 @@ Retries: every call is tried `settings.retries` more times with exponential back
 retried only when the request certainly never reached the server** (no connection could be made,
 or credentials could not be set up). A reply that timed out, a 5xx, a malformed reply or
 `success: false` may come after the server stored the jobs; sending the batch again could double
-them, and PanDA offers no lookup by job name to check first. Such a batch raises at once: the loop
-marks its jobs lost (never counted), and at worst a batch of test jobs runs unobserved. When the
-server answers with some IDs missing (``"NULL"``) the jobs it did create are killed (one attempt)
-before raising, so they do not run orphaned.
+them. Such a batch raises at once: the loop keeps its jobs unconfirmed and, at its next step, asks
+the server for each by name (`find`, through the jobDefinitionID derived from the name) before
+calling any of them lost. When the server answers with some IDs missing (``"NULL"``) the jobs it
+did create are killed (one attempt) before raising, so they do not run orphaned.
 """
 from __future__ import annotations
 
@@ -471,6 +471,40 @@ class PandaBackend:
                                       lambda data, ids=gone: _reports(data, ids)))
         return out
 
+    # ---------------------------------------------------------------- find by name
+
+    def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
+        """The PanDA ID of each job submitted under these names; None where the server holds none.
+
+        PanDA finds a user's jobs by the jobDefinitionID they were submitted with (its
+        getPandIDsWithJobID; panda-client 2.2 has no function for it, so it is called through
+        panda-client's own request layer, with the same credentials). The robot derives that ID from
+        the job's name, so each name costs one look-up and the candidates' descriptions (archive
+        included) tell which of them carries the name. Anything the server cannot answer raises
+        BackendUnavailable: the robot then keeps the submission unconfirmed.
+        """
+        names = list(dict.fromkeys(job_names))
+        candidates: list[int] = []
+        for definition_id in dict.fromkeys(job_definition_id(name) for name in names):
+            candidates.extend(self._call(
+                "getPandIDsWithJobID", lambda client, d=definition_id: _ids_with_job_id(client)(d),
+                _panda_id_map))
+        out: dict[str, int | None] = {name: None for name in names}
+        wanted = set(names)
+        candidates = sorted(set(candidates))
+        for start in range(0, len(candidates), MAX_BATCH):
+            batch = candidates[start : start + MAX_BATCH]
+            specs = self._call("getFullJobStatus", lambda client, ids=batch: client.getFullJobStatus(ids),
+                               lambda data, ids=batch: _list_of(data, len(ids), "getFullJobStatus"))
+            for pid, spec in zip(batch, specs):
+                if spec is None:
+                    raise BackendUnavailable(f"PanDA getFullJobStatus: job {pid}, listed under its jobDefinitionID,"
+                                             " is not described")
+                name = _get(spec, "jobName")
+                if name in wanted and out[name] is None:
+                    out[name] = pid
+        return {name: out[name] for name in job_names}
+
     # ---------------------------------------------------------------- kill
 
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
@@ -499,6 +533,25 @@ class PandaBackend:
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         self.status_store.set_queue_status(queue, status, reason, actor)
+
+
+def _ids_with_job_id(client: Any) -> Callable[[int], tuple[Any, Any]]:
+    """getPandIDsWithJobID as panda-client would declare it (it has no function of its own for it)."""
+    return client.http_request_decorator(endpoint="job/get_panda_ids_with_job_id", method="get", json_out=True)(
+        lambda job_id: {"job_id": job_id})
+
+
+def _panda_id_map(data: Any) -> list[int]:
+    """{PandaID: [jobStatus, commandToPilot]} -> the PandaIDs."""
+    if not isinstance(data, dict):
+        raise _Malformed(f"getPandIDsWithJobID answered {type(data).__name__}, not a mapping")
+    ids = []
+    for key in data:
+        pid = _int(key, "PandaID", None)
+        if pid is None or pid <= 0:
+            raise _Malformed(f"getPandIDsWithJobID answered PandaID {key!r}")
+        ids.append(pid)
+    return ids
 
 
 def job_definition_id(job_name: str) -> int:

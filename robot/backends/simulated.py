@@ -187,6 +187,7 @@ class SimulatedGrid:
             self._faults_of[window.queue].append(window)
         self._sequence = {q: 0 for q in names}
         self._jobs: dict[int, _Job] = {}
+        self._names: dict[str, int] = {}
         self._statuses: dict[str, QueueStatus] = {}
         self.submitted = 0
         self._files = tuple(InputFile(f"sim.{i}.root", f"guid-{i}", "hc_test", "mc23_sim.DAOD_PHYS", 10**8,
@@ -211,6 +212,7 @@ class SimulatedGrid:
         for request in jobs:
             panda_id = len(self._jobs) + 1
             self._jobs[panda_id] = self._draw(panda_id, request.queue, now)
+            self._names[request.job_name] = panda_id
             ids.append(panda_id)
         self.submitted += len(jobs)
         return ids
@@ -234,6 +236,9 @@ class SimulatedGrid:
             else:
                 found[panda_id] = job.report
         return found
+
+    def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
+        return {name: self._names.get(name) for name in job_names}
 
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
         now = self.clock.now()

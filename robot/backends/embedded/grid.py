@@ -111,6 +111,12 @@ class EmbeddedGrid:
         with self._lock:
             return self.state.jobs(list(panda_ids))
 
+    def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
+        """Jobs are stored whole or not at all, so a name not found was certainly never submitted."""
+        with self._lock:
+            found = self.state.ids_by_name(list(dict.fromkeys(job_names)))
+        return {name: found.get(name) for name in job_names}
+
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
         now = self.clock.now()
         done: dict[int, bool] = {}

@@ -16,7 +16,9 @@ panda-client 2.2 speaks it (see /work/shared/domain/panda.md):
 * `job/get_description` (and `..._incl_archive`, the same here) answers one JobSpec dict per ID
   (``null`` for an unknown one) with its `Files`: missing values ``"NULL"``, `transExitCode` a
   string, datetimes ``{"__datetime__": iso}`` (naive UTC, as PanDA stores them);
-* `job/kill` answers one boolean per ID; `system/is_alive`; `metaconfig/get_site_specs`;
+* `job/kill` answers one boolean per ID (false for a job already final or unknown);
+  `job/get_panda_ids_with_job_id` (the jobs of one jobDefinitionID); `system/is_alive`;
+  `metaconfig/get_site_specs`;
 * `pilot/acquire_jobs` and `pilot/update_job` for the grid's own workers (pull mode, `workers.py`).
 
 `serve(grid)` runs it on loopback in a daemon thread and returns a handle with the PANDA_URL.
@@ -120,6 +122,7 @@ class PandaService:
             "job/get_description": self.get_description,
             "job/get_description_incl_archive": self.get_description,
             "job/kill": self.kill,
+            "job/get_panda_ids_with_job_id": self.get_panda_ids_with_job_id,
             "system/is_alive": self.is_alive,
             "metaconfig/get_site_specs": self.get_site_specs,
             "pilot/acquire_jobs": self.acquire_jobs,
@@ -256,6 +259,16 @@ class PandaService:
         ids = _job_ids(params.get("job_ids"))[:MAX_IDS]
         rows = self.grid.job_rows([pid for pid in ids if pid is not None])
         return _envelope(True, [describe(pid, rows[pid]) if pid in rows else None for pid in ids])
+
+    def get_panda_ids_with_job_id(self, params: dict[str, Any]) -> dict[str, Any]:
+        """PanDA's getPandIDsWithJobID: the jobs submitted with this jobDefinitionID (live and archived)
+        as {PandaID: [jobStatus, commandToPilot]}; an empty answer means there is none."""
+        try:
+            definition_id = int(params.get("job_id"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return _envelope(False, message=f"job_id {params.get('job_id')!r} is not a jobDefinitionID")
+        found = self.grid.state.ids_by_definition(definition_id)
+        return _envelope(True, {str(pid): [status, NULL] for pid, status in found.items()})
 
     def kill(self, params: dict[str, Any]) -> dict[str, Any]:
         ids = _job_ids(params.get("job_ids"))

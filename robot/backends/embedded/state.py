@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs (json_extract(data, '$.job_name'));
+CREATE INDEX IF NOT EXISTS jobs_definition ON jobs (json_extract(data, '$.panda.jobDefinitionID'));
 CREATE TABLE IF NOT EXISTS queue_status (
     queue TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,
     changed_at TEXT NOT NULL
@@ -104,6 +106,24 @@ class GridState:
             for panda_id, data in self._db.execute(f"SELECT panda_id, data FROM jobs WHERE panda_id IN ({marks})", chunk):
                 found[panda_id] = json.loads(data)
         return found
+
+    def ids_by_name(self, names: list[str]) -> dict[str, int]:
+        """The PanDA ID of each job stored under one of these names (the first, were a name reused)."""
+        found: dict[str, int] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for panda_id, name in self._db.execute(
+                f"SELECT panda_id, json_extract(data, '$.job_name') FROM jobs"
+                f" WHERE json_extract(data, '$.job_name') IN ({marks}) ORDER BY panda_id", chunk):
+                found.setdefault(name, panda_id)
+        return found
+
+    def ids_by_definition(self, definition_id: int) -> dict[int, str]:
+        """PanDA ID -> jobStatus of the jobs submitted over PanDA with this jobDefinitionID."""
+        rows = self._db.execute("SELECT panda_id, status FROM jobs WHERE json_extract(data, '$.panda.jobDefinitionID') = ?"
+                                " ORDER BY panda_id", (definition_id,))
+        return dict(rows.fetchall())
 
     def jobs_in(self, statuses: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
         marks = ",".join("?" * len(statuses))
