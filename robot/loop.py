@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, JobRequest
 from robot.catalogue import Catalogue, DatasetInfo
-from robot.classify import ErrorTable, classify
+from robot.classify import ErrorTable
 from robot.config import RobotConfig
 from robot.durations import parse_duration
 from robot.jobstates import FINAL_STATES, QUEUED_STATES, RUNNING_STATES, JobStatus, Outcome, QueueStatus
+from robot.results import final_values
 from robot.planning import SlotState, choose_input, jobs_to_submit
 from robot import rollup
 from robot.stress import pending_retries
@@ -215,44 +216,12 @@ class Robot:
             Job.id.in_(job_ids), Job.submitted_at <= now - self.config.loop.unknown_after)))
 
     def _from_report(self, job_id: int, report: JobReport, now: datetime) -> dict[str, Any]:
-        timing = report.pilot_timing
         values: dict[str, Any] = {
             "id": job_id, "job_status": report.job_status.value, "status_changed_at": now,
             "creation_time": report.creation_time, "start_time": report.start_time, "end_time": report.end_time,
         }
-        if report.job_status not in FINAL_STATES:
-            return values
-        values.update(
-            phase="done", trans_exit_code=report.trans_exit_code,
-            pilot_error_code=report.pilot_error_code, pilot_error_diag=report.pilot_error_diag,
-            exe_error_code=report.exe_error_code, exe_error_diag=report.exe_error_diag,
-            ddm_error_code=report.ddm_error_code, ddm_error_diag=report.ddm_error_diag,
-            task_buffer_error_code=report.task_buffer_error_code, task_buffer_error_diag=report.task_buffer_error_diag,
-            job_dispatcher_error_code=report.job_dispatcher_error_code,
-            job_dispatcher_error_diag=report.job_dispatcher_error_diag,
-            sup_error_code=report.sup_error_code, n_events=report.n_events,
-            cpu_consumption_time=report.cpu_consumption_time, max_rss_kb=report.max_rss_kb,
-            core_count=report.core_count, attempt_nr=report.attempt_nr,
-            time_queue=_seconds_between(report.creation_time, report.start_time),
-            time_stagein=timing.get("stagein"), time_setup=timing.get("setup"),
-            time_payload=timing.get("payload"), time_stageout=timing.get("stageout"),
-        )
-        if report.job_status is JobStatus.FINISHED:
-            values.update(outcome=Outcome.COMPLETED.value, error_source=None, error_code=None, error_name=None,
-                          error_class=None, error_diag=None)
-            return values
-        verdict = classify(
-            self.error_table,
-            pilot=(report.pilot_error_code, report.pilot_error_diag), exe=(report.exe_error_code, report.exe_error_diag),
-            ddm=(report.ddm_error_code, report.ddm_error_diag),
-            taskbuffer=(report.task_buffer_error_code, report.task_buffer_error_diag),
-            jobdispatcher=(report.job_dispatcher_error_code, report.job_dispatcher_error_diag),
-            sup=report.sup_error_code,
-        )
-        cancelled = report.job_status is JobStatus.CANCELLED or verdict.klass == "none"
-        values.update(outcome=(Outcome.CANCELLED if cancelled else Outcome.FAILED).value,
-                      error_source=verdict.source, error_code=verdict.code, error_name=verdict.name,
-                      error_class=verdict.klass, error_diag=verdict.diag)
+        if report.job_status in FINAL_STATES:
+            values.update(final_values(report, self.error_table))
         return values
 
     def _unknown(self, job_id: int, now: datetime) -> dict[str, Any]:
@@ -477,7 +446,3 @@ def _heartbeat(session: Session, now: datetime, summary: StepSummary) -> None:
     session.merge(Setting(name=LAST_STEP_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
     problem = "; ".join(summary.backend_errors)
     session.merge(Setting(name=BACKEND_SETTING, value=(problem or "ok")[:256], actor="robot", changed_at=now))
-
-
-def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
-    return (end - start).total_seconds() if start and end else None
