@@ -82,6 +82,15 @@ def cric_client(settings: CRICConfig, resolve: Callable[[str], Path] = Path) -> 
                       timeout=settings.timeout.total_seconds(), retries=settings.retries)
 
 
+def topology_source(config: RobotConfig) -> TopologySource:
+    """Where the configured topology is read, without starting anything (CRIC, or the grid's YAML)."""
+    if config.topology.source == "cric":
+        assert config.topology.cric is not None  # checked by the configuration model
+        return cric_client(config.topology.cric, config.resolve)
+    grid = load_grid_config(config.resolve(config.backend.embedded.grid))
+    return GridStorage(grid, grid_state_dir(config))
+
+
 def grid_parts(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None) -> GridParts:
     """Each service is embedded or real by its own switch in the configuration."""
     storage: GridStorage | None = grid.storage if grid is not None else None

@@ -1,0 +1,410 @@
+"""Job records exported from PanDA's monitoring, imported as observed jobs.
+
+PanDA's monitor lists jobs as JSON (its job list's `?json` answer is `{"jobs": [...]}`), one
+record per job with the job table's column names in lower case: `pandaid`, `computingsite`,
+`jobstatus`, `creationtime`, `starttime`, `endtime`, `piloterrorcode`, `piloterrordiag`, the other
+error codes and diags, `nevents`, `cpuconsumptiontime`, ... A file may hold that object, a bare
+list of records, or one record per line (JSON lines).
+
+Records in a final state become `job` rows in the robot's vocabulary through the same mapping the
+loop uses for a polled job (`robot.results.final_values`), under one test of an import template,
+so that the pages, metrics and `policy replay` read them as they read the robot's own jobs. Only
+what the robot stores of its own jobs is kept: no user name, no task or dataset of a user.
+
+Reading is pure (`read_records`, `parse_record`); `import_history` writes, in bulk and
+idempotently (a PanDA ID already stored is skipped). A record that cannot be read is reported
+with its line and field and skipped; the others are imported.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from robot import rollup
+from robot.backends.base import JobReport
+from robot.classify import ErrorTable
+from robot.jobstates import FINAL_STATES, JobStatus
+from robot.results import final_values
+from robot.storage.models import Job, Queue, Template, Test
+
+IMPORT_PAYLOAD = "history"  # the payload of an import template: nothing the robot can send
+BATCH = 5000
+MAX_PROBLEMS_SHOWN = 50
+# Monitor states that are final, with the robot's name for them; `closed` is a job the server
+# ended without running it to completion (reassigned, aborted): not a verdict on the queue.
+FINAL_ALIASES = {"closed": JobStatus.CANCELLED}
+NOT_FINAL = {"pending", "defined", "assigned", "waiting", "activated", "throttled", "sent", "starting", "running",
+             "holding", "transferring", "merging"}
+INT_FIELDS = {  # monitor field -> JobReport field
+    "piloterrorcode": "pilot_error_code", "exeerrorcode": "exe_error_code", "ddmerrorcode": "ddm_error_code",
+    "taskbuffererrorcode": "task_buffer_error_code", "jobdispatchererrorcode": "job_dispatcher_error_code",
+    "superrorcode": "sup_error_code", "nevents": "n_events", "maxrss": "max_rss_kb", "attemptnr": "attempt_nr",
+}
+TEXT_FIELDS = {
+    "piloterrordiag": "pilot_error_diag", "exeerrordiag": "exe_error_diag", "ddmerrordiag": "ddm_error_diag",
+    "taskbuffererrordiag": "task_buffer_error_diag", "jobdispatchererrordiag": "job_dispatcher_error_diag",
+}
+TIME_FIELDS = {"creationtime": "creation_time", "starttime": "start_time", "endtime": "end_time"}
+TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilottiming, in order
+TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f")
+
+
+class HistoryFileError(Exception):
+    """The file as a whole cannot be read (not JSON, not a list of job records)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A final job read from a record: where it ran and PanDA's report of it."""
+
+    line: int
+    queue: str
+    report: JobReport
+
+
+@dataclass
+class ImportSummary:
+    records: int = 0
+    imported: int = 0
+    already_known: int = 0  # PanDA IDs stored before (an import repeated)
+    not_final: int = 0  # still in flight when exported: nothing to judge yet
+    problems: list[Problem] = field(default_factory=list)
+    unknown_queues: Counter[str] = field(default_factory=Counter)  # queue -> records skipped
+    first_end: datetime | None = None
+    last_end: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "imported": self.imported, "already_known": self.already_known,
+                "not_final": self.not_final, "bad_records": len(self.problems),
+                "problems": [str(p) for p in self.problems[:MAX_PROBLEMS_SHOWN]],
+                "unknown_queues": dict(self.unknown_queues.most_common()),
+                "first_end": self.first_end.isoformat() if self.first_end else None,
+                "last_end": self.last_end.isoformat() if self.last_end else None}
+
+
+# -- reading (pure) ---------------------------------------------------------------------------------
+def read_records(text: str) -> Iterator[tuple[int, Any]]:
+    """(line, record) for each record of the text, whichever of the three layouts it has.
+
+    Raises HistoryFileError when the text is none of them. A record that is not a JSON object is
+    still yielded (parse_record reports it), and so is a line of JSON lines that does not parse,
+    as a Problem.
+    """
+    start = _skip_space(text, 0)
+    if start == len(text):
+        return
+    if text[start] == "[":
+        yield from _array_items(text, start)
+        return
+    if text[start] != "{":
+        raise HistoryFileError(LAYOUTS)
+    line_end = text.find("\n", start)
+    try:
+        first = json.loads(text[start:line_end] if line_end != -1 else text[start:])
+    except json.JSONDecodeError:  # an object over several lines: the monitor's {"jobs": [...]}
+        yield from _array_items(text, _jobs_list(text, start))
+        return
+    if isinstance(first, dict) and "pandaid" in first:
+        yield from _json_lines(text)
+        return
+    if not isinstance(first, dict) or "jobs" not in first:
+        raise HistoryFileError(LAYOUTS)
+    if not isinstance(first["jobs"], list):
+        raise HistoryFileError(LAYOUTS)
+    line = text.count("\n", 0, start) + 1
+    for record in first["jobs"]:  # the whole object on one line
+        yield line, record
+
+
+LAYOUTS = 'expected PanDA monitor job records: a {"jobs": [...]} object, a list of records or one record per line'
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, Problem(number, "(record)", f"not JSON: {exc.msg} at column {exc.colno}")
+
+
+def _jobs_list(text: str, start: int) -> int:
+    """Where the list under the key `jobs` begins, in the object that starts at `start`."""
+    decoder = json.JSONDecoder()
+    at = _skip_space(text, start + 1)
+    try:
+        while at < len(text) and text[at] != "}":
+            key, at = decoder.raw_decode(text, at)
+            at = _skip_space(text, at)
+            if text[at] != ":":
+                break
+            at = _skip_space(text, at + 1)
+            if key == "jobs" and text[at] == "[":
+                return at
+            _, at = decoder.raw_decode(text, at)
+            at = _skip_space(text, at)
+            if text[at] == ",":
+                at = _skip_space(text, at + 1)
+    except (json.JSONDecodeError, IndexError) as exc:
+        where = f"line {exc.lineno}: " if isinstance(exc, json.JSONDecodeError) else ""
+        raise HistoryFileError(f"{where}not JSON: {LAYOUTS}") from None
+    raise HistoryFileError(LAYOUTS)
+
+
+def _array_items(text: str, at: int) -> Iterator[tuple[int, Any]]:
+    """Each element of the JSON list that starts at `at`, with the line it starts on."""
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0
+    at = _skip_space(text, at + 1)
+    while at < len(text) and text[at] != "]":
+        line += text.count("\n", counted, at)
+        counted = at
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as exc:
+            raise HistoryFileError(f"line {exc.lineno}: not JSON: {exc.msg} at column {exc.colno}") from None
+        yield line, item
+        at = _skip_space(text, at)
+        if at < len(text) and text[at] == ",":
+            at = _skip_space(text, at + 1)
+        elif at < len(text) and text[at] != "]":
+            raise HistoryFileError(f"line {line + text.count(chr(10), counted, at)}: not JSON: expected ',' or ']'")
+
+
+def parse_record(line: int, record: Any) -> Observed | Problem | None:
+    """One monitor record as an observed final job; None for a job not final yet."""
+    if isinstance(record, Problem):
+        return record
+    if not isinstance(record, dict):
+        return Problem(line, "(record)", f"expected a JSON object, got {type(record).__name__}")
+    try:
+        panda_id = _int(record, "pandaid", required=True)
+        queue = record.get("computingsite")
+        if not isinstance(queue, str) or not queue or queue == "NULL":
+            raise _Bad("computingsite", f"expected a queue name, got {_show(queue)}")
+        raw = record.get("jobstatus")
+        if not isinstance(raw, str):
+            raise _Bad("jobstatus", f"expected a PanDA job state, got {_show(raw)}")
+        if raw in NOT_FINAL:
+            return None
+        try:
+            state = FINAL_ALIASES.get(raw) or JobStatus(raw)
+        except ValueError:
+            raise _Bad("jobstatus", f"expected a PanDA job state, got {_show(raw)}") from None
+        if state not in FINAL_STATES:
+            return None
+        values: dict[str, Any] = {name: _int(record, key) for key, name in INT_FIELDS.items()}
+        values.update({name: _text(record.get(key)) for key, name in TEXT_FIELDS.items()})
+        values.update({name: _time(record, key) for key, name in TIME_FIELDS.items()})
+        if values["end_time"] is None:
+            raise _Bad("endtime", f"a {raw} job needs its end time")
+        cores = _int(record, "actualcorecount") or _int(record, "corecount") or 1
+        report = JobReport(panda_id=panda_id, job_status=state, queue=queue, core_count=cores,
+                           trans_exit_code=_exit_code(record.get("transexitcode")),
+                           cpu_consumption_time=_float(record, "cpuconsumptiontime"),
+                           pilot_timing=_timing(record.get("pilottiming")), **values)
+    except _Bad as bad:
+        return Problem(line, bad.field, bad.message)
+    return Observed(line, queue, report)
+
+
+class _Bad(Exception):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+        self.message = message
+
+
+def _show(value: Any) -> str:
+    return "nothing" if value is None else repr(value)[:60]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value == "" or value == "NULL"
+
+
+def _int(record: dict[str, Any], key: str, *, required: bool = False) -> int:
+    value = record.get(key)
+    if _missing(value):
+        if required:
+            raise _Bad(key, "required, expected a whole number")
+        return 0
+    if isinstance(value, bool):
+        raise _Bad(key, f"expected a whole number, got {_show(value)}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _Bad(key, f"expected a whole number, got {_show(value)}") from None
+    if not number.is_integer():
+        raise _Bad(key, f"expected a whole number, got {_show(value)}")
+    return int(number)
+
+
+def _float(record: dict[str, Any], key: str) -> float:
+    value = record.get(key)
+    if _missing(value):
+        return 0.0
+    if isinstance(value, bool):
+        raise _Bad(key, f"expected a number, got {_show(value)}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _Bad(key, f"expected a number, got {_show(value)}") from None
+
+
+def _text(value: Any) -> str:
+    return "" if _missing(value) else str(value)
+
+
+def _exit_code(value: Any) -> int | None:
+    try:
+        return None if _missing(value) else int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _time(record: dict[str, Any], key: str) -> datetime | None:
+    """The monitor writes UTC times as "2026-11-02 13:04:05" (or ISO 8601 with a T, a zone, a fraction)."""
+    value = record.get(key)
+    if _missing(value):
+        return None
+    if not isinstance(value, str):
+        raise _Bad(key, f"expected a UTC time such as '2026-11-02 13:04:05', got {_show(value)}")
+    for layout in TIME_FORMATS:
+        try:
+            return datetime.strptime(value, layout).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _Bad(key, f"expected a UTC time such as '2026-11-02 13:04:05', got {_show(value)}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _timing(value: Any) -> dict[str, float]:
+    """pilottiming "getjob|stagein|payload|stageout|setup" in seconds; blanks left out."""
+    if not isinstance(value, str):
+        return {}
+    out: dict[str, float] = {}
+    for key, part in zip(TIMING_KEYS, value.split("|")):
+        try:
+            out[key] = float(part)
+        except ValueError:
+            continue
+    return out
+
+
+# -- writing --------------------------------------------------------------------------------------
+def import_history(session: Session, path: Path, template: str, table: ErrorTable, now: datetime) -> ImportSummary:
+    """Import the final jobs of a monitor export under `template`; the caller commits."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
+    summary = ImportSummary()
+    queues = {name: id_ for name, id_ in session.execute(select(Queue.name, Queue.id))}
+    test_id = _import_test(session, template, now)
+    batch: list[Observed] = []
+    for line, record in read_records(text):
+        summary.records += 1
+        parsed = parse_record(line, record)
+        if parsed is None:
+            summary.not_final += 1
+        elif isinstance(parsed, Problem):
+            summary.problems.append(parsed)
+        elif parsed.queue not in queues:
+            summary.unknown_queues[parsed.queue] += 1
+        else:
+            batch.append(parsed)
+            if len(batch) >= BATCH:
+                _store(session, batch, queues, test_id, table, now, summary)
+                batch = []
+    _store(session, batch, queues, test_id, table, now, summary)
+    if summary.imported:
+        _stretch_test(session, test_id, summary)
+        rollup.update(session, now)
+    return summary
+
+
+def _import_test(session: Session, name: str, now: datetime) -> int:
+    """The test that holds imported jobs: one per import template, of an inactive template."""
+    template = session.scalar(select(Template).where(Template.name == name))
+    if template is None:
+        template = Template(name=name, category="functional", active=False, payload=IMPORT_PAYLOAD,
+                            input_dataset="", events_per_job=0, processing_type="",
+                            settings={"imported": True})
+        session.add(template)
+        session.flush()
+    test_id = session.scalar(select(Test.id).where(Test.template_id == template.id).order_by(Test.id))
+    if test_id is None:
+        test = Test(template_id=template.id, category="functional", state="completed", start_time=now,
+                    end_time=now, created_at=now, requested_by="history import")
+        session.add(test)
+        session.flush()
+        test_id = test.id
+    return test_id
+
+
+def _store(session: Session, batch: list[Observed], queues: dict[str, int], test_id: int, table: ErrorTable,
+           now: datetime, summary: ImportSummary) -> None:
+    if not batch:
+        return
+    ids = {o.report.panda_id for o in batch}
+    known = set(session.scalars(select(Job.panda_id).where(Job.panda_id.in_(ids))))
+    rows, seen = [], set()
+    for observed in batch:
+        report = observed.report
+        if report.panda_id in known or report.panda_id in seen:
+            summary.already_known += 1
+            continue
+        seen.add(report.panda_id)
+        row = final_values(report, table)
+        row.update(test_id=test_id, queue_id=queues[observed.queue], job_name=f"history.{report.panda_id}",
+                   panda_id=report.panda_id, job_status=report.job_status.value, dataset="", n_files=0,
+                   recorded_at=now, submitted_at=report.creation_time, status_changed_at=now,
+                   creation_time=report.creation_time, start_time=report.start_time, end_time=report.end_time)
+        rows.append(row)
+        end = report.end_time
+        summary.first_end = end if summary.first_end is None else min(summary.first_end, end)
+        summary.last_end = end if summary.last_end is None else max(summary.last_end, end)
+    if rows:
+        session.execute(insert(Job), rows)
+        summary.imported += len(rows)
+
+
+def _stretch_test(session: Session, test_id: int, summary: ImportSummary) -> None:
+    test = session.get(Test, test_id)
+    first, last = session.execute(select(func.min(Job.creation_time), func.max(Job.end_time))
+                                  .where(Job.test_id == test_id)).one()
+    if first is not None:
+        test.start_time = first
+    if last is not None:
+        test.end_time = last
+

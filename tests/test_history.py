@@ -1,0 +1,185 @@
+"""History import: PanDA monitor job records become observed jobs, the same rows as the robot's own."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from robot import rollup
+from robot.classify import load_table
+from robot.history import HistoryFileError, Observed, Problem, import_history, parse_record, read_records
+from robot.jobstates import JobStatus
+from robot.results import final_values
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Job, JobRollup, Template
+from robot.sync import sync_topology
+from tests.fakes import T0
+from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+TABLE = load_table()
+
+
+def record(pandaid: int, queue: str = "ANALY_A", status: str = "finished", end: str = "2026-11-02 13:04:05",
+           **extra) -> dict:
+    """A job as PanDA's monitor lists it: the job table's columns in lower case, "NULL" for nothing."""
+    base = {"pandaid": pandaid, "computingsite": queue, "jobstatus": status, "creationtime": "2026-11-02 12:00:00",
+            "starttime": "2026-11-02 12:10:00", "endtime": end, "piloterrorcode": 0, "piloterrordiag": "NULL",
+            "exeerrorcode": 0, "exeerrordiag": "", "ddmerrorcode": 0, "ddmerrordiag": "NULL",
+            "taskbuffererrorcode": 0, "taskbuffererrordiag": "NULL", "jobdispatchererrorcode": 0,
+            "jobdispatchererrordiag": "NULL", "superrorcode": 0, "transexitcode": "0", "nevents": 1000,
+            "cpuconsumptiontime": 321, "maxrss": 123456, "actualcorecount": 1, "attemptnr": 1,
+            "pilottiming": "12|30|500|20|4", "produserid": "/DC=ch/CN=Some User", "jeditaskid": 4242}
+    base.update(extra)
+    return base
+
+
+def failed(pandaid: int, code: int = 1099, queue: str = "ANALY_A", **extra) -> dict:
+    return record(pandaid, queue, "failed", piloterrorcode=code, piloterrordiag="Get error: Staging input file failed",
+                  transexitcode="NULL", **extra)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def test_a_finished_and_a_failed_record_read_as_the_loop_reads_a_polled_job():
+    done = parse_record(7, record(1001))
+    assert isinstance(done, Observed) and done.line == 7 and done.queue == "ANALY_A"
+    assert done.report.job_status is JobStatus.FINISHED and done.report.n_events == 1000
+    assert done.report.end_time == datetime(2026, 11, 2, 13, 4, 5, tzinfo=timezone.utc)
+    assert done.report.pilot_timing == {"getjob": 12.0, "stagein": 30.0, "payload": 500.0, "stageout": 20.0,
+                                        "setup": 4.0}
+    bad = parse_record(8, failed(1002))
+    values = final_values(bad.report, TABLE)
+    assert (values["outcome"], values["error_code"], values["error_name"], values["error_class"]) == \
+        ("failed", 1099, "STAGEINFAILED", "site")
+    assert bad.report.ddm_error_diag == "" and bad.report.trans_exit_code is None  # "NULL" is nothing
+
+
+def test_closed_jobs_are_cancelled_and_jobs_in_flight_are_not_final():
+    closed = parse_record(1, record(1, status="closed", taskbuffererrorcode=105))
+    assert closed.report.job_status is JobStatus.CANCELLED
+    assert final_values(closed.report, TABLE)["outcome"] == "cancelled"
+    for state in ("defined", "activated", "running", "holding", "transferring"):
+        assert parse_record(1, record(1, status=state)) is None
+
+
+@pytest.mark.parametrize("changes, field, expected", [
+    ({"pandaid": "abc"}, "pandaid", "whole number"),
+    ({"pandaid": None}, "pandaid", "required"),
+    ({"computingsite": "NULL"}, "computingsite", "queue name"),
+    ({"jobstatus": "exploded"}, "jobstatus", "PanDA job state"),
+    ({"endtime": "yesterday"}, "endtime", "UTC time"),
+    ({"endtime": "NULL"}, "endtime", "needs its end time"),
+    ({"piloterrorcode": "1099.5"}, "piloterrorcode", "whole number"),
+    ({"cpuconsumptiontime": "lots"}, "cpuconsumptiontime", "number"),
+])
+def test_a_bad_record_is_reported_with_its_line_and_field(changes, field, expected):
+    problem = parse_record(12, {**record(5), **changes})
+    assert isinstance(problem, Problem)
+    assert (problem.line, problem.field) == (12, field)
+    assert expected in problem.message
+    assert str(problem).startswith(f"line 12: {field}: ")
+
+
+def test_times_in_iso_8601_with_a_zone_are_read_as_utc():
+    observed = parse_record(1, record(1, end="2026-11-02T14:04:05+01:00", starttime="2026-11-02T12:10:00Z"))
+    assert observed.report.end_time == datetime(2026, 11, 2, 13, 4, 5, tzinfo=timezone.utc)
+    assert observed.report.start_time == datetime(2026, 11, 2, 12, 10, tzinfo=timezone.utc)
+
+
+def test_the_monitors_object_a_list_and_json_lines_give_the_records_with_their_lines():
+    records = [record(1), failed(2), record(3)]
+    monitor = json.dumps({"selectionsummary": [{"field": "jobstatus"}], "jobs": records}, indent=1)
+    lines = [line for line, _ in read_records(monitor)]
+    assert [r["pandaid"] for _, r in read_records(monitor)] == [1, 2, 3]
+    texts = monitor.splitlines()
+    for line, item in zip(lines, records):  # each line number is where its record starts
+        assert texts[line - 1].strip() == "{"
+        assert f'"pandaid": {item["pandaid"]}' in "\n".join(texts[line - 1:line + 2])
+    assert [r["pandaid"] for _, r in read_records(json.dumps(records))] == [1, 2, 3]
+    assert [r["pandaid"] for _, r in read_records(json.dumps({"jobs": records}))] == [1, 2, 3]  # on one line
+    jsonl = "\n".join(json.dumps(r) for r in records[:2]) + "\n{broken\n" + json.dumps(records[2]) + "\n"
+    read = list(read_records(jsonl))
+    assert [line for line, _ in read] == [1, 2, 3, 4]
+    assert isinstance(read[2][1], Problem) and read[2][1].line == 3
+    assert read[3][1]["pandaid"] == 3
+
+
+@pytest.mark.parametrize("text", ["hello", "# README\n\nsome text", '{"selectionsummary": []}', '{"jobs": 3}',
+                                  '[{"pandaid": 1}, oops]', '{\n "jobs": [\n {"pandaid": 1},\n oops ]}'])
+def test_a_file_that_is_not_job_records_is_an_error(text):
+    with pytest.raises(HistoryFileError):
+        list(read_records(text))
+
+
+# -- importing --------------------------------------------------------------------------------------
+TOPOLOGY = Topology(sites=(SiteInfo("SITE-A", "DE"), SiteInfo("SITE-B", "DE")),
+                    endpoints=(EndpointInfo("SITE-A_DATADISK", "SITE-A"), EndpointInfo("SITE-B_DATADISK", "SITE-B")),
+                    queues=(QueueInfo("ANALY_A", "SITE-A", "DE", ("SITE-A_DATADISK",)),
+                            QueueInfo("ANALY_B", "SITE-B", "DE", ("SITE-B_DATADISK",))))
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'robot.db'}")
+    upgrade(engine)
+    maker = make_sessionmaker(engine)
+    with maker() as session:
+        sync_topology(session, TOPOLOGY, T0)
+        session.commit()
+    yield maker
+    engine.dispose()
+
+
+def write(tmp_path, records, name="jobs.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps({"jobs": records}, indent=1))
+    return path
+
+
+def test_import_stores_final_jobs_once_and_rolls_them_up(tmp_path, sessions):
+    records = [record(1), failed(2), failed(3, code=1305, queue="ANALY_B"), record(4, status="running"),
+               record(5, queue="ANALY_GONE"), {**record(6), "pandaid": "x6"}]
+    path = write(tmp_path, records)
+    with sessions() as session:
+        summary = import_history(session, path, "history", TABLE, NOW)
+        session.commit()
+    assert (summary.records, summary.imported, summary.not_final, summary.already_known) == (6, 3, 1, 0)
+    assert dict(summary.unknown_queues) == {"ANALY_GONE": 1}
+    start = next(n for n, text in enumerate(path.read_text().splitlines(), start=1) if '"x6"' in text) - 1
+    assert [str(p) for p in summary.problems] == [f"line {start}: pandaid: expected a whole number, got 'x6'"]
+    with sessions() as session:
+        jobs = {j.panda_id: j for j in session.scalars(select(Job))}
+        assert sorted(jobs) == [1, 2, 3]
+        assert (jobs[2].outcome, jobs[2].error_class, jobs[2].error_name) == ("failed", "site", "STAGEINFAILED")
+        assert (jobs[3].outcome, jobs[3].error_class) == ("failed", "user")
+        assert jobs[1].outcome == "completed" and jobs[1].time_payload == 500.0 and jobs[1].time_queue == 600.0
+        template = session.scalar(select(Template).where(Template.name == "history"))
+        assert template.active is False  # never sent by the loop
+        hours = session.execute(select(func.sum(JobRollup.jobs), func.sum(JobRollup.failed_site))
+                                .where(JobRollup.span == rollup.HOUR)).one()
+        assert tuple(hours) == (3, 1)
+    with sessions() as session:  # the same file again: nothing twice
+        again = import_history(session, path, "history", TABLE, NOW)
+        session.commit()
+        assert (again.imported, again.already_known) == (0, 3)
+        assert session.scalar(select(func.count(Job.id))) == 3
+
+
+def test_a_bad_record_loses_nothing_else(tmp_path, sessions):
+    records = [failed(i, queue="ANALY_A" if i % 2 else "ANALY_B") for i in range(1, 101)]
+    records[40]["endtime"] = "soon"
+    with sessions() as session:
+        summary = import_history(session, write(tmp_path, records), "history", TABLE, NOW)
+        session.commit()
+        assert summary.imported == 99 and len(summary.problems) == 1
+        assert summary.problems[0].field == "endtime"
+        assert session.scalar(select(func.count(Job.id))) == 99
+
+
+def test_a_binary_file_is_an_error(tmp_path, sessions):
+    path = tmp_path / "random.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+    with sessions() as session, pytest.raises(HistoryFileError):
+        import_history(session, path, "history", TABLE, NOW)
