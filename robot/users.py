@@ -3,6 +3,11 @@
 Roles are not stored here: operators and site admins come from the configuration
 (`stress.operators`, `stress.site_admins`). Hashes are `scrypt$n$r$p$salt$hash` (base64), with a
 random 16-byte salt per password, compared in constant time.
+
+Each user has a random session stamp, replaced when the password changes or the user is disabled
+or enabled; a dashboard session keeps the stamp it was signed in with and ends as soon as
+`session_stamp()` gives another one (or none: the user was removed or is disabled). Failed
+sign-ins are stored (`login_failure`) so that every dashboard process throttles the same way.
 """
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from robot.storage.models import User
+from robot.storage.models import LoginFailure, User
 
 MIN_PASSWORD = 8
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -86,20 +92,34 @@ def add_user(session: Session, name: str, password: str, now: datetime) -> User:
     check_password(password)
     if session.scalars(select(User.id).where(User.name == name)).first() is not None:
         raise UserError(f"user {name!r} exists already (change the password with `healthrobot users passwd`)")
-    user = User(name=name, password_hash=hash_password(password), created_at=now, disabled=False)
+    user = User(name=name, password_hash=hash_password(password), created_at=now, disabled=False,
+                session_stamp=new_stamp())
     session.add(user)
     session.flush()
     return user
 
 
+def new_stamp() -> str:
+    return secrets.token_hex(16)
+
+
 def set_password(session: Session, name: str, password: str) -> None:
+    """A new password; the user's dashboard sessions end."""
     check_password(password)
-    _find(session, name).password_hash = hash_password(password)
+    user = _find(session, name)
+    user.password_hash, user.session_stamp = hash_password(password), new_stamp()
 
 
 def set_disabled(session: Session, name: str, disabled: bool) -> None:
-    """A disabled user keeps their row but cannot sign in."""
-    _find(session, name).disabled = disabled
+    """A disabled user keeps their row but cannot sign in; their dashboard sessions end (also when enabled again)."""
+    user = _find(session, name)
+    user.disabled, user.session_stamp = disabled, new_stamp()
+
+
+def session_stamp(session: Session, name: str) -> str | None:
+    """The stamp a dashboard session of `name` must carry; None when the user was removed or is disabled."""
+    row = session.execute(select(User.session_stamp, User.disabled).where(User.name == name)).first()
+    return None if row is None or row.disabled else row.session_stamp
 
 
 def remove_user(session: Session, name: str) -> None:
@@ -127,3 +147,23 @@ def authenticate(session: Session, name: str, password: str) -> str | None:
 def list_users(session: Session) -> list[UserInfo]:
     return [UserInfo(name, created, disabled) for name, created, disabled in
             session.execute(select(User.name, User.created_at, User.disabled).order_by(User.name))]
+
+
+# -- failed sign-ins (throttling: the decision is dashboard.auth.login_wait) ------------------------
+def login_failures(session: Session, name: str, address: str, since: datetime) -> tuple[list[datetime], list[datetime]]:
+    """Times of the failed sign-ins since `since`: for this name, and from this address."""
+    def times(*where: object) -> list[datetime]:
+        return list(session.scalars(select(LoginFailure.time).where(LoginFailure.time >= since, *where)))  # type: ignore[arg-type]
+
+    return times(LoginFailure.name == name[:MAX_NAME]), times(LoginFailure.address == address[:64])
+
+
+def record_login_failure(session: Session, name: str, address: str, now: datetime, forget_before: datetime) -> None:
+    """One more failed sign-in; failures older than `forget_before` are dropped (they count no more)."""
+    session.execute(delete(LoginFailure).where(LoginFailure.time < forget_before))
+    session.add(LoginFailure(name=name[:MAX_NAME], address=address[:64], time=now))
+
+
+def clear_login_failures(session: Session, name: str) -> None:
+    """After a good sign-in the user's own count starts again (the address's does not)."""
+    session.execute(delete(LoginFailure).where(LoginFailure.name == name[:MAX_NAME]))

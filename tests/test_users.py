@@ -4,16 +4,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from robot import users
 from robot.cli import main
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
-from robot.storage.models import User
+from robot.storage.models import LoginFailure, User
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -78,6 +78,52 @@ def test_set_password_and_remove(session):
     assert users.list_users(session) == [] and users.authenticate(session, "alice", "battery staple") is None
     with pytest.raises(users.UserError, match="no user"):
         users.remove_user(session, "alice")
+
+
+def test_the_session_stamp_changes_with_the_password_and_with_disabling_and_goes_with_the_user(session):
+    users.add_user(session, "alice", "correct horse", NOW)
+    users.add_user(session, "bob", "correct horse", NOW)
+    seen = [users.session_stamp(session, "alice")]
+    assert seen[0] and seen[0] != users.session_stamp(session, "bob")
+    assert users.session_stamp(session, "alice") == seen[0]  # reading it changes nothing
+    users.set_password(session, "alice", "battery staple")
+    seen.append(users.session_stamp(session, "alice"))
+    users.set_disabled(session, "alice", True)
+    assert users.session_stamp(session, "alice") is None
+    users.set_disabled(session, "alice", False)
+    seen.append(users.session_stamp(session, "alice"))  # enabled again: the old sessions stay ended
+    users.remove_user(session, "alice")
+    assert users.session_stamp(session, "alice") is None
+    users.add_user(session, "alice", "correct horse", NOW)  # the same name again is someone new
+    seen.append(users.session_stamp(session, "alice"))
+    assert None not in seen and len(set(seen)) == 4
+
+
+def test_existing_users_get_a_stamp_each_when_the_schema_is_upgraded(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0005")
+    with engine.begin() as connection:
+        for name in ("alice", "bob"):
+            connection.execute(text("INSERT INTO user (name, password_hash, created_at, disabled) "
+                                    "VALUES (:name, 'x', '2026-11-20 12:00:00', 0)"), {"name": name})
+    upgrade(engine)
+    with make_sessionmaker(engine)() as session:
+        stamps = {users.session_stamp(session, name) for name in ("alice", "bob")}
+    engine.dispose()
+    assert None not in stamps and len(stamps) == 2
+
+
+def test_failed_sign_ins_are_counted_per_name_and_address_and_forgotten(session):
+    t = [NOW + timedelta(minutes=i) for i in range(4)]
+    users.record_login_failure(session, "alice", "10.0.0.1", t[0], forget_before=t[0])
+    users.record_login_failure(session, "mallory", "10.0.0.1", t[1], forget_before=t[0])
+    users.record_login_failure(session, "alice", "10.0.0.2", t[2], forget_before=t[0])
+    assert users.login_failures(session, "alice", "10.0.0.1", since=t[0]) == ([t[0], t[2]], [t[0], t[1]])
+    assert users.login_failures(session, "alice", "10.0.0.1", since=t[1]) == ([t[2]], [t[1]])
+    users.record_login_failure(session, "bob", "10.0.0.3", t[3], forget_before=t[2])  # the older two are dropped
+    assert session.scalar(select(func.count()).select_from(LoginFailure)) == 2
+    users.clear_login_failures(session, "alice")
+    assert users.login_failures(session, "alice", "10.0.0.2", since=t[0]) == ([], [])
 
 
 def test_a_malformed_stored_hash_never_matches():

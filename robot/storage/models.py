@@ -413,3 +413,17 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))  # scrypt$n$r$p$salt$hash (robot.users)
     created_at: Mapped[datetime]
     disabled: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # Random, replaced whenever the password changes or the user is disabled or enabled. A dashboard
+    # session carries the stamp it was signed in with and ends when it no longer matches (robot.users).
+    session_stamp: Mapped[str] = mapped_column(String(64))
+
+
+class LoginFailure(Base):
+    """A failed dashboard sign-in: recent ones throttle further attempts per user and per address."""
+
+    __tablename__ = "login_failure"
+    __table_args__ = (Index("login_failure_name", "name", "time"), Index("login_failure_address", "address", "time"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))  # as typed (the user may not exist)
+    address: Mapped[str] = mapped_column(String(64))  # the client's address as the server saw it
+    time: Mapped[datetime]
