@@ -26,13 +26,19 @@ from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Queue, QueueTransition
 from robot.yamlconfig import load_yaml_model
 
-# HammerCloud as it runs: its own policy, its exemptions and cooldown, no mass-exclusion guard
-# and no cap (the mass-exclusion recovery it gained later acts after the fact).
+# The rows of every comparison:
+#   hammercloud         HammerCloud as it runs: its own rules, exemptions and cooldown, no mass-exclusion
+#                       guard and no cap (the mass-exclusion recovery it gained later acts after the fact);
+#   hammercloud+safety  HammerCloud's rules behind our safety layer (mass guard and exclusion cap), so that
+#                       what the default policy gains over it is the policy's own doing;
+#   default             our policy, behind the same safety layer.
 BUILTIN = {
-    "default": BlacklistSettings(mode="enforce", policy="default"),
     "hammercloud": BlacklistSettings(mode="enforce", policy="hammercloud",
                                      safety=SafetySettings(mass_guard=False, max_excluded_fraction=1.0)),
+    "hammercloud+safety": BlacklistSettings(mode="enforce", policy="hammercloud"),
+    "default": BlacklistSettings(mode="enforce", policy="default"),
 }
+COMPARED = tuple(BUILTIN)  # the rows shown when no policy is named
 
 
 def policy_settings(name_or_path: str) -> tuple[str, BlacklistSettings]:
@@ -49,12 +55,15 @@ class RunResult:
     seed: int
     latencies: list[float] = field(default_factory=list)  # seconds, per detected fault
     missed: int = 0
-    faults: int = 0
+    faults: int = 0  # faults that call for an exclusion (a slow queue does not)
     false_exclusions: int = 0
     central_exclusions: int = 0
     reinclusion: list[float] = field(default_factory=list)  # seconds from recovery to re-inclusion
-    not_reincluded: int = 0
+    not_reincluded: int = 0  # detected faults whose queue was still excluded at the end
+    premature: int = 0  # re-inclusions while a fault of the queue was still on
+    flips: int = 0  # status changes of a queue while one of its faults was on
     lost_queue_hours: float = 0.0  # excluded while healthy
+    broken_online_hours: float = 0.0  # online (in user brokerage) while broken
     jobs: int = 0
     queue_days: float = 0.0
 
@@ -93,7 +102,8 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) 
 
 def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple[str, datetime, str]],
           end: datetime) -> RunResult:
-    """Compare the robot's exclusions with the truth."""
+    """Compare the robot's status changes with the truth, every change counted, not only the first."""
+    faults = [f for f in faults if f.excludable]
     result = RunResult(policy="", seed=0, faults=len(faults))
     result.queue_days = scenario.queues.count * scenario.duration.total_seconds() / 86400
     outages = [(scenario.start + o.onset, scenario.start + o.onset + o.duration + timedelta(hours=1))
@@ -102,13 +112,16 @@ def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple
     for queue, when, new in transitions:
         by_queue.setdefault(queue, []).append((when, new))
     for fault in faults:
-        excluded = next((t for t, new in by_queue.get(fault.queue, []) if new != "online"
-                         and fault.start <= t <= fault.end), None)
+        events = by_queue.get(fault.queue, [])
+        result.flips += sum(1 for t, _ in events if fault.start <= t < fault.end)
+        result.broken_online_hours += (fault.end - fault.start).total_seconds() / 3600 - _excluded_hours(
+            events, fault.start, fault.end)
+        excluded = next((t for t, new in events if new != "online" and fault.start <= t <= fault.end), None)
         if excluded is None:
             result.missed += 1
             continue
         result.latencies.append((excluded - fault.start).total_seconds())
-        back = next((t for t, new in by_queue.get(fault.queue, []) if new == "online" and t >= fault.end), None)
+        back = next((t for t, new in events if new == "online" and t >= fault.end), None)
         if back is None:
             result.not_reincluded += 1
         else:
@@ -116,7 +129,9 @@ def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple
     for queue, events in by_queue.items():
         windows = [f for f in faults if f.queue == queue]
         for when, new in events:
-            if new != "online" and not any(f.start <= when <= f.end for f in windows):
+            if new == "online":
+                result.premature += any(f.start <= when < f.end for f in windows)
+            elif not any(f.start <= when <= f.end for f in windows):
                 result.false_exclusions += 1
                 if any(a <= when <= b for a, b in outages):
                     result.central_exclusions += 1
@@ -124,16 +139,26 @@ def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple
     return result
 
 
-def _healthy_excluded_hours(events: list[tuple[datetime, str]], faults: list[FaultWindow], end: datetime) -> float:
-    """Hours the queue spent excluded while no fault was active on it (user brokerage lost)."""
-    lost, since = 0.0, None
+def _excluded_intervals(events: list[tuple[datetime, str]], end: datetime) -> list[tuple[datetime, datetime]]:
+    intervals, since = [], None
     for when, new in events + [(end, "online")]:
         if new != "online" and since is None:
             since = when
         elif new == "online" and since is not None:
-            lost += _outside(since, when, faults)
+            intervals.append((since, when))
             since = None
-    return lost / 3600
+    return intervals
+
+
+def _excluded_hours(events: list[tuple[datetime, str]], start: datetime, stop: datetime) -> float:
+    """Hours of [start, stop) the queue spent excluded."""
+    return sum(max(0.0, (min(b, stop) - max(a, start)).total_seconds())
+               for a, b in _excluded_intervals(events, stop)) / 3600
+
+
+def _healthy_excluded_hours(events: list[tuple[datetime, str]], faults: list[FaultWindow], end: datetime) -> float:
+    """Hours the queue spent excluded while no fault was active on it (user brokerage lost)."""
+    return sum(_outside(a, b, faults) for a, b in _excluded_intervals(events, end)) / 3600
 
 
 def _outside(start: datetime, stop: datetime, faults: list[FaultWindow]) -> float:
@@ -156,7 +181,10 @@ class Summary:
     central_exclusions: int
     reinclusion_median_min: float | None
     not_reincluded: int
+    premature_reinclusions: int
+    flips_per_fault: float | None
     lost_queue_hours: float
+    broken_online_hours: float
     jobs: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -167,15 +195,19 @@ def summarize(runs: list[RunResult]) -> Summary:
     latencies = [x / 60 for r in runs for x in r.latencies]
     back = [x / 60 for r in runs for x in r.reinclusion]
     queue_days = sum(r.queue_days for r in runs)
+    faults = sum(r.faults for r in runs)
     return Summary(
-        policy=runs[0].policy, runs=len(runs), faults=sum(r.faults for r in runs),
+        policy=runs[0].policy, runs=len(runs), faults=faults,
         detection_median_min=statistics.median(latencies) if latencies else None,
         detection_p95_min=_p95(latencies), missed=sum(r.missed for r in runs),
         false_per_100_queue_days=100 * sum(r.false_exclusions for r in runs) / queue_days if queue_days else 0.0,
         central_exclusions=sum(r.central_exclusions for r in runs),
         reinclusion_median_min=statistics.median(back) if back else None,
         not_reincluded=sum(r.not_reincluded for r in runs),
+        premature_reinclusions=sum(r.premature for r in runs),
+        flips_per_fault=sum(r.flips for r in runs) / faults if faults else None,
         lost_queue_hours=sum(r.lost_queue_hours for r in runs) / len(runs),
+        broken_online_hours=sum(r.broken_online_hours for r in runs) / len(runs),
         jobs=sum(r.jobs for r in runs) / len(runs),
     )
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.settings import BlacklistSettings
-from blacklist.simulate import BUILTIN, run, score
+from blacklist.simulate import BUILTIN, run, score, summarize
 from robot.backends.base import JobRequest
 from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid, queue_names
 from robot.cli import main
@@ -104,6 +104,30 @@ def test_score_counts_latency_misses_false_and_central_exclusions():
     assert result.lost_queue_hours == pytest.approx(2 + 1)  # Q3 excluded 2 h while healthy, Q1 1 h after recovery
 
 
+def test_score_counts_every_flip_premature_reinclusions_and_broken_hours_online():
+    sc = scenario()
+    faults = [FaultWindow("Q1", START + timedelta(hours=2), START + timedelta(hours=8), "stagein", 0.5),
+              FaultWindow("Q2", START + timedelta(hours=2), START + timedelta(hours=4), "stagein", 1.0),
+              FaultWindow("Q3", START + timedelta(hours=2), START + timedelta(hours=4), "slow", 1.0)]
+    at = lambda h, m=0: START + timedelta(hours=h, minutes=m)  # noqa: E731
+    moves = [("Q1", at(3), "brokeroff"), ("Q1", at(4), "online"),  # re-included while still broken
+             ("Q1", at(5), "brokeroff"), ("Q1", at(6), "online"),  # and again
+             ("Q1", at(7), "brokeroff"), ("Q1", at(9), "online"),  # finally after the fault
+             ("Q2", at(2, 30), "brokeroff"),  # never re-included
+             ("Q3", at(3), "brokeroff"), ("Q3", at(5), "online")]  # a slow queue is no case for exclusion
+    result = score(sc, faults, moves, START + timedelta(days=1))
+    assert result.faults == 2 and result.missed == 0
+    assert result.latencies == [3600, 1800]  # the first exclusion of each fault
+    assert result.premature == 2
+    assert result.flips == 5 + 1  # Q1: five changes while its fault was on; Q2: one
+    assert result.not_reincluded == 1 and result.reinclusion == [3600]
+    assert result.broken_online_hours == pytest.approx((1 + 1 + 1) + 0.5)  # Q1 online 2-3, 4-5, 6-7; Q2 2-2:30
+    # lost while healthy: Q1 8-9, Q2 from 4 h to the end of the day, Q3 3-5
+    assert result.false_exclusions == 1 and result.lost_queue_hours == pytest.approx(1 + 20 + 2)
+    summary = summarize([result])
+    assert summary.premature_reinclusions == 2 and summary.flips_per_fault == 3.0 and summary.not_reincluded == 1
+
+
 def test_both_policies_run_on_a_small_scenario_and_ours_ignores_a_user_wave():
     sc = scenario(duration="12h", user_waves=[{"onset": "2h", "duration": "4h", "probability": 0.8}])
     ours, theirs = run(sc, BUILTIN["default"], 1, "default"), run(sc, BUILTIN["hammercloud"], 1, "hammercloud")
@@ -119,13 +143,43 @@ def test_simulate_command_prints_the_comparison(tmp_path):
     result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)["report"]["scenario"]
-    assert set(report) == {"hammercloud", "default"} and report["default"]["faults"] == 1
-    table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1"]).output
-    assert "Detect. median" in table and "hammercloud" in table
+    assert set(report) == {"hammercloud", "hammercloud+safety", "default"} and report["default"]["faults"] == 1
+    assert {"premature_reinclusions", "flips_per_fault", "broken_online_hours", "not_reincluded"} <= set(
+        report["default"])
+    table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1",
+                                      "--policy", "hammercloud+safety"]).output
+    assert "Premature" in table and "hammercloud+safety" in table and "Not re-" in table
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nduration: 1d\nfaults:\n  - {queues: [NOPE], onset: 1h, duration: 1h}\n")
     result = CliRunner().invoke(main, ["policy", "simulate", str(bad)])
     assert result.exit_code == 1 and "unknown queue" in result.output
+
+
+def test_hammercloud_with_safety_holds_what_a_central_outage_makes_hammercloud_exclude():
+    sc = scenario(duration="8h", central_outages=[{"onset": "1h", "duration": "3h", "probability": 0.9}])
+    bare, safe = run(sc, BUILTIN["hammercloud"], 1, "hammercloud"), run(sc, BUILTIN["hammercloud+safety"], 1, "x")
+    assert bare.central_exclusions >= 3
+    assert safe.central_exclusions < bare.central_exclusions
+
+
+def test_sweep_prints_one_table_per_value_of_a_scenario_key(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text("name: tiny\nduration: 3h\nqueues: {count: 4}\nnoise: {site: 0, user: 0, unknown: 0}\n"
+                    "user_waves:\n  - {onset: 30m, duration: 2h, probability: 0.1}\n")
+    args = ["policy", "sweep", str(path), "--set", "user_waves[0].probability=0%,90%", "--workers", "1",
+            "--policy", "hammercloud"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["report"]
+    assert list(report) == ["tiny: user_waves[0].probability=0", "tiny: user_waves[0].probability=0.9"]
+    calm, wave = (report[k]["hammercloud"] for k in report)
+    assert calm["false_per_100_queue_days"] == 0 and wave["false_per_100_queue_days"] > 0
+    table = CliRunner().invoke(main, args).output
+    assert table.count("tiny: user_waves[0].probability=") == 2
+    wrong = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "noise.usr=1,2"])
+    assert wrong.exit_code == 1 and "noise.usr: the scenario has no noise.usr" in wrong.output
+    bad = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "noise.user=abc"])
+    assert bad.exit_code == 1 and "noise.user" in bad.output and "'abc'" in bad.output
 
 
 def test_replay_finds_where_another_policy_would_have_differed(tmp_path):

@@ -9,17 +9,19 @@ run on the same scenario and seed meet the same luck job for job ("common random
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from robot.backends.base import InputFile, JobReport, JobRequest
 from robot.catalogue import DatasetInfo
 from robot.clock import Clock
-from robot.yamlconfig import Duration, PositiveInt, Strict, load_yaml_model
+from robot.yamlconfig import (ConfigError, Duration, PositiveInt, Strict, describe_validation_error,
+                              load_yaml_model)
 from robot.jobstates import FINAL_STATES, JobStatus, QueueStatus
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -124,6 +126,40 @@ def load_scenario(path: Path | str) -> Scenario:
     return load_yaml_model(path, Scenario)
 
 
+_KEY_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+def with_values(scenario: Scenario, changes: dict[str, Any], where: str) -> Scenario:
+    """The scenario with some values replaced, each named by its key path (`noise.user`, `faults[0].duration`)."""
+    raw = scenario.model_dump()
+    for key, value in changes.items():
+        node: Any = raw
+        steps: list[str | int] = []
+        for part in key.split("."):
+            match = _KEY_PART.fullmatch(part)
+            if not match:
+                raise ConfigError(where, [f"{key}: not a key path like noise.user or faults[0].duration"])
+            steps += [match.group(1), *(int(i) for i in re.findall(r"\d+", match.group(2)))]
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            found = (step in node) if isinstance(node, dict) and isinstance(step, str) else (
+                isinstance(node, list) and isinstance(step, int) and step < len(node))
+            if not found:
+                raise ConfigError(where, [f"{key}: the scenario has no {_path(steps[:i + 1])}"])
+            if last:
+                node[step] = value
+            else:
+                node = node[step]
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(where, describe_validation_error(exc)) from exc
+
+
+def _path(steps: list[str | int]) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) else (f".{s}" if i else s) for i, s in enumerate(steps))
+
+
 def queue_names(spec: QueueSet) -> list[str]:
     return [f"ANALY_{_site_name(spec, i // spec.per_site)}_{i % spec.per_site + 1}" for i in range(spec.count)]
 
@@ -145,6 +181,11 @@ class FaultWindow:
 
     def active(self, when: datetime) -> bool:
         return self.start <= when < self.end
+
+    @property
+    def excludable(self) -> bool:
+        """A slow queue still completes its jobs: a throughput matter, not a case for exclusion."""
+        return self.mode != "slow"
 
 
 def place_faults(scenario: Scenario, seed: int) -> list[FaultWindow]:

@@ -1,19 +1,23 @@
 """`healthrobot policy simulate|replay`: exclusion policies side by side, in simulation or on history."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
-from blacklist.simulate import RunResult, policy_settings, run, summarize
-from robot.backends.simulated import load_scenario
+from blacklist.simulate import COMPARED, RunResult, policy_settings, run, summarize
+from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import make_console
@@ -23,14 +27,69 @@ from robot.yamlconfig import ConfigError
 COLUMNS = [("detection_median_min", "Detect. median (min)"), ("detection_p95_min", "Detect. p95 (min)"),
            ("missed", "Missed"), ("false_per_100_queue_days", "False excl./100 queue-days"),
            ("central_exclusions", "Excl. in central outages"), ("reinclusion_median_min", "Re-incl. median (min)"),
-           ("lost_queue_hours", "Queue-hours lost"), ("jobs", "Test jobs")]
+           ("premature_reinclusions", "Premature re-incl."), ("flips_per_fault", "Flips per fault"),
+           ("not_reincluded", "Not re-incl."), ("lost_queue_hours", "Healthy queue-hours lost"),
+           ("broken_online_hours", "Broken queue-hours online"), ("jobs", "Test jobs")]
+POLICY_HELP = (f"A built-in policy ({', '.join(COMPARED)}) or a YAML file with blacklist settings; repeat it. "
+               "Default: all three built-in rows.")
 
 
-def _one(args: tuple[str, str, int]) -> tuple[str, str, RunResult]:
-    path, policy, seed = args
+def _one(task: tuple[str, Scenario, str, int]) -> tuple[str, str, RunResult]:
+    key, scenario, policy, seed = task
     logging.getLogger("blacklist").setLevel(logging.ERROR)  # the decisions are scored, not logged
     label, settings = policy_settings(policy)
-    return path, label, run(load_scenario(path), settings, seed, label)
+    return key, label, run(scenario, settings, seed, label)
+
+
+def _check_policies(policies: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        for policy in policies:
+            policy_settings(policy)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid {exc}") from exc
+    return policies or COMPARED
+
+
+def _run_all(scenarios: dict[str, Scenario], policies: tuple[str, ...], seeds: int,
+             workers: int) -> list[tuple[str, str, RunResult]]:
+    """Every (scenario, policy, seed) run, in parallel; a progress bar on a terminal only."""
+    tasks = [(key, scenario, policy, seed) for key, scenario in scenarios.items() for policy in policies
+             for seed in range(1, seeds + 1)]
+    console = make_console(stderr=True)
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {pool.submit(_one, task): task for task in tasks}
+        if not console.is_terminal:
+            return [future.result() for future in futures]
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            bar = progress.add_task("simulating", total=len(tasks))
+            for future in as_completed(futures):
+                key, _, policy, seed = futures[future]
+                progress.update(bar, advance=1, description=f"{key} · seed {seed} · {policy}")
+        return [future.result() for future in futures]
+
+
+def _report(scenarios: list[str], results: list[tuple[str, str, RunResult]]) -> dict[str, dict[str, dict]]:
+    labels = list(dict.fromkeys(label for _, label, _ in results))
+    report = {key: {label: summarize([r for k, l, r in results if k == key and l == label]).as_dict()
+                    for label in labels} for key in scenarios}
+    if len(scenarios) > 1:
+        report["all scenarios"] = {label: summarize([r for _, l, r in results if l == label]).as_dict()
+                                   for label in labels}
+    return report
+
+
+def _print_tables(report: dict[str, dict[str, dict]], seeds: int) -> None:
+    console = make_console()
+    for scenario, by_policy in report.items():
+        table = Table(title=f"{scenario} ({seeds} seed{'s' if seeds > 1 else ''})", title_justify="left",
+                      header_style="bold")
+        table.add_column("Policy", no_wrap=True)
+        for _, header in COLUMNS:
+            table.add_column(header, justify="right")
+        for label, summary in by_policy.items():
+            table.add_row(label, *(_fmt(summary[key]) for key, _ in COLUMNS))
+        console.print(table)
 
 
 @click.group("policy")
@@ -40,8 +99,7 @@ def policy_group() -> None:
 
 @policy_group.command("simulate")
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--policy", "policies", multiple=True, default=["hammercloud", "default"], show_default=True,
-              help="A built-in policy (hammercloud, default) or a YAML file with blacklist settings; repeat it.")
+@click.option("--policy", "policies", multiple=True, help=POLICY_HELP)
 @click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True, help="Random streams per scenario.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Parallel processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -49,34 +107,70 @@ def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds
                     as_json: bool) -> None:
     """Run SCENARIOS (YAML) with each policy on the same random streams and compare them."""
     try:
-        for path in scenarios:
-            load_scenario(path)
-        for policy in policies:
-            policy_settings(policy)
+        loaded = {Path(path).stem: load_scenario(path) for path in scenarios}
     except ConfigError as exc:
         raise click.ClickException(f"invalid {exc}") from exc
-    tasks = [(path, policy, seed) for path in scenarios for policy in policies for seed in range(1, seeds + 1)]
-    with ProcessPoolExecutor(workers) as pool:
-        results = list(pool.map(_one, tasks))
-    labels = list(dict.fromkeys(label for _, label, _ in results))
-    report = {Path(path).stem: {label: summarize([r for p, l, r in results if p == path and l == label]).as_dict()
-                                for label in labels} for path in scenarios}
-    if len(scenarios) > 1:
-        report["all scenarios"] = {label: summarize([r for _, l, r in results if l == label]).as_dict()
-                                   for label in labels}
+    policies = _check_policies(policies)
+    report = _report(list(loaded), _run_all(loaded, policies, seeds, workers))
     if as_json:
         click.echo(json.dumps({"seeds": seeds, "report": report}, indent=2))
         return
-    console = make_console()
-    for scenario, by_policy in report.items():
-        table = Table(title=f"{scenario} ({seeds} seed{'s' if seeds > 1 else ''})", title_justify="left",
-                      header_style="bold")
-        table.add_column("Policy")
-        for _, header in COLUMNS:
-            table.add_column(header, justify="right")
-        for label, summary in by_policy.items():
-            table.add_row(label, *(_fmt(summary[key]) for key, _ in COLUMNS))
-        console.print(table)
+    _print_tables(report, seeds)
+
+
+def _parse_set(text: str) -> tuple[str, list[Any]]:
+    """`key=v1,v2,...`: values read as YAML scalars; `0.5%` is 0.005."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise click.BadParameter(f"expected key=v1,v2,... (e.g. noise.user=0.5%,1%,3%), got {text!r}",
+                                 param_hint="--set")
+    parsed = []
+    for value in values.split(","):
+        value = value.strip()
+        if value.endswith("%"):
+            try:
+                parsed.append(float(value[:-1]) / 100)
+            except ValueError:
+                raise click.BadParameter(f"{key.strip()}: {value!r} is not a percentage", param_hint="--set") from None
+        else:
+            parsed.append(yaml.safe_load(value))
+    return key.strip(), parsed
+
+
+@policy_group.command("sweep")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "sets", multiple=True, required=True, metavar="KEY=V1,V2,...",
+              help="A scenario value to vary, by its key path in the YAML (noise.user=0.5%,1%,3%, "
+                   "faults[0].probability=0.5,0.9); repeat it to vary several together (every combination).")
+@click.option("--policy", "policies", multiple=True, help=POLICY_HELP)
+@click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True, help="Random streams per value.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Parallel processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def policy_sweep(scenario: str, sets: tuple[str, ...], policies: tuple[str, ...], seeds: int, workers: int,
+                 as_json: bool) -> None:
+    """Rerun SCENARIO over values of its parameters and print one comparison per value."""
+    axes = [_parse_set(text) for text in sets]
+    try:
+        base = load_scenario(scenario)
+        variants = {}
+        for values in itertools.product(*(vs for _, vs in axes)):
+            changes = {key: value for (key, _), value in zip(axes, values)}
+            label = ", ".join(f"{key}={_shown(value)}" for key, value in changes.items())
+            variants[label] = with_values(base, changes, f"{scenario} with --set")
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid {exc}") from exc
+    policies = _check_policies(policies)
+    report = {f"{base.name}: {label}": rows for label, rows in
+              _report(list(variants), _run_all(variants, policies, seeds, workers)).items()
+              if label != "all scenarios"}
+    if as_json:
+        click.echo(json.dumps({"scenario": base.name, "seeds": seeds, "report": report}, indent=2))
+        return
+    _print_tables(report, seeds)
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _fmt(value: object) -> str:
