@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	sh tests/ensure_browser.sh
+	sh tests/ensure_postgres.sh
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)

@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from robot.rollup import DAY, FINAL, HOUR, SUMS, WEEK, Counts, at, epoch, floor_to, job_columns
@@ -74,7 +74,9 @@ def _add(target: Sums, values: Sequence[Any], names: Sequence[str], weight: floa
 
 
 def _columns(names: Sequence[str]) -> list[Any]:
-    return [func.max(JobRollup.last_end) if n == "last_end" else func.sum(getattr(JobRollup, n)) for n in names]
+    # PostgreSQL sums integers as numeric (read back as Decimal): cast back to the column's own type.
+    return [func.max(JobRollup.last_end) if n == "last_end"
+            else cast(func.sum(getattr(JobRollup, n)), getattr(JobRollup, n).type) for n in names]
 
 
 def _filtered(query: Any, column_queue: Any, queue_ids: Sequence[int] | None, column_template: Any,

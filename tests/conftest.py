@@ -5,6 +5,12 @@
         ids = grid.submit([tiny_grid.request("ANALY_A")])
         reports = wait_final(grid, ids)
 
+Databases: `database_url` is parametrized, so a test that takes it runs twice, on a SQLite file and on
+a fresh database of a private PostgreSQL cluster (tests/pgserver.py, started once per session when a
+test first needs it, stopped at the end). It fails, never skips, when PostgreSQL cannot start. A test
+module opts all the robots `tests.fakes.make_robot` builds into both databases with
+`pytestmark = pytest.mark.usefixtures("database_url")`.
+
 Every queue gets its own site and storage endpoint (`<QUEUE>_DATADISK`, site `SITE-<QUEUE>`); a
 queue's dict holds QueueConfig keys plus an optional `endpoint` dict of EndpointConfig keys. The
 default dataset (`TINY_ZMUMU`: 2 files x 2000 events) is generated once per session and copied into
@@ -15,10 +21,11 @@ state closed when the test (or the factory's owner) ends.
 from __future__ import annotations
 
 import shutil
+import uuid
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pytest
 import yaml
@@ -28,7 +35,9 @@ from robot.backends.embedded.config import GridConfig
 from robot.backends.embedded.grid import EmbeddedGrid
 from robot.clock import Clock, ManualClock, SystemClock
 from robot.jobstates import FINAL_STATES
+from tests import fakes
 from tests.fakes import T0
+from tests.pgserver import PostgresServer, postgres_server
 from testjobs.datasets import generate_dataset, load_manifest
 
 # Named like the demo's Z->mumu sample, so templates matching "*Zmumu*" find it.
@@ -204,3 +213,40 @@ def wait_final():
 def clock():
     """Virtual time at the scripted tests' start (tests.fakes.T0)."""
     return ManualClock(T0)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's private PostgreSQL cluster (unix socket in a temp folder, no TCP port)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path, monkeypatch) -> Iterator[str]:
+    """An empty database, SQLite then PostgreSQL.
+
+    `tests.fakes.make_robot` follows it: on PostgreSQL each robot data folder of the test gets its own
+    new database (this one for the first), on SQLite its own file as always."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'robot.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    created: list[str] = []
+
+    def new_database() -> str:
+        created.append(f"test_{uuid.uuid4().hex[:12]}")
+        return server.create_database(created[-1])
+
+    url = new_database()
+    by_folder: dict[Path, str] = {}
+
+    def database_for(folder: Path) -> str:
+        if Path(folder) not in by_folder:
+            by_folder[Path(folder)] = url if not by_folder else new_database()
+        return by_folder[Path(folder)]
+
+    monkeypatch.setattr(fakes, "database_for", database_for)
+    yield url
+    for name in created:
+        server.drop_database(name)  # closes what the test left open

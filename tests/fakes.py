@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from robot.backends.base import BackendUnavailable, InputFile, JobReport, JobRequest
 from robot.catalogue import DatasetInfo
@@ -133,8 +133,14 @@ def templates(*specs: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**base, **spec} for spec in specs]
 
 
+# Set by the `database_url` fixture (tests/conftest.py) for the test it serves: a robot folder's database
+# URL; None: SQLite in the folder.
+database_for: Callable[[Path], str] | None = None
+
+
 def make_robot(tmp_path: Path, grid: ScriptedGrid, template_specs: list[dict[str, Any]], **loop: Any) -> Robot:
-    config = RobotConfig.model_validate({"data_dir": str(tmp_path), "templates": template_specs, "loop": loop})
+    config = RobotConfig.model_validate({"data_dir": str(tmp_path), "templates": template_specs, "loop": loop,
+                                         "database": {"url": database_for(tmp_path) if database_for else None}})
     engine = make_engine(config.database_url)
     upgrade(engine)
     return Robot(config, make_sessionmaker(engine), grid, grid, grid, load_table())

@@ -60,8 +60,8 @@ class World:
 
 
 @pytest.fixture
-def session(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'dash.db'}")
+def session(database_url):
+    engine = make_engine(database_url)  # SQLite, then PostgreSQL
     upgrade(engine)
     with make_sessionmaker(engine)() as session:
         yield session

@@ -19,6 +19,9 @@ from robot.loop import Robot
 from robot.storage.models import Event, Override, Queue, QueueTransition, Setting
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
+# Every robot these tests build runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("database_url")
+
 QUEUES = {f"ANALY_{c}{i}": (f"SITE-{c}{i}", c) for c in "ABCD" for i in range(1, 4)}  # 12 queues, 4 clouds
 
 
@@ -207,7 +210,7 @@ def test_blacklist_cli_overrides_silences_and_mode(tmp_path, clock, grid):
     robot = robot_with_engine(tmp_path, grid)
     robot.run_once(clock.now())
     config = tmp_path / "robot.yaml"
-    config.write_text(f"data_dir: {tmp_path}\n")
+    config.write_text(f"data_dir: {tmp_path}\ndatabase: {{url: '{robot.config.database_url}'}}\n")
     run = lambda *args: CliRunner().invoke(main, ["--config", str(config), "blacklist", *args])  # noqa: E731
     assert run("exclude", "ANALY_A3", "--reason", "downtime", "--by", "alice", "--for", "2h").exit_code == 0
     assert run("exclude", "ANALY_NOPE", "--reason", "x", "--by", "alice").exit_code == 2

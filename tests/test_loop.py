@@ -14,6 +14,9 @@ from robot.storage.models import Event, Job, Queue, QueueTransition
 from robot.storage import models
 from tests.fakes import T0, Crash, ScriptedGrid, make_robot, templates
 
+# Every robot these tests build runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("database_url")
+
 QUEUES = {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "DE"), "ANALY_C": ("SITE-C", "US")}
 
 

@@ -15,6 +15,9 @@ from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Job, JobRollup, Setting
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
+# Every robot these tests build runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("database_url")
+
 QUEUES = {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "US")}
 
 
@@ -119,9 +122,9 @@ def test_backfill_equals_the_incremental_rollup_and_is_idempotent(tmp_path, cloc
         assert all_rows(session) == incremental
 
 
-def test_the_databases_sums_equal_the_python_reference(tmp_path):
+def test_the_databases_sums_equal_the_python_reference(database_url):
     """The SQL the rollup runs counts exactly as `Counts.add_job` (the metrics' rules) does."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    engine = make_engine(database_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     from tests.test_dashboard_queries import World  # one world builder for both files
@@ -175,7 +178,7 @@ def test_db_rollup_command_rebuilds(tmp_path, clock, grid):
         session.execute(JobRollup.__table__.delete())
         session.commit()
     config = tmp_path / "robot.yaml"
-    config.write_text(f"data_dir: {tmp_path}\n")
+    config.write_text(f"data_dir: {tmp_path}\ndatabase: {{url: '{robot.config.database_url}'}}\n")
     result = CliRunner().invoke(main, ["--config", str(config), "db", "rollup"])
     assert result.exit_code == 0, result.output
     assert "rebuilt from 3 final jobs" in result.output

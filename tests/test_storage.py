@@ -1,4 +1,4 @@
-"""Storage: migrations match the models, the schema check, UTC times, SQLite in WAL mode."""
+"""Storage: migrations match the models, the schema check, UTC times (on SQLite and PostgreSQL), SQLite in WAL mode."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -14,8 +14,15 @@ from robot.storage.models import Base, Event
 
 
 @pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'robot.db'}")
+def engine(database_url):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'robot.db'}")  # the folder is made
     yield engine
     engine.dispose()
 
@@ -36,8 +43,8 @@ def test_schema_check_refuses_an_outdated_database(engine):
     assert head_revision()
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(engine):
-    with engine.connect() as connection:
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_engine):
+    with sqlite_engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
@@ -53,7 +60,7 @@ def test_times_are_stored_in_utc_and_read_back_aware(engine):
         stored = session.query(Event).one().time
     assert stored == datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc) and stored.tzinfo is not None
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT time FROM event")).scalar().startswith("2026-11-01 12:00:00")
+        assert str(connection.execute(text("SELECT time FROM event")).scalar()).startswith("2026-11-01 12:00:00")
 
 
 def test_naive_times_are_refused(engine):
