@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, JobRequest
@@ -186,7 +186,7 @@ class Robot:
         for start in range(0, len(active), batch_size):
             batch = active[start : start + batch_size]
             try:
-                reports = self.backend.status([row.panda_id for row in batch])
+                reports = self.backend.status([panda_id for _, panda_id, _ in batch])
             except BackendUnavailable as exc:
                 summary.backend_errors.append(f"status: {exc}")
                 self._event(session, now, "backend_unreachable", self.backend.name,
@@ -194,17 +194,17 @@ class Robot:
                 return
             summary.polled += len(batch)
             changes: list[dict[str, Any]] = []
-            forgotten = [row.id for row in batch if reports.get(row.panda_id) is None]
+            forgotten = []
+            for job_id, panda_id, status in batch:
+                report = reports.get(panda_id)
+                if report is None:
+                    forgotten.append(job_id)
+                elif report.job_status != status or report.job_status in FINAL_STATES:
+                    changes.append(self._from_report(job_id, report, now))
+                    summary.finished += report.job_status in FINAL_STATES
             for job_id in self._unknown_for_too_long(session, forgotten, now):
                 changes.append(self._unknown(job_id, now))
                 summary.finished += 1
-            for row in batch:
-                report = reports.get(row.panda_id)
-                if report is None:
-                    continue
-                elif report.job_status != row.job_status or report.job_status in FINAL_STATES:
-                    changes.append(self._from_report(row.id, report, now))
-                    summary.finished += report.job_status in FINAL_STATES
             if changes:
                 _update_jobs(session, changes)
 
@@ -335,24 +335,32 @@ class Robot:
             summary.submitted += len(batch)
 
     def _slot_states(self, session: Session, now: datetime) -> list[SlotState]:
-        """Every (running test, live queue) pair with its jobs in flight, from a few small queries."""
+        """The (running test, live queue) pairs that may want a job, with their jobs in flight.
+
+        A pair that holds all the jobs it may hold (in flight at least `max_running_jobs` plus the
+        policy's probes, queued at least `min_queue_depth`) gets nothing from `jobs_to_submit`: it is
+        left out in SQL. In a steady step that is most pairs, and reading every one of them was the
+        step's largest cost."""
         # A stress test sends until its end, and to an excluded queue only if it was asked to.
         stress_may_send = and_(Test.end_time > now, or_(Test.allow_excluded, and_(
             Queue.status == QueueStatus.ONLINE.value, Queue.robot_state != "excluded")))
+        flying = (select(Job.test_id, Job.queue_id, func.count().label("jobs"),
+                         func.sum(case((Job.job_status.in_([s.value for s in RUNNING_STATES]), 1), else_=0))
+                         .label("running"))
+                  .where(Job.phase.in_(["recorded", "active"])).group_by(Job.test_id, Job.queue_id).subquery())
+        in_flight, running = func.coalesce(flying.c.jobs, 0), func.coalesce(flying.c.running, 0)
+        probes = case((TestQueue.max_jobs.is_(None), Queue.extra_jobs), else_=0)
         pairs = session.execute(
             select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
-                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds, TestQueue.max_jobs)
+                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds, TestQueue.max_jobs,
+                   in_flight, running)
             .join(Test, Test.id == TestQueue.test_id).join(Queue, Queue.id == TestQueue.queue_id)
+            .outerjoin(flying, and_(flying.c.test_id == TestQueue.test_id, flying.c.queue_id == TestQueue.queue_id))
             .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value,
-                   TestQueue.stopped_at.is_(None), or_(TestQueue.max_jobs.is_(None), stress_may_send))
+                   TestQueue.stopped_at.is_(None), or_(TestQueue.max_jobs.is_(None), stress_may_send),
+                   or_(in_flight < TestQueue.max_running_jobs + probes,
+                       in_flight - running < TestQueue.min_queue_depth))
         ).all()
-        running_states = {s.value for s in RUNNING_STATES}
-        queued: Counter[tuple[int, int]] = Counter()
-        running: Counter[tuple[int, int]] = Counter()
-        for test_id, queue_id, status in session.execute(
-            select(Job.test_id, Job.queue_id, Job.job_status).where(Job.phase.in_(["recorded", "active"]))
-        ):
-            (running if status in running_states else queued)[(test_id, queue_id)] += 1
         gaps = {row.queue_id: row.job_gap_seconds for row in pairs if row.job_gap_seconds}
         last_end = self._last_ends(session, now, set(gaps), timedelta(seconds=max(gaps.values(), default=0)))
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
@@ -364,15 +372,14 @@ class Robot:
                 .group_by(Job.test_id, Job.queue_id))}
         retries = pending_retries(session, sorted({row.test_id for row in pairs if row.max_jobs is not None}))
         slots = []
-        for row in pairs:
-            key = (row.test_id, row.queue_id)
+        for test_id, queue_id, max_running, depth, resubmit, extra, gap, max_jobs, jobs, run in pairs:
+            key = (test_id, queue_id)
             slots.append(SlotState(
-                test_id=row.test_id, queue_id=row.queue_id, max_running_jobs=row.max_running_jobs,
-                min_queue_depth=row.min_queue_depth, resubmit_enabled=row.resubmit_enabled,
-                queued=queued[key], running=running[key], total=totals.get(key, queued[key] + running[key]),
-                extra_jobs=0 if row.max_jobs is not None else row.extra_jobs,
-                gap=timedelta(0) if row.max_jobs is not None else timedelta(seconds=row.job_gap_seconds),
-                last_end=last_end.get(key), max_jobs=row.max_jobs, retry_ids=tuple(retries.get(key, ()))))
+                test_id=test_id, queue_id=queue_id, max_running_jobs=max_running, min_queue_depth=depth,
+                resubmit_enabled=resubmit, queued=jobs - run, running=run, total=totals.get(key, jobs),
+                extra_jobs=0 if max_jobs is not None else extra,
+                gap=timedelta(0) if max_jobs is not None else timedelta(seconds=gap),
+                last_end=last_end.get(key), max_jobs=max_jobs, retry_ids=tuple(retries.get(key, ()))))
         return slots
 
     @staticmethod
@@ -433,7 +440,7 @@ def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
     """Bulk update by primary key (one executemany per set of columns touched)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for change in changes:
-        groups[tuple(sorted(k for k in change if k != "id"))].append(change)
+        groups[tuple(sorted(change.keys() - {"id"}))].append(change)
     table = Job.__table__
     for columns, group in groups.items():
         statement = (update(table).where(table.c.id == bindparam("_id"))
