@@ -242,11 +242,13 @@ def load_views(session: Session, now: datetime, policy: Policy,
     # the stored states are old news, and jobs that "wait" may long have started.
     statuses_fresh = session.scalar(select(func.count()).select_from(Event).where(
         Event.kind == "backend_unreachable", Event.time == now)) == 0
-    for qid, submitted in session.execute(  # only jobs waiting long enough to matter
-        select(Job.queue_id, Job.submitted_at).where(Job.phase == "active", Job.job_status.in_(["defined", "activated"]),
-                                                     Job.submitted_at <= now - stall_after)
+    # Only jobs waiting at the site (activated; since activation) long enough to matter: before
+    # activation the wait is the server's or the data's.
+    for qid, activated in session.execute(
+        select(Job.queue_id, Job.status_changed_at).where(Job.phase == "active", Job.job_status == "activated",
+                                                          Job.status_changed_at <= now - stall_after)
     ) if statuses_fresh else ():
-        waiting[qid].append(submitted)
+        waiting[qid].append(activated)
     last_start: dict[int, datetime] = dict(session.execute(
         select(Job.queue_id, func.max(Job.start_time)).where(Job.phase == "active", Job.start_time.is_not(None))
         .group_by(Job.queue_id)

@@ -7,7 +7,10 @@ from enum import StrEnum
 class JobStatus(StrEnum):
     """PanDA job states (`jobStatus`)."""
 
-    DEFINED = "defined"
+    DEFINED = "defined"  # the server has not set the job up yet
+    ASSIGNED = "assigned"  # its input is being transferred to the site
+    PENDING = "pending"  # held by the server
+    WAITING = "waiting"  # waiting for its input data
     ACTIVATED = "activated"
     SENT = "sent"
     STARTING = "starting"
@@ -18,7 +21,9 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-QUEUED_STATES = frozenset({JobStatus.DEFINED, JobStatus.ACTIVATED})
+# Before `activated` the wait is the server's or the data's; from `activated` on, the site's.
+PRE_DISPATCH_STATES = frozenset({JobStatus.DEFINED, JobStatus.ASSIGNED, JobStatus.PENDING, JobStatus.WAITING})
+QUEUED_STATES = PRE_DISPATCH_STATES | {JobStatus.ACTIVATED}
 RUNNING_STATES = frozenset({JobStatus.SENT, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.HOLDING})
 FINAL_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED})
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ROBOT_NOT_STARTED_IN_TIME = 1
 ROBOT_UNKNOWN_TO_BACKEND = 2
+ROBOT_NOT_ACTIVATED_IN_TIME = 3
 WARN_AGAIN_AFTER = timedelta(hours=1)
 # A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
 Evaluator = Callable[[Session, datetime], Any]
@@ -233,34 +234,73 @@ class Robot:
 
     # -- 5. jobs that never start --------------------------------------------------------------
     def _time_out_waiting_jobs(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        """A job still queued after its template's `max_queue_time` is killed and counted as a site failure."""
+        """A job still queued after its template's `max_queue_time` is killed, in one backend call per
+        batch. Waiting `activated` (counted from activation) is the site's failure; still waiting for
+        the server or its data (defined, assigned, pending, waiting; counted from submission) is a
+        central one. A job the backend will not kill (already final, or unknown to it) is polled again
+        and recorded as it really ended; a kill that cannot be sent is tried again at the next step."""
         shortest = min((t.max_queue_time for t in self.config.templates), default=timedelta(hours=2))
         waiting = session.execute(
-            select(Job.id, Job.panda_id, Job.submitted_at, Template.settings)
+            select(Job.id, Job.panda_id, Job.job_status, Job.submitted_at, Job.status_changed_at, Template.settings)
             .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
             .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]),
                    Job.submitted_at <= now - shortest)
         ).all()
-        limits = [(row, parse_duration(row.settings.get("max_queue_time", 7200))) for row in waiting]
-        expired = [(row, limit) for row, limit in limits if now - row.submitted_at >= limit]
+        expired = []
+        for row in waiting:
+            limit = parse_duration(row.settings.get("max_queue_time", 7200))
+            at_site = row.job_status == JobStatus.ACTIVATED.value
+            if now - ((row.status_changed_at or row.submitted_at) if at_site else row.submitted_at) >= limit:
+                expired.append((row, limit))
         if not expired:
             return
+        answers: dict[int, bool] = {}
+        batch_size = self.config.loop.poll_batch_size
+        for start in range(0, len(expired), batch_size):
+            try:
+                answers.update(self.backend.kill([row.panda_id for row, _ in expired[start : start + batch_size]]))
+            except BackendUnavailable as exc:
+                summary.backend_errors.append(f"kill: {exc}")
+                self._event(session, now, "backend_unreachable", self.backend.name,
+                            f"kill failed: {exc}; {len(expired) - start} job(s) past max_queue_time stay in flight,"
+                            " killed at the next step")
+                break
+        killed = [(row, limit) for row, limit in expired if answers.get(row.panda_id) is True]
+        refused = [row for row, _ in expired if answers.get(row.panda_id) is False]
+        _update_jobs(session, [self._not_started(row, limit, now) for row, limit in killed])
+        summary.timed_out = len(killed)
+        if refused:
+            self._event(session, now, "kill_refused", self.backend.name,
+                        f"{len(refused)} job(s) past max_queue_time were not killed (already ended, or unknown to the"
+                        " backend): polled again and recorded as they ended", {"panda_ids": [r.panda_id for r in refused][:50]})
+            self._poll_again(session, now, summary, refused)
+
+    def _not_started(self, row: Any, limit: timedelta, now: datetime) -> dict[str, Any]:
+        at_site = row.job_status == JobStatus.ACTIVATED.value
+        code = ROBOT_NOT_STARTED_IN_TIME if at_site else ROBOT_NOT_ACTIVATED_IN_TIME
+        entry = self.error_table.get(("robot", code))
+        name, klass = (entry.name, entry.klass) if entry else (
+            ("NOTSTARTEDINTIME", "site") if at_site else ("NOTACTIVATEDINTIME", "central"))
+        diag = (f"not started within max_queue_time ({limit}) after activation; killed" if at_site else
+                f"still {row.job_status} at the server after max_queue_time ({limit}): the server's or the"
+                " data's wait, not the site's; killed")
+        return {"id": row.id, "phase": "done", "job_status": JobStatus.CANCELLED.value, "status_changed_at": now,
+                "end_time": now, "outcome": Outcome.FAILED.value, "error_source": "robot", "error_code": code,
+                "error_name": name, "error_class": klass, "error_diag": diag,
+                "time_queue": (now - row.submitted_at).total_seconds()}
+
+    def _poll_again(self, session: Session, now: datetime, summary: StepSummary, rows: Sequence[Any]) -> None:
+        """The backend's word on jobs it would not kill; left for the next step's poll if it cannot be read."""
         try:
-            self.backend.kill([row.panda_id for row, _ in expired])
+            reports = self.backend.status([row.panda_id for row in rows])
         except BackendUnavailable as exc:
-            summary.backend_errors.append(f"kill: {exc}")
+            summary.backend_errors.append(f"status: {exc}")
             return
-        entry = self.error_table.get(("robot", ROBOT_NOT_STARTED_IN_TIME))
-        _update_jobs(session, [
-            {"id": row.id, "phase": "done", "job_status": JobStatus.CANCELLED.value, "status_changed_at": now,
-             "end_time": now, "outcome": Outcome.FAILED.value, "error_source": "robot",
-             "error_code": ROBOT_NOT_STARTED_IN_TIME, "error_name": entry.name if entry else "NOTSTARTEDINTIME",
-             "error_class": entry.klass if entry else "site",
-             "error_diag": f"not started within max_queue_time ({limit}); killed",
-             "time_queue": (now - row.submitted_at).total_seconds()}
-            for row, limit in expired
-        ])
-        summary.timed_out = len(expired)
+        changes = [self._from_report(row.id, report, now) for row in rows
+                   if (report := reports.get(row.panda_id)) is not None and report.job_status.value != row.job_status]
+        summary.finished += sum(change.get("phase") == "done" for change in changes)
+        if changes:
+            _update_jobs(session, changes)
 
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:

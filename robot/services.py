@@ -128,7 +128,9 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
         settings = config.backend.panda
         files = {key: str(config.resolve(value)) for key in ("proxy_file", "token_file", "ca_dir")
                  if (value := getattr(settings, key))}  # relative to the configuration's folder
-        backend = PandaBackend(settings.model_copy(update=files), parts.statuses)
+        # Without CRIC, queue statuses are read where PanDA shows them (metaconfig/get_site_specs).
+        backend = PandaBackend(settings.model_copy(update=files), parts.statuses,
+                               statuses_from_server=config.topology.source != "cric")
     else:
         assert grid is not None
         backend = grid

@@ -44,6 +44,9 @@ class ScriptedGrid:
         self.crash_after_submit = False  # the grid records the jobs, the robot dies before it hears back
         self.find_unreachable = False  # name look-ups fail (the rest answers)
         self.killed: list[int] = []
+        self.initial_state = JobStatus.ACTIVATED  # where a submitted job waits (DEFINED: the server's wait)
+        self.before_kill: Any = None  # called at each kill, before it acts (a job may end meanwhile)
+        self.kill_unreachable = False  # kills fail (the rest answers)
         self._ids = itertools.count(1000)
 
     # topology and catalogue
@@ -73,7 +76,7 @@ class ScriptedGrid:
         ids = []
         for job in jobs:
             pid = next(self._ids)
-            self.jobs[pid] = JobReport(panda_id=pid, job_status=JobStatus.DEFINED, queue=job.queue,
+            self.jobs[pid] = JobReport(panda_id=pid, job_status=self.initial_state, queue=job.queue,
                                        creation_time=self.clock.now())
             self.requests[pid] = job
             ids.append(pid)
@@ -94,11 +97,24 @@ class ScriptedGrid:
         return {pid: self.jobs.get(pid) for pid in panda_ids}
 
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
+        """As PanDA answers: False for a job already final or unknown."""
         self._check("kill")
-        self.killed.extend(panda_ids)
+        if self.kill_unreachable:
+            raise BackendUnavailable("kill: connection refused")
+        if self.before_kill:
+            self.before_kill()
+        answers = {}
         for pid in panda_ids:
-            self.jobs[pid] = replace(self.jobs[pid], job_status=JobStatus.CANCELLED, task_buffer_error_code=100)
-        return {pid: True for pid in panda_ids}
+            job = self.jobs.get(pid)
+            answers[pid] = job is not None and job.job_status not in (JobStatus.FINISHED, JobStatus.FAILED,
+                                                                       JobStatus.CANCELLED)
+            if answers[pid]:
+                self.killed.append(pid)
+                self.jobs[pid] = replace(job, job_status=JobStatus.CANCELLED, task_buffer_error_code=100)
+        return answers
+
+    def activate(self, pid: int) -> None:
+        self.jobs[pid] = replace(self.jobs[pid], job_status=JobStatus.ACTIVATED)
 
     def queue_status(self) -> dict[str, QueueStatus]:
         self._check("queue_status")

@@ -14,7 +14,7 @@ from blacklist.settings import BlacklistSettings
 from robot.backends.base import BackendUnavailable
 from robot.cli import main
 from robot.clock import ManualClock
-from robot.jobstates import QueueStatus
+from robot.jobstates import JobStatus, QueueStatus
 from robot.loop import Robot
 from robot.storage.models import Event, Override, Queue, QueueTransition, Setting
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
@@ -247,6 +247,21 @@ def test_a_stuck_queue_is_excluded_while_the_others_run(tmp_path, clock, grid):
     with robot.sessions() as session:
         reason = session.scalars(select(QueueTransition.reason).where(QueueTransition.kind == "status")).one()
     assert "STALLED" in reason
+
+
+def test_jobs_the_server_never_activated_are_no_stall_of_the_site(tmp_path, clock, grid):
+    """`defined` (or assigned, pending, waiting) is the server's or the data's wait, not the site's."""
+    robot = robot_with_engine(tmp_path, grid, default={"stall_after": "45m"})
+    grid.initial_state = JobStatus.DEFINED
+    robot.run_once(clock.now())
+    for _ in range(8):
+        for queue in QUEUES:
+            if queue != "ANALY_C2":
+                for pid in grid.in_queue(queue):
+                    grid.start(pid)
+                    grid.finish(pid)
+        step(robot, clock)
+    assert transitions(robot) == []
 
 
 def test_no_stall_is_judged_while_the_backend_cannot_be_read(tmp_path, clock, grid):

@@ -289,6 +289,20 @@ def test_stuck_queue_holds_jobs_activated_until_healed(tiny_grid, wait_final):
     assert report.start_time == clock.now()
 
 
+def test_a_server_side_hold_leaves_jobs_defined_until_healed(tiny_grid, wait_final):
+    """PanDA leaves a job `defined` while it has not set it up (input not ready): not the site's wait."""
+    clock = ManualClock(T0)
+    grid = tiny_grid.grid({"ANALY_HELD": {}}, clock=clock,
+                          faults=[{"queue": "ANALY_HELD", "mode": "not_activated", "start_after": "0s",
+                                   "duration": "2h"}])
+    (held,) = grid.submit([tiny_grid.request("ANALY_HELD")])
+    for _ in range(3):
+        clock.advance(timedelta(minutes=5))
+        assert grid.status([held])[held].job_status is JobStatus.DEFINED
+    assert grid.state.heal("ANALY_HELD", clock.now()) == 1
+    assert wait_final(grid, [held])[held].job_status is JobStatus.FINISHED
+
+
 # -- 5. queue status ---------------------------------------------------------------------------------
 def test_queue_status_gates_dispatch(tiny_grid, wait_final):
     # every queue has a cvmfs fault: jobs that are dispatched fail half a second later, cheaply

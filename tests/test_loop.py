@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from robot.backends.base import BackendUnavailable
 from robot.clock import ManualClock
-from robot.jobstates import QueueStatus
+from robot.jobstates import JobStatus, QueueStatus
 from robot.loop import Robot
 from robot.storage.models import Event, Job, Queue, QueueTransition
 from robot.storage import models
@@ -228,13 +228,76 @@ def test_job_not_started_in_time_is_killed_and_counted_as_site_failure(tmp_path,
     robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"], "max_queue_time": "2h"}))
     robot.run_once(clock.now())
     (pid,) = grid.in_queue("ANALY_A")
+    step(robot, clock, 60)  # seen activated: the site's wait counts from here
     step(robot, clock, 3600)
     assert grid.killed == []
-    step(robot, clock, 3601)
+    step(robot, clock, 3600)
     assert grid.killed == [pid]
     job = jobs(robot, panda_id=pid)[0]
     assert (job.outcome, job.error_class, job.error_name) == ("failed", "site", "NOTSTARTEDINTIME")
     assert len(grid.in_queue("ANALY_A")) == 1  # and a successor went out
+
+
+def test_job_stuck_before_activation_is_killed_as_a_central_problem_never_the_sites(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"], "max_queue_time": "2h"}))
+    grid.initial_state = JobStatus.ASSIGNED  # the server is still moving its input
+    robot.run_once(clock.now())
+    (pid,) = grid.in_queue("ANALY_A", (JobStatus.ASSIGNED,))
+    step(robot, clock, 3600)
+    assert jobs(robot, panda_id=pid)[0].job_status == "assigned"  # kept, not folded into defined
+    step(robot, clock, 3601)
+    assert grid.killed == [pid]
+    job = jobs(robot, panda_id=pid)[0]
+    assert (job.outcome, job.error_class, job.error_name) == ("failed", "central", "NOTACTIVATEDINTIME")
+
+
+def test_max_queue_time_counts_from_activation(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"], "max_queue_time": "2h"}))
+    grid.initial_state = JobStatus.DEFINED
+    robot.run_once(clock.now())
+    (pid,) = grid.in_queue("ANALY_A")
+    step(robot, clock, 5400)
+    grid.activate(pid)  # activated after 1.5 h at the server
+    step(robot, clock, 60)
+    step(robot, clock, 3600)  # 2.5 h after submission, 1 h after activation
+    assert grid.killed == [] and jobs(robot, panda_id=pid)[0].phase == "active"
+    step(robot, clock, 3600)
+    assert grid.killed == [pid]
+    assert jobs(robot, panda_id=pid)[0].error_name == "NOTSTARTEDINTIME"
+
+
+def test_a_job_the_backend_will_not_kill_is_recorded_as_it_really_ended(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"], "max_queue_time": "1h"}))
+    robot.run_once(clock.now())
+    (pid,) = grid.in_queue("ANALY_A")
+    step(robot, clock, 60)
+    grid.before_kill = lambda: grid.finish(pid)  # it ends between the poll and the kill
+    summary = step(robot, clock, 3600)
+    assert grid.killed == [] and summary.timed_out == 0
+    job = jobs(robot, panda_id=pid)[0]
+    assert (job.phase, job.outcome, job.job_status, job.error_class) == ("done", "completed", "finished", None)
+    with robot.sessions() as session:
+        assert session.scalars(select(Event.kind).where(Event.kind == "kill_refused")).all() == ["kill_refused"]
+
+
+def test_kills_go_in_batches_and_one_that_fails_is_recorded_and_retried(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A"], "max_queue_time": "1h",
+                                                  "max_running_jobs": 5}), poll_batch_size=2)
+    robot.run_once(clock.now())
+    waiting = grid.in_queue("ANALY_A")
+    assert len(waiting) == 5
+    step(robot, clock, 60)
+    grid.kill_unreachable = True
+    summary = step(robot, clock, 3600)
+    assert summary.timed_out == 0 and any(e.startswith("kill") for e in summary.backend_errors)
+    assert {j.phase for j in jobs(robot) if j.panda_id in waiting} == {"active"}
+    with robot.sessions() as session:
+        assert any("kill failed" in e.message for e in session.scalars(
+            select(Event).where(Event.kind == "backend_unreachable")))
+    grid.kill_unreachable = False
+    grid.calls["kill"] = 0
+    summary = step(robot, clock)
+    assert summary.timed_out == 5 and grid.calls["kill"] == 3 and sorted(grid.killed) == sorted(waiting)
 
 
 def test_no_input_data_means_no_job_and_one_event(tmp_path, clock):

@@ -232,6 +232,22 @@ def test_states_outside_the_robots_vocabulary_are_mapped(fake):
         JobStatus.HOLDING, JobStatus.CANCELLED, JobStatus.ACTIVATED]
 
 
+def test_pre_dispatch_states_are_kept_apart_for_blame(fake):
+    ids = [fake.add_job(jobStatus=state) for state in ("defined", "assigned", "pending", "waiting", "activated")]
+    reports = backend(fake.url).status(ids)
+    assert [reports[p].job_status.value for p in ids] == ["defined", "assigned", "pending", "waiting", "activated"]
+
+
+def test_the_servers_own_unknown_is_could_not_tell_not_a_malformed_reply(fake):
+    """With its database down panda-server answers success with jobStatus "unknown": not asked again at
+    once (each such answer takes the server about 30 s), raised as BackendUnavailable for the step."""
+    fine, lost_db = fake.add_job(jobStatus="running"), fake.add_job(jobStatus="unknown")
+    with pytest.raises(BackendUnavailable, match="could not tell") as caught:
+        backend(fake.url).status([fine, lost_db])
+    assert "malformed" not in str(caught.value)
+    assert len(fake.calls("job/get_description")) == 1
+
+
 def test_unknown_ids_are_none_and_archived_jobs_are_read_from_the_archive(fake):
     live = fake.add_job(jobStatus="running")
     old = fake.add_job(jobStatus="finished", nEvents=10)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robot.backends.base import BackendUnavailable
 from robot.backends.cric import CRICClient
 from robot.backends.embedded.grid import EmbeddedGrid
 from robot.backends.embedded.state import GridState
@@ -42,25 +43,35 @@ def test_default_runs_everything_on_the_embedded_grid(tiny_grid):
         services.close()
 
 
-def test_panda_backend_with_the_grid_in_another_process_reads_the_grids_files(tiny_grid):
-    files = tiny_grid.write_files()
-    raw = yaml.safe_load(files.robot_yaml.read_text())
-    raw["backend"].update(kind="panda", panda={"url": "http://127.0.0.1:9/server/panda", "auth": "none"})
-    files.robot_yaml.write_text(yaml.safe_dump(raw))
-    services = build(load_config(files.robot_yaml), Clock())
-    try:
-        assert services.grid is None  # nothing of the grid runs here
-        assert services.robot.backend.name == "panda"
-        assert isinstance(services.robot.topology, GridStorage)
-        assert [q.name for q in services.robot.topology.topology().queues] == ["ANALY_TINY"]
-        # Exclusions go to the grid's state file, where `grid serve` reads them.
-        services.robot.backend.set_queue_status("ANALY_TINY", QueueStatus.OFFLINE, "test", "robot")
-        assert services.robot.backend.queue_status() == {"ANALY_TINY": QueueStatus.OFFLINE}
-        state = GridState(files.state_dir / "grid.sqlite")
-        assert state.queue_statuses() == {"ANALY_TINY": QueueStatus.OFFLINE}
-        state.close()
-    finally:
-        services.close()
+def test_panda_backend_with_the_grid_in_another_process_reads_statuses_from_panda(tiny_grid):
+    from robot.backends.embedded import panda_service
+
+    files = tiny_grid.write_files({"ANALY_TINY": {}, "ANALY_OTHER": {}})
+    server_grid = tiny_grid.open(tiny_grid.config({"ANALY_TINY": {}, "ANALY_OTHER": {}}), files.state_dir)
+    with panda_service.serve(server_grid) as service:
+        raw = yaml.safe_load(files.robot_yaml.read_text())
+        raw["backend"].update(kind="panda", panda={"url": service.url, "auth": "none", "retries": 0})
+        files.robot_yaml.write_text(yaml.safe_dump(raw))
+        services = build(load_config(files.robot_yaml), Clock())
+        try:
+            assert services.grid is None  # nothing of the grid runs here
+            assert services.robot.backend.name == "panda"
+            assert isinstance(services.robot.topology, GridStorage)
+            assert [q.name for q in services.robot.topology.topology().queues] == ["ANALY_TINY", "ANALY_OTHER"]
+            # A queue set offline at the server is offline for the robot (read from get_site_specs).
+            server_grid.set_queue_status("ANALY_OTHER", QueueStatus.OFFLINE, "downtime", "site admin")
+            assert services.robot.backend.queue_status() == {"ANALY_TINY": QueueStatus.ONLINE,
+                                                             "ANALY_OTHER": QueueStatus.OFFLINE}
+            # Exclusions go to the grid's state file, where `grid serve` reads them.
+            services.robot.backend.set_queue_status("ANALY_TINY", QueueStatus.BROKEROFF, "test", "robot")
+            assert services.robot.backend.queue_status()["ANALY_TINY"] is QueueStatus.BROKEROFF
+            state = GridState(files.state_dir / "grid.sqlite")
+            assert state.queue_statuses()["ANALY_TINY"] is QueueStatus.BROKEROFF
+            state.close()
+        finally:
+            services.close()
+    with pytest.raises(BackendUnavailable):  # the server is gone: statuses unknown, not stale
+        services.robot.backend.queue_status()
 
 
 def test_production_takes_topology_and_statuses_from_cric_and_data_from_rucio(tiny_grid, tmp_path):

@@ -83,10 +83,10 @@ MIN_RAM_MB = 2000  # minRamCount per job (one core), ATLAS's usual analysis requ
 DISK_MARGIN_MB = 2000  # maxDiskCount: the input files plus this much work space
 TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilotTiming, in order
 
-# Real PanDA states outside the robot's vocabulary, mapped to the nearest one. Anything else is a
-# malformed reply.
+# Real PanDA states outside the robot's vocabulary, mapped to the nearest one. Anything else (but
+# "unknown", the server's own "cannot tell") is a malformed reply. The pre-dispatch states
+# (defined, assigned, pending, waiting) are the robot's own: whose wait it is depends on them.
 STATE_ALIASES = {
-    "pending": JobStatus.DEFINED, "assigned": JobStatus.DEFINED, "waiting": JobStatus.DEFINED,
     "throttled": JobStatus.ACTIVATED,
     "transferring": JobStatus.HOLDING, "merging": JobStatus.HOLDING,
     "closed": JobStatus.CANCELLED,  # ended by the system (task aborted, job superseded): no verdict
@@ -220,10 +220,15 @@ class _Malformed(Exception):
     """The reply arrived but does not say what it should."""
 
 
+class _CouldNotTell(Exception):
+    """The server answered that it does not know right now (jobStatus "unknown": its database is down)."""
+
+
 @dataclass
 class _Failure:
     reason: str
     delivered: bool  # the server may have received the request (and acted on it)
+    retry: bool = True  # False: asking again at once would not help (the server said it cannot tell)
 
 
 # -- the backend ------------------------------------------------------------------------------------
@@ -233,9 +238,12 @@ class PandaBackend:
     name = "panda"
 
     def __init__(self, settings: PandaConfig, status_store: QueueStatusStore, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, statuses_from_server: bool = False) -> None:
+        """`statuses_from_server`: read queue statuses from the server's `metaconfig/get_site_specs`
+        (when no CRIC holds them); they are still set in `status_store`."""
         self.settings = settings
         self.status_store = status_store
+        self.statuses_from_server = statuses_from_server
         self.sleep = sleep
         self.timeout = settings.timeout.total_seconds()
         self.retries = settings.retries
@@ -338,6 +346,8 @@ class PandaBackend:
             return _Failure("failure reply (success false, empty or unparseable)", delivered=True)
         try:
             return check(data)
+        except _CouldNotTell as exc:
+            return _Failure(f"the server could not tell: {exc}", delivered=True, retry=False)
         except _Malformed as exc:
             return _Failure(f"malformed reply: {exc}", delivered=True)
 
@@ -348,6 +358,8 @@ class PandaBackend:
             result = self._attempt(what, call, check)
             if not isinstance(result, _Failure):
                 return result
+            if not result.retry:
+                raise BackendUnavailable(f"PanDA {what}: {result.reason}; asked again at the next step")
             if not retry_if(result):
                 raise BackendUnavailable(
                     f"PanDA {what}: {result.reason}; not retried: the server may have acted on it")
@@ -529,10 +541,32 @@ class PandaBackend:
         self._call("hello", lambda client: client.hello(), lambda data: data)
 
     def queue_status(self) -> dict[str, QueueStatus]:
-        return self.status_store.queue_status()
+        if not self.statuses_from_server:
+            return self.status_store.queue_status()
+        return self._call("get_site_specs", lambda client: _site_specs(client)(), _statuses)
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         self.status_store.set_queue_status(queue, status, reason, actor)
+
+
+def _site_specs(client: Any) -> Callable[[], tuple[Any, Any]]:
+    """metaconfig/get_site_specs (analysis queues), which panda-client has no function for."""
+    return client.http_request_decorator(endpoint="metaconfig/get_site_specs", method="get", json_out=True)(
+        lambda: {"type": "analysis"})
+
+
+def _statuses(data: Any) -> dict[str, QueueStatus]:
+    """{queue: {"status": ...}} -> the statuses; a status outside PanDA's four is a malformed reply."""
+    if not isinstance(data, dict):
+        raise _Malformed(f"get_site_specs answered {type(data).__name__}, not a mapping")
+    out = {}
+    for queue, spec in data.items():
+        status = spec.get("status") if isinstance(spec, dict) else None
+        try:
+            out[str(queue)] = QueueStatus(status)
+        except ValueError:
+            raise _Malformed(f"queue {str(queue)[:60]!r} has status {str(status)[:40]!r}") from None
+    return out
 
 
 def _ids_with_job_id(client: Any) -> Callable[[int], tuple[Any, Any]]:
@@ -612,6 +646,8 @@ def job_report(spec: Any) -> JobReport:
     raw_state = _get(spec, "jobStatus")
     if pid is None or not isinstance(raw_state, str):
         raise _Malformed(f"job {pid} without a jobStatus")
+    if raw_state == "unknown":  # what panda-server answers, with success, while its database is down
+        raise _CouldNotTell(f"job {pid} is in state 'unknown' (the server's database may be down)")
     try:
         state = STATE_ALIASES.get(raw_state) or JobStatus(raw_state)
     except ValueError:

@@ -23,6 +23,7 @@ class FaultMode(StrEnum):
     SLOW = "slow"  # slow worker nodes: events/s drops, no error
     STUCK = "stuck"  # jobs are not dispatched, they wait in the queue
     CRASH = "crash"  # the payload dies with SIGSEGV
+    NOT_ACTIVATED = "not_activated"  # the server does not set jobs up: they stay `defined` (not the site's wait)
 
 
 class QueueConfig(Strict):

@@ -33,10 +33,15 @@ def is_stuck(active: list[Fault]) -> bool:
     return any(f.mode is FaultMode.STUCK for f in active)
 
 
+def is_held(active: list[Fault]) -> bool:
+    """The server leaves new jobs `defined` while the fault lasts (as PanDA does with input not ready)."""
+    return any(f.mode is FaultMode.NOT_ACTIVATED for f in active)
+
+
 def plan_injection(active: list[Fault], user_failure_rate: float, rng: random.Random) -> Injection:
     mode, slowdown = None, 1.0
     for fault in active:
-        if fault.mode is FaultMode.STUCK or rng.random() >= fault.probability:
+        if fault.mode in (FaultMode.STUCK, FaultMode.NOT_ACTIVATED) or rng.random() >= fault.probability:
             continue
         if fault.mode is FaultMode.SLOW:
             slowdown = max(slowdown, fault.slowdown)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 from robot.backends.base import JobReport, JobRequest
 from robot.backends.embedded.config import GridConfig
-from robot.backends.embedded.faults import Injection, active_faults, is_stuck, plan_injection
+from robot.backends.embedded.faults import Injection, active_faults, is_held, is_stuck, plan_injection
 from robot.backends.embedded.state import Fault, GridState
 from robot.backends.embedded.status import GridQueueStatus
 from robot.backends.embedded.storage import GridStorage
@@ -176,10 +176,12 @@ class EmbeddedGrid:
         with self._lock:
             now = self.clock.now()
             open_jobs = self.state.jobs_in(OPEN)
+            faults = self.state.faults()
             for pid, job in open_jobs:
                 if job["job_status"] == JobStatus.DEFINED.value:
-                    job["job_status"] = JobStatus.ACTIVATED.value
-                    self.state.save_job(pid, job)
+                    if not is_held(active_faults(faults, job["queue"], now)):
+                        job["job_status"] = JobStatus.ACTIVATED.value
+                        self.state.save_job(pid, job)
                 elif job["job_status"] == JobStatus.RUNNING.value and self.dispatch == "local":
                     self._reap(pid, job, now)
                 elif job["job_status"] == JobStatus.HOLDING.value and "final" in job:
