@@ -132,7 +132,7 @@ def test_daemon_refuses_an_old_schema_then_runs_and_stops_cleanly_on_sigterm(tmp
     config = _small_setup(tmp_path)
     refused = _cli("--config", str(config), "run")
     _, err = refused.communicate(timeout=60)
-    assert refused.returncode == 1 and "healthrobot db upgrade" in err
+    assert refused.returncode == 1 and "db upgrade`" in err
     assert invoke("--config", str(config), "db", "upgrade").exit_code == 0
     daemon = _cli("--config", str(config), "-v", "run")
     deadline = time.monotonic() + 90

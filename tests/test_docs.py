@@ -21,8 +21,9 @@ EXAMPLE = (REPO / "configs" / "robot.yaml").read_text()
 def commands(command: click.Command, name: str) -> Iterator[tuple[str, click.Command]]:
     yield name, command
     if isinstance(command, click.Group):
-        for sub_name, sub in command.commands.items():
-            yield from commands(sub, f"{name} {sub_name}")
+        ctx = click.Context(command)
+        for sub_name in command.list_commands(ctx):
+            yield from commands(command.get_command(ctx, sub_name), f"{name} {sub_name}")
 
 
 ALL = [(name, cmd) for name, cmd in commands(main, "healthrobot") if not isinstance(cmd, click.Group)]

@@ -175,4 +175,4 @@ def test_commands_refuse_a_database_whose_schema_is_not_current(tmp_path, comman
     path = tmp_path / "robot.yaml"
     path.write_text(f"data_dir: {tmp_path / 'data'}\n")  # no `db upgrade`: the database is empty
     result = CliRunner().invoke(main, ["--config", str(path), *command])
-    assert result.exit_code == 1 and "healthrobot db upgrade" in result.output
+    assert result.exit_code == 1 and "db upgrade`" in result.output

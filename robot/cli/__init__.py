@@ -1,60 +1,184 @@
-"""`healthrobot`: the command line. Noun-verb subcommands, `--json` where a machine reads the output."""
+"""`healthrobot`: the command line. Noun-verb subcommands, `--json` where a machine reads the output.
+
+Start-up is kept cheap: a subcommand's module is imported only when that subcommand runs (`COMMANDS`
+below), and this module imports neither SQLAlchemy nor the configuration models at import time.
+"""
 from __future__ import annotations
 
+import getpass
+import importlib
 import logging
+import os
+import shutil
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
-from robot.config import RobotConfig, load_config
-from robot.storage.database import SchemaOutdated, check_schema, make_engine, make_sessionmaker
-from robot.yamlconfig import ConfigError
+    from robot.config import RobotConfig
 
 DEFAULT_CONFIG = "configs/robot.yaml"
 
+# name: (module, attribute, short help shown by `healthrobot --help`; a test keeps it equal to the command's own)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "blacklist": ("robot.cli.blacklist_cmd", "blacklist_group",
+                  "Exclusions: list them, override the robot, silence it, switch it."),
+    "config": ("robot.cli.config_cmd", "config_group", "Check configuration files."),
+    "dashboard": ("robot.cli.dashboard_cmd", "dashboard",
+                  "Serve the web dashboard (and /health, /metrics) on the robot's database."),
+    "db": ("robot.cli.db", "db_group", "Database schema."),
+    "demo": ("robot.cli.demo", "demo",
+             "Run the robot against the embedded grid with a live health table (and the web dashboard)."),
+    "grid": ("robot.cli.grid", "grid_group", "The embedded grid: queues, faults, input data."),
+    "jobs": ("robot.cli.jobs", "jobs_group", "Test jobs."),
+    "policy": ("robot.cli.policy_cmd", "policy_group",
+               "Exclusion policies: compare them in simulation, replay them on history."),
+    "run": ("robot.cli.run", "run", "Run the robot: submit, poll, store and evaluate every loop interval until SIGTERM."),
+    "status": ("robot.cli.status", "status", "Failure rate, events per second, CPU efficiency and error classes."),
+    "stress": ("robot.cli.stress_cmd", "stress_group", "Stress tests: many concurrent jobs on a queue, on request."),
+    "tickets": ("robot.cli.tickets_cmd", "tickets_group", "User support tickets: import them, see their verdicts."),
+    "users": ("robot.cli.users_cmd", "users_group", "Dashboard sign-in accounts."),
+    "why": ("robot.cli.tickets_cmd", "why",
+            "Why: a ticket (its id), a queue (its name) or a PanDA job (its ID): is the problem the site?"),
+}
+
+
+def os_user() -> str:
+    """The person at the keyboard: the operating system's user name (who asks, approves, cancels)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a user id without a name (some containers)
+        return f"uid-{os.getuid()}"
+
+
+def program() -> str:
+    """How to call this program again from the current folder, as a user can paste it.
+
+    `healthrobot` when that name on the PATH is this program, else the path of the script in this
+    Python's environment (e.g. `.venv/bin/healthrobot`), relative to the current folder when inside it.
+    """
+    script = Path(sys.executable).parent / "healthrobot"
+    if Path(sys.argv[0]).name == "healthrobot":
+        script = Path(sys.argv[0])
+    on_path = shutil.which("healthrobot")
+    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "healthrobot"
+    if not script.exists():
+        return f"{_shown(Path(sys.executable))} -m robot.cli"
+    return _shown(script)
+
+
+def _shown(path: Path) -> str:
+    absolute = path.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
 
 class Context:
-    """What every subcommand shares: the configuration file, loaded on first use."""
+    """What every subcommand shares: the configuration file, loaded on first use, and its database."""
 
     def __init__(self, config_path: str):
         self.config_path = config_path
         self._config: RobotConfig | None = None
         self._engine: Engine | None = None
+        self._database_checked = False
 
     @property
     def config(self) -> RobotConfig:
         if self._config is None:
+            from robot.config import load_config
+            from robot.yamlconfig import ConfigError
+
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
                 raise click.ClickException(f"invalid configuration {exc}") from exc
         return self._config
 
+    def command(self, *args: str) -> str:
+        """A command line that runs `healthrobot ARGS` with this configuration, ready to paste."""
+        config = [] if self.config_path == DEFAULT_CONFIG and "HEALTHROBOT_CONFIG" not in os.environ \
+            else ["--config", self.config_path]
+        return " ".join([program(), *config, *args])
+
     @property
     def engine(self) -> Engine:
         """The configured database, opened on first use."""
         if self._engine is None:
+            from robot.storage.database import make_engine
+
             self._engine = make_engine(self.config.database_url)
         return self._engine
 
-    def session(self) -> Session:
+    def session(self, create: bool = False) -> Session:
+        """A session on a database whose schema is current (see `require_database`)."""
+        from robot.storage.database import make_sessionmaker
+
+        self.require_database(create)
         return make_sessionmaker(self.engine)()
 
-    def require_current_schema(self) -> None:
-        """Refuse to go on with a database whose schema is not this code's (the message says what to run)."""
+    def require_database(self, create: bool = False) -> None:
+        """Stop with one line saying what to run unless the database exists with this code's schema.
+
+        `create`: a database that does not exist yet (or is empty) gets the schema instead; a reading
+        command never creates one, so it leaves no empty database file behind.
+        """
+        if self._database_checked:
+            return
+        from robot.cli.schema import DatabaseProblem, ensure_schema
+
         try:
-            check_schema(self.engine)
-        except SchemaOutdated as exc:
+            created = ensure_schema(self.config.database_url, lambda: self.engine, create,
+                                    upgrade_command=self.command("db", "upgrade"), hint=self._demo_hint())
+        except DatabaseProblem as exc:
             raise click.ClickException(str(exc)) from exc
+        if created:
+            click.echo(f"created the robot's database: {created}", err=True)
+        self._database_checked = True
+
+    def _demo_hint(self) -> str:
+        demo = self.config.data_path / "demo"
+        if self.config.database.url or not (demo / "healthrobot.db").exists():
+            return ""
+        return f", or read the demo's database with HEALTHROBOT_DATA_DIR={demo}"
+
+    def require_current_schema(self) -> None:
+        """Refuse to go on with a database that is missing or whose schema is not this code's."""
+        self.require_database()
 
 
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute, _ = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from `COMMANDS`, without importing every subcommand."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.Command(name, help=text).get_short_help_str(limit))
+                for name, (_, _, text) in sorted(COMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", envvar="HEALTHROBOT_CONFIG", default=DEFAULT_CONFIG, show_default=True,
               type=click.Path(dir_okay=False), help="Robot configuration file (env HEALTHROBOT_CONFIG).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -66,19 +190,3 @@ def main(ctx: click.Context, config_path: str, verbose: int) -> None:
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx.obj = Context(config_path)
-
-
-def _register() -> None:
-    from robot.cli import (blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd,
-                           tickets_cmd)
-
-    for module in (blacklist_cmd, config_cmd, db, demo, grid, jobs, policy_cmd, run, status, stress_cmd, tickets_cmd):
-        for command in module.COMMANDS:
-            main.add_command(command)
-    from robot.cli.dashboard_cmd import dashboard  # the web dashboard (Dash is imported only when it is served)
-    main.add_command(dashboard)
-    from robot.cli.users_cmd import users_group  # dashboard sign-in accounts
-    main.add_command(users_group)
-
-
-_register()

@@ -202,5 +202,3 @@ def blacklist_history(ctx: Context, queue: str | None, since: timedelta, as_json
         flag = "" if r["applied"] else " [dry-run]"
         click.echo(f"{r['time'][:19]} {r['queue']:20} {r['old']} -> {r['new']} by {r['actor']}{flag}: {r['reason']}")
 
-
-COMMANDS = [blacklist_group]

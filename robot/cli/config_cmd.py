@@ -45,5 +45,3 @@ def check(file: str, as_json: bool) -> None:
         click.echo(f"ok: {file}: {len(config.templates)} templates, backend {config.backend.kind}"
                    + (f" with {summary['queues']} queues" if grid else ""))
 
-
-COMMANDS = [config_group]

@@ -46,5 +46,3 @@ def dashboard(ctx: Context, host: str | None, port: int | None) -> None:
         ctx.engine.dispose()
         click.echo("dashboard stopped")
 
-
-COMMANDS = [dashboard]

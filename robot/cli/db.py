@@ -33,5 +33,3 @@ def db_rollup(ctx: Context) -> None:
         session.commit()
     click.echo(f"job rollup rebuilt from {count} final jobs")
 
-
-COMMANDS = [db_group]

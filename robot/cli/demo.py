@@ -206,5 +206,3 @@ def _build(config: RobotConfig, clock: SystemClock, via_panda: bool) -> tuple[Se
         raise
     return services, _ViaPanda(grid, handle)
 
-
-COMMANDS = [demo]

@@ -221,5 +221,3 @@ def grid_serve(ctx: Context, host: str, port: int) -> None:
         grid.stop()
         grid.state.close()
 
-
-COMMANDS = [grid_group]

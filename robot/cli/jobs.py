@@ -51,5 +51,3 @@ def jobs_list(ctx: Context, queue: str | None, outcome: str | None, limit: int, 
                       r["error_class"] or "", r["error"] or "", str(r["n_events"]), (r["end_time"] or "")[:19])
     make_console().print(table)
 
-
-COMMANDS = [jobs_group]

@@ -218,5 +218,3 @@ def policy_replay(ctx: Context, since: timedelta, policy_name: str | None, step:
         who = f"{label} would {d.replayed}" if d.replayed else f"the robot did {d.recorded}, {label} would not"
         click.echo(f"{d.time:%Y-%m-%d %H:%M} {d.queue:20} {who}: {d.reason}")
 
-
-COMMANDS = [policy_group]

@@ -14,7 +14,6 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from robot.cli import Context, pass_context
 from robot.clock import SystemClock
 from robot.services import build
-from robot.storage.database import SchemaOutdated, check_schema
 
 log = logging.getLogger("robot.daemon")
 
@@ -24,13 +23,9 @@ log = logging.getLogger("robot.daemon")
 @pass_context
 def run(ctx: Context, once: bool) -> None:
     """Run the robot: submit, poll, store and evaluate every loop interval until SIGTERM."""
+    ctx.require_database()
     clock = SystemClock()
     services = build(ctx.config, clock)
-    try:
-        check_schema(services.engine)
-    except SchemaOutdated as exc:
-        services.close()
-        raise click.ClickException(str(exc)) from exc
     if services.grid is not None:  # the embedded grid runs in this process
         services.grid.storage.prepare()
         services.grid.start()
@@ -62,5 +57,3 @@ def _serve(step, clock: SystemClock, interval: float) -> None:  # type: ignore[n
     log.warning("robot running: one step every %.0f s", interval)
     scheduler.start()
 
-
-COMMANDS = [run]

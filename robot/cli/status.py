@@ -30,5 +30,3 @@ def status(ctx: Context, level: str, window: timedelta, as_json: bool) -> None:
     else:
         make_console().print(health_table(found, title=f"Health over the last {format_duration(window)}"))
 
-
-COMMANDS = [status]

@@ -32,7 +32,7 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
     config = ctx.config
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     now = SystemClock().now()
-    with ctx.session() as session:
+    with ctx.session(create=True) as session:
         try:
             summary, changed = import_source(session, source, config, table, now)
         except (FileNotFoundError, ValueError) as exc:
@@ -163,5 +163,3 @@ def _why(session: Session, target: str) -> dict[str, Any] | None:
         return {"kind": "job", "panda_id": int(target), "answer": answer, "details": details}
     return None
 
-
-COMMANDS = [tickets_group, why]

@@ -30,9 +30,8 @@ def _password(from_stdin: bool) -> str:
     return password
 
 
-def _session(ctx: Context) -> Session:
-    ctx.require_current_schema()
-    return ctx.session()
+def _session(ctx: Context, create: bool = False) -> Session:
+    return ctx.session(create)
 
 
 STDIN = click.option("--password-stdin", "from_stdin", is_flag=True,
@@ -46,7 +45,7 @@ STDIN = click.option("--password-stdin", "from_stdin", is_flag=True,
 def users_add(ctx: Context, name: str, from_stdin: bool) -> None:
     """Add a user who may sign in (the password is asked twice)."""
     password = _password(from_stdin)
-    with _session(ctx) as session:
+    with _session(ctx, create=True) as session:
         try:
             users.add_user(session, name, password, SystemClock().now())
         except users.UserError as exc:
@@ -100,5 +99,3 @@ def users_list(ctx: Context, as_json: bool) -> None:
         state = "\tdisabled" if user.disabled else ""
         click.echo(f"{user.name}\t{user.created_at:%Y-%m-%d %H:%M} UTC{state}")
 
-
-COMMANDS = [users_group]

@@ -1,0 +1,92 @@
+"""Every command on a new or outdated database: one line saying what to run, never a traceback or an empty file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from robot.cli import main
+from robot.storage.database import head_revision, make_engine, upgrade
+
+REPO = Path(__file__).resolve().parent.parent
+
+READ_COMMANDS = [
+    ["status"], ["status", "--json"], ["status", "--level", "site"], ["jobs", "list"], ["jobs", "list", "--json"],
+    ["blacklist", "list"], ["blacklist", "history"], ["blacklist", "mode"], ["stress", "list"], ["stress", "show", "1"],
+    ["stress", "watch", "1"], ["stress", "report", "1"], ["tickets", "list"], ["why", "ANALY_X"], ["why", "19"],
+    ["users", "list"], ["policy", "replay"], ["db", "rollup"], ["run", "--once"], ["dashboard"],
+]
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A configuration whose data folder does not exist yet."""
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    return config
+
+
+def _run(config: Path, args: list[str]):
+    return CliRunner().invoke(main, ["--config", str(config), *args])
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+def test_a_command_on_a_new_database_says_what_to_run_and_creates_nothing(fresh, args):
+    result = _run(fresh, args)
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: no robot database at ") and "db upgrade`" in lines[0]
+    assert not (fresh.parent / "data").exists()  # no empty database file, not even its folder
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+def test_a_command_on_an_outdated_database_says_to_upgrade(fresh, args):
+    engine = make_engine(f"sqlite:///{fresh.parent / 'data' / 'healthrobot.db'}")
+    upgrade(engine, "0004")
+    engine.dispose()
+    result = _run(fresh, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert f"has schema revision 0004, this robot needs {head_revision()}: run `" in lines[0]
+    assert lines[0].endswith("db upgrade`")
+
+
+def test_reading_commands_work_on_a_new_database_once_upgraded(fresh):
+    assert _run(fresh, ["db", "upgrade"]).exit_code == 0
+    for args in (["status"], ["jobs", "list"], ["blacklist", "list"], ["blacklist", "history"], ["blacklist", "mode"],
+                 ["stress", "list"], ["tickets", "list"], ["users", "list"], ["policy", "replay"], ["db", "rollup"]):
+        result = _run(fresh, args)
+        assert result.exit_code == 0, (args, result.output)
+    assert json.loads(_run(fresh, ["status", "--json"]).output)["health"] == []
+
+
+def test_writing_commands_create_the_schema_of_a_new_database(fresh, tmp_path):
+    result = CliRunner().invoke(main, ["--config", str(fresh), "users", "add", "alice", "--password-stdin"],
+                                input="correct horse battery\n")
+    assert result.exit_code == 0, result.output
+    assert "created the robot's database" in result.output and "user alice added" in result.output
+    assert _run(fresh, ["users", "list"]).output.startswith("alice")
+
+
+def test_a_real_process_on_a_new_database_prints_one_line_to_stderr(fresh):
+    """As a user types it: exit 1, one line on stderr naming the command to paste, nothing on stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "HEALTHROBOT_CONFIG"}
+    done = subprocess.run([sys.executable, "-m", "robot.cli", "--config", str(fresh), "status"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    command = done.stderr.split("`")[1]
+    assert command.endswith(f"--config {fresh} db upgrade")
+    assert not (fresh.parent / "data").exists()
+    # the command it names runs as printed, from where the user is
+    created = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    assert "-> " + head_revision() in created.stdout
