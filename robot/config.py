@@ -184,6 +184,7 @@ class StressConfig(Strict):
     retries: NonNegativeInt = 1  # a failed job is sent again this many times
     operators: list[str] = []  # may request anywhere and approve any request
     site_admins: dict[str, list[str]] = {}  # site -> people whose requests for it are approved at once
+    local_user_is_operator: bool = False  # the OS user of the CLI is an operator, on the embedded grid only
     safety: StressSafetyConfig = StressSafetyConfig()
 
 

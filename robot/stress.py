@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable
 from robot.config import RobotConfig
+from robot.durations import format_duration
 from robot.storage.models import Event, Job, Queue, Site, Template, Test, TestQueue
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def check(request: StressRequest, config: RobotConfig, queues: dict[str, QueueFa
         if name not in queues:
             problems.append(f"queue: unknown queue {name!r}")
         elif queues[name].excluded and not request.allow_excluded:
-            problems.append(f"queue: {name} is excluded; a stress test runs there only if the request allows it")
+            problems.append(f"queue: {name} is excluded; a stress test runs there only if the request allows it "
+                            "(--allow-excluded)")
     templates = {t.name: t for t in config.templates}
     if request.template not in templates:
         stress = sorted(t.name for t in config.templates if t.category == "stress")
@@ -77,7 +79,8 @@ def check(request: StressRequest, config: RobotConfig, queues: dict[str, QueueFa
     if not 1 <= request.concurrency <= caps.max_concurrency:
         problems.append(f"concurrency: must be between 1 and {caps.max_concurrency} (got {request.concurrency})")
     if request.duration is not None and not timedelta(0) < request.duration <= caps.max_duration:
-        problems.append(f"duration: must be positive and at most {caps.max_duration} (got {request.duration})")
+        problems.append(f"duration: must be positive and at most {format_duration(caps.max_duration)} "
+                        f"(got {format_duration(request.duration)})")
     if request.start is not None and request.start < now - timedelta(minutes=1):
         problems.append(f"start: {request.start:%Y-%m-%d %H:%M} UTC is in the past")
     if not request.requested_by.strip():
@@ -92,6 +95,17 @@ def approver(requested_by: str, sites: set[str], config: RobotConfig) -> str | N
     if sites and all(requested_by in config.stress.site_admins.get(site, []) for site in sites):
         return f"{requested_by} (site admin)"
     return None
+
+
+def with_local_operator(config: RobotConfig, user: str) -> RobotConfig:
+    """`config` with the OS user `user` among the operators, when `stress.local_user_is_operator` applies.
+
+    It applies on the embedded grid only (`backend.kind: embedded`): on a real grid, operators are named.
+    """
+    stress = config.stress
+    if not stress.local_user_is_operator or config.backend.kind != "embedded" or user in stress.operators:
+        return config
+    return config.model_copy(update={"stress": stress.model_copy(update={"operators": [*stress.operators, user]})})
 
 
 def queue_facts(session: Session) -> dict[str, QueueFacts]:
@@ -194,7 +208,7 @@ class StressSupervisor:
             if ended > rule.min_jobs and failed > rule.max_failure_fraction * ended:
                 pair.stopped_at = now
                 pair.stop_reason = (f"safety stop: {failed} of the {ended} jobs that ended at {queue} in the last "
-                                    f"{rule.window} failed (more than {rule.max_failure_fraction:.0%} of more than "
+                                    f"{format_duration(rule.window)} failed (more than {rule.max_failure_fraction:.0%} of more than "
                                     f"{rule.min_jobs})")
                 session.add(Event(time=now, kind="stress_safety_stop", subject=queue, message=pair.stop_reason,
                                   details={"test": pair.test_id, "ended": ended, "failed": failed}))

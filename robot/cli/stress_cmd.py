@@ -1,27 +1,39 @@
-"""`healthrobot stress ...`: request, approve, cancel and read stress tests."""
+"""`healthrobot stress ...`: request, approve, cancel and read stress tests.
+
+Who asks, approves or cancels is the person at the keyboard: the operating system's user name, never
+a name typed on the command line (the dashboard uses its sign-in). On the embedded grid the
+shipped configuration makes that user an operator (`stress.local_user_is_operator`).
+"""
 from __future__ import annotations
 
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from sqlalchemy import func, select
 
-from robot.cli import Context, pass_context
+from robot.cli import Context, os_user, pass_context
 from robot.cli.params import DURATION
-from robot.cli.render import make_console
-from robot.clock import SystemClock, as_utc
-from robot.storage.models import Job, Queue, Template, Test, TestQueue
-from robot.stress import StressRequest, StressRequestError, approve, cancel, request_stress_test
-from robot.stress_report import build_report
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from robot.config import RobotConfig
+    from robot.stress import StressRequestError
+
+STALE_AFTER_INTERVALS = 3  # as /health: the loop is late when its last step is older than this many intervals
 
 
 def _fail(exc: StressRequestError) -> None:
     raise click.ClickException("request refused:\n  " + "\n  ".join(exc.problems))
+
+
+def local_config(ctx: Context) -> RobotConfig:
+    """The configuration as it applies to the OS user at the keyboard (an operator if so configured)."""
+    from robot.stress import with_local_operator
+
+    return with_local_operator(ctx.config, os_user())
 
 
 @click.group("stress")
@@ -36,21 +48,23 @@ def stress_group() -> None:
 @click.option("--concurrency", type=int, required=True, help="Jobs in flight at once per queue.")
 @click.option("--duration", type=DURATION, help="Stop sending after this long (default: the configured cap).")
 @click.option("--start", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]), help="Start time, UTC (default: now).")
-@click.option("--by", "requested_by", required=True, help="Who asks (decides whether it is approved at once).")
 @click.option("--allow-excluded", is_flag=True, help="Run even on queues that are excluded.")
 @click.option("--comment", default="", help="What changed at the site, what to look for.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def stress_request(ctx: Context, queues: tuple[str, ...], template: str, jobs: int, concurrency: int,
-                   duration: timedelta | None, start: datetime | None, requested_by: str, allow_excluded: bool,
+                   duration: timedelta | None, start: datetime | None, allow_excluded: bool,
                    comment: str, as_json: bool) -> None:
-    """Ask for a stress test; approved at once for an operator or the site's admin."""
+    """Ask for a stress test as the OS user; approved at once for an operator or the site's admin."""
+    from robot.clock import SystemClock, as_utc
+    from robot.stress import StressRequest, StressRequestError, request_stress_test
+
     request = StressRequest(queues=queues, template=template, jobs=jobs, concurrency=concurrency,
-                            requested_by=requested_by, duration=duration, start=as_utc(start) if start else None,
+                            requested_by=os_user(), duration=duration, start=as_utc(start) if start else None,
                             allow_excluded=allow_excluded, comment=comment)
     with ctx.session() as session:
         try:
-            test = request_stress_test(session, request, ctx.config, SystemClock().now())
+            test = request_stress_test(session, request, local_config(ctx), SystemClock().now())
         except StressRequestError as exc:
             _fail(exc)
         session.commit()
@@ -59,12 +73,17 @@ def stress_request(ctx: Context, queues: tuple[str, ...], template: str, jobs: i
     if as_json:
         click.echo(json.dumps(result))
     else:
-        how = f"approved by {result['approved_by']}" if result["approved_by"] else "waiting for an operator's approval"
-        click.echo(f"stress test {result['id']}: {result['state']} ({how}); runs from {result['start'][:16]} "
-                   f"to {result['end'][:16]} UTC at the robot's next steps")
+        how = (f"approved by {result['approved_by']}" if result["approved_by"]
+               else f"waiting for an operator's approval: `{ctx.command('stress', 'approve', str(result['id']))}`")
+        click.echo(f"stress test {result['id']}: {result['state']} ({how}); runs from {result['start'][:16].replace('T', ' ')} "
+                   f"to {result['end'][:16].replace('T', ' ')} UTC at the robot's next steps")
 
 
-def _rows(session: Any, test_id: int | None = None) -> list[dict[str, Any]]:
+def _rows(session: Session, test_id: int | None = None) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from robot.storage.models import Queue, Template, Test, TestQueue
+
     query = select(Test, Template.name).join(Template, Template.id == Test.template_id).where(
         Test.category == "stress").order_by(Test.id.desc())
     if test_id is not None:
@@ -90,6 +109,10 @@ def stress_list(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
+    from robot.cli.render import make_console
+
     table = Table(header_style="bold")
     for column in ("ID", "State", "Template", "Queues", "Jobs x conc.", "Requested by", "Start (UTC)", "Outcome"):
         table.add_column(column)
@@ -113,13 +136,15 @@ def stress_show(ctx: Context, test_id: int) -> None:
 
 @stress_group.command("approve")
 @click.argument("test_id", type=int)
-@click.option("--by", "who", required=True, help="The operator approving.")
 @pass_context
-def stress_approve(ctx: Context, test_id: int, who: str) -> None:
-    """Approve a waiting request (operators only)."""
+def stress_approve(ctx: Context, test_id: int) -> None:
+    """Approve a waiting request as the OS user (operators only)."""
+    from robot.clock import SystemClock
+    from robot.stress import StressRequestError, approve
+
     with ctx.session() as session:
         try:
-            test = approve(session, test_id, who, ctx.config, SystemClock().now())
+            test = approve(session, test_id, os_user(), local_config(ctx), SystemClock().now())
         except StressRequestError as exc:
             _fail(exc)
         session.commit()
@@ -128,13 +153,15 @@ def stress_approve(ctx: Context, test_id: int, who: str) -> None:
 
 @stress_group.command("cancel")
 @click.argument("test_id", type=int)
-@click.option("--by", "who", required=True, help="Who cancels.")
 @pass_context
-def stress_cancel(ctx: Context, test_id: int, who: str) -> None:
-    """Cancel: nothing more is sent and the jobs in flight are killed at the robot's next step."""
+def stress_cancel(ctx: Context, test_id: int) -> None:
+    """Cancel as the OS user: nothing more is sent and the jobs in flight are killed at the robot's next step."""
+    from robot.clock import SystemClock
+    from robot.stress import StressRequestError, cancel
+
     with ctx.session() as session:
         try:
-            test = cancel(session, test_id, who, SystemClock().now())
+            test = cancel(session, test_id, os_user(), SystemClock().now())
         except StressRequestError as exc:
             _fail(exc)
         session.commit()
@@ -146,27 +173,72 @@ def stress_cancel(ctx: Context, test_id: int, who: str) -> None:
 @click.option("--interval", type=DURATION, default="2s", show_default=True, help="Refresh period.")
 @pass_context
 def stress_watch(ctx: Context, test_id: int, interval: timedelta) -> None:
-    """Follow a stress test with a progress bar (jobs ended of those asked) until it ends."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=make_console(stderr=True)) as progress:
-        task = progress.add_task(f"stress test {test_id}", total=None)
+    """Follow a stress test until it ends: a progress bar on a terminal, else a line at each change."""
+    from robot.cli.render import make_console
+    from robot.stress import OPEN_STATES
+
+    first = _progress(ctx, test_id)  # an unknown test is said before anything is drawn
+    console = make_console(stderr=True)
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task(f"stress test {test_id}", total=None)
+            now = first
+            while True:
+                progress.update(task, total=now["total"], completed=now["ended"],
+                                description="; ".join(filter(None, (now["line"], now["stale"]))))
+                if now["state"] not in OPEN_STATES:
+                    break
+                time.sleep(interval.total_seconds())
+                now = _progress(ctx, test_id)
+    else:
+        now, said = first, None
         while True:
-            with ctx.session() as session:
-                test = session.get(Test, test_id)
-                if test is None or test.category != "stress":
-                    raise click.ClickException(f"no stress test {test_id}")
-                queues = session.scalar(select(func.count()).select_from(TestQueue).where(TestQueue.test_id == test_id))
-                ended = session.scalar(select(func.count()).select_from(Job).where(
-                    Job.test_id == test_id, Job.retry_of.is_(None), Job.phase == "done"))
-                in_flight = session.scalar(select(func.count()).select_from(Job).where(
-                    Job.test_id == test_id, Job.phase.in_(["recorded", "active"])))
-                state, outcome = test.state, test.outcome
-            progress.update(task, total=(test.max_jobs or 0) * queues, completed=ended,
-                            description=f"stress test {test_id} {state}, {in_flight} in flight")
-            if state not in ("unapproved", "scheduled", "running"):
+            if now["change"] != said:
+                click.echo(f"{now['line']}, {now['ended']}/{now['total']} jobs ended"
+                           + (f"; {now['stale']}" if now["stale"] else ""))
+                said = now["change"]
+            if now["state"] not in OPEN_STATES:
                 break
             time.sleep(interval.total_seconds())
-    click.echo(f"stress test {test_id}: {state} ({outcome or ''})")
+            now = _progress(ctx, test_id)
+    click.echo(f"stress test {test_id}: {now['state']} ({now['outcome'] or ''})")
+
+
+def _progress(ctx: Context, test_id: int) -> dict[str, Any]:
+    """What `stress watch` shows of a stress test now, and whether a robot is stepping."""
+    from sqlalchemy import func, select
+
+    from robot.clock import SystemClock, as_utc
+    from robot.durations import format_duration
+    from robot.loop import LAST_STEP_SETTING
+    from robot.storage.models import Job, Setting, Test, TestQueue
+    from robot.stress import OPEN_STATES
+
+    with ctx.session() as session:
+        test = session.get(Test, test_id)
+        if test is None or test.category != "stress":
+            raise click.ClickException(f"no stress test {test_id}")
+        queues = session.scalar(select(func.count()).select_from(TestQueue).where(TestQueue.test_id == test_id))
+        ended = session.scalar(select(func.count()).select_from(Job).where(
+            Job.test_id == test_id, Job.retry_of.is_(None), Job.phase == "done"))
+        in_flight = session.scalar(select(func.count()).select_from(Job).where(
+            Job.test_id == test_id, Job.phase.in_(["recorded", "active"])))
+        step = session.get(Setting, LAST_STEP_SETTING)
+        state, outcome, total = test.state, test.outcome, (test.max_jobs or 0) * (queues or 0)
+    line = f"stress test {test_id} {state}, {in_flight} in flight"
+    stale = ""
+    if state in OPEN_STATES:
+        interval = ctx.config.loop.interval
+        age = None if step is None else SystemClock().now() - as_utc(datetime.fromisoformat(step.value))
+        if age is None:
+            stale = f"no robot step has run on this database yet (start one: `{ctx.command('run')}`)"
+        elif age > STALE_AFTER_INTERVALS * interval:
+            stale = f"no robot step for {format_duration(age)} (is `{ctx.command('run')}` or the demo running?)"
+    return {"state": state, "outcome": outcome, "total": total, "ended": ended, "line": line, "stale": stale,
+            "change": (state, in_flight, ended, bool(stale))}
 
 
 @stress_group.command("report")
@@ -176,6 +248,10 @@ def stress_watch(ctx: Context, test_id: int, interval: timedelta) -> None:
 @pass_context
 def stress_report(ctx: Context, test_id: int, compare_id: int | None, as_json: bool) -> None:
     """Throughput, failures and time split of a stress test, beside the queue's functional baseline."""
+    from robot.clock import SystemClock
+    from robot.storage.models import Test
+    from robot.stress_report import build_report
+
     with ctx.session() as session:
         test = session.get(Test, test_id)
         if test is None or test.category != "stress":
@@ -192,6 +268,10 @@ def stress_report(ctx: Context, test_id: int, compare_id: int | None, as_json: b
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from robot.cli.render import make_console
+
     console = make_console()
     console.print(f"[bold]stress test {report['test']}[/] {report['template']} on {', '.join(report['queues'])}: "
                   f"{report['state']} ({report['outcome'] or 'running'})")
@@ -231,5 +311,3 @@ def _q(values: dict[str, Any], fmt: str) -> str:
         return "-"
     return "/".join(fmt.format(values[k]) for k in ("p10", "p50", "p90"))
 
-
-COMMANDS = [stress_group]
