@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from datetime import timedelta
 
 import pytest
@@ -12,6 +15,9 @@ from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings
 from robot.cli import main
 from robot.clock import ManualClock
+from robot.classify import load_table
+from robot.tickets import sample
+from robot.tickets.ingest import import_demo_tickets
 from robot.tickets.sample import write_sample_mbox
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
@@ -45,7 +51,8 @@ def world(tmp_path_factory):
     count = write_sample_mbox(archive, clock.now())
     config = tmp_path / "robot.yaml"
     config.write_text(f"data_dir: {tmp_path}\ntickets: {{support_address: atlas-support@example.org}}\n")
-    return {"config": str(config), "archive": str(archive), "messages": count, "grid": grid}
+    return {"config": str(config), "archive": str(archive), "messages": count, "grid": grid, "robot": robot,
+            "clock": clock, "path": tmp_path}
 
 
 def cli(world, *args):
@@ -94,3 +101,49 @@ def test_a_hostile_subject_is_shown_as_text(world):
     cli(world, "tickets", "import", world["archive"])
     table = cli(world, "tickets", "list")
     assert "<script>alert(1)</script>" in table
+
+
+def test_the_demo_s_own_tickets_get_site_for_the_broken_queue_and_not_site_for_a_healthy_one(world):
+    end = world["clock"].now()
+    with world["robot"].sessions() as session:
+        broken, healthy = import_demo_tickets(session, world["robot"].config, load_table(), world["path"] / "demo.mbox",
+                                              "ANALY_MWT2_UCORE", "ANALY_FZK", end - timedelta(minutes=3), end)
+        session.commit()
+    assert broken.verdict == "site" and "ANALY_MWT2_UCORE" in broken.verdict_reason
+    assert healthy.verdict == "not_site" and "ANALY_FZK passed" in healthy.verdict_reason
+    answer = json.loads(cli(world, "why", str(healthy.id), "--json"))
+    assert answer["confidence"] >= 0.7 and "ANALY_FZK" in answer["reply"]
+    assert any(line.startswith("points away from the site: ANALY_FZK passed") for line in answer["details"])
+
+
+def test_tickets_sample_writes_the_archive(tmp_path, world):
+    target = tmp_path / "sample.mbox"
+    out = cli(world, "tickets", "sample", str(target))
+    assert target.stat().st_size > 10_000 and f"tickets import {target}" in out
+    refused = CliRunner().invoke(main, ["--config", world["config"], "tickets", "sample", str(target)])
+    assert refused.exit_code == 1 and "--force" in refused.output
+    script = tmp_path / "by_script.mbox"
+    subprocess.run([sys.executable, str(Path(sample.__file__)), str(script)], check=True, capture_output=True)
+    assert script.read_bytes().count(b"\nFrom ") + 1 == world["messages"]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: (p / "random.bin").write_bytes(bytes(range(256)) * 40), "not an mbox file"),
+    (lambda p: (p / "README.md").write_text("# Queue Health Robot\n\nA robot.\n"), "not an mbox file"),
+    (lambda p: (p / "empty").mkdir(), "not a Maildir folder"),
+    (lambda p: (p / "wrong" / "cur").mkdir(parents=True), "new/ missing"),
+])
+def test_a_file_that_is_not_a_mailbox_is_a_one_line_error(tmp_path, world, make, expected):
+    make(tmp_path)
+    path = next(tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["--config", world["config"], "tickets", "import", str(path)])
+    assert result.exit_code == 1 and expected in result.output and str(path) in result.output
+    assert "Errno" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_an_empty_maildir_and_an_empty_mbox_import_nothing(tmp_path, world):
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / "box" / sub).mkdir(parents=True)
+    (tmp_path / "empty.mbox").write_bytes(b"")
+    for source in ("box", "empty.mbox"):
+        assert ": 0 threads" in cli(world, "tickets", "import", str(tmp_path / source))

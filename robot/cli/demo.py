@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,6 +120,7 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     if not live and not as_json:
         console.print(health_table(found, title="Queue health"))
     verdict = _verdict(found)
+    tickets = _demo_tickets(config, services, found, started, clock.now(), workdir)
     with services.sessions() as session:  # the engine reconnects after close()
         decisions = [{"time": t.time.isoformat(), "queue": name, "old": t.old, "new": t.new, "applied": t.applied,
                       "reason": t.reason}
@@ -130,14 +131,36 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     if as_json:
         click.echo(json.dumps({"workdir": str(workdir), "started": started.isoformat(),
                                "duration_seconds": (clock.now() - started).total_seconds(), **totals,
-                               **verdict, "exclusions": decisions, "health": [h.as_dict() for h in found]}, indent=2))
+                               **verdict, "exclusions": decisions, "tickets": tickets, "health": [h.as_dict() for h in found]}, indent=2))
     else:
         console.print(f"broken queues (failure rate >= {BROKEN:.0%}): {', '.join(verdict['broken']) or 'none'}")
         console.print(f"degraded queues ({DEGRADED:.0%}-{BROKEN:.0%}): {', '.join(verdict['degraded']) or 'none'}")
         for d in decisions:
             mode = "" if d["applied"] else " [dry-run]"
             console.print(f"exclusion engine{mode}: {d['queue']} {d['old']} -> {d['new']}: {d['reason']}")
+        for ticket in tickets:
+            console.print(f"demo ticket {ticket['id']} ({ticket['subject']}): {ticket['verdict']}: {ticket['reason']}; "
+                          f"see why: HEALTHROBOT_DATA_DIR={workdir} healthrobot --config {ctx.config_path} why {ticket['id']}")
         console.print(f"see it again: HEALTHROBOT_DATA_DIR={workdir} healthrobot --config {ctx.config_path} status")
+
+
+def _demo_tickets(config: RobotConfig, services: Services, found: list[Health], started: datetime, end: datetime,
+                  workdir: Path) -> list[dict[str, object]]:
+    """Support tickets written for this run, about its broken queue and a healthy one, imported and judged."""
+    from robot.classify import load_table  # noqa: PLC0415
+    from robot.tickets.ingest import import_demo_tickets  # noqa: PLC0415
+
+    faulted = [f.queue for f in services.grid.config.faults]
+    healthy = sorted((h for h in found if h.level == "queue" and h.key not in faulted and h.failure_rate == 0),
+                     key=lambda h: -(h.completed + h.failed))
+    if not faulted or not healthy:
+        return []
+    table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
+    with services.sessions() as session:
+        tickets = import_demo_tickets(session, config, table, workdir / "demo-tickets.mbox", faulted[0],
+                                      healthy[0].key, started, end)
+        session.commit()
+        return [{"id": t.id, "subject": t.subject, "verdict": t.verdict, "reason": t.verdict_reason} for t in tickets]
 
 
 def _start_dashboard(config: RobotConfig, services: Services, clock: SystemClock, port: int | None,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +17,7 @@ from robot.cli.render import make_console
 from robot.clock import SystemClock
 from robot.storage.models import Episode, Job, Queue, QueueTransition, Ticket, TicketLink, TicketMention
 from robot.tickets.ingest import import_source
+from robot.tickets.sample import THREADS, write_sample_mbox
 from robot.tickets.store import judge_tickets
 
 
@@ -47,6 +50,21 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
                f"updated tickets, {summary.new_messages} new messages, {len(summary.skipped)} skipped")
     for reason in summary.skipped[:20]:
         click.echo(f"  skipped: {reason}")
+
+
+@tickets_group.command("sample")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+def tickets_sample(file: Path, force: bool) -> None:
+    """Write a sample support archive (mbox, Gmail-export style) to FILE, dated over the last three days."""
+    if file.exists() and not force:
+        raise click.ClickException(f"{file} exists: pass --force to replace it")
+    try:
+        count = write_sample_mbox(file, SystemClock().now())
+    except OSError as exc:
+        raise click.ClickException(f"{file}: cannot be written: {exc.strerror or exc}") from exc
+    click.echo(f"wrote {count} messages in {len(THREADS)} threads to {file}; import them with: "
+               f"healthrobot tickets import {shlex.quote(str(file))}")
 
 
 @tickets_group.command("list")

@@ -12,11 +12,12 @@ from robot.backends.base import JobReport
 from robot.backends.embedded.state import GridState
 from robot.config import RobotConfig
 from robot.jobstates import JobStatus
-from robot.storage.models import Cloud, Queue, Setting, Site, StorageEndpoint, queue_endpoint
+from robot.storage.models import Cloud, Queue, Setting, Site, StorageEndpoint, Ticket, queue_endpoint
 from robot.tickets.extract import TopologyIndex
 from robot.tickets.imap import connect, fetch_new
 from robot.tickets.mail import Message, read_maildir, read_mbox
-from robot.tickets.store import ImportSummary, store_threads
+from robot.tickets.sample import demo_threads, write_messages
+from robot.tickets.store import ImportSummary, judge_tickets, store_threads
 from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, thread
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -56,6 +57,29 @@ def grid_job_lookup(config: RobotConfig):  # type: ignore[no-untyped-def]
     return lookup
 
 
+MBOX_START = b"From "
+
+
+def check_mailbox(path: Path) -> None:
+    """Refuse, in one line, anything that is not an mbox file or a Maildir folder."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such mbox file or Maildir folder")
+    if path.is_dir():
+        missing = [sub for sub in ("cur", "new") if not (path / sub).is_dir()]
+        if missing:
+            raise ValueError(f"{path}: not a Maildir folder (expected the subfolders cur/ and new/; "
+                             f"{' and '.join(m + '/' for m in missing)} missing)")
+        return
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    if head.strip() and not head.lstrip(b"\r\n").startswith(MBOX_START):
+        raise ValueError(f"{path}: not an mbox file (expected mail messages, each starting with a "
+                         f"'From ' line, as in a Gmail export); pass a Maildir folder, `imap` or `ggus` otherwise")
+
+
 def import_source(session: Session, source: str, config: RobotConfig, error_table: Any,
                   now: datetime) -> tuple[ImportSummary, list[int]]:
     if source == "ggus":
@@ -65,8 +89,7 @@ def import_source(session: Session, source: str, config: RobotConfig, error_tabl
         label = "mail"
     else:
         path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{source}: no such mbox file or Maildir folder")
+        check_mailbox(path)
         reader = read_maildir if path.is_dir() else read_mbox
         messages, skipped = [], []
         for item in reader(path):
@@ -113,3 +136,13 @@ def _from_ggus(config: RobotConfig) -> Iterable[Message]:
         for ticket in client.search(site, 0):
             messages += client.to_messages(ticket, client.articles(ticket["id"]))
     return messages
+
+
+def import_demo_tickets(session: Session, config: RobotConfig, error_table: Any, path: Path, broken: str,
+                        healthy: str, start: datetime, end: datetime) -> list[Ticket]:
+    """Write the demo's own tickets (dated inside its run, from `start` to `end`) to `path`, import and
+    judge them: one about its broken queue, one about a healthy queue."""
+    write_messages(path, demo_threads(broken, healthy, start, end))
+    _summary, changed = import_source(session, str(path), config, error_table, end)
+    judge_tickets(session, end, changed, error_table)
+    return list(session.scalars(select(Ticket).where(Ticket.id.in_(changed)).order_by(Ticket.id)))

@@ -206,3 +206,63 @@ def write_sample_mbox(path, now: datetime) -> int:
         box.unlock()
         box.close()
     return count
+
+
+def demo_threads(broken: str, healthy: str, start: datetime, end: datetime) -> list[EmailMessage]:
+    """Two short threads dated inside a demo's run (from `start` to `end`): one about its broken queue,
+    one about a healthy queue where the user's own code fails. Replies come from the support desk."""
+    span = end - start
+
+    def at(share: float) -> datetime:
+        return start + span * share
+
+    stamp = int(start.timestamp())
+    threads = [
+        (f"Jobs at {broken} fail with stage-in errors", "alice.m@cern.ch", "Status/ACTIVE",
+         [("u", f"Hi,\nsince a few minutes every job of my task at {broken} fails with\n"
+                "  Get error: Failed to stage in file: Connection timed out\n"
+                "Could you have a look?\nCheers, Alice", 0.8),
+          ("s", "Thanks Alice, we are looking at it.", 0.9)]),
+        (f"my jobs crash at {healthy}", "tom.b@uni-mainz.de", "Status/ACTIVE",
+         [("u", f"My jobs at {healthy} crash right away:\n  File \"ana.py\", line 12, in <module>\n"
+                "    pt = event['jet_pt']\nKeyError: 'jet_pt'\nIs something wrong with the site?", 0.82),
+          ("s", "Please send the command you ran and a link to a failing job.", 0.92)]),
+    ]
+    messages = []
+    for t, (subject, user, labels, posts) in enumerate(threads):
+        ids: list[str] = []
+        for i, (who, body, share) in enumerate(posts):
+            msgid = f"demo{t}.m{i}.{stamp}@sample.example"
+            support = who == "s"
+            messages.append(_make(("Re: " if i else "") + TAG + subject,
+                                  f"ATLAS support <{SUPPORT}>" if support else user,
+                                  user if support else SUPPORT, at(share), msgid, body, False, labels, "",
+                                  ids[-1] if ids else None, list(ids)))
+            ids.append(msgid)
+    return messages
+
+
+def write_messages(path, messages: list[EmailMessage]) -> int:
+    """Write messages to an mbox at `path` (replacing it)."""
+    path = Path(path)
+    if path.exists():
+        path.unlink()
+    box = mailbox.mbox(str(path), create=True)
+    try:
+        box.lock()
+        for msg in messages:
+            box.add(mailbox.mboxMessage(msg))
+        box.flush()
+    finally:
+        box.unlock()
+        box.close()
+    return len(messages)
+
+
+if __name__ == "__main__":  # python robot/tickets/sample.py FILE
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python robot/tickets/sample.py FILE (or: healthrobot tickets sample FILE)")
+    written = write_sample_mbox(sys.argv[1], datetime.now(timezone.utc))
+    print(f"wrote {written} messages to {sys.argv[1]}")
