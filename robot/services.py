@@ -113,6 +113,19 @@ def grid_parts(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None) -> 
     return GridParts(topology=topology, statuses=statuses, catalogue=catalogue)
 
 
+def panda_backend(config: RobotConfig, statuses: QueueStatusStore | None) -> Backend:
+    """The PanDA backend as configured (`statuses`: where queue statuses are read and set)."""
+    from robot.backends.panda import PandaBackend  # panda-client is imported only when used
+
+    assert config.backend.panda is not None  # checked by the configuration model
+    settings = config.backend.panda
+    files = {key: str(config.resolve(value)) for key in ("proxy_file", "token_file", "ca_dir")
+             if (value := getattr(settings, key))}  # relative to the configuration's folder
+    # Without CRIC, queue statuses are read where PanDA shows them (metaconfig/get_site_specs).
+    return PandaBackend(settings.model_copy(update=files), statuses,  # type: ignore[arg-type]
+                        statuses_from_server=config.topology.source != "cric")
+
+
 def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -> Services:
     """The robot as configured. `grid`: an embedded grid already running in this process (the demo)."""
     engine = make_engine(config.database_url, config.database.echo)
@@ -122,15 +135,7 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
     parts = grid_parts(config, clock, grid)
     backend: Backend
     if config.backend.kind == "panda":
-        from robot.backends.panda import PandaBackend  # panda-client is imported only when used
-
-        assert config.backend.panda is not None  # checked by the configuration model
-        settings = config.backend.panda
-        files = {key: str(config.resolve(value)) for key in ("proxy_file", "token_file", "ca_dir")
-                 if (value := getattr(settings, key))}  # relative to the configuration's folder
-        # Without CRIC, queue statuses are read where PanDA shows them (metaconfig/get_site_specs).
-        backend = PandaBackend(settings.model_copy(update=files), parts.statuses,
-                               statuses_from_server=config.topology.source != "cric")
+        backend = panda_backend(config, parts.statuses)
     else:
         assert grid is not None
         backend = grid

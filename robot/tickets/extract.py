@@ -8,23 +8,26 @@ because queue names contain both), by one dictionary lookup per token: a name in
 token ("ANALY_FZK" inside "ANALY_FZK_SHORT", "MWT2" inside "ANALY_MWT2_UCORE") never matches, and
 neither does a token that is part of a host name or mail address ("dcache.mwt2.org").
 
-Complaints. Every mention is a complaint unless its own clause (the text since the last ".", "!",
-"?", ";" or line break, and up to the next one) says the thing works or was left out by the user:
+What the ticket says about each place (its stance), sentence by sentence, in the user's messages:
 
-- before the name: "runs/ran/works/worked/succeeded [fine|well|ok] at|on|in X", "fine at X",
-  "OK at X", "no problem(s) at X", "I excluded X", "excluding X", "except [for] X", "apart from X",
-  "--excludedSite X" / "--excludedSite=A,B,X" (the name may be any item of a list after these);
-- after the name: "X is/was/looks/seems fine|ok|okay|good|healthy|working", "X works",
-  "X runs fine", "X is/was/has been excluded".
+- `fails`: the words nearest the name say something fails or misbehaves there ("jobs at X fail",
+  "X is down", "stuck at X", "slow", "No space left", "doesn't work at X", "X is not OK");
+- `works`: they say it works ("runs fine at X", "X is OK", "no problems at X", "finished at X") or
+  the user left it out ("I excluded X", "except X", "--excludedSite=A,X", "X is excluded");
+- `ran`: the sentence says neither (only where a job ran, was sent, or where input is).
 
-A negation ("not", "n't", "never", "no longer") just before the phrase keeps it a complaint
-("doesn't work at X", "X is not OK"). After de-duplication a thing is a non-complaint only if every
-one of its occurrences is. IDs and errors are always complaints.
+Sentences end at ".", "!", "?", ";", a blank line or a line that does not continue the one before
+(logs, indented text); they are cut at contrasts ("but", "while", "whereas", "although") and then at
+commas. The nearest cue of the smallest piece that has one decides; a negation ("not", "n't",
+"never", "no longer") turns "works" into "fails". A place said to fail anywhere fails; else one said
+to work works. The support desk's messages (and text quoted after "... wrote:") are not the user's:
+a place only they name has no stance and is no complaint. Complaints are `fails` and `ran` (places
+a verdict must look at). IDs and errors are found in every message and are always complaints.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from robot.classify import ErrorClass
@@ -42,25 +45,39 @@ TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_\-]*[A-Za-z0-9])?")
 # "X cloud", "X-cloud", "cloud: X", "cloud=X", "cloud X"; the code itself must be written in capitals
 CLOUD = re.compile(r"\b(?P<pre>[A-Z]{2,5})[ \t-]+(?i:clouds?)\b|\b(?i:cloud)[ \t]*[:=]?[ \t]*(?P<post>[A-Z]{2,5})\b")
 
-# --- complaint rules (see the module docstring) --------------------------------------------------
-CLAUSE_END = re.compile(r"[.!?;\n]")
+# --- stances (see the module docstring) ---------------------------------------------------------
 _LIST = r"(?:[\w\-]+\s*(?:,|\band\b|\bor\b|&)\s*)*"
-NOT_COMPLAINT_BEFORE = re.compile(
-    r"(?i)(?P<phrase>"
-    r"(?:\b(?:runs?|ran|running|works?|worked|working|succeed(?:s|ed)?|passe[sd]|fine|ok|okay|well|good)"
-    r"(?:\s+(?:fine|ok|okay|well|perfectly|correctly))?\s+(?:at|on|in|for|with)"
-    r"|\bno\s+problems?\s+(?:at|on|in|with)"
-    r"|\b(?:i\s+)?(?:have\s+)?(?:excluded?|excluding|except(?:\s+for)?|apart\s+from|besides|other\s+than)"
-    r"|--?excluded?sites?\s*[=:]?)"
-    r"(?:\s+|(?<=[=:])\s*)(?:the\s+)?(?:(?:site|queue|queues|sites|endpoint|cloud)\s+)?" + _LIST + r")$"
-)
-NOT_COMPLAINT_AFTER = re.compile(
-    r"(?i)^\s*(?:\)\s*)?(?:(?:is|was|are|were|looks?|seems?|has\s+been|have\s+been)\s+(?:still\s+|also\s+|already\s+)?"
-    r"(?:fine|ok|okay|good|healthy|working|excluded)\b"
-    r"|works?\b|worked\b|runs?\s+fine\b|ran\s+fine\b)"
-)
-NEGATION = re.compile(r"(?i)(?:\bnot|n't|\bnever|\bno\s+longer)\s*$")
-CLAUSE_WINDOW = 120
+LEFT_OUT_BEFORE = re.compile(
+    r"(?i)(?:\b(?:i\s+)?(?:have\s+)?(?:excluded?|excluding|except(?:\s+for)?|apart\s+from|besides|other\s+than|"
+    r"avoid(?:ing)?|instead\s+of)|--?excluded?sites?\s*[=:]?)"
+    r"(?:\s+|(?<=[=:])\s*)(?:the\s+)?(?:(?:site|queue|queues|sites|endpoint|cloud)\s+)?" + _LIST + r"$")
+LEFT_OUT_AFTER = re.compile(r"(?i)^\s*(?:\)\s*)?(?:is|was|are|were|has\s+been|have\s+been)\s+(?:already\s+)?excluded\b")
+NOT_AT = re.compile(r"(?i)^\W*(?:not|never)\s+(?:at|on|in|with|for|from)\b")
+_NEGATION = r"(?:\bnot|n't|\bnever|\bno\s+longer)"
+NEGATED_WORKS = re.compile(rf"(?i){_NEGATION}\s+(?:\w+\s+)?(?:work\w*|fine|ok|okay|run\w*|ran|succeed\w*|"
+                           r"pass\w*|start\w*|finish\w*|complet\w*|healthy|good|available)\b")
+NO_TROUBLE = re.compile(r"(?i)\b(?:no|without(?:\s+any)?|zero|0%?)\s+(?:problems?|issues?|failures?|errors?|trouble)\b"
+                        r"|\bnot\s+affected\b")
+WORKS = re.compile(r"(?i)\b(?:fine|ok|okay|well|success\w*|succeed\w*|finish(?:ed|es)?|complet(?:ed|es)|passe[sd]|"
+                   r"went\s+through|perfect(?:ly)?|works?|worked|working|runs?\s+(?:again|now)|faster|fast|healthy|"
+                   r"good)\b")
+FAILS = re.compile(
+    r"(?i)\b(?:fail\w*|\w*errors?|\w*exceptions?|core\s+dumped|crash\w*|abort\w*|die[sd]?|dying|dead|kill\w*|stuck|hang\w*|hung|timed?[ -]?out|"
+    r"timeouts?|slow\w*|broken|down|downtime|problems?|issues?|unavailable|unreachable|refused|denied|cannot|"
+    r"can't|could\s+not|couldn't|unable|not\s+found|missing|no\s+such|lost|exceed\w*|segfault\w*|segmentation|"
+    r"sig(?:segv|bus|term|kill)|signal\s+\d+|evicted|drain\w*|activated|wait\w*|pending|holding|full|"
+    r"no\s+space|corrupt\w*|mismatch|wrong|bad|offline|brokeroff|blacklisted|expired|exit\s+code|empty|invalid|"
+    r"not\s+valid|overloaded|limit|reset)\b")
+# "it happens at X", "seen at X", "this is from my jobs at X": the sentence before says what happens there
+ANAPHORA = re.compile(r"(?i)\b(?:(?:it|this|that|the\s+same)\s+(?:also\s+)?(?:happens?|happened|occurs?|is\s+from|"
+                      r"comes\s+from|was\s+at|is\s+at)|seen|saw|same\s+(?:error|problem|thing|issue|failure)s?)\b")
+INTRO_END = re.compile(r"(?i)(?::|\b(?:with|by|from|says|said|shows?|reads?|gives?|gets?|see))\s*$")
+NOT_PROSE = re.compile(r"[ \t>|*\-\d]")  # indented, quoted, a list or a log line
+SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)(?<!\bvs)(?<!\bca)[.!?;](?=\s|$)|\n\s*\n")
+CONTRAST = re.compile(r"(?i)\b(?:but|while|whereas|however|although|though)\b")
+PIECE = re.compile(r",")
+QUOTE_INTRO = re.compile(r"(?im)^.*\bwrote:\s*$|^-+\s*original message\s*-+\s*$")
+STANCE_RANK = {"fails": 3, "works": 2, "ran": 1}
 
 # --- job and task IDs ----------------------------------------------------------------------------
 PANDA_LINK = re.compile(r"(?i)\bpandaid\s*[=:]\s*(\d{1,12})\b")
@@ -114,7 +131,10 @@ ERROR_TEXTS: tuple[ErrorText, ...] = (
     _error_text(("copy command",), r"\bCopy command returned error code \d+", None),
     _error_text(("no space left",), r"\bNo space left on device", 1098, 1333, 1098, directional=True),
     _error_text(("unreachable",), r"\bNetwork is unreachable", 1327),
-    _error_text(("not available at the moment",), r"\bservice is not available at the moment", 1324),
+    _error_text(("not available",), r"\bservice (?:is )?not available\b", 1324),
+    _error_text(("tarball",), r"\buser (?:tarball|sandbox) (?:could not|cannot|can't|was not|not)\b[^\n]{0,20}"
+                              r"|\bnousertarball\b", 1246),
+    _error_text(("rucio",), r"\brucio service (?:is )?(?:not available|unavailable)|\bcannot connect to the rucio server", 1316),
     _error_text(("server responded",), r"\[ERROR\] Server responded with an error", 1362),
     _error_text(("xrdadler32",), r"\bfailed xrdadler32", 1171, 1172, None, directional=True),
     _error_text(("globus_xio:",), r"\bglobus_xio:", 1180, 1181, None, directional=True),
@@ -143,6 +163,7 @@ class Mention:
     snippet: str = ""
     code: int | None = None  # error codes and error texts mapped to a pilot code
     error_class: ErrorClass | None = None  # from the error table, when known
+    stance: str | None = None  # places: fails | works | ran; None when only the support desk names it
 
 
 _Found = tuple[int, int, "Mention"]  # start, end, mention without its snippet yet
@@ -217,14 +238,35 @@ class TopologyIndex:
 
 
 def extract(subject: str, body: str, index: TopologyIndex, error_table: Mapping | None = None) -> list[Mention]:
-    """Everything the ticket names, one mention per thing, in order of first appearance."""
-    text = f"{subject or ''}\n{(body or '')[:MAX_SCAN_CHARS]}"
+    """Everything a ticket names (its text all written by the user), one mention per thing."""
+    return extract_thread(subject, [(False, body or "")], index, error_table)
+
+
+def extract_thread(subject: str, messages: Sequence[tuple[bool, str]], index: TopologyIndex,
+                   error_table: Mapping | None = None) -> list[Mention]:
+    """Everything a thread names, one mention per thing, in order of first appearance.
+
+    `messages`: (from the support desk, body) in order. Only the user's text (the subject, their
+    messages, what they forward) gives places a stance; the desk's replies and text quoted after
+    "... wrote:" do not.
+    """
+    parts, desk = [subject or ""], [(0, len(subject or ""), False)]
+    used = len(parts[0])
+    for from_desk, body in messages:
+        body = (body or "")[:MAX_SCAN_CHARS - used] if used < MAX_SCAN_CHARS else ""
+        quoted = _quoted_from(body)
+        for start, end, is_desk in ((0, quoted, from_desk), (quoted, len(body), True)):
+            if end > start:
+                desk.append((used + 2 + start, used + 2 + end, is_desk))
+        parts.append(body)
+        used += 2 + len(body)
+    text = "\n\n".join(parts)  # a blank line: no sentence runs from one message into the next
     table = error_table or {}
     found: list[_Found] = []
     lower = _lower(text)
     tokens = set(TOKEN.findall(lower))
-    found += _names(text, lower, tokens, index)
-    found += _clouds(text, index)
+    found += _names(text, lower, tokens, index, desk)
+    found += _clouds(text, index, desk)
     found += _ids(text, lower)
     found += _error_codes(text, table)
     found += _error_names(text, lower, tokens, table)
@@ -232,9 +274,20 @@ def extract(subject: str, body: str, index: TopologyIndex, error_table: Mapping 
     return _deduplicate(text, found)
 
 
+def _quoted_from(body: str) -> int:
+    """Where text quoted from an earlier message starts ("On ... wrote:" and what follows), else the end."""
+    match = QUOTE_INTRO.search(body)
+    return match.start() if match else len(body)
+
+
+def _by_desk(desk: list[tuple[int, int, bool]], position: int) -> bool:
+    return next((is_desk for start, end, is_desk in desk if start <= position < end), False)
+
+
 # --- topology names ------------------------------------------------------------------------------
 
-def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex) -> Iterator[_Found]:
+def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex,
+           desk: list[tuple[int, int, bool]]) -> Iterator[_Found]:
     """Known names among the tokens (`tokens`: every lower-case token of the text, to skip most texts fast)."""
     hits = index.known(tokens)
     if not hits:
@@ -246,8 +299,9 @@ def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex) -> Ite
         if _in_host_or_address(text, start, end):
             continue
         target = index.lookup(match.group())
+        stance = None if _by_desk(desk, start) else stance_at(text, start, end)
         yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
-                                  _is_complaint(text, start, end))
+                                  stance in ("fails", "ran"), stance=stance)
 
 
 def _in_host_or_address(text: str, start: int, end: int) -> bool:
@@ -256,36 +310,116 @@ def _in_host_or_address(text: str, start: int, end: int) -> bool:
     return before in (".", "@") or after[:1] == "@" or (after[:1] == "." and after[1:2].isalnum())
 
 
-def _clouds(text: str, index: TopologyIndex) -> Iterator[_Found]:
+def _clouds(text: str, index: TopologyIndex, desk: list[tuple[int, int, bool]]) -> Iterator[_Found]:
     for match in CLOUD.finditer(text):
         group = "pre" if match.group("pre") else "post"
         cloud = index.cloud(match.group(group))
         if cloud is None:
             continue
-        start, end = match.start(), match.end()
-        yield match.start(group), match.end(group), Mention("cloud", match.group(group), None, None, cloud,
-                                                            _is_complaint(text, start, end))
+        start, end = match.start(group), match.end(group)
+        stance = None if _by_desk(desk, start) else stance_at(text, start, end)
+        yield start, end, Mention("cloud", match.group(group), None, None, cloud, stance in ("fails", "ran"),
+                                  stance=stance)
 
 
-def _is_complaint(text: str, start: int, end: int) -> bool:
-    before = _clause_before(text, start)
-    phrase = NOT_COMPLAINT_BEFORE.search(before)
-    if phrase and not NEGATION.search(before[:phrase.start("phrase")]):
-        return False
-    after = _clause_after(text, end)
-    return not NOT_COMPLAINT_AFTER.search(after)
+def stance_at(text: str, start: int, end: int) -> str:
+    """What the sentence around text[start:end] says about the place named there: fails, works or ran."""
+    s_start, s_end = _sentence(text, start, end)
+    before, after = text[s_start:start], text[end:s_end]
+    if LEFT_OUT_BEFORE.search(before[-CLAUSE_WINDOW:]) or LEFT_OUT_AFTER.search(after):
+        return "works"
+    c_start, c_end = _cut(text, s_start, s_end, start, end, CONTRAST)
+    p_start, p_end = _cut(text, c_start, c_end, start, end, PIECE)
+    for lo, hi in ((p_start, p_end), (c_start, c_end), (s_start, s_end)):
+        cue = _nearest_cue(text, lo, hi, start, end)
+        if cue == "before":
+            return _previous_sentence(text, s_start)
+        if cue is not None:
+            return cue
+    if c_start > s_start and NOT_AT.search(text[c_start:start]):
+        return "works"  # "... fail, but not at X"
+    return "ran"
 
 
-def _clause_before(text: str, start: int) -> str:
-    window = text[max(0, start - CLAUSE_WINDOW):start]
-    cut = max(window.rfind(c) for c in ".!?;\n")
-    return window[cut + 1:]
+CLAUSE_WINDOW = 160
 
 
-def _clause_after(text: str, end: int) -> str:
-    window = text[end:end + CLAUSE_WINDOW]
-    stop = CLAUSE_END.search(window)
-    return window[:stop.start()] if stop else window
+def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
+    """The sentence around text[start:end] (at most CLAUSE_WINDOW characters on each side).
+
+    A line break goes on with the sentence when the next line is prose (not indented, quoted, a list
+    or a log line); a line ending with ":" or "with", "from", "says" ... takes in the next line.
+    """
+    lo, hi = max(0, start - CLAUSE_WINDOW), min(len(text), end + CLAUSE_WINDOW)
+    s_start = lo
+    for match in SENTENCE_END.finditer(text, lo, start):
+        s_start = match.end()
+    for line in _newlines(text, s_start, start):
+        if not _continues(text, line):
+            s_start = line + 1
+    stop = SENTENCE_END.search(text, end, hi)
+    s_end = stop.start() if stop else hi
+    for line in _newlines(text, end, s_end):
+        if not _continues(text, line):
+            s_end = line
+            break
+        if INTRO_END.search(text[max(0, line - 20):line]):  # takes in this one line only
+            after = text.find("\n", line + 1, s_end)
+            s_end = after if after >= 0 else s_end
+            break
+    return s_start, s_end
+
+
+def _continues(text: str, newline: int) -> bool:
+    """Does the sentence go on after this line break?"""
+    if INTRO_END.search(text[max(0, newline - 20):newline]):
+        return True
+    nxt = text[newline + 1:newline + 2]
+    return bool(nxt) and nxt not in "\n\r" and not NOT_PROSE.match(nxt)
+
+
+def _newlines(text: str, lo: int, hi: int) -> Iterator[int]:
+    at = text.find("\n", lo, hi)
+    while at >= 0:
+        yield at
+        at = text.find("\n", at + 1, hi)
+
+
+def _cut(text: str, lo: int, hi: int, start: int, end: int, pattern: re.Pattern) -> tuple[int, int]:
+    """The piece of text[lo:hi] around text[start:end] between two matches of `pattern`."""
+    c_start, c_end = lo, hi
+    for match in pattern.finditer(text, lo, hi):
+        if match.end() <= start:
+            c_start = match.end()
+        elif match.start() >= end:
+            c_end = match.start()
+            break
+    return c_start, c_end
+
+
+def _previous_sentence(text: str, s_start: int) -> str:
+    """What the sentence before says (for "it happens at X"): fails if it says anything fails."""
+    if s_start <= 1:
+        return "ran"
+    lo, hi = _sentence(text, s_start - 2, s_start - 1)
+    if FAILS.search(text, lo, hi) or NEGATED_WORKS.search(text, lo, hi):
+        return "fails"
+    return "works" if WORKS.search(text, lo, hi) else "ran"
+
+
+def _nearest_cue(text: str, lo: int, hi: int, start: int, end: int) -> str | None:
+    """The stance of the cue word nearest the name within text[lo:hi] (ties: fails), if any."""
+    taken: list[tuple[int, int]] = []
+    cues: list[tuple[int, int, str]] = []
+    for pattern, stance in ((NEGATED_WORKS, "fails"), (NO_TROUBLE, "works"), (ANAPHORA, "before"), (FAILS, "fails"),
+                            (WORKS, "works")):
+        for match in pattern.finditer(text, lo, hi):
+            a, b = match.start(), match.end()
+            if b <= start or a >= end:
+                if not any(a < y and x < b for x, y in taken):
+                    taken.append((a, b))
+                    cues.append((start - b if b <= start else a - end, 0 if stance == "fails" else 1, stance))
+    return min(cues)[2] if cues else None
 
 
 # --- IDs -----------------------------------------------------------------------------------------
@@ -424,14 +558,17 @@ def _key(mention: Mention) -> tuple:
 
 
 def _deduplicate(text: str, found: list[_Found]) -> list[Mention]:
-    """One mention per thing (first occurrence, with its snippet); a complaint if any occurrence is one."""
+    """One mention per thing (first occurrence, with its snippet); its stance is the strongest of its
+    occurrences (fails, then works, then ran), and it is a complaint if that is fails or ran."""
     merged: dict[tuple, tuple[int, int, Mention]] = {}
     for start, end, mention in sorted(found, key=lambda item: item[0]):
         key = _key(mention)
         if key not in merged:
             merged[key] = (start, end, mention)
-        elif mention.complaint and not merged[key][2].complaint:
-            first_start, first_end, first = merged[key]
-            merged[key] = (first_start, first_end, replace(first, complaint=True))
+            continue
+        first_start, first_end, first = merged[key]
+        if first.kind in TOPOLOGY_KINDS and STANCE_RANK.get(mention.stance or "", 0) > STANCE_RANK.get(first.stance or "", 0):
+            merged[key] = (first_start, first_end, replace(first, stance=mention.stance,
+                                                           complaint=mention.stance in ("fails", "ran")))
     return [replace(mention, snippet=_snippet(text, start, end))
             for start, end, mention in sorted(merged.values(), key=lambda item: item[0])]

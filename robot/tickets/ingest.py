@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from robot.backends.base import JobReport
+from robot.backends.base import Backend, JobReport
 from robot.backends.embedded.state import GridState
 from robot.config import RobotConfig
 from robot.jobstates import JobStatus
@@ -17,7 +17,7 @@ from robot.tickets.extract import TopologyIndex
 from robot.tickets.imap import connect, fetch_new
 from robot.tickets.mail import Message, read_maildir, read_mbox
 from robot.tickets.sample import demo_threads, write_messages
-from robot.tickets.store import ImportSummary, judge_tickets, store_threads
+from robot.tickets.store import ImportSummary, JobLookup, judge_tickets, store_threads
 from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, thread
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -80,6 +80,27 @@ def check_mailbox(path: Path) -> None:
                          f"'From ' line, as in a Gmail export); pass a Maildir folder, `imap` or `ggus` otherwise")
 
 
+def job_lookup(config: RobotConfig) -> JobLookup:
+    """Where pasted PanDA jobs ran and how they ended: with the PanDA backend, PanDA itself (batched
+    getJobStatus through the backend, each ID asked once per import); else the embedded grid's records."""
+    if config.backend.kind != "panda":
+        return grid_job_lookup(config)
+    cache: dict[int, JobReport | None] = {}
+    backend: list[Backend] = []
+
+    def lookup(panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
+        missing = [pid for pid in dict.fromkeys(panda_ids) if pid not in cache]
+        if missing:
+            if not backend:
+                from robot.services import panda_backend  # noqa: PLC0415 (panda-client only when needed)
+
+                backend.append(panda_backend(config, None))
+            cache.update(backend[0].status(missing))
+        return {pid: cache.get(pid) for pid in panda_ids}
+
+    return lookup
+
+
 def import_source(session: Session, source: str, config: RobotConfig, error_table: Any,
                   now: datetime) -> tuple[ImportSummary, list[int]]:
     if source == "ggus":
@@ -101,7 +122,7 @@ def import_source(session: Session, source: str, config: RobotConfig, error_tabl
     index = TopologyIndex.from_topology(stored_topology(session), config.tickets.aliases)
     support = (config.tickets.support_address,) if config.tickets.support_address else DEFAULT_SUPPORT_ADDRESSES
     threads = thread(messages, support_addresses=support)
-    summary, changed = store_threads(session, label, threads, index, error_table, grid_job_lookup(config))
+    summary, changed = store_threads(session, label, threads, index, error_table, job_lookup(config), support)
     summary.skipped = skipped
     return summary, changed
 

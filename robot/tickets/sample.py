@@ -221,12 +221,12 @@ def demo_threads(broken: str, healthy: str, start: datetime, end: datetime) -> l
         (f"Jobs at {broken} fail with stage-in errors", "alice.m@cern.ch", "Status/ACTIVE",
          [("u", f"Hi,\nsince a few minutes every job of my task at {broken} fails with\n"
                 "  Get error: Failed to stage in file: Connection timed out\n"
-                "Could you have a look?\nCheers, Alice", 0.8),
-          ("s", "Thanks Alice, we are looking at it.", 0.9)]),
+                "Could you have a look?\nCheers, Alice", 0.85),
+          ("s", "Thanks Alice, we are looking at it.", 0.95)]),
         (f"my jobs crash at {healthy}", "tom.b@uni-mainz.de", "Status/ACTIVE",
          [("u", f"My jobs at {healthy} crash right away:\n  File \"ana.py\", line 12, in <module>\n"
-                "    pt = event['jet_pt']\nKeyError: 'jet_pt'\nIs something wrong with the site?", 0.82),
-          ("s", "Please send the command you ran and a link to a failing job.", 0.92)]),
+                "    pt = event['jet_pt']\nKeyError: 'jet_pt'\nIs something wrong with the site?", 0.9),
+          ("s", "Please send the command you ran and a link to a failing job.", 0.97)]),
     ]
     messages = []
     for t, (subject, user, labels, posts) in enumerate(threads):

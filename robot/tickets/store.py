@@ -20,10 +20,10 @@ from robot.classify import classify, load_table
 from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, StorageEndpoint, Ticket, TicketLink,
                                   TicketMention, TicketMessage, queue_endpoint)
 from robot.tickets.episodes import refresh_episodes
-from robot.tickets.extract import TopologyIndex, extract
-from robot.tickets.threads import Thread
-from robot.tickets.verdict import (INCIDENT_MARGIN, LEAD, QUIET_LEAD, CentralIncident, EpisodeRef, Figures, Named,
-                                   Places, judge)
+from robot.tickets.extract import Mention, TopologyIndex, extract_thread
+from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, Thread
+from robot.tickets.verdict import (INCIDENT_MARGIN, LEAD, QUIET_LEAD, CentralIncident, EpisodeRef, Figures, Judgement,
+                                   Named, Places, judge)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class ImportSummary:
 
 
 def store_threads(session: Session, source: str, threads: Iterable[Thread], index: TopologyIndex,
-                  error_table: Any, lookup_jobs: JobLookup | None = None) -> tuple[ImportSummary, list[int]]:
+                  error_table: Any, lookup_jobs: JobLookup | None = None,
+                  support_addresses: Iterable[str] = DEFAULT_SUPPORT_ADDRESSES) -> tuple[ImportSummary, list[int]]:
     """Upsert tickets and their messages; returns the summary and the ids of changed tickets.
 
     Bulk work: one query for the known tickets and messages, bulk inserts, and one lookup for all
@@ -83,7 +84,7 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
         session.execute(insert(TicketMessage), [
             {"ticket_id": t.id, "message_id": m.message_id[:512], "date": m.date, "sender": m.sender[:256],
              "subject": m.subject[:2000], "body": m.body} for t, m in new_messages])
-    _store_mentions(session, changed, index, error_table, lookup_jobs)
+    _store_mentions(session, changed, index, error_table, lookup_jobs, {a.casefold() for a in support_addresses})
     return summary, [t.id for t, _ in changed]
 
 
@@ -103,7 +104,7 @@ class JobFact:
 
 
 def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], index: TopologyIndex,
-                    error_table: Any, lookup_jobs: JobLookup | None) -> None:
+                    error_table: Any, lookup_jobs: JobLookup | None, support: set[str]) -> None:
     """What each changed ticket names, extracted again from all its messages.
 
     A pasted PanDA job gets a second mention, `job_error`, with how it ended (the class of its error
@@ -122,8 +123,8 @@ def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], inde
             if m.value.isdigit() and m.queue:
                 known[int(m.value)] = JobFact(m.queue, status, klass if klass != "None" else None, error, m.code)
         session.execute(delete(TicketMention).where(TicketMention.ticket_id.in_(part)))
-    found = {t.id: extract(item.subject, "\n".join(m.body for m in item.messages), index, error_table)
-             for t, item in changed}
+    found = {t.id: extract_thread(item.subject, [(m.sender.casefold() in support, m.body) for m in item.messages],
+                                  index, error_table) for t, item in changed}
     jobs = sorted({int(m.value) for ms in found.values() for m in ms if m.kind == "panda_id" and m.value.isdigit()})
     facts = {pid: known[pid] for pid in jobs if pid in known}
     facts.update(_job_facts(session, [pid for pid in jobs if pid not in facts], lookup_jobs, error_table))
@@ -224,12 +225,8 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
         session.execute(delete(TicketLink).where(TicketLink.ticket_id.in_(ids[chunk:chunk + 500])))
     links = []
     for ticket in tickets:
-        mentions = named.get(ticket.id, [])
-        queues = {q for n in mentions if n.complaint for q in where.queues(n)}
-        figures = results.figures(queues, ticket.first_message_at - LEAD, ticket.last_message_at)
-        grid = results.totals(ticket.first_message_at - QUIET_LEAD, ticket.last_message_at)
-        result = judge(ticket.first_message_at, ticket.last_message_at, mentions, episodes, figures, incidents,
-                       where, grid)
+        result = judge_ticket(ticket.first_message_at, ticket.last_message_at, named.get(ticket.id, []), episodes,
+                              results, incidents, where)
         ticket.verdict, ticket.verdict_reason = result.verdict, result.reason
         ticket.verdict_evidence, ticket.judged_at = result.evidence, now
         links += [{"ticket_id": ticket.id, "episode_id": e, "score": score, "reason": why, "created_at": now}
@@ -238,6 +235,21 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
         session.execute(insert(TicketLink), links)
     session.flush()
     return len(tickets)
+
+
+def judge_ticket(first: datetime, last: datetime, named: list[Named], episodes: list[EpisodeRef],
+                 results: TestResults, incidents: list[CentralIncident], places: Places) -> Judgement:
+    """One ticket's verdict: the test figures of the places it names, and of the whole grid, then `judge`."""
+    queues = {q for n in named if n.complaint for q in places.queues(n)}
+    figures = results.figures(queues, first - LEAD, last)
+    grid = results.totals(first - QUIET_LEAD, last)
+    return judge(first, last, named, episodes, figures, incidents, places, grid)
+
+
+def named_from(mention: Mention) -> Named:
+    """A freshly extracted mention as the verdict reads it (stored ones are read by judge_tickets)."""
+    return Named(mention.kind, mention.value, mention.queue, mention.site, mention.cloud, mention.complaint,
+                 mention.error_class.klass if mention.error_class is not None else None)
 
 
 def central_incidents(session: Session, since: datetime) -> list[CentralIncident]:
@@ -290,6 +302,15 @@ class TestResults:
             .order_by(Job.end_time)
         ):
             self._by_queue.setdefault(queue, []).append((end, outcome == "failed", klass == "site"))
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[str, datetime, bool, str | None]]) -> TestResults:
+        """From (queue, end time, failed, error class) rows, e.g. a history built in memory."""
+        results = cls.__new__(cls)
+        results._by_queue = {}
+        for queue, end, failed, klass in sorted(rows, key=lambda r: r[1]):
+            results._by_queue.setdefault(queue, []).append((end, failed, failed and klass == "site"))
+        return results
 
     def figures(self, queues: set[str], since: datetime, until: datetime) -> dict[str, Figures]:
         found = {}

@@ -81,6 +81,17 @@ class Places:
     site_queues: Mapping[str, Sequence[str]] = field(default_factory=dict)
     endpoint_queues: Mapping[str, Sequence[str]] = field(default_factory=dict)  # lower-case endpoint names
 
+    @classmethod
+    def from_topology(cls, topology: Any) -> Places:
+        """From a robot.topology.Topology: a site's queues, and the queues that read from each endpoint."""
+        site_queues: dict[str, list[str]] = {}
+        endpoint_queues: dict[str, list[str]] = {}
+        for q in topology.queues:
+            site_queues.setdefault(q.site, []).append(q.name)
+            for endpoint in q.endpoints:
+                endpoint_queues.setdefault(endpoint.lower(), []).append(q.name)
+        return cls(site_queues, endpoint_queues)
+
     def queues(self, named: Named) -> list[str]:
         if named.kind in ("queue", "panda_id", "job_error"):
             return [named.queue] if named.queue else []
@@ -154,9 +165,13 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
                      "saw no lasting problem there, so please resubmit and tell us if it happens again.", pro, con)
 
     # 3. a central incident going on at the time, which what the ticket names does not contradict
+    central_errors = [n for n in errors if n.error_class == "central"]
     for incident in incidents:
-        if not (incident.start - INCIDENT_MARGIN <= first <= incident.end + INCIDENT_MARGIN
-                or incident.start - INCIDENT_MARGIN <= last <= incident.end + INCIDENT_MARGIN):
+        during = (incident.start - INCIDENT_MARGIN <= first <= incident.end + INCIDENT_MARGIN
+                  or incident.start - INCIDENT_MARGIN <= last <= incident.end + INCIDENT_MARGIN)
+        # a ticket written later about an incident: only when it quotes the incident's kind of error
+        before = not during and incident.end < first and first - incident.end <= LEAD and central_errors
+        if not (during or before):
             continue
         contradiction = _contradicts(incident, spots, errors, places)
         if contradiction:
@@ -166,8 +181,11 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
         pro_site = pro
         pro = [f"a central incident from {incident.start:%Y-%m-%d %H:%M} to {incident.end:%H:%M} UTC: {incident.message}"]
         pro += [f"{q} was among the queues it hit" for q in sorted(set(named_hit))]
-        central_errors = [n for n in errors if n.error_class == "central"]
-        confidence = 0.9 if named_hit or central_errors else 0.65
+        pro += [f"the ticket quotes a central error: {n.value}" for n in central_errors]
+        if before:
+            pro.append(f"the incident ended {_hours(first - incident.end)} before the ticket, whose errors are "
+                       "central-class like the incident's")
+        confidence = (0.9 if named_hit or central_errors else 0.65) - (0.3 if before else 0.0)
         return _done("central", f"a central problem: {incident.message}",
                      {"incidents": [f"{incident.kind} from {incident.start.isoformat()} to {incident.end.isoformat()}"]},
                      [], confidence,
@@ -216,6 +234,10 @@ def _done(verdict: str, reason: str, evidence: dict[str, Any], links: list[tuple
     confidence = round(max(0.05 if verdict != "unknown" else 0.0, min(1.0, confidence)), 2)
     evidence = {**evidence, "confidence": confidence, "reply": reply, "for_site": pro[:10], "against_site": con[:10]}
     return Judgement(verdict, reason, evidence, links, confidence, reply, tuple(pro[:10]), tuple(con[:10]))
+
+
+def _hours(span: timedelta) -> str:
+    return f"{span.total_seconds() / 3600:.0f} h"
 
 
 def _healthy(f: Figures) -> bool:
