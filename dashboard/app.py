@@ -39,6 +39,8 @@ body { margin: 0; font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
 .topbar { display: flex; align-items: center; gap: 1.2rem; padding: .6rem 1.2rem; background: #1d2b3a; color: white; }
 .topbar a { color: #cfe0f5; text-decoration: none; } .topbar a:hover { color: white; }
 .brand { font-weight: 600; font-size: 1.1rem; margin-right: 1rem; } .whoami { margin-left: auto; font-size: .9rem; }
+.signout-form { display: inline; } .signout { background: none; border: none; padding: 0; color: #cfe0f5; cursor: pointer;
+font: inherit; } .signout:hover { color: white; }
 main { padding: 1rem 1.5rem 3rem; }
 .page-heading { display: flex; align-items: baseline; gap: 1.5rem; } .page-heading h2 { margin: .3rem 0 .8rem; }
 .filters { display: flex; flex-wrap: wrap; gap: 1rem 2rem; align-items: flex-end; background: white; padding: .8rem 1rem;
@@ -87,12 +89,12 @@ INDEX = """<!DOCTYPE html>
 </html>"""
 
 
-def create_app(config: RobotConfig, sessions: sessionmaker[Session], clock: Clock,
-               authenticate: auth.Authenticate | None = None) -> dash.Dash:
+def create_app(config: RobotConfig, sessions: sessionmaker[Session], clock: Clock) -> dash.Dash:
     """The dashboard for this configuration; its Flask server is `app.server`."""
     server = flask.Flask(__name__, static_folder=None)
-    auth.install(server, config, sessions, authenticate)
-    ops.install(server, config, sessions, clock)
+    auth.install(server, config, sessions, clock)
+    ops.install(server, config, sessions, clock,
+                show_details=lambda: auth.is_operator(auth.current_user(config.dashboard), config.stress))
     app = dash.Dash(__name__, server=server, title="Queue Health Robot", update_title=None,
                     suppress_callback_exceptions=True, serve_locally=True, index_string=INDEX,
                     csrf_token_name=auth.CSRF_COOKIE, csrf_header_name=auth.CSRF_HEADER)
@@ -142,14 +144,18 @@ def whoami(ctx: PageContext, here: str) -> object:
     user = ctx.user()
     if user is None:
         return html.A("Sign in", href=f"/login?next={quote(here, safe='/')}", id="signin-link")
-    return [html.Span(f"{user} ({auth.role_of(user, ctx.config.stress)})", id="whoami-name"), " · ",
-            html.A("Sign out", href="/logout", id="signout-link")]
+    signout = html.Form([dcc.Input(type="hidden", name="csrf_token", value=auth.csrf_token()),
+                         html.Button("Sign out", type="submit", id="signout-button", className="signout")],
+                        method="POST", action="/logout", className="signout-form")
+    return [html.Span(f"{user} ({auth.role_of(user, ctx.config.stress)})", id="whoami-name"), " · ", signout]
 
 
 class DashboardServer:
     """The app's WSGI server (werkzeug, threaded) in a daemon thread."""
 
     def __init__(self, wsgi_app: Callable[..., object], host: str = "127.0.0.1", port: int = 8050):
+        if isinstance(wsgi_app, flask.Flask):  # the address it really listens on decides
+            auth.secure_cookies(wsgi_app, host)
         self.server: BaseWSGIServer = make_server(host, port, wsgi_app, threaded=True)  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self.server.serve_forever, name="dashboard", daemon=True)
 

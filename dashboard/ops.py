@@ -2,13 +2,16 @@
 
 `/health` answers 200 when the database is reachable with the schema this code expects, the robot's
 loop took a step recently (its heartbeat, `loop.last_step_at`, within 3 loop intervals), and that
-step reached the backend; 503 otherwise, with what is wrong. `/metrics` is computed from the
-database at each scrape by a custom collector (no process-global counters), so any number of
-dashboard processes report the same numbers.
+step reached the backend; 503 otherwise, with what is wrong in fixed words (`error`). The text of
+the exception or of the backend's answer behind it (`detail`) is shown only to signed-in operators
+(`show_details`); everyone else gets the same report without it, and the server log has it.
+`/metrics` is computed from the database at each scrape by a custom collector (no process-global
+counters), so any number of dashboard processes report the same numbers.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +27,8 @@ from robot.config import RobotConfig
 from robot.loop import BACKEND_SETTING, LAST_STEP_SETTING
 from robot.storage.database import current_revision, head_revision
 from robot.storage.models import Event, Job, Queue, QueueTransition, Setting, Test, Ticket
+
+log = logging.getLogger(__name__)
 
 STALE_AFTER_INTERVALS = 3  # the loop is late when its last step is older than this many intervals
 
@@ -42,7 +47,9 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
     try:
         current, head = current_revision(engine_of(sessions)), head_revision()
     except Exception as exc:  # any driver error: the database is not reachable
-        report["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        log.warning("health: database not reachable: %s: %s", type(exc).__name__, exc)
+        report["database"] = {"ok": False, "error": "database not reachable",
+                              "detail": f"{type(exc).__name__}: {exc}"[:300]}
         report["scheduler"] = {"ok": False, "error": "database not reachable"}
         report["backend"] = {"ok": False, "error": "database not reachable"}
         report["ok"] = False
@@ -57,8 +64,10 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
             step = _setting(session, LAST_STEP_SETTING)
             backend = _setting(session, BACKEND_SETTING)
     except Exception as exc:
+        log.warning("health: cannot read the robot's settings: %s: %s", type(exc).__name__, exc)
         if report["database"]["ok"]:
-            report["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            report["database"] = {"ok": False, "error": "database not readable",
+                                  "detail": f"{type(exc).__name__}: {exc}"[:300]}
     if step is None:
         report["scheduler"] = {"ok": False, "error": "the robot's loop has not taken a step yet",
                                "interval_seconds": interval.total_seconds()}
@@ -74,10 +83,17 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
         report["backend"] = {"ok": False, "error": "not polled yet"}
     else:
         report["backend"] = {"ok": backend.value == "ok", "checked": as_utc(backend.changed_at).isoformat(),
-                             **({} if backend.value == "ok" else {"error": backend.value})}
+                             **({} if backend.value == "ok" else {"error": "the last step did not reach the backend",
+                                                                   "detail": backend.value})}
     ok = all(report[part]["ok"] for part in ("database", "scheduler", "backend"))
     report["ok"] = ok
     return report, ok
+
+
+def without_details(report: dict[str, Any]) -> dict[str, Any]:
+    """The report for callers who may not see exception texts: every `detail` left out."""
+    return {key: ({k: v for k, v in value.items() if k != "detail"} if isinstance(value, dict) else value)
+            for key, value in report.items()}
 
 
 class RobotCollector(Collector):
@@ -168,13 +184,18 @@ class RobotCollector(Collector):
         return [by_status, by_state, jobs, finished, tests, open_tickets, moves, kinds, age, interval, reached]
 
 
-def install(server: flask.Flask, config: RobotConfig, sessions: sessionmaker[Session], clock: Clock) -> None:
+def install(server: flask.Flask, config: RobotConfig, sessions: sessionmaker[Session], clock: Clock,
+            show_details: Callable[[], bool] = lambda: False) -> None:
+    """`/health` and `/metrics`; `show_details()` says, within a request, whether its caller may see
+    exception texts in `/health` (the dashboard: signed-in operators)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RobotCollector(config, sessions, clock))
 
     @server.route("/health")
     def health_endpoint() -> flask.Response:
         report, ok = health(config, sessions, clock.now())
+        if not show_details():
+            report = without_details(report)
         return flask.Response(flask.json.dumps(report), status=200 if ok else 503, mimetype="application/json")
 
     @server.route("/metrics")

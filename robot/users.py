@@ -152,10 +152,10 @@ def list_users(session: Session) -> list[UserInfo]:
 # -- failed sign-ins (throttling: the decision is dashboard.auth.login_wait) ------------------------
 def login_failures(session: Session, name: str, address: str, since: datetime) -> tuple[list[datetime], list[datetime]]:
     """Times of the failed sign-ins since `since`: for this name, and from this address."""
-    def times(*where: object) -> list[datetime]:
-        return list(session.scalars(select(LoginFailure.time).where(LoginFailure.time >= since, *where)))  # type: ignore[arg-type]
-
-    return times(LoginFailure.name == name[:MAX_NAME]), times(LoginFailure.address == address[:64])
+    recent = select(LoginFailure.time).where(LoginFailure.time >= since)
+    by_name = session.scalars(recent.where(LoginFailure.name == name[:MAX_NAME]).order_by(LoginFailure.time))
+    by_address = session.scalars(recent.where(LoginFailure.address == address[:64]).order_by(LoginFailure.time))
+    return list(by_name), list(by_address)
 
 
 def record_login_failure(session: Session, name: str, address: str, now: datetime, forget_before: datetime) -> None:

@@ -218,3 +218,21 @@ def test_stress_form_validates_then_accepts_an_operators_request(site):
     accepted = browser.wait_text(driver, "#st-message", "scheduled").text
     assert "approved by olga (operator)" in accepted
     browser.wait_for(driver, lambda d: d.find_element("css selector", "#st-table").text.count("stress_zmumu") == 2)
+
+
+def test_sign_out_is_a_button_that_posts_the_token_and_a_visit_to_logout_changes_nothing(site):
+    url, driver, _clock = site
+    driver.delete_all_cookies()
+    driver.get(url + "/login?next=/exclusions")
+    browser.wait_css(driver, "#login-name").send_keys("sam")
+    driver.find_element("css selector", "#login-password").send_keys(PASSWORDS["sam"])
+    driver.find_element("css selector", "#login-submit").click()
+    browser.wait_text(driver, "#whoami-name", "sam (site admin of SITE-A)")
+    driver.get(url + "/logout")  # what a link or an <img src=/logout> on another page would do
+    browser.wait_css(driver, "#signout-button")
+    driver.get(url + "/exclusions")
+    browser.wait_text(driver, "#whoami-name", "sam (site admin of SITE-A)")
+    browser.wait_css(driver, "#whoami #signout-button").click()  # the button in the top bar
+    browser.wait_css(driver, "#login-name")
+    driver.get(url + "/exclusions")
+    browser.wait_css(driver, "#signin-link")

@@ -29,7 +29,7 @@ def setup(tmp_path):
     grid = ScriptedGrid(clock, QUEUES)
     robot = make_robot(tmp_path, grid, templates({"name": "hc_test", "max_running_jobs": 2}), interval="60s")
     server = flask.Flask("ops-test")
-    ops.install(server, robot.config, robot.sessions, clock)
+    ops.install(server, robot.config, robot.sessions, clock, show_details=lambda: True)  # as an operator sees it
     http = make_server("127.0.0.1", 0, server, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
@@ -82,7 +82,8 @@ def test_health_follows_the_loop_heartbeat_and_the_backend(setup):
     status, _, body = get(url + "/health")
     report = json.loads(body)
     assert status == 503 and report["scheduler"]["ok"] is True
-    assert report["backend"]["ok"] is False and "connection refused" in report["backend"]["error"]
+    assert report["backend"]["ok"] is False and report["backend"]["error"] == "the last step did not reach the backend"
+    assert "connection refused" in report["backend"]["detail"]
 
     grid.unreachable = False
     clock.advance(timedelta(minutes=1))
