@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, text
+from sqlalchemy import column, func, insert, select, table
 
 from robot import users
 from robot.cli import main
@@ -99,13 +99,13 @@ def test_the_session_stamp_changes_with_the_password_and_with_disabling_and_goes
     assert None not in seen and len(set(seen)) == 4
 
 
-def test_existing_users_get_a_stamp_each_when_the_schema_is_upgraded(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+def test_existing_users_get_a_stamp_each_when_the_schema_is_upgraded(database_url):
+    engine = make_engine(database_url)
     upgrade(engine, "0005")
+    old = table("user", column("name"), column("password_hash"), column("created_at"), column("disabled"))
     with engine.begin() as connection:
-        for name in ("alice", "bob"):
-            connection.execute(text("INSERT INTO user (name, password_hash, created_at, disabled) "
-                                    "VALUES (:name, 'x', '2026-11-20 12:00:00', 0)"), {"name": name})
+        connection.execute(insert(old), [{"name": name, "password_hash": "x", "created_at": NOW.replace(tzinfo=None),
+                                          "disabled": False} for name in ("alice", "bob")])
     upgrade(engine)
     with make_sessionmaker(engine)() as session:
         stamps = {users.session_stamp(session, name) for name in ("alice", "bob")}
