@@ -53,7 +53,6 @@ TEXT_FIELDS = {
 }
 TIME_FIELDS = {"creationtime": "creation_time", "starttime": "start_time", "endtime": "end_time"}
 TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilottiming, in order
-TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f")
 
 
 class HistoryFileError(Exception):
@@ -296,13 +295,8 @@ def _time(record: dict[str, Any], key: str) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise _Bad(key, f"expected a UTC time such as '2026-11-02 13:04:05', got {_show(value)}")
-    for layout in TIME_FORMATS:
-        try:
-            return datetime.strptime(value, layout).replace(tzinfo=UTC)
-        except ValueError:
-            continue
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise _Bad(key, f"expected a UTC time such as '2026-11-02 13:04:05', got {_show(value)}") from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -395,7 +389,7 @@ def _store(session: Session, batch: list[Observed], queues: dict[str, int], test
         summary.first_end = end if summary.first_end is None else min(summary.first_end, end)
         summary.last_end = end if summary.last_end is None else max(summary.last_end, end)
     if rows:
-        session.execute(insert(Job), rows)
+        session.execute(insert(Job.__table__), rows)  # Core: one executemany per batch, no ORM bookkeeping
         summary.imported += len(rows)
 
 
