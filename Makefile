@@ -30,4 +30,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/stress.py
 	$(BIN)/python bench/tickets.py
+	$(BIN)/python bench/history.py
 	$(BIN)/python bench/dashboard.py

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
@@ -183,3 +183,44 @@ def test_a_binary_file_is_an_error(tmp_path, sessions):
     path.write_bytes(bytes(range(256)) * 8)
     with sessions() as session, pytest.raises(HistoryFileError):
         import_history(session, path, "history", TABLE, NOW)
+
+
+# -- the command, and a replay over what it imported -------------------------------------------------
+def test_history_import_then_policy_replay_judges_the_imported_past(tmp_path, tiny_grid):
+    """A queue whose stage-in broke two days ago in the imported history is excluded by the replay."""
+    from click.testing import CliRunner
+
+    from robot.cli import main
+
+    files = tiny_grid.write_files({"ANALY_A": {}, "ANALY_B": {}, "ANALY_C": {}, "ANALY_D": {}})
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    records, pandaid = [], 0
+    for step in range(48):  # every 10 minutes for 8 hours, one job per queue; ANALY_A broken from hour 4
+        end = start + timedelta(minutes=10 * step)
+        for queue in ("ANALY_A", "ANALY_B", "ANALY_C", "ANALY_D"):
+            pandaid += 1
+            stamp = end.strftime("%Y-%m-%d %H:%M:%S")
+            records.append(failed(pandaid, queue=queue, endtime=stamp, starttime=stamp, creationtime=stamp)
+                           if queue == "ANALY_A" and step >= 24 else
+                           record(pandaid, queue=queue, end=stamp, starttime=stamp, creationtime=stamp))
+    export = write(tmp_path, records + [record(10**6, queue="ANALY_ELSEWHERE")])
+    run = lambda *args: CliRunner().invoke(main, ["--config", str(files.robot_yaml), *args])  # noqa: E731
+
+    first = run("history", "import", str(export))
+    assert first.exit_code == 0, first.output
+    assert f"{export}: 193 record(s): 192 imported, 0 already stored, 0 not final, 0 bad" in first.output
+    assert "computingsite ANALY_ELSEWHERE: not a queue of the configured topology, 1 record(s) skipped" in first.output
+    assert "replay it: " in first.output and "policy replay --template history --since 3d" in first.output
+    again = json.loads(run("history", "import", str(export), "--json").output)
+    assert (again["imported"], again["already_known"]) == (0, 192)
+
+    replayed = json.loads(run("policy", "replay", "--template", "history", "--since", "3d", "--json").output)
+    excluded = [d["queue"] for d in replayed["differences"] if d["replayed"] == "exclude"]
+    assert excluded == ["ANALY_A"]  # the robot itself did nothing then: every replayed move is a difference
+
+    not_json = tmp_path / "README.md"
+    not_json.write_text("# Queue Health Robot\n\nSome text.\n")
+    refused = run("history", "import", str(not_json))
+    assert refused.exit_code == 1 and refused.output.strip().splitlines() == [
+        f"Error: {not_json}: expected PanDA monitor job records: a {{\"jobs\": [...]}} object, a list of records "
+        "or one record per line"]

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("robot.cli.demo", "demo",
              "Run the robot against the embedded grid with a live health table (and the web dashboard)."),
     "grid": ("robot.cli.grid", "grid_group", "The embedded grid: queues, faults, input data."),
+    "history": ("robot.cli.history_cmd", "history_group", "Past jobs from PanDA's monitoring, for policy replay."),
     "jobs": ("robot.cli.jobs", "jobs_group", "Test jobs."),
     "policy": ("robot.cli.policy_cmd", "policy_group",
                "Exclusion policies: compare them in simulation, replay them on history."),

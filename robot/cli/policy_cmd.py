@@ -188,10 +188,12 @@ def _fmt(value: object) -> str:
 @click.option("--step", type=DURATION, default="10m", show_default=True, help="Evaluation interval of the replay.")
 @click.option("--tolerance", type=DURATION, default="30m", show_default=True,
               help="Moves this close in time count as the same.")
+@click.option("--template", "templates", multiple=True,
+              help="Templates whose results count, e.g. jobs filed by `history import` (default: the critical ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def policy_replay(ctx: Context, since: timedelta, policy_name: str | None, step: timedelta, tolerance: timedelta,
-                  as_json: bool) -> None:
+                  templates: tuple[str, ...], as_json: bool) -> None:
     """Evaluate a policy on the stored results and list where it would have decided otherwise."""
     config = ctx.config
     if policy_name:
@@ -202,7 +204,7 @@ def policy_replay(ctx: Context, since: timedelta, policy_name: str | None, step:
     else:
         label, settings = config.blacklist.policy, config.blacklist
     functional = [t.name for t in config.templates if t.category == "functional" and t.active]
-    policy = Policy(settings, tuple(config.blacklist.critical_templates or functional))
+    policy = Policy(settings, templates or tuple(config.blacklist.critical_templates or functional))
     now = SystemClock().now()
     with ctx.session() as session:
         replayed = replay(session, policy, now - since, now, step)
