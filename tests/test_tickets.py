@@ -20,6 +20,7 @@ from robot.tickets import sample
 from robot.tickets.ingest import import_demo_tickets
 from robot.tickets.sample import write_sample_mbox
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
+from tests.panda_fake import FakePanda
 
 SAMPLE_QUEUES = {"ANALY_MWT2_UCORE": ("MWT2", "US"), "ANALY_FZK": ("FZK-LCG2", "DE"),
                  "ANALY_BNL_SHORT": ("BNL-ATLAS", "US"), "ANALY_BNL_LONG": ("BNL-ATLAS", "US"),
@@ -147,3 +148,40 @@ def test_an_empty_maildir_and_an_empty_mbox_import_nothing(tmp_path, world):
     (tmp_path / "empty.mbox").write_bytes(b"")
     for source in ("box", "empty.mbox"):
         assert ": 0 threads" in cli(world, "tickets", "import", str(tmp_path / source))
+
+
+def _mail(subject: str, body: str, when, n: int, sender: str = "user@example.org"):
+    return sample._make(subject, sender, sample.SUPPORT, when, f"pasted{n}@example.org", body, False, "", "", None, [])
+
+
+def test_pasted_user_jobs_are_asked_of_panda_once_and_their_errors_are_evidence(world, tmp_path):
+    """With the PanDA backend, users' jobs the robot never ran are looked up with one batched call
+    (panda-client against a server speaking its wire format), and how they failed weighs in."""
+    fake = FakePanda()
+    try:
+        user_error = fake.add_job(computingSite="ANALY_FZK", jobStatus="failed", exeErrorCode=65,
+                                  exeErrorDiag="transformation exit code 65", pilotErrorCode=0)
+        site_error = fake.add_job(computingSite="ANALY_BNL_LONG", jobStatus="failed", pilotErrorCode=1099,
+                                  pilotErrorDiag="Get error: Failed to stage in")
+        config = tmp_path / "panda.yaml"
+        config.write_text(f"data_dir: {world['path']}\ntickets: {{support_address: atlas-support@example.org}}\n"
+                          f"backend: {{kind: panda, panda: {{url: '{fake.url}', auth: none}}}}\n")
+        now = world["clock"].now()
+        archive = tmp_path / "pasted.mbox"
+        sample.write_messages(archive, [
+            _mail("my jobs fail", f"Hi, my job https://bigpanda.cern.ch/job?pandaid={user_error} failed, why?", now, 1),
+            _mail("stage-in trouble", f"job?pandaid={site_error} failed, is it the site?", now, 2)])
+        result = CliRunner().invoke(main, ["--config", str(config), "tickets", "import", str(archive), "--json"])
+        assert result.exit_code == 0, result.output
+        assert [sorted(c.body["job_ids"]) for c in fake.calls("job/get_description")] == [sorted([user_error, site_error])]
+        tickets = {t["subject"]: t for t in json.loads(cli(world, "tickets", "list", "--json"))}
+        user, site = tickets["my jobs fail"], tickets["stage-in trouble"]
+        assert user["verdict"] == "not_site" and "ANALY_FZK passed" in user["verdict_reason"]
+        assert any("user error" in line for line in user["evidence"]["against_site"])
+        assert site["verdict"] == "site" and "PanDA" in site["verdict_reason"]
+        # a reply re-extracts the thread: what PanDA said is kept, not asked again
+        sample.write_messages(archive, [_mail("Re: my jobs fail", f"still failing: pandaid={user_error}", now, 3)])
+        assert CliRunner().invoke(main, ["--config", str(config), "tickets", "import", str(archive)]).exit_code == 0
+        assert len(fake.calls("job/get_description")) == 1
+    finally:
+        fake.stop()

@@ -112,20 +112,20 @@ def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], inde
     """
     if not changed:
         return
-    ids = [t.id for t, _ in changed]
-    known: dict[int, JobFact] = {}
-    for chunk in range(0, len(ids), 500):
-        part = ids[chunk:chunk + 500]
-        for m in session.scalars(select(TicketMention).where(TicketMention.ticket_id.in_(part),
-                                                             TicketMention.kind == "job_error")):
-            klass, _, rest = m.snippet.partition(": ")
-            status, _, error = rest.partition(", ")
-            if m.value.isdigit() and m.queue:
-                known[int(m.value)] = JobFact(m.queue, status, klass if klass != "None" else None, error, m.code)
-        session.execute(delete(TicketMention).where(TicketMention.ticket_id.in_(part)))
     found = {t.id: extract_thread(item.subject, [(m.sender.casefold() in support, m.body) for m in item.messages],
                                   index, error_table) for t, item in changed}
     jobs = sorted({int(m.value) for ms in found.values() for m in ms if m.kind == "panda_id" and m.value.isdigit()})
+    known: dict[int, JobFact] = {}  # what earlier imports found about these jobs, in any ticket
+    for chunk in range(0, len(jobs), 500):
+        for m in session.scalars(select(TicketMention).where(
+                TicketMention.kind == "job_error", TicketMention.value.in_([str(p) for p in jobs[chunk:chunk + 500]]))):
+            klass, _, rest = m.snippet.partition(": ")
+            status, _, error = rest.partition(", ")
+            if m.queue:
+                known[int(m.value)] = JobFact(m.queue, status, klass, error, m.code)
+    ids = [t.id for t, _ in changed]
+    for chunk in range(0, len(ids), 500):
+        session.execute(delete(TicketMention).where(TicketMention.ticket_id.in_(ids[chunk:chunk + 500])))
     facts = {pid: known[pid] for pid in jobs if pid in known}
     facts.update(_job_facts(session, [pid for pid in jobs if pid not in facts], lookup_jobs, error_table))
     places = queue_places(session)
