@@ -31,4 +31,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/stress.py
 	$(BIN)/python bench/tickets.py
 	$(BIN)/python bench/history.py
+	$(BIN)/python bench/ticket_corpus.py
 	$(BIN)/python bench/dashboard.py

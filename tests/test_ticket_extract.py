@@ -202,3 +202,9 @@ On Monday, DAST wrote:
 > data, we will ask the data management team to have a look. Best regards, the DAST shifter
 """
 
+
+
+def test_pandaid_zero_is_no_job(index):
+    """prun prints pandaid=0 when nothing was submitted: that names no job."""
+    assert kinds(run("prun submits but the monitor shows nothing: pandaid=0", index), "panda_id") == []
+    assert kinds(run("see https://bigpanda.cern.ch/job?pandaid=6412345678", index), "panda_id") == ["6412345678"]

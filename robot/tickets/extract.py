@@ -80,7 +80,7 @@ QUOTE_INTRO = re.compile(r"(?im)^.*\bwrote:\s*$|^-+\s*original message\s*-+\s*$"
 STANCE_RANK = {"fails": 3, "works": 2, "ran": 1}
 
 # --- job and task IDs ----------------------------------------------------------------------------
-PANDA_LINK = re.compile(r"(?i)\bpandaid\s*[=:]\s*(\d{1,12})\b")
+PANDA_LINK = re.compile(r"(?i)\bpandaid\s*[=:]\s*([1-9]\d{0,11})\b")  # pandaid=0: no job
 TASK_LINK = re.compile(r"(?i)(?:\b(?:jedi)?taskid\s*[=:]\s*|/tasks?/)(\d{1,10})\b")
 BARE_NUMBER = re.compile(r"\b\d{8,11}\b")
 PANDA_CONTEXT = re.compile(r"(?i)panda|job")

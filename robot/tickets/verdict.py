@@ -190,8 +190,9 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
                      {"incidents": [f"{incident.kind} from {incident.start.isoformat()} to {incident.end.isoformat()}"]},
                      [], confidence,
                      f"This was a central problem, not the site and not your code: from {incident.start:%H:%M} to "
-                     f"{incident.end:%H:%M} UTC on {incident.start:%Y-%m-%d} test jobs failed at many queues at once "
-                     f"({incident.message.split(':')[0]}); please resubmit the failed jobs.", pro_site, pro + con)
+                     f"{incident.end:%H:%M} UTC on {incident.start:%Y-%m-%d} our test jobs failed the same way at "
+                     f"{len(incident.queues) if incident.queues else 'many'} queues at once; please resubmit the "
+                     "failed jobs.", pro_site, pro + con)
 
     # 4. the places it names passed their tests
     queues = sorted({q for n in spots for q in places.queues(n)})
@@ -232,6 +233,7 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
 def _done(verdict: str, reason: str, evidence: dict[str, Any], links: list[tuple[int, float, str]],
           confidence: float, reply: str, pro: list[str], con: list[str]) -> Judgement:
     confidence = round(max(0.05 if verdict != "unknown" else 0.0, min(1.0, confidence)), 2)
+    pro, con = list(dict.fromkeys(pro)), list(dict.fromkeys(con))
     evidence = {**evidence, "confidence": confidence, "reply": reply, "for_site": pro[:10], "against_site": con[:10]}
     return Judgement(verdict, reason, evidence, links, confidence, reply, tuple(pro[:10]), tuple(con[:10]))
 
