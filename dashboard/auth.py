@@ -121,7 +121,7 @@ def login_wait(user_failures: Sequence[datetime], address_failures: Sequence[dat
     None when it may go ahead."""
     waits = []
     for failures, limit in ((user_failures, throttle.per_user), (address_failures, throttle.per_address)):
-        recent = sorted(t for t in failures if timedelta(0) <= now - t < throttle.window)
+        recent = sorted(t for t in failures if now - t < throttle.window)  # one a little ahead (clocks) counts too
         if len(recent) >= limit:  # open again when the failure that makes the count leaves the window
             waits.append(recent[-limit] + throttle.window - now)
     return max(waits) if waits else None

@@ -91,8 +91,8 @@ def ggus_answers(rsps: responses.RequestsMock) -> None:
               "priority": "urgent", "type": "Incident", "created_at": "2025-02-27T10:00:00.000Z",
               "updated_at": "2025-02-28T09:30:00.000Z", "article_ids": [71], "wlcg_sites": "SITE-A",
               "vo_support": "atlas", "area": "Storage", "notified_groups": ""}
-    article = {"id": 71, "ticket_id": 7, "from": "Shifter One <shifter@cern.ch>", "created_at": "2025-02-28T09:30:00.000Z",
-               "content_type": "text/plain", "body": "Get error: stage-in failed at ANALY_SITE_A"}
+    article = {"id": 71, "ticket_id": 7, "from": "Shifter One <shifter@cern.ch>",
+               "created_at": "2025-02-28T09:30:00.000Z", "content_type": "text/plain", "body": "Get error: stage-in failed at ANALY_SITE_A"}
     rsps.get(f"{GGUS}/api/v1/tickets/search", json=[ticket])
     rsps.get(f"{GGUS}/api/v1/ticket_articles/by_ticket/7", json=[article])
 
@@ -147,8 +147,8 @@ def test_planted_secrets_are_used_and_never_shown(tmp_path, caplog, capsys, monk
             with services.sessions() as session:  # a decision to mail (dry-run: nothing to apply)
                 queue = session.scalar(select(Queue.id).where(Queue.name == "ANALY_SITE_A"))
                 session.add(QueueTransition(queue_id=queue, time=clock.now(), kind="status", old="online",
-                                            new="brokeroff", reason="site-class failures", evidence={}, actor="healthrobot",
-                                            policy="default", applied=False))
+                                            new="brokeroff", reason="site-class failures", evidence={},
+                                            actor="healthrobot", policy="default", applied=False))
                 session.commit()
             clock.advance(timedelta(minutes=2))
             services.robot.run_once(clock.now())  # the burst is over: mailed

@@ -159,6 +159,29 @@ def test_cli_users_add_with_password_stdin_then_list_passwd_and_remove(config, t
     engine.dispose()
 
 
+def test_cli_users_disable_and_enable_end_the_dashboard_sessions(config, tmp_path):
+    run = CliRunner().invoke
+    added = run(main, ["--config", config, "users", "add", "alice", "--password-stdin"], input="correct horse\n")
+    assert added.exit_code == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'healthrobot.db'}")
+    with make_sessionmaker(engine)() as session:
+        before = users.session_stamp(session, "alice")
+    result = run(main, ["--config", config, "users", "disable", "alice"])
+    assert result.exit_code == 0 and result.output == "user alice disabled: their dashboard sessions ended\n"
+    listed = json.loads(run(main, ["--config", config, "users", "list", "--json"]).output)
+    assert [(u["name"], u["disabled"]) for u in listed] == [("alice", True)]
+    with make_sessionmaker(engine)() as session:
+        assert users.session_stamp(session, "alice") is None
+        assert users.authenticate(session, "alice", "correct horse") is None
+    assert run(main, ["--config", config, "users", "enable", "alice"]).output == "user alice enabled\n"
+    with make_sessionmaker(engine)() as session:
+        assert users.authenticate(session, "alice", "correct horse") == "alice"
+        assert users.session_stamp(session, "alice") not in (None, before)
+    missing = run(main, ["--config", config, "users", "disable", "nobody"])
+    assert missing.exit_code == 1 and "no user 'nobody'" in missing.output
+    engine.dispose()
+
+
 def test_cli_refuses_a_short_password_a_mismatch_and_a_duplicate(config):
     run = CliRunner().invoke
     result = run(main, ["--config", config, "users", "add", "bob", "--password-stdin"], input="short\n")

@@ -84,6 +84,32 @@ def users_remove(ctx: Context, name: str) -> None:
     click.echo(f"user {name} removed")
 
 
+@users_group.command("disable")
+@click.argument("name")
+@pass_context
+def users_disable(ctx: Context, name: str) -> None:
+    """Stop a user from signing in, keeping the account; their dashboard sessions end."""
+    _set_disabled(ctx, name, True)
+
+
+@users_group.command("enable")
+@click.argument("name")
+@pass_context
+def users_enable(ctx: Context, name: str) -> None:
+    """Let a disabled user sign in again (sessions they had before stay ended)."""
+    _set_disabled(ctx, name, False)
+
+
+def _set_disabled(ctx: Context, name: str, disabled: bool) -> None:
+    with _session(ctx) as session:
+        try:
+            users.set_disabled(session, name, disabled)
+        except users.UserError as exc:
+            raise click.ClickException(str(exc)) from exc
+        session.commit()
+    click.echo(f"user {name} disabled: their dashboard sessions ended" if disabled else f"user {name} enabled")
+
+
 @users_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
