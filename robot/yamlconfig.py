@@ -58,19 +58,38 @@ def substitute_env(value: Any, where: str = "", env: dict[str, str] | None = Non
     return _ENV_REF.sub(replace, value)
 
 
+_UNION_TAG = re.compile(r"(int|str|float|bool|none|list|dict|(function|constrained|nullable|json-or-python)-.*|.*\[.*\])")
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location as written in YAML terms: faults[2].codes[0].weight."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _UNION_TAG.fullmatch(part):  # which member of a union failed: not a key of the file
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
 def describe_validation_error(error: ValidationError) -> list[str]:
     """One line per problem: key path, what is wrong, what was found."""
     lines = []
     for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"]) or "<top>"
+        loc = key_path(item["loc"]) or "<top>"
         kind = item["type"]
-        if kind == "extra_forbidden":
+        if kind == "value_error" and not item["loc"]:  # a check across keys: its message names them
+            lines.append(item["msg"].removeprefix("Value error, "))
+        elif kind == "extra_forbidden":
             lines.append(f"{loc}: unknown key")
         elif kind == "missing":
             lines.append(f"{loc}: missing required key")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {message} (got {item['input']!r})")
+            found = "" if isinstance(item["input"], dict) else f" (got {item['input']!r})"  # a mapping: its keys say
+            lines.append(f"{loc}: {message}{found}")
     return lines
 
 

@@ -55,7 +55,7 @@ def test_bad_duration_explains_the_format(tmp_path):
 
 def test_missing_required_template_field_is_named_with_list_index(tmp_path):
     path = write(tmp_path, "templates:\n  - name: T\n    category: functional\n    payload: zmumu\n    events_per_job: 5\n")
-    assert problems_of(path) == ["templates.0.input_dataset: missing required key"]
+    assert problems_of(path) == ["templates[0].input_dataset: missing required key"]
 
 
 def test_several_problems_are_all_reported(tmp_path):
@@ -63,7 +63,7 @@ def test_several_problems_are_all_reported(tmp_path):
     problems = problems_of(path)
     assert "loop.batch: unknown key" in problems
     assert any(p.startswith("loop.interval") for p in problems)
-    assert "templates.0.category: missing required key" in problems
+    assert "templates[0].category: missing required key" in problems
 
 
 def test_duplicate_template_names_are_refused(tmp_path):
@@ -119,7 +119,7 @@ def test_grid_fault_must_name_a_known_queue_and_mode(tmp_path):
     assert "unknown queue 'ANALY_NOPE'" in problems_of(path, load_grid_config)[0]
     path = write(tmp_path, GRID + "faults:\n  - {queue: ANALY_FZK, mode: meteor, start_after: 1m}\n", "grid.yaml")
     (problem,) = problems_of(path, load_grid_config)
-    assert problem.startswith("faults.0.mode: ") and "stagein" in problem
+    assert problem.startswith("faults[0].mode: ") and "stagein" in problem
 
 
 def test_grid_queue_storage_must_belong_to_its_site(tmp_path):

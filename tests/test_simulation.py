@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import statistics
+from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import yaml
 
 import pytest
 from click.testing import CliRunner
@@ -12,13 +17,17 @@ from blacklist.replay import differences, recorded_moves, replay
 from blacklist.settings import BlacklistSettings
 from blacklist.simulate import BUILTIN, run, score, summarize
 from robot.backends.base import JobRequest
-from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid, queue_names
+from robot.backends.simulated import (USER_FAILURE, FaultWindow, Scenario, SimulatedGrid, load_scenario,
+                                      place_faults, queue_names, site_of)
+from robot.classify import classify, load_table
+from robot.yamlconfig import ConfigError
 from robot.cli import main
 from robot.clock import ManualClock
 from robot.jobstates import JobStatus
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
 START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+SCENARIOS = Path(__file__).resolve().parent.parent / "configs" / "scenarios"
 
 
 def scenario(**extra) -> Scenario:
@@ -87,6 +96,140 @@ def test_stuck_queue_starts_nothing_until_the_fault_ends():
     clock.advance(timedelta(hours=5))
     assert grid.status([pid])[pid].job_status is JobStatus.ACTIVATED
     assert final(grid, clock, pid).start_time >= START + timedelta(hours=6)
+
+
+def outcomes(sc: Scenario, queue: str, jobs: int = 200, seed: int = 1) -> list:
+    """The final reports of `jobs` jobs sent to `queue` at the scenario's start."""
+    clock = ManualClock(START)
+    grid = SimulatedGrid(sc, clock, seed)
+    ids = grid.submit([request(queue)] * jobs)
+    clock.advance(timedelta(days=3))
+    return list(grid.status(ids).values())
+
+
+def codes_of(reports) -> Counter:
+    return Counter(r.pilot_error_code for r in reports if r.job_status is JobStatus.FAILED)
+
+
+def test_a_fault_reports_its_mix_of_codes_with_their_weights_and_diag():
+    mix = [{"code": 1099, "weight": 3, "diag": "Get error: dCache pool offline"}, {"code": 1305, "weight": 1},
+           {"code": 1203, "weight": 1, "at": "payload"}]  # class confusion: a site fault with user and unknown codes
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "0s", "duration": "1d", "codes": mix}])
+    reports = outcomes(sc, "ANALY_DE-SITE000_1", jobs=400)
+    found = codes_of(reports)
+    assert set(found) == {1099, 1305, 1203} and sum(found.values()) == 400
+    assert 0.5 < found[1099] / 400 < 0.7 and found[1305] > 40 and found[1203] > 40  # weights 3:1:1
+    assert {r.pilot_error_diag for r in reports if r.pilot_error_code == 1099} == {"Get error: dCache pool offline"}
+    crash = next(r for r in reports if r.pilot_error_code == 1203)
+    stagein = next(r for r in reports if r.pilot_error_code == 1099)
+    assert crash.end_time - crash.start_time > timedelta(minutes=10) > stagein.end_time - stagein.start_time
+
+
+def test_a_crash_only_fault_fails_jobs_with_1203_of_class_unknown():
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "0s", "duration": "1d", "mode": "crash",
+                           "probability": 0.6}])
+    found = codes_of(outcomes(sc, "ANALY_DE-SITE000_1"))
+    assert set(found) == {1203} and 90 < found[1203] < 150
+    table = load_table()
+    assert classify(table, pilot=(1203, "")).klass == "unknown"
+    assert codes_of(outcomes(sc, "ANALY_DE-SITE000_2")) == Counter()  # its neighbour is healthy
+
+
+def test_site_noise_follows_its_code_mix_and_differs_from_queue_to_queue():
+    even = scenario(noise={"site": 0.5, "user": 0, "unknown": 0, "site_codes": [{"code": 1099}, {"code": 1327}]})
+    found = codes_of(outcomes(even, "ANALY_DE-SITE000_1", jobs=300))
+    assert set(found) == {1099, 1327} and abs(found[1099] - found[1327]) < 60
+    spread = scenario(noise={"site": 0.05, "user": 0, "unknown": 0, "spread": 1.0}, queues={"count": 16})
+    rates = [len(codes_of(outcomes(spread, q, jobs=300))) and sum(codes_of(outcomes(spread, q, jobs=300)).values())
+             for q in queue_names(spread.queues)]
+    assert max(rates) > 3 * max(1, min(rates))  # some queues much flakier than others
+    flat = scenario(noise={"site": 0.05, "user": 0, "unknown": 0, "spread": 0})
+    assert set(SimulatedGrid(flat, ManualClock(START), 1)._flakiness.values()) == {1.0}
+
+
+def test_a_central_outage_can_report_site_class_codes_at_a_share_of_the_queues():
+    sc = scenario(queues={"count": 20, "clouds": ["DE", "US"], "per_site": 2},
+                  central_outages=[{"onset": "0s", "duration": "1d", "probability": 1.0, "share": 0.5,
+                                    "codes": [{"code": 1099, "diag": "Get error: Rucio server unreachable"}]}])
+    hit = [q for q in queue_names(sc.queues) if codes_of(outcomes(sc, q, jobs=5)) == Counter({1099: 5})]
+    assert len(hit) == 10
+
+
+def test_a_user_wave_hits_only_its_queues_with_its_codes():
+    sc = scenario(user_waves=[{"onset": "0s", "duration": "1d", "probability": 1.0, "queues": 2,
+                               "codes": [{"code": 1235, "diag": "exceeded memory"}]}])
+    hit = [q for q in queue_names(sc.queues) if codes_of(outcomes(sc, q, jobs=5)) == Counter({1235: 5})]
+    assert len(hit) == 2
+    chosen = scenario(user_waves=[{"onset": "0s", "duration": "1d", "probability": 1.0,
+                                   "queues": ["ANALY_US-SITE001_2"]}])
+    (report,) = outcomes(chosen, "ANALY_US-SITE001_2", jobs=1)
+    assert report.pilot_error_code == 1305 and report.exe_error_code == 1
+    assert codes_of(outcomes(chosen, "ANALY_DE-SITE000_1", jobs=5)) == Counter()
+
+
+def test_a_fault_at_a_site_hits_every_queue_of_it_at_once():
+    sc = scenario(queues={"count": 12, "clouds": ["DE", "US"], "per_site": 3},
+                  faults=[{"sites": 1, "onset": "1h", "duration": "4h", "mode": "stagein"}])
+    windows = place_faults(sc, seed=3)
+    sites = site_of(sc.queues)
+    assert len(windows) == 3 and len({sites[w.queue] for w in windows}) == 1
+    assert len({(w.start, w.end) for w in windows}) == 1
+
+
+def test_a_slow_queue_completes_its_jobs_with_fewer_events_per_second():
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "0s", "duration": "1d", "mode": "slow",
+                           "slowdown": 5}])
+    slow, normal = outcomes(sc, "ANALY_DE-SITE000_1", 50), outcomes(sc, "ANALY_DE-SITE000_2", 50)
+    assert all(r.job_status is JobStatus.FINISHED for r in slow + normal)
+    wall = lambda rs: statistics.median((r.end_time - r.start_time).total_seconds() for r in rs)  # noqa: E731
+    assert wall(slow) > 3 * wall(normal)
+    assert not place_faults(sc, 1)[0].excludable
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({"faults": [{"onset": "1h", "duration": "1h"}, {"onset": "1h", "duration": "1h"},
+                 {"onset": "1h", "duration": "1h", "codes": [{"code": 1099, "weight": "abc"}]}]},
+     "faults[2].codes[0].weight: Input should be a valid number"),
+    ({"faults": [{"onset": "1h", "duration": "1h", "codes": [{"code": 1099, "weight": 0}]}]},
+     "faults[0].codes[0].weight: Input should be greater than 0"),
+    ({"faults": [{"onset": "1h", "duration": "1h", "queues": 1, "sites": 1}]}, "faults[0]: give queues or sites"),
+    ({"faults": [{"onset": "1h", "duration": "1h", "sites": ["XX-SITE9"]}]}, "faults[0].sites: unknown site(s)"),
+    ({"faults": [{"onset": "1h", "duration": "1h", "mode": "stuck", "codes": [{"code": 1}]}]},
+     "faults[0]: mode stuck fails no job"),
+    ({"user_waves": [{"onset": "1h", "duration": "1h", "queues": 99}]}, "user_waves[0].queues: 99 queues asked"),
+    ({"central_outages": [{"onset": "1h", "duration": "1h", "codes": []}]}, "central_outages[0].codes: List should"),
+    ({"central_outages": [{"onset": "1h", "duration": "1h", "clouds": ["XX"]}]},
+     "central_outages[0].clouds: unknown cloud(s) ['XX']"),
+    ({"noise": {"site_codes": [{"code": 1099, "at": "never"}]}}, "noise.site_codes[0].at: Input should be"),
+])
+def test_scenario_errors_name_the_file_and_key_path(tmp_path, data, problem):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "duration": "1d", "queues": {"count": 8}, **data}))
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    assert str(caught.value).startswith(f"{path}: ") and any(p.startswith(problem) for p in caught.value.problems), \
+        caught.value.problems
+
+
+def test_every_shipped_scenario_loads_and_together_they_use_every_feature():
+    scenarios = [load_scenario(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
+    faults = [f for s in scenarios for f in s.faults]
+    used = {
+        "code mix": any(f.codes and len(f.codes) > 1 for f in faults),
+        "class confusion": any(f.codes and {c.code for c in f.codes} & {1305, 1203, 1235} and
+                               {c.code for c in f.codes} & {1099, 1137, 1151, 1306, 1377} for f in faults),
+        "site codes in a central outage": any(c.code == 1099 for s in scenarios for o in s.central_outages
+                                              for c in o.codes),
+        "site noise mix": any("site_codes" in s.noise.model_fields_set for s in scenarios),
+        "crash only": any(f.mode == "crash" and not f.codes for f in faults),
+        "wave on some queues": any(w.queues is not None and w.codes != [USER_FAILURE]
+                                   for s in scenarios for w in s.user_waves),
+        "slow": any(f.mode == "slow" for f in faults),
+        "stuck": any(f.mode == "stuck" for f in faults),
+        "noise spread": any(s.noise.spread > 0 for s in scenarios),
+        "site-wide": any(f.sites is not None for f in faults),
+    }
+    assert all(used.values()), [k for k, v in used.items() if not v]
 
 
 def test_score_counts_latency_misses_false_and_central_exclusions():

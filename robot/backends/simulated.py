@@ -26,21 +26,52 @@ from robot.jobstates import FINAL_STATES, JobStatus, QueueStatus
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
 Probability = Annotated[float, Field(ge=0, le=1)]
+Weight = Annotated[float, Field(gt=0)]
 
-# Error a failing job reports, by fault mode: (pilot error code, diagnostic)
-FAULT_ERRORS: dict[str, tuple[int, str]] = {
-    "stagein": (1099, "Get error: Copy command returned error code 256"),
-    "stagein_timeout": (1151, "Get error: Copy command timed out"),
-    "missing_input": (1331, "Get error: No such file or directory"),
-    "no_local_space": (1098, "Get error: No space left on device"),
-    "storage_full": (1333, "Put error: No space left on device"),
-    "stageout": (1137, "Put error: Copy command returned error code 256"),
-    "container": (1306, "Singularity failed to start the container"),
-    "cvmfs": (1377, "CVMFS is not alive"),
-    "crash": (1203, "Payload was killed by signal 11 (SIGSEGV)"),
+
+class ErrorSpec(Strict):
+    """One error a failing job may report: any PanDA pilot error code, with its weight in a mix."""
+
+    code: PositiveInt  # pilotErrorCode; its class comes from the robot's error table, as for real jobs
+    weight: Weight = 1.0
+    diag: str = ""  # pilotErrorDiag (default: a generic text naming the code)
+    exe_code: int = 0  # exeErrorCode too (a payload that exited non-zero), 0: none
+    at: Literal["start", "payload", "end"] = "start"  # fails at stage-in/setup, mid-payload, or at the wall time
+
+
+def _errors(*specs: tuple[int, str, str]) -> list[ErrorSpec]:
+    return [ErrorSpec(code=code, diag=diag, at=at) for code, diag, at in specs]  # type: ignore[arg-type]
+
+
+# What a failing job reports, by fault mode (a shorthand for `codes`)
+FAULT_ERRORS: dict[str, list[ErrorSpec]] = {
+    "stagein": _errors((1099, "Get error: Copy command returned error code 256", "start")),
+    "stagein_timeout": _errors((1151, "Get error: Copy command timed out", "start")),
+    "missing_input": _errors((1331, "Get error: No such file or directory", "start")),
+    "no_local_space": _errors((1098, "Get error: No space left on device", "start")),
+    "storage_full": _errors((1333, "Put error: No space left on device", "end")),
+    "stageout": _errors((1137, "Put error: Copy command returned error code 256", "end")),
+    "container": _errors((1306, "Singularity failed to start the container", "start")),
+    "cvmfs": _errors((1377, "CVMFS is not alive", "start")),
+    "crash": _errors((1203, "Payload was killed by signal 11 (SIGSEGV)", "payload")),
 }
-SITE_NOISE_CODES = (1099, 1137, 1306, 1377, 1151)
-USER_CODE = (1305, "Payload failed with exit code 1: Traceback (most recent call last) ...")
+# Healthy queues' random failures. Real site noise is not spread evenly: stage-in and stage-out
+# problems dominate, then timeouts, lost files, containers and the network.
+SITE_NOISE = [ErrorSpec(code=1099, weight=30, diag="Get error: Copy command returned error code 256"),
+              ErrorSpec(code=1137, weight=20, diag="Put error: Copy command returned error code 256", at="end"),
+              ErrorSpec(code=1151, weight=15, diag="Get error: Copy command timed out"),
+              ErrorSpec(code=1331, weight=10, diag="Get error: No such file or directory"),
+              ErrorSpec(code=1306, weight=10, diag="Singularity failed to start the container"),
+              ErrorSpec(code=1327, weight=5, diag="Network is unreachable"),
+              ErrorSpec(code=1377, weight=5, diag="CVMFS is not alive"),
+              ErrorSpec(code=1171, weight=5, diag="Get error: failed xrdadler32 checksum")]
+USER_FAILURE = ErrorSpec(code=1305, exe_code=1, at="payload",
+                         diag="Payload failed with exit code 1: Traceback (most recent call last) ...")
+USER_NOISE = [USER_FAILURE.model_copy(update={"weight": 4}),
+              ErrorSpec(code=1235, at="payload", diag="Payload exceeded maximum allowed memory")]
+UNKNOWN_NOISE = [ErrorSpec(code=1213, at="end", diag="Reached maximum wall time"),
+                 ErrorSpec(code=1201, at="payload", diag="Job killed by signal 15 (SIGTERM)")]
+CENTRAL_FAILURE = ErrorSpec(code=1324, diag="service is not available at the moment")
 
 
 class JobShape(Strict):
@@ -52,11 +83,17 @@ class JobShape(Strict):
 
 
 class Noise(Strict):
-    """Failures of healthy queues."""
+    """Failures of healthy queues: a probability per job and a mix of codes for each class."""
 
     site: Probability = 0.01
     user: Probability = 0.03
     unknown: Probability = 0.005
+    site_codes: list[ErrorSpec] = Field(default_factory=lambda: list(SITE_NOISE), min_length=1)
+    user_codes: list[ErrorSpec] = Field(default_factory=lambda: list(USER_NOISE), min_length=1)
+    unknown_codes: list[ErrorSpec] = Field(default_factory=lambda: list(UNKNOWN_NOISE), min_length=1)
+    # Queues are not equally flaky: each queue's site and unknown noise is multiplied by a factor
+    # drawn once per (seed, queue) from a lognormal of this sigma, with median 1 (0: every queue alike).
+    spread: Annotated[float, Field(ge=0, le=2)] = 0.0
 
 
 class QueueSet(Strict):
@@ -65,33 +102,58 @@ class QueueSet(Strict):
     per_site: PositiveInt = 2
 
 
+Mode = Literal["stagein", "stagein_timeout", "missing_input", "no_local_space", "storage_full", "stageout",
+               "container", "cvmfs", "crash", "stuck", "slow"]
+
+
 class FaultSpec(Strict):
-    queues: list[str] | PositiveInt = 1  # names, or how many queues picked at random from the seed
+    """A site problem. Where: `queues` (names, or how many picked at random per seed) or `sites`
+    (names, or how many picked at random): every queue of a picked site is hit at once, as when they
+    share its storage. What: `mode` (a shorthand) or `codes` (a mix of any codes, of any class)."""
+
+    queues: list[str] | PositiveInt | None = None  # default: 1 queue at random
+    sites: list[str] | PositiveInt | None = None
     onset: Duration
     duration: Duration
-    mode: Literal["stagein", "stagein_timeout", "missing_input", "no_local_space", "storage_full", "stageout",
-                  "container", "cvmfs", "crash", "stuck", "slow"] = "stagein"
-    probability: Probability = 1.0
-    slowdown: Annotated[float, Field(ge=1)] = 4.0
+    mode: Mode = "stagein"
+    codes: list[ErrorSpec] | None = Field(default=None, min_length=1)  # instead of the mode's single error
+    probability: Probability = 1.0  # share of the jobs that fail (stuck, slow: every job)
+    slowdown: Annotated[float, Field(ge=1)] = 4.0  # slow: jobs run this much longer (events/s drops)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "FaultSpec":
+        if self.queues is not None and self.sites is not None:
+            raise ValueError("give queues or sites, not both")
+        if self.codes is not None and self.mode in ("stuck", "slow"):
+            raise ValueError(f"mode {self.mode} fails no job: codes do not apply")
+        return self
+
+    @property
+    def errors(self) -> list[ErrorSpec]:
+        return self.codes or FAULT_ERRORS.get(self.mode, [])
 
 
 class OutageSpec(Strict):
-    """A central service fails: every queue (or a cloud's) sees central-class errors."""
+    """A central service fails: queues everywhere (or in some clouds) see its errors at once. Usually
+    central-class codes, but a storage or data-management outage reports site-class ones (1099)."""
 
     onset: Duration
     duration: Duration
-    code: int = 1324  # SERVICENOTAVAILABLE
-    diag: str = "service is not available at the moment"
+    codes: list[ErrorSpec] = Field(default_factory=lambda: [CENTRAL_FAILURE], min_length=1)
     probability: Probability = 0.8
     clouds: list[str] = []  # empty: all
+    share: Annotated[float, Field(gt=0, le=1)] = 1.0  # of those queues, this share (picked per seed) is hit
 
 
 class WaveSpec(Strict):
-    """A bad release of user code or of the test payload: user-class failures everywhere."""
+    """A bad release of user code or of the test payload: user-class failures, everywhere or at some
+    queues (names, or how many picked at random per seed)."""
 
     onset: Duration
     duration: Duration
     probability: Probability = 0.5
+    queues: list[str] | PositiveInt | None = None  # default: every queue
+    codes: list[ErrorSpec] = Field(default_factory=lambda: [USER_FAILURE], min_length=1)
 
 
 class Scenario(Strict):
@@ -109,17 +171,34 @@ class Scenario(Strict):
     user_waves: list[WaveSpec] = []
 
     @model_validator(mode="after")
-    def _known_queues(self) -> "Scenario":
-        names = set(queue_names(self.queues))
+    def _known_places(self) -> "Scenario":
+        names = queue_names(self.queues)
+        sites = sorted(set(site_of(self.queues).values()))
+        clouds = set(self.queues.clouds)
+        problems = []
         for i, fault in enumerate(self.faults):
-            if isinstance(fault.queues, list):
-                unknown = [q for q in fault.queues if q not in names]
-                if unknown:
-                    raise ValueError(f"faults[{i}].queues: unknown queue(s) {unknown}; queues are named like "
-                                     f"{sorted(names)[0]}")
-            elif fault.queues > len(names):
-                raise ValueError(f"faults[{i}].queues: {fault.queues} queues asked, the scenario has {len(names)}")
+            problems += _check_place(f"faults[{i}].queues", fault.queues, names, "queue")
+            problems += _check_place(f"faults[{i}].sites", fault.sites, sites, "site")
+        for i, wave in enumerate(self.user_waves):
+            problems += _check_place(f"user_waves[{i}].queues", wave.queues, names, "queue")
+        for i, outage in enumerate(self.central_outages):
+            unknown = [c for c in outage.clouds if c not in clouds]
+            if unknown:
+                problems.append(f"central_outages[{i}].clouds: unknown cloud(s) {unknown}; the scenario has "
+                                f"{sorted(clouds)}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+def _check_place(where: str, value: list[str] | int | None, known: list[str], what: str) -> list[str]:
+    if isinstance(value, list):
+        unknown = [q for q in value if q not in known]
+        if unknown:
+            return [f"{where}: unknown {what}(s) {unknown}; they are named like {known[0]}"]
+    elif value is not None and value > len(known):
+        return [f"{where}: {value} {what}s asked, the scenario has {len(known)}"]
+    return []
 
 
 def load_scenario(path: Path | str) -> Scenario:
@@ -164,6 +243,10 @@ def queue_names(spec: QueueSet) -> list[str]:
     return [f"ANALY_{_site_name(spec, i // spec.per_site)}_{i % spec.per_site + 1}" for i in range(spec.count)]
 
 
+def site_of(spec: QueueSet) -> dict[str, str]:
+    return {q: _site_name(spec, i // spec.per_site) for i, q in enumerate(queue_names(spec))}
+
+
 def _site_name(spec: QueueSet, index: int) -> str:
     return f"{spec.clouds[index % len(spec.clouds)]}-SITE{index:03d}"
 
@@ -178,6 +261,7 @@ class FaultWindow:
     mode: str
     probability: float
     slowdown: float = 4.0
+    errors: tuple[ErrorSpec, ...] = ()  # what its failing jobs report
 
     def active(self, when: datetime) -> bool:
         return self.start <= when < self.end
@@ -190,14 +274,35 @@ class FaultWindow:
 
 def place_faults(scenario: Scenario, seed: int) -> list[FaultWindow]:
     names = queue_names(scenario.queues)
+    sites = site_of(scenario.queues)
     rng = random.Random(f"faults:{seed}:{scenario.name}")
     windows = []
     for fault in scenario.faults:
-        queues = fault.queues if isinstance(fault.queues, list) else rng.sample(names, fault.queues)
+        if fault.sites is not None:
+            picked = fault.sites if isinstance(fault.sites, list) else rng.sample(sorted(set(sites.values())),
+                                                                                   fault.sites)
+            queues = [q for q in names if sites[q] in picked]
+        else:
+            queues = _pick(fault.queues if fault.queues is not None else 1, names, rng)
         start = scenario.start + fault.onset
-        windows += [FaultWindow(q, start, start + fault.duration, fault.mode, fault.probability, fault.slowdown)
-                    for q in queues]
+        windows += [FaultWindow(q, start, start + fault.duration, fault.mode, fault.probability, fault.slowdown,
+                                tuple(fault.errors)) for q in queues]
     return windows
+
+
+def _pick(spec: list[str] | int, names: list[str], rng: random.Random) -> list[str]:
+    return spec if isinstance(spec, list) else rng.sample(names, spec)
+
+
+def pick(errors: Sequence[ErrorSpec], u: float) -> ErrorSpec:
+    """The error of a weighted mix that the uniform draw `u` in [0, 1) falls on."""
+    total = sum(e.weight for e in errors)
+    threshold, running = u * total, 0.0
+    for error in errors:
+        running += error.weight
+        if threshold < running:
+            return error
+    return errors[-1]
 
 
 @dataclass
@@ -220,13 +325,20 @@ class SimulatedGrid:
         self.seed = seed
         self.faults = place_faults(scenario, seed)
         names = queue_names(scenario.queues)
-        spec = scenario.queues
-        self._site_of = {q: _site_name(spec, i // spec.per_site) for i, q in enumerate(names)}
+        self._site_of = site_of(scenario.queues)
         self._cloud_of = {q: self._site_of[q].split("-")[0] for q in names}
         self._faults_of: dict[str, list[FaultWindow]] = {q: [] for q in names}
         for window in self.faults:
             self._faults_of[window.queue].append(window)
         self._sequence = {q: 0 for q in names}
+        # who a central outage or a user wave hits, and how flaky each healthy queue is, fixed per seed
+        rng = random.Random(f"places:{seed}:{scenario.name}")
+        self._outage_queues = [self._outage_place(o, names, rng) for o in scenario.central_outages]
+        self._wave_queues = [set(_pick(w.queues, names, rng)) if w.queues is not None else set(names)
+                             for w in scenario.user_waves]
+        spread = scenario.noise.spread
+        self._flakiness = {q: random.Random(f"noise:{seed}:{q}").lognormvariate(0, spread) if spread else 1.0
+                           for q in names}
         self._jobs: dict[int, _Job] = {}
         self._names: dict[str, int] = {}
         self._statuses: dict[str, QueueStatus] = {}
@@ -303,6 +415,10 @@ class SimulatedGrid:
         self._statuses[queue] = status
 
     # -- sampling ----------------------------------------------------------------------------------
+    def _outage_place(self, outage: OutageSpec, names: list[str], rng: random.Random) -> set[str]:
+        eligible = [q for q in names if not outage.clouds or self._cloud_of[q] in outage.clouds]
+        return set(eligible if outage.share >= 1 else rng.sample(eligible, max(1, round(outage.share * len(eligible)))))
+
     def _draw(self, panda_id: int, queue: str, now: datetime) -> _Job:
         """Draw the whole life of the k-th job of `queue`, in a fixed order of random draws."""
         k = self._sequence[queue]
@@ -312,8 +428,7 @@ class SimulatedGrid:
         wait = timedelta(seconds=rng.expovariate(1 / max(1.0, shape.queue_wait.total_seconds())))
         duration = shape.duration * rng.lognormvariate(0, shape.duration_spread)
         fail_after = timedelta(seconds=rng.expovariate(1 / max(1.0, shape.fail_after.total_seconds())))
-        u_fault, u_central, u_wave, u_noise = rng.random(), rng.random(), rng.random(), rng.random()
-        noise_code = rng.choice(SITE_NOISE_CODES)
+        u_fault, u_central, u_wave, u_noise, u_code = rng.random(), rng.random(), rng.random(), rng.random(), rng.random()
 
         start = now + wait
         fault = next((f for f in self._faults_of[queue] if f.active(start)), None)
@@ -323,31 +438,33 @@ class SimulatedGrid:
         report = JobReport(panda_id=panda_id, job_status=JobStatus.ACTIVATED, queue=queue, creation_time=now)
         timing = {"stagein": 60.0, "setup": 30.0, "stageout": 20.0}
 
-        def failed(after: timedelta, **errors: object) -> _Job:
-            end = start + after
-            final = replace(report, job_status=JobStatus.FAILED, start_time=start, end_time=end,
-                            pilot_timing=timing, **errors)  # type: ignore[arg-type]
+        def failed(errors: Sequence[ErrorSpec]) -> _Job:
+            error = pick(errors, u_code)
+            end = start + {"start": fail_after, "payload": duration / 2, "end": duration}[error.at]
+            final = replace(report, job_status=JobStatus.FAILED, start_time=start, end_time=end, pilot_timing=timing,
+                            pilot_error_code=error.code, pilot_error_diag=error.diag or f"pilot error {error.code}",
+                            exe_error_code=error.exe_code,
+                            exe_error_diag="Traceback (most recent call last) ..." if error.exe_code else "")
             return _Job(report, start, end, final)
 
-        if fault and fault.mode not in ("slow",) and u_fault < fault.probability:
-            code, diag = FAULT_ERRORS[fault.mode]
-            return failed(fail_after if fault.mode != "crash" else duration / 2, pilot_error_code=code,
-                          pilot_error_diag=diag)
-        outage = next((o for o in self.scenario.central_outages
-                       if self._outage_active(o, start, queue)), None)
+        if fault and fault.errors and u_fault < fault.probability:
+            return failed(fault.errors)
+        outage = next((o for o, hit in zip(self.scenario.central_outages, self._outage_queues)
+                       if queue in hit and self._window_active(o, start)), None)
         if outage and u_central < outage.probability:
-            return failed(fail_after, pilot_error_code=outage.code, pilot_error_diag=outage.diag)
-        if any(self._window_active(w, start) for w in self.scenario.user_waves) and u_wave < max(
-                w.probability for w in self.scenario.user_waves if self._window_active(w, start)):
-            return failed(duration / 3, pilot_error_code=USER_CODE[0], pilot_error_diag=USER_CODE[1],
-                          exe_error_code=1, exe_error_diag="Traceback")
-        if u_noise < noise.site:
-            return failed(fail_after, pilot_error_code=noise_code, pilot_error_diag="random site failure")
-        if u_noise < noise.site + noise.user:
-            return failed(duration / 3, pilot_error_code=USER_CODE[0], pilot_error_diag=USER_CODE[1],
-                          exe_error_code=1, exe_error_diag="Traceback")
-        if u_noise < noise.site + noise.user + noise.unknown:
-            return failed(duration, pilot_error_code=1213, pilot_error_diag="Reached maximum wall time")
+            return failed(outage.codes)
+        wave = max((w for w, hit in zip(self.scenario.user_waves, self._wave_queues)
+                    if queue in hit and self._window_active(w, start)), key=lambda w: w.probability, default=None)
+        if wave and u_wave < wave.probability:
+            return failed(wave.codes)
+        flaky = self._flakiness[queue]
+        site, unknown = min(1.0, noise.site * flaky), min(1.0, noise.unknown * flaky)
+        if u_noise < site:
+            return failed(noise.site_codes)
+        if u_noise < site + noise.user:
+            return failed(noise.user_codes)
+        if u_noise < site + noise.user + unknown:
+            return failed(noise.unknown_codes)
         if fault and fault.mode == "slow":
             duration *= fault.slowdown
         end = start + duration
@@ -359,6 +476,3 @@ class SimulatedGrid:
     def _window_active(self, spec: WaveSpec | OutageSpec, when: datetime) -> bool:
         start = self.scenario.start + spec.onset
         return start <= when < start + spec.duration
-
-    def _outage_active(self, outage: OutageSpec, when: datetime, queue: str) -> bool:
-        return self._window_active(outage, when) and (not outage.clouds or self._cloud_of[queue] in outage.clouds)
