@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from robot.durations import parse_duration
 
@@ -74,8 +74,9 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem: key path, what is wrong, what was found."""
+def describe_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem: key path, what is wrong, what was found (never a secret: `model` says
+    which fields are secrets)."""
     lines = []
     for item in error.errors():
         loc = key_path(item["loc"]) or "<top>"
@@ -88,9 +89,45 @@ def describe_validation_error(error: ValidationError) -> list[str]:
             lines.append(f"{loc}: missing required key")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            found = "" if isinstance(item["input"], dict) else f" (got {item['input']!r})"  # a mapping: its keys say
-            lines.append(f"{loc}: {message}{found}")
+            lines.append(f"{loc}: {message}{_found(item['input'], item['loc'], model)}")
     return lines
+
+
+def _found(value: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> str:
+    """` (got VALUE)`, except for a mapping (its keys say; a model's own check sees the whole section,
+    secrets included) and for a secret field."""
+    if isinstance(value, dict):
+        return ""
+    if model is not None and _is_secret(model, loc):
+        return " (the value is a secret: not shown)"
+    return f" (got {value!r})"
+
+
+def _is_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """Whether the field at `loc` (`tickets.imap.password`, `templates.0.name`) holds a SecretStr."""
+    annotation: Any = model
+    for part in loc:
+        if isinstance(part, int) or _UNION_TAG.fullmatch(part):
+            continue  # a list's element (the list's annotation holds its type), or a union's member
+        current = _models_in(annotation)
+        fields = next((m.model_fields for m in current if part in m.model_fields), None)
+        if fields is None:
+            return False
+        annotation = fields[part].annotation
+    return _holds(annotation, SecretStr)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models inside an annotation such as `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _holds(annotation: Any, kind: type) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, kind):
+        return True
+    return any(_holds(arg, kind) for arg in getattr(annotation, "__args__", ()))
 
 
 def load_yaml_model(path: Path | str, model: type[M], **extra: Any) -> M:
@@ -115,4 +152,4 @@ def load_yaml_model(path: Path | str, model: type[M], **extra: Any) -> M:
     try:
         return model.model_validate({**raw, **extra})
     except ValidationError as exc:
-        raise ConfigError(path, describe_validation_error(exc)) from exc
+        raise ConfigError(path, describe_validation_error(exc, model)) from exc

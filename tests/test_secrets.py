@@ -228,3 +228,32 @@ def test_the_database_password_is_masked_in_config_check_and_reprs(tmp_path, mon
              config.model_dump_json(), repr(DatabaseConfig(url=config.database_url)),
              repr(RobotConfig(database=config.database))]
     assert planted not in "\n".join(shown)
+
+
+def test_configuration_errors_never_show_a_secret(tmp_path, monkeypatch):
+    planted = {"HEALTHROBOT_TEST_DB_PASSWORD": "PLANTED-db-e1", "HEALTHROBOT_TEST_IMAP": "PLANTED-imap-e2",
+               "HEALTHROBOT_TEST_GGUS": "PLANTED-ggus-e3", "HEALTHROBOT_TEST_SMTP": "PLANTED-smtp-e4"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    secrets = {
+        "database": {"url": "postgresql+psycopg://robot:${HEALTHROBOT_TEST_DB_PASSWORD}@127.0.0.1/robot"},
+        "tickets": {"imap": {"host": "127.0.0.1", "username": "u", "password": "${HEALTHROBOT_TEST_IMAP}"},
+                    "ggus": {"url": GGUS, "token": "${HEALTHROBOT_TEST_GGUS}"}},
+        "blacklist": {"notify": {"username": "robot", "password": "${HEALTHROBOT_TEST_SMTP}"}},
+    }
+    cases = {
+        # a check of the whole file fails: it must not print the whole file
+        "whole": {**secrets, "backend": {"kind": "panda", "panda": {"url": "http://127.0.0.1:1/", "auth": "none"}},
+                  "topology": {"source": "cric", "cric": {"url": CRIC}}},
+        # a secret of the wrong type (a number where text is expected): its value is not printed either
+        "number": {"tickets": {"imap": {"host": "127.0.0.1", "username": "u", "password": 86754309}}},
+    }
+    for name, body in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"data_dir": str(tmp_path), **body}))
+        for extra in ([], ["--json"]):
+            result = CliRunner().invoke(main, ["config", "check", *extra, str(path)])
+            assert result.exit_code == 1, result.output
+            assert not any(value in result.output for value in [*planted.values(), "86754309"]), result.output
+    shown = CliRunner().invoke(main, ["config", "check", str(tmp_path / "number.yaml")]).output
+    assert "tickets.imap.password: Input should be a valid string (the value is a secret: not shown)" in shown
