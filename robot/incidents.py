@@ -97,12 +97,20 @@ def _wave(members: list[Ending]) -> Wave:
 class CentralIncidents:
     """Loop-step evaluator: record waves of central-class failures as `central_failures` events."""
 
+    def __init__(self) -> None:
+        self._seen_until: datetime | None = None  # central failures before this were looked at already
+
     def __call__(self, session: Session, now: datetime) -> list[Wave]:
         since = now - LOOKBACK
         final = (Job.outcome.in_(["completed", "failed"]), Job.end_time >= since, Job.end_time <= now)
-        hit = session.scalar(select(func.count(func.distinct(Job.queue_id))).where(
-            *final, Job.outcome == "failed", Job.error_class == "central"))
-        if not hit or hit < MIN_QUEUES:  # the usual case costs one small query
+        central = (Job.outcome == "failed", Job.error_class == "central")
+        if self._seen_until is not None and not session.scalar(select(func.count()).select_from(Job).where(
+                Job.status_changed_at >= self._seen_until, *central)):
+            self._seen_until = now  # the usual step: no new central failure, one query on what changed
+            return []
+        self._seen_until = now
+        hit = session.scalar(select(func.count(func.distinct(Job.queue_id))).where(*final, *central))
+        if not hit or hit < MIN_QUEUES:
             return []
         endings = [Ending(q, end, outcome == "failed" and klass == "central", name)
                    for q, end, outcome, klass, name in session.execute(

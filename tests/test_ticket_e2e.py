@@ -110,3 +110,8 @@ def test_why_shows_confidence_reply_and_both_sides(world):
     assert any(d.startswith("points away from the site: ANALY_FZK passed") for d in user["details"])
     text = cli(world, "why", str(tickets["stage-in errors at ANALY_MWT2_UCORE"]["id"]))
     assert "points at the site: ANALY_MWT2_UCORE was degraded" in text and "reply: " in text
+
+
+def test_the_list_shows_how_sure_each_verdict_is(world):
+    table = cli(world, "tickets", "list")
+    assert "Sure" in table and "90%" in table and "40%" in table

@@ -85,11 +85,12 @@ def tickets_list(ctx: Context, queue: str | None, only_open: bool, as_json: bool
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(header_style="bold")
-    for column in ("ID", "State", "Last (UTC)", "Subject", "Verdict", "Why"):
+    for column in ("ID", "State", "Last (UTC)", "Subject", "Verdict", "Sure", "Why"):
         table.add_column(column)
     for r in rows:  # plain text cells: a ticket's content is never markup
+        confidence = (r["evidence"] or {}).get("confidence")
         table.add_row(str(r["id"]), r["state"], r["last_message_at"][:16], r["subject"][:60], r["verdict"] or "-",
-                      (r["verdict_reason"] or "")[:100])
+                      f"{confidence:.0%}" if confidence is not None else "-", (r["verdict_reason"] or "")[:100])
     make_console().print(table, markup=False)
 
 
