@@ -337,30 +337,42 @@ def test_is_alive_site_specs_and_forbidden_methods(factory):
         assert describe(handle, [1, 2]) == [None, None]
 
 
-BAD_JOBS = {  # what is wrong -> (attribute changes, field named in the refusal)
-    "unknown queue": ({"computingSite": "ANALY_NOWHERE"}, "computingSite"),
-    "parameters without -p": ({"jobParameters": '-j "" -r ./ -i "[]"'}, "jobParameters"),
-    "parameters that do not parse": ({"jobParameters": '-p "zmumu --max-events 10'}, "jobParameters"),
-    "no wall time": ({"maxWalltime": None}, "maxWalltime"),
-    "another transformation": ({"transformation": "http://example.org/trf/evil.sh"}, "transformation"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_JOBS))
-def test_a_job_that_cannot_run_refuses_its_bulk_and_stores_nothing(factory, case):
+def test_a_job_on_an_unknown_queue_refuses_its_bulk_and_stores_nothing(factory):
     grid = open_grid(factory, {"ANALY_A": {}}, clock=ManualClock(T0))
-    changes, field = BAD_JOBS[case]
     with serve(grid) as handle:
-        good, bad = job_spec(grid, "ANALY_A", "bulk.good"), job_spec(grid, "ANALY_A", "bulk.bad", **changes)
+        good = job_spec(grid, "ANALY_A", "bulk.good")
+        bad = job_spec(grid, "ANALY_A", "bulk.bad", computingSite="ANALY_NOWHERE")
         reply = submit(handle, [good, bad])
         assert reply["success"] is False and reply["data"] is None
-        assert "job 1 (bulk.bad)" in reply["message"] and field in reply["message"], reply["message"]
+        assert "job 1 (bulk.bad)" in reply["message"] and "computingSite" in reply["message"], reply["message"]
         assert stored_ids(grid) == []
         ok = submit(handle, [job_spec(grid, "ANALY_A", "bulk.alone")])
         assert ok["success"] is True and stored_ids(grid) == [ok["data"][0][0]]
 
 
-def test_inputs_must_be_the_grids_files_and_match_the_parameters(factory):
+ACCEPTED_THEN_FAILED = {  # what PanDA accepts but a pilot here cannot run -> (attribute changes, pilot code)
+    "parameters without -p": ({"jobParameters": '-j "" -r ./ -i "[]"'}, 1349),
+    "parameters that do not parse": ({"jobParameters": '-p "zmumu --max-events 10'}, 1349),
+    "another transformation": ({"transformation": "http://example.org/trf/evil.sh"}, 1149),
+    "a payload the nodes do not have": ({"jobParameters": '-j "" -r ./ -p "echo%20hello"'}, 1305),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED_THEN_FAILED))
+def test_what_panda_accepts_is_stored_and_fails_at_run_time_with_the_pilots_code(factory, case):
+    grid = open_grid(factory, {"ANALY_A": {}}, dispatch="local")
+    changes, code = ACCEPTED_THEN_FAILED[case]
+    with serve(grid) as handle:
+        reply = submit(handle, [job_spec(grid, "ANALY_A", "odd.one", maxWalltime=None, **changes)])
+        assert reply["success"] is True, reply["message"]
+        pid = reply["data"][0][0]
+        grid.start(period=0.05)
+        job = poll(handle, [pid], all_final([pid]), timeout=60)[pid]
+    assert job["jobStatus"] == "failed" and job["pilotErrorCode"] == code, job["pilotErrorDiag"]
+    assert job["maxWalltime"] > 0  # NULL became the queue's limit
+
+
+def test_inputs_must_be_the_grids_files(factory):
     grid = open_grid(factory, {"ANALY_A": {}}, clock=ManualClock(T0))
     with serve(grid) as handle:
         unknown = job_spec(grid, "ANALY_A", "files.unknown")
@@ -372,10 +384,6 @@ def test_inputs_must_be_the_grids_files_and_match_the_parameters(factory):
         other.Files[1].lfn = "not.in.the.dataset.root"
         reply = submit(handle, [other])
         assert reply["success"] is False and "Files[1].lfn" in reply["message"]
-        fewer = job_spec(grid, "ANALY_A", "files.fewer")
-        fewer.Files.pop(1)
-        reply = submit(handle, [fewer])
-        assert reply["success"] is False and "-i" in reply["message"] and "jobParameters" in reply["message"]
         garbage = call(handle, "job/submit", jobs="[[1, 2, 3]]")
         assert garbage["success"] is False and "deserialize" in garbage["message"]
         assert call(handle, "job/submit", jobs="[]")["success"] is False
@@ -611,3 +619,63 @@ def test_grid_serve_runs_until_sigterm(factory):
             process.wait()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{api}/system/is_alive", timeout=2)
+
+
+PRUN_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pandaclient import Client
+    from pandaclient.JobSpec import JobSpec
+    from pandaclient.FileSpec import FileSpec
+    job = JobSpec()
+    job.jobDefinitionID = 4242
+    job.jobName = "user.alice.prun.0001"
+    job.prodSourceLabel = "user"
+    job.computingSite = sys.argv[1]
+    job.transformation = "http://pandaserver.cern.ch:25080/trf/user/runGen-00-00-02"
+    job.jobParameters = '-j "" --sourceURL https://panda.example:25443 -r . -p "zmumu" -a jobO.1234.tar.gz'
+    job.destinationDBlock = "user.alice.prun.0001/"
+    job.cmtConfig = "x86_64-el9-gcc13-opt"
+    log = FileSpec()
+    log.type, log.lfn, log.dataset = "log", "user.alice.prun.0001.log.tgz", "user.alice.prun.0001/"
+    job.addFile(log)
+    status, ids = Client.submitJobs([job])
+    pid = ids[0][0]
+    deadline = time.time() + 120
+    while True:
+        status, jobs = Client.getJobStatus([pid])
+        if jobs[0].jobStatus in ("finished", "failed", "cancelled") or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    print(json.dumps({"submit": [status, ids], "state": jobs[0].jobStatus, "pilot": jobs[0].pilotErrorCode,
+                      "diag": jobs[0].pilotErrorDiag}, default=str))
+""")
+
+
+@pytest.mark.slow
+def test_a_prun_style_job_from_the_unmodified_client_runs_on_grid_serve(factory, tmp_path):
+    """runGen, no --max-events, no input file, no maxWalltime: accepted, and it ends with a pilot code."""
+    files = factory.write_files({"ANALY_CLI": {}}, max_parallel_jobs=2)
+    process = subprocess.Popen([sys.executable, "-m", "robot.cli", "--config", str(files.robot_yaml), "grid",
+                                "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO)
+    try:
+        url = None
+        while url is None:
+            line = process.stdout.readline()  # type: ignore[union-attr]
+            assert line or process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+            if line.startswith("PANDA_URL="):
+                url = line.strip().split("=", 1)[1]
+        env = {**os.environ, "PANDA_URL": url, "PANDA_URL_SSL": url, "PANDACACHE_URL": url,
+               "PANDA_BEHIND_REAL_LB": "1", "X509_USER_PROXY": str(tmp_path / "no-proxy")}
+        env.pop("PANDA_AUTH", None)
+        done = subprocess.run([sys.executable, "-c", PRUN_SCRIPT, "ANALY_CLI"], check=False, env=env,
+                              capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    status, ids = out["submit"]
+    assert status == 0 and isinstance(ids[0][0], int), out
+    # zmumu without input cannot read an event: the payload fails, the pilot reports it with its code
+    assert out["state"] == "failed" and out["pilot"] == 1305, out

@@ -11,9 +11,14 @@ import argparse
 import ast
 import shlex
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 TRANSFORMATION = "http://pandaserver.cern.ch:25080/trf/user/runGen-00-00-02"
 OUTPUT_FILE = "histograms.root"
+ALL_EVENTS = -1  # no --max-events: the payload reads every event of its inputs
+# pilot3 error codes for what a pilot cannot run
+TRF_DOWNLOAD_FAILURE = 1149
+BAD_TRF_ARGUMENTS = 1349
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,17 @@ def parse_job_parameters(text: str) -> JobParameters:
         known, _ = _parser().parse_known_args(shlex.split(text))
     except (ValueError, argparse.ArgumentError) as exc:
         raise BadJobParameters(f"jobParameters do not parse: {exc}") from None
-    command = shlex.split(known.p)
+    try:
+        command = shlex.split(unquote(known.p))  # prun URL-quotes its --exec string
+    except ValueError as exc:
+        raise BadJobParameters(f"jobParameters: -p {known.p!r} does not parse: {exc}") from None
     if not command:
         raise BadJobParameters("jobParameters: -p names no payload")
     payload, rest = command[0], command[1:]
     try:
-        max_events = int(rest[rest.index("--max-events") + 1])
+        max_events = int(rest[rest.index("--max-events") + 1]) if "--max-events" in rest else ALL_EVENTS
     except (ValueError, IndexError):
-        raise BadJobParameters(f"jobParameters: -p {known.p!r} has no --max-events N") from None
+        raise BadJobParameters(f"jobParameters: -p {known.p!r}: --max-events is not followed by a number") from None
     try:
         lfns = ast.literal_eval(known.i) if known.i else []
         outputs = ast.literal_eval(known.o) if known.o else {}
@@ -74,3 +82,18 @@ def parse_job_parameters(text: str) -> JobParameters:
         raise BadJobParameters("jobParameters: -i must be a list of file names and -o a dict")
     return JobParameters(payload=payload, max_events=max_events, input_lfns=tuple(lfns),
                          input_dataset=known.inDS, outputs={str(k): str(v) for k, v in outputs.items()})
+
+
+def runnable(transformation: object, text: object) -> tuple[JobParameters | None, tuple[int, str] | None]:
+    """What a pilot of the embedded grid would run for a job PanDA accepted, or the pilot error code
+    and message it fails the job with: a transformation other than runGen cannot be fetched here, and
+    parameters runGen cannot read are bad transformation arguments."""
+    if not isinstance(transformation, str) or "runGen" not in transformation:
+        return None, (TRF_DOWNLOAD_FAILURE, f"Failed to download transformation {transformation!r}: not available"
+                                            " at this site")
+    if not isinstance(text, str) or not text.strip() or text == "NULL":
+        return None, (BAD_TRF_ARGUMENTS, "jobParameters: missing")
+    try:
+        return parse_job_parameters(text), None
+    except BadJobParameters as exc:
+        return None, (BAD_TRF_ARGUMENTS, str(exc))

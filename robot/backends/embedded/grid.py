@@ -241,6 +241,7 @@ class EmbeddedGrid:
                 "bandwidth_mb_s": settings.bandwidth_mb_s / reading[settings.endpoint],
                 "cpu_speed": settings.cpu_speed,
                 "inject": injection.as_dict(),
+                "cannot_run": job.get("cannot_run"),  # what PanDA accepted but a pilot here cannot run
             }
             yield pid, job, pilot_job, injection
 

@@ -8,10 +8,13 @@ panda-client 2.2 speaks it (see /work/shared/domain/panda.md):
 * `job/submit` takes ``{"jobs": "<JSON>"}``: per job the 126 JobSpec attributes in
   `JobSpec._attributes` order, then its files (FileSpec attributes in order), datetimes as
   ``{"_datetime_object": ...}``. It answers ``[[PandaID, jobDefinitionID, {"jobsetID": ...}], ...]``.
-  The payload, event count and input files travel in `jobParameters` (`job_parameters.py`); a job
-  that cannot run here (unknown queue, parameters that do not parse, inputs not in the grid's
-  catalogue ...) refuses the whole bulk (``success: false``, the message names the job and the
-  field) and nothing of it is stored. A job without `jobDefinitionID` is answered as the real
+  The payload, event count and input files travel in `jobParameters` (`job_parameters.py`). As
+  PanDA, it accepts another transformation, parameters without `--max-events` (all events), no
+  input file and no `maxWalltime`; what its pilots cannot run then fails at run time with the
+  pilot's codes (1149 for a transformation other than runGen, 1349 for parameters runGen cannot
+  read, 1305 for a payload that fails). An unknown queue or inputs the grid's catalogue does not
+  hold refuse the whole bulk (``success: false``, the message names the job and the field) and
+  nothing of it is stored. A job without `jobDefinitionID` is answered as the real
   server answers it: success, PandaID ``"NULL"``, nothing stored;
 * `job/get_description` (and `..._incl_archive`, the same here) answers one JobSpec dict per ID
   (``null`` for an unknown one) with its `Files`: missing values ``"NULL"``, `transExitCode` a
@@ -42,12 +45,7 @@ from werkzeug.wrappers import Request, Response
 
 from robot.backends.base import InputFile, JobRequest
 from robot.backends.embedded.grid import EmbeddedGrid
-from robot.backends.job_parameters import (
-    OUTPUT_FILE,
-    TRANSFORMATION,
-    BadJobParameters,
-    parse_job_parameters,
-)
+from robot.backends.job_parameters import OUTPUT_FILE, TRANSFORMATION, runnable
 from robot.clock import as_utc
 from robot.jobstates import JobStatus, QueueStatus
 from testjobs.datasets import load_manifest
@@ -60,6 +58,7 @@ NULL = "NULL"
 TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilotTiming, in this order
 SC_INVALID = 50  # pilot protocol: a request that makes no sense
 MAX_IDS = 5500  # the real server's cap per description call
+DEFAULT_WALLTIME = 86400  # seconds a job without maxWalltime may run (a queue's usual limit)
 
 
 class Refused(ValueError):
@@ -166,13 +165,14 @@ class PandaService:
                 replies.append(None)  # the real server stores nothing for it, yet answers success
                 continue
             try:
-                request = self.job_request(spec, files)
+                request, cannot_run = self.job_request(spec, files)
             except Refused as exc:
                 name = spec.get("jobName")
                 return _envelope(False, message=f"job {index} ({name if not _null(name) else 'no jobName'}): {exc}; "
                                                 "nothing of this bulk was stored")
             stored_spec = {k: v for k, v in spec.items() if not _null(v)}
-            extras.append({"panda": stored_spec, "panda_files": files, "bulk_position": len(requests)})
+            extras.append({"panda": stored_spec, "panda_files": files, "bulk_position": len(requests),
+                           **({"cannot_run": list(cannot_run)} if cannot_run else {})})
             requests.append(request)
             replies.append(spec)
         ids = iter(self.grid.submit(requests, extras) if requests else [])
@@ -188,38 +188,30 @@ class PandaService:
             data.append([pid, spec["jobDefinitionID"], {"jobsetID": jobset}])
         return _envelope(True, data)
 
-    def job_request(self, spec: dict[str, Any], files: list[dict[str, Any]]) -> JobRequest:
-        """What the grid runs for one submitted JobSpec; Refused names the field that does not fit."""
+    def job_request(self, spec: dict[str, Any], files: list[dict[str, Any]]
+                    ) -> tuple[JobRequest, tuple[int, str] | None]:
+        """What the grid runs for one submitted JobSpec, and the pilot error it fails with if its pilots
+        cannot run it (another transformation, parameters runGen cannot read). As PanDA, the service
+        accepts a job without input files or maxWalltime; Refused names the field that does not fit."""
         queue = spec.get("computingSite")
         if queue not in self._queues:
             raise Refused(f"computingSite {queue!r} is not a queue of this grid")
-        if spec.get("transformation") != TRANSFORMATION:
-            raise Refused(f"transformation {spec.get('transformation')!r} is not {TRANSFORMATION}")
-        text = spec.get("jobParameters")
-        if not isinstance(text, str) or _null(text):
-            raise Refused("jobParameters: missing")
-        try:
-            params = parse_job_parameters(text)
-        except BadJobParameters as exc:
-            raise Refused(str(exc)) from None
+        params, cannot_run = runnable(spec.get("transformation"), spec.get("jobParameters"))
         try:
             wall = int(spec.get("maxWalltime"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             wall = 0
-        if wall <= 0:
-            raise Refused(f"maxWalltime {spec.get('maxWalltime')!r} is not a positive number of seconds")
+        wall = wall if wall > 0 else DEFAULT_WALLTIME
         inputs = [(k, f) for k, f in enumerate(files) if f.get("type") == "input"]
-        if not inputs:
-            raise Refused("Files: no input file (type 'input')")
         datasets = {_dataset_name(f.get("dataset")) for _, f in inputs}
-        if len(datasets) != 1:
-            raise Refused(f"Files: inputs from {len(datasets)} datasets, one expected")
-        (dataset,) = datasets
-        manifest = self._manifest(dataset)
-        if manifest is None:
+        if len(datasets) > 1:
+            raise Refused(f"Files: inputs from {len(datasets)} datasets, one at most expected")
+        dataset = next(iter(datasets), "")
+        manifest = self._manifest(dataset) if inputs else None
+        if inputs and manifest is None:
             k = inputs[0][0]
             raise Refused(f"Files[{k}].dataset {inputs[0][1].get('dataset')!r} is not in the grid's catalogue")
-        catalogue = {entry.lfn: entry for entry in manifest.files}
+        catalogue = {entry.lfn: entry for entry in manifest.files} if manifest else {}
         input_files = []
         for k, f in inputs:
             entry = catalogue.get(f.get("lfn"))
@@ -235,17 +227,14 @@ class PandaService:
                 lfn=entry.lfn, guid=entry.guid if _null(f.get("GUID")) else str(f["GUID"]),
                 scope=manifest.scope if _null(f.get("scope")) else str(f["scope"]), dataset=dataset,
                 bytes=size, events=entry.events, adler32=adler32))
-        if sorted(params.input_lfns) != sorted(f.lfn for f in input_files):
-            raise Refused(f"jobParameters -i {list(params.input_lfns)!r} does not name the input Files "
-                          f"{[f.lfn for f in input_files]!r}")
         name = spec.get("jobName")
         return JobRequest(
             job_name=str(name) if not _null(name) else f"panda.{uuid.uuid4()}", queue=queue,
-            payload=params.payload, dataset=dataset, files=tuple(input_files), max_events=params.max_events,
-            max_wall_seconds=wall,
+            payload=params.payload if params else "", dataset=dataset, files=tuple(input_files),
+            max_events=params.max_events if params else 0, max_wall_seconds=wall,
             processing_type="" if _null(spec.get("processingType")) else str(spec["processingType"]),
             prod_source_label="" if _null(spec.get("prodSourceLabel")) else str(spec["prodSourceLabel"]),
-        )
+        ), cannot_run
 
     def _manifest(self, dataset: str) -> Any:
         with self._manifest_lock:
@@ -514,7 +503,7 @@ def pilot_job_description(pid: int, row: dict[str, Any], pilot_job: dict[str, An
         "coreCount": spec.get("coreCount", 1), "minRamCount": spec.get("minRamCount", 0),
         "maxDiskCount": spec.get("maxDiskCount", 0), "nSent": 0,
         "embedded": {"bandwidth_mb_s": pilot_job["bandwidth_mb_s"], "cpu_speed": pilot_job["cpu_speed"],
-                     "inject": pilot_job["inject"]},
+                     "inject": pilot_job["inject"], "cannot_run": pilot_job.get("cannot_run")},
     }
 
 

@@ -53,6 +53,8 @@ PAYLOAD_EXECUTION_FAILURE = 1305
 CHECKSUM_MISMATCH = 1171
 MISSING_INPUT = 1331
 INJECTED_DELAY = 0.5  # seconds an injected failure takes, so failures are not free
+PAYLOADS = ("zmumu", "ttbar")  # what runGen finds on this grid's worker nodes (testjobs.payloads)
+COMMAND_NOT_FOUND = 127
 
 
 def stage_in(job: dict[str, Any], workdir: Path, fault: str | None) -> list[Path]:
@@ -60,7 +62,7 @@ def stage_in(job: dict[str, Any], workdir: Path, fault: str | None) -> list[Path
     if fault in STAGEIN_FAULTS:
         time.sleep(INJECTED_DELAY * (4 if fault == "stagein_timeout" else 1))
         code, diag = STAGEIN_FAULTS[fault]
-        raise PilotError(code, diag.format(lfn=job["inputs"][0]["lfn"]))
+        raise PilotError(code, diag.format(lfn=job["inputs"][0]["lfn"] if job["inputs"] else "(no input)"))
     rate = job["bandwidth_mb_s"] * 1e6
     local = []
     for entry in job["inputs"]:
@@ -79,6 +81,9 @@ def stage_in(job: dict[str, Any], workdir: Path, fault: str | None) -> list[Path
 
 def run_payload(job: dict[str, Any], workdir: Path, inputs: list[Path], deadline: float) -> dict[str, Any]:
     """Run the payload; returns its job report. Raises PilotError for a failed payload."""
+    if job["payload"] not in PAYLOADS:
+        raise PilotError(PAYLOAD_EXECUTION_FAILURE, f"Payload failed with exit code {COMMAND_NOT_FOUND}:"
+                                                    f" {job['payload'][:100]}: command not found")
     command = [
         sys.executable, "-m", f"testjobs.payloads.{job['payload']}",
         "--input", *map(str, inputs),
@@ -135,6 +140,8 @@ def run_job(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     step = "setup"
     try:
         mark = time.monotonic()
+        if job.get("cannot_run"):  # accepted by PanDA, but nothing here can run it
+            raise PilotError(*job["cannot_run"])
         if fault in SETUP_FAULTS:
             time.sleep(INJECTED_DELAY)
             raise PilotError(*SETUP_FAULTS[fault])

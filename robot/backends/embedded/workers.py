@@ -152,16 +152,19 @@ class GridWorkers:
 
     def pilot_job(self, job: dict[str, Any]) -> dict[str, Any]:
         """The embedded pilot's job.json from a job in PanDA's pilot format."""
-        params = parse_job_parameters(job["jobPars"])
-        columns = [str(job[key]).split(",") for key in ("inFiles", "fsize", "checksum", "realDatasetsIn", "ddmEndPointIn")]
+        extra = job.get("embedded") or {}
+        cannot_run = extra.get("cannot_run")  # the service already knows a pilot here cannot run it
+        params = None if cannot_run else parse_job_parameters(job["jobPars"])
+        columns = [str(job[key]).split(",") if job[key] else [] for key in
+                   ("inFiles", "fsize", "checksum", "realDatasetsIn", "ddmEndPointIn")]
         inputs = []
         for lfn, size, checksum, dataset, endpoint in zip(*columns):
             inputs += self.grid.storage.input_paths(endpoint, dataset, [
                 {"lfn": lfn, "bytes": int(size), "adler32": checksum.removeprefix("ad:")}])
-        endpoint_out = str(job.get("ddmEndPointOut") or columns[4][0]).split(",")[0]
-        extra = job.get("embedded") or {}
+        endpoint_out = str(job.get("ddmEndPointOut") or "").split(",")[0]
         return {
-            "job_name": job["jobName"], "payload": params.payload, "max_events": params.max_events,
+            "job_name": job["jobName"], "payload": params.payload if params else "",
+            "max_events": params.max_events if params else 0, "cannot_run": cannot_run,
             "max_wall_seconds": int(job["maxWalltime"]), "panda_id": int(job["PandaID"]), "inputs": inputs,
             "output_dir": str(self.grid.storage.scratch(endpoint_out)),
             "bandwidth_mb_s": float(extra.get("bandwidth_mb_s", self.grid.config.defaults.bandwidth_mb_s)),
