@@ -128,20 +128,25 @@ def prepare(root: Path, path: str) -> Setup:
     setup.serve_yaml.write_text(yaml.safe_dump(robot_yaml(root, {"kind": "embedded", "embedded": embedded})))
     log = root / "grid-serve.log"
     setup.logs.append(log)
-    setup.server = subprocess.Popen(
-        [sys.executable, "-m", "robot.cli", "--config", str(setup.serve_yaml), "grid", "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=REPO)
-    url = None
-    while url is None:
-        line = setup.server.stdout.readline()  # type: ignore[union-attr]
-        if not line and setup.server.poll() is not None:
-            raise RuntimeError(f"healthrobot grid serve stopped: {log.read_text()[-2000:]}")
-        if line.startswith("PANDA_URL="):
-            url = line.strip().split("=", 1)[1]
+    with log.open("w") as err:
+        setup.server, url = start_grid_serve(setup.serve_yaml, err)
     backend = {"kind": "panda", "embedded": embedded,
                "panda": {"url": url, "auth": "none", "timeout": "30s", "retries": 2}}
     setup.robot_yaml.write_text(yaml.safe_dump(robot_yaml(root, backend)))
     return setup
+
+
+def start_grid_serve(config: Path, stderr: Any) -> tuple[subprocess.Popen[str], str]:
+    """`healthrobot grid serve --port 0` on `config`; the process and the PANDA_URL it printed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "robot.cli", "--config", str(config), "grid", "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO)
+    while True:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        if not line and process.poll() is not None:
+            raise RuntimeError(f"healthrobot grid serve stopped with exit code {process.returncode}")
+        if line.startswith("PANDA_URL="):
+            return process, line.strip().split("=", 1)[1]
 
 
 # -- the robot process -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from robot.backends.job_parameters import TRANSFORMATION, JobParameters, format_
 from robot.clock import ManualClock, SystemClock
 from robot.jobstates import QueueStatus
 from testjobs.datasets import load_manifest
+from tests.crash_trials import start_grid_serve
 from tests.fakes import T0
 
 REPO = Path(__file__).resolve().parent.parent
@@ -655,16 +656,8 @@ PRUN_SCRIPT = textwrap.dedent("""
 def test_a_prun_style_job_from_the_unmodified_client_runs_on_grid_serve(factory, tmp_path):
     """runGen, no --max-events, no input file, no maxWalltime: accepted, and it ends with a pilot code."""
     files = factory.write_files({"ANALY_CLI": {}}, max_parallel_jobs=2)
-    process = subprocess.Popen([sys.executable, "-m", "robot.cli", "--config", str(files.robot_yaml), "grid",
-                                "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=REPO)
+    process, url = start_grid_serve(files.robot_yaml, subprocess.DEVNULL)
     try:
-        url = None
-        while url is None:
-            line = process.stdout.readline()  # type: ignore[union-attr]
-            assert line or process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
-            if line.startswith("PANDA_URL="):
-                url = line.strip().split("=", 1)[1]
         env = {**os.environ, "PANDA_URL": url, "PANDA_URL_SSL": url, "PANDACACHE_URL": url,
                "PANDA_BEHIND_REAL_LB": "1", "X509_USER_PROXY": str(tmp_path / "no-proxy")}
         env.pop("PANDA_AUTH", None)
