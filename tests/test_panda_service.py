@@ -641,7 +641,7 @@ PRUN_SCRIPT = textwrap.dedent("""
     job.addFile(log)
     status, ids = Client.submitJobs([job])
     pid = ids[0][0]
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while True:
         status, jobs = Client.getJobStatus([pid])
         if jobs[0].jobStatus in ("finished", "failed", "cancelled") or time.time() > deadline:
@@ -662,7 +662,7 @@ def test_a_prun_style_job_from_the_unmodified_client_runs_on_grid_serve(factory,
                "PANDA_BEHIND_REAL_LB": "1", "X509_USER_PROXY": str(tmp_path / "no-proxy")}
         env.pop("PANDA_AUTH", None)
         done = subprocess.run([sys.executable, "-c", PRUN_SCRIPT, "ANALY_CLI"], check=False, env=env,
-                              capture_output=True, text=True, timeout=180, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=400, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
