@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from sqlalchemy import and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from robot.rollup import DAY, FINAL, HOUR, SUMS, WEEK, Counts, at, epoch, floor_to, job_columns
+from robot.rollup import DAY, FINAL, HOUR, SUMS, WEEK, Counts, at, epoch, floor_to, job_columns, sums_sql
 from robot.storage.models import Job, JobRollup, Test
 
 LEVELS = (WEEK, DAY, HOUR)
@@ -88,10 +88,43 @@ def _filtered(query: Any, column_queue: Any, queue_ids: Sequence[int] | None, co
     return query
 
 
+def which_range(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
+    """SQL for the bucket k of the range [first, last) holding `column`, else -1, for sorted, disjoint
+    ranges: a binary search (a few comparisons a row, however many ranges), exact at every bound."""
+    if not ranges:
+        return literal(-1)
+    middle = len(ranges) // 2
+    first, last, k = ranges[middle]
+    return case((column < first, which_range(column, ranges[:middle])), (column < last, literal(k)),
+                else_=which_range(column, ranges[middle + 1:]))
+
+
+def _where_ranges(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
+    """The rows within the ranges: each range through the index while there are few, else the span
+    enclosing them all (the bucket expression drops the rest)."""
+    if len(ranges) <= OR_RANGES:
+        return or_(*(and_(column >= first, column < last) for first, last, _ in ranges))
+    return and_(column >= ranges[0][0], column < ranges[-1][1])
+
+
+def _merged(ranges: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]]:
+    """Sorted ranges, those that touch and share a bucket joined."""
+    found: list[tuple[Any, Any, int]] = []
+    for first, last, k in sorted(ranges, key=lambda r: r[0]):
+        if found and found[-1][1] == first and found[-1][2] == k:
+            found[-1] = (found[-1][0], last, k)
+        else:
+            found.append((first, last, k))
+    return found
+
+
 def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str],
                 queue_ids: Sequence[int] | None = None,
                 template_ids: Sequence[int] | None = None) -> dict[int, list[Sums]]:
-    """Per queue id, the exact sums of each range [edges[k], edges[k+1]) (queues without jobs left out)."""
+    """Per queue id, the exact sums of each range [edges[k], edges[k+1]) (queues without jobs left out).
+
+    Whole weeks, days and hours come from the rollup; the partial hours at the ranges' edges from the
+    job table, summed by the database where it can (SQLite, PostgreSQL)."""
     unknown = set(names) - {*SUMS, "last_end"}
     if unknown:
         raise ValueError(f"not rollup sums: {sorted(unknown)}")
@@ -105,35 +138,54 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
             pieces[span].append((first, last, k))
         raws += [(a, b, k) for a, b in raw]
     for span, ranges in pieces.items():
-        ranges.sort()
-        bucket = case(*((and_(JobRollup.start >= first, JobRollup.start < last), literal(k))
-                        for first, last, k in ranges), else_=literal(-1))
-        if len(ranges) <= OR_RANGES:
-            where = or_(*(and_(JobRollup.span == span, JobRollup.start >= first, JobRollup.start < last)
-                          for first, last, _ in ranges))
-        else:
-            where = and_(JobRollup.span == span, JobRollup.start >= ranges[0][0], JobRollup.start < ranges[-1][1])
-        query = _filtered(select(JobRollup.queue_id, bucket, *_columns(names)).where(where)
-                          .group_by(JobRollup.queue_id, bucket),
+        ranges = _merged(ranges)
+        bucket = which_range(JobRollup.start, ranges)
+        query = _filtered(select(JobRollup.queue_id, bucket, *_columns(names))
+                          .where(JobRollup.span == span, _where_ranges(JobRollup.start, ranges))
+                          .group_by(bucket, JobRollup.queue_id),
                           JobRollup.queue_id, queue_ids, JobRollup.template_id, template_ids)
         for queue_id, k, *values in session.execute(query):
             if k >= 0:
                 _add(found[queue_id][k], values, names)
     if raws:
-        starts = [a for a, _, _ in raws]
-        where = or_(*(and_(Job.end_time >= a, Job.end_time < b) for a, b, _ in raws))
-        query = _filtered(select(*job_columns()).join(Test, Test.id == Job.test_id).where(where),
-                          Job.queue_id, queue_ids, Test.template_id, template_ids)
-        extra: dict[tuple[int, int], Counts] = defaultdict(Counts)
-        for queue_id, _template, outcome, end, start, n_events, payload, cpu, klass in session.execute(query):
-            if outcome not in FINAL:  # tested here: in SQL, SQLite would scan by outcome over the time ranges
-                continue
-            i = bisect.bisect_right(starts, end) - 1
-            if i >= 0 and end < raws[i][1]:
-                extra[(queue_id, raws[i][2])].add_job(outcome, end, start, n_events, payload, cpu, klass)
-        for (queue_id, k), counts in extra.items():
-            _add(found[queue_id][k], [getattr(counts, n) for n in names], names)
+        _raw_sums(session, _merged(raws), names, queue_ids, template_ids, found)
     return dict(found)
+
+
+def _raw_sums(session: Session, raws: list[tuple[datetime, datetime, int]], names: Sequence[str],
+              queue_ids: Sequence[int] | None, template_ids: Sequence[int] | None,
+              found: dict[int, list[Sums]]) -> None:
+    """Adds the final jobs that ended within the raw ranges to their queue's bucket."""
+    # Each range through the `job_end` index (the ranges are an hour at most each, spread over the
+    # window), or through `job_queue_end` for a few queues. Many queues or templates are tested on
+    # `column + 0`, which no index serves: else SQLite would read every job of those queues or tests.
+    few = queue_ids is not None and len(queue_ids) <= OR_RANGES
+    where = [Job.outcome.in_(FINAL), or_(*(and_(*([Job.queue_id.in_(list(queue_ids))] if few else []),
+                                               Job.end_time >= a, Job.end_time < b) for a, b, _ in raws))]
+    if queue_ids is not None and not few:
+        where.append((Job.queue_id + 0).in_(list(queue_ids)))
+    if template_ids is not None:
+        where.append((Job.test_id + 0).in_(select(Test.id).where(Test.template_id.in_(list(template_ids)))))
+    sums = sums_sql(session.get_bind().dialect.name)
+    if sums is not None:
+        bucket = which_range(Job.end_time, raws)
+        # as the rollup's own columns (PostgreSQL would sum to numeric, read back as Decimal)
+        columns = [sums[n] if n == "last_end" else cast(sums[n], getattr(JobRollup, n).type) for n in names]
+        # grouped by bucket first: by queue first, SQLite would walk the whole (queue, end) index for its order
+        query = select(Job.queue_id, bucket, *columns).where(*where).group_by(bucket, Job.queue_id)
+        for queue_id, k, *values in session.execute(query):
+            if k >= 0:
+                _add(found[queue_id][k], values, names)
+        return
+    starts = [a for a, _, _ in raws]
+    extra: dict[tuple[int, int], Counts] = defaultdict(Counts)
+    for queue_id, _template, outcome, end, start, n_events, payload, cpu, klass in session.execute(
+            select(*job_columns()).join(Test, Test.id == Job.test_id).where(*where)):
+        i = bisect.bisect_right(starts, end) - 1
+        if i >= 0 and end < raws[i][1]:
+            extra[(queue_id, raws[i][2])].add_job(outcome, end, start, n_events, payload, cpu, klass)
+    for (queue_id, k), counts in extra.items():
+        _add(found[queue_id][k], [getattr(counts, n) for n in names], names)
 
 
 def total_sums(session: Session, start: datetime, end: datetime, names: Sequence[str],

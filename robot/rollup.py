@@ -152,12 +152,13 @@ def _hour_and_wall(dialect: str) -> tuple[Any, Any] | None:
     return None
 
 
-def _hours_select(dialect: str, *where: Any) -> Any | None:
-    """The hour rows of the matching final jobs, summed by the database as `Counts.add_job` sums them."""
+def sums_sql(dialect: str) -> dict[str, Any] | None:
+    """SQL aggregates of final jobs, one per rollup column (SUMS, then last_end), counted as
+    `Counts.add_job` counts them; None on a database without the date arithmetic they need."""
     found = _hour_and_wall(dialect)
     if found is None:
         return None
-    hour, wall = found
+    wall = found[1]
     completed = Job.outcome == "completed"
     timed = and_(completed, Job.end_time > Job.start_time)
     paid = and_(completed, Job.time_payload > 0)
@@ -169,13 +170,22 @@ def _hours_select(dialect: str, *where: Any) -> Any | None:
     def total(condition: Any, value: Any) -> Any:
         return func.coalesce(func.sum(case((condition, func.coalesce(value, 0)), else_=0)), 0)
 
-    return (select(literal(HOUR), hour, Job.queue_id, Test.template_id,
-                   count(Job.outcome.in_(["completed", "failed"])), count(failed), count(completed),
-                   count(Job.outcome == "cancelled"), count(Job.outcome == "unknown"),
-                   *(count(and_(failed, Job.error_class == k)) for k in ("site", "user", "central")),
-                   count(and_(failed, or_(Job.error_class.is_(None), Job.error_class.not_in(CLASSES[:3])))),
-                   total(timed, Job.n_events), total(timed, wall), total(timed, Job.cpu_consumption_time),
-                   total(paid, Job.n_events), total(paid, Job.time_payload), func.max(Job.end_time))
+    columns = [count(Job.outcome.in_(["completed", "failed"])), count(failed), count(completed),
+               count(Job.outcome == "cancelled"), count(Job.outcome == "unknown"),
+               *(count(and_(failed, Job.error_class == k)) for k in ("site", "user", "central")),
+               count(and_(failed, or_(Job.error_class.is_(None), Job.error_class.not_in(CLASSES[:3])))),
+               total(timed, Job.n_events), total(timed, wall), total(timed, Job.cpu_consumption_time),
+               total(paid, Job.n_events), total(paid, Job.time_payload), func.max(Job.end_time)]
+    return dict(zip((*SUMS, "last_end"), columns))
+
+
+def _hours_select(dialect: str, *where: Any) -> Any | None:
+    """The hour rows of the matching final jobs, summed by the database as `Counts.add_job` sums them."""
+    sums = sums_sql(dialect)
+    if sums is None:
+        return None
+    hour = _hour_and_wall(dialect)[0]
+    return (select(literal(HOUR), hour, Job.queue_id, Test.template_id, *sums.values())
             .join(Test, Test.id == Job.test_id)
             .where(Job.outcome.in_(FINAL), Job.end_time.is_not(None), *where)
             .group_by(hour, Job.queue_id, Test.template_id))
