@@ -1,22 +1,25 @@
 """Replay a policy over stored history and list where its decisions would have differed.
 
-The stored results are read once; the policy and the safety rules then step through the period
-at a fixed interval with a shadow state per queue, exactly as the engine would have, and the
-shadow's exclusions and re-inclusions are set against the robot's recorded ones.
+The replay runs the exclusion engine itself (`ExclusionEngine`, the code the robot runs), step by
+step over the period, on a scratch in-memory database that holds at each step exactly what the
+robot's database held then: the queues, the jobs as they stood (waiting, running or ended), and
+the people's overrides and silences as they were made and cleared. Its status changes go to a
+stand-in backend; its transitions are then set against the robot's recorded ones.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from blacklist.model import Action, QueueView, Result
+from blacklist.engine import ExclusionEngine
 from blacklist.policies import Policy
-from blacklist.safety import guard
-from robot.storage.models import Cloud, Job, Queue, QueueTransition, Site, Template, Test
+from robot.jobstates import QueueStatus
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Cloud, Job, Override, Queue, QueueTransition, Silence, Site, Template, Test
 
 
 @dataclass(frozen=True)
@@ -36,50 +39,129 @@ class Difference:
     reason: str
 
 
+class _Statuses:
+    """The backend the replayed engine acts on: it only remembers the statuses it is given."""
+
+    name = "replay"
+
+    def __init__(self, queues: list[str]):
+        self._status = {q: QueueStatus.ONLINE for q in queues}
+
+    def queue_status(self) -> dict[str, QueueStatus]:
+        return dict(self._status)
+
+    def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
+        self._status[queue] = status
+
+
+# What a job looked like at each point of its life, as the engine reads it
+_WAITING = {"phase": "active", "job_status": "activated", "start_time": None, "end_time": None, "outcome": None,
+            "error_class": None, "error_name": None, "error_code": None}
+_FINAL_FIELDS = ("phase", "job_status", "start_time", "end_time", "outcome", "error_class", "error_name",
+                 "error_code", "error_source", "error_diag")
+
+
 def replay(session: Session, policy: Policy, since: datetime, until: datetime,
            step: timedelta = timedelta(minutes=10)) -> list[Move]:
-    queues = session.execute(
-        select(Queue.name, Site.name, Cloud.name, Queue.exempt).join(Site, Site.id == Queue.site_id)
-        .join(Cloud, Cloud.id == Site.cloud_id).where(Queue.retired_at.is_(None))
-    ).all()
-    history: dict[str, list[Result]] = defaultdict(list)
-    for queue, panda_id, template, end, outcome, klass, name, code, start in session.execute(
-        select(Queue.name, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class, Job.error_name,
-               Job.error_code, Job.start_time)
-        .join(Queue, Queue.id == Job.queue_id).join(Test, Test.id == Job.test_id)
-        .join(Template, Template.id == Test.template_id)
-        .where(Job.phase == "done", Job.outcome.in_(["completed", "failed"]), Template.name.in_(policy.templates),
-               Job.end_time >= since - policy.window, Job.end_time <= until)
-    ):
-        history[queue].append(Result(panda_id or 0, template, end, outcome == "failed", klass, name, code, start))
-    shadow = {name: QueueView(name=name, site=site, cloud=cloud, status="online", exempt=exempt, state_since=since)
-              for name, site, cloud, exempt in queues}
-    exclusions: dict[str, list[datetime]] = defaultdict(list)
-    moves: list[Move] = []
-    now = since
-    while now <= until:
-        views = {}
-        for name, view in shadow.items():
-            results = tuple(sorted((r for r in history[name] if now - policy.window <= r.end_time <= now),
-                                   key=lambda r: r.end_time, reverse=True))
-            views[name] = replace(view, results=results)
-        decisions = [policy.decide(v, now, sum(1 for t in exclusions[v.name] if now - t < policy.flap_window))
-                     for v in views.values()]
-        decisions, _ = guard(decisions, views, policy.settings.safety, now)
-        for decision in decisions:
-            view = shadow[decision.queue]
-            if decision.action is Action.EXCLUDE:
-                shadow[decision.queue] = replace(view, robot_state="excluded", state_since=now, last_robot_exclusion=now)
-                exclusions[decision.queue].append(now)
-                moves.append(Move(decision.queue, now, "exclude", decision.reason))
-            elif decision.action is Action.INCLUDE:
-                shadow[decision.queue] = replace(view, robot_state="online", state_since=now, last_robot_inclusion=now)
-                moves.append(Move(decision.queue, now, "include", decision.reason))
-            elif decision.action in (Action.PEND, Action.CLEAR):
-                state = "pending" if decision.action is Action.PEND else "online"
-                shadow[decision.queue] = replace(view, robot_state=state, state_since=now)
-        now += step
-    return moves
+    """The moves the engine, running `policy`, would have made from `since` to `until`."""
+    settings = policy.settings.model_copy(update={"mode": "enforce"})
+    policy = Policy(settings, policy.templates)
+    scratch = make_engine("sqlite://")
+    upgrade(scratch)
+    try:
+        with make_sessionmaker(scratch)() as shadow:
+            queues = _copy_topology(session, shadow)
+            engine = ExclusionEngine(policy, _Statuses(queues))  # type: ignore[arg-type]
+            history = _History(session, since - policy.window - settings.default.stall_after, until)
+            now = since
+            while now <= until:
+                history.advance(shadow, now)
+                engine(shadow, now)
+                shadow.commit()
+                now += step
+            rows = shadow.execute(
+                select(Queue.name, QueueTransition.time, QueueTransition.new, QueueTransition.reason)
+                .join(Queue, Queue.id == QueueTransition.queue_id)
+                .where(QueueTransition.kind == "status", QueueTransition.actor == settings.actor)
+                .order_by(QueueTransition.time, QueueTransition.id)
+            ).all()
+    finally:
+        scratch.dispose()
+    return [Move(q, t, "include" if new == "online" else "exclude", reason) for q, t, new, reason in rows]
+
+
+def _copy_topology(session: Session, shadow: Session) -> list[str]:
+    """Clouds, sites, live queues (online, as the replay starts them), templates and tests."""
+    for model in (Cloud, Site, Template, Test):
+        rows = [dict(row._mapping) for row in session.execute(select(model.__table__))]
+        if rows:
+            shadow.execute(insert(model.__table__), rows)
+    queues = [{"id": q.id, "name": q.name, "site_id": q.site_id, "exempt": q.exempt}
+              for q in session.execute(select(Queue.id, Queue.name, Queue.site_id, Queue.exempt)
+                                       .where(Queue.retired_at.is_(None)))]
+    if queues:
+        shadow.execute(insert(Queue), queues)
+    shadow.commit()
+    return [q["name"] for q in queues]
+
+
+class _History:
+    """The stored jobs, overrides and silences, written to the scratch database as time reaches them."""
+
+    def __init__(self, session: Session, since: datetime, until: datetime):
+        columns = [c for c in Job.__table__.columns if c.name != "retry_of"]
+        jobs = session.execute(select(*columns).where(
+            Job.submitted_at.is_not(None), Job.submitted_at <= until,
+            or_(Job.end_time.is_(None), Job.end_time >= since))).all()
+        self._events: list[tuple[datetime, int, dict[str, Any]]] = []  # (when, job id, the row's new values)
+        self._new: dict[int, dict[str, Any]] = {}
+        for job in jobs:
+            row = dict(job._mapping)
+            self._new[row["id"]] = {**row, **_WAITING, "submitted_at": row["submitted_at"]}
+            self._events.append((row["submitted_at"], row["id"], {}))
+            if row["start_time"] is not None:
+                self._events.append((row["start_time"], row["id"], {"job_status": "running",
+                                                                     "start_time": row["start_time"]}))
+            # an ended job counts from when the robot saw it end (its poll), as it did for the robot
+            ended = (row["status_changed_at"] or row["end_time"]) if row["phase"] in ("done", "lost") else None
+            if ended is not None:
+                self._events.append((ended, row["id"], {k: row[k] for k in _FINAL_FIELDS}))
+        self._events.sort(key=lambda e: (e[0], e[1], len(e[2])))
+        self._next = 0
+        self._overrides = [dict(r._mapping) for r in session.execute(
+            select(Override.__table__).where(Override.created_at <= until))]
+        self._silences = [dict(r._mapping) for r in session.execute(
+            select(Silence.__table__).where(Silence.created_at <= until))]
+        self._placed: set[tuple[str, int]] = set()
+
+    def advance(self, shadow: Session, now: datetime) -> None:
+        inserts, updates = [], []
+        while self._next < len(self._events) and self._events[self._next][0] <= now:
+            _, job_id, values = self._events[self._next]
+            self._next += 1
+            if job_id in self._new:
+                inserts.append({**self._new.pop(job_id), "status_changed_at": now})
+            else:
+                updates.append({"id": job_id, **values, "status_changed_at": now})
+        if inserts:
+            shadow.execute(insert(Job), inserts)
+        for values in updates:  # in order: a job that started and ended within one step ends last
+            shadow.execute(update(Job).where(Job.id == values["id"]).values(**values))
+        self._people(shadow, Override, self._overrides, now, reset={"applied_at": None, "ended_at": None})
+        self._people(shadow, Silence, self._silences, now, reset={})
+
+    def _people(self, shadow: Session, model: Any, rows: list[dict[str, Any]], now: datetime,
+                reset: dict[str, Any]) -> None:
+        """Overrides and silences appear when made and are cleared when they were cleared."""
+        kind = model.__tablename__
+        for row in rows:
+            if row["created_at"] <= now and (kind, row["id"]) not in self._placed:
+                shadow.execute(insert(model.__table__).values(**{**row, **reset, "cleared_at": None}))
+                self._placed.add((kind, row["id"]))
+            if row["cleared_at"] is not None and row["cleared_at"] <= now and (kind + ":cleared", row["id"]) not in self._placed:
+                shadow.execute(update(model.__table__).where(model.__table__.c.id == row["id"])
+                               .values(cleared_at=row["cleared_at"]))
+                self._placed.add((kind + ":cleared", row["id"]))
 
 
 def recorded_moves(session: Session, actor: str, since: datetime, until: datetime) -> list[Move]:

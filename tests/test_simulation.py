@@ -12,6 +12,7 @@ import yaml
 import pytest
 from click.testing import CliRunner
 
+from blacklist.engine import ExclusionEngine
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.settings import BlacklistSettings
@@ -20,7 +21,9 @@ from robot.backends.base import JobRequest
 from robot.backends.simulated import (USER_FAILURE, FaultWindow, Scenario, SimulatedGrid, load_scenario,
                                       place_faults, queue_names, site_of)
 from robot.classify import classify, load_table
+from robot.storage.models import Override, Queue, Silence
 from robot.yamlconfig import ConfigError
+from sqlalchemy import select
 from robot.cli import main
 from robot.clock import ManualClock
 from robot.jobstates import JobStatus
@@ -345,3 +348,53 @@ def test_replay_finds_where_another_policy_would_have_differed(tmp_path):
     assert default == [] and recorded == []
     (diff,) = differences(hc, recorded, timedelta(minutes=30))
     assert (diff.queue, diff.replayed, diff.recorded) == ("ANALY_A", "exclude", None)
+
+
+def _failing_history(tmp_path, policy: Policy):
+    """A robot running `policy` in enforce mode: ANALY_A fails at stage-in for an hour, then recovers."""
+    clock = ManualClock(T0)
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "US"),
+                                "ANALY_C": ("SITE-C", "FR")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}, {"name": "AFT_B"}))
+    robot.evaluators.append(ExclusionEngine(policy, grid))
+    robot.run_once(clock.now())
+    for step in range(18):
+        for queue in grid.queues:
+            for pid in grid.in_queue(queue):
+                broken = queue == "ANALY_A" and step < 6
+                grid.finish(pid, **({"pilot_error_code": 1099, "pilot_error_diag": "Get error"} if broken else {}))
+        clock.advance(timedelta(minutes=10))
+        robot.run_once(clock.now())
+    return robot, clock
+
+
+def test_replay_runs_the_engine_and_agrees_with_what_the_engine_did(tmp_path):
+    policy = Policy(BlacklistSettings(mode="enforce", policy="hammercloud"), ("AFT_A", "AFT_B"))
+    robot, clock = _failing_history(tmp_path, policy)
+    with robot.sessions() as session:
+        recorded = recorded_moves(session, "healthrobot", T0, clock.now())
+        replayed = replay(session, policy, T0, clock.now(), timedelta(minutes=10))
+    assert [m.action for m in recorded] == ["exclude", "include"]  # the history has both moves
+    assert [(m.queue, m.time, m.action, m.reason) for m in replayed] == [
+        (m.queue, m.time, m.action, m.reason) for m in recorded]
+
+
+def test_a_silence_or_an_override_in_the_history_changes_the_replay(tmp_path):
+    policy = Policy(BlacklistSettings(mode="dry-run", policy="hammercloud"), ("AFT_A", "AFT_B"))
+    robot, clock = _failing_history(tmp_path, policy)  # dry-run: the robot excluded nothing itself
+    with robot.sessions() as session:
+        plain = replay(session, policy, T0, clock.now())
+        assert [(m.queue, m.action) for m in plain] == [("ANALY_A", "exclude"), ("ANALY_A", "include")]
+        session.add(Silence(scope="site", name="SITE-A", actor="alice", reason="storage intervention",
+                            created_at=T0, until=T0 + timedelta(days=1)))
+        session.flush()
+        assert replay(session, policy, T0, clock.now()) == []  # silenced: never excluded
+        session.rollback()
+        queue_id = session.scalar(select(Queue.id).where(Queue.name == "ANALY_A"))
+        session.add(Override(queue_id=queue_id, action="include", status="online", actor="bob", reason="known issue",
+                             created_at=T0 + timedelta(minutes=5), until=T0 + timedelta(hours=2),
+                             cleared_at=None))
+        session.flush()
+        overridden = replay(session, policy, T0, clock.now())
+        assert all(m.time >= T0 + timedelta(hours=2) for m in overridden)  # a person's inclusion wins meanwhile
+        session.rollback()
