@@ -122,8 +122,11 @@ class _History:
             if row["start_time"] is not None:
                 self._events.append((row["start_time"], row["id"], {"job_status": "running",
                                                                      "start_time": row["start_time"]}))
-            # an ended job counts from when the robot saw it end (its poll), as it did for the robot
-            ended = (row["status_changed_at"] or row["end_time"]) if row["phase"] in ("done", "lost") else None
+            # An ended job counts from when the robot saw it end (its poll), as it did for the robot; an
+            # imported one (recorded after it ended: `history import`) from its end.
+            imported = row["end_time"] is not None and row["recorded_at"] > row["end_time"]
+            ended = ((row["end_time"] if imported else row["status_changed_at"] or row["end_time"])
+                     if row["phase"] in ("done", "lost") else None)
             if ended is not None:
                 self._events.append((ended, row["id"], {k: row[k] for k in _FINAL_FIELDS}))
         self._events.sort(key=lambda e: (e[0], e[1], len(e[2])))
