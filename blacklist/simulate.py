@@ -80,7 +80,8 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) 
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     policy = Policy(settings, tuple(scenario.templates))
-    robot = Robot(config, sessions, grid, grid, grid, load_table(), evaluators=[ExclusionEngine(policy, grid)])
+    robot = Robot(config, sessions, grid, grid, grid, load_table(), evaluators=[ExclusionEngine(policy, grid)],
+                  rollup=False)
     end = scenario.start + scenario.duration
     now = scenario.start
     while now < end:

@@ -73,7 +73,8 @@ class SubmissionContext:
 class Robot:
     def __init__(self, config: RobotConfig, sessions: sessionmaker[Session], backend: Backend,
                  catalogue: Catalogue, topology: TopologySource, error_table: ErrorTable,
-                 evaluators: Sequence[Evaluator] = ()):
+                 evaluators: Sequence[Evaluator] = (), rollup: bool = True):
+        """`rollup=False` skips the dashboards' job rollup: for the simulator, which has no dashboards."""
         self.config = config
         self.sessions = sessions
         self.backend = backend
@@ -81,6 +82,7 @@ class Robot:
         self.topology = topology
         self.error_table = error_table
         self.evaluators = list(evaluators)
+        self.rollup = rollup
         self._topology_synced_at: datetime | None = None
         self._topology: Topology | None = None
         self._tests_valid_until: datetime | None = None
@@ -97,7 +99,8 @@ class Robot:
             self._poll(session, now, summary)
             session.commit()
             self._time_out_waiting_jobs(session, now, summary)
-            rollup.update(session, now)  # the dashboards' sums of the jobs that just became final
+            if self.rollup:
+                rollup.update(session, now)  # the dashboards' sums of the jobs that just became final
             session.commit()
             for evaluate in self.evaluators:
                 summary.evaluations.append(evaluate(session, now))
