@@ -301,6 +301,27 @@ def test_simulate_command_prints_the_comparison(tmp_path):
     assert result.exit_code == 1 and "unknown queue" in result.output
 
 
+def test_simulate_shows_progress_per_scenario_seed_and_policy_on_a_terminal_only(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from robot.cli import policy_cmd
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\nduration: 1h\nqueues: {count: 2}\n")
+    screen = io.StringIO()
+    monkeypatch.setattr(policy_cmd, "make_console", lambda stderr=False: Console(
+        file=screen if stderr else io.StringIO(), force_terminal=True, width=150))
+    result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--seeds", "2",
+                                       "--policy", "hammercloud"])
+    assert result.exit_code == 0, result.output
+    assert "tiny · seed 2 · hammercloud" in screen.getvalue() and "2/2" in screen.getvalue()
+    monkeypatch.setattr(policy_cmd, "make_console", lambda stderr=False: Console(file=screen, force_terminal=False))
+    screen.truncate(0)
+    CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--policy", "hammercloud"])
+    assert "seed 1" not in screen.getvalue()  # not a terminal: no bar
+
+
 def test_hammercloud_with_safety_holds_what_a_central_outage_makes_hammercloud_exclude():
     sc = scenario(duration="8h", central_outages=[{"onset": "1h", "duration": "3h", "probability": 0.9}])
     bare, safe = run(sc, BUILTIN["hammercloud"], 1, "hammercloud"), run(sc, BUILTIN["hammercloud+safety"], 1, "x")
