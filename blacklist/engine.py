@@ -19,6 +19,7 @@ from blacklist.model import END_TIME, Action, Decision, QueueView, Result
 from blacklist.policies import Policy
 from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
+from robot.downtimes import Downtime, describe, windows_by_site
 from robot.jobstates import QueueStatus
 from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
                                   Template, Test)
@@ -164,10 +165,26 @@ class ExclusionEngine:
         for name, view in views.items():
             cadence = self.policy.cadence(view, now)
             wanted = (cadence.extra_jobs, int(cadence.gap.total_seconds()))
+            if view.downtime_ended is not None:  # back from an announced outage: tested at once
+                wanted = (max(wanted[0], 1), 0)
             if current.get(ids[name]) != wanted:
                 changed.append({"id": ids[name], "extra_jobs": wanted[0], "job_gap_seconds": wanted[1]})
         if changed:
             session.execute(update(Queue), changed)
+
+
+def outside_downtimes(results: list[Result], downtimes: list[Downtime]) -> list[Result]:
+    """Results that count: not those that ended inside an announced outage of the queue's site."""
+    if not downtimes:
+        return results
+    return [r for r in results if not any(d.covers(r.end_time) for d in downtimes)]
+
+
+def waits_after(waiting: list[datetime] | tuple[datetime, ...], downtimes: list[Downtime]) -> tuple[datetime, ...]:
+    """When each waiting job started to wait at a working site: a wait inside an outage starts at its end."""
+    if not downtimes:
+        return tuple(waiting)
+    return tuple(max([since, *(d.end for d in downtimes if d.covers(since))]) for since in waiting)
 
 
 def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> None:
@@ -258,15 +275,22 @@ def load_views(session: Session, now: datetime, policy: Policy,
             if result.start_time and (qid not in last_start or result.start_time > last_start[qid]):
                 last_start[qid] = result.start_time
     views, ids, flaps = {}, {}, {}
+    downtimes = windows_by_site(session, now - policy.window, now)
     for qid, name, status, state, since, exempt, site, cloud in rows:
         when, count, included = last_moves.get(qid, (None, 0, None))
-        ordered = tuple(sorted(results.get(qid, []), key=END_TIME, reverse=True))
+        excused = downtimes.get(site, [])
+        ordered = tuple(sorted(outside_downtimes(results.get(qid, []), excused), key=END_TIME, reverse=True))
+        active = next((d for d in excused if d.covers(now)), None)
+        ended = max((d.end for d in excused if d.end <= now), default=None)
+        if ended is not None and any(r.end_time >= ended for r in ordered):
+            ended = None  # tested since it ended
         views[name] = QueueView(
             name=name, site=site, cloud=cloud, status=status, robot_state=state,
             excluded_by_robot=state == "excluded", manual=manual.get(qid),
             silenced=bool({("queue", name), ("site", site), ("cloud", cloud)} & silenced),
             exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
-            results=ordered, waiting_since=tuple(waiting.get(qid, ())), last_start=last_start.get(qid))
+            results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
+            last_start=last_start.get(qid), downtime=describe(active) if active else None, downtime_ended=ended)
         ids[name] = qid
         flaps[name] = max(0, count - 1) if state == "excluded" else count
     return views, ids, flaps

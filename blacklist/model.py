@@ -53,6 +53,8 @@ class QueueView:
     results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only
     waiting_since: tuple[datetime, ...] = ()  # submission times of jobs not started yet (the long waits)
     last_start: datetime | None = None  # when a job last started at the queue
+    downtime: str | None = None  # the site's announced outage in force now, in words (robot.downtimes.describe)
+    downtime_ended: datetime | None = None  # the end of its last one, when no result came in since
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ def hands_off(view: QueueView) -> str | None:
     """Why the robot must not act on the queue at all, if it must not."""
     if view.manual:
         return f"manual {view.manual} in force: a person's decision wins"
+    if view.downtime:
+        return f"{view.downtime}: the site announced it, nothing is judged until it ends"
     if view.status != "online" and view.robot_state != "excluded":
         return f"status {view.status} was set outside the robot: not the robot's to change"
     return None

@@ -97,6 +97,23 @@ class TopologyConfig(Strict):
         return self
 
 
+class GOCDBConfig(Strict):
+    """GOCDB's public programmatic interface, where sites announce their downtimes."""
+
+    url: str = "https://goc.egi.eu"  # the interface is {url}/gocdbpi/public/?method=get_downtime
+    ca_path: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+    retries: NonNegativeInt = 2
+
+
+class DowntimesConfig(Strict):
+    # embedded: the embedded grid's own (`healthrobot grid downtime add`); gocdb: GOCDB; none: not read.
+    # Unset: embedded with the embedded topology, none otherwise.
+    source: Literal["embedded", "gocdb", "none"] | None = None
+    gocdb: GOCDBConfig = GOCDBConfig()
+    refresh: Duration = timedelta(minutes=10)  # how often the source is read again
+
+
 class RucioConfig(Strict):
     """Rucio, for the input datasets complete at each queue's storage endpoints (robot/rucio_catalogue.py).
 
@@ -232,6 +249,7 @@ class RobotConfig(Strict):
     backend: BackendConfig = BackendConfig()
     topology: TopologyConfig = TopologyConfig()
     datasets: DatasetsConfig = DatasetsConfig()
+    downtimes: DowntimesConfig = DowntimesConfig()
     loop: LoopConfig = LoopConfig()
     classification: ClassificationConfig = ClassificationConfig()
     templates: list[TemplateConfig] = []
@@ -256,6 +274,9 @@ class RobotConfig(Strict):
 
     @model_validator(mode="after")
     def _services_fit_together(self) -> "RobotConfig":
+        if self.downtimes.source == "embedded" and self.topology.source != "embedded":
+            raise ValueError("downtimes.source embedded needs topology.source embedded: the embedded grid announces "
+                             "downtimes of its own sites only (use gocdb or none)")
         if self.backend.kind == "embedded" and self.topology.source == "cric":
             raise ValueError("topology.source cric needs backend.kind panda: the embedded grid has only its own queues")
         if self.topology.source == "cric" and self.datasets.source == "embedded":
@@ -266,6 +287,13 @@ class RobotConfig(Strict):
     def resolve(self, relative: str) -> Path:
         path = Path(relative)
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def downtime_source(self) -> str:
+        """Where announced downtimes are read: the configured source, else the topology's own."""
+        if self.downtimes.source is not None:
+            return self.downtimes.source
+        return "embedded" if self.topology.source == "embedded" else "none"
 
     @property
     def data_path(self) -> Path:

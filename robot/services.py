@@ -14,6 +14,7 @@ from blacklist.policies import Policy
 from robot.backends.base import Backend, QueueStatusStore
 from robot.backends.cric import CRICClient
 from robot.backends.embedded.config import load_grid_config
+from robot.backends.embedded.downtimes import GridDowntimes
 from robot.backends.embedded.grid import EmbeddedGrid
 from robot.backends.embedded.state import GridState
 from robot.backends.embedded.status import GridQueueStatus
@@ -22,6 +23,7 @@ from robot.catalogue import Catalogue
 from robot.classify import load_table
 from robot.clock import Clock
 from robot.config import CRICConfig, RobotConfig
+from robot.downtimes import DowntimeWatch, GOCDBClient
 from robot.incidents import CentralIncidents
 from robot.loop import Robot
 from robot.stress import StressSupervisor
@@ -126,6 +128,23 @@ def panda_backend(config: RobotConfig, statuses: QueueStatusStore | None) -> Bac
                         statuses_from_server=config.topology.source != "cric")
 
 
+def downtime_watch(config: RobotConfig, state: GridState | None) -> DowntimeWatch | None:
+    """The loop step that reads announced downtimes from the configured source (none: no step).
+
+    `state`: the embedded grid's state, when this process has it open already.
+    """
+    source = config.downtime_source
+    if source == "none":
+        return None
+    if source == "gocdb":
+        settings = config.downtimes.gocdb
+        client = GOCDBClient(settings.url, timeout=settings.timeout.total_seconds(), retries=settings.retries,
+                             ca_path=str(config.resolve(settings.ca_path)) if settings.ca_path else None)
+        return DowntimeWatch(client, config.downtimes.refresh)
+    state = state if state is not None else GridState(grid_state_dir(config) / "grid.sqlite")
+    return DowntimeWatch(GridDowntimes(state), config.downtimes.refresh)
+
+
 def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -> Services:
     """The robot as configured. `grid`: an embedded grid already running in this process (the demo)."""
     engine = make_engine(config.database_url, config.database.echo)
@@ -140,10 +159,12 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
         assert grid is not None
         backend = grid
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
+    watch = downtime_watch(config, grid.state if grid is not None else
+                           parts.statuses.state if isinstance(parts.statuses, GridQueueStatus) else None)
     robot = Robot(config, sessions, backend=backend, catalogue=parts.catalogue, topology=parts.topology,
                   error_table=table,
-                  evaluators=[StressSupervisor(config, backend, report=build_report), exclusion_engine(config, backend),
-                              CentralIncidents(),
+                  evaluators=[*([watch] if watch else []), StressSupervisor(config, backend, report=build_report),
+                              exclusion_engine(config, backend), CentralIncidents(),
                               Notifier(config.blacklist.notify, config.blacklist.actor)])
     return Services(config=config, engine=engine, sessions=sessions, robot=robot, grid=grid,
                     grid_statuses=parts.statuses if isinstance(parts.statuses, GridQueueStatus) else None)

@@ -9,7 +9,7 @@ import difflib
 import json
 import signal
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 from rich.table import Table
@@ -221,3 +221,58 @@ def grid_serve(ctx: Context, host: str, port: int) -> None:
         grid.stop()
         grid.state.close()
 
+
+
+UTC_TIME = click.DateTime(["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"])
+
+
+@grid_group.group("downtime")
+def grid_downtime() -> None:
+    """Downtimes the embedded grid's sites announce (as real sites do in GOCDB)."""
+
+
+@grid_downtime.command("add")
+@click.argument("site")
+@click.option("--start", type=UTC_TIME, help="Start, UTC (e.g. '2026-11-28 08:00'; default: now).")
+@click.option("--end", type=UTC_TIME, help="End, UTC.")
+@click.option("--for", "duration", type=DURATION, help="Length instead of --end (e.g. 4h).")
+@click.option("--reason", required=True, help="What the site does (shown to shifters).")
+@pass_context
+def grid_downtime_add(ctx: Context, site: str, start: datetime | None, end: datetime | None,
+                      duration: timedelta | None, reason: str) -> None:
+    """Announce a downtime of SITE: its queues are not excluded nor blamed while it lasts."""
+    from robot.cli import os_user
+
+    storage, state = _open(ctx)
+    sites = sorted({q.site for q in storage.queue_settings()})
+    if site not in sites:
+        close = difflib.get_close_matches(site, sites, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known sites: {', '.join(sites)}"
+        raise click.BadParameter(f"unknown site {site!r}{hint}", param_hint="SITE")
+    if (end is None) == (duration is None):
+        raise click.UsageError("give the downtime's end: --end '2026-11-28 12:00' or --for 4h")
+    begin = start.replace(tzinfo=UTC) if start else SystemClock().now()
+    until = end.replace(tzinfo=UTC) if end else begin + duration
+    if until <= begin:
+        raise click.BadParameter(f"the end ({until:%Y-%m-%d %H:%M}) is not after the start "
+                                 f"({begin:%Y-%m-%d %H:%M})", param_hint="--end")
+    state.add_downtime(site, begin, until, reason, os_user())
+    click.echo(f"{site}: downtime {begin:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC ({reason})")
+
+
+@grid_downtime.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def grid_downtime_list(ctx: Context, as_json: bool) -> None:
+    """Every announced downtime, oldest first."""
+    _, state = _open(ctx)
+    rows = state.downtimes()
+    if as_json:
+        click.echo(json.dumps([{"id": i, "site": site, "start": start.isoformat(), "end": until.isoformat(),
+                                "reason": reason, "by": actor} for i, site, start, until, reason, actor in rows],
+                              indent=2))
+        return
+    if not rows:
+        click.echo("no downtime announced")
+    for i, site, start, until, reason, actor in rows:
+        click.echo(f"{i:>4} {site:24} {start:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC  {reason} (by {actor})")

@@ -15,6 +15,7 @@ from robot.classify import load_table
 from robot.cli import Context, pass_context
 from robot.cli.render import make_console
 from robot.clock import SystemClock
+from robot.downtimes import announced_downtimes
 from robot.storage.models import Episode, Job, Queue, QueueTransition, Ticket, TicketLink, TicketMention
 from robot.tickets.ingest import import_source
 from robot.tickets.sample import THREADS, write_sample_mbox
@@ -160,9 +161,12 @@ def _why(session: Session, target: str) -> dict[str, Any] | None:
                    for e in episodes]
         details = [f"{d}: {e.reason}" for d, e in zip(details, episodes)]
         details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
+        announced = announced_downtimes(session, queue.site.name, SystemClock().now())
+        details = [f"{queue.site.name}: {line}" for line in announced] + details
         state = f"{queue.status}, robot: {queue.robot_state}"
         reason = f"; last change: {last.reason}" if last else ""
         return {"kind": "queue", "queue": queue.name, "status": queue.status, "robot_state": queue.robot_state,
+                "downtimes": announced,
                 "answer": f"{queue.name}: {state}{reason}", "details": details,
                 "tickets": [t.id for t in tickets]}
     if target.isdigit():

@@ -288,6 +288,23 @@ class Event(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Downtime(Base):
+    """An outage a site announced (GOCDB, the embedded grid): no automatic exclusion, no blame inside it."""
+
+    __tablename__ = "downtime"
+    __table_args__ = (UniqueConstraint("source", "key"), Index("downtime_end", "end"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))  # gocdb | embedded
+    key: Mapped[str] = mapped_column(String(256))  # the source's identifier @ site
+    site: Mapped[str] = mapped_column(String(128))
+    start: Mapped[datetime]
+    end: Mapped[datetime]
+    classification: Mapped[str] = mapped_column(String(16))  # scheduled | unscheduled
+    severity: Mapped[str] = mapped_column(String(16))  # outage
+    description: Mapped[str] = mapped_column(Text, default="")
+    seen_at: Mapped[datetime]
+
+
 # -- tickets ----------------------------------------------------------------------------------
 class Ticket(Base):
     """A user support thread (mail) or a GGUS ticket, with the robot's verdict on it."""

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS faults (
     probability REAL NOT NULL, slowdown REAL NOT NULL, actor TEXT NOT NULL,
     source TEXT UNIQUE  -- set for faults scheduled in the grid YAML, so a restart adds them once
 );
+CREATE TABLE IF NOT EXISTS downtimes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site TEXT NOT NULL, start TEXT NOT NULL, until TEXT NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL
+);
 """
 
 
@@ -170,6 +174,17 @@ class GridState:
             Fault(queue=q, mode=FaultMode(m), start=_dt(s), until=_dt(u), probability=p, slowdown=sd, actor=a, id=i)
             for i, q, m, s, u, p, sd, a in rows
         ]
+
+    # -- announced downtimes ----------------------------------------------------------------
+    def add_downtime(self, site: str, start: datetime, until: datetime, reason: str, actor: str) -> int:
+        cursor = self._db.execute("INSERT INTO downtimes (site, start, until, reason, actor) VALUES (?,?,?,?,?)",
+                                  (site, _ts(start), _ts(until), reason, actor))
+        return int(cursor.lastrowid)
+
+    def downtimes(self) -> list[tuple[int, str, datetime, datetime, str, str]]:
+        """(id, site, start, until, reason, actor) of every announced downtime, oldest first."""
+        rows = self._db.execute("SELECT id, site, start, until, reason, actor FROM downtimes ORDER BY start, id")
+        return [(i, site, _dt(s), _dt(u), reason, actor) for i, site, s, u, reason, actor in rows]
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)

@@ -1,0 +1,237 @@
+"""Announced downtimes: a site that said it would be down is not excluded, nor blamed for that window.
+
+Sources, each behind `DowntimeSource`:
+- GOCDB's public programmatic interface (`?method=get_downtime`, XML): `GOCDBClient`;
+- the embedded grid's own (`healthrobot grid downtime add SITE ...`), kept in its state file.
+
+`DowntimeWatch` is a loop step: it reads the source every `refresh`, stores what it read as
+`downtime` rows (inserted, updated, cancelled ones removed) and never stops the step: a source
+that cannot be read leaves the stored downtimes as they are and records an event. Only outages
+count (GOCDB's `WARNING` severity is "at risk": the site is expected to work).
+
+What a downtime changes is decided by pure functions over these rows (`blacklist.engine` reads
+`windows_by_site`): no automatic exclusion while it lasts, no result inside it counts, and the
+queue is tested at once when it ends.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import xml.etree.ElementTree as ElementTree
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, Sequence
+
+import requests
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from robot.backends.base import BackendUnavailable
+from robot.backoff import backoff_delay
+from robot.storage.models import Downtime as DowntimeRow
+from robot.storage.models import Event
+
+log = logging.getLogger(__name__)
+
+LOOK_BACK = timedelta(days=2)  # downtimes ended this long ago are still read (results inside them are judged)
+LOOK_AHEAD = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Downtime:
+    key: str  # the source's own identifier (GOCDB's primary key)
+    site: str
+    start: datetime
+    end: datetime
+    description: str = ""
+    classification: str = "scheduled"  # scheduled | unscheduled (declared while it happens)
+    severity: str = "outage"
+
+    def covers(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+
+class DowntimeSource(Protocol):
+    name: str
+
+    def downtimes(self, now: datetime) -> list[Downtime]:
+        """Outages overlapping [now - LOOK_BACK, now + LOOK_AHEAD]; raises BackendUnavailable."""
+
+
+# -- GOCDB ----------------------------------------------------------------------------------------
+def parse_gocdb(text: str) -> list[Downtime]:
+    """GOCDB's `get_downtime` answer: `<results><DOWNTIME PRIMARY_KEY=.. CLASSIFICATION=..>` elements with
+    HOSTED_BY (the site), SEVERITY (OUTAGE or WARNING), DESCRIPTION and START_DATE / END_DATE (Unix
+    seconds; FORMATED_START_DATE "YYYY-MM-DD HH:MM" UTC when those are missing).
+
+    A downtime has one element per affected service; they are merged into one per site and key.
+    Raises ValueError when the text is not such an answer.
+    """
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"not XML ({exc})") from None
+    if root.tag != "results":
+        raise ValueError(f"expected <results>, got <{root.tag[:40]}>")
+    found: dict[tuple[str, str], Downtime] = {}
+    for element in root.iter("DOWNTIME"):
+        key = element.get("PRIMARY_KEY") or element.findtext("PRIMARY_KEY") or element.get("ID") or ""
+        site = (element.findtext("HOSTED_BY") or "").strip()
+        severity = (element.findtext("SEVERITY") or "").strip().lower()
+        if not key or not site:
+            raise ValueError("a DOWNTIME without PRIMARY_KEY or HOSTED_BY")
+        if severity != "outage":
+            continue
+        start = _gocdb_time(element, "START_DATE", "FORMATED_START_DATE")
+        end = _gocdb_time(element, "END_DATE", "FORMATED_END_DATE")
+        if end <= start:
+            continue
+        found[(key, site)] = Downtime(
+            key=key, site=site, start=start, end=end, description=(element.findtext("DESCRIPTION") or "").strip(),
+            classification=(element.get("CLASSIFICATION") or "SCHEDULED").lower())
+    return list(found.values())
+
+
+def _gocdb_time(element: ElementTree.Element, epoch_tag: str, formatted_tag: str) -> datetime:
+    epoch = (element.findtext(epoch_tag) or "").strip()
+    if epoch:
+        try:
+            return datetime.fromtimestamp(int(epoch), UTC)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{epoch_tag} is {epoch[:30]!r}, not Unix seconds") from None
+    formatted = (element.findtext(formatted_tag) or "").strip()
+    try:
+        return datetime.strptime(formatted, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"a DOWNTIME without a readable {epoch_tag} or {formatted_tag}") from None
+
+
+class GOCDBClient:
+    """GOCDB's public programmatic interface; bounded retries, then BackendUnavailable."""
+
+    name = "gocdb"
+
+    def __init__(self, url: str, *, timeout: float = 30, retries: int = 3, ca_path: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep, session: requests.Session | None = None):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.sleep = sleep
+        self.session = session if session is not None else requests.Session()
+        if ca_path:
+            self.session.verify = ca_path
+
+    def downtimes(self, now: datetime) -> list[Downtime]:
+        params = {"method": "get_downtime", "windowstart": f"{(now - LOOK_BACK):%Y-%m-%d}",
+                  "windowend": f"{(now + LOOK_AHEAD):%Y-%m-%d}"}
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(backoff_delay(attempt))
+            try:
+                answer = self.session.get(f"{self.url}/gocdbpi/public/", params=params, timeout=self.timeout)
+            except requests.Timeout:
+                last = "timeout"
+                continue
+            except requests.ConnectionError:
+                last = "connection error"
+                continue
+            except requests.RequestException as exc:
+                raise BackendUnavailable(f"GOCDB get_downtime: request failed ({type(exc).__name__})") from None
+            if answer.status_code >= 500:
+                last = f"HTTP {answer.status_code}"
+                continue
+            if answer.status_code >= 400:
+                raise BackendUnavailable(f"GOCDB get_downtime: HTTP {answer.status_code}")
+            try:
+                return parse_gocdb(answer.text)
+            except ValueError as exc:
+                last = f"malformed answer: {exc}"
+                continue
+        raise BackendUnavailable(f"GOCDB get_downtime: {last} after {self.retries + 1} attempt(s)")
+
+
+# -- storage and the loop step --------------------------------------------------------------------
+def store(session: Session, source: str, read: Sequence[Downtime], now: datetime) -> dict[str, int]:
+    """Make the stored downtimes of `source` what it just said; returns counts of what changed.
+
+    One that is no longer listed was cancelled (not started yet: removed) or ended early (its end
+    becomes now); ended ones stay, as the record of when the site was excused.
+    """
+    stored = {row.key: row for row in session.scalars(select(DowntimeRow).where(DowntimeRow.source == source))}
+    counts = {"added": 0, "changed": 0, "removed": 0}
+    listed = set()
+    for downtime in read:
+        key = f"{downtime.key}@{downtime.site}"
+        listed.add(key)
+        row = stored.get(key)
+        values = dict(site=downtime.site, start=downtime.start, end=downtime.end, description=downtime.description[:2000],
+                      classification=downtime.classification, severity=downtime.severity)
+        if row is None:
+            session.add(DowntimeRow(source=source, key=key, seen_at=now, **values))
+            counts["added"] += 1
+        else:
+            if any(getattr(row, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    setattr(row, name, value)
+                counts["changed"] += 1
+            row.seen_at = now
+    for key, row in stored.items():
+        if key in listed or row.end <= now - LOOK_BACK:
+            continue
+        if row.start > now:
+            session.execute(delete(DowntimeRow).where(DowntimeRow.id == row.id))
+            counts["removed"] += 1
+        elif row.end > now:
+            row.end = now
+            counts["changed"] += 1
+    return counts
+
+
+class DowntimeWatch:
+    """Loop step: read the downtime source every `refresh`; never fails the step."""
+
+    def __init__(self, source: DowntimeSource, refresh: timedelta):
+        self.source = source
+        self.refresh = refresh
+        self._read_at: datetime | None = None
+
+    def __call__(self, session: Session, now: datetime) -> dict[str, int] | None:
+        if self._read_at is not None and now - self._read_at < self.refresh:
+            return None
+        self._read_at = now  # a failed read is tried again after `refresh` too: the loop is not held up
+        try:
+            read = self.source.downtimes(now)
+        except BackendUnavailable as exc:
+            session.add(Event(time=now, kind="downtimes_unreachable", subject=self.source.name,
+                              message=f"downtimes could not be read, the stored ones are kept: {exc}"))
+            return None
+        return store(session, self.source.name, read, now)
+
+
+def windows_by_site(session: Session, since: datetime, until: datetime) -> dict[str, list[Downtime]]:
+    """Stored outages overlapping [since, until], per site."""
+    found: dict[str, list[Downtime]] = defaultdict(list)
+    for row in session.scalars(select(DowntimeRow).where(DowntimeRow.end > since, DowntimeRow.start <= until)
+                               .order_by(DowntimeRow.start)):
+        found[row.site].append(Downtime(key=row.key, site=row.site, start=row.start, end=row.end,
+                                        description=row.description, classification=row.classification,
+                                        severity=row.severity))
+    return found
+
+
+def describe(downtime: Downtime) -> str:
+    """The words shown to people: "scheduled downtime 2026-11-02 08:00-12:00 UTC (dCache upgrade)"."""
+    same_day = downtime.start.date() == downtime.end.date()
+    end = f"{downtime.end:%H:%M}" if same_day else f"{downtime.end:%Y-%m-%d %H:%M}"
+    what = "scheduled downtime" if downtime.classification == "scheduled" else "declared unscheduled downtime"
+    text = f"{what} {downtime.start:%Y-%m-%d %H:%M}-{end} UTC"
+    return f"{text} ({downtime.description})" if downtime.description else text
+
+
+def announced_downtimes(session: Session, site: str, now: datetime) -> list[str]:
+    """A site's announced outages around now (the last two days, the coming week), in words, "now" marked."""
+    found = windows_by_site(session, now - LOOK_BACK, now + LOOK_AHEAD).get(site, [])
+    return [describe(d) + (" (now)" if d.covers(now) else "") for d in found]

@@ -1,0 +1,260 @@
+"""Announced downtimes: read from GOCDB or the embedded grid, and never an exclusion or a blame inside one."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+import responses
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from blacklist.engine import ExclusionEngine
+from blacklist.policies import Policy
+from blacklist.settings import BlacklistSettings
+from robot.backends.base import BackendUnavailable
+from robot.downtimes import Downtime, DowntimeWatch, GOCDBClient, parse_gocdb, store, windows_by_site
+from robot.jobstates import QueueStatus
+from robot.storage.models import Downtime as DowntimeRow
+from robot.storage.models import Event, Queue, QueueTransition
+from tests.fakes import T0, ScriptedGrid, make_robot, templates
+
+GOCDB = "https://goc.example.org"
+API = f"{GOCDB}/gocdbpi/public/"
+
+
+def gocdb_downtime(key: str, site: str, start: datetime, end: datetime, *, severity: str = "OUTAGE",
+                   classification: str = "SCHEDULED", service: str = "SRM", host: str = "se.example.org",
+                   description: str = "dCache upgrade") -> str:
+    """One DOWNTIME element as GOCDB's get_downtime writes it (one per affected service)."""
+    return f"""
+ <DOWNTIME ID="{key[:-2]}" PRIMARY_KEY="{key}" CLASSIFICATION="{classification}">
+  <PRIMARY_KEY>{key}</PRIMARY_KEY>
+  <HOSTNAME>{host}</HOSTNAME>
+  <SERVICE_TYPE>{service}</SERVICE_TYPE>
+  <ENDPOINT>{host}{service}</ENDPOINT>
+  <HOSTED_BY>{site}</HOSTED_BY>
+  <GOCDB_PORTAL_URL>https://goc.example.org/portal/index.php?Page_Type=Downtime&amp;id={key[:-2]}</GOCDB_PORTAL_URL>
+  <AFFECTED_ENDPOINTS/>
+  <SEVERITY>{severity}</SEVERITY>
+  <DESCRIPTION>{description}</DESCRIPTION>
+  <INSERT_DATE>{int(start.timestamp()) - 86400}</INSERT_DATE>
+  <START_DATE>{int(start.timestamp())}</START_DATE>
+  <END_DATE>{int(end.timestamp())}</END_DATE>
+  <FORMATED_START_DATE>{start:%Y-%m-%d %H:%M}</FORMATED_START_DATE>
+  <FORMATED_END_DATE>{end:%Y-%m-%d %H:%M}</FORMATED_END_DATE>
+ </DOWNTIME>"""
+
+
+def answer(*elements: str) -> str:
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<results>' + "".join(elements) + "\n</results>\n"
+
+
+START, END = T0 + timedelta(hours=1), T0 + timedelta(hours=5)
+
+
+# -- GOCDB ----------------------------------------------------------------------------------------
+def test_gocdb_downtimes_are_read_per_site_with_one_entry_per_downtime():
+    text = answer(gocdb_downtime("100G0", "SITE-A1", START, END, service="SRM"),
+                  gocdb_downtime("100G0", "SITE-A1", START, END, service="CREAM-CE", host="ce.example.org"),
+                  gocdb_downtime("101G0", "SITE-B1", START, END, severity="WARNING"),  # at risk: still works
+                  gocdb_downtime("102G0", "SITE-C1", START, END, classification="UNSCHEDULED",
+                                 description="power cut"))
+    read = sorted(parse_gocdb(text), key=lambda d: d.site)
+    assert [(d.key, d.site, d.start, d.end, d.classification) for d in read] == [
+        ("100G0", "SITE-A1", START, END, "scheduled"), ("102G0", "SITE-C1", START, END, "unscheduled")]
+    assert read[0].description == "dCache upgrade"
+
+
+def test_gocdb_formatted_dates_are_used_when_the_unix_ones_are_missing():
+    element = gocdb_downtime("7G0", "SITE-A1", START, END).replace(
+        f"<START_DATE>{int(START.timestamp())}</START_DATE>", "").replace(
+        f"<END_DATE>{int(END.timestamp())}</END_DATE>", "")
+    (read,) = parse_gocdb(answer(element))
+    assert (read.start, read.end) == (START, END)
+
+
+@pytest.mark.parametrize("text", ["<html>maintenance</html>", "not xml at all", "<results><DOWNTIME/></results>",
+                                  answer(gocdb_downtime("1G0", "S", START, END).replace(
+                                      f"<START_DATE>{int(START.timestamp())}</START_DATE>",
+                                      "<START_DATE>soon</START_DATE>"))])
+def test_a_gocdb_answer_that_is_not_downtimes_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_gocdb(text)
+
+
+@responses.activate
+def test_the_gocdb_client_asks_for_a_window_and_retries_with_bounds():
+    responses.get(API, status=503)
+    responses.get(API, body=answer(gocdb_downtime("100G0", "SITE-A1", START, END)))
+    sleeps = []
+    client = GOCDBClient(GOCDB, retries=2, sleep=sleeps.append)
+    (read,) = client.downtimes(T0)
+    assert read.site == "SITE-A1" and len(sleeps) == 1
+    query = parse_qs(urlparse(responses.calls[-1].request.url).query)
+    assert query == {"method": ["get_downtime"], "windowstart": ["2026-10-30"], "windowend": ["2026-11-08"]}
+
+
+@responses.activate
+@pytest.mark.parametrize("reply", [dict(status=500), dict(body="<html>proxy error</html>"),
+                                   dict(body=requests.ConnectionError("refused"))])
+def test_a_misbehaving_gocdb_is_unavailable_after_its_retries(reply):
+    responses.get(API, **reply)
+    sleeps = []
+    with pytest.raises(BackendUnavailable, match="GOCDB get_downtime"):
+        GOCDBClient(GOCDB, retries=2, sleep=sleeps.append).downtimes(T0)
+    assert len(responses.calls) == 3 and len(sleeps) == 2
+
+
+# -- storing ---------------------------------------------------------------------------------------
+def test_stored_downtimes_follow_the_source(tmp_path):
+    robot = make_robot(tmp_path, ScriptedGrid_for({"ANALY_A1": ("SITE-A1", "A")}), templates({"name": "AFT_A"}))
+    first = [Downtime("1", "SITE-A1", START, END, "upgrade"), Downtime("2", "SITE-A1", END + timedelta(days=1),
+                                                                        END + timedelta(days=2), "later")]
+    with robot.sessions() as session:
+        assert store(session, "gocdb", first, T0) == {"added": 2, "changed": 0, "removed": 0}
+        session.commit()
+    longer = [Downtime("1", "SITE-A1", START, END + timedelta(hours=2), "upgrade")]  # the second was cancelled
+    with robot.sessions() as session:
+        assert store(session, "gocdb", longer, T0) == {"added": 0, "changed": 1, "removed": 1}
+        session.commit()
+    during = T0 + timedelta(hours=2)
+    with robot.sessions() as session:  # gone from the list while it was going on: it ended early
+        assert store(session, "gocdb", [], during) == {"added": 0, "changed": 1, "removed": 0}
+        session.commit()
+        (row,) = session.scalars(select(DowntimeRow)).all()
+        assert (row.start, row.end) == (START, during)
+        assert list(windows_by_site(session, T0, during)) == ["SITE-A1"]
+
+
+class FailingSource:
+    name = "gocdb"
+
+    def downtimes(self, now):
+        raise BackendUnavailable("GOCDB get_downtime: timeout after 3 attempt(s)")
+
+
+def test_a_source_that_cannot_be_read_keeps_what_is_stored_and_never_stops_the_step(tmp_path, clock):
+    grid = ScriptedGrid_for({"ANALY_A1": ("SITE-A1", "A")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}))
+    with robot.sessions() as session:
+        store(session, "gocdb", [Downtime("1", "SITE-A1", START, END)], T0)
+        session.commit()
+    robot.evaluators.append(DowntimeWatch(FailingSource(), timedelta(minutes=10)))
+    summary = robot.run_once(clock.now())
+    assert summary.submitted == 1  # the step went on
+    with robot.sessions() as session:
+        assert session.scalar(select(Event.message).where(Event.kind == "downtimes_unreachable")).startswith(
+            "downtimes could not be read, the stored ones are kept: GOCDB get_downtime: timeout")
+        assert len(session.scalars(select(DowntimeRow)).all()) == 1
+
+
+# -- what a downtime changes -------------------------------------------------------------------------
+QUEUES = {f"ANALY_{c}{i}": (f"SITE-{c}{i}", c) for c in "ABCD" for i in range(1, 4)}  # 12 queues, 4 clouds
+
+
+def ScriptedGrid_for(queues):  # noqa: N802 - reads like the class it builds
+    from robot.clock import ManualClock
+    return ScriptedGrid(ManualClock(T0), queues)
+
+
+class ListedDowntimes:
+    """A downtime source whose list a test sets."""
+
+    name = "gocdb"
+
+    def __init__(self):
+        self.listed: list[Downtime] = []
+
+    def downtimes(self, now):
+        return list(self.listed)
+
+
+def robot_with_downtimes(tmp_path, clock):
+    grid = ScriptedGrid(clock, QUEUES)
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}))
+    source = ListedDowntimes()
+    settings = BlacklistSettings.model_validate({"mode": "enforce", "default": {"stall_after": "30d"}})
+    robot.evaluators[:0] = [DowntimeWatch(source, timedelta(0))]
+    robot.evaluators.append(ExclusionEngine(Policy(settings, ("AFT_A",)), grid))
+    return robot, grid, source
+
+
+def outage(robot, grid, clock, queue, steps):
+    """The queue's site is down: every job there fails with a stage-in error, step after step."""
+    for _ in range(steps):
+        for pid in grid.in_queue(queue):
+            grid.finish(pid, pilot_error_code=1099, pilot_error_diag="Get error: copy failed")
+        clock.advance(timedelta(minutes=10))
+        robot.run_once(clock.now())
+
+
+def test_an_announced_outage_is_neither_excluded_nor_counted_and_the_queue_is_tested_when_it_ends(tmp_path, clock):
+    robot, grid, source = robot_with_downtimes(tmp_path, clock)
+    source.listed = [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=2), "storage upgrade")]
+    robot.run_once(clock.now())
+    outage(robot, grid, clock, "ANALY_A1", steps=11)  # the whole downtime long
+    assert grid.statuses.get("ANALY_A1", QueueStatus.ONLINE) is QueueStatus.ONLINE
+    with robot.sessions() as session:
+        assert session.scalars(select(QueueTransition).where(QueueTransition.queue.has(name="ANALY_A1"))).all() == []
+    clock.advance(timedelta(minutes=15))  # past its end: the failures inside it do not count...
+    before = len(grid.requests)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        queue = session.scalars(select(Queue).where(Queue.name == "ANALY_A1")).one()
+        assert (queue.robot_state, queue.job_gap_seconds) == ("online", 0)
+        assert queue.extra_jobs >= 1  # ... and it is tested at once
+    assert [grid.requests[pid].queue for pid in list(grid.requests)[before:]].count("ANALY_A1") >= 1
+
+
+def test_the_same_outage_unannounced_is_excluded_as_before(tmp_path, clock):
+    robot, grid, source = robot_with_downtimes(tmp_path, clock)
+    robot.run_once(clock.now())
+    outage(robot, grid, clock, "ANALY_A1", steps=11)
+    assert grid.statuses["ANALY_A1"] is QueueStatus.BROKEROFF
+
+
+def test_a_downtime_elsewhere_or_in_the_past_changes_nothing(tmp_path, clock):
+    robot, grid, source = robot_with_downtimes(tmp_path, clock)
+    source.listed = [Downtime("1G0", "SITE-B1", T0, T0 + timedelta(hours=4)),  # another site
+                     Downtime("2G0", "SITE-A1", T0 - timedelta(days=1), T0 - timedelta(hours=20))]  # long over
+    robot.run_once(clock.now())
+    outage(robot, grid, clock, "ANALY_A1", steps=11)
+    assert grid.statuses["ANALY_A1"] is QueueStatus.BROKEROFF
+
+
+# -- the embedded grid announces its own -------------------------------------------------------------
+def test_grid_downtime_add_reaches_the_robot(tiny_grid):
+    from robot.cli import main
+    from robot.config import load_config
+    from robot.services import build
+    from robot.storage.database import upgrade
+
+    files = tiny_grid.write_files({"ANALY_A": {}, "ANALY_B": {}})
+    run = lambda *args: CliRunner().invoke(main, ["--config", str(files.robot_yaml), *args])  # noqa: E731
+    refused = run("grid", "downtime", "add", "SITE-ANALY_Z", "--for", "2h", "--reason", "x")
+    assert refused.exit_code == 2 and "unknown site 'SITE-ANALY_Z'" in refused.output
+    no_end = run("grid", "downtime", "add", "SITE-ANALY_A", "--reason", "x")
+    assert no_end.exit_code == 2 and "--end" in no_end.output
+    added = run("grid", "downtime", "add", "SITE-ANALY_A", "--for", "2h", "--reason", "dCache upgrade")
+    assert added.exit_code == 0, added.output
+    assert "SITE-ANALY_A: downtime " in added.output and "(dCache upgrade)" in added.output
+    listed = run("grid", "downtime", "list")
+    assert "SITE-ANALY_A" in listed.output and "dCache upgrade" in listed.output
+
+    config = load_config(files.robot_yaml)
+    from robot.clock import SystemClock
+    services = build(config, SystemClock())
+    try:
+        upgrade(services.engine)
+        services.robot.run_once(SystemClock().now())
+        with services.sessions() as session:
+            (row,) = session.scalars(select(DowntimeRow)).all()
+            assert (row.source, row.site, row.description) == ("embedded", "SITE-ANALY_A", "dCache upgrade")
+    finally:
+        services.close()
+    why = run("why", "ANALY_A")  # the first thing a shifter checks
+    assert why.exit_code == 0, why.output
+    assert "SITE-ANALY_A: scheduled downtime " in why.output and "(dCache upgrade) (now)" in why.output
+    assert "downtime" not in run("why", "ANALY_B").output
