@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from blacklist.engine import ExclusionEngine
+from robot.downtimes import DowntimeWatch
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings, SafetySettings
 from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid
@@ -80,8 +81,9 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) 
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     policy = Policy(settings, tuple(scenario.templates))
-    robot = Robot(config, sessions, grid, grid, grid, load_table(), evaluators=[ExclusionEngine(policy, grid)],
-                  rollup=False)
+    announced = [DowntimeWatch(grid, timedelta(0))] if any(f.announced for f in scenario.faults) else []
+    robot = Robot(config, sessions, grid, grid, grid, load_table(),
+                  evaluators=[*announced, ExclusionEngine(policy, grid)], rollup=False)
     end = scenario.start + scenario.duration
     now = scenario.start
     while now < end:

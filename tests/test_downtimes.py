@@ -258,3 +258,19 @@ def test_grid_downtime_add_reaches_the_robot(tiny_grid):
     assert why.exit_code == 0, why.output
     assert "SITE-ANALY_A: scheduled downtime " in why.output and "(dCache upgrade) (now)" in why.output
     assert "downtime" not in run("why", "ANALY_B").output
+
+
+# -- in the simulator ----------------------------------------------------------------------------------
+def test_in_the_simulator_only_the_unannounced_outage_is_excluded():
+    """The same stage-in outage at two sites, one announced: it is left alone, the other is excluded."""
+    from blacklist.simulate import BUILTIN, run
+    from robot.backends.simulated import Scenario
+
+    scenario = Scenario.model_validate({
+        "name": "downtime", "duration": "14h", "queues": {"count": 16, "clouds": ["DE", "US"], "per_site": 2},
+        "templates": ["AFT_A", "AFT_B"], "noise": {"site": 0, "user": 0, "unknown": 0},
+        "faults": [{"sites": ["DE-SITE000"], "onset": "2h", "duration": "4h", "mode": "stagein", "announced": True},
+                   {"sites": ["US-SITE001"], "onset": "2h", "duration": "4h", "mode": "stagein"}]})
+    result = run(scenario, BUILTIN["default"], 1, "default")
+    assert result.faults == 2 and result.missed == 0  # both queues of the unannounced outage excluded
+    assert result.false_exclusions == 0  # nothing at the announced one (there is no other noise)

@@ -23,6 +23,7 @@ from robot.clock import Clock
 from robot.yamlconfig import (ConfigError, Duration, PositiveInt, Strict, describe_validation_error,
                               load_yaml_model)
 from robot.jobstates import FINAL_STATES, JobStatus, QueueStatus
+from robot.downtimes import Downtime
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -119,6 +120,8 @@ class FaultSpec(Strict):
     codes: list[ErrorSpec] | None = Field(default=None, min_length=1)  # instead of the mode's single error
     probability: Probability = 1.0  # share of the jobs that fail (stuck, slow: every job)
     slowdown: Annotated[float, Field(ge=1)] = 4.0  # slow: jobs run this much longer (events/s drops)
+    # The site announced this outage as a downtime (as in GOCDB): not the robot's to exclude or blame.
+    announced: bool = False
 
     @model_validator(mode="after")
     def _one_place(self) -> "FaultSpec":
@@ -262,14 +265,16 @@ class FaultWindow:
     probability: float
     slowdown: float = 4.0
     errors: tuple[ErrorSpec, ...] = ()  # what its failing jobs report
+    announced: bool = False  # a downtime the site announced
 
     def active(self, when: datetime) -> bool:
         return self.start <= when < self.end
 
     @property
     def excludable(self) -> bool:
-        """A slow queue still completes its jobs: a throughput matter, not a case for exclusion."""
-        return self.mode != "slow"
+        """A slow queue still completes its jobs: a throughput matter, not a case for exclusion; and
+        an outage the site announced is not the robot's to exclude."""
+        return self.mode != "slow" and not self.announced
 
 
 def place_faults(scenario: Scenario, seed: int) -> list[FaultWindow]:
@@ -286,7 +291,7 @@ def place_faults(scenario: Scenario, seed: int) -> list[FaultWindow]:
             queues = _pick(fault.queues if fault.queues is not None else 1, names, rng)
         start = scenario.start + fault.onset
         windows += [FaultWindow(q, start, start + fault.duration, fault.mode, fault.probability, fault.slowdown,
-                                tuple(fault.errors)) for q in queues]
+                                tuple(fault.errors), fault.announced) for q in queues]
     return windows
 
 
@@ -408,6 +413,12 @@ class SimulatedGrid:
 
     def queue_status(self) -> dict[str, QueueStatus]:
         return {q: self._statuses.get(q, QueueStatus.ONLINE) for q in self._site_of}
+
+    # -- announced downtimes (what GOCDB would list) ------------------------------------------------
+    def downtimes(self, now: datetime) -> list[Downtime]:
+        found = {(self._site_of[w.queue], w.start, w.end) for w in self.faults if w.announced}
+        return [Downtime(key=f"{site}@{start:%Y%m%d%H%M}", site=site, start=start, end=end,
+                         description=f"scenario {self.scenario.name}") for site, start, end in sorted(found)]
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         if queue not in self._site_of:
