@@ -203,11 +203,8 @@ def run_robot(config_path: Path, crash_at: int | None, after_submit: bool, settl
     if settle:
         robot._submit = lambda *args, **kwargs: None  # type: ignore[method-assign]
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    totals = {"reconciled": 0, "lost": 0}
     while time.monotonic() < deadline:
-        summary = robot.run_once(clock.now())
-        totals["reconciled"] += summary.reconciled
-        totals["lost"] += summary.lost
+        robot.run_once(clock.now())
         if settle:
             with robot.sessions() as session:
                 open_rows = session.scalar(select(func.count()).select_from(Job).where(
@@ -215,7 +212,6 @@ def run_robot(config_path: Path, crash_at: int | None, after_submit: bool, settl
             if not open_rows:
                 break
         time.sleep(STEP_PAUSE)
-    print(json.dumps(totals), flush=True)
     return 0
 
 
@@ -226,14 +222,12 @@ def trial(setup: Setup, rng: random.Random, outcome: Outcome) -> None:
     done = _robot_process(setup, draw, f"trial-{outcome.trials + 1}")
     outcome.trials += 1
     outcome.killed += done.returncode == -signal.SIGKILL
-    _add_totals(done.stdout, outcome)
 
 
 def settle(setup: Setup, outcome: Outcome) -> None:
     done = _robot_process(setup, ["--settle"], "settle")
     if done.returncode != 0:
         raise RuntimeError(f"the settling robot failed ({done.returncode}): {setup.logs[-1].read_text()[-3000:]}")
-    _add_totals(done.stdout, outcome)
 
 
 def _robot_process(setup: Setup, args: list[str], name: str) -> subprocess.CompletedProcess[str]:
@@ -243,14 +237,6 @@ def _robot_process(setup: Setup, args: list[str], name: str) -> subprocess.Compl
         return subprocess.run([sys.executable, "-m", "tests.crash_trials", "step", str(setup.robot_yaml), *args],
                               stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
                               timeout=SETTLE_TIMEOUT + 120)
-
-
-def _add_totals(stdout: str, outcome: Outcome) -> None:
-    lines = stdout.strip().splitlines()
-    if lines:  # a killed process printed nothing
-        totals = json.loads(lines[-1])
-        outcome.reconciled += totals["reconciled"]
-        outcome.lost += totals["lost"]
 
 
 # -- checking ----------------------------------------------------------------------------------------
@@ -272,11 +258,27 @@ def robot_jobs(setup: Setup) -> dict[int, tuple[str, str, str | None]]:
         db.close()
 
 
+def reconciliations(setup: Setup) -> tuple[int, int]:
+    """Unconfirmed submissions the robot's processes found at the grid, and those they marked lost
+    (from the events each lookup recorded: the processes that did it were often killed later)."""
+    db = sqlite3.connect(setup.database)
+    try:
+        found = lost = 0
+        for (details,) in db.execute("SELECT details FROM event WHERE kind = 'submission_unconfirmed'"):
+            details = json.loads(details) if isinstance(details, str) else details
+            found += len(details.get("found", {}))
+            lost += len(details.get("lost", []))
+        return found, lost
+    finally:
+        db.close()
+
+
 def check(setup: Setup, outcome: Outcome) -> None:
     final = {"finished", "failed", "cancelled"}
     ran = grid_jobs(setup)
     known = robot_jobs(setup)
     outcome.grid_jobs = len(ran)
+    outcome.reconciled, outcome.lost = reconciliations(setup)
     for pid, job in sorted(ran.items()):
         if job["job_status"] not in final:
             outcome.not_final.append(pid)
