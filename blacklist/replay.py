@@ -19,7 +19,8 @@ from blacklist.engine import ExclusionEngine
 from blacklist.policies import Policy
 from robot.jobstates import QueueStatus
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
-from robot.storage.models import Cloud, Job, Override, Queue, QueueTransition, Silence, Site, Template, Test
+from robot.storage.models import (Cloud, Downtime, Job, Override, Queue, QueueTransition, Silence, Site, Template,
+                                  Test)
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ def replay(session: Session, policy: Policy, since: datetime, until: datetime,
 
 
 def _copy_topology(session: Session, shadow: Session) -> list[str]:
-    """Clouds, sites, live queues (online, as the replay starts them), templates and tests."""
-    for model in (Cloud, Site, Template, Test):
+    """Clouds, sites, live queues (online, as the replay starts them), templates, tests and announced downtimes."""
+    for model in (Cloud, Site, Template, Test, Downtime):
         rows = [dict(row._mapping) for row in session.execute(select(model.__table__))]
         if rows:
             shadow.execute(insert(model.__table__), rows)

@@ -274,3 +274,18 @@ def test_in_the_simulator_only_the_unannounced_outage_is_excluded():
     result = run(scenario, BUILTIN["default"], 1, "default")
     assert result.faults == 2 and result.missed == 0  # both queues of the unannounced outage excluded
     assert result.false_exclusions == 0  # nothing at the announced one (there is no other noise)
+
+
+def test_replay_leaves_a_queue_alone_during_its_sites_announced_downtime(tmp_path, clock):
+    from blacklist.replay import replay
+
+    grid = ScriptedGrid(clock, QUEUES)
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}))  # the robot itself judged nothing then
+    robot.run_once(clock.now())
+    outage(robot, grid, clock, "ANALY_A1", steps=11)
+    policy = Policy(BlacklistSettings.model_validate({"default": {"stall_after": "30d"}}), ("AFT_A",))
+    with robot.sessions() as session:
+        assert [m.queue for m in replay(session, policy, T0, clock.now()) if m.action == "exclude"] == ["ANALY_A1"]
+        store(session, "gocdb", [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=3), "storage upgrade")], T0)
+        session.commit()
+        assert [m for m in replay(session, policy, T0, clock.now()) if m.queue == "ANALY_A1"] == []
