@@ -58,6 +58,7 @@ from sqlalchemy.orm import Session
 from blacklist.settings import NotifySettings
 from robot.clock import as_utc
 from robot.storage.models import Cloud, Event, Queue, QueueTransition, Silence, Site
+from robot.vocabulary import decision, plain_reason
 
 log = logging.getLogger(__name__)
 
@@ -308,11 +309,9 @@ class Notifier:
 
     def _transition_lines(self, item: Pending, dry_run: bool) -> list[str]:
         t = item.transition
-        verb = "auto-excluded" if item.excluded else "set online again"
-        if dry_run:
-            verb = f"dry run: would have been {verb}, nothing changed"
-        lines = [f"== {item.queue}: {t.old} -> {t.new} ({verb}) ==",
+        lines = [f"== {item.queue}: robot: {decision(t.old, t.new, not dry_run)} ==",
                  f"Time:     {item.time.isoformat()}",
+                 "Why:      " + _indent(plain_reason(t.reason, t.evidence, item.time, t.new), 10),
                  "Reason:   " + _indent(t.reason, 10)]
         if t.policy:
             lines.append(f"Policy:   {t.policy}")

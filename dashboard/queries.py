@@ -25,6 +25,7 @@ from robot.rollup import DAY, HOUR, WEEK
 from robot.storage.models import (Cloud, Episode, Event, Job, Override, Queue, QueueTransition, Setting, Silence,
                                   Site, Template, Test, TestQueue, Ticket, TicketLink, TicketMention)
 from robot.tickets.store import CENTRAL_EVENTS
+from robot.vocabulary import queue_state
 
 EXACT_HEATMAP = timedelta(days=8)  # up to this window the heatmap is exact; beyond, periods are spread
 SAMPLE = 2000  # newest finished jobs behind a queue page's distributions
@@ -285,7 +286,8 @@ def _statuses(session: Session, places: list[_Place], now: datetime) -> dict[int
         elif place.status != "online":
             found[place.id] = ("excluded", reason, f"status {place.status} at the backend")
         elif place.robot_state == "excluded":  # decided but not applied (dry-run), or not read back
-            found[place.id] = ("excluded", reason, "decided, not applied (dry-run?): the status at the backend is online")
+            found[place.id] = ("excluded", reason, f"{queue_state(place.status, place.robot_state)}: nothing changed at "
+                                                   "the backend")
         elif place.robot_state == "pending":
             found[place.id] = ("pending", reason, "")
         else:

@@ -128,7 +128,7 @@ def test_overview_says_when_the_robots_exclusion_was_not_applied(session, world)
     roll(session)
     found = by_queue(queries.overview(session, Filters(NOW - timedelta(days=1), NOW), NOW))
     assert (found["ANALY_A"].status, found["ANALY_B"].status) == ("excluded", "excluded")
-    assert "not applied" in found["ANALY_A"].detail and found["ANALY_B"].detail == "status brokeroff at the backend"
+    assert found["ANALY_A"].detail.startswith("online; robot: excluded (dry-run)") and found["ANALY_B"].detail == "status brokeroff at the backend"
 
 
 def test_overview_failure_rate_wilson_band_and_events_per_second(session, world):

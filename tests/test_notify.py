@@ -168,8 +168,13 @@ def test_one_message_per_site_per_burst_to_contacts_and_operations(robot, smtp):
     assert site_a.message["To"] == ", ".join(CONTACTS["SITE-A"]) and site_a.message["Cc"] == OPS[0]
     assert sorted(by_subject["ANALY_B auto-excluded at 12:00 UTC"].rcpt_tos) == sorted(CONTACTS["SITE-B"] + OPS)
     body = text_of(site_a.message)
-    assert all(f"== {q}: online -> brokeroff" in body for q in ("ANALY_A1", "ANALY_A2", "ANALY_A3"))
-    assert "== ANALY_A1: brokeroff -> online (set online again)" in body
+    assert all(f"== {q}: robot: excluded (applied: online -> brokeroff) ==" in body
+               for q in ("ANALY_A1", "ANALY_A2", "ANALY_A3"))
+    assert "== ANALY_A1: robot: online (applied: brokeroff -> online) ==" in body
+    # the policy's reason, and the same in words a shifter reads
+    assert "Reason:   CUSUM 5.1 >= 4.6: site-class failures" in body
+    assert "Why:      2 site-class failures (STAGEINFAILED) in the last 5m, more than a healthy queue would show" in body
+    assert "Why:      1 test job completed in a row: the queue works again" in body
     marks = notified(robot)
     assert all(marks[i] == T0 + timedelta(minutes=13) for i in a + [b])
     assert run(notifier, robot, T0 + timedelta(hours=1)) == [] and len(server.received) == 2  # nothing twice
@@ -220,7 +225,7 @@ def test_dry_run_decisions_are_marked_as_such(robot, smtp):
     add(robot, "ANALY_B", T0, applied=False)
     assert run(Notifier(settings(port), ACTOR), robot, T0 + BURST) == ["[dry-run] ANALY_B auto-excluded at 12:00 UTC"]
     body = text_of(server.received[0].message)
-    assert "nothing was changed" in body.lower() and "(dry run: would have been auto-excluded, nothing changed)" in body
+    assert "nothing was changed" in body.lower() and "robot: excluded (dry-run: would set online -> brokeroff)" in body
     assert NEXT_AFTER_EXCLUSION not in body
 
 

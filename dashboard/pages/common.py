@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dashboard import auth
 from robot.clock import Clock
 from robot.config import RobotConfig
+from robot.vocabulary import decision, plain_reason
 
 RANGES: dict[str, timedelta] = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
                                 "3d": timedelta(days=3), "7d": timedelta(days=7)}
@@ -80,6 +81,15 @@ def rows(items: Iterable[Any], id_field: str | None = None) -> list[dict[str, An
             row["id"] = str(as_dict(item)[id_field])
         out.append(row)
     return out
+
+
+def transition_rows(found: Sequence[Any]) -> list[dict[str, Any]]:
+    """Transitions as table rows in the robot's vocabulary (`decision`), with the reason in plain words (`why`)."""
+    data = rows(found)
+    for row, t in zip(data, found):
+        row["decision"] = decision(t.old, t.new, t.applied, t.kind)
+        row["why"] = plain_reason(t.reason, t.evidence, t.time, t.new)
+    return data
 
 
 def table(table_id: str, columns: Sequence[tuple[str, str]], data: list[dict[str, Any]] | None = None,

@@ -11,12 +11,12 @@ from sqlalchemy import select
 
 from blacklist import overrides as people
 from dashboard import auth, figures, queries
-from dashboard.pages.common import PageContext, cell, heading, message, rows, table, time_range
+from dashboard.pages.common import PageContext, cell, heading, message, table, time_range, transition_rows
 from robot.durations import parse_duration
 from robot.storage.models import Override, Queue, Silence
 
-COLUMNS = [("time", "Time (UTC)"), ("cloud", "Cloud"), ("site", "Site"), ("queue", "Queue"), ("old", "From"),
-           ("new", "To"), ("actor", "By"), ("applied", "Applied"), ("policy", "Policy"), ("reason", "Reason")]
+COLUMNS = [("time", "Time (UTC)"), ("cloud", "Cloud"), ("site", "Site"), ("queue", "Queue"), ("actor", "By"),
+           ("decision", "Decision"), ("why", "Why"), ("policy", "Policy"), ("reason", "Policy's reason")]
 
 
 def layout(ctx: PageContext) -> html.Div:
@@ -85,7 +85,7 @@ def register(app: Dash, ctx: PageContext) -> None:
                                                 [t.new for t in found], [t.old for t in found],
                                                 [t.actor for t in found], [t.reason for t in found],
                                                 [t.applied for t in found])
-        data = rows(found)
+        data = transition_rows(found)
         for number, (row, transition) in enumerate(zip(data, found)):
             row["evidence"] = json.dumps(transition.evidence, indent=2, sort_keys=True, default=str)
             row["id"] = str(number)

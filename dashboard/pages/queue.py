@@ -7,14 +7,14 @@ from typing import Any
 from dash import Dash, Input, Output, dcc, html
 
 from dashboard import figures, queries
-from dashboard.pages.common import PageContext, cell, heading, message, rows, table, time_range
+from dashboard.pages.common import PageContext, cell, heading, message, rows, table, time_range, transition_rows
 
 JOB_COLUMNS = [("panda_id", "PanDA ID"), ("template", "Template"), ("status", "Status"),
                ("creation_time", "Created (UTC)"), ("start_time", "Started"), ("end_time", "Ended"),
                ("error_code", "Error"), ("error_diag", "Diagnostic")]
 ERROR_COLUMNS = [("code", "Error"), ("message", "Message"), ("count", "Jobs")]
-TRANSITION_COLUMNS = [("time", "Time (UTC)"), ("old", "From"), ("new", "To"), ("actor", "By"), ("applied", "Applied"),
-                      ("policy", "Policy"), ("reason", "Reason")]
+TRANSITION_COLUMNS = [("time", "Time (UTC)"), ("actor", "By"), ("decision", "Decision"), ("why", "Why"),
+                      ("policy", "Policy"), ("reason", "Policy's reason")]
 TICKET_COLUMNS = [("id", "Ticket"), ("subject", "Subject"), ("state", "State"), ("verdict", "Verdict"),
                   ("verdict_reason", "Why"), ("updated", "Updated (UTC)")]
 GRAPH = {"displaylogo": False}
@@ -72,7 +72,7 @@ def register(app: Dash, ctx: PageContext) -> None:
                 figures.events_per_second_histogram(page.events_per_second),
                 figures.time_split(page.time_split),
                 figures.error_classes(page.error_classes),
-                rows(page.top_errors), rows(page.recent_jobs), rows(page.transitions),
+                rows(page.top_errors), rows(page.recent_jobs), transition_rows(page.transitions),
                 [ticket_row(t) for t in page.tickets])
 
 

@@ -19,6 +19,7 @@ from robot.cli.params import DURATION
 from robot.cli.render import make_console
 from robot.clock import SystemClock
 from robot.storage.models import Override, Queue, QueueTransition, Setting, Silence
+from robot.vocabulary import decision, plain_reason, queue_state
 
 
 @click.group("blacklist")
@@ -42,10 +43,11 @@ def blacklist_list(ctx: Context, as_json: bool) -> None:
         for qid, name, status, state, since in queues:
             last = session.scalars(select(QueueTransition).where(QueueTransition.queue_id == qid)
                                    .order_by(QueueTransition.id.desc()).limit(1)).first()
-            rows.append({"queue": name, "status": status, "robot_state": state,
+            rows.append({"queue": name, "status": status, "robot_state": state, "state": queue_state(status, state),
                          "since": since.isoformat() if since else None,
-                         "last_reason": last.reason if last else None, "actor": last.actor if last else None,
-                         "applied": last.applied if last else None})
+                         "last_reason": last.reason if last else None,
+                         "why": plain_reason(last.reason, last.evidence, last.time, last.new) if last else None,
+                         "actor": last.actor if last else None, "applied": last.applied if last else None})
         overrides = [{"queue": q, "action": o.action, "status": o.status, "by": o.actor, "reason": o.reason,
                       "until": o.until.isoformat() if o.until else None}
                      for o, q in session.execute(select(Override, Queue.name).join(Queue, Queue.id == Override.queue_id)
@@ -59,11 +61,11 @@ def blacklist_list(ctx: Context, as_json: bool) -> None:
     console = make_console()
     console.print(f"mode: [bold]{mode}[/] (policy {ctx.config.blacklist.policy})")
     table = Table(header_style="bold")
-    for column in ("Queue", "Status", "Robot", "Since (UTC)", "By", "Last reason"):
+    for column in ("Queue", "State", "Since (UTC)", "By", "Why"):
         table.add_column(column)
     for r in rows:
-        by = (r["actor"] or "") + ("" if r["applied"] in (None, True) else " (dry-run)")
-        table.add_row(r["queue"], r["status"], r["robot_state"], (r["since"] or "")[:19], by, r["last_reason"] or "")
+        table.add_row(r["queue"], r["state"], (r["since"] or "")[:19].replace("T", " "), r["actor"] or "",
+                      r["why"] or "")
     console.print(table)
     for o in overrides:
         console.print(f"override: {o['queue']} {o['action']} ({o['status']}) by {o['by']} until {o['until'] or 'cleared'}: {o['reason']}")
@@ -194,11 +196,14 @@ def blacklist_history(ctx: Context, queue: str | None, since: timedelta, as_json
             query = query.where(Queue.name == queue)
         rows = [{"time": t.time.isoformat(), "queue": name, "kind": t.kind, "old": t.old, "new": t.new,
                  "actor": t.actor, "policy": t.policy, "applied": t.applied, "read_back": t.read_back,
-                 "reason": t.reason, "evidence": t.evidence} for t, name in session.execute(query)]
+                 "decision": decision(t.old, t.new, t.applied, t.kind), "reason": t.reason,
+                 "why": plain_reason(t.reason, t.evidence, t.time, t.new), "evidence": t.evidence}
+                for t, name in session.execute(query)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        flag = "" if r["applied"] else " [dry-run]"
-        click.echo(f"{r['time'][:19]} {r['queue']:20} {r['old']} -> {r['new']} by {r['actor']}{flag}: {r['reason']}")
+        click.echo(f"{r['time'][:19].replace('T', ' ')} {r['queue']:20} {r['actor']}: {r['decision']}: {r['why']}")
+        if r["reason"] != r["why"]:
+            click.echo(f"{'':41}policy: {r['reason']}")
 

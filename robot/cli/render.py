@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robot.metrics import Health
+from robot.vocabulary import queue_state
 
 # HammerCloud's colours, read as failure rate: grey no test, green healthy, yellow degraded, red broken.
 DEGRADED, BROKEN = 0.2, 0.5
@@ -44,9 +45,7 @@ def health_table(healths: Iterable[Health], title: str = "") -> Table:
         errors = ", ".join(f"{cls} {n}" for cls, n in sorted(h.error_classes.items()))
         if h.top_errors:
             errors += f" [{h.top_errors[0][0]}]"
-        status = h.status or ""
-        if h.robot_state and h.robot_state != "online" and not (h.robot_state == "excluded" and status != "online"):
-            status += f" ({h.robot_state}{', dry-run' if h.robot_state == 'excluded' else ''})"
+        status = queue_state(h.status, h.robot_state) if h.status else ""
         table.add_row(h.cloud or "", h.site or "", h.key if h.level == "queue" else "", status,
                       str(h.total), str(h.failed), f"[{style}]{rate}[/]", _number(h.events_per_second),
                       _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), errors)

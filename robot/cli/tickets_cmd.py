@@ -16,7 +16,8 @@ from robot.cli import Context, pass_context
 from robot.cli.render import make_console
 from robot.clock import SystemClock
 from robot.downtimes import announced_downtimes
-from robot.storage.models import Episode, Job, Queue, QueueTransition, Ticket, TicketLink, TicketMention
+from robot.storage.models import Episode, Job, Queue, QueueTransition, Site, Ticket, TicketLink, TicketMention
+from robot.vocabulary import decision, plain_reason, queue_state
 from robot.tickets.ingest import import_source
 from robot.tickets.sample import THREADS, write_sample_mbox
 from robot.tickets.store import judge_tickets
@@ -115,74 +116,145 @@ def _ticket_row(session: Session, ticket: Ticket) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def why(ctx: Context, target: str, as_json: bool) -> None:
-    """Why: a ticket (its id), a queue (its name) or a PanDA job (its ID): is the problem the site?"""
+    """Why: a ticket (its id), a queue or a site (its name) or a PanDA job (its ID): is the problem the site?
+
+    A number that is both a ticket and a PanDA job means the ticket (said so); `ticket:19` or `job:19` choose.
+    """
     with ctx.session() as session:
-        answer = _why(session, target.removeprefix("T") if target[:1] == "T" and target[1:].isdigit() else target)
+        answer = _why(session, target)
     if answer is None:
-        raise click.ClickException(f"{target!r} is no ticket id, queue name or PanDA job ID the robot knows")
+        raise click.ClickException(f"{target!r} is no ticket id, queue, site or PanDA job ID the robot knows")
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
+    if answer.get("note"):
+        click.echo(answer["note"])
     click.echo(answer["answer"])
     for line in answer.get("details", []):
         click.echo(f"  {line}")
 
 
 def _why(session: Session, target: str) -> dict[str, Any] | None:
-    if target.isdigit() and len(target) < 7:
-        ticket = session.get(Ticket, int(target))
-        if ticket is not None:
-            row = _ticket_row(session, ticket)
-            evidence = row["evidence"] or {}
-            details = []
-            if "confidence" in evidence:
-                details.append(f"confidence: {evidence['confidence']:.0%}")
-            details += [f"points at the site: {line}" for line in evidence.get("for_site", [])]
-            details += [f"points away from the site: {line}" for line in evidence.get("against_site", [])]
-            details += [f"linked: {link['queue']} ({link['score']:.2f}) {link['why']}: {link['episode']}"
-                        for link in row["links"]]
-            details += [f"names {m['kind']} {m['value']}" + ("" if m["complaint"] else " (said to work)")
-                        for m in row["mentions"] if m["kind"] != "job_error"]
-            if evidence.get("reply"):
-                details.append(f"reply: {evidence['reply']}")
-            return {"kind": "ticket", **row, "confidence": evidence.get("confidence"), "reply": evidence.get("reply"),
-                    "answer": f"ticket {ticket.id} ({ticket.subject}): "
-                              f"{ticket.verdict or 'not judged'}: {ticket.verdict_reason or ''}",
-                    "details": details}
-    queue = session.scalars(select(Queue).where(Queue.name == target)).first()
-    if queue is not None:
-        last = session.scalars(select(QueueTransition).where(QueueTransition.queue_id == queue.id)
-                               .order_by(QueueTransition.id.desc()).limit(1)).first()
-        episodes = session.scalars(select(Episode).where(Episode.queue_id == queue.id)
-                                   .order_by(Episode.start.desc()).limit(5)).all()
-        tickets = session.scalars(select(Ticket).where(Ticket.state != "closed", Ticket.id.in_(
-            select(TicketMention.ticket_id).where(TicketMention.queue == queue.name)))).all()
-        details = [f"episode {e.start:%Y-%m-%d %H:%M}-{e.end:%H:%M}" if e.end else f"episode since {e.start:%Y-%m-%d %H:%M}"
-                   for e in episodes]
-        details = [f"{d}: {e.reason}" for d, e in zip(details, episodes)]
-        details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
-        announced = announced_downtimes(session, queue.site.name, SystemClock().now())
-        details = [f"{queue.site.name}: {line}" for line in announced] + details
-        state = f"{queue.status}, robot: {queue.robot_state}"
-        reason = f"; last change: {last.reason}" if last else ""
-        return {"kind": "queue", "queue": queue.name, "status": queue.status, "robot_state": queue.robot_state,
-                "downtimes": announced,
-                "answer": f"{queue.name}: {state}{reason}", "details": details,
-                "tickets": [t.id for t in tickets]}
-    if target.isdigit():
-        job = session.execute(select(Job, Queue.name).join(Queue, Queue.id == Job.queue_id)
-                              .where(Job.panda_id == int(target))).first()
-        tickets = session.scalars(select(Ticket).where(Ticket.id.in_(select(TicketMention.ticket_id).where(
-            TicketMention.kind == "panda_id", TicketMention.value == target)))).all()
-        if job is None and not tickets:
-            return None
-        details = [f"ticket {t.id}: {t.subject}: {t.verdict}: {t.verdict_reason}" for t in tickets]
-        if job is not None:
-            found, name = job
-            answer = (f"PanDA job {target} (a robot test job) at {name}: {found.outcome or found.job_status}"
-                      + (f", {found.error_class} error {found.error_name}: {found.error_diag}" if found.error_name else ""))
-        else:
-            answer = f"PanDA job {target} is named in {len(tickets)} ticket(s)"
-        return {"kind": "job", "panda_id": int(target), "answer": answer, "details": details}
-    return None
+    kind, _, value = target.partition(":") if ":" in target else ("", "", target)
+    if not kind and value[:1] == "T" and value[1:].isdigit():
+        kind, value = "ticket", value[1:]
+    if kind == "ticket":
+        return _why_ticket(session, int(value)) if value.isdigit() else None
+    if kind == "job":
+        return _why_job(session, value) if value.isdigit() else None
+    if kind == "queue":
+        return _why_queue(session, value)
+    if kind == "site":
+        return _why_site(session, value)
+    if kind:
+        return None
+    if value.isdigit():
+        ticket = _why_ticket(session, int(value)) if len(value) < 7 else None
+        job = _why_job(session, value)
+        if ticket is not None and job is not None:
+            ticket["note"] = (f"{value} is both ticket {value} and PanDA job {value}: this is the ticket "
+                              f"(`why job:{value}` for the job)")
+        return ticket or job
+    return _why_queue(session, value) or _why_site(session, value)
 
+
+def _why_ticket(session: Session, ticket_id: int) -> dict[str, Any] | None:
+    ticket = session.get(Ticket, ticket_id)
+    if ticket is None:
+        return None
+    row = _ticket_row(session, ticket)
+    evidence = row["evidence"] or {}
+    details = []
+    if "confidence" in evidence:
+        details.append(f"confidence: {evidence['confidence']:.0%}")
+    details += [f"points at the site: {line}" for line in evidence.get("for_site", [])]
+    details += [f"points away from the site: {line}" for line in evidence.get("against_site", [])]
+    details += [f"linked: {link['queue']} ({link['score']:.2f}) {link['why']}: {link['episode']}"
+                for link in row["links"]]
+    details += [f"names {m['kind']} {m['value']}" + ("" if m["complaint"] else " (said to work)")
+                for m in row["mentions"] if m["kind"] != "job_error"]
+    if evidence.get("reply"):
+        details.append(f"reply: {evidence['reply']}")
+    return {"kind": "ticket", **row, "confidence": evidence.get("confidence"), "reply": evidence.get("reply"),
+            "answer": f"ticket {ticket.id} ({ticket.subject}): "
+                      f"{ticket.verdict or 'not judged'}: {ticket.verdict_reason or ''}",
+            "details": details}
+
+
+def _last_change(session: Session, queue_id: int) -> dict[str, Any] | None:
+    """The queue's last transition in the robot's vocabulary, with its reason in plain words."""
+    last = session.scalars(select(QueueTransition).where(QueueTransition.queue_id == queue_id)
+                           .order_by(QueueTransition.id.desc()).limit(1)).first()
+    if last is None:
+        return None
+    return {"time": last.time.isoformat(), "actor": last.actor, "decision": decision(last.old, last.new, last.applied,
+                                                                                      last.kind),
+            "why": plain_reason(last.reason, last.evidence, last.time, last.new), "reason": last.reason}
+
+
+def _why_queue(session: Session, name: str) -> dict[str, Any] | None:
+    queue = session.scalars(select(Queue).where(Queue.name == name)).first()
+    if queue is None:
+        return None
+    last = _last_change(session, queue.id)
+    episodes = session.scalars(select(Episode).where(Episode.queue_id == queue.id)
+                               .order_by(Episode.start.desc()).limit(5)).all()
+    tickets = session.scalars(select(Ticket).where(Ticket.state != "closed", Ticket.id.in_(
+        select(TicketMention.ticket_id).where(TicketMention.queue == queue.name)))).all()
+    details = []
+    if last:
+        details.append(f"last change {last['time'][:16].replace('T', ' ')} UTC by {last['actor']}: "
+                       f"{last['decision']}: {last['why']}")
+        if last["why"] != last["reason"]:
+            details.append(f"policy: {last['reason']}")
+    details += [(f"episode {e.start:%Y-%m-%d %H:%M}-{e.end:%H:%M}" if e.end else f"episode since {e.start:%Y-%m-%d %H:%M}")
+                + f": {e.reason}" for e in episodes]
+    details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
+    announced = announced_downtimes(session, queue.site.name, SystemClock().now())
+    details = [f"{queue.site.name}: {line}" for line in announced] + details
+    return {"kind": "queue", "queue": queue.name, "status": queue.status, "robot_state": queue.robot_state,
+            "state": queue_state(queue.status, queue.robot_state), "last_change": last, "downtimes": announced,
+            "answer": f"{queue.name}: {queue_state(queue.status, queue.robot_state)}"
+                      + (f": {last['why']}" if last and queue.robot_state != "online" else ""),
+            "details": details, "tickets": [t.id for t in tickets]}
+
+
+def _why_site(session: Session, name: str) -> dict[str, Any] | None:
+    """A site: each of its queues in the robot's words, and the open tickets that name the site or its queues."""
+    site = session.scalars(select(Site).where(Site.name == name)).first()
+    if site is None:
+        return None
+    queues = session.scalars(select(Queue).where(Queue.site_id == site.id, Queue.retired_at.is_(None))
+                             .order_by(Queue.name)).all()
+    rows = [{"queue": q.name, "state": queue_state(q.status, q.robot_state), "last_change": _last_change(session, q.id),
+             "robot_state": q.robot_state} for q in queues]
+    names = [q.name for q in queues]
+    tickets = session.scalars(select(Ticket).where(Ticket.state != "closed", Ticket.id.in_(
+        select(TicketMention.ticket_id).where((TicketMention.site == name) | TicketMention.queue.in_(names))))).all()
+    troubled = [r for r in rows if r["robot_state"] != "online"]
+    summary = (f"{len(troubled)} of its {len(rows)} queues not online for the robot" if troubled
+               else f"all {len(rows)} queues online for the robot")
+    details = [f"{r['queue']}: {r['state']}" + (f": {r['last_change']['why']}" if r["last_change"]
+                                                and r["robot_state"] != "online" else "") for r in rows]
+    details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
+    announced = announced_downtimes(session, name, SystemClock().now())
+    details = announced + details
+    return {"kind": "site", "site": name, "downtimes": announced, "queues": rows, "tickets": [t.id for t in tickets],
+            "answer": f"site {name}: {summary}", "details": details}
+
+
+def _why_job(session: Session, target: str) -> dict[str, Any] | None:
+    job = session.execute(select(Job, Queue.name).join(Queue, Queue.id == Job.queue_id)
+                          .where(Job.panda_id == int(target))).first()
+    tickets = session.scalars(select(Ticket).where(Ticket.id.in_(select(TicketMention.ticket_id).where(
+        TicketMention.kind == "panda_id", TicketMention.value == target)))).all()
+    if job is None and not tickets:
+        return None
+    details = [f"ticket {t.id}: {t.subject}: {t.verdict}: {t.verdict_reason}" for t in tickets]
+    if job is not None:
+        found, name = job
+        answer = (f"PanDA job {target} (a robot test job) at {name}: {found.outcome or found.job_status}"
+                  + (f", {found.error_class} error {found.error_name}: {found.error_diag}" if found.error_name else ""))
+    else:
+        answer = f"PanDA job {target} is named in {len(tickets)} ticket(s)"
+    return {"kind": "job", "panda_id": int(target), "answer": answer, "details": details}
