@@ -90,3 +90,14 @@ def test_a_real_process_on_a_new_database_prints_one_line_to_stderr(fresh):
     created = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stderr
     assert "-> " + head_revision() in created.stdout
+
+
+def test_the_quick_schema_check_agrees_with_alembic(tmp_path):
+    from robot.cli import schema
+    from robot.storage import database
+
+    assert schema.head_revision() == database.head_revision()
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert schema.current_revision(engine) is None
+    upgrade(engine, "0003")
+    assert schema.current_revision(engine) == database.current_revision(engine) == "0003"

@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tickets": ("robot.cli.tickets_cmd", "tickets_group", "User support tickets: import them, see their verdicts."),
     "users": ("robot.cli.users_cmd", "users_group", "Dashboard sign-in accounts."),
     "why": ("robot.cli.tickets_cmd", "why",
-            "Why: a ticket (its id), a queue (its name) or a PanDA job (its ID): is the problem the site?"),
+            "Why: a ticket (its id), a queue or a site (its name) or a PanDA job (its ID): is the problem the site?"),
 }
 
 
