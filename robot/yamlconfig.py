@@ -1,6 +1,7 @@
 """YAML configuration files: strict models, `${ENV}` substitution, errors that name file and key."""
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from datetime import timedelta
@@ -76,7 +77,7 @@ def key_path(loc: tuple[int | str, ...]) -> str:
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
     """One line per problem: key path, what is wrong, what was found (never a secret: `model` says
-    which fields are secrets)."""
+    which fields are secrets); an unknown key gets the closest known one ("did you mean")."""
     lines = []
     for item in error.errors():
         loc = key_path(item["loc"]) or "<top>"
@@ -84,13 +85,39 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel] | N
         if kind == "value_error" and not item["loc"]:  # a check across keys: its message names them
             lines.append(item["msg"].removeprefix("Value error, "))
         elif kind == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
+            close = difflib.get_close_matches(str(item["loc"][-1]), _keys_at(model, item["loc"][:-1]), n=1)
+            lines.append(f"{loc}: unknown key" + (f"; did you mean {close[0]}?" if close else ""))
         elif kind == "missing":
             lines.append(f"{loc}: missing required key")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {message}{_found(item['input'], item['loc'], model)}")
+            found = _found(item["input"], item["loc"], model)
+            lines.append(f"{loc}: {message}" + ("" if found[2:-1] and found[2:-1] in message else found))
     return lines
+
+
+def _keys_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at a location (`loop`, `templates[0]`), for suggestions; [] when unsure."""
+    current = [model] if model is not None else []
+    for part in loc:
+        if isinstance(part, int) or _UNION_TAG.fullmatch(part):
+            continue  # a list's element or a union's member: the models are the ones found below
+        fields = next((m.model_fields for m in current if part in m.model_fields), None)
+        if fields is None:
+            return []
+        current = _models_in(fields[part].annotation)
+    return [key for m in current for key in m.model_fields]
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line with its line and column in the file (not "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if context and context_mark is not None:
+        context += f" that starts at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    return f"not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def _found(value: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> str:
@@ -140,7 +167,7 @@ def load_yaml_model(path: Path | str, model: type[M], **extra: Any) -> M:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(path, [f"not valid YAML: {exc}"]) from exc
+        raise ConfigError(path, [_yaml_problem(exc)]) from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

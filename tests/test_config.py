@@ -38,7 +38,16 @@ def test_shipped_configuration_is_valid():
 
 def test_unknown_key_is_named_with_its_path(tmp_path):
     path = write(tmp_path, "loop:\n  intervall: 30s\n")
-    assert problems_of(path) == ["loop.intervall: unknown key"]
+    assert problems_of(path) == ["loop.intervall: unknown key; did you mean interval?"]
+
+
+def test_an_unknown_key_gets_the_closest_known_one_at_any_depth(tmp_path):
+    template = "  - {name: T, category: functional, payload: zmumu, input_dataset: 'x*', events_per_job: 5, activ: true}\n"
+    path = write(tmp_path, "databse: {}\nstress: {operator: [a]}\ntemplates:\n" + template)
+    assert sorted(problems_of(path)) == ["databse: unknown key; did you mean database?",
+                                 "stress.operator: unknown key; did you mean operators?",
+                                 "templates[0].activ: unknown key; did you mean active?"]
+    assert problems_of(write(tmp_path, "zzz: 1\n")) == ["zzz: unknown key"]
 
 
 def test_wrong_type_names_key_expected_and_found(tmp_path):
@@ -51,6 +60,7 @@ def test_bad_duration_explains_the_format(tmp_path):
     path = write(tmp_path, "loop:\n  interval: soon\n")
     (problem,) = problems_of(path)
     assert problem.startswith("loop.interval: ") and "'30m'" in problem
+    assert problem.count("'soon'") == 1  # not "got 'soon' (got 'soon')"
 
 
 def test_missing_required_template_field_is_named_with_list_index(tmp_path):
@@ -74,7 +84,9 @@ def test_duplicate_template_names_are_refused(tmp_path):
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
-    assert "not valid YAML" in problems_of(write(tmp_path, "loop: [unclosed\n"))[0]
+    (problem,) = problems_of(write(tmp_path, "loop: [unclosed\n"))
+    assert problem.startswith("not valid YAML at line 2, column 1: expected ',' or ']'") and "line 1, column 7" in problem
+    assert "<unicode string>" not in problem and "\n" not in problem
     assert "cannot read" in problems_of(tmp_path / "absent.yaml")[0]
     assert "expected a mapping" in problems_of(write(tmp_path, "- a\n- b\n"))[0]
 
