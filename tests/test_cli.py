@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +83,14 @@ def test_jobs_list_filters(populated):
     assert {r["outcome"] for r in rows} == {"completed", None}  # the finished one and its successor
 
 
+@pytest.mark.parametrize("command", [["jobs", "list"], ["blacklist", "history"]])
+def test_an_unknown_queue_is_an_error_with_the_closest_names(populated, command):
+    result = CliRunner().invoke(main, ["--config", str(populated), *command, "--queue", "ANALY_AA"])
+    assert result.exit_code == 1 and result.output == "Error: unknown queue 'ANALY_AA'; did you mean ANALY_A, ANALY_B?\n"
+    result = CliRunner().invoke(main, ["--config", str(populated), *command, "--queue", "NOPE"])
+    assert result.exit_code == 1 and "unknown queue 'NOPE'; known queues: ANALY_A, ANALY_B" in result.output
+
+
 def test_db_upgrade_reports_revisions(tmp_path):
     config = tmp_path / "robot.yaml"
     config.write_text(f"data_dir: {tmp_path}\n")
@@ -155,27 +162,3 @@ def test_run_once_prints_a_step_summary(tmp_path):
     result = invoke("--config", str(config), "run", "--once")
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["submitted"] == 2 and summary["backend_errors"] == []
-
-
-@pytest.mark.slow
-def test_demo_end_to_end_the_broken_queue_stands_out(tmp_path):
-    """The README's first command, as a user runs it: real payloads on the shipped grid."""
-    workdir = tmp_path / "demo"
-    demo = _cli("demo", "--duration", "75s", "--json", "--workdir", str(workdir))
-    out, err = demo.communicate(timeout=240)
-    assert demo.returncode == 0, err
-    summary = json.loads(out)
-    health = {h["key"]: h for h in summary["health"]}
-    broken = health["ANALY_MWT2_UCORE"]
-    assert summary["broken"] == ["ANALY_MWT2_UCORE"], summary["broken"]
-    assert broken["failure_rate"] > 0.5 and broken["error_classes"].get("site", 0) >= 3
-    healthy = [h for k, h in health.items() if k != "ANALY_MWT2_UCORE"]
-    assert all(h["failure_rate"] is not None and h["failure_rate"] < 0.2 for h in healthy)
-    assert all(h["events_per_second"] and h["events_per_second"] > 1000 for h in healthy)  # real payload runs
-    assert sum(h["completed"] for h in healthy) >= 2 * len(healthy)
-    assert (workdir / "healthrobot.db").exists()
-    # the exclusion engine (dry-run by default) decided to exclude the broken queue, and only it
-    assert {d["queue"] for d in summary["exclusions"] if d["new"] != "online"} == {"ANALY_MWT2_UCORE"}
-    assert all(not d["applied"] for d in summary["exclusions"])
-    assert "STAGEINFAILED" in summary["exclusions"][0]["reason"]
-    shutil.rmtree(workdir / "grid" / "datasets", ignore_errors=True)

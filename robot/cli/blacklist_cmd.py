@@ -16,6 +16,7 @@ from blacklist import overrides as people
 from blacklist.engine import MODE_SETTING, effective_mode
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
+from robot.cli.queues import require_queue
 from robot.cli.render import make_console
 from robot.clock import SystemClock
 from robot.storage.models import Override, Queue, QueueTransition, Setting, Silence
@@ -193,6 +194,7 @@ def blacklist_history(ctx: Context, queue: str | None, since: timedelta, as_json
         query = (select(QueueTransition, Queue.name).join(Queue, Queue.id == QueueTransition.queue_id)
                  .where(QueueTransition.time >= now - since).order_by(QueueTransition.id.desc()))
         if queue:
+            require_queue(session, queue)
             query = query.where(Queue.name == queue)
         rows = [{"time": t.time.isoformat(), "queue": name, "kind": t.kind, "old": t.old, "new": t.new,
                  "actor": t.actor, "policy": t.policy, "applied": t.applied, "read_back": t.read_back,

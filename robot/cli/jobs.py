@@ -8,6 +8,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from robot.cli import Context, pass_context
+from robot.cli.queues import require_queue
 from robot.cli.render import make_console
 from robot.storage.models import Job, Queue, Template, Test
 
@@ -35,6 +36,8 @@ def jobs_list(ctx: Context, queue: str | None, outcome: str | None, limit: int, 
     elif outcome:
         query = query.where(Job.outcome == outcome)
     with ctx.session() as session:
+        if queue:
+            require_queue(session, queue)
         rows = [{"panda_id": job.panda_id, "queue": qname, "template": tname, "job_status": job.job_status,
                  "outcome": job.outcome, "error_class": job.error_class, "error": job.error_name,
                  "diag": job.error_diag, "n_events": job.n_events,
