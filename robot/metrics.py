@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from robot.jobstates import Outcome
+from robot.clock import as_utc
+from robot.jobstates import JobStatus, Outcome
 from robot.storage.models import Cloud, Job, Queue, Site
 
 Level = Literal["queue", "site", "cloud"]
@@ -57,6 +58,8 @@ class Health:
     top_errors: list[tuple[str, int]] = field(default_factory=list)
     status: str | None = None
     robot_state: str | None = None  # the exclusion engine's view: online, pending, excluded
+    waiting: int = 0  # test jobs in flight that wait for the site (activated), now
+    longest_wait: float | None = None  # seconds since the oldest of them was submitted
     cloud: str | None = None
     site: str | None = None
 
@@ -142,6 +145,11 @@ def health(session: Session, now: datetime, window: timedelta, level: Level = "q
             continue
         wall = (end - start).total_seconds() if start and end else None
         grouped[key_of[qid]].append(JobResult(outcome, n_events or 0, wall, payload, stagein, wait, cpu or 0.0, klass, name))
+    waiting = session.execute(
+        select(Job.queue_id, func.count(), func.min(func.coalesce(Job.submitted_at, Job.recorded_at)))
+        .where(Job.phase == "active", Job.job_status == JobStatus.ACTIVATED.value).group_by(Job.queue_id)
+    ).all()
+    waiting_at = {qid: (count, oldest) for qid, count, oldest in waiting}
     found: dict[str, Health] = {}
     for qid, _queue, status, site, cloud, robot_state in queues:
         key = key_of[qid]
@@ -151,4 +159,10 @@ def health(session: Session, now: datetime, window: timedelta, level: Level = "q
             found[key].site = site if level != "cloud" else None
         if level == "queue":
             found[key].status, found[key].robot_state = status, robot_state
+        if qid in waiting_at:
+            count, oldest = waiting_at[qid]
+            age = max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest else None
+            found[key].waiting += count
+            if age is not None and (found[key].longest_wait is None or age > found[key].longest_wait):
+                found[key].longest_wait = age
     return sorted(found.values(), key=lambda h: (h.cloud or "", h.site or "", h.key))

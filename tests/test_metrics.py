@@ -79,3 +79,28 @@ def test_health_query_groups_by_queue_site_and_cloud_within_the_window(tmp_path)
     assert by_site["SITE-A"].cloud == "DE"
     assert (by_cloud["DE"].total, by_cloud["US"].total) == (3, 0)
     assert all_day["US"].total == 1
+
+
+def test_a_stuck_queue_shows_its_waiting_jobs_and_how_long(tmp_path):
+    clock = ManualClock(T0)
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE"), "ANALY_STUCK": ("SITE-S", "DE")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())  # submitted: activated, waiting for the site
+    for pid in grid.in_queue("ANALY_A"):
+        grid.start(pid)
+    clock.advance(timedelta(minutes=12))
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        found = {h.key: h for h in health(session, clock.now(), timedelta(hours=1))}
+        cloud = health(session, clock.now(), timedelta(hours=1), "cloud")[0]
+    stuck = found["ANALY_STUCK"]
+    assert stuck.waiting == len(grid.in_queue("ANALY_STUCK")) >= 1 and stuck.longest_wait == 12 * 60
+    assert found["ANALY_A"].waiting == 0 and found["ANALY_A"].longest_wait is None
+    assert cloud.waiting == stuck.waiting and cloud.longest_wait == 12 * 60
+    from robot.cli.render import health_table, make_console
+
+    console = make_console()
+    with console.capture() as captured:
+        console.print(health_table(found.values()))
+    row = next(line for line in captured.get().splitlines() if "ANALY_STUCK" in line)
+    assert f"{stuck.waiting} (12m)" in row

@@ -6,6 +6,7 @@ from typing import Iterable
 from rich.console import Console
 from rich.table import Table
 
+from robot.durations import format_duration
 from robot.metrics import Health
 from robot.vocabulary import queue_state
 
@@ -31,12 +32,19 @@ def _number(value: float | None, fmt: str = "{:.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _waiting(h: Health) -> str:
+    """Jobs waiting for the site now, and for how long the oldest has: a stuck queue shows here first."""
+    if not h.waiting:
+        return ""
+    return f"{h.waiting} ({format_duration(h.longest_wait)})" if h.longest_wait is not None else str(h.waiting)
+
+
 def health_table(healths: Iterable[Health], title: str = "") -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for name, justify in (("Cloud", "left"), ("Site", "left"), ("Queue", "left"), ("Status", "left"),
                           ("Jobs", "right"), ("Failed", "right"), ("Failure rate (95% CI)", "right"),
                           ("Events/s", "right"), ("CPU %", "right"), ("Stage-in s", "right"),
-                          ("Errors", "left")):
+                          ("Waiting", "right"), ("Errors", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for h in healths:
         style = colour(h)
@@ -48,5 +56,5 @@ def health_table(healths: Iterable[Health], title: str = "") -> Table:
         status = queue_state(h.status, h.robot_state) if h.status else ""
         table.add_row(h.cloud or "", h.site or "", h.key if h.level == "queue" else "", status,
                       str(h.total), str(h.failed), f"[{style}]{rate}[/]", _number(h.events_per_second),
-                      _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), errors)
+                      _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), _waiting(h), errors)
     return table
