@@ -1,6 +1,7 @@
 #!/bin/sh
 # The browser tests (tests/test_dashboard_browser.py) drive Debian's headless Chromium through
 # chromedriver. Installs both when either is missing (needs root, as on CI); fails loudly otherwise.
+# Only what they need: no recommended packages (131 of them otherwise), one font for readable screenshots.
 set -eu
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
     exit 0
@@ -13,7 +14,7 @@ if [ "$(id -u)" != "0" ]; then
         exit 1
     fi
 fi
-if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver; }; then
+if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation; }; then
     echo "ensure_browser: FAILED to install chromium and chromium-driver with apt-get" >&2
     exit 1
 fi
