@@ -12,6 +12,7 @@ own session, reads through `dashboard.queries` and shows values as text.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from urllib.parse import quote, unquote
@@ -156,7 +157,13 @@ class DashboardServer:
     def __init__(self, wsgi_app: Callable[..., object], host: str = "127.0.0.1", port: int = 8050):
         if isinstance(wsgi_app, flask.Flask):  # the address it really listens on decides
             auth.secure_cookies(wsgi_app, host)
-        self.server: BaseWSGIServer = make_server(host, port, wsgi_app, threaded=True)  # type: ignore[arg-type]
+        # The socket is bound here so that a taken port raises OSError: werkzeug itself would print and exit.
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            self.server: BaseWSGIServer = make_server(host, port, wsgi_app, threaded=True,  # type: ignore[arg-type]
+                                                      fd=listener.fileno())
+        finally:
+            listener.close()  # werkzeug holds its own duplicate of it
         self.thread = threading.Thread(target=self.server.serve_forever, name="dashboard", daemon=True)
 
     @property

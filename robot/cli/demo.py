@@ -6,11 +6,17 @@ scheduled to break during the demo.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -29,6 +35,7 @@ from robot.metrics import Health, health
 from robot.services import Services, build
 from robot.storage.database import upgrade
 from robot.storage.models import Queue, QueueTransition
+from robot.vocabulary import decision, plain_reason
 
 if TYPE_CHECKING:
     from dashboard.app import DashboardServer
@@ -71,10 +78,50 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     for fault in services.grid.config.faults:
         when = f"{format_duration(fault.start_after)} in" if fault.start_after is not None else f"at {fault.start}"
         console.print(f"scheduled fault: [red]{fault.queue}[/] {fault.mode.value} {when}, for {format_duration(fault.duration)}")
-    console.print(f"break another queue from a second terminal:\n  HEALTHROBOT_DATA_DIR={workdir} "
-                  f"healthrobot --config {ctx.config_path} grid break ANALY_FZK --mode cvmfs --for 10m\n")
+    again = f"HEALTHROBOT_DATA_DIR={workdir} {ctx.command()}"  # every command on the demo's database
+    console.print(f"break another queue from a second terminal:\n  {again} grid break ANALY_FZK --mode cvmfs --for 10m",
+                  markup=False, soft_wrap=True)
+    log_file = workdir / "demo.log"
+    console.print(f"log of the robot and the web server: {log_file}\n", markup=False, soft_wrap=True)
 
-    server = None if no_dashboard else _start_dashboard(config, services, clock, dashboard_port, console)
+    with _logs_to(log_file), _stop_on_sigterm():
+        totals, started, live = _run(services, panda, config, clock, console, duration, interval, window,
+                                     as_json, not no_dashboard, dashboard_port)
+    with services.sessions() as session:  # the state at the end, however the loop ended (the engine reconnects)
+        found = health(session, clock.now(), window)
+    if not live and not as_json:
+        console.print(health_table(found, title="Queue health"))
+    verdict = _verdict(found)
+    tickets = _demo_tickets(config, services, found, started, clock.now(), workdir)
+    with services.sessions() as session:
+        decisions = [{"time": t.time.isoformat(), "queue": name, "old": t.old, "new": t.new, "applied": t.applied,
+                      "actor": t.actor, "decision": decision(t.old, t.new, t.applied), "reason": t.reason,
+                      "why": plain_reason(t.reason, t.evidence, t.time, t.new)}
+                     for t, name in session.execute(select(QueueTransition, Queue.name)
+                                                    .join(Queue, Queue.id == QueueTransition.queue_id)
+                                                    .where(QueueTransition.kind == "status")
+                                                    .order_by(QueueTransition.id))]
+    if as_json:
+        click.echo(json.dumps({"workdir": str(workdir), "started": started.isoformat(),
+                               "duration_seconds": (clock.now() - started).total_seconds(), **totals,
+                               **verdict, "exclusions": decisions, "tickets": tickets,
+                               "health": [h.as_dict() for h in found]}, indent=2))
+    else:
+        console.print(f"broken queues (failure rate >= {BROKEN:.0%}): {', '.join(verdict['broken']) or 'none'}")
+        console.print(f"degraded queues ({DEGRADED:.0%}-{BROKEN:.0%}): {', '.join(verdict['degraded']) or 'none'}")
+        for d in decisions:
+            console.print(f"{d['queue']}: {d['actor']}: {d['decision']}: {d['why']}", markup=False)
+        for ticket in tickets:
+            console.print(f"demo ticket {ticket['id']} ({ticket['subject']}): {ticket['verdict']}: {ticket['reason']}; "
+                          f"see why: {again} why {ticket['id']}", markup=False, soft_wrap=True)
+        console.print(f"see it again: {again} status", markup=False, soft_wrap=True)
+
+
+def _run(services: Services, panda: "_ViaPanda | None", config: RobotConfig, clock: SystemClock, console: Console,
+         duration: timedelta, interval: timedelta, window: timedelta, as_json: bool, dashboard: bool,
+         dashboard_port: int | None) -> tuple[dict[str, int], datetime, bool]:
+    """The demo's loop, with the dashboard and the grid around it; stops after `duration`, Ctrl-C or SIGTERM."""
+    server = _start_dashboard(config, services, clock, dashboard_port, console) if dashboard else None
     services.grid.start(period=0.5)
     if panda is not None:
         panda.start(console)
@@ -117,31 +164,7 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
         if panda is not None:
             panda.close()
         services.close()
-    if not live and not as_json:
-        console.print(health_table(found, title="Queue health"))
-    verdict = _verdict(found)
-    tickets = _demo_tickets(config, services, found, started, clock.now(), workdir)
-    with services.sessions() as session:  # the engine reconnects after close()
-        decisions = [{"time": t.time.isoformat(), "queue": name, "old": t.old, "new": t.new, "applied": t.applied,
-                      "reason": t.reason}
-                     for t, name in session.execute(select(QueueTransition, Queue.name)
-                                                    .join(Queue, Queue.id == QueueTransition.queue_id)
-                                                    .where(QueueTransition.kind == "status")
-                                                    .order_by(QueueTransition.id))]
-    if as_json:
-        click.echo(json.dumps({"workdir": str(workdir), "started": started.isoformat(),
-                               "duration_seconds": (clock.now() - started).total_seconds(), **totals,
-                               **verdict, "exclusions": decisions, "tickets": tickets, "health": [h.as_dict() for h in found]}, indent=2))
-    else:
-        console.print(f"broken queues (failure rate >= {BROKEN:.0%}): {', '.join(verdict['broken']) or 'none'}")
-        console.print(f"degraded queues ({DEGRADED:.0%}-{BROKEN:.0%}): {', '.join(verdict['degraded']) or 'none'}")
-        for d in decisions:
-            mode = "" if d["applied"] else " [dry-run]"
-            console.print(f"exclusion engine{mode}: {d['queue']} {d['old']} -> {d['new']}: {d['reason']}")
-        for ticket in tickets:
-            console.print(f"demo ticket {ticket['id']} ({ticket['subject']}): {ticket['verdict']}: {ticket['reason']}; "
-                          f"see why: HEALTHROBOT_DATA_DIR={workdir} healthrobot --config {ctx.config_path} why {ticket['id']}")
-        console.print(f"see it again: HEALTHROBOT_DATA_DIR={workdir} healthrobot --config {ctx.config_path} status")
+    return totals, started, live is not None
 
 
 def _demo_tickets(config: RobotConfig, services: Services, found: list[Health], started: datetime, end: datetime,
@@ -165,18 +188,64 @@ def _demo_tickets(config: RobotConfig, services: Services, found: list[Health], 
 
 def _start_dashboard(config: RobotConfig, services: Services, clock: SystemClock, port: int | None,
                      console: Console) -> "DashboardServer | None":
-    """The dashboard on the demo's database, in a thread; viewing is open (it listens on loopback)."""
+    """The dashboard on the demo's database, in a thread; viewing is open (it listens on loopback).
+
+    When its port is taken, it listens on a free one and says which.
+    """
     try:
         from dashboard.app import DashboardServer, create_app
 
         settings = config.dashboard.model_copy(update={"anonymous_read": True})
         app = create_app(config.model_copy(update={"dashboard": settings}), services.sessions, clock)
-        server = DashboardServer(app.server, settings.host, settings.port if port is None else port).start()
-    except Exception as exc:  # the demo goes on without it (e.g. the port is taken)
-        console.print(f"[yellow]dashboard not started: {exc}[/] (choose another port with --dashboard-port)")
+        wanted = settings.port if port is None else port
+        try:
+            server = DashboardServer(app.server, settings.host, wanted)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or wanted == 0:
+                raise
+            server = DashboardServer(app.server, settings.host, 0)
+            console.print(f"port {wanted} is taken: the dashboard listens on port {server.server.port} instead")
+        server.start()
+    except Exception as exc:  # the demo goes on without it
+        console.print(f"[yellow]dashboard not started: {exc}[/]")
         return None
     console.print(f"dashboard: [bold]{server.url}[/]  (health: {server.url}/health, metrics: {server.url}/metrics)")
     return server
+
+
+@contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Every log record (the robot's, the web server's request lines) goes to `path`, none to the terminal."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = root.handlers[:]
+    web = logging.getLogger("werkzeug")
+    saved_web = (web.handlers[:], web.level)
+    root.handlers[:] = [handler]
+    web.handlers[:] = []
+    web.setLevel(logging.INFO)  # the request lines, in the file
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+        web.handlers[:], _ = saved_web
+        web.setLevel(saved_web[1])
+        handler.close()
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the demo as Ctrl-C does: the summary is still printed."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _verdict(found: list[Health]) -> dict[str, list[str]]:
