@@ -33,3 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/history.py
 	$(BIN)/python bench/ticket_corpus.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/startup.py
