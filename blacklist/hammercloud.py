@@ -15,6 +15,7 @@ from datetime import datetime
 
 from blacklist.model import Action, Decision, QueueView, Result, by_template, evidence_of
 from blacklist.settings import HammerCloudSettings
+from robot.durations import format_duration
 
 NAME = "hammercloud"
 
@@ -50,7 +51,7 @@ def decide(view: QueueView, templates: list[str], settings: HammerCloudSettings,
         jobs = list({r.panda_id: r for _, rs in fired for r in rs}.values())  # a job behind two rules, once
         if view.last_robot_exclusion and now - view.last_robot_exclusion < settings.reexclusion_cooldown:
             return Decision(view.name, Action.KEEP, f"{names} fires, but the queue was excluded less than "
-                            f"{settings.reexclusion_cooldown} ago", evidence={"jobs": evidence_of(jobs)}, policy=NAME)
+                            f"{format_duration(settings.reexclusion_cooldown)} ago", evidence={"jobs": evidence_of(jobs)}, policy=NAME)
         return Decision(view.name, Action.EXCLUDE, f"{names}: {_describe(fired)}",
                         evidence={"rules": [n for n, _ in fired], "jobs": evidence_of(jobs)}, policy=NAME)
     if fired:

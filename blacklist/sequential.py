@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from blacklist.model import END_TIME, Action, Decision, QueueView, Result, evidence_of
 from blacklist.settings import SequentialSettings
+from robot.durations import format_duration
 
 NAME = "default"
 
@@ -106,7 +107,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime,
             return Decision(view.name, Action.CLEAR, "probe jobs completed: the suspicion is cleared",
                             evidence=evidence, policy=NAME)
         if view.state_since and now - view.state_since >= settings.max_pending:
-            return Decision(view.name, Action.CLEAR, f"no verdict within {settings.max_pending}: suspicion dropped",
+            return Decision(view.name, Action.CLEAR, f"no verdict within {format_duration(settings.max_pending)}: suspicion dropped",
                             evidence=evidence, policy=NAME)
         return Decision(view.name, Action.KEEP, f"in doubt (CUSUM {score:.1f}): waiting for probe jobs",
                         evidence=evidence, policy=NAME)
