@@ -25,7 +25,7 @@ from robot.rollup import DAY, HOUR, WEEK
 from robot.storage.models import (Cloud, Episode, Event, Job, Override, Queue, QueueTransition, Setting, Silence,
                                   Site, Template, Test, TestQueue, Ticket, TicketLink, TicketMention)
 from robot.tickets.store import CENTRAL_EVENTS
-from robot.vocabulary import queue_state
+from robot.vocabulary import plain_reason, queue_state
 
 EXACT_HEATMAP = timedelta(days=8)  # up to this window the heatmap is exact; beyond, periods are spread
 SAMPLE = 2000  # newest finished jobs behind a queue page's distributions
@@ -271,8 +271,10 @@ def _statuses(session: Session, places: list[_Place], now: datetime) -> dict[int
                or_(Override.until.is_(None), Override.until > now))
         .order_by(Override.created_at))}
     latest = select(func.max(QueueTransition.id)).group_by(QueueTransition.queue_id).scalar_subquery()
-    reasons = dict(session.execute(select(QueueTransition.queue_id, QueueTransition.reason)
-                                   .where(QueueTransition.id.in_(latest))).all())
+    reasons = {queue_id: plain_reason(reason, evidence, time, new)  # in words a shifter reads
+               for queue_id, reason, evidence, time, new in session.execute(
+                   select(QueueTransition.queue_id, QueueTransition.reason, QueueTransition.evidence,
+                          QueueTransition.time, QueueTransition.new).where(QueueTransition.id.in_(latest)))}
     found = {}
     for place in places:
         reason = reasons.get(place.id, "")
