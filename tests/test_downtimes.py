@@ -289,3 +289,44 @@ def test_replay_leaves_a_queue_alone_during_its_sites_announced_downtime(tmp_pat
         store(session, "gocdb", [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=3), "storage upgrade")], T0)
         session.commit()
         assert [m for m in replay(session, policy, T0, clock.now()) if m.queue == "ANALY_A1"] == []
+
+
+# -- ticket verdicts ----------------------------------------------------------------------------------
+def test_a_ticket_about_a_site_in_an_announced_downtime_gets_that_answer_first():
+    from robot.tickets.verdict import DowntimeRef, EpisodeRef, Figures, Named, Places, judge
+
+    down = DowntimeRef("SITE-X", T0, T0 + timedelta(hours=4), "scheduled downtime 2026-11-01 12:00-16:00 UTC (dCache)")
+    places = Places(site_queues={"SITE-X": ["ANALY_X"], "SITE-Y": ["ANALY_Y"]})
+    during = T0 + timedelta(hours=1)
+    episode = EpisodeRef(1, "ANALY_X", "SITE-X", "US", T0, None, "metrics", "failed 7 of 9 test jobs (STAGEINFAILED)")
+    for named in (Named("queue", "ANALY_X", "ANALY_X", "SITE-X", "US"), Named("site", "SITE-X", None, "SITE-X", "US"),
+                  Named("panda_id", "6000000001", "ANALY_X")):  # a job: its queue's site, from the topology
+        result = judge(during, during, [named], [episode], {}, [], places, None, [down])
+        assert result.verdict == "site" and result.reason.startswith("scheduled downtime 2026-11-01 12:00-16:00 UTC")
+        assert "resubmit after 2026-11-01 16:00 UTC" in result.reply and result.confidence == 0.9
+    other = judge(during, during, [Named("queue", "ANALY_Y", "ANALY_Y", "SITE-Y", "DE")], [],
+                  {"ANALY_Y": Figures("ANALY_Y", 40, 0, 0)}, [], places, None, [down])
+    assert other.verdict == "not_site"  # another site's downtime says nothing about this one
+    long_after = judge(T0 + timedelta(days=1), T0 + timedelta(days=1), [Named("queue", "ANALY_X", "ANALY_X", "SITE-X",
+                                                                             "US")], [], {}, [], places, None, [down])
+    assert "downtime" not in long_after.reason
+
+
+def test_imported_tickets_are_judged_with_the_stored_downtimes(tmp_path, clock):
+    from robot.storage.models import Ticket, TicketMention
+    from robot.tickets.store import judge_tickets
+
+    robot = make_robot(tmp_path, ScriptedGrid(clock, QUEUES), templates({"name": "AFT_A"}))
+    robot.run_once(clock.now())  # the topology
+    when = T0 + timedelta(hours=2)
+    with robot.sessions() as session:
+        store(session, "gocdb", [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=4), "storage upgrade")], T0)
+        ticket = Ticket(source="mail", key="<1@x>", subject="jobs fail at ANALY_A1", state="open",
+                        first_message_at=when, last_message_at=when, messages=1)
+        session.add(ticket)
+        session.flush()
+        session.add(TicketMention(ticket_id=ticket.id, kind="queue", value="ANALY_A1", queue="ANALY_A1",
+                                  site="SITE-A1", cloud="A"))
+        judge_tickets(session, when)
+        assert ticket.verdict == "site"
+        assert ticket.verdict_reason.startswith("scheduled downtime 2026-11-01 12:00-16:00 UTC (storage upgrade)")

@@ -17,13 +17,14 @@ from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable, JobReport
 from robot.classify import classify, load_table
+from robot.downtimes import describe, windows_by_site
 from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, StorageEndpoint, Ticket, TicketLink,
                                   TicketMention, TicketMessage, queue_endpoint)
 from robot.tickets.episodes import refresh_episodes
 from robot.tickets.extract import Mention, TopologyIndex, extract_thread
 from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, Thread
-from robot.tickets.verdict import (INCIDENT_MARGIN, LEAD, QUIET_LEAD, CentralIncident, EpisodeRef, Figures, Judgement,
-                                   Named, Places, judge)
+from robot.tickets.verdict import (DOWNTIME_MARGIN, INCIDENT_MARGIN, LEAD, QUIET_LEAD, CentralIncident, DowntimeRef,
+                                   EpisodeRef, Figures, Judgement, Named, Places, judge)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
     episodes = [EpisodeRef(e.id, name, *places[name], e.start, e.end, e.source, e.reason, e.error_classes)
                 for e, name in session.execute(select(Episode, Queue.name).join(Queue, Queue.id == Episode.queue_id))]
     incidents = central_incidents(session, since - INCIDENT_MARGIN)
+    downtimes = [DowntimeRef(d.site, d.start, d.end, describe(d)) for found in
+                 windows_by_site(session, since - DOWNTIME_MARGIN, now).values() for d in found]
     named: dict[int, list[Named]] = {}
     wanted = {t.id for t in tickets}
     for m in session.scalars(select(TicketMention).where(TicketMention.ticket_id.in_(
@@ -226,7 +229,7 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
     links = []
     for ticket in tickets:
         result = judge_ticket(ticket.first_message_at, ticket.last_message_at, named.get(ticket.id, []), episodes,
-                              results, incidents, where)
+                              results, incidents, where, downtimes)
         ticket.verdict, ticket.verdict_reason = result.verdict, result.reason
         ticket.verdict_evidence, ticket.judged_at = result.evidence, now
         links += [{"ticket_id": ticket.id, "episode_id": e, "score": score, "reason": why, "created_at": now}
@@ -238,12 +241,13 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
 
 
 def judge_ticket(first: datetime, last: datetime, named: list[Named], episodes: list[EpisodeRef],
-                 results: TestResults, incidents: list[CentralIncident], places: Places) -> Judgement:
+                 results: TestResults, incidents: list[CentralIncident], places: Places,
+                 downtimes: Sequence[DowntimeRef] = ()) -> Judgement:
     """One ticket's verdict: the test figures of the places it names, and of the whole grid, then `judge`."""
     queues = {q for n in named if n.complaint for q in places.queues(n)}
     figures = results.figures(queues, first - LEAD, last)
     grid = results.totals(first - QUIET_LEAD, last)
-    return judge(first, last, named, episodes, figures, incidents, places, grid)
+    return judge(first, last, named, episodes, figures, incidents, places, grid, downtimes)
 
 
 def named_from(mention: Mention) -> Named:

@@ -5,7 +5,9 @@ figures of the queues it names (and of the whole grid), and the central incident
 verdict with its reason, a confidence, the sentence a shifter would paste into the reply, the
 evidence on both sides, and the episodes it links, each with a score.
 
-  site      an episode of a named queue (or of a queue of a named site or storage endpoint, or of the
+  site      a site the ticket names (or the site of a named queue, endpoint or job) was in a downtime
+            it announced at the ticket's time: "scheduled downtime" is the answer (the first thing a
+            shifter checks); else an episode of a named queue (or of a queue of a named site or storage endpoint, or of the
             queue a pasted PanDA job ran at) overlaps the ticket's time; or PanDA says the user's job
             failed with a site-class error;
   central   no such episode, but a central incident was going on when the ticket was written (with
@@ -25,6 +27,7 @@ from typing import Any, Mapping, Sequence
 LEAD = timedelta(days=2)  # a user writes after the trouble started: look this far back for episodes
 INCIDENT_MARGIN = timedelta(hours=1)  # a central incident explains tickets written this close to it
 QUIET_LEAD = timedelta(hours=12)  # "no queue degraded anywhere" is judged over this much before the ticket
+DOWNTIME_MARGIN = timedelta(hours=6)  # a downtime explains tickets about failures up to this long after it ended
 STRENGTH = {"queue": 1.0, "panda_id": 1.0, "endpoint": 0.8, "site": 0.7, "cloud": 0.3}
 LINK_AT = 0.5
 HEALTHY_MIN_JOBS = 5
@@ -75,6 +78,16 @@ class CentralIncident:
 
 
 @dataclass(frozen=True)
+class DowntimeRef:
+    """An outage a site announced (robot.downtimes), in the words shown to people."""
+
+    site: str
+    start: datetime
+    end: datetime
+    words: str  # e.g. "scheduled downtime 2026-11-28 08:00-12:00 UTC (dCache upgrade)"
+
+
+@dataclass(frozen=True)
 class Places:
     """Which queues a named site or storage endpoint stands for."""
 
@@ -91,6 +104,12 @@ class Places:
             for endpoint in q.endpoints:
                 endpoint_queues.setdefault(endpoint.lower(), []).append(q.name)
         return cls(site_queues, endpoint_queues)
+
+    def site_of(self, named: Named) -> str | None:
+        """The site a named place belongs to (a queue's or a job's site, an endpoint's, the site itself)."""
+        if named.site:
+            return named.site
+        return next((site for site, queues in self.site_queues.items() if named.queue in queues), None)
 
     def queues(self, named: Named) -> list[str]:
         if named.kind in ("queue", "panda_id", "job_error"):
@@ -116,9 +135,10 @@ class Judgement:
 
 def judge(first: datetime, last: datetime, named: list[Named], episodes: list[EpisodeRef],
           figures: Mapping[str, Figures], incidents: list[CentralIncident], places: Places | None = None,
-          grid: Figures | None = None) -> Judgement:
+          grid: Figures | None = None, downtimes: Sequence[DowntimeRef] = ()) -> Judgement:
     """`figures`: test results per queue from `first - LEAD` to `last`; `grid`: all queues' results
-    from `first - QUIET_LEAD` to `last` (for a ticket that names nothing)."""
+    from `first - QUIET_LEAD` to `last` (for a ticket that names nothing); `downtimes`: the outages
+    sites announced around the ticket's time."""
     places = places or Places()
     complaints = [n for n in named if n.complaint]
     spots = [n for n in complaints if n.kind in PLACE_KINDS]
@@ -134,6 +154,19 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
     pro += [f"the ticket quotes a site error: {n.value}" for n in errors if n.kind != "job_error" and n.error_class == "site"]
     con += [f"the ticket quotes a {n.error_class} error: {n.value}" for n in errors
             if n.kind != "job_error" and n.error_class in ("user", "central")]
+
+    # 0. a downtime the site of something the ticket names announced, going on at the ticket's time
+    sites = {site for n in spots if (site := places.site_of(n))}
+    announced = [d for d in downtimes if d.site in sites and d.start <= last and d.end >= first - DOWNTIME_MARGIN]
+    if announced:
+        down = announced[0]
+        pro = [f"{down.site}: {down.words}"] + pro
+        return _done("site", f"{down.words} at {down.site}: the site announced it",
+                     {"downtimes": [f"{d.site} {d.start.isoformat()} to {d.end.isoformat()}" for d in announced]},
+                     [], 0.9,
+                     f"{down.site} was in a {down.words}: jobs there fail until it ends, this is not your code; "
+                     f"please resubmit after {down.end:%Y-%m-%d %H:%M} UTC or avoid the site "
+                     f"(--excludedSite={down.site}).", pro, con)
 
     # 1. an episode of something the ticket names
     links = _links(first, last, complaints, episodes)
