@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 # Colour scale of failure rates (percent), green to red; thresholds are the lower bounds.
 FAILURE_SCALE: tuple[tuple[float, str], ...] = (
     (0, "#d8f0d2"), (5, "#eef5c6"), (10, "#fff1b8"), (20, "#ffd59e"), (40, "#ffb08a"), (70, "#f47c6f"))
-STATUS_COLOURS = {"online": "#2e7d32", "pending": "#b26a00", "excluded": "#c62828", "silenced": "#546e7a"}
+STATUS_COLOURS = {"online": "#2e7d32", "pending": "#b26a00", "excluded": "#c62828", "silenced": "#546e7a",
+                  "downtime": "#1565c0"}
 CLASS_COLOURS = {"site": "#c62828", "user": "#ef8f00", "central": "#6a1b9a", "unknown": "#78909c",
                  "none": "#b0bec5"}
 TRANSITION_COLOURS = {"online": "#2e7d32", "pending": "#ef8f00", "excluded": "#c62828", "brokeroff": "#c62828",

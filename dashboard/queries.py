@@ -22,6 +22,7 @@ from dashboard.rollup_queries import bucket_sums, spread_sums, total_sums
 from robot.loop import BACKEND_SETTING, LAST_STEP_SETTING
 from robot.metrics import wilson_interval
 from robot.rollup import DAY, HOUR, WEEK
+from robot.downtimes import describe, windows_by_site
 from robot.storage.models import (Cloud, Episode, Event, Job, Override, Queue, QueueTransition, Setting, Silence,
                                   Site, Template, Test, TestQueue, Ticket, TicketLink, TicketMention)
 from robot.tickets.store import CENTRAL_EVENTS
@@ -60,7 +61,7 @@ class QueueSummary:
     cloud: str
     site: str
     queue: str
-    status: str  # online | pending | excluded | silenced
+    status: str  # online | pending | excluded | silenced | downtime (its site announced an outage)
     status_reason: str  # the last transition's reason
     jobs: int
     failed: int
@@ -275,16 +276,20 @@ def _statuses(session: Session, places: list[_Place], now: datetime) -> dict[int
                for queue_id, reason, evidence, time, new in session.execute(
                    select(QueueTransition.queue_id, QueueTransition.reason, QueueTransition.evidence,
                           QueueTransition.time, QueueTransition.new).where(QueueTransition.id.in_(latest)))}
+    downtimes = {site: [d for d in found if d.covers(now)] for site, found in windows_by_site(session, now, now).items()}
     found = {}
     for place in places:
         reason = reasons.get(place.id, "")
         silence = next((silences[key] for key in (("queue", place.name), ("site", place.site),
                                                   ("cloud", place.cloud)) if key in silences), None)
         override = overrides.get(place.id)
+        down = downtimes.get(place.site)
         if silence:
             found[place.id] = ("silenced", reason, silence)
         elif override:
             found[place.id] = ("excluded" if override[0] == "exclude" else "online", reason, override[1])
+        elif down:
+            found[place.id] = ("downtime", reason, f"{describe(down[0])}: announced by the site, not judged")
         elif place.status != "online":
             found[place.id] = ("excluded", reason, f"status {place.status} at the backend")
         elif place.robot_state == "excluded":  # decided but not applied (dry-run), or not read back

@@ -121,6 +121,24 @@ def test_overview_an_include_override_wins_and_a_status_set_outside_the_robot_is
     assert found["ANALY_B"].detail == "status offline at the backend"
 
 
+def test_overview_shows_a_site_in_an_announced_downtime_as_such(session, world):
+    from robot.storage.models import Downtime
+
+    world.queues["ANALY_B"].robot_state = "pending"  # what the robot thought before: the downtime speaks first
+    session.add(Downtime(source="gocdb", key="9G0@SITE-B", site="SITE-B", start=NOW - timedelta(hours=1),
+                         end=NOW + timedelta(hours=3), classification="scheduled", severity="outage",
+                         description="dCache upgrade", seen_at=NOW))
+    session.add(Downtime(source="gocdb", key="8G0@SITE-C", site="SITE-C", start=NOW - timedelta(days=1),
+                         end=NOW - timedelta(hours=2), classification="scheduled", severity="outage",
+                         description="over", seen_at=NOW))  # ended: no effect
+    roll(session)
+    found = by_queue(queries.overview(session, Filters(NOW - timedelta(days=1), NOW), NOW))
+    assert {name: s.status for name, s in found.items()} == {
+        "ANALY_A": "online", "ANALY_A2": "online", "ANALY_B": "downtime", "ANALY_C": "online"}
+    assert found["ANALY_B"].detail == ("scheduled downtime 2026-11-20 11:00-15:00 UTC (dCache upgrade): announced by "
+                                       "the site, not judged")
+
+
 def test_overview_says_when_the_robots_exclusion_was_not_applied(session, world):
     q = world.queues
     q["ANALY_A"].robot_state = "excluded"  # a dry-run decision: the backend still has it online
