@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from robot import rollup
 from robot.backends.base import JobReport
+from robot.backends.panda import pilot_timing  # the same "getjob|stagein|payload|stageout|setup" field
 from robot.classify import ErrorTable
 from robot.jobstates import FINAL_STATES, JobStatus
 from robot.results import final_values
@@ -52,7 +53,6 @@ TEXT_FIELDS = {
     "taskbuffererrordiag": "task_buffer_error_diag", "jobdispatchererrordiag": "job_dispatcher_error_diag",
 }
 TIME_FIELDS = {"creationtime": "creation_time", "starttime": "start_time", "endtime": "end_time"}
-TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilottiming, in order
 
 
 class HistoryFileError(Exception):
@@ -225,7 +225,7 @@ def parse_record(line: int, record: Any) -> Observed | Problem | None:
         report = JobReport(panda_id=panda_id, job_status=state, queue=queue, core_count=cores,
                            trans_exit_code=_exit_code(record.get("transexitcode")),
                            cpu_consumption_time=_float(record, "cpuconsumptiontime"),
-                           pilot_timing=_timing(record.get("pilottiming")), **values)
+                           pilot_timing=pilot_timing(record.get("pilottiming")), **values)
     except _Bad as bad:
         return Problem(line, bad.field, bad.message)
     return Observed(line, queue, report)
@@ -300,19 +300,6 @@ def _time(record: dict[str, Any], key: str) -> datetime | None:
     except ValueError:
         raise _Bad(key, f"expected a UTC time such as '2026-11-02 13:04:05', got {_show(value)}") from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _timing(value: Any) -> dict[str, float]:
-    """pilottiming "getjob|stagein|payload|stageout|setup" in seconds; blanks left out."""
-    if not isinstance(value, str):
-        return {}
-    out: dict[str, float] = {}
-    for key, part in zip(TIMING_KEYS, value.split("|")):
-        try:
-            out[key] = float(part)
-        except ValueError:
-            continue
-    return out
 
 
 # -- writing --------------------------------------------------------------------------------------
