@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 
 MODE_SETTING = "blacklist.mode"
 INCIDENT_REPEAT = timedelta(hours=1)
+OUTSIDE = "outside the robot"  # the actor of a status change someone made at the grid (CRIC, PanDA)
+
+
+def changed_outside(robot_set: str | None, observed: str) -> bool:
+    """The robot holds an exclusion and last set the queue to `robot_set` (applied): a different status
+    seen now was set by someone else, a person's decision the robot must leave alone."""
+    return robot_set is not None and observed != robot_set
 
 
 @dataclass
@@ -47,13 +54,17 @@ def effective_mode(session: Session, configured: str) -> str:
 
 
 class ExclusionEngine:
-    def __init__(self, policy: Policy, backend: Backend):
+    """`lag`: results are read again this far back at each step, for jobs other robot processes made
+    final but committed after the last read (two loop intervals when several share the database)."""
+
+    def __init__(self, policy: Policy, backend: Backend, lag: timedelta = timedelta(0)):
         self.policy = policy
         self.backend = backend
         self.settings = policy.settings
-        self.results = ResultCache(policy)
+        self.results = ResultCache(policy, lag)
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
+        self._notice_outside_changes(session, now)
         self._apply_overrides(session, now)
         mode = effective_mode(session, self.settings.mode)
         summary = EvaluationSummary(mode=mode)
@@ -150,6 +161,41 @@ class ExclusionEngine:
                         continue
                 override.ended_at = now
 
+    def _notice_outside_changes(self, session: Session, now: datetime) -> None:
+        """A queue the robot excluded whose status someone else changed (a person set it `test` at CRIC)
+        becomes that person's override: recorded, and the robot leaves the queue alone (it neither lifts
+        nor repeats its exclusion) until the override is cleared or the status changes again outside."""
+        excluded = dict(session.execute(select(Queue.id, Queue.status).where(
+            Queue.robot_state == "excluded", Queue.retired_at.is_(None))).all())
+        ruled = set(session.scalars(select(Override.queue_id).where(Override.ended_at.is_(None))))
+        for queue_id, observed in excluded.items():
+            if queue_id in ruled:
+                continue
+            last = session.execute(
+                select(QueueTransition.new, QueueTransition.applied).where(
+                    QueueTransition.queue_id == queue_id, QueueTransition.kind == "status",
+                    QueueTransition.actor == self.settings.actor)
+                .order_by(QueueTransition.id.desc()).limit(1)).first()
+            robot_set = last.new if last is not None and last.applied else None
+            if not changed_outside(robot_set, observed):
+                continue
+            reason = (f"status set to {observed} outside the robot after its exclusion to {robot_set}:"
+                      " a person's decision, left alone until cleared")
+            session.add(Override(queue_id=queue_id, action="include" if observed == "online" else "exclude",
+                                 status=observed, actor=OUTSIDE, reason=reason, created_at=now, applied_at=now))
+            session.add(QueueTransition(queue_id=queue_id, time=now, kind="state", old="excluded", new="online",
+                                        reason=reason, evidence={"robot_set": robot_set, "observed": observed},
+                                        actor=f"person:{OUTSIDE}", applied=True))
+            _set_state(session, queue_id, "online", now)
+            log.warning("%s", reason)
+        # An outside decision ends when the status changes again outside (e.g. back online by the person).
+        for override, observed in session.execute(
+            select(Override, Queue.status).join(Queue, Queue.id == Override.queue_id)
+            .where(Override.actor == OUTSIDE, Override.ended_at.is_(None), Override.cleared_at.is_(None))
+        ).all():
+            if observed != override.status:
+                override.cleared_at = override.ended_at = now
+
     def _record_incidents(self, session: Session, incidents: list[Incident], now: datetime) -> None:
         for incident in incidents:
             recent = session.scalar(select(func.count()).select_from(Event).where(
@@ -199,8 +245,9 @@ class ResultCache:
     since, so a step costs what changed, not the window. It mirrors stored rows and nothing else.
     """
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, lag: timedelta = timedelta(0)):
         self.policy = policy
+        self.lag = lag
         self._by_queue: dict[int, dict[int, Result]] = defaultdict(dict)
         self._seen_until: datetime | None = None
         self._pruned_at: datetime | None = None
@@ -213,7 +260,7 @@ class ResultCache:
                  .where(Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,  # outcome: final
                         Template.name.in_(self.policy.templates)))
         if self._seen_until is not None:
-            query = query.where(Job.status_changed_at >= self._seen_until)
+            query = query.where(Job.status_changed_at >= self._seen_until - self.lag)
         for job_id, qid, panda_id, template, end, outcome, klass, name, code, started in session.execute(query):
             self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code,
                                                  started)

@@ -81,6 +81,7 @@ class CRICConfig(Strict):
     ca_path: str | None = None
     token_file: str | None = None  # alternatively a bearer token, read from this file
     probe: str = "healthrobot"  # the probe name CRIC records with each status change
+    manual_probe: str = "healthrobot-manual"  # the probe name of people's overrides (healthrobot blacklist)
     timeout: Duration = timedelta(seconds=30)
     retries: NonNegativeInt = 3
 

@@ -30,6 +30,7 @@ from robot.storage.models import (Event, Job, Queue, QueueTransition, Setting, S
                                   TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
+from robot.workers import SOLO, Shard, Workers
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ WARN_AGAIN_AFTER = timedelta(hours=1)
 Evaluator = Callable[[Session, datetime], Any]
 LAST_STEP_SETTING = "loop.last_step_at"  # heartbeat: the time of the last step (ISO 8601)
 BACKEND_SETTING = "loop.backend"  # "ok", or why the last step could not reach the backend
+SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts slots and records jobs
 
 
 @dataclass
@@ -87,28 +89,55 @@ class Robot:
         self._topology: Topology | None = None
         self._tests_valid_until: datetime | None = None
         self._warned: dict[tuple[str, str], datetime] = {}
+        # Several processes may share the database (robot/workers.py): each step works on this
+        # process's queues, and only the leader takes the decisions that need the whole grid.
+        self.workers = Workers(sessions, config.loop.interval)
+        self._shard: Shard = SOLO
+        self._owned: list[int] | None = None  # queue ids this step works on; None: all of them
+        self._live_seen: tuple[int, ...] = ()  # the live workers at the last step (an event when they change)
 
     def run_once(self, now: datetime) -> StepSummary:
         summary = StepSummary(now=now)
+        shard = self._shard = self.workers.step(now)
         with self.sessions() as session:
-            self._refresh(session, now)
+            if shard.leader:
+                self._refresh(session, now)
+            self._owned = None if shard.alone else [
+                queue_id for queue_id, name in session.execute(select(Queue.id, Queue.name)) if shard.owns(name)]
+            if shard.live != self._live_seen:
+                self._live_seen = shard.live
+                self._event(session, now, "workers", f"worker {shard.me}",
+                            f"{len(shard.live)} robot process(es) live; this one (worker {shard.me}) serves"
+                            f" {'every queue' if self._owned is None else f'{len(self._owned)} queue(s)'}"
+                            f"{', and leads' if shard.leader else ''}",
+                            {"me": shard.me, "live": list(shard.live), "leader": shard.leader,
+                             "queues": None if self._owned is None else len(self._owned)})
             self._reconcile_unconfirmed(session, now, summary)
             session.commit()
-            self._read_queue_status(session, now, summary)
-            session.commit()
+            if shard.leader:
+                self._read_queue_status(session, now, summary)
+                session.commit()
             self._poll(session, now, summary)
             session.commit()
             self._time_out_waiting_jobs(session, now, summary)
-            if self.rollup:
-                rollup.update(session, now)  # the dashboards' sums of the jobs that just became final
             session.commit()
-            for evaluate in self.evaluators:
-                summary.evaluations.append(evaluate(session, now))
-                session.commit()
+            if shard.leader:
+                # Other workers commit jobs made final up to a step later than the time they carry.
+                if self.rollup:  # the dashboards' sums of the jobs that just became final
+                    rollup.update(session, now, margin=timedelta(0) if shard.alone else 2 * self.config.loop.interval)
+                    session.commit()
+                for evaluate in self.evaluators:
+                    summary.evaluations.append(evaluate(session, now))
+                    session.commit()
             self._submit(session, now, summary)
-            _heartbeat(session, now, summary)
+            if shard.leader:
+                _heartbeat(session, now, summary)
             session.commit()
         return summary
+
+    def _mine(self, queue_id: Any) -> list[Any]:
+        """The WHERE clause that keeps this step to the queues this process owns."""
+        return [] if self._owned is None else [queue_id.in_(self._owned)]
 
     # -- 1. topology, templates and tests ----------------------------------------------------
     def _refresh(self, session: Session, now: datetime) -> None:
@@ -137,7 +166,10 @@ class Robot:
         one it holds is attached to its row and followed from now on; one it certainly does not hold
         is marked lost (never counted). While it cannot tell, the rows stay recorded and keep their
         slots, so nothing is sent twice."""
-        rows = session.execute(select(Job.id, Job.job_name, Job.recorded_at).where(Job.phase == "recorded")).all()
+        rows = [row for row in session.execute(
+            select(Job.id, Job.job_name, Job.recorded_at, Job.worker_id)
+            .where(Job.phase == "recorded", *self._mine(Job.queue_id))
+        ) if self._shard.may_reconcile(row.worker_id)]  # a live process's rows may be in its hands right now
         if not rows:
             return
         found: dict[str, int | None] = {}
@@ -185,7 +217,8 @@ class Robot:
 
     # -- 4. polling ------------------------------------------------------------------------------
     def _poll(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        active = session.execute(select(Job.id, Job.panda_id, Job.job_status).where(Job.phase == "active")).all()
+        active = session.execute(select(Job.id, Job.panda_id, Job.job_status)
+                                 .where(Job.phase == "active", *self._mine(Job.queue_id))).all()
         batch_size = self.config.loop.poll_batch_size
         for start in range(0, len(active), batch_size):
             batch = active[start : start + batch_size]
@@ -247,7 +280,7 @@ class Robot:
             select(Job.id, Job.panda_id, Job.job_status, Job.submitted_at, Job.status_changed_at, Template.settings)
             .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
             .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]),
-                   Job.submitted_at <= now - shortest)
+                   Job.submitted_at <= now - shortest, *self._mine(Job.queue_id))
         ).all()
         expired = []
         for row in waiting:
@@ -307,6 +340,10 @@ class Robot:
 
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
+        if not self._shard.alone and session.get_bind().dialect.name == "postgresql":
+            # While the live workers change, two may briefly both own a queue: counting its slots and
+            # recording its jobs is done by one at a time (the lock ends with the commit below).
+            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK)))
         slots = self._slot_states(session, now)
         plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot, now)) > 0]
         if not plan:
@@ -334,6 +371,7 @@ class Robot:
                 name = f"hc.{slot.test_id}.{queue_name}.{uuid.uuid4().hex[:12]}"
                 dataset, files = choose_input(datasets, zlib.crc32(name.encode()), template["events_per_job"])
                 rows.append({"test_id": slot.test_id, "queue_id": slot.queue_id, "job_name": name,
+                             "worker_id": self._shard.me,
                              "phase": "recorded", "dataset": dataset.name, "n_files": len(files), "recorded_at": now,
                              "retry_of": slot.retry_ids[k] if k < len(slot.retry_ids) else None})
                 requests.append(JobRequest(
@@ -401,6 +439,7 @@ class Robot:
             .outerjoin(flying, and_(flying.c.test_id == TestQueue.test_id, flying.c.queue_id == TestQueue.queue_id))
             .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value,
                    TestQueue.stopped_at.is_(None), or_(TestQueue.max_jobs.is_(None), stress_may_send),
+                   *self._mine(TestQueue.queue_id),
                    or_(in_flight < TestQueue.max_running_jobs + probes,
                        in_flight - running < TestQueue.min_queue_depth))
         ).all()

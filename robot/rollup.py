@@ -246,11 +246,13 @@ def _set_watermark(session: Session, now: datetime) -> None:
     session.merge(Setting(name=WATERMARK_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
 
 
-def update(session: Session, now: datetime) -> int:
-    """Roll up the jobs made final since the last call; returns how many were seen.
+def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) -> int:
+    """Roll up the jobs made final since the last call (and `margin` before it); returns how many were seen.
 
     Safe to repeat: each touched hour is recomputed from the job table, never incremented. The
-    first call on a database without a watermark rebuilds everything.
+    first call on a database without a watermark rebuilds everything. `margin`: with several robot
+    processes, a job another one made final may be committed after this call's watermark passed
+    the time it carries.
     """
     seen_until = _watermark(session)
     if seen_until is None:
@@ -258,7 +260,7 @@ def update(session: Session, now: datetime) -> int:
     touched: dict[int, set[int]] = defaultdict(set)  # hour start -> queue ids
     count = 0
     for queue_id, end in session.execute(
-        select(Job.queue_id, Job.end_time).where(Job.status_changed_at >= seen_until, Job.outcome.in_(FINAL),
+        select(Job.queue_id, Job.end_time).where(Job.status_changed_at >= seen_until - margin, Job.outcome.in_(FINAL),
                                                  Job.end_time.is_not(None))
     ):
         touched[floor_to(epoch(end), HOUR)].add(queue_id)

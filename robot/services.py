@@ -62,7 +62,8 @@ def open_grid(config: RobotConfig, clock: Clock) -> EmbeddedGrid:
 def exclusion_engine(config: RobotConfig, backend: Backend) -> ExclusionEngine:
     functional = [t.name for t in config.templates if t.category == "functional" and t.active]
     critical = tuple(config.blacklist.critical_templates or functional)
-    return ExclusionEngine(Policy(config.blacklist, critical), backend)
+    # Other robot processes commit the results they poll up to a step after the time they carry.
+    return ExclusionEngine(Policy(config.blacklist, critical), backend, lag=2 * config.loop.interval)
 
 
 @dataclass
@@ -81,6 +82,7 @@ def cric_client(settings: CRICConfig, resolve: Callable[[str], Path] = Path) -> 
     token = resolve(settings.token_file).read_text().strip() if settings.token_file else None
     ca_path = str(resolve(settings.ca_path)) if settings.ca_path else None
     return CRICClient(settings.url, cert=cert, ca_path=ca_path, token=token, probe=settings.probe,
+                      manual_probe=settings.manual_probe,
                       timeout=settings.timeout.total_seconds(), retries=settings.retries)
 
 

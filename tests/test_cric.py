@@ -166,6 +166,16 @@ def test_set_queue_status_sends_probe_request_and_reads_back(client: CRICClient)
 
 
 @responses.activate
+def test_a_persons_override_goes_to_cric_under_the_manual_probe_name(client: CRICClient) -> None:
+    """Finding 7: people's overrides went to CRIC under the robot's probe name."""
+    responses.add(responses.POST, SET, json={"status": "ok"})
+    responses.add(responses.GET, PQ, json=pandaqueues(ANALY_FZK="test"))
+    client.set_queue_status("ANALY_FZK", QueueStatus.TEST, "manual exclude by alice: downtime", "person:alice")
+    qs = parse_qs(urlsplit(responses.calls[0].request.url).query)
+    assert qs["probe"] == ["healthrobot-manual"] and qs["reason"] == ["manual exclude by alice: downtime [person:alice]"]
+
+
+@responses.activate
 def test_set_queue_status_returns_what_was_read(client: CRICClient) -> None:
     responses.add(responses.POST, SET, json={})
     responses.add(responses.GET, PQ, json=pandaqueues())  # write did not take: still "test"

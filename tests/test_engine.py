@@ -196,6 +196,33 @@ def test_the_robot_only_lifts_its_own_exclusions(tmp_path, clock, grid):
     assert [t for t in transitions(robot) if t[3] == "healthrobot"] == []
 
 
+def test_a_person_who_changes_a_queue_the_robot_excluded_is_left_alone(tmp_path, clock, grid):
+    """Finding 7: after the robot's exclusion a person set the queue `test`; the robot set it online."""
+    robot = robot_with_engine(tmp_path, grid)
+    robot.run_once(clock.now())
+    break_queue(robot, grid, clock, "ANALY_A1")
+    assert grid.statuses["ANALY_A1"] is QueueStatus.BROKEROFF
+    grid.statuses["ANALY_A1"] = QueueStatus.TEST  # a person, at CRIC
+    for _ in range(8):  # the site recovers: the robot would lift its own exclusion
+        for pid in grid.in_queue("ANALY_A1"):
+            grid.finish(pid)
+        step(robot, clock)
+    assert grid.statuses["ANALY_A1"] is QueueStatus.TEST
+    assert [t[:4] for t in transitions(robot) if t[0] == "ANALY_A1"] == [
+        ("ANALY_A1", "online", "brokeroff", "healthrobot"), ("ANALY_A1", "brokeroff", "test", "backend")]
+    with robot.sessions() as session:
+        override = session.scalars(select(Override)).one()
+        queue = session.scalars(select(Queue).where(Queue.name == "ANALY_A1")).one()
+    assert (override.action, override.status, override.actor) == ("exclude", "test", "outside the robot")
+    assert queue.robot_state == "online"  # the robot no longer holds an exclusion there
+    assert transitions(robot, kind="state")[-1][3] == "person:outside the robot"
+    # the person puts it back online: their decision ends, the robot looks after the queue again
+    grid.statuses["ANALY_A1"] = QueueStatus.ONLINE
+    step(robot, clock)
+    with robot.sessions() as session:
+        assert session.scalars(select(Override)).one().ended_at == clock.now()
+
+
 def test_mode_switch_off_stops_decisions_without_restart(tmp_path, clock, grid):
     robot = robot_with_engine(tmp_path, grid)
     robot.run_once(clock.now())

@@ -12,6 +12,7 @@ from robot.jobstates import JobStatus, QueueStatus
 from robot.loop import Robot
 from robot.storage.models import Event, Job, Queue, QueueTransition
 from robot.storage import models
+from robot.workers import Workers
 from tests.fakes import T0, Crash, ScriptedGrid, make_robot, templates
 
 # Every robot these tests build runs on SQLite and on PostgreSQL (tests/conftest.py).
@@ -386,3 +387,29 @@ def test_unreachable_topology_keeps_the_stored_one_and_retries(tmp_path, clock, 
     step(robot, clock)  # retried at the very next step, not an hour later
     with robot.sessions() as session:
         assert session.scalars(select(Queue.name).where(Queue.retired_at.is_not(None))).all() == ["ANALY_C"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite lets one robot process run
+def test_a_second_robot_leaves_the_first_ones_unconfirmed_jobs_alone_until_it_is_dead(tmp_path, clock, grid):
+    """Finding 8: a second robot on the same database marked the first one's in-flight rows lost."""
+    first = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    first.workers = Workers(first.sessions, first.config.loop.interval, ("host-a", 1))
+    second = Robot(first.config, first.sessions, grid, grid, grid, first.error_table)
+    second.workers = Workers(first.sessions, first.config.loop.interval, ("host-b", 2))
+    grid.crash_on_submit = True  # the first records its jobs and is still sending them
+    with pytest.raises(Crash):
+        first.run_once(clock.now())
+    grid.crash_on_submit = False
+    recorded = len(jobs(first, phase="recorded"))
+    assert recorded == len(grid.queues) > 1  # one per queue
+    for _ in range(2):  # the first is alive (it beats), whatever queues the second owns
+        clock.advance(timedelta(seconds=30))
+        first.workers.step(clock.now())
+        summary = second.run_once(clock.now())
+        assert summary.lost == 0 and summary.submitted == 0
+        assert len(jobs(first, phase="recorded")) == recorded
+    # the first one dies: after two intervals without a beat its rows are settled, its queues served
+    clock.advance(2 * first.config.loop.interval + timedelta(seconds=1))
+    summary = second.run_once(clock.now())
+    assert summary.lost == recorded and summary.submitted == recorded
+    assert not jobs(first, phase="recorded") and len(jobs(first, phase="active")) == recorded

@@ -66,6 +66,7 @@ class CRICClient:
         session: requests.Session | None = None,
         analysis_only: bool = True,
         probe: str = "healthrobot",
+        manual_probe: str = "healthrobot-manual",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -73,6 +74,7 @@ class CRICClient:
         self.sleep = sleep
         self.analysis_only = analysis_only
         self.probe = probe
+        self.manual_probe = manual_probe  # people's overrides (actor "person:NAME") are not the robot's
         self.session = session if session is not None else requests.Session()
         if cert is not None:
             self.session.cert = cert
@@ -245,10 +247,11 @@ class CRICClient:
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> QueueStatus:
         value = QueueStatus(status).value.upper()
+        probe = self.manual_probe if actor.startswith("person:") else self.probe
         self._request("POST", SET_PROBESTATUS_PATH, {
-            "panda_resource": queue, "value": value, "reason": f"{reason} [{actor}]", "probe": self.probe,
+            "panda_resource": queue, "value": value, "reason": f"{reason} [{actor}]", "probe": probe,
         })
-        log.info("CRIC set %s to %s as probe %s for %s: %s", queue, value, self.probe, actor, reason)
+        log.info("CRIC set %s to %s as probe %s for %s: %s", queue, value, probe, actor, reason)
         now = self._statuses(filtered=False)
         if queue not in now:
             raise BackendUnavailable(

@@ -14,6 +14,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from robot.cli import Context, pass_context
 from robot.clock import SystemClock
 from robot.services import build
+from robot.workers import AnotherRobotRunning
 
 log = logging.getLogger("robot.daemon")
 
@@ -26,6 +27,11 @@ def run(ctx: Context, once: bool) -> None:
     ctx.require_database()
     clock = SystemClock()
     services = build(ctx.config, clock)
+    try:
+        services.robot.workers.register(clock.now())
+    except AnotherRobotRunning as exc:
+        services.close()
+        raise click.ClickException(str(exc)) from exc
     if services.grid is not None:  # the embedded grid runs in this process
         services.grid.storage.prepare()
         services.grid.start()
@@ -35,6 +41,7 @@ def run(ctx: Context, once: bool) -> None:
             return
         _serve(services.robot.run_once, clock, ctx.config.loop.interval.total_seconds())
     finally:
+        services.robot.workers.stop(clock.now())  # the other processes take its queues at once
         services.close()
         log.warning("stopped cleanly")
 

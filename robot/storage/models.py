@@ -162,6 +162,7 @@ class Job(Base):
     job_name: Mapped[str] = mapped_column(String(200), unique=True)
     panda_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     phase: Mapped[str] = mapped_column(String(16))
+    worker_id: Mapped[int | None]  # the robot process (worker.id) that recorded it; None: before 0007
     retry_of: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # the failed job this one retries
     job_status: Mapped[str | None] = mapped_column(String(16))  # PanDA's jobStatus
     dataset: Mapped[str] = mapped_column(String(512))
@@ -444,3 +445,24 @@ class LoginFailure(Base):
     name: Mapped[str] = mapped_column(String(128))  # as typed (the user may not exist)
     address: Mapped[str] = mapped_column(String(64))  # the client's address as the server saw it
     time: Mapped[datetime]
+
+
+class Worker(Base):
+    """One robot process: its heartbeat. Live ones (a beat within two loop intervals) share the queues."""
+
+    __tablename__ = "worker"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    last_beat_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]  # a clean stop: the others take its queues at once
+
+
+class Lease(Base):
+    """A named lease one worker holds until `expires_at` (the leader's: decisions that need the whole grid)."""
+
+    __tablename__ = "lease"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[int | None]  # worker.id
+    expires_at: Mapped[datetime | None]

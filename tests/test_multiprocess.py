@@ -1,0 +1,184 @@
+"""Three robot processes on PostgreSQL against one embedded grid (behind its PanDA service), one SIGKILLed.
+
+Afterwards: no queue ever had more test jobs in flight at the grid than its limit (no double
+submission), every job the grid holds is the robot's and every one the grid ended is recorded as
+ended, no queue went untested longer than the handover allows, and the handover (from the kill to
+the first step of a survivor on the dead one's queues) is measured. Bounds come from the configured
+interval and the gaps seen before the kill, never from wall-clock constants.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Event, Job, Lease, Queue, Worker
+from robot.workers import dead_after
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+INTERVAL = timedelta(seconds=2)
+QUEUES = {f"ANALY_MP{i}": {"slots": 2} for i in range(6)}
+
+
+def cli(*args: str, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen([sys.executable, "-m", "robot.cli", *args], cwd=REPO, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=out)
+
+
+def wait_for(what: str, check, timeout: float = 120.0, poll: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def grid_jobs(state_dir: Path) -> list[dict]:
+    with sqlite3.connect(f"file:{state_dir / 'grid.sqlite'}?mode=ro", uri=True) as db:
+        return [{"panda_id": pid, "queue": queue, **json.loads(data)}
+                for pid, queue, data in db.execute("SELECT panda_id, queue, data FROM jobs")]
+
+
+def at(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text).astimezone(timezone.utc) if text else None
+
+
+def test_three_processes_share_the_queues_and_survive_a_kill(tiny_grid, postgres, tmp_path):
+    files = tiny_grid.write_files(QUEUES, max_parallel_jobs=2)
+    url = postgres.create_database(f"multi_{os.getpid()}")
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    processes: list[subprocess.Popen] = []
+    grid = cli("--config", str(files.robot_yaml), "grid", "serve", "--port", "0")
+    processes.append(grid)
+    try:
+        panda_url = wait_for("PANDA_URL", lambda: next(
+            (line.strip().split("=", 1)[1] for line in [grid.stdout.readline()] if line.startswith("PANDA_URL=")),
+            None) if grid.poll() is None else pytest.fail(grid.stderr.read()), timeout=60, poll=0)
+        config = tmp_path / "robots.yaml"
+        config.write_text(yaml.safe_dump({
+            "data_dir": str(files.data_dir), "database": {"url": url},
+            "backend": {"kind": "panda", "embedded": {"grid": str(files.grid_yaml)},
+                        "panda": {"url": panda_url, "auth": "none", "timeout": "30s", "retries": 2}},
+            "loop": {"interval": f"{INTERVAL.total_seconds():g}s"},
+            "templates": [{"name": "AFT", "category": "functional", "payload": "zmumu", "input_dataset": "mc23_*",
+                           "events_per_job": 200}],
+        }))
+        robots = [cli("--config", str(config), "-v", "run", log=tmp_path / f"robot{k}.log") for k in range(3)]
+        processes += robots
+
+        def workers() -> list[Worker]:
+            with sessions() as session:
+                return list(session.scalars(select(Worker).order_by(Worker.id)))
+
+        def served_by_each() -> bool:  # every live worker has recorded jobs of its own
+            with sessions() as session:
+                busy = set(session.scalars(select(Job.worker_id).distinct()))
+            return len(workers()) == 3 and busy >= {w.id for w in workers()}
+
+        wait_for("three workers each serving queues", served_by_each)
+        time.sleep(4 * INTERVAL.total_seconds())  # a few steps of all three
+        with sessions() as session:
+            leader = session.get(Lease, "leader").holder
+            pids = {w.id: w.pid for w in session.scalars(select(Worker))}
+            dead_queues = set(session.scalars(select(Queue.name).join(Job, Job.queue_id == Queue.id)
+                                              .where(Job.worker_id == leader)))
+        victim = next(p for p in robots if p.pid == pids[leader])  # the leader: its lease must pass too
+        killed_at = datetime.now(timezone.utc)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+        def handover() -> Event | None:
+            with sessions() as session:
+                return session.scalars(select(Event).where(Event.kind == "workers", Event.time > killed_at)
+                                       .order_by(Event.time)).first()
+
+        takeover = wait_for("a survivor taking the dead one's queues", handover)
+        assert leader not in takeover.details["live"] and len(takeover.details["live"]) == 2
+
+        def dead_queues_served_again() -> bool:
+            with sessions() as session:
+                again = set(session.scalars(select(Queue.name).join(Job, Job.queue_id == Queue.id).where(
+                    Job.recorded_at > takeover.time, Job.worker_id != leader)))
+            return again >= dead_queues
+
+        wait_for("the dead one's queues served by the survivors", dead_queues_served_again)
+        time.sleep(3 * INTERVAL.total_seconds())
+        with sessions() as session:
+            assert session.get(Lease, "leader").holder in set(takeover.details["live"])
+        survivors_stopped = datetime.now(timezone.utc)
+        for robot in robots:
+            stop(robot)
+        # One more step, alone, settles every job the grid ended before it (jobs it sends are new).
+        checked_at = datetime.now(timezone.utc)
+        once = cli("--config", str(config), "run", "--once")
+        out, err = once.communicate(timeout=120)
+        assert once.returncode == 0, err
+
+        robot_jobs = {}
+        with sessions() as session:
+            for job in session.scalars(select(Job)):
+                robot_jobs[job.job_name] = job
+        at_grid = grid_jobs(files.state_dir)
+        # every job at the grid is the robot's, under the PanDA ID it followed (nothing orphaned)
+        assert {j["job_name"]: j["panda_id"] for j in at_grid} == {
+            name: job.panda_id for name, job in robot_jobs.items() if job.panda_id is not None}
+        # every job the grid ended before the last step is recorded as ended
+        ended = [j for j in at_grid if at(j.get("end_time")) and at(j["end_time"]) < checked_at]
+        assert ended and all(robot_jobs[j["job_name"]].phase == "done" for j in ended)
+        assert {robot_jobs[j["job_name"]].job_status for j in ended} <= {"finished", "failed", "cancelled"}
+        # no double submission: at the grid, never more jobs of a queue in flight than max_running_jobs (1)
+        gaps: dict[str, list[tuple[datetime, timedelta]]] = {}
+        for queue in QUEUES:
+            spans = sorted((at(j["creation_time"]), at(j.get("end_time")) or datetime.max.replace(tzinfo=timezone.utc),
+                            j["job_name"]) for j in at_grid if j["queue"] == queue)
+            overlaps = [(earlier, later) for earlier, later in zip(spans, spans[1:]) if later[0] < earlier[1]]
+            assert not overlaps, [(e[2], robot_jobs[e[2]].worker_id, e[0].time(), e[1].time(), robot_jobs[e[2]].phase, robot_jobs[e[2]].job_status, robot_jobs[e[2]].error_name,
+                                   robot_jobs[e[2]].recorded_at.time(), "then", l[2], robot_jobs[l[2]].worker_id,
+                                   l[0].time(), robot_jobs[l[2]].recorded_at.time()) for e, l in overlaps]
+            gaps[queue] = [(later[0], later[0] - earlier[1]) for earlier, later in zip(spans, spans[1:])
+                           if later[0] < survivors_stopped]
+        # no queue untested longer than the handover allows: before the kill the longest gap between one
+        # job's end and the next one is one poll (an interval and a step); after it, plus the handover
+        before = max(gap for queue in gaps for when, gap in gaps[queue] if when < killed_at)
+        after = max(gap for queue in gaps for when, gap in gaps[queue] if when >= killed_at)
+        took = takeover.time - killed_at
+        print(f"\nhandover: {took.total_seconds():.1f} s from SIGKILL to a survivor's step on the dead one's"
+              f" queues (interval {INTERVAL.total_seconds():g} s, dead after {dead_after(INTERVAL).total_seconds():g} s);"
+              f" longest untested gap {before.total_seconds():.1f} s before the kill,"
+              f" {after.total_seconds():.1f} s after; {len(at_grid)} jobs, {len(ended)} ended")
+        # the dead one's last beat was at most one step before the kill: dead after two intervals from it,
+        # seen at a survivor's next step
+        assert took <= dead_after(INTERVAL) + INTERVAL + before
+        # a job of the dead one's may have ended up to an interval before the kill, unpolled
+        assert after <= took + INTERVAL + before
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        engine.dispose()

@@ -1,0 +1,125 @@
+"""Several robot processes: who owns which queue, who leads, when one is dead (pure rules), and the rows."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from robot.cli import main
+from robot.config import load_config
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.workers import (AnotherRobotRunning, Beat, Shard, Workers, is_live, live_ids, may_take_lease, owner,
+                           queue_hash)
+from tests.fakes import T0
+
+MINUTE = timedelta(minutes=1)
+QUEUES = [f"ANALY_Q{i}" for i in range(300)]
+
+
+def beat(worker_id, age, stopped=False):
+    return Beat(worker_id, "host", 100 + worker_id, T0 - age, T0 if stopped else None)
+
+
+def test_a_heartbeat_older_than_two_intervals_is_dead_and_a_stopped_worker_at_once():
+    assert is_live(beat(1, 2 * MINUTE), T0, MINUTE)
+    assert not is_live(beat(1, 2 * MINUTE + timedelta(seconds=1)), T0, MINUTE)
+    assert not is_live(beat(1, timedelta(0), stopped=True), T0, MINUTE)
+    assert live_ids([beat(3, MINUTE), beat(1, 5 * MINUTE), beat(2, timedelta(0))], T0, MINUTE, me=7) == [2, 3, 7]
+
+
+def test_live_workers_split_the_queues_evenly_each_queue_to_exactly_one():
+    live = [4, 9, 12]
+    owners = {q: owner(q, live) for q in QUEUES}
+    shards = [Shard(me, tuple(live), leader=me == 4) for me in live]
+    for queue in QUEUES:
+        assert [s.me for s in shards if s.owns(queue)] == [owners[queue]]
+    counts = [list(owners.values()).count(w) for w in live]
+    assert min(counts) > 60  # 100 each on average, crc32 spreads them
+
+
+def test_the_split_is_stable_and_when_one_dies_only_its_rank_order_decides():
+    assert queue_hash("ANALY_FZK") == queue_hash("ANALY_FZK") == 4197517589  # crc32: the same in every process
+    before = {q: owner(q, [1, 2, 3]) for q in QUEUES}
+    after = {q: owner(q, [1, 3]) for q in QUEUES}
+    assert set(after.values()) == {1, 3}
+    assert all(owner(q, [1, 2, 3]) == before[q] for q in QUEUES)  # no hidden state
+
+
+def test_alone_a_worker_owns_everything():
+    assert all(Shard(5, (5,), leader=True).owns(q) for q in QUEUES)
+
+
+def test_rows_of_a_live_worker_are_not_settled_by_another():
+    shard = Shard(2, (1, 2), leader=False)
+    assert shard.may_reconcile(2) and shard.may_reconcile(3) and shard.may_reconcile(None)
+    assert not shard.may_reconcile(1)
+
+
+def test_the_lease_is_taken_when_free_or_expired_and_renewed_by_its_holder():
+    assert may_take_lease(None, None, 1, T0)
+    assert may_take_lease(1, T0 + MINUTE, 1, T0)
+    assert not may_take_lease(2, T0 + MINUTE, 1, T0)
+    assert may_take_lease(2, T0, 1, T0)
+
+
+def sessions_for(url):
+    engine = make_engine(url)
+    upgrade(engine)
+    return make_sessionmaker(engine)
+
+
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite: one worker only
+
+
+@ON_POSTGRESQL
+def test_one_leader_at_a_time_and_the_lease_passes_when_the_leader_dies(database_url):
+    sessions = sessions_for(database_url)
+    a, b = Workers(sessions, MINUTE, ("a", 1)), Workers(sessions, MINUTE, ("b", 2))
+    first, second = a.step(T0), b.step(T0)
+    assert (first.leader, second.leader) == (True, False) and second.live == (a.id, b.id)
+    assert a.step(T0 + MINUTE).leader and not b.step(T0 + MINUTE).leader
+    # a dies after its beat at T0+1m: its lease expires at T0+3m, its heartbeat is dead after T0+3m
+    late = b.step(T0 + 3 * MINUTE + timedelta(seconds=1))
+    assert late.leader and late.live == (b.id,) and late.alone
+
+
+@ON_POSTGRESQL
+def test_a_clean_stop_hands_over_at_once(database_url):
+    sessions = sessions_for(database_url)
+    a, b = Workers(sessions, MINUTE, ("a", 1)), Workers(sessions, MINUTE, ("b", 2))
+    a.step(T0), b.step(T0)
+    a.stop(T0 + timedelta(seconds=1))
+    shard = b.step(T0 + timedelta(seconds=2))
+    assert shard.leader and shard.alone
+
+
+def test_on_sqlite_a_second_process_refuses_to_start(tmp_path):
+    sessions = sessions_for(f"sqlite:///{tmp_path / 'r.db'}")
+    Workers(sessions, MINUTE, ("otherhost", 1)).step(T0)
+    with pytest.raises(AnotherRobotRunning, match="host otherhost, pid 1.*PostgreSQL"):
+        Workers(sessions, MINUTE, ("thishost", 2)).register(T0 + MINUTE)
+    # once the first is dead (no beat for two intervals) a new one may start
+    Workers(sessions, MINUTE, ("thishost", 2)).register(T0 + 3 * MINUTE)
+
+
+def test_the_postgresql_example_configuration_loads(monkeypatch):
+    monkeypatch.setenv("HEALTHROBOT_DB_PASSWORD", "s3cret")
+    monkeypatch.delenv("HEALTHROBOT_DB_HOST", raising=False)
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "robot-postgres.yaml")
+    assert config.database_url == "postgresql+psycopg://healthrobot:s3cret@localhost/healthrobot"
+    assert config.backend.kind == "panda" and config.backend.panda.url.startswith("http://127.0.0.1:")
+
+
+def test_healthrobot_run_refuses_a_second_process_on_sqlite_in_one_line(tiny_grid):
+    files = tiny_grid.write_files()
+    config = files.robot_yaml
+    assert CliRunner().invoke(main, ["--config", str(config), "db", "upgrade"]).exit_code == 0
+    sessions = sessions_for(f"sqlite:///{files.data_dir / 'healthrobot.db'}")
+    Workers(sessions, MINUTE, ("otherhost", 4242)).step(datetime.now(timezone.utc))  # alive, elsewhere
+    result = CliRunner().invoke(main, ["--config", str(config), "run", "--once"])
+    assert result.exit_code == 1, (result.exception, result.output)
+    message = (result.stderr or result.output).strip()
+    assert message == ("Error: another robot process (host otherhost, pid 4242) uses this SQLite database;"
+                       " several processes need PostgreSQL (database.url)"), message
