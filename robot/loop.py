@@ -166,10 +166,10 @@ class Robot:
         one it holds is attached to its row and followed from now on; one it certainly does not hold
         is marked lost (never counted). While it cannot tell, the rows stay recorded and keep their
         slots, so nothing is sent twice."""
-        rows = [row for row in session.execute(
-            select(Job.id, Job.job_name, Job.recorded_at, Job.worker_id)
-            .where(Job.phase == "recorded", *self._mine(Job.queue_id))
-        ) if self._shard.may_reconcile(row.worker_id)]  # a live process's rows may be in its hands right now
+        rows = session.execute(select(Job.id, Job.job_name, Job.recorded_at, Job.worker_id)
+                               .where(Job.phase == "recorded", *self._mine(Job.queue_id))).all()
+        live = self.workers.live_now(session, now, (row.worker_id for row in rows))
+        rows = [row for row in rows if self._shard.may_reconcile(row.worker_id, live)]  # not a live one's
         if not rows:
             return
         found: dict[str, int | None] = {}
@@ -340,9 +340,10 @@ class Robot:
 
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        if not self._shard.alone and session.get_bind().dialect.name == "postgresql":
-            # While the live workers change, two may briefly both own a queue: counting its slots and
-            # recording its jobs is done by one at a time (the lock ends with the commit below).
+        if session.get_bind().dialect.name == "postgresql":
+            # While the live workers change (one starts, one dies), two may briefly both own a queue:
+            # counting its slots and recording its jobs is done by one at a time (the lock ends with
+            # the commit below). Taken alone too: a worker starting now is not seen yet.
             session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK)))
         slots = self._slot_states(session, now)
         plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot, now)) > 0]

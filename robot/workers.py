@@ -87,10 +87,11 @@ class Shard:
     def owns(self, queue: str) -> bool:
         return self.alone or owner(queue, self.live) == self.me
 
-    def may_reconcile(self, recorded_by: int | None) -> bool:
+    def may_reconcile(self, recorded_by: int | None, live_now: Iterable[int]) -> bool:
         """Rows recorded by this worker, by a dead one, or before workers were recorded may be settled;
-        a live worker's rows are its own business (it may be sending them right now)."""
-        return recorded_by is None or recorded_by == self.me or recorded_by not in self.live
+        a live worker's rows are its own business (it may be sending them right now). `live_now` is read
+        after the rows: a worker that started since this step's beat counts as live."""
+        return recorded_by is None or recorded_by == self.me or recorded_by not in set(live_now)
 
 
 SOLO = Shard(me=0, live=(0,), leader=True)  # one process that owns everything (the simulator)
@@ -169,8 +170,15 @@ class Workers:
                             .values(holder=None, expires_at=None))
             session.commit()
 
+    def live_now(self, session: Session, now: datetime, ids: Iterable[int]) -> set[int]:
+        """Which of these workers are live, read now (in the caller's transaction)."""
+        wanted = sorted({i for i in ids if i is not None})
+        if not wanted:
+            return set()
+        return {b.id for b in self._beats(session, wanted) if is_live(b, now, self.interval)}
+
     @staticmethod
-    def _beats(session: Session) -> list[Beat]:
+    def _beats(session: Session, ids: Sequence[int] | None = None) -> list[Beat]:
         return [Beat(*row) for row in session.execute(
             select(Worker.id, Worker.hostname, Worker.pid, Worker.last_beat_at, Worker.stopped_at)
-            .where(Worker.stopped_at.is_(None)))]
+            .where(Worker.stopped_at.is_(None), *([] if ids is None else [Worker.id.in_(ids)])))]

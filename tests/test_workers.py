@@ -52,9 +52,10 @@ def test_alone_a_worker_owns_everything():
 
 
 def test_rows_of_a_live_worker_are_not_settled_by_another():
-    shard = Shard(2, (1, 2), leader=False)
-    assert shard.may_reconcile(2) and shard.may_reconcile(3) and shard.may_reconcile(None)
-    assert not shard.may_reconcile(1)
+    shard = Shard(2, (2,), leader=False)
+    live_now = {1, 2}  # worker 1 started after this step's beat
+    assert shard.may_reconcile(2, live_now) and shard.may_reconcile(3, live_now) and shard.may_reconcile(None, live_now)
+    assert not shard.may_reconcile(1, live_now)
 
 
 def test_the_lease_is_taken_when_free_or_expired_and_renewed_by_its_holder():
