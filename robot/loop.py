@@ -104,7 +104,7 @@ class Robot:
                 self._refresh(session, now)
             self._owned = None if shard.alone else [
                 queue_id for queue_id, name in session.execute(select(Queue.id, Queue.name)) if shard.owns(name)]
-            if shard.live != self._live_seen:
+            if shard.live != self._live_seen and (self._live_seen or not shard.alone):  # not for one alone
                 self._live_seen = shard.live
                 self._event(session, now, "workers", f"worker {shard.me}",
                             f"{len(shard.live)} robot process(es) live; this one (worker {shard.me}) serves"
