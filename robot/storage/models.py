@@ -162,7 +162,7 @@ class Job(Base):
     job_name: Mapped[str] = mapped_column(String(200), unique=True)
     panda_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     phase: Mapped[str] = mapped_column(String(16))
-    worker_id: Mapped[int | None]  # the robot process (worker.id) that recorded it; None: before 0007
+    worker_id: Mapped[int | None]  # the robot process (worker.id) that recorded it; None: before migration 0008
     retry_of: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # the failed job this one retries
     job_status: Mapped[str | None] = mapped_column(String(16))  # PanDA's jobStatus
     dataset: Mapped[str] = mapped_column(String(512))
