@@ -31,6 +31,7 @@ DAY = 24 * HOUR
 WEEK = 7 * DAY  # Unix-aligned weeks (they start on Thursdays): only their nesting of days matters
 SPANS = (HOUR, DAY, WEEK)
 WATERMARK_SETTING = "rollup.seen_until"  # status_changed_at from which final jobs are not rolled up yet
+KEPT_FROM_SETTING = "rollup.kept_from"  # jobs before this were pruned: the rollup before it is kept as it is
 CLASSES = ("site", "user", "central", "unknown")
 CHUNK = 500  # ids per IN (...)
 REBUILD_CHUNK = timedelta(days=7)
@@ -283,21 +284,38 @@ def _refresh(session: Session, hours: dict[int, set[int]]) -> None:
         finer = periods
 
 
+def kept_from(session: Session) -> datetime | None:
+    """Where pruning cut the job table (robot.retention): the rollup before it cannot be derived again."""
+    stored = session.get(Setting, KEPT_FROM_SETTING)
+    return datetime.fromisoformat(stored.value) if stored else None
+
+
+def set_kept_from(session: Session, cut: datetime, now: datetime) -> None:
+    if epoch(cut) % WEEK:
+        raise ValueError(f"the pruning cut must start a week: {cut}")
+    session.merge(Setting(name=KEPT_FROM_SETTING, value=cut.isoformat(), actor="robot", changed_at=now))
+
+
 def rebuild(session: Session, now: datetime) -> int:
-    """Derive the whole rollup again from the job table (the backfill); returns the jobs rolled up."""
-    session.execute(delete(JobRollup))
+    """Derive the rollup again from the job table (the backfill); returns the jobs rolled up.
+
+    After pruning, only the periods from the cut on: those before it hold the deleted jobs' sums."""
+    cut = kept_from(session)
+    since = () if cut is None else (Job.end_time >= cut,)
+    kept = () if cut is None else (JobRollup.start >= int(epoch(cut)),)
+    session.execute(delete(JobRollup).where(*kept))
     dialect = session.get_bind().dialect.name
     if _hours_select(dialect) is not None:
-        _fill_hours(session)
+        _fill_hours(session, *since)
     else:  # a database without the date arithmetic above: summed here, a week of jobs at a time
         first, last = session.execute(select(func.min(Job.end_time), func.max(Job.end_time))
-                                      .where(Job.outcome.in_(FINAL))).one()
+                                      .where(Job.outcome.in_(FINAL), *since)).one()
         start = at(floor_to(epoch(first), HOUR)) if first is not None else None
         while start is not None and start <= last:
             _fill_hours(session, Job.end_time >= start, Job.end_time < start + REBUILD_CHUNK)
             start += REBUILD_CHUNK
     for span, finer in ((DAY, HOUR), (WEEK, DAY)):
-        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer)))
+        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer, *kept)))
     _set_watermark(session, now)
     count = session.scalar(select(func.coalesce(func.sum(JobRollup.jobs + JobRollup.cancelled + JobRollup.unknown), 0))
                            .where(JobRollup.span == WEEK))

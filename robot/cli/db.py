@@ -1,5 +1,7 @@
-"""`healthrobot db upgrade` and `healthrobot db rollup`."""
+"""`healthrobot db upgrade`, `healthrobot db rollup` and `healthrobot db prune`."""
 from __future__ import annotations
+
+from datetime import timedelta
 
 import click
 
@@ -33,3 +35,25 @@ def db_rollup(ctx: Context) -> None:
         session.commit()
     click.echo(f"job rollup rebuilt from {count} final jobs")
 
+
+
+@db_group.command("prune")
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="delete the jobs that ended longer ago than this, e.g. 400d (moved back to the start of that week)")
+@pass_context
+def db_prune(ctx: Context, older_than: str) -> None:
+    """Delete old jobs; their sums stay in the job rollup, so the pages' long windows stay exact."""
+    from robot.durations import parse_duration
+    from robot.retention import prune
+
+    try:
+        age = parse_duration(older_than)
+        if age <= timedelta(0):
+            raise ValueError(f"expected a positive duration like 400d, got {older_than!r}")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    ctx.require_current_schema()
+    with ctx.session() as session:
+        done = prune(session, SystemClock().now(), age)
+    click.echo(f"deleted {done.deleted} jobs that ended before {done.cut:%Y-%m-%d %H:%M} UTC; "
+               "their sums stay in the job rollup")
