@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test bench install
+.PHONY: demo test bench bench-10m install
 
 install: $(STAMP)
 
@@ -27,10 +27,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/loop.py
+	$(BIN)/python bench/loop.py --queues 10000 --steps 3
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/stress.py
 	$(BIN)/python bench/tickets.py
 	$(BIN)/python bench/history.py
 	$(BIN)/python bench/ticket_corpus.py
 	$(BIN)/python bench/dashboard.py
+	sh tests/ensure_postgres.sh && $(BIN)/python bench/dashboard.py --db postgres
 	$(BIN)/python bench/startup.py
+
+# The dashboards at 10 million jobs on SQLite and PostgreSQL: about an hour each on a quiet 2-core
+# machine (most of it filling the database and building its rollup), 7 GB of disk for SQLite.
+bench-10m: $(STAMP)
+	$(BIN)/python bench/dashboard.py --jobs 10000000
+	sh tests/ensure_postgres.sh && $(BIN)/python bench/dashboard.py --jobs 10000000 --db postgres

@@ -120,6 +120,8 @@ def fill(engine: Engine, n_jobs: int, days: int, seed: int = 7, clouds: tuple[st
     else:
         with engine.begin() as connection:
             connection.execute(text("ANALYZE"))
+        with engine.connect() as connection:  # the write-ahead log into the database: its size is the database's
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return {"fill": filled, "rollup": time.perf_counter() - t1, "rolled": rolled, "queues": facts["queues"],
             "transitions": facts["transitions"], "tickets": facts["tickets"], "busy_queue": facts["names"][1]}
 
