@@ -83,7 +83,7 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) 
     policy = Policy(settings, tuple(scenario.templates))
     announced = [DowntimeWatch(grid, timedelta(0))] if any(f.announced for f in scenario.faults) else []
     robot = Robot(config, sessions, grid, grid, grid, load_table(),
-                  evaluators=[*announced, ExclusionEngine(policy, grid)], rollup=False)
+                  evaluators=[*announced, ExclusionEngine(policy, grid)], rollup=False, shared=False)
     end = scenario.start + scenario.duration
     now = scenario.start
     while now < end:

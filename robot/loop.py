@@ -75,8 +75,10 @@ class SubmissionContext:
 class Robot:
     def __init__(self, config: RobotConfig, sessions: sessionmaker[Session], backend: Backend,
                  catalogue: Catalogue, topology: TopologySource, error_table: ErrorTable,
-                 evaluators: Sequence[Evaluator] = (), rollup: bool = True):
-        """`rollup=False` skips the dashboards' job rollup: for the simulator, which has no dashboards."""
+                 evaluators: Sequence[Evaluator] = (), rollup: bool = True, shared: bool = True):
+        """`rollup=False` skips the dashboards' job rollup: for the simulator, which has no dashboards.
+        `shared=False`: no other robot process can use this database (the simulator's in-memory one),
+        so no heartbeat is written and this robot does everything."""
         self.config = config
         self.sessions = sessions
         self.backend = backend
@@ -91,14 +93,14 @@ class Robot:
         self._warned: dict[tuple[str, str], datetime] = {}
         # Several processes may share the database (robot/workers.py): each step works on this
         # process's queues, and only the leader takes the decisions that need the whole grid.
-        self.workers = Workers(sessions, config.loop.interval)
+        self.workers = Workers(sessions, config.loop.interval) if shared else None
         self._shard: Shard = SOLO
         self._owned: list[int] | None = None  # queue ids this step works on; None: all of them
         self._live_seen: tuple[int, ...] = ()  # the live workers at the last step (an event when they change)
 
     def run_once(self, now: datetime) -> StepSummary:
         summary = StepSummary(now=now)
-        shard = self._shard = self.workers.step(now)
+        shard = self._shard = self.workers.step(now) if self.workers else SOLO
         with self.sessions() as session:
             if shard.leader:
                 self._refresh(session, now)
@@ -168,7 +170,7 @@ class Robot:
         slots, so nothing is sent twice."""
         rows = session.execute(select(Job.id, Job.job_name, Job.recorded_at, Job.worker_id)
                                .where(Job.phase == "recorded", *self._mine(Job.queue_id))).all()
-        live = self.workers.live_now(session, now, (row.worker_id for row in rows))
+        live = self.workers.live_now(session, now, (row.worker_id for row in rows)) if self.workers else set()
         rows = [row for row in rows if self._shard.may_reconcile(row.worker_id, live)]  # not a live one's
         if not rows:
             return

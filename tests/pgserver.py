@@ -21,6 +21,7 @@ import itertools
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -79,9 +80,21 @@ class PostgresServer:
             log = (self.root / "server.log").read_text(errors="replace")[-2000:] if (self.root / "server.log").exists() else ""
             raise PostgresUnavailable(f"postgres did not start ({done.returncode}): {done.stderr.strip()} {log}")
 
+    def stop_command(self) -> list[str]:
+        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        return ["runuser", "-u", self.run_as, "--", *command] if self.run_as else command
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            subprocess.run(self.stop_command(), capture_output=True, timeout=120, cwd=self.root)
+
+    def watch(self, owner_pid: int) -> subprocess.Popen[bytes]:
+        """A watcher that stops the cluster and removes its folder once `owner_pid` is gone, however it
+        ended (a test run killed by a timeout never reaches its `finally`)."""
+        script = (f"while kill -0 {owner_pid} 2>/dev/null; do sleep 2; done; "
+                  f"{shlex.join(self.stop_command())} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.root))}")
+        return subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # -- databases --------------------------------------------------------------------------------
     def url(self, database: str = "postgres") -> str:
@@ -124,6 +137,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     # Directly under the system's temp folder: pytest's own folders are mode 0700 for root only.
     root = Path(tempfile.mkdtemp(prefix="healthrobot-pg-"))
     server = PostgresServer(root, bin_dir, run_as)
+    watcher = server.watch(os.getpid())
     try:
         if run_as:
             entry = pwd.getpwnam(run_as)
@@ -131,5 +145,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.start()
         yield server
     finally:
+        watcher.kill()
+        watcher.wait()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
