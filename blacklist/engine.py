@@ -71,12 +71,14 @@ class ExclusionEngine:
         if mode == "off":
             return summary
         views, ids, flaps = load_views(session, now, self.policy, self.results.read(session, now))
+        grid = self.policy.grid(views.values())  # every queue's results, for the differential evidence
         decisions = []
         for view in views.values():
             why = hands_off(view)
             decisions.append(Decision(view.name, Action.KEEP, why, policy=self.policy.name) if why
-                             else self.policy.decide(view, now, flaps.get(view.name, 0)))
+                             else self.policy.decide(view, now, flaps.get(view.name, 0), grid))
         decisions, incidents = guard(decisions, views, self.settings.safety, now)
+        incidents += self.policy.incidents(grid, now)
         summary.decisions, summary.incidents = decisions, incidents
         for decision in decisions:
             state = self._apply(session, decision, views[decision.queue], ids[decision.queue], mode, now)

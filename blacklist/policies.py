@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Iterable
 
 from blacklist import hammercloud, sequential
+from blacklist.differential import Spread
 from blacklist.model import Decision, QueueView
+from blacklist.safety import Incident
 from blacklist.sequential import Cadence
 from blacklist.settings import BlacklistSettings
 
@@ -27,13 +30,32 @@ class Policy:
     def flap_window(self) -> timedelta:
         return self.settings.default.flap_window
 
-    def decide(self, view: QueueView, now: datetime, recent_exclusions: int) -> Decision:
+    def grid(self, views: Iterable[QueueView]) -> Spread | None:
+        """What every queue's results say about each failure code, for the differential evidence
+        (HammerCloud counts every failure and needs none)."""
+        if self.name == "hammercloud":
+            return None
+        s = self.settings.default
+        return Spread.of(views, s.spread_window, s.spread_sites)
+
+    def incidents(self, grid: Spread | None, now: datetime) -> list[Incident]:
+        """One incident per failure code the sites share now (see Spread.shared): such failures
+        count against no site, and operations hear of them."""
+        if grid is None:
+            return []
+        return [Incident("shared_failure", f"error {code} at {len(queues)} queues of more than {grid.min_sites} "
+                         "sites at once: a shared cause (central service, release, user wave), not the sites",
+                         tuple(queues), {"code": code}) for code, queues in grid.shared(now).items()]
+
+    def decide(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None = None) -> Decision:
         if self.name == "hammercloud":
             return hammercloud.decide(view, list(self.templates), self.settings.hammercloud, now)
-        return sequential.decide(view, self.settings.default, now, recent_exclusions)
+        return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
 
     def cadence(self, view: QueueView, now: datetime) -> Cadence:
-        """HammerCloud tests every queue the same way; ours adapts (see sequential.cadence)."""
+        """HammerCloud tests every queue the same way (one job per template in flight, or a fixed gap
+        between them); ours adapts (see sequential.cadence)."""
         if self.name == "hammercloud":
-            return Cadence()
+            gap = self.settings.hammercloud.job_gap
+            return Cadence(gap=gap, reason="HammerCloud's fixed gap" if gap else "")
         return sequential.cadence(view, self.settings.default, now)

@@ -1,21 +1,38 @@
-"""Our default policy: a sequential test on the failures a site can be blamed for.
+"""Our default policy: a sequential test on the failures that point at the site, judged against the grid.
 
-Only site-class failures count against a queue; completed jobs count for it; user, central and
-unknown failures count neither way (a broken user release or a central outage is not the site's
-fault). The evidence is weighed with Page's CUSUM of log-likelihood ratios between "healthy"
-(site-failure probability p_healthy) and "broken" (p_broken), in time order over the window:
-  S <- max(0, S + log(p_b/p_h))            for a site-class failure
-  S <- max(0, S + log((1-p_b)/(1-p_h)))    for a completed job
-A site failure with the same error code as the one before it in the same excursion weighs more,
-log(p_b / (p_h * code_share)): random failures of healthy sites scatter over many codes, a broken
-service repeats one. A queue where nothing has started for `stall_after` while test jobs wait
-counts each such job as a site failure (a stuck queue shows no errors, only silence).
-The queue is excluded when S reaches log((1-beta)/alpha) (Wald's bound); one failure's worth of S
-makes it PENDING: probe jobs go out at once so that the verdict comes in minutes, not hours.
-A suspicion that finds no confirmation (S back to 0, or max_pending elapsed) is cleared.
-After an exclusion the queue comes back after `include_successes` completed jobs in a row and no
-site failure since the last of them; each other exclusion within `flap_window` asks for as many
-again (hysteresis against flapping).
+Which failures count (see blacklist/differential.py): a failure whose code failed at
+`spread_sites` or more other sites within `spread_window` of it points at a shared cause (a
+central service, a broken release, a user wave) and counts neither way, whatever its class;
+any other failure points at this site, whatever its class: a site fault reporting user- or
+unknown-class codes, or only crashes (1203), is seen. Without other sites to compare with
+(fewer than `spread_sites` other sites completed the template in the window) the error table
+decides: only site-class failures count.
+
+The evidence is weighed with Page's CUSUM of log-likelihood ratios, "broken" (a failure
+probability p_broken) against "healthy", in time order over the window, for several
+alternatives at once; the queue is excluded when any of them reaches log((1-beta)/alpha)
+(Wald's bound):
+- any counted site-class failure, against a healthy queue's rate p_healthy:
+    S <- max(0, S + log(p_b / p_h)) per counted site-class failure (failures of other classes
+    count only through their own code: scattered user errors are noise, a site fault repeats one);
+- for each code c, "this queue fails with c", against c's rate at the other sites, never below
+  p_healthy * code_share (the share of a healthy queue's failures one code takes) for a
+  site-class code, nor below p_healthy for a code the error table puts on someone else:
+    S_c <- max(0, S_c + log(p_b / max(rate_c, floor))) per failure with c;
+  a broken service repeats one code while random failures scatter, a code that is common
+  everywhere (user noise) weighs little, and a user- or unknown-class code needs one failure
+  more than a site-class one to make the case against the site;
+- for all of them a completed job adds log((1-p_b)/(1-p_h)).
+A queue where nothing has started for `stall_after` while test jobs wait counts each such job as a
+site failure (a stuck queue shows no errors, only silence).
+One counted failure makes the queue PENDING: probe jobs go out at once so that the verdict comes
+in minutes. A suspicion that finds no confirmation (every S back to 0, or max_pending elapsed)
+is cleared.
+Re-inclusion waits until the fault's signature is gone, not for a lucky streak: enough completed
+jobs in a row since the last counted failure that a queue still failing as often as it did while
+the fault was seen (and at least as often as `weak_fault`) would show such a streak with
+probability below `relapse_risk`; at least `include_successes`, as many again for each other
+exclusion within `flap_window` (hysteresis against flapping).
 """
 from __future__ import annotations
 
@@ -23,17 +40,19 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from blacklist.differential import Code, Spread, code_of
 from blacklist.model import END_TIME, Action, Decision, QueueView, Result, evidence_of
 from blacklist.settings import SequentialSettings
 from robot.durations import format_duration
 
 NAME = "default"
+ANY = "any"  # the alternative "broken, whatever the code"
 
 
 @dataclass(frozen=True)
 class Weights:
-    failure: float
-    repeat: float  # a failure repeating the previous failure's error code
+    failure: float  # a counted failure, in the "any code" alternative
+    repeat: float  # a counted failure of a code rare at the other sites, in that code's alternative
     success: float
     exclude_at: float
 
@@ -44,28 +63,63 @@ class Weights:
                    success=math.log((1 - s.p_broken) / (1 - s.p_healthy)),
                    exclude_at=math.log((1 - s.beta) / s.alpha))
 
+    def of_code(self, settings: SequentialSettings, rate: float, site_class: bool = True) -> float:
+        """The weight of a failure with a code that fails at `rate` at the other sites: never more
+        than a site-class code rare everywhere (`repeat`), nor than one failure in the "any code"
+        alternative for a code the error table puts on someone else."""
+        most = self.repeat if site_class else self.failure
+        return min(most, math.log(settings.p_broken / rate)) if rate > 0 else most
 
-def counted(results: tuple[Result, ...] | list[Result]) -> list[Result]:
-    """The results that speak about the site: completed jobs and site-class failures."""
-    return [r for r in results if not r.failed or r.error_class == "site"]
+
+@dataclass(frozen=True)
+class Counted:
+    """A result that speaks about the site, with the weight its failure carries for its own code."""
+
+    result: Result
+    code_weight: float = 0.0
+    site_class: bool = False  # a site-class failure: it also counts in the "any code" alternative
 
 
-def cusum(results: list[Result], weights: Weights) -> tuple[float, list[Result]]:
-    """The CUSUM statistic over results in time order, and the site failures since it last was 0."""
-    score, since_zero = 0.0, []
-    for result in sorted(results, key=END_TIME):
+def counted(view: QueueView, results: list[Result], settings: SequentialSettings,
+            grid: Spread | None) -> list[Counted]:
+    """Completed jobs, and the failures that point at this site (see the module's docstring)."""
+    weights = Weights.of(settings)
+    out = []
+    for result in results:
         if not result.failed:
-            step = weights.success
-        elif since_zero and since_zero[-1].error_code == result.error_code:
-            step = weights.repeat
-        else:
-            step = weights.failure
-        score = max(0.0, score + step)
-        if score == 0.0:
-            since_zero = []
-        elif result.failed:
-            since_zero.append(result)
-    return score, since_zero
+            out.append(Counted(result))
+        elif grid is None or not grid.comparable(result, view.site):
+            if result.error_class == "site":
+                out.append(Counted(result, weights.repeat, site_class=True))
+        elif not grid.widespread(result, view.site):
+            site_class = result.error_class == "site"
+            rate = grid.baseline(code_of(result), view.site)
+            out.append(Counted(result, weights.of_code(settings, rate, site_class), site_class))
+    return out
+
+
+def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
+    """The highest CUSUM statistic over the alternatives, in time order, and the failures behind it
+    (those since that statistic last was 0)."""
+    scores: dict[Code, float] = {}
+    behind: dict[Code, list[Result]] = {}
+    for item in sorted(items, key=lambda c: c.result.end_time):
+        result = item.result
+        steps: dict[Code, float] = {key: weights.success for key in scores}
+        if result.failed:
+            steps = {code_of(result): item.code_weight}
+            if item.site_class:
+                steps[ANY] = weights.failure
+        for key, step in steps.items():
+            scores[key] = max(0.0, scores.get(key, 0.0) + step)
+            if scores[key] == 0.0:
+                behind[key] = []
+            elif result.failed:
+                behind.setdefault(key, []).append(result)
+    if not scores:
+        return 0.0, []
+    key = max(scores, key=lambda k: (scores[k], k == ANY))
+    return scores[key], behind.get(key, [])
 
 
 def stalled(view: QueueView, settings: SequentialSettings, now: datetime) -> list[Result]:
@@ -85,13 +139,15 @@ class Cadence:
     reason: str = ""
 
 
-def decide(view: QueueView, settings: SequentialSettings, now: datetime,
-           recent_exclusions: int = 0) -> Decision:
+def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_exclusions: int = 0,
+           grid: Spread | None = None) -> Decision:
     weights = Weights.of(settings)
     start = now - settings.window
     if view.last_robot_inclusion and view.last_robot_inclusion > start:
         start = view.last_robot_inclusion  # a re-included queue starts with a clean slate
-    window = counted(tuple(r for r in view.results if r.end_time >= start)) + stalled(view, settings, now)
+    recent = [r for r in view.results if r.end_time >= start]
+    stalls = [Counted(r, weights.repeat, site_class=True) for r in stalled(view, settings, now)]
+    window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)
     score, failures = cusum(window, weights)
@@ -100,8 +156,9 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime,
     if score >= weights.exclude_at:
         codes = sorted({f"{r.error_name}" for r in failures})
         return Decision(view.name, Action.EXCLUDE,
-                        f"{len(failures)} site-class failures ({', '.join(codes)}) outweigh the completed jobs: "
-                        f"CUSUM {score:.1f} >= {weights.exclude_at:.1f}", evidence=evidence, policy=NAME)
+                        f"{len(failures)} failures pointing at the site ({', '.join(codes)}) outweigh the "
+                        f"completed jobs: CUSUM {score:.1f} >= {weights.exclude_at:.1f}", evidence=evidence,
+                        policy=NAME)
     if view.robot_state == "pending":
         if score == 0.0:
             return Decision(view.name, Action.CLEAR, "probe jobs completed: the suspicion is cleared",
@@ -111,45 +168,62 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime,
                             evidence=evidence, policy=NAME)
         return Decision(view.name, Action.KEEP, f"in doubt (CUSUM {score:.1f}): waiting for probe jobs",
                         evidence=evidence, policy=NAME)
-    if failures:  # a site failure not yet outweighed by completed jobs
-        return Decision(view.name, Action.PEND, f"site-class failure {failures[-1].error_name} "
-                        f"(job {failures[-1].panda_id}): sending probe jobs", evidence=evidence, policy=NAME)
+    if failures:  # a failure pointing at the site, not yet outweighed by completed jobs
+        return Decision(view.name, Action.PEND, f"{failures[-1].error_name} (job {failures[-1].panda_id}) "
+                        f"points at the site: sending probe jobs", evidence=evidence, policy=NAME)
     return Decision(view.name, Action.KEEP, "healthy" if score == 0 else f"CUSUM {score:.1f}", policy=NAME)
 
 
-def _reinclusion(view: QueueView, window: list[Result], settings: SequentialSettings,
+def streak_needed(window: list[Counted], settings: SequentialSettings, recent_exclusions: int) -> int:
+    """Completed jobs in a row after the last counted failure before the fault counts as gone.
+
+    A queue still failing at a share f of its jobs shows n good jobs in a row with probability
+    (1-f)^n; n keeps that below `relapse_risk` for the fault as it was seen (f: the share of
+    counted failures from the first to the last one in the window, shrunk towards p_broken by one
+    pseudo-result) and for any fault at least as strong as `weak_fault` (a short run of failures
+    must not pass for a total outage). At least `include_successes`, as many again for each
+    other exclusion within `flap_window`.
+    """
+    ordered = sorted(window, key=lambda c: c.result.end_time)
+    failed = [i for i, c in enumerate(ordered) if c.result.failed]
+    floor = settings.include_successes * (1 + recent_exclusions)
+    if not failed:
+        return floor
+    seen = (len(failed) + settings.p_broken) / (failed[-1] - failed[0] + 2)
+    share = min(seen, settings.weak_fault)
+    return max(floor, math.ceil(math.log(settings.relapse_risk) / math.log(1 - share)))
+
+
+def _reinclusion(view: QueueView, window: list[Counted], settings: SequentialSettings,
                  recent_exclusions: int) -> Decision:
-    since = view.state_since
-    fresh = sorted((r for r in window if since is None or r.end_time >= since), key=END_TIME,
-                   reverse=True)
-    need = settings.include_successes * (1 + recent_exclusions)
+    need = streak_needed(window, settings, recent_exclusions)
+    newest_first = sorted((c.result for c in window), key=END_TIME, reverse=True)
     streak = []
-    for result in fresh:
+    for result in newest_first:
         if result.failed:
             break
         streak.append(result)
     if len(streak) >= need:
-        return Decision(view.name, Action.INCLUDE, f"{len(streak)} test jobs completed in a row since the exclusion",
-                        evidence={"jobs": evidence_of(streak[:need])}, policy=NAME)
-    if fresh and fresh[0].failed:
-        return Decision(view.name, Action.KEEP, f"still failing: {fresh[0].error_name} (job {fresh[0].panda_id})",
-                        evidence={"jobs": evidence_of(fresh[:1])}, policy=NAME)
+        return Decision(view.name, Action.INCLUDE,
+                        f"{len(streak)} test jobs completed in a row since the last failure pointing at the site "
+                        f"({need} needed)", evidence={"jobs": evidence_of(streak[:need])}, policy=NAME)
+    last = newest_first[0] if newest_first else None
+    if last and last.failed and (view.state_since is None or last.end_time >= view.state_since):
+        return Decision(view.name, Action.KEEP, f"still failing: {last.error_name} (job {last.panda_id})",
+                        evidence={"jobs": evidence_of([last])}, policy=NAME)
     return Decision(view.name, Action.NEEDS_JOBS, f"needs jobs: {len(streak)} of {need} good jobs in a row",
                     policy=NAME)
 
 
 def cadence(view: QueueView, settings: SequentialSettings, now: datetime) -> Cadence:
-    """More tests when in doubt, fewer on long-stable queues and on queues known to be broken."""
+    """Probes when in doubt; slow tests on long-stable queues and on queues known to be broken."""
     if view.robot_state == "pending":
         return Cadence(extra_jobs=settings.probes, reason="in doubt: probe jobs")
     if view.robot_state == "excluded":
         newest = sorted(view.results, key=END_TIME, reverse=True)[:2]
         if len(newest) == 2 and not any(r.failed for r in newest):
-            return Cadence(extra_jobs=1, reason="recovering: confirm quickly")
-        return Cadence(gap=settings.stable_gap, reason="excluded and failing: test slowly")
-    site_failures = [r for r in view.results if r.failed and r.error_class == "site"]
-    last_failure = max((r.end_time for r in site_failures), default=None)
-    settled = view.state_since is None or now - view.state_since >= settings.stable_after
-    if settled and (last_failure is None or now - last_failure >= settings.stable_after):
+            return Cadence(extra_jobs=settings.probes, reason="recovering: confirm quickly")
+        return Cadence(gap=settings.broken_gap, reason="excluded and failing: test slowly")
+    if view.state_since is None or now - view.state_since >= settings.stable_after:
         return Cadence(gap=settings.stable_gap, reason=f"stable for {settings.stable_after}")
     return Cadence()

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from robot.yamlconfig import Duration, NonNegativeInt, PositiveInt, Strict
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
+Risk = Annotated[float, Field(gt=0, lt=1)]
 
 
 class HammerCloudSettings(Strict):
@@ -17,24 +18,30 @@ class HammerCloudSettings(Strict):
     window: Duration = timedelta(hours=3)
     reinclude_successes: PositiveInt = 2  # the last N jobs completed in every critical template
     reexclusion_cooldown: Duration = timedelta(hours=6)
+    job_gap: Duration = timedelta(0)  # a pause between a template's jobs at a queue (0: HammerCloud's cadence)
 
 
 class SequentialSettings(Strict):
-    """Our default: a sequential probability ratio test on site-class failures, with probes."""
+    """Our default: a sequential probability ratio test on the failures that point at the site."""
 
     window: Duration = timedelta(hours=6)
-    p_healthy: Fraction = 0.03  # site-class failure probability of a healthy queue
-    p_broken: Fraction = 0.5  # ... of a broken one
+    p_healthy: Fraction = 0.03  # probability that a healthy queue's job fails for a reason of its own
+    p_broken: Fraction = 0.5  # ... a broken queue's
     alpha: Fraction = 0.002  # accepted chance of excluding a healthy queue per decision
     beta: Fraction = 0.05  # accepted chance of missing a broken one
-    code_share: Fraction = 0.25  # share of random site failures that repeat the previous one's error code
+    code_share: Fraction = 0.25  # largest share of a healthy queue's failures that one error code takes
+    spread_window: Duration = timedelta(hours=1)  # failures this close in time happen "at once"
+    spread_sites: PositiveInt = 3  # a code failing at this many other sites at once: a shared cause, not the site
     stall_after: Duration = timedelta(minutes=45)  # a job waiting this long while nothing starts: a stall
-    probes: NonNegativeInt = 3  # extra jobs in flight per critical template while in doubt
+    probes: NonNegativeInt = 2  # extra jobs in flight per critical template while in doubt
     max_pending: Duration = timedelta(hours=2)  # give up the suspicion after this without a verdict
-    include_successes: PositiveInt = 3  # consecutive good jobs after an exclusion before re-inclusion
+    include_successes: PositiveInt = 3  # fewest consecutive good jobs after an exclusion before re-inclusion
+    relapse_risk: Risk = 0.01  # accepted chance that a queue still as broken shows the streak that re-includes it
+    weak_fault: Risk = 0.3  # the weakest fault (share of jobs failing) re-inclusion must see through
     flap_window: Duration = timedelta(hours=24)  # each earlier exclusion in it asks for more good jobs
-    stable_after: Duration = timedelta(hours=12)  # no site failure for this long: a stable queue
-    stable_gap: Duration = timedelta(minutes=15)  # on a stable queue, wait this long between jobs of a template
+    stable_after: Duration = timedelta(hours=1)  # online and unsuspected for this long: a stable queue
+    stable_gap: Duration = timedelta(minutes=60)  # on a stable queue, wait this long between jobs of a template
+    broken_gap: Duration = timedelta(minutes=30)  # on an excluded queue still failing, the same
 
 
 class SafetySettings(Strict):

@@ -147,20 +147,37 @@ def test_central_errors_do_not_exclude_and_mass_failures_raise_one_incident(tmp_
     assert transitions(robot) == []
     with robot.sessions() as session:
         incidents = session.scalars(select(Event).where(Event.kind.in_(["mass_failure", "cloud_failure"]))).all()
-    assert incidents and set(incidents[0].details["queues"]) >= {"ANALY_A1", "ANALY_A2", "ANALY_A3"}
+        # the default policy sees the shared cause itself (one code at many sites at once) and proposes
+        # no exclusion for the mass guard to hold; it raises its own incident
+        shared = session.scalars(select(Event).where(Event.kind == "shared_failure")).all()
+    assert not incidents and [e.details["code"] for e in shared] == [1324, 1099]
+    assert set(shared[0].details["queues"]) == set(QUEUES)
+    assert set(shared[1].details["queues"]) == {"ANALY_A1", "ANALY_A2", "ANALY_A3", "ANALY_B1"}
 
 
-def test_hammercloud_policy_excludes_on_user_errors_ours_does_not(tmp_path, clock):
-    for policy, expected in (("hammercloud", 1), ("default", 0)):
+def test_hammercloud_policy_excludes_on_user_errors_ours_only_where_one_site_has_them(tmp_path, clock):
+    # user-class errors (the payload's traceback) at one queue while the same template completes
+    # elsewhere point at that site; at several sites at once (a broken release) at none of them.
+    # The mass guard is off here so that what is compared is the policies' own doing.
+    wave = ("ANALY_A1", "ANALY_B1", "ANALY_C1", "ANALY_D1")
+    for policy, queues, expected in (("hammercloud", ("ANALY_B1",), {"ANALY_B1"}),
+                                     ("default", ("ANALY_B1",), {"ANALY_B1"}),
+                                     ("hammercloud", wave, set(wave)),
+                                     ("default", wave, set())):
         clock = ManualClock(T0)
         grid = ScriptedGrid(clock, QUEUES)
-        robot = robot_with_engine(tmp_path / policy, grid, policy=policy)
+        robot = robot_with_engine(tmp_path / f"{policy}{len(queues)}", grid, policy=policy,
+                                  safety={"mass_guard": False, "max_excluded_fraction": 1.0})
         robot.run_once(clock.now())
         for _ in range(4):
-            for pid in grid.in_queue("ANALY_B1"):
-                grid.finish(pid, exe_error_code=1, exe_error_diag="Traceback")
+            for queue in QUEUES:
+                for pid in grid.in_queue(queue):
+                    if queue in queues:
+                        grid.finish(pid, exe_error_code=1, exe_error_diag="Traceback")
+                    else:
+                        grid.finish(pid)
             step(robot, clock)
-        assert len(transitions(robot)) == expected, policy
+        assert {q for q, *_ in transitions(robot)} == expected, (policy, queues)
 
 
 def test_a_persons_exclusion_wins_and_ends_on_time(tmp_path, clock, grid):

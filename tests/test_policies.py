@@ -6,11 +6,14 @@ Result patterns are written newest first, one letter per job: F failed, C comple
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from blacklist import hammercloud, safety, sequential
+from blacklist.differential import Spread
 from blacklist.model import Action, Decision, QueueView, Result, by_template
 from blacklist.settings import HammerCloudSettings, SafetySettings, SequentialSettings
 from robot.durations import format_duration
@@ -234,17 +237,25 @@ def seq(pattern: str, state: str = "online", *, extra: list[Result] | tuple = ()
 
 
 def test_sequential_weights_with_default_settings():
-    # one site failure makes a queue pending, two do not exclude it, three in a row do
+    # one site failure makes a queue pending, two of different codes do not exclude it, three do;
+    # two of one code rare elsewhere do
     assert 2 * W.failure < W.exclude_at <= 3 * W.failure
+    assert W.repeat < W.exclude_at <= 2 * W.repeat
     assert 4 * -W.success < W.failure < 5 * -W.success  # five completed jobs reset one failure
+
+
+def counted_ids(rs, grid=None, v=None) -> set[int]:
+    items = sequential.counted(v or view("ANALY_A", rs), rs, SEQ, grid)
+    return {c.result.panda_id for c in items if c.result.failed}
 
 
 @pytest.mark.parametrize("klass", ["user", "central", "unknown", None])
 @pytest.mark.parametrize("state", ["online", "pending"])
-def test_sequential_ignores_failures_not_of_the_site(klass, state):
+def test_sequential_without_a_grid_counts_only_site_class_failures(klass, state):
+    # a queue judged alone, with no other queue to compare with: the error table decides
     rs = results("T1", "F" * 12, error_class=klass)
-    assert sequential.counted(rs) == []
-    assert sequential.cusum(sequential.counted(rs), W) == (0.0, [])
+    assert counted_ids(rs) == set()
+    assert sequential.cusum(sequential.counted(view("ANALY_A", rs), rs, SEQ, None), W) == (0.0, [])
     decision = sequential.decide(view("ANALY_A", rs, robot_state=state, state_since=NOW - 10 * MIN), SEQ, NOW)
     expected = Action.KEEP if state == "online" else Action.CLEAR
     assert decision.action is expected
@@ -263,7 +274,7 @@ def test_sequential_one_site_failure_makes_an_online_queue_pending():
     assert decision.action is Action.PEND and not decision.changes_status
     assert str(rs[0].panda_id) in decision.reason
     assert evidence_ids(decision) == {rs[0].panda_id}
-    assert decision.evidence["cusum"] == pytest.approx(W.failure, abs=0.01)
+    assert decision.evidence["cusum"] == pytest.approx(W.repeat, abs=0.01)  # its code's alternative
 
 
 def test_sequential_healthy_queue_is_kept():
@@ -273,7 +284,7 @@ def test_sequential_healthy_queue_is_kept():
 
 @pytest.mark.parametrize("pattern", ["FFF", "FFCF", "FCFF", "FFFCCC"])
 def test_sequential_site_failures_close_together_exclude(pattern):
-    rs = results("T1", pattern)
+    rs = results("T1", pattern)  # every failure with its own code
     decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
     assert decision.action is Action.EXCLUDE and decision.changes_status
     assert decision.policy == "default"
@@ -281,17 +292,29 @@ def test_sequential_site_failures_close_together_exclude(pattern):
     assert evidence_ids(decision) == {r.panda_id for r in rs if r.failed}
 
 
-def test_sequential_two_site_failures_are_not_enough():
+def test_sequential_two_site_failures_of_different_codes_are_not_enough():
     decision = seq("FF")
     assert decision.action is Action.PEND
     assert decision.evidence["cusum"] < decision.evidence["exclude_at"]
 
 
+def same_code(rs: list[Result], code: int = 1099, klass: str | None = "site") -> list[Result]:
+    return [replace(r, error_code=code, error_class=klass, error_name=f"E{code}") if r.failed else r for r in rs]
+
+
+@pytest.mark.parametrize("pattern", ["FF", "FCF", "FCCF"])
+def test_sequential_one_code_repeated_excludes(pattern):
+    rs = same_code(results("T1", pattern))
+    decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
+    assert decision.action is Action.EXCLUDE
+    assert evidence_ids(decision) == {r.panda_id for r in rs if r.failed}
+
+
 def test_sequential_spread_out_site_failures_do_not_exclude():
     pattern = "F" + "C" * 5 + "F" + "C" * 5 + "F"  # the same 3 failures as "FFF"
     rs = results("T1", pattern)
-    score, since_zero = sequential.cusum(sequential.counted(rs), W)
-    assert score == pytest.approx(W.failure) and ids(since_zero) == {rs[0].panda_id}
+    score, behind = sequential.cusum(sequential.counted(view("ANALY_A", rs), rs, SEQ, None), W)
+    assert score == pytest.approx(W.repeat) and ids(behind) == {rs[0].panda_id}
     decision = sequential.decide(view("ANALY_A", rs), SEQ, NOW)
     assert decision.action is not Action.EXCLUDE
     assert evidence_ids(decision) == {rs[0].panda_id}
@@ -303,7 +326,7 @@ def test_sequential_results_older_than_the_window_are_ignored():
 
 
 def test_sequential_pending_queue_whose_probes_complete_is_cleared():
-    decision = seq("CCCCCF", "pending", state_since=NOW - 50 * MIN)
+    decision = seq("CCCCCCCF", "pending", state_since=NOW - 50 * MIN)
     assert decision.action is Action.CLEAR and decision.evidence["cusum"] == 0
 
 
@@ -325,34 +348,122 @@ def test_sequential_pending_queue_confirmed_is_excluded():
     assert seq("FFF", "pending", state_since=NOW - 40 * MIN).action is Action.EXCLUDE
 
 
-# re-inclusion: the queue was excluded 2 h ago, with the failures that excluded it before that
+# -- differential evidence: the other sites' results ------------------------------------------
+
+def healthy_grid(n: int = 8, pattern: str = "CCCCCC") -> list[QueueView]:
+    """n queues at n other sites whose jobs of the same template complete."""
+    return [view(f"ANALY_H{i}", results("T1", pattern)) for i in range(n)]
+
+
+def grid_of(views: list[QueueView]) -> Spread:
+    return Spread.of(views, SEQ.spread_window, SEQ.spread_sites)
+
+
+def decide_in(v: QueueView, others: list[QueueView]) -> Decision:
+    return sequential.decide(v, SEQ, NOW, 0, grid_of([v, *others]))
+
+
+@pytest.mark.parametrize("klass", ["user", "unknown", "central", None])
+def test_differential_a_code_failing_at_one_queue_only_points_at_its_site_whatever_its_class(klass):
+    # a site fault that reports a user-, unknown- or central-class code, while the template completes elsewhere
+    rs = same_code(results("T1", "FFCF"), code=1305, klass=klass)
+    lone = view("ANALY_A", rs)
+    assert sequential.decide(lone, SEQ, NOW).action is Action.KEEP  # the class table alone ignores it
+    decision = decide_in(lone, healthy_grid())
+    assert decision.action is Action.EXCLUDE
+    assert evidence_ids(decision) == {r.panda_id for r in rs if r.failed}
+    # the table's class still weighs: two such failures make the queue pending, not excluded,
+    # where two of a site-class code rare elsewhere exclude it
+    two = rs[:2]
+    assert decide_in(view("ANALY_A", two), healthy_grid()).action is Action.PEND
+    site = same_code(two, code=1305, klass="site")
+    assert decide_in(view("ANALY_A", site), healthy_grid()).action is Action.EXCLUDE
+
+
+def test_differential_a_crash_only_fault_is_detected():
+    # a fault whose only symptom is the payload dying (1203, class unknown): two crashes at one queue
+    rs = [Result(i, "T1", NOW - i * 10 * MIN, True, "unknown", "PAYLOADSIGSEGV", 1203) for i in (1, 2, 3)]
+    decision = decide_in(view("ANALY_A", rs), healthy_grid())
+    assert decision.action is Action.EXCLUDE and "PAYLOADSIGSEGV" in decision.reason
+
+
+def test_differential_the_same_code_at_many_sites_at_once_points_at_a_shared_cause():
+    # a central outage that shows a site-class code (1099) at many queues at the same time
+    outage = [view(f"ANALY_Q{i}", same_code(results("T1", "FFFC"))) for i in range(SEQ.spread_sites + 1)]
+    grid = grid_of(outage + healthy_grid())
+    for v in outage:
+        assert sequential.counted(v, list(v.results), SEQ, grid) == [
+            sequential.Counted(r) for r in v.results if not r.failed]
+        assert sequential.decide(v, SEQ, NOW, 0, grid).action is Action.KEEP
+    # the same failures at fewer other sites than spread_sites still point at each site
+    few = outage[:SEQ.spread_sites]
+    assert sequential.decide(few[0], SEQ, NOW, 0, grid_of(few + healthy_grid())).action is Action.EXCLUDE
+
+
+def test_differential_failures_at_other_sites_long_before_are_not_at_once():
+    others = [view(f"ANALY_Q{i}", same_code(results("T1", "F", newest=NOW - 4 * HOUR))) for i in range(5)]
+    rs = same_code(results("T1", "F"))
+    assert grid_of([view("ANALY_A", rs), *others]).widespread(rs[0], "SITE-ANALY_A") is False
+    at_once = [view(f"ANALY_Q{i}", same_code(results("T1", "F", newest=NOW - 50 * MIN))) for i in range(5)]
+    assert grid_of([view("ANALY_A", rs), *at_once]).widespread(rs[0], "SITE-ANALY_A") is True
+
+
+def test_differential_queues_of_one_site_count_as_one_site():
+    # correlated faults at the queues of one site (shared storage) are that site's, not a shared cause
+    site = [view(f"ANALY_S{i}", same_code(results("T1", "FF")), site="SITE-S") for i in range(5)]
+    grid = grid_of(site + healthy_grid())
+    assert all(sequential.decide(v, SEQ, NOW, 0, grid).action is Action.EXCLUDE for v in site)
+
+
+def test_differential_a_code_common_everywhere_weighs_less():
+    # user noise: 1305 fails now and then at every site; at one queue it weighs by its rate elsewhere
+    noisy = [view(f"ANALY_N{i}", same_code(results("T1", "C" * 9 + "F", newest=NOW - 3 * HOUR), 1305, "user"))
+             for i in range(10)]
+    grid = grid_of(noisy)
+    rate = grid.baseline(1305, "SITE-ANALY_A")
+    assert rate == pytest.approx(0.1)
+    assert W.of_code(SEQ, rate) == pytest.approx(math.log(SEQ.p_broken / 0.1))
+    assert W.of_code(SEQ, rate) < W.repeat
+    rs = same_code(results("T1", "FF"), 1305, "user")
+    assert sequential.decide(view("ANALY_A", rs), SEQ, NOW, 0, grid_of([view("ANALY_A", rs), *noisy])).action \
+        is Action.PEND
+
+
+# -- re-inclusion: the queue was excluded 2 h ago, with the failures that excluded it before that --
 EXCLUDED_AT = NOW - 2 * HOUR
 BEFORE = results("T1", "FFF", newest=EXCLUDED_AT - 5 * MIN)
+NEED = math.ceil(math.log(SEQ.relapse_risk) / math.log(1 - SEQ.weak_fault))
 
 
-def reinclude(pattern: str, recent_exclusions: int = 0, **kw) -> Decision:
-    return seq(pattern, "excluded", extra=BEFORE, recent_exclusions=recent_exclusions,
-               state_since=EXCLUDED_AT, last_robot_exclusion=EXCLUDED_AT, **kw)
+def reinclude(pattern: str, recent_exclusions: int = 0, extra: list[Result] | tuple = BEFORE) -> Decision:
+    v = view("ANALY_A", results("T1", pattern, step=5 * MIN), list(extra), status="brokeroff",
+             robot_state="excluded", excluded_by_robot=True, state_since=EXCLUDED_AT,
+             last_robot_exclusion=EXCLUDED_AT)
+    return sequential.decide(v, SEQ, NOW, recent_exclusions)
+
+
+def test_sequential_reinclusion_streak_follows_the_relapse_risk():
+    assert NEED == 13  # a 30 % fault shows 13 good jobs in a row less than 1 % of the time
+    assert (1 - SEQ.weak_fault) ** NEED < SEQ.relapse_risk < (1 - SEQ.weak_fault) ** (NEED - 1)
 
 
 @pytest.mark.parametrize("pattern,recent,action", [
-    ("CCC", 0, Action.INCLUDE),
-    ("CCCF", 0, Action.INCLUDE),  # the failure is older than the streak
-    ("CC", 0, Action.NEEDS_JOBS),
+    ("C" * NEED, 0, Action.INCLUDE),
+    ("C" * NEED + "F", 0, Action.INCLUDE),  # the failure is older than the streak
+    ("C" * (NEED - 1), 0, Action.NEEDS_JOBS),
+    ("CCC", 0, Action.NEEDS_JOBS),  # a lucky streak is not enough
     ("CCFC", 0, Action.NEEDS_JOBS),
     ("", 0, Action.NEEDS_JOBS),
-    ("FCCC", 0, Action.KEEP),
+    ("F" + "C" * NEED, 0, Action.KEEP),
     ("F", 0, Action.KEEP),
-    ("CCC", 1, Action.NEEDS_JOBS),
-    ("CCCCC", 1, Action.NEEDS_JOBS),
-    ("CCCCCC", 1, Action.INCLUDE),
-    ("CCCCCC", 2, Action.NEEDS_JOBS),
-    ("CCCCCCCCC", 2, Action.INCLUDE),
+    ("C" * NEED, 1, Action.INCLUDE),  # hysteresis: 2 x include_successes, fewer than the streak
+    ("C" * NEED, 4, Action.NEEDS_JOBS),  # 5 x include_successes = 15
+    ("C" * 15, 4, Action.INCLUDE),
 ])
 def test_sequential_reinclusion_needs_completed_jobs_in_a_row(pattern, recent, action):
     decision = reinclude(pattern, recent)
     assert decision.action is action
-    need = SEQ.include_successes * (1 + recent)
+    need = max(NEED, SEQ.include_successes * (1 + recent))
     if action is Action.NEEDS_JOBS:
         assert f"of {need}" in decision.reason
     if action is Action.INCLUDE:
@@ -360,8 +471,30 @@ def test_sequential_reinclusion_needs_completed_jobs_in_a_row(pattern, recent, a
         assert all(not j["failed"] for j in decision.evidence["jobs"])
 
 
+def test_sequential_reinclusion_refused_while_the_fault_signature_persists():
+    # a partial fault (40 % of jobs fail with one code): streaks of good jobs come and go; each
+    # streak shorter than the one the relapse risk asks for leaves the queue out
+    pattern = "CCCCCCFCCCCFCCCCCCCCF"  # newest first: the fault still shows every few jobs
+    rs = same_code(results("T1", pattern, step=5 * MIN), 1306)
+    decision = reinclude(pattern="", extra=rs + same_code(BEFORE, 1306))
+    assert decision.action is Action.NEEDS_JOBS and f"6 of {NEED}" in decision.reason
+    # once the code is gone for long enough, the queue comes back
+    clean = results("T1", "C" * NEED, newest=NOW, step=MIN)
+    assert reinclude(pattern="", extra=clean + rs + same_code(BEFORE, 1306)).action is Action.INCLUDE
+
+
+def test_sequential_strong_fault_seen_long_needs_the_streak_of_its_own_rate():
+    # a fault failing nearly every job for long: the fault as seen (~95 %) asks for fewer than the
+    # weak fault bound, so the bound decides; a weaker one seen (20 %) asks for more
+    assert sequential.streak_needed(sequential.counted(view("ANALY_A", BEFORE), BEFORE, SEQ, None), SEQ, 0) == NEED
+    weak = same_code(results("T1", "FCCCCFCCCCF"), 1306)
+    need = sequential.streak_needed(sequential.counted(view("ANALY_A", weak), weak, SEQ, None), SEQ, 0)
+    share = (3 + SEQ.p_broken) / (10 + 2)
+    assert need == math.ceil(math.log(SEQ.relapse_risk) / math.log(1 - share)) > NEED
+
+
 def test_sequential_reinclusion_ignores_failures_not_of_the_site():
-    rs = results("T1", "CFCC", classes=("user",))
+    rs = results("T1", "C" * 6 + "F" + "C" * 7, classes=("user",), step=5 * MIN)
     decision = sequential.decide(view("ANALY_A", rs, BEFORE, status="brokeroff", robot_state="excluded",
                                       excluded_by_robot=True, state_since=EXCLUDED_AT), SEQ, NOW)
     assert decision.action is Action.INCLUDE
@@ -389,36 +522,43 @@ def test_cadence_pending_queue_gets_probe_jobs():
 
 def test_cadence_excluded_and_failing_queue_is_tested_slowly():
     c = cad(results("T1", "FFC"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
-    assert c.gap == SEQ.stable_gap > timedelta(0) and c.extra_jobs == 0
+    assert c.gap == SEQ.broken_gap > timedelta(0) and c.extra_jobs == 0
 
 
 def test_cadence_excluded_and_recovering_queue_is_confirmed_quickly():
     c = cad(results("T1", "CCF"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
-    assert c.extra_jobs == 1 and c.gap == timedelta(0)
+    assert c.extra_jobs == SEQ.probes and c.gap == timedelta(0)
 
 
 def test_cadence_excluded_queue_with_one_good_job_is_still_tested_slowly():
     c = cad(results("T1", "CFF"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
-    assert c.extra_jobs == 0 and c.gap == SEQ.stable_gap
+    assert c.extra_jobs == 0 and c.gap == SEQ.broken_gap
 
 
-def test_cadence_long_stable_queue_gets_a_gap():
-    c = cad(results("T1", "CCCC"), state_since=NOW - SEQ.stable_after - HOUR)
+@pytest.mark.parametrize("since", [None, NOW - SEQ.stable_after, NOW - 30 * HOUR])
+def test_cadence_long_stable_queue_gets_a_gap(since):
+    c = cad(results("T1", "CCCC"), state_since=since)
     assert c.gap == SEQ.stable_gap and c.extra_jobs == 0
 
 
-@pytest.mark.parametrize("kw", [
-    {"state_since": NOW - 30 * HOUR, "res": "CFC"},  # a recent site failure
-    {"state_since": NOW - HOUR, "res": "CCC"},  # back online only an hour ago
-])
-def test_cadence_recently_failing_online_queue_has_no_gap(kw):
-    c = cad(results("T1", kw["res"]), state_since=kw["state_since"])
-    assert c == sequential.Cadence()
+def test_cadence_queue_back_online_recently_has_no_gap():
+    # back online (suspicion cleared or re-included) less than stable_after ago: tested in full
+    assert cad(results("T1", "CCC"), state_since=NOW - SEQ.stable_after + MIN) == sequential.Cadence()
 
 
 def test_cadence_user_failures_do_not_unsettle_a_stable_queue():
     c = cad(results("T1", "FFC", error_class="user"), state_since=NOW - 30 * HOUR)
     assert c.gap == SEQ.stable_gap
+
+
+def test_hammercloud_cadence_is_fixed_whatever_the_queue():
+    from blacklist.policies import Policy
+    from blacklist.settings import BlacklistSettings
+    hc = Policy(BlacklistSettings(policy="hammercloud"), ("T1",))
+    assert hc.cadence(view("ANALY_A", results("T1", "FFF"), robot_state="excluded"), NOW) == sequential.Cadence()
+    slow = Policy(BlacklistSettings(policy="hammercloud", hammercloud=HammerCloudSettings(job_gap=HOUR)), ("T1",))
+    assert slow.cadence(view("ANALY_A"), NOW).gap == HOUR
+    assert hc.grid([view("ANALY_A")]) is None
 
 
 # ================================================================================================
@@ -628,3 +768,27 @@ def test_cap_applies_after_the_mass_guard_with_defaults():
     decisions, incidents = safety.guard([exclude("QDE0"), exclude("QDE1"), exclude("QFR0")], views, SAFE, NOW)
     assert all(d.action is Action.KEEP and "mass failure" in d.reason for d in decisions)
     assert [i.kind for i in incidents] == ["mass_failure"]
+
+
+def test_differential_shared_failures_raise_one_incident_per_code():
+    from blacklist.policies import Policy
+    from blacklist.settings import BlacklistSettings
+    outage = [view(f"ANALY_Q{i}", same_code(results("T1", "FC"))) for i in range(SEQ.spread_sites + 1)]
+    few = outage[:SEQ.spread_sites]
+    policy = Policy(BlacklistSettings(), ("T1",))
+    (incident,) = policy.incidents(policy.grid(outage + healthy_grid()), NOW)
+    assert incident.kind == "shared_failure" and incident.evidence == {"code": 1099}
+    assert set(incident.queues) == {v.name for v in outage}
+    assert policy.incidents(policy.grid(few + healthy_grid()), NOW) == []
+    assert policy.incidents(policy.grid(outage), NOW + 2 * HOUR) == []  # over
+
+
+def test_differential_needs_other_sites_that_complete_the_template():
+    # user-class failures at one queue, but too few other sites completed the template: the
+    # comparison says nothing and the error table decides
+    rs = same_code(results("T1", "FFF"), code=1305, klass="user")
+    few = healthy_grid(SEQ.spread_sites - 1)
+    assert decide_in(view("ANALY_A", rs), few).action is Action.KEEP
+    other_template = [view(f"ANALY_H{i}", results("T2", "CCCC")) for i in range(8)]
+    assert decide_in(view("ANALY_A", rs), few + other_template).action is Action.KEEP
+    assert decide_in(view("ANALY_A", rs), healthy_grid(SEQ.spread_sites)).action is Action.EXCLUDE

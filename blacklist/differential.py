@@ -1,0 +1,97 @@
+"""Differential evidence: what the other sites' results say about one queue's failures.
+
+A failure code that shows up at one site while the same templates complete elsewhere points at
+that site, whatever class the error table gives it (a site fault may report user- or
+unknown-class codes, a crashing node only 1203). The same code failing at several other sites
+around the same time points at a cause they share (a central service, a broken release, a user
+wave), even when the table calls it a site error (1099 when the data management service fails).
+
+`Spread` is built once per step from every queue's stored results (a pure function of them) and
+answers, for each failure of each queue:
+- whether there is anything to compare with: the template completed at `spread_sites` or more
+  other sites in the window (else the error table decides alone);
+- whether its code is widespread: it failed at `spread_sites` or more *other* sites within
+  `spread_window` of it (then it says nothing about this site and does not count);
+- else how often the code fails at the other sites (its baseline rate, over the policy window),
+  which the sequential test weighs the failure against.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from blacklist.model import QueueView, Result
+
+Code = int | str
+
+
+def code_of(result: Result) -> Code:
+    """The failure's signature: its error code, else its name."""
+    return result.error_code if result.error_code is not None else (result.error_name or "")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Where and how often each failure code occurred across the grid in the policy window."""
+
+    window: timedelta  # "at the same time": failures this close count as one event
+    min_sites: int  # other sites failing with the code at the same time that make it widespread
+    times: dict[Code, list[tuple[datetime, str, str]]] = field(default_factory=dict)  # per code, (end, site, queue)
+    failures: dict[Code, Counter[str]] = field(default_factory=dict)  # per code, failures per site
+    jobs: Counter[str] = field(default_factory=Counter)  # results per site
+    completed: dict[str, set[str]] = field(default_factory=dict)  # per template, the sites where a job completed
+
+    @classmethod
+    def of(cls, views: Iterable[QueueView], window: timedelta, min_sites: int) -> "Spread":
+        times: dict[Code, list[tuple[datetime, str, str]]] = defaultdict(list)
+        failures: dict[Code, Counter[str]] = defaultdict(Counter)
+        jobs: Counter[str] = Counter()
+        completed: dict[str, set[str]] = defaultdict(set)
+        for view in views:
+            jobs[view.site] += len(view.results)
+            for result in view.results:
+                if not result.failed:
+                    completed[result.template].add(view.site)
+                else:
+                    code = code_of(result)
+                    times[code].append((result.end_time, view.site, view.name))
+                    failures[code][view.site] += 1
+        for entries in times.values():
+            entries.sort()
+        return cls(window, min_sites, dict(times), dict(failures), jobs, dict(completed))
+
+    def comparable(self, result: Result, site: str) -> bool:
+        """Whether enough other sites completed the result's template to compare with (else the
+        error table has to decide alone)."""
+        return len(self.completed.get(result.template, set()) - {site}) >= self.min_sites
+
+    def sites_around(self, code: Code, when: datetime, site: str) -> set[str]:
+        """The other sites where `code` failed within `window` of `when`."""
+        entries = self.times.get(code, [])
+        lo = bisect_left(entries, (when - self.window,))
+        hi = bisect_right(entries, (when + self.window, "\uffff"))
+        return {s for _, s, _ in entries[lo:hi] if s != site}
+
+    def widespread(self, result: Result, site: str) -> bool:
+        return len(self.sites_around(code_of(result), result.end_time, site)) >= self.min_sites
+
+    def shared(self, now: datetime) -> dict[Code, list[str]]:
+        """The codes failing now at more than `min_sites` sites (within `window` before `now`), with
+        the queues where they failed: causes the sites share."""
+        found = {}
+        for code, entries in self.times.items():
+            recent = entries[bisect_left(entries, (now - self.window,)):]
+            if len({site for _, site, _ in recent}) > self.min_sites:
+                found[code] = sorted({queue for _, _, queue in recent})
+        return found
+
+    def baseline(self, code: Code, site: str) -> float:
+        """The share of the other sites' results that failed with `code`."""
+        jobs = sum(self.jobs.values()) - self.jobs[site]
+        if jobs <= 0:
+            return 0.0
+        per_site = self.failures.get(code, Counter())
+        return (sum(per_site.values()) - per_site[site]) / jobs
