@@ -17,6 +17,7 @@ from rich.table import Table
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.simulate import COMPARED, RunResult, policy_settings, run, summarize
+from blacklist.tradeoff import write_plot
 from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
@@ -103,8 +104,11 @@ def policy_group() -> None:
 @click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True, help="Random streams per scenario.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Parallel processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write an HTML figure of test jobs per queue-day against median detection latency, "
+                   "for hammercloud and default over a few cadence settings (blacklist/tradeoff.py).")
 def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds: int, workers: int,
-                    as_json: bool) -> None:
+                    as_json: bool, plot: str | None) -> None:
     """Run SCENARIOS (YAML) with each policy on the same random streams and compare them."""
     try:
         loaded = {Path(path).stem: load_scenario(path) for path in scenarios}
@@ -112,6 +116,9 @@ def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds
         raise click.ClickException(f"invalid {exc}") from exc
     policies = _check_policies(policies)
     report = _report(list(loaded), _run_all(loaded, policies, seeds, workers))
+    if plot:
+        write_plot(plot, list(scenarios), seeds, workers)
+        click.echo(f"wrote {plot}", err=True)
     if as_json:
         click.echo(json.dumps({"seeds": seeds, "report": report}, indent=2))
         return

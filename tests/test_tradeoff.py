@@ -1,0 +1,65 @@
+"""The cost / detection trade-off: points from simulated runs, the figure, `policy simulate --plot`."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from click.testing import CliRunner
+
+from blacklist import tradeoff
+from blacklist.simulate import RunResult, policy_settings
+from robot.cli import main
+
+
+def result(jobs: int, latencies: list[float], false: int = 0, faults: int = 2) -> RunResult:
+    return RunResult("x", 1, latencies=latencies, faults=faults, false_exclusions=false, jobs=jobs, queue_days=10.0)
+
+
+def test_points_pool_every_run_of_a_setting():
+    found = tradeoff.points([
+        ("hammercloud", "job_gap=0m", result(800, [600.0, 1200.0])),
+        ("hammercloud", "job_gap=0m", result(900, [1800.0], false=1)),
+        ("default", "stable_gap=1h", result(400, [], faults=2)),
+    ])
+    hc, ours = found
+    assert (hc.policy, hc.setting) == ("hammercloud", "job_gap=0m")
+    assert hc.jobs_per_queue_day == 85.0 and hc.detection_median_min == 20.0
+    assert hc.false_per_100_queue_days == 5.0 and (hc.detected, hc.faults) == (3, 4)
+    assert ours.detection_median_min is None and ours.jobs_per_queue_day == 40.0
+
+
+def test_each_policy_gets_its_own_cadence_knob():
+    _, hc = policy_settings("hammercloud")
+    _, ours = policy_settings("default")
+    slow = tradeoff.with_cadence(hc, "hammercloud", "job_gap", timedelta(hours=2))
+    assert slow.hammercloud.job_gap == timedelta(hours=2) and hc.hammercloud.job_gap == timedelta(0)
+    assert slow.safety == hc.safety and slow.hammercloud.window == hc.hammercloud.window
+    assert tradeoff.with_cadence(ours, "default", "stable_gap", timedelta(0)).default.stable_gap == timedelta(0)
+    labels = {(t[1], tradeoff._label(t[3], t[4])) for t in tradeoff.tasks(["s.yaml"], 1)}
+    assert ("hammercloud", "job_gap=0m") in labels and ("default", "stable_gap=2h") in labels
+
+
+def test_figure_has_one_line_per_policy_and_the_goal():
+    fig = tradeoff.figure([tradeoff.Point("hammercloud", "job_gap=0m", 80.0, 40.0, 3.0, 9, 10),
+                           tradeoff.Point("hammercloud", "job_gap=1h", 40.0, 70.0, 2.0, 9, 10),
+                           tradeoff.Point("default", "stable_gap=1h", 38.0, 25.0, 1.0, 10, 10)], "t")
+    assert [t.name for t in fig.data] == ["hammercloud", "default"]
+    assert list(fig.data[0].x) == [40.0, 80.0]  # sorted by cost
+    (goal,) = fig.layout.shapes
+    assert (goal.x1, goal.y1) == (40.0, 20.0)  # half of HammerCloud's own cadence on both axes
+
+
+def test_simulate_writes_the_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(tradeoff, "CADENCES", (
+        ("hammercloud", "hammercloud", "job_gap", (timedelta(0),)),
+        ("default", "default", "stable_gap", (timedelta(hours=1),))))
+    path = tmp_path / "scenario.yaml"
+    path.write_text("name: tiny\nduration: 6h\nqueues: {count: 4}\n"
+                    "faults:\n  - {queues: 1, onset: 1h, duration: 4h, mode: stagein}\n")
+    plot = tmp_path / "tradeoff.html"
+    result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--policy", "default", "--workers", "1",
+                                       "--json", "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["report"]["scenario"]
+    html = plot.read_text()
+    assert "test jobs per queue-day" in html and "job_gap=0m" in html and "stable_gap=1h" in html
