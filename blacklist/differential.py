@@ -11,12 +11,15 @@ answers, for each failure of each queue:
 - whether there is anything to compare with: the template completed at `spread_sites` or more
   other sites in the window (else the error table decides alone);
 - whether its code is widespread: it failed at `spread_sites` or more *other* sites within
-  `spread_window` of it (then it says nothing about this site and does not count);
+  `spread_window` of it, and at `spread_fraction` of the other sites if that is more (a large
+  grid sees a rare code at a few sites by chance); then it says nothing about this site and does
+  not count;
 - else how often the code fails at the other sites (its baseline rate, over the policy window),
   which the sequential test weighs the failure against.
 """
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -38,14 +41,15 @@ class Spread:
     """Where and how often each failure code occurred across the grid in the policy window."""
 
     window: timedelta  # "at the same time": failures this close count as one event
-    min_sites: int  # other sites failing with the code at the same time that make it widespread
+    min_sites: int  # other sites failing with the code at the same time that make it widespread ...
+    fraction: float = 0.0  # ... or this share of the other sites, if more
     times: dict[Code, list[tuple[datetime, str, str]]] = field(default_factory=dict)  # per code, (end, site, queue)
     failures: dict[Code, Counter[str]] = field(default_factory=dict)  # per code, failures per site
     jobs: Counter[str] = field(default_factory=Counter)  # results per site
     completed: dict[str, set[str]] = field(default_factory=dict)  # per template, the sites where a job completed
 
     @classmethod
-    def of(cls, views: Iterable[QueueView], window: timedelta, min_sites: int) -> "Spread":
+    def of(cls, views: Iterable[QueueView], window: timedelta, min_sites: int, fraction: float = 0.0) -> "Spread":
         times: dict[Code, list[tuple[datetime, str, str]]] = defaultdict(list)
         failures: dict[Code, Counter[str]] = defaultdict(Counter)
         jobs: Counter[str] = Counter()
@@ -61,7 +65,12 @@ class Spread:
                     failures[code][view.site] += 1
         for entries in times.values():
             entries.sort()
-        return cls(window, min_sites, dict(times), dict(failures), jobs, dict(completed))
+        return cls(window, min_sites, fraction, dict(times), dict(failures), jobs, dict(completed))
+
+    @property
+    def threshold(self) -> int:
+        """How many other sites failing with one code at once make it widespread."""
+        return max(self.min_sites, math.ceil(self.fraction * (len(self.jobs) - 1)))
 
     def comparable(self, result: Result, site: str) -> bool:
         """Whether enough other sites completed the result's template to compare with (else the
@@ -76,15 +85,15 @@ class Spread:
         return {s for _, s, _ in entries[lo:hi] if s != site}
 
     def widespread(self, result: Result, site: str) -> bool:
-        return len(self.sites_around(code_of(result), result.end_time, site)) >= self.min_sites
+        return len(self.sites_around(code_of(result), result.end_time, site)) >= self.threshold
 
     def shared(self, now: datetime) -> dict[Code, list[str]]:
-        """The codes failing now at more than `min_sites` sites (within `window` before `now`), with
+        """The codes failing now at more than `threshold` sites (within `window` before `now`), with
         the queues where they failed: causes the sites share."""
         found = {}
         for code, entries in self.times.items():
             recent = entries[bisect_left(entries, (now - self.window,)):]
-            if len({site for _, site, _ in recent}) > self.min_sites:
+            if len({site for _, site, _ in recent}) > self.threshold:
                 found[code] = sorted({queue for _, _, queue in recent})
         return found
 

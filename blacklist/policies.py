@@ -36,14 +36,14 @@ class Policy:
         if self.name == "hammercloud":
             return None
         s = self.settings.default
-        return Spread.of(views, s.spread_window, s.spread_sites)
+        return Spread.of(views, s.spread_window, s.spread_sites, s.spread_fraction)
 
     def incidents(self, grid: Spread | None, now: datetime) -> list[Incident]:
         """One incident per failure code the sites share now (see Spread.shared): such failures
         count against no site, and operations hear of them."""
         if grid is None:
             return []
-        return [Incident("shared_failure", f"error {code} at {len(queues)} queues of more than {grid.min_sites} "
+        return [Incident("shared_failure", f"error {code} at {len(queues)} queues of more than {grid.threshold} "
                          "sites at once: a shared cause (central service, release, user wave), not the sites",
                          tuple(queues), {"code": code}) for code, queues in grid.shared(now).items()]
 

@@ -1,27 +1,31 @@
 """Our default policy: a sequential test on the failures that point at the site, judged against the grid.
 
 Which failures count (see blacklist/differential.py): a failure whose code failed at
-`spread_sites` or more other sites within `spread_window` of it points at a shared cause (a
-central service, a broken release, a user wave) and counts neither way, whatever its class;
-any other failure points at this site, whatever its class: a site fault reporting user- or
-unknown-class codes, or only crashes (1203), is seen. Without other sites to compare with
-(fewer than `spread_sites` other sites completed the template in the window) the error table
-decides: only site-class failures count.
+`spread_sites` (or `spread_fraction`) or more other sites within `spread_window` of it points at
+a shared cause (a central service, a broken release, a user wave) and counts neither way,
+whatever its class (a data management outage reports the site-class 1099 everywhere); any
+other failure is evidence against this site, weighed by its class as below, so that a site fault
+reporting unknown- or user-class codes, or only crashes (1203), is seen. Without other sites to
+compare with (fewer than `spread_sites` other sites completed the template in the window) the
+error table decides alone: only site-class failures count.
 
 The evidence is weighed with Page's CUSUM of log-likelihood ratios, "broken" (a failure
 probability p_broken) against "healthy", in time order over the window, for several
 alternatives at once; the queue is excluded when any of them reaches log((1-beta)/alpha)
 (Wald's bound):
 - any counted site-class failure, against a healthy queue's rate p_healthy:
-    S <- max(0, S + log(p_b / p_h)) per counted site-class failure (failures of other classes
-    count only through their own code: scattered user errors are noise, a site fault repeats one);
+    S <- max(0, S + log(p_b / p_h)) per counted site-class failure; a user-class failure adds as
+    much to a case already open (a site fault that reports user codes part of the time) but never
+    opens one: user errors at a few queues only look the same as a site's, and a user wave on a few
+    queues is not the sites' fault;
 - for each code c, "this queue fails with c", against c's rate at the other sites, never below
   p_healthy * code_share (the share of a healthy queue's failures one code takes) for a
-  site-class code, nor below p_healthy for a code the error table puts on someone else:
+  site-class code, nor below p_healthy for an unknown- or central-class one (user-class codes
+  have no alternative of their own):
     S_c <- max(0, S_c + log(p_b / max(rate_c, floor))) per failure with c;
   a broken service repeats one code while random failures scatter, a code that is common
-  everywhere (user noise) weighs little, and a user- or unknown-class code needs one failure
-  more than a site-class one to make the case against the site;
+  everywhere weighs little, and an unknown-class code (a crash, 1203) needs one failure more
+  than a site-class one to make the case against the site;
 - for all of them a completed job adds log((1-p_b)/(1-p_h)).
 A queue where nothing has started for `stall_after` while test jobs wait counts each such job as a
 site failure (a stuck queue shows no errors, only silence).
@@ -76,8 +80,8 @@ class Counted:
     """A result that speaks about the site, with the weight its failure carries for its own code."""
 
     result: Result
-    code_weight: float = 0.0
-    site_class: bool = False  # a site-class failure: it also counts in the "any code" alternative
+    code_weight: float = 0.0  # in its code's alternative (0: none, a user-class failure)
+    klass: str = "site"  # the error table's class: site, user, or other (central, unknown, none)
 
 
 def counted(view: QueueView, results: list[Result], settings: SequentialSettings,
@@ -90,11 +94,12 @@ def counted(view: QueueView, results: list[Result], settings: SequentialSettings
             out.append(Counted(result))
         elif grid is None or not grid.comparable(result, view.site):
             if result.error_class == "site":
-                out.append(Counted(result, weights.repeat, site_class=True))
+                out.append(Counted(result, weights.repeat))
         elif not grid.widespread(result, view.site):
-            site_class = result.error_class == "site"
+            klass = result.error_class if result.error_class in ("site", "user") else "other"
             rate = grid.baseline(code_of(result), view.site)
-            out.append(Counted(result, weights.of_code(settings, rate, site_class), site_class))
+            code_weight = 0.0 if klass == "user" else weights.of_code(settings, rate, klass == "site")
+            out.append(Counted(result, code_weight, klass))
     return out
 
 
@@ -107,8 +112,8 @@ def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
         result = item.result
         steps: dict[Code, float] = {key: weights.success for key in scores}
         if result.failed:
-            steps = {code_of(result): item.code_weight}
-            if item.site_class:
+            steps = {code_of(result): item.code_weight} if item.code_weight else {}
+            if item.klass == "site" or (item.klass == "user" and scores.get(ANY, 0.0) > 0):
                 steps[ANY] = weights.failure
         for key, step in steps.items():
             scores[key] = max(0.0, scores.get(key, 0.0) + step)
@@ -146,7 +151,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
     if view.last_robot_inclusion and view.last_robot_inclusion > start:
         start = view.last_robot_inclusion  # a re-included queue starts with a clean slate
     recent = [r for r in view.results if r.end_time >= start]
-    stalls = [Counted(r, weights.repeat, site_class=True) for r in stalled(view, settings, now)]
+    stalls = [Counted(r, weights.repeat) for r in stalled(view, settings, now)]
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)

@@ -31,7 +31,8 @@ class SequentialSettings(Strict):
     beta: Fraction = 0.05  # accepted chance of missing a broken one
     code_share: Fraction = 0.25  # largest share of a healthy queue's failures that one error code takes
     spread_window: Duration = timedelta(hours=1)  # failures this close in time happen "at once"
-    spread_sites: PositiveInt = 3  # a code failing at this many other sites at once: a shared cause, not the site
+    spread_sites: PositiveInt = 3  # a code failing at this many other sites at once: a shared cause, not the site ...
+    spread_fraction: Fraction = 0.05  # ... or at this share of the other sites, if more (large grids)
     stall_after: Duration = timedelta(minutes=45)  # a job waiting this long while nothing starts: a stall
     probes: NonNegativeInt = 2  # extra jobs in flight per critical template while in doubt
     max_pending: Duration = timedelta(hours=2)  # give up the suspicion after this without a verdict

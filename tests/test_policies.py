@@ -356,17 +356,17 @@ def healthy_grid(n: int = 8, pattern: str = "CCCCCC") -> list[QueueView]:
 
 
 def grid_of(views: list[QueueView]) -> Spread:
-    return Spread.of(views, SEQ.spread_window, SEQ.spread_sites)
+    return Spread.of(views, SEQ.spread_window, SEQ.spread_sites, SEQ.spread_fraction)
 
 
 def decide_in(v: QueueView, others: list[QueueView]) -> Decision:
     return sequential.decide(v, SEQ, NOW, 0, grid_of([v, *others]))
 
 
-@pytest.mark.parametrize("klass", ["user", "unknown", "central", None])
+@pytest.mark.parametrize("klass", ["unknown", "central", None])
 def test_differential_a_code_failing_at_one_queue_only_points_at_its_site_whatever_its_class(klass):
-    # a site fault that reports a user-, unknown- or central-class code, while the template completes elsewhere
-    rs = same_code(results("T1", "FFCF"), code=1305, klass=klass)
+    # a site fault that reports an unknown- or central-class code, while the template completes elsewhere
+    rs = same_code(results("T1", "FFCF"), code=1201, klass=klass)
     lone = view("ANALY_A", rs)
     assert sequential.decide(lone, SEQ, NOW).action is Action.KEEP  # the class table alone ignores it
     decision = decide_in(lone, healthy_grid())
@@ -376,8 +376,22 @@ def test_differential_a_code_failing_at_one_queue_only_points_at_its_site_whatev
     # where two of a site-class code rare elsewhere exclude it
     two = rs[:2]
     assert decide_in(view("ANALY_A", two), healthy_grid()).action is Action.PEND
-    site = same_code(two, code=1305, klass="site")
+    site = same_code(two, code=1201, klass="site")
     assert decide_in(view("ANALY_A", site), healthy_grid()).action is Action.EXCLUDE
+
+
+def test_differential_user_class_failures_add_to_a_case_against_the_site_but_never_open_one():
+    # user errors at one queue only: alone they are no case (a user wave on a few queues looks the same)
+    user = same_code(results("T1", "FFFFFF"), code=1305, klass="user")
+    assert decide_in(view("ANALY_A", user), healthy_grid()).action is Action.KEEP
+    # after a site-class failure they count as much as one (a site fault reporting user codes part of the time)
+    site_first = same_code(results("T1", "F", newest=NOW - 30 * MIN), code=1099)
+    mixed = view("ANALY_A", site_first, user[:2])
+    decision = decide_in(mixed, healthy_grid())
+    assert decision.action is Action.EXCLUDE
+    assert evidence_ids(decision) == ids(site_first + user[:2])
+    # the class table alone would have kept it in doubt
+    assert sequential.decide(mixed, SEQ, NOW).action is Action.PEND
 
 
 def test_differential_a_crash_only_fault_is_detected():
@@ -416,15 +430,15 @@ def test_differential_queues_of_one_site_count_as_one_site():
 
 
 def test_differential_a_code_common_everywhere_weighs_less():
-    # user noise: 1305 fails now and then at every site; at one queue it weighs by its rate elsewhere
-    noisy = [view(f"ANALY_N{i}", same_code(results("T1", "C" * 9 + "F", newest=NOW - 3 * HOUR), 1305, "user"))
+    # noise: one code fails now and then at every site; at one queue it weighs by its rate elsewhere
+    noisy = [view(f"ANALY_N{i}", same_code(results("T1", "C" * 9 + "F", newest=NOW - 3 * HOUR), 1305, "site"))
              for i in range(10)]
     grid = grid_of(noisy)
     rate = grid.baseline(1305, "SITE-ANALY_A")
     assert rate == pytest.approx(0.1)
     assert W.of_code(SEQ, rate) == pytest.approx(math.log(SEQ.p_broken / 0.1))
     assert W.of_code(SEQ, rate) < W.repeat
-    rs = same_code(results("T1", "FF"), 1305, "user")
+    rs = same_code(results("T1", "FF"), 1305, "site")
     assert sequential.decide(view("ANALY_A", rs), SEQ, NOW, 0, grid_of([view("ANALY_A", rs), *noisy])).action \
         is Action.PEND
 
@@ -786,9 +800,19 @@ def test_differential_shared_failures_raise_one_incident_per_code():
 def test_differential_needs_other_sites_that_complete_the_template():
     # user-class failures at one queue, but too few other sites completed the template: the
     # comparison says nothing and the error table decides
-    rs = same_code(results("T1", "FFF"), code=1305, klass="user")
+    rs = same_code(results("T1", "FFF"), code=1201, klass="unknown")
     few = healthy_grid(SEQ.spread_sites - 1)
     assert decide_in(view("ANALY_A", rs), few).action is Action.KEEP
     other_template = [view(f"ANALY_H{i}", results("T2", "CCCC")) for i in range(8)]
     assert decide_in(view("ANALY_A", rs), few + other_template).action is Action.KEEP
     assert decide_in(view("ANALY_A", rs), healthy_grid(SEQ.spread_sites)).action is Action.EXCLUDE
+
+
+def test_differential_a_large_grid_needs_a_share_of_its_sites_at_once():
+    # 100 sites: a code at 4 other sites at once is a coincidence (or four faults), not a shared cause
+    rs = same_code(results("T1", "F"))
+    others = [view(f"ANALY_Q{i}", same_code(results("T1", "FC"))) for i in range(4)]
+    big = grid_of([view("ANALY_A", rs), *others, *healthy_grid(95)])
+    assert big.threshold == 5 and not big.widespread(rs[0], "SITE-ANALY_A")
+    small = grid_of([view("ANALY_A", rs), *others, *healthy_grid(15)])
+    assert small.threshold == SEQ.spread_sites and small.widespread(rs[0], "SITE-ANALY_A")
