@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +47,20 @@ def test_a_command_on_a_new_database_says_what_to_run_and_creates_nothing(fresh,
     assert not (fresh.parent / "data").exists()  # no empty database file, not even its folder
 
 
-@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
-def test_a_command_on_an_outdated_database_says_to_upgrade(fresh, args):
-    engine = make_engine(f"sqlite:///{fresh.parent / 'data' / 'healthrobot.db'}")
+@pytest.fixture(scope="module")
+def outdated(tmp_path_factory):
+    """A database at revision 0004, made once and copied for each test."""
+    path = tmp_path_factory.mktemp("outdated") / "healthrobot.db"
+    engine = make_engine(f"sqlite:///{path}")
     upgrade(engine, "0004")
     engine.dispose()
+    return path
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+def test_a_command_on_an_outdated_database_says_to_upgrade(fresh, outdated, args):
+    (fresh.parent / "data").mkdir()
+    shutil.copy(outdated, fresh.parent / "data" / "healthrobot.db")
     result = _run(fresh, args)
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
