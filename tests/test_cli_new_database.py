@@ -111,3 +111,31 @@ def test_the_quick_schema_check_agrees_with_alembic(tmp_path):
     assert schema.current_revision(engine) is None
     upgrade(engine, "0003")
     assert schema.current_revision(engine) == database.current_revision(engine) == "0003"
+
+
+@pytest.mark.parametrize("args", [*READ_COMMANDS, ["db", "upgrade"], ["tickets", "import", "imap"]], ids=" ".join)
+def test_a_database_server_that_cannot_be_reached_is_one_line_naming_it(tmp_path, args):
+    """A PostgreSQL URL whose server does not answer (a unix socket nobody listens on): no traceback, no password."""
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\n"
+                      f"database:\n  url: postgresql+psycopg://robot:s3cretpw@/robot?host={tmp_path / 'nosocket'}\n")
+    result = _run(config, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: cannot use the database postgresql+psycopg://robot:***@/robot"), lines[0]
+    assert f"(database.url in {config})" in lines[0] and "s3cretpw" not in result.output
+
+
+def test_a_data_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {blocker / 'data'}\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "users", "add", "alice", "--password-stdin"],
+                                input="long enough\n")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot make the database's folder {blocker / 'data'}: Not a directory (data_dir or database.url in {config})"]

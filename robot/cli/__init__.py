@@ -116,7 +116,11 @@ class Context:
         if self._engine is None:
             from robot.storage.database import make_engine
 
-            self._engine = make_engine(self.config.database_url)
+            try:
+                self._engine = make_engine(self.config.database_url)
+            except OSError as exc:  # the SQLite file's folder cannot be made
+                raise click.ClickException(f"cannot make the database's folder {exc.filename}: {exc.strerror} "
+                                           f"(data_dir or database.url in {self.config_path})") from None
         return self._engine
 
     def session(self, create: bool = False) -> Session:
@@ -159,6 +163,26 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
+def _database_unusable(exc: BaseException, context: Context | None) -> str | None:
+    """One line for a database the driver could not reach or open (server down, wrong host, unwritable file).
+
+    None for any other error. SQLAlchemy is looked at only when it raised the error (it is not imported
+    at start-up); the URL is shown with its password hidden, and the password is blanked in the driver's text.
+    """
+    exc_module = sys.modules.get("sqlalchemy.exc")
+    if exc_module is None or not isinstance(exc, exc_module.OperationalError) or context is None \
+            or context._config is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(context._config.database_url)
+    said = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+    if url.password and len(str(url.password)) >= 4:  # drivers do not echo it; a 1-3 letter one is any word's part
+        said = said.replace(str(url.password), "***")
+    return (f"cannot use the database {url.render_as_string(hide_password=True)}: {said} "
+            f"(database.url in {context.config_path})")
+
+
 class LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand is used."""
 
@@ -170,6 +194,17 @@ class LazyGroup(click.Group):
             module, attribute, _ = COMMANDS[cmd_name]
             self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
         return self.commands.get(cmd_name)
+
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand; a database that cannot be reached or opened is one line, not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - only the database's OperationalError is turned into a line
+            line = _database_unusable(exc, ctx.obj)
+            if line is None:
+                raise
+            logging.getLogger(__name__).debug("database error", exc_info=True)
+            raise click.ClickException(line) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list from `COMMANDS`, without importing every subcommand."""
