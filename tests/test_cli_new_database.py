@@ -139,3 +139,34 @@ def test_a_data_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path):
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.output.strip().splitlines() == [
         f"Error: cannot make the database's folder {blocker / 'data'}: Not a directory (data_dir or database.url in {config})"]
+
+
+@pytest.mark.parametrize("args", [["tickets", "import", "imap"], ["tickets", "import", "ggus"],
+                                  ["tickets", "import", "README.md"], ["history", "import", "README.md"]], ids=" ".join)
+def test_a_writing_command_that_fails_on_a_new_database_leaves_nothing_behind(fresh, args, monkeypatch):
+    monkeypatch.chdir(REPO)
+    fresh.write_text(fresh.read_text() + f"backend:\n  embedded:\n    grid: {REPO / 'configs' / 'grid.yaml'}\n")
+    result = _run(fresh, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert not (fresh.parent / "data").exists()  # neither the database nor its folder
+
+
+def test_a_writing_command_that_wrote_keeps_the_database_it_created(fresh, tmp_path):
+    mbox = tmp_path / "support.mbox"
+    assert _run(fresh, ["tickets", "sample", str(mbox)]).exit_code == 0
+    result = _run(fresh, ["tickets", "import", str(mbox)])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(f"created the robot's database: {fresh.parent / 'data' / 'healthrobot.db'}")
+    assert _run(fresh, ["tickets", "list"]).exit_code == 0
+
+
+def test_a_missing_grid_file_is_one_line_naming_it(fresh, tmp_path):
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text('{"jobs": []}')
+    result = _run(fresh, ["history", "import", str(jobs)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.output.strip().splitlines() == [
+        f"Error: invalid configuration {fresh.parent / 'grid.yaml'}: cannot read: No such file or directory"]

@@ -91,6 +91,7 @@ class Context:
         self._config: RobotConfig | None = None
         self._engine: Engine | None = None
         self._database_checked = False
+        self._created: tuple[str, Path | None, list[Path], dict[str, int]] | None = None  # a database made here
 
     @property
     def config(self) -> RobotConfig:
@@ -138,16 +139,49 @@ class Context:
         """
         if self._database_checked:
             return
-        from robot.cli.schema import DatabaseProblem, ensure_schema
+        from robot.cli.schema import DatabaseProblem, ensure_schema, sqlite_file
 
+        file = sqlite_file(self.config.database_url) if create else None
+        missing = [] if file is None else [d for d in (file.parent, *file.parent.parents) if not d.exists()]
         try:
             created = ensure_schema(self.config.database_url, lambda: self.engine, create,
                                     upgrade_command=self.command("db", "upgrade"), hint=self._demo_hint())
         except DatabaseProblem as exc:
             raise click.ClickException(str(exc)) from exc
-        if created:
-            click.echo(f"created the robot's database: {created}", err=True)
+        if created:  # said once the command succeeded; a failed one removes it (discard_unused_database)
+            self._created = (created, file, missing, self._row_counts() if file is not None else {})
         self._database_checked = True
+
+    def _row_counts(self) -> dict[str, int]:
+        from sqlalchemy import inspect, text
+
+        with self.engine.connect() as connection:
+            return {table: connection.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+                    for table in inspect(self.engine).get_table_names()}
+
+    def discard_unused_database(self) -> None:
+        """After a failed command: remove the SQLite database it created if nothing was written to it since
+        (and the folders made for it), so a command that fails on a new data folder leaves nothing behind."""
+        if self._created is None:
+            return
+        where, file, missing, counts = self._created
+        self._created = None
+        if file is None or self._row_counts() != counts:
+            click.echo(f"created the robot's database: {where}", err=True)
+            return
+        self.engine.dispose()
+        for path in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
+            path.unlink(missing_ok=True)
+        for folder in missing:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def report_created_database(self) -> None:
+        if self._created is not None:
+            click.echo(f"created the robot's database: {self._created[0]}", err=True)
+            self._created = None
 
     def _demo_hint(self) -> str:
         demo = self.config.data_path / "demo"
@@ -198,8 +232,19 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         """Run the subcommand; a database that cannot be reached or opened is one line, not a traceback."""
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            if isinstance(ctx.obj, Context):
+                ctx.obj.report_created_database()
+            return result
         except Exception as exc:  # noqa: BLE001 - only the database's OperationalError is turned into a line
+            if isinstance(ctx.obj, Context) and not (isinstance(exc, click.exceptions.Exit) and exc.exit_code == 0):
+                try:
+                    ctx.obj.discard_unused_database()
+                except Exception:  # noqa: BLE001 - the command's own error is the one to show
+                    logging.getLogger(__name__).debug("could not look at the new database", exc_info=True)
+            config_error = sys.modules.get("robot.yamlconfig")
+            if config_error is not None and isinstance(exc, config_error.ConfigError):  # e.g. the grid's file
+                raise click.ClickException(f"invalid configuration {exc}") from None
             line = _database_unusable(exc, ctx.obj)
             if line is None:
                 raise
