@@ -66,3 +66,23 @@ def test_every_grid_setting_is_in_the_readme(model, where):
     row = " ".join(line for line in rows if where in line.split("|")[1])
     for key in model.model_fields:
         assert f"`{key}`" in row or f"`{where}{key}`" in row, f"grid key {key} of {where} is undocumented"
+
+
+def _sh_lines() -> list[str]:
+    """The command lines of the README's `sh` blocks, continuation lines joined."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", README, re.M | re.S)
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_every_readme_command_calls_the_program_where_a_fresh_clone_has_it():
+    """`make demo` installs into .venv; a bare `healthrobot` is not on a newcomer's PATH."""
+    bare = [line for line in _sh_lines() if re.match(r"^(\w+=\S+ )*healthrobot ", line)]
+    assert bare == []
+
+
+def test_the_readme_stress_example_is_not_on_the_queue_the_demo_says_to_break():
+    """Broken while the demo runs, that queue is soon excluded, and a stress request there is refused."""
+    demo = (REPO / "robot" / "cli" / "demo.py").read_text()
+    broken = re.search(r"grid break (\S+) --mode", demo).group(1)
+    requests = [line for line in _sh_lines() if " stress request " in line]
+    assert requests and all(f"--queue {broken} " not in line for line in requests), (broken, requests)

@@ -121,6 +121,10 @@ def test_tickets_sample_writes_the_archive(tmp_path, world):
     target = tmp_path / "sample.mbox"
     out = cli(world, "tickets", "sample", str(target))
     assert target.stat().st_size > 10_000 and f"tickets import {target}" in out
+    # the command it prints runs as printed (not a bare `healthrobot` that is not on the PATH)
+    printed = out.split("import them with: ", 1)[1].strip()
+    pasted = subprocess.run(printed, shell=True, capture_output=True, text=True, timeout=300)
+    assert pasted.returncode == 0 and f"{target}: 25 threads" in pasted.stdout, (printed, pasted.stderr)
     refused = CliRunner().invoke(main, ["--config", world["config"], "tickets", "sample", str(target)])
     assert refused.exit_code == 1 and "--force" in refused.output
     script = tmp_path / "by_script.mbox"

@@ -57,7 +57,8 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
 @tickets_group.command("sample")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
-def tickets_sample(file: Path, force: bool) -> None:
+@pass_context
+def tickets_sample(ctx: Context, file: Path, force: bool) -> None:
     """Write a sample support archive (mbox, Gmail-export style) to FILE, dated over the last three days."""
     if file.exists() and not force:
         raise click.ClickException(f"{file} exists: pass --force to replace it")
@@ -66,7 +67,7 @@ def tickets_sample(file: Path, force: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"{file}: cannot be written: {exc.strerror or exc}") from exc
     click.echo(f"wrote {count} messages in {len(THREADS)} threads to {file}; import them with: "
-               f"healthrobot tickets import {shlex.quote(str(file))}")
+               f"{ctx.command('tickets', 'import', shlex.quote(str(file)))}")
 
 
 @tickets_group.command("list")
