@@ -17,7 +17,6 @@ from rich.table import Table
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.simulate import COMPARED, RunResult, policy_settings, run, summarize
-from blacklist.tradeoff import write_plot
 from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
@@ -117,6 +116,7 @@ def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds
     policies = _check_policies(policies)
     report = _report(list(loaded), _run_all(loaded, policies, seeds, workers))
     if plot:
+        from blacklist.tradeoff import write_plot  # noqa: PLC0415 - plotly only when plotting
         write_plot(plot, list(scenarios), seeds, workers)
         click.echo(f"wrote {plot}", err=True)
     if as_json:
