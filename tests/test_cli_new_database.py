@@ -170,3 +170,12 @@ def test_a_missing_grid_file_is_one_line_naming_it(fresh, tmp_path):
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert result.output.strip().splitlines() == [
         f"Error: invalid configuration {fresh.parent / 'grid.yaml'}: cannot read: No such file or directory"]
+
+
+@pytest.mark.parametrize("args", [["grid", "list"], ["grid", "faults"], ["grid", "downtime", "list"],
+                                  ["grid", "heal", "ANALY_FZK"]], ids=" ".join)
+def test_reading_the_embedded_grid_before_it_ran_makes_no_state(fresh, args):
+    fresh.write_text(fresh.read_text() + f"backend:\n  embedded:\n    grid: {REPO / 'configs' / 'grid.yaml'}\n")
+    result = _run(fresh, args)
+    assert result.exit_code == 0, result.output
+    assert not (fresh.parent / "data").exists()  # no grid.sqlite, not even its folder

@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 from rich.table import Table
@@ -28,7 +29,9 @@ from robot.jobstates import QueueStatus
 from robot.services import grid_state_dir
 
 
-def _open(ctx: Context) -> tuple[GridStorage, GridState]:
+def _open(ctx: Context, reading: bool = False) -> tuple[GridStorage, GridState]:
+    """The grid's storage and state. `reading`: a grid that never ran is read as empty, and no state file
+    (nor its folder) is made for it."""
     config = ctx.config
     # The embedded grid is in use when the robot runs it, or reaches it through PanDA (`grid serve`)
     # and reads its queues from its state folder.
@@ -39,7 +42,10 @@ def _open(ctx: Context) -> tuple[GridStorage, GridState]:
     except ConfigError as exc:
         raise click.ClickException(f"invalid grid configuration {exc}") from exc
     state_dir = grid_state_dir(config)
-    return GridStorage(grid_config, state_dir), GridState(state_dir / "grid.sqlite")
+    state_file = state_dir / "grid.sqlite"
+    if reading and not state_file.exists():
+        state_file = Path(":memory:")
+    return GridStorage(grid_config, state_dir), GridState(state_file)
 
 
 def _known_queue(storage: GridStorage, queue: str) -> None:
@@ -60,7 +66,7 @@ def grid_group() -> None:
 @pass_context
 def grid_list(ctx: Context, as_json: bool) -> None:
     """Queues with their site, storage, slots, status and active faults."""
-    storage, state = _open(ctx)
+    storage, state = _open(ctx, reading=True)
     now = SystemClock().now()
     statuses, faults = state.queue_statuses(), state.faults()
     rows = [{"queue": q.name, "site": q.site, "cloud": q.cloud, "endpoint": q.endpoint, "slots": q.slots,
@@ -107,7 +113,7 @@ def grid_break(ctx: Context, queue: str, mode: str, duration: timedelta, start_i
 @pass_context
 def grid_heal(ctx: Context, queue: str) -> None:
     """End every fault on QUEUE now, scheduled ones included."""
-    storage, state = _open(ctx)
+    storage, state = _open(ctx, reading=True)
     _known_queue(storage, queue)
     ended = state.heal(queue, SystemClock().now())
     click.echo(f"{queue}: {ended} fault(s) ended" if ended else f"{queue}: no fault to heal")
@@ -118,7 +124,7 @@ def grid_heal(ctx: Context, queue: str) -> None:
 @pass_context
 def grid_faults(ctx: Context, as_json: bool) -> None:
     """Every fault, past, active and scheduled."""
-    _, state = _open(ctx)
+    _, state = _open(ctx, reading=True)
     now = SystemClock().now()
     faults = state.faults()
     rows = [{"queue": f.queue, "mode": f.mode.value, "start": f.start.isoformat(), "until": f.until.isoformat(),
@@ -265,7 +271,7 @@ def grid_downtime_add(ctx: Context, site: str, start: datetime | None, end: date
 @pass_context
 def grid_downtime_list(ctx: Context, as_json: bool) -> None:
     """Every announced downtime, oldest first."""
-    _, state = _open(ctx)
+    _, state = _open(ctx, reading=True)
     rows = state.downtimes()
     if as_json:
         click.echo(json.dumps([{"id": i, "site": site, "start": start.isoformat(), "end": until.isoformat(),
