@@ -23,10 +23,12 @@ def dashboard(ctx: Context, host: str | None, port: int | None) -> None:
     ctx.require_current_schema()
     settings = ctx.config.dashboard
     app = create_app(ctx.config, make_sessionmaker(ctx.engine), SystemClock())
+    host, port = host or settings.host, settings.port if port is None else port
     try:
-        server = DashboardServer(app.server, host or settings.host, settings.port if port is None else port)
+        server = DashboardServer(app.server, host, port)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host or settings.host}:{port or settings.port}: {exc}") from exc
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}; another port: "
+                                   f"`{ctx.command('dashboard', '--port', '0')}` (0: any free port)") from exc
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -37,7 +39,7 @@ def dashboard(ctx: Context, host: str | None, port: int | None) -> None:
     server.start()
     click.echo(f"dashboard at {server.url}  (health: {server.url}/health, metrics: {server.url}/metrics)")
     if not settings.anonymous_read and not settings.trusted_user_header:
-        click.echo("sign in with a user of the robot: healthrobot users add NAME --password-stdin")
+        click.echo(f"sign in with a user of the robot: {ctx.command('users', 'add', 'NAME', '--password-stdin')}")
     try:
         while not stop.wait(1.0):
             pass
