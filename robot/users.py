@@ -35,6 +35,10 @@ class UserError(ValueError):
     """A request about users that cannot be done: the message says why."""
 
 
+class UserExists(UserError):
+    """The name is taken (the CLI says how to change that user's password)."""
+
+
 @dataclass(frozen=True)
 class UserInfo:
     name: str
@@ -91,7 +95,7 @@ def add_user(session: Session, name: str, password: str, now: datetime) -> User:
     _check_name(name)
     check_password(password)
     if session.scalars(select(User.id).where(User.name == name)).first() is not None:
-        raise UserError(f"user {name!r} exists already (change the password with `healthrobot users passwd`)")
+        raise UserExists(f"user {name!r} exists already")
     user = User(name=name, password_hash=hash_password(password), created_at=now, disabled=False,
                 session_stamp=new_stamp())
     session.add(user)

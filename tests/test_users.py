@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -191,6 +192,11 @@ def test_cli_refuses_a_short_password_a_mismatch_and_a_duplicate(config):
     assert result.exit_code == 0 and "do not match" in result.output.lower()  # asked again, then accepted
     result = run(main, ["--config", config, "users", "add", "bob", "--password-stdin"], input="whatever123\n")
     assert result.exit_code != 0 and "exists already" in result.output
+    # the command it names pastes as it is
+    command = result.output.split("change their password with `", 1)[1].split("`", 1)[0]
+    changed = subprocess.run(f"{command} --password-stdin", shell=True, input="whatever123\n", capture_output=True,
+                             text=True, timeout=120)
+    assert changed.returncode == 0, (command, changed.stderr)
 
 
 @pytest.mark.parametrize("command", [["users", "list"], ["db", "rollup"], ["dashboard", "--port", "0"]])

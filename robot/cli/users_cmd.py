@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
@@ -48,6 +49,9 @@ def users_add(ctx: Context, name: str, from_stdin: bool) -> None:
     with _session(ctx, create=True) as session:
         try:
             users.add_user(session, name, password, SystemClock().now())
+        except users.UserExists as exc:
+            raise click.ClickException(f"{exc}; change their password with "
+                                       f"`{ctx.command('users', 'passwd', shlex.quote(name))}`") from exc
         except users.UserError as exc:
             raise click.ClickException(str(exc)) from exc
         session.commit()
