@@ -99,3 +99,12 @@ def test_watch_off_a_terminal_prints_lines_and_says_no_robot_is_stepping(world, 
     assert "or the demo running?" in lines[0]
     assert lines[1] == "stress test 2 cancelled, 0 in flight, 0/10 jobs ended"
     assert lines[2] == "stress test 2: cancelled (cancelled by kim)"
+
+
+def test_the_report_of_a_test_without_an_outcome_says_its_state_once(world):
+    config = world(local_user_is_operator=True)
+    assert run(config, *REQUEST).exit_code == 0
+    report = run(config, "report", "2")
+    assert report.exit_code == 0, report.output
+    first = report.output.splitlines()[0]
+    assert first == "stress test 2 STRESS on ANALY_A: scheduled", first

@@ -274,7 +274,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
     console = make_console()
     console.print(f"[bold]stress test {report['test']}[/] {report['template']} on {', '.join(report['queues'])}: "
-                  f"{report['state']} ({report['outcome'] or 'running'})")
+                  f"{report['state']}" + (f" ({report['outcome']})" if report["outcome"] else ""))
     columns = [("this test", report["summary"]), ("functional baseline", report["baseline"])]
     if "compare" in report:
         columns.append((f"test {report['compare']['test']}", report["compare"]["summary"]))
