@@ -76,6 +76,16 @@ def test_status_json_and_table(populated):
     assert invoke("--config", str(populated), "status", "--window", "soon").exit_code == 2
 
 
+@pytest.mark.parametrize("level, columns, absent", [("queue", ["Cloud", "Site", "Queue", "Status"], []),
+                                                    ("site", ["Cloud", "Site"], ["Queue", "Status"]),
+                                                    ("cloud", ["Cloud"], ["Site", "Queue", "Status"])])
+def test_the_status_table_has_no_empty_columns_at_site_and_cloud_level(populated, level, columns, absent):
+    table = invoke("--config", str(populated), "status", "--level", level, "--window", "1000d").output
+    header = next(line for line in table.splitlines() if "Jobs" in line)
+    names = [cell.strip() for cell in header.strip("┃ ").split("┃")]
+    assert names[:len(columns)] == columns and not set(absent) & set(names), header
+
+
 def test_jobs_list_filters(populated):
     rows = json.loads(invoke("--config", str(populated), "jobs", "list", "--outcome", "failed", "--json").output)
     assert [(r["queue"], r["error"], r["error_class"]) for r in rows] == [("ANALY_B", "CVMFSISNOTALIVE", "site")]

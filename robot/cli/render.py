@@ -40,12 +40,19 @@ def _waiting(h: Health) -> str:
 
 
 def health_table(healths: Iterable[Health], title: str = "") -> Table:
+    """One row per queue, site or cloud; a site or cloud table has no (empty) Queue and Status columns."""
+    healths = list(healths)
+    levels = {h.level for h in healths}
+    queues = not levels or "queue" in levels
+    sites = queues or "site" in levels
+    shown = [True, sites, queues, queues] + [True] * 8
     table = Table(title=title, title_justify="left", header_style="bold")
-    for name, justify in (("Cloud", "left"), ("Site", "left"), ("Queue", "left"), ("Status", "left"),
-                          ("Jobs", "right"), ("Failed", "right"), ("Failure rate (95% CI)", "right"),
-                          ("Events/s", "right"), ("CPU %", "right"), ("Stage-in s", "right"),
-                          ("Waiting", "right"), ("Errors", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for (name, justify), show in zip((("Cloud", "left"), ("Site", "left"), ("Queue", "left"), ("Status", "left"),
+                                      ("Jobs", "right"), ("Failed", "right"), ("Failure rate (95% CI)", "right"),
+                                      ("Events/s", "right"), ("CPU %", "right"), ("Stage-in s", "right"),
+                                      ("Waiting", "right"), ("Errors", "left")), shown):
+        if show:
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for h in healths:
         style = colour(h)
         rate = ("-" if h.failure_rate is None
@@ -54,7 +61,8 @@ def health_table(healths: Iterable[Health], title: str = "") -> Table:
         if h.top_errors:
             errors += f" [{h.top_errors[0][0]}]"
         status = queue_state(h.status, h.robot_state) if h.status else ""
-        table.add_row(h.cloud or "", h.site or "", h.key if h.level == "queue" else "", status,
-                      str(h.total), str(h.failed), f"[{style}]{rate}[/]", _number(h.events_per_second),
-                      _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), _waiting(h), errors)
+        cells = (h.cloud or "", h.site or "", h.key if h.level == "queue" else "", status,
+                 str(h.total), str(h.failed), f"[{style}]{rate}[/]", _number(h.events_per_second),
+                 _number(h.cpu_efficiency), _number(h.stagein_median, "{:.2f}"), _waiting(h), errors)
+        table.add_row(*(cell for cell, show in zip(cells, shown) if show))
     return table
