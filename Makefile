@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	sh tests/ensure_browser.sh
 	sh tests/ensure_postgres.sh
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/loop.py
