@@ -128,6 +128,14 @@ class Workers:
             # An earlier life of this very process (a robot rebuilt in the same process) is over.
             session.execute(update(Worker).where(Worker.hostname == self.hostname, Worker.pid == self.pid,
                                                  Worker.stopped_at.is_(None)).values(stopped_at=now))
+            # A process of this host whose pid is gone died without stopping (SIGKILL, a crash): it is
+            # dead now, not two intervals from now, so a restarted robot takes its queues at once.
+            gone = [b.id for b in self._beats(session) if b.hostname == self.hostname and b.stopped_at is None
+                    and b.pid != self.pid and not _pid_alive(b.pid)]
+            if gone:
+                session.execute(update(Worker).where(Worker.id.in_(gone)).values(stopped_at=now))
+                session.execute(update(Lease).where(Lease.name == LEADER, Lease.holder.in_(gone))
+                                .values(holder=None, expires_at=None))
             if session.get_bind().dialect.name == "sqlite":
                 for other in self._beats(session):
                     alive = other.hostname != self.hostname or _pid_alive(other.pid)

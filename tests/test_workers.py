@@ -96,6 +96,24 @@ def test_a_clean_stop_hands_over_at_once(database_url):
     assert shard.leader and shard.alone
 
 
+@ON_POSTGRESQL
+def test_a_robot_restarted_on_this_host_takes_over_from_its_killed_predecessor_at_once(database_url):
+    import socket
+    import subprocess
+    import sys
+
+    sessions = sessions_for(database_url)
+    killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(killed.stdout)  # a process of this host that is gone, as after a SIGKILL
+    old = Workers(sessions, MINUTE, (socket.gethostname(), dead_pid))
+    assert old.step(T0).leader
+    elsewhere = Workers(sessions, MINUTE, ("otherhost", dead_pid))  # another host's pid says nothing here
+    elsewhere.step(T0)
+    restarted = Workers(sessions, MINUTE, (socket.gethostname(), dead_pid + 10**6))
+    shard = restarted.step(T0 + timedelta(seconds=5))  # well within the two intervals a heartbeat lives
+    assert shard.leader and shard.live == (elsewhere.id, restarted.id)
+
+
 def test_on_sqlite_a_second_process_refuses_to_start(tmp_path):
     sessions = sessions_for(f"sqlite:///{tmp_path / 'r.db'}")
     Workers(sessions, MINUTE, ("otherhost", 1)).step(T0)
