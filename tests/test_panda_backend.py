@@ -496,7 +496,9 @@ def test_the_loop_excludes_a_broken_queue_through_panda(tmp_path, clock, fake):
         robot.run_once(clock.now())
     assert ("ANALY_A1", "online", "brokeroff") in transitions(robot)
     assert grid.statuses["ANALY_A1"] is QueueStatus.BROKEROFF  # set in the status store, not at PanDA
-    assert outcomes(robot)["failed"] >= 4
+    # the failures PanDA reported are counted (an excluded queue that still fails is then tested slowly,
+    # so how many more follow in these 40 minutes is the policy's cadence, not this test's point)
+    assert outcomes(robot)["failed"] >= 2
 
 
 @pytest.mark.parametrize("modes", [["http500"], ["malformed", "empty", "garbage"], ["delay", "drop"],
