@@ -276,7 +276,7 @@ def _statuses(session: Session, places: list[_Place], now: datetime) -> dict[int
                for queue_id, reason, evidence, time, new in session.execute(
                    select(QueueTransition.queue_id, QueueTransition.reason, QueueTransition.evidence,
                           QueueTransition.time, QueueTransition.new).where(QueueTransition.id.in_(latest)))}
-    downtimes = {site: [d for d in found if d.covers(now)] for site, found in windows_by_site(session, now, now).items()}
+    downtimes = windows_by_site(session, now, now)  # the outages going on now, per site
     found = {}
     for place in places:
         reason = reasons.get(place.id, "")
