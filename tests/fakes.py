@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from robot.backends.base import BackendUnavailable, InputFile, JobReport, JobRequest
+from robot.backends.base import BackendUnavailable, InputFile, JobReport, JobRequest, UserJobHour
 from robot.catalogue import DatasetInfo
 from robot.classify import load_table
 from robot.clock import ManualClock
@@ -48,6 +48,7 @@ class ScriptedGrid:
         self.before_kill: Any = None  # called at each kill, before it acts (a job may end meanwhile)
         self.kill_unreachable = False  # kills fail (the rest answers)
         self._ids = itertools.count(1000)
+        self.user_hours: list[UserJobHour] = []  # users' own jobs the grid counted (as PanDA would)
 
     # topology and catalogue
     def topology(self) -> Topology:
@@ -122,6 +123,10 @@ class ScriptedGrid:
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         self.statuses[queue] = status
+
+    def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
+        self._check("user_job_stats")
+        return [h for h in self.user_hours if since <= h.hour < until]
 
     # moving jobs, as the test says
     def in_queue(self, queue: str, states: tuple[JobStatus, ...] = (JobStatus.DEFINED, JobStatus.ACTIVATED,

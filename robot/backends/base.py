@@ -74,6 +74,20 @@ class JobReport:
     pilot_timing: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UserJobHour:
+    """Users' own analysis jobs (prodSourceLabel `user`, not the robot's) that ended at one queue in
+    one hour: aggregate counts only, no user, task or job ID."""
+
+    queue: str
+    hour: datetime  # the hour's start, UTC
+    ended: int  # finished + failed
+    failed: int
+    # per error that failed jobs reported first, (source, code) -> jobs; sources as robot.classify
+    # names them (pilot, ddm, taskbuffer, jobdispatcher, exe, sup; ("none", 0): no code at all)
+    errors: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
 class Backend(Protocol):
     name: str
 
@@ -91,6 +105,10 @@ class Backend(Protocol):
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
         """Ask the backend to kill; True where it will end `cancelled`, False where the backend
         refused (a job already final, or one it does not know)."""
+
+    def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
+        """Users' own jobs that ended in [since, until), per queue and hour (an hour cut by `since` or
+        `until` counts only its part inside). Raises BackendUnavailable."""
 
     def queue_status(self) -> dict[str, QueueStatus]:
         """Current status of every queue the backend serves."""

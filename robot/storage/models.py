@@ -306,6 +306,30 @@ class Downtime(Base):
     seen_at: Mapped[datetime]
 
 
+class UserJobHour(Base):
+    """Users' own analysis jobs at one queue in one hour, as PanDA counted them: aggregate counts only.
+
+    No user name, task or job ID is kept. `hour` is the hour's start (UTC); jobs count in the hour
+    they ended. `codes` holds one entry per error that failed jobs reported first (the one
+    robot.classify lets speak): {"source", "code", "name", "class", "jobs"}. The current hour is
+    read again until it is over, so its row grows; every read replaces the rows it covers.
+    """
+
+    __tablename__ = "user_job_hour"
+    __table_args__ = (Index("user_job_hour_hour", "hour"),)
+    queue: Mapped[str] = mapped_column(String(128), primary_key=True)  # PanDA's computingsite
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))  # the backend that counted them: panda, embedded, simulated
+    ended: Mapped[int] = mapped_column(default=0)  # finished + failed
+    failed: Mapped[int] = mapped_column(default=0)
+    failed_site: Mapped[int] = mapped_column(default=0)  # failures per error class (robot.classify)
+    failed_user: Mapped[int] = mapped_column(default=0)
+    failed_central: Mapped[int] = mapped_column(default=0)
+    failed_unknown: Mapped[int] = mapped_column(default=0)
+    codes: Mapped[list[Any]] = mapped_column(default=list)
+    read_at: Mapped[datetime]
+
+
 # -- tickets ----------------------------------------------------------------------------------
 class Ticket(Base):
     """A user support thread (mail) or a GGUS ticket, with the robot's verdict on it."""

@@ -1,0 +1,161 @@
+"""Users' own analysis jobs as evidence: hourly aggregate counts per queue, read from the backend.
+
+PanDA runs far more user jobs at a queue than the robot's test jobs, and they fail for the same
+site reasons (and for their own bugs). The backend counts the users' jobs that ended per queue
+and hour, with the error each failed one reported first (`Backend.user_job_stats`); this module
+classifies those errors with the robot's error table and keeps the counts as `user_job_hour`
+rows. Only aggregate counts are kept: no user name, no task, no job ID.
+
+`UserJobWatch` is a loop step: every `refresh` it reads the hours from the last complete one (or
+`look_back` at the first read) up to now and replaces the stored rows of those hours, so reading
+an hour twice stores it once and the current hour grows until it is over. A backend that cannot
+be read leaves the stored rows as they are and records an event: it never fails the step, and it
+is never a failure of any queue.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Iterable, Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
+from robot.classify import ErrorTable, Verdict, classify
+from robot.jobstates import JobStatus
+from robot.storage.models import Event
+from robot.storage.models import UserJobHour as UserJobHourRow
+
+HOUR = timedelta(hours=1)
+CLASS_COLUMNS = {"site": "failed_site", "user": "failed_user", "central": "failed_central"}  # others: unknown
+
+
+def hour_of(when: datetime) -> datetime:
+    return when.replace(minute=0, second=0, microsecond=0)
+
+
+def error_key(report: JobReport) -> tuple[str, int]:
+    """The error a failed job reported first, in the order robot.classify lets them speak."""
+    for source, code in (("pilot", report.pilot_error_code), ("ddm", report.ddm_error_code),
+                         ("taskbuffer", report.task_buffer_error_code),
+                         ("jobdispatcher", report.job_dispatcher_error_code), ("exe", report.exe_error_code),
+                         ("sup", report.sup_error_code)):
+        if code:
+            return source, code
+    return "none", 0
+
+
+def aggregate(reports: Iterable[JobReport], since: datetime, until: datetime) -> list[UserJobHour]:
+    """Final jobs (finished or failed, by end time in [since, until)) summed per queue and hour."""
+    ended: dict[tuple[str, datetime], int] = defaultdict(int)
+    failed: dict[tuple[str, datetime], int] = defaultdict(int)
+    errors: dict[tuple[str, datetime], dict[tuple[str, int], int]] = defaultdict(lambda: defaultdict(int))
+    for report in reports:
+        if report.job_status not in (JobStatus.FINISHED, JobStatus.FAILED) or report.end_time is None:
+            continue
+        if not since <= report.end_time < until:
+            continue
+        key = (report.queue, hour_of(report.end_time))
+        ended[key] += 1
+        if report.job_status is JobStatus.FAILED:
+            failed[key] += 1
+            errors[key][error_key(report)] += 1
+    return [UserJobHour(queue, hour, count, failed[(queue, hour)], dict(errors[(queue, hour)]))
+            for (queue, hour), count in sorted(ended.items())]
+
+
+def verdict(table: ErrorTable, source: str, code: int) -> Verdict:
+    """The error table's name and class for one (source, code) of a user job."""
+    if source in ("pilot", "ddm", "taskbuffer", "jobdispatcher", "exe"):
+        return classify(table, **{source: (code, "")})
+    if source == "sup":
+        return classify(table, sup=code)
+    return classify(table)
+
+
+def store(session: Session, source: str, hours: Sequence[UserJobHour], since: datetime, table: ErrorTable,
+          now: datetime) -> int:
+    """Make the stored hours in [since, ...) of the read what the backend just counted; returns rows written.
+
+    Rows of hours the read covered and returned nothing for are left alone (jobs that ended do not
+    disappear; a backend that lists nothing for an hour did not count it)."""
+    written = 0
+    for hour in hours:
+        if hour.hour < since:
+            continue
+        classes = {"site": 0, "user": 0, "central": 0, "unknown": 0}
+        codes = []
+        for (error_source, code), jobs in sorted(hour.errors.items(), key=lambda item: -item[1]):
+            found = verdict(table, error_source, code)
+            klass = found.klass if found.klass in classes else "unknown"
+            classes[klass] += jobs
+            codes.append({"source": error_source, "code": code, "name": found.name, "class": klass, "jobs": jobs})
+        session.execute(delete(UserJobHourRow).where(UserJobHourRow.queue == hour.queue,
+                                                     UserJobHourRow.hour == hour.hour))
+        session.add(UserJobHourRow(queue=hour.queue, hour=hour.hour, source=source, ended=hour.ended,
+                                   failed=hour.failed, failed_site=classes["site"], failed_user=classes["user"],
+                                   failed_central=classes["central"], failed_unknown=classes["unknown"],
+                                   codes=codes, read_at=now))
+        written += 1
+    session.flush()
+    return written
+
+
+class UserJobWatch:
+    """Loop step: read the users' jobs from the backend every `refresh`; never fails the step."""
+
+    def __init__(self, backend: Backend, table: ErrorTable, refresh: timedelta, look_back: timedelta):
+        self.backend = backend
+        self.table = table
+        self.refresh = refresh
+        self.look_back = look_back
+        self._read_at: datetime | None = None
+        self._complete_until: datetime | None = None  # hours before this were read after they ended
+
+    def __call__(self, session: Session, now: datetime) -> int | None:
+        if self._read_at is not None and now - self._read_at < self.refresh:
+            return None
+        self._read_at = now  # a failed read is tried again after `refresh`: the loop is not held up
+        since = self._complete_until if self._complete_until is not None else hour_of(now - self.look_back)
+        since = min(since, hour_of(now) - HOUR)  # the last hour again: jobs are archived late
+        try:
+            hours = self.backend.user_job_stats(since, now)
+        except BackendUnavailable as exc:
+            session.add(Event(time=now, kind="user_jobs_unreachable", subject=self.backend.name,
+                              message=f"users' jobs could not be read, the stored counts are kept: {exc}"))
+            return None
+        self._complete_until = hour_of(now)
+        return store(session, self.backend.name, hours, since, self.table, now)
+
+
+@dataclass(frozen=True)
+class StoredHour:
+    """One stored hour of users' jobs at a queue, as decisions and pages read it."""
+
+    queue: str
+    hour: datetime
+    ended: int
+    failed: int
+    by_class: dict[str, int]
+    codes: tuple[dict, ...]  # {"source", "code", "name", "class", "jobs"}
+
+    def as_dict(self) -> dict:
+        return {"hour": self.hour.isoformat(), "ended": self.ended, "failed": self.failed, **self.by_class,
+                "codes": list(self.codes)}
+
+
+def stored_hours(session: Session, since: datetime, until: datetime,
+                 queues: Sequence[str] | None = None) -> dict[str, list[StoredHour]]:
+    """Stored hours starting in [hour_of(since), until), per queue, oldest first."""
+    query = select(UserJobHourRow).where(UserJobHourRow.hour >= hour_of(since), UserJobHourRow.hour < until)
+    if queues is not None:
+        query = query.where(UserJobHourRow.queue.in_(list(queues)))
+    found: dict[str, list[StoredHour]] = defaultdict(list)
+    for row in session.scalars(query.order_by(UserJobHourRow.hour)):
+        found[row.queue].append(StoredHour(row.queue, row.hour, row.ended, row.failed,
+                                           {"site": row.failed_site, "user": row.failed_user,
+                                            "central": row.failed_central, "unknown": row.failed_unknown},
+                                           tuple(row.codes or ())))
+    return dict(found)

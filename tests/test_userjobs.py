@@ -1,0 +1,107 @@
+"""Users' own jobs as evidence: hourly aggregates stored on SQLite and PostgreSQL, read by a loop step."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect, select
+
+from robot.backends.base import BackendUnavailable, JobReport, UserJobHour
+from robot.classify import load_table
+from robot.jobstates import JobStatus
+from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Event
+from robot.storage.models import UserJobHour as Row
+from robot.userjobs import UserJobWatch, aggregate, hour_of, stored_hours, store
+from tests.fakes import T0
+
+TABLE = load_table()
+
+
+@pytest.fixture
+def sessions(database_url):
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def test_the_table_keeps_only_aggregate_counts():
+    engine = make_engine("sqlite://")
+    upgrade(engine)
+    columns = {c["name"] for c in inspect(engine).get_columns("user_job_hour")}
+    assert columns == {"queue", "hour", "source", "ended", "failed", "failed_site", "failed_user", "failed_central",
+                       "failed_unknown", "codes", "read_at"}  # no user, task or job ID
+
+
+def test_hours_are_stored_with_classes_and_codes_and_a_second_read_replaces_them(sessions):
+    hour = hour_of(T0)
+    first = [UserJobHour("ANALY_A", hour, 40, 6, {("pilot", 1099): 3, ("exe", 1): 2, ("pilot", 1324): 1}),
+             UserJobHour("ANALY_B", hour, 10, 0)]
+    with sessions() as session:
+        assert store(session, "panda", first, hour, TABLE, T0) == 2
+        session.commit()
+        again = [UserJobHour("ANALY_A", hour, 55, 8, {("pilot", 1099): 5, ("exe", 1): 2, ("pilot", 1324): 1})]
+        store(session, "panda", again, hour, TABLE, T0 + timedelta(minutes=30))
+        session.commit()
+    with sessions() as session:
+        rows = {r.queue: r for r in session.scalars(select(Row))}
+        assert len(rows) == 2
+        a = rows["ANALY_A"]
+        assert (a.ended, a.failed, a.failed_site, a.failed_user, a.failed_central, a.failed_unknown) == (55, 8, 5, 2, 1, 0)
+        assert a.hour == hour and a.hour.tzinfo is not None
+        assert a.codes[0] == {"source": "pilot", "code": 1099, "name": "STAGEINFAILED", "class": "site", "jobs": 5}
+        assert (rows["ANALY_B"].ended, rows["ANALY_B"].failed) == (10, 0)
+        read = stored_hours(session, hour, hour + timedelta(hours=1))
+        assert read["ANALY_A"][0].by_class == {"site": 5, "user": 2, "central": 1, "unknown": 0}
+
+
+def test_final_jobs_are_summed_per_queue_and_hour_by_end_time():
+    def job(queue, minutes, failed=False, **errors):
+        return JobReport(panda_id=1, job_status=JobStatus.FAILED if failed else JobStatus.FINISHED, queue=queue,
+                         end_time=T0 + timedelta(minutes=minutes), **errors)
+
+    reports = [job("A", 5), job("A", 50, True, pilot_error_code=1099), job("A", 70, True, exe_error_code=3),
+               job("A", 200), job("B", 10, True), JobReport(2, JobStatus.RUNNING, queue="A")]
+    hours = aggregate(reports, T0, T0 + timedelta(hours=2))
+    assert [(h.queue, h.hour, h.ended, h.failed, h.errors) for h in hours] == [
+        ("A", T0, 2, 1, {("pilot", 1099): 1}), ("A", T0 + timedelta(hours=1), 1, 1, {("exe", 3): 1}),
+        ("B", T0, 1, 1, {("none", 0): 1})]
+
+
+class Source:
+    name = "scripted"
+
+    def __init__(self):
+        self.hours: list[UserJobHour] = []
+        self.asked: list[tuple] = []
+        self.down = False
+
+    def user_job_stats(self, since, until):
+        self.asked.append((since, until))
+        if self.down:
+            raise BackendUnavailable("monitor: HTTP 503 after 3 attempt(s)")
+        return [h for h in self.hours if since <= h.hour < until]
+
+
+def test_the_watch_reads_new_hours_again_until_they_are_over_and_a_failing_source_keeps_what_is_stored(sessions):
+    source = Source()
+    watch = UserJobWatch(source, TABLE, refresh=timedelta(minutes=10), look_back=timedelta(hours=6))
+    now = T0 + timedelta(minutes=30)
+    source.hours = [UserJobHour("ANALY_A", T0 - timedelta(hours=1), 20, 1, {("pilot", 1099): 1}),
+                    UserJobHour("ANALY_A", T0, 8, 0)]
+    with sessions() as session:
+        assert watch(session, now) == 2
+        assert source.asked[-1] == (T0 - timedelta(hours=6), now)
+        assert watch(session, now + timedelta(minutes=5)) is None  # not due yet
+        source.hours[-1] = UserJobHour("ANALY_A", T0, 15, 2, {("pilot", 1099): 2})
+        watch(session, now + timedelta(minutes=40))  # the next hour: the last one is read again
+        assert source.asked[-1][0] == T0  # the hour read before, again: jobs are archived late
+        session.commit()
+        source.down = True
+        assert watch(session, now + timedelta(minutes=60)) is None
+        session.commit()
+        rows = {r.hour: (r.ended, r.failed) for r in session.scalars(select(Row))}
+        assert rows == {T0 - timedelta(hours=1): (20, 1), T0: (15, 2)}
+        events = session.scalars(select(Event).where(Event.kind == "user_jobs_unreachable")).all()
+        assert len(events) == 1 and "stored counts are kept" in events[0].message
