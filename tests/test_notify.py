@@ -54,10 +54,28 @@ class Collector:
         return [r.message["Subject"] for r in self.received]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class BoundController(Controller):
+    """An aiosmtpd server on a socket bound beforehand (port 0, chosen by the kernel and never let go),
+    so no other process can take its port between choosing it and listening on it."""
+
+    def __init__(self, handler: Any, sock: socket.socket, **kwargs: Any):
+        super().__init__(handler, hostname="127.0.0.1", port=sock.getsockname()[1], **kwargs)
+        self.sock = sock
+
+    def _create_server(self):  # type: ignore[no-untyped-def]
+        sock = self.sock.dup()  # the server closes its own; whoever bound `sock` closes that one
+        sock.listen()
+        return self.loop.create_server(self._factory_invoker, sock=sock, ssl=self.ssl_context)
+
+
+@pytest.fixture
+def closed_port():
+    """A socket bound to a port of its own (port 0) that does not listen: connections to it are refused
+    until `smtp_server(sock)` serves on it. Held until the test ends, so its port stays ours."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
 
 
 def accept(user: str, password: str) -> Callable[..., AuthResult]:
@@ -70,20 +88,27 @@ def accept(user: str, password: str) -> Callable[..., AuthResult]:
 
 @pytest.fixture
 def smtp_server():
-    """`start(port=None, **smtp_kwargs) -> (port, collector)`: an aiosmtpd server on 127.0.0.1, stopped at the end."""
+    """`start(sock=None, **smtp_kwargs) -> (port, collector)`: an aiosmtpd server on 127.0.0.1 (on `sock`, or
+    on a port 0 of its own), stopped at the end."""
     controllers: list[Controller] = []
+    sockets: list[socket.socket] = []
 
-    def start(port: int | None = None, **kwargs: Any) -> tuple[int, Collector]:
+    def start(sock: socket.socket | None = None, **kwargs: Any) -> tuple[int, Collector]:
         collector = Collector()
-        port = port or free_port()
-        controller = Controller(collector, hostname="127.0.0.1", port=port, **kwargs)
+        if sock is None:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        controller = BoundController(collector, sock, **kwargs)
         controller.start()
         controllers.append(controller)
-        return port, collector
+        return controller.port, collector
 
     yield start
     for controller in controllers:
         controller.stop()
+    for sock in sockets:
+        sock.close()
 
 
 @pytest.fixture
@@ -257,20 +282,20 @@ def test_silenced_site_is_marked_without_a_mail(robot, smtp, caplog):
     assert server.subjects() == ["ANALY_B auto-excluded at 12:00 UTC"]
 
 
-def test_server_down_marks_nothing_and_a_later_call_sends(robot, smtp_server):
-    port = free_port()  # nobody listens here yet
+def test_server_down_marks_nothing_and_a_later_call_sends(robot, smtp_server, closed_port):
+    port = closed_port.getsockname()[1]  # nobody listens here yet
     ids = [add(robot, "ANALY_A1", T0), add(robot, "ANALY_B", T0)]
     notifier = Notifier(settings(port), ACTOR)
     assert run(notifier, robot, T0 + BURST) == []
     assert notified(robot) == {i: None for i in ids}
-    _, server = smtp_server(port)
+    _, server = smtp_server(closed_port)
     assert sorted(run(notifier, robot, T0 + BURST + timedelta(minutes=1))) == [
         "ANALY_A1 auto-excluded at 12:00 UTC", "ANALY_B auto-excluded at 12:00 UTC"]
     assert len(server.received) == 2 and all(notified(robot).values())
 
 
-def test_gives_up_after_five_failed_attempts(robot, caplog):
-    port = free_port()
+def test_gives_up_after_five_failed_attempts(robot, caplog, closed_port):
+    port = closed_port.getsockname()[1]  # connections refused
     ids = [add(robot, "ANALY_A1", T0), add(robot, "ANALY_A2", T0)]
     notifier = Notifier(settings(port), ACTOR)
     for attempt in range(4):
