@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 
-from robot.yamlconfig import Duration, NonNegativeInt, PositiveInt, Strict
+from robot.yamlconfig import ConfigError, Duration, NonNegativeInt, PositiveInt, Strict, describe_validation_error
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Risk = Annotated[float, Field(gt=0, lt=1)]
@@ -79,3 +79,24 @@ class BlacklistSettings(Strict):
     default: SequentialSettings = SequentialSettings()
     safety: SafetySettings = SafetySettings()
     notify: NotifySettings = NotifySettings()
+
+
+def with_values(settings: BlacklistSettings, changes: dict[str, Any], where: str) -> BlacklistSettings:
+    """The settings with some values replaced, each named by its key path under `blacklist:`
+    (`default.stable_gap`, `hammercloud.job_gap`); every value is checked as in `robot.yaml`."""
+    raw = settings.model_dump()
+    for key, value in changes.items():
+        node: Any = raw
+        steps = key.split(".")
+        for i, step in enumerate(steps):
+            if not isinstance(node, dict) or step not in node:
+                raise ConfigError(where, [f"blacklist.{key}: the blacklist settings have no "
+                                          f"blacklist.{'.'.join(steps[:i + 1])}"])
+            if i == len(steps) - 1:
+                node[step] = value
+            else:
+                node = node[step]
+    try:
+        return BlacklistSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(where, [f"blacklist.{problem}" for problem in describe_validation_error(exc, BlacklistSettings)]) from exc

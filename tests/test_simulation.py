@@ -351,6 +351,24 @@ def test_sweep_prints_one_table_per_value_of_a_scenario_key(tmp_path):
     assert bad.exit_code == 1 and "noise.user" in bad.output and "'abc'" in bad.output
 
 
+def test_sweep_varies_a_policy_setting_for_every_row(tmp_path):
+    """`--set blacklist.KEY=...` changes the policy's settings, not the scenario: a longer pause between
+    a stable queue's jobs spends fewer test jobs on the same grid."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text("name: tiny\nduration: 6h\nqueues: {count: 4}\nnoise: {site: 0, user: 0, unknown: 0}\n")
+    result = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "blacklist.default.stable_gap=0,2h",
+                                       "--workers", "1", "--policy", "default", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["report"]
+    assert list(report) == ["tiny: blacklist.default.stable_gap=0", "tiny: blacklist.default.stable_gap=2h"]
+    busy, calm = (report[k]["default"]["jobs"] for k in report)
+    assert calm < busy
+    wrong = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "blacklist.default.stable_gapp=1h"])
+    assert wrong.exit_code == 1 and "blacklist.default.stable_gapp: the blacklist settings have no" in wrong.output
+    bad = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "blacklist.default.probes=-1"])
+    assert bad.exit_code == 1 and "blacklist.default.probes" in bad.output
+
+
 def test_replay_finds_where_another_policy_would_have_differed(tmp_path):
     clock = ManualClock(T0)
     grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE"), "ANALY_B": ("SITE-B", "US")})

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
+from blacklist.settings import with_values as with_settings
 from blacklist.simulate import COMPARED, RunResult, policy_settings, run, summarize
 from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
@@ -34,10 +35,15 @@ POLICY_HELP = (f"A built-in policy ({', '.join(COMPARED)}) or a YAML file with b
                "Default: all three built-in rows.")
 
 
-def _one(task: tuple[str, Scenario, str, int]) -> tuple[str, str, RunResult]:
-    key, scenario, policy, seed = task
+Variant = tuple[Scenario, dict[str, Any]]  # a scenario, and the blacklist settings changed for every policy row
+
+
+def _one(task: tuple[str, Variant, str, int]) -> tuple[str, str, RunResult]:
+    key, (scenario, changes), policy, seed = task
     logging.getLogger("blacklist").setLevel(logging.ERROR)  # the decisions are scored, not logged
     label, settings = policy_settings(policy)
+    if changes:
+        settings = with_settings(settings, changes, "--set")
     return key, label, run(scenario, settings, seed, label)
 
 
@@ -50,11 +56,11 @@ def _check_policies(policies: tuple[str, ...]) -> tuple[str, ...]:
     return policies or COMPARED
 
 
-def _run_all(scenarios: dict[str, Scenario], policies: tuple[str, ...], seeds: int,
+def _run_all(scenarios: dict[str, Scenario | Variant], policies: tuple[str, ...], seeds: int,
              workers: int) -> list[tuple[str, str, RunResult]]:
     """Every (scenario, policy, seed) run, in parallel; a progress bar on a terminal only."""
-    tasks = [(key, scenario, policy, seed) for key, scenario in scenarios.items() for policy in policies
-             for seed in range(1, seeds + 1)]
+    tasks = [(key, scenario if isinstance(scenario, tuple) else (scenario, {}), policy, seed)
+             for key, scenario in scenarios.items() for policy in policies for seed in range(1, seeds + 1)]
     console = make_console(stderr=True)
     with ProcessPoolExecutor(workers) as pool:
         futures = {pool.submit(_one, task): task for task in tasks}
@@ -148,7 +154,8 @@ def _parse_set(text: str) -> tuple[str, list[Any]]:
 @click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "sets", multiple=True, required=True, metavar="KEY=V1,V2,...",
               help="A scenario value to vary, by its key path in the YAML (noise.user=0.5%,1%,3%, "
-                   "faults[0].probability=0.5,0.9); repeat it to vary several together (every combination).")
+                   "faults[0].probability=0.5,0.9), or a policy setting under blacklist. for every row "
+                   "(blacklist.default.stable_gap=30m,1h); repeat it to vary several together (every combination).")
 @click.option("--policy", "policies", multiple=True, help=POLICY_HELP)
 @click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True, help="Random streams per value.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Parallel processes.")
@@ -157,16 +164,21 @@ def policy_sweep(scenario: str, sets: tuple[str, ...], policies: tuple[str, ...]
                  as_json: bool) -> None:
     """Rerun SCENARIO over values of its parameters and print one comparison per value."""
     axes = [_parse_set(text) for text in sets]
+    policies = _check_policies(policies)
     try:
         base = load_scenario(scenario)
-        variants = {}
+        variants: dict[str, Scenario | Variant] = {}
         for values in itertools.product(*(vs for _, vs in axes)):
             changes = {key: value for (key, _), value in zip(axes, values)}
             label = ", ".join(f"{key}={_shown(value)}" for key, value in changes.items())
-            variants[label] = with_values(base, changes, f"{scenario} with --set")
+            policy_changes = {key.removeprefix("blacklist."): value for key, value in changes.items()
+                              if key.startswith("blacklist.")}
+            for policy in policies:  # every value checked before anything runs
+                with_settings(policy_settings(policy)[1], policy_changes, "--set")
+            variants[label] = (with_values(base, {k: v for k, v in changes.items() if not k.startswith("blacklist.")},
+                                           f"{scenario} with --set"), policy_changes)
     except ConfigError as exc:
         raise click.ClickException(f"invalid {exc}") from exc
-    policies = _check_policies(policies)
     report = {f"{base.name}: {label}": rows for label, rows in
               _report(list(variants), _run_all(variants, policies, seeds, workers)).items()
               if label != "all scenarios"}
