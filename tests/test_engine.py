@@ -273,31 +273,54 @@ def test_mode_switch_off_stops_decisions_without_restart(tmp_path, clock, grid):
     assert transitions(robot) == [] and "ANALY_B3" not in grid.statuses
 
 
-def test_blacklist_cli_overrides_silences_and_mode(tmp_path, clock, grid):
+def test_blacklist_cli_overrides_silences_and_mode(tmp_path, clock, grid, monkeypatch):
+    """People's decisions are recorded as the OS user's (`alice` here), never a name typed on the command line."""
+    monkeypatch.setenv("LOGNAME", "alice")
     robot = robot_with_engine(tmp_path, grid)
     robot.run_once(clock.now())
     config = tmp_path / "robot.yaml"
     config.write_text(f"data_dir: {tmp_path}\ndatabase: {{url: '{robot.config.database_url}'}}\n")
     run = lambda *args: CliRunner().invoke(main, ["--config", str(config), "blacklist", *args])  # noqa: E731
-    assert run("exclude", "ANALY_A3", "--reason", "downtime", "--by", "alice", "--for", "2h").exit_code == 0
-    assert run("exclude", "ANALY_NOPE", "--reason", "x", "--by", "alice").exit_code == 2
-    assert run("exclude", "ANALY_A3", "--by", "alice").exit_code == 2  # a reason is required
-    assert run("silence", "SITE-B1", "--for", "4h", "--reason", "scheduled downtime", "--by", "bob").exit_code == 0
-    assert "neither a queue" in run("silence", "NOWHERE", "--for", "1h", "--reason", "r", "--by", "b").output
-    assert "mode: enforce" not in run("mode", "dry-run", "--by", "carol").output.replace("dry-run", "")
+    excluded = run("exclude", "ANALY_A3", "--reason", "downtime", "--for", "2h")
+    assert excluded.exit_code == 0 and "manual exclude (brokeroff) by alice until " in excluded.output
+    assert run("exclude", "ANALY_NOPE", "--reason", "x").exit_code == 2
+    assert run("exclude", "ANALY_A3").exit_code == 2  # a reason is required
+    assert run("silence", "SITE-B1", "--for", "4h", "--reason", "scheduled downtime").exit_code == 0
+    assert "neither a queue" in run("silence", "NOWHERE", "--for", "1h", "--reason", "r").output
+    assert "mode: enforce" not in run("mode", "dry-run").output.replace("dry-run", "")
     step(robot, clock)
     listing = json.loads(run("list", "--json").output)
     assert listing["mode"] == "dry-run"
     assert [(o["queue"], o["by"]) for o in listing["overrides"]] == [("ANALY_A3", "alice")]
-    assert [(s["scope"], s["name"]) for s in listing["silences"]] == [("site", "SITE-B1")]
+    assert [(s["scope"], s["name"], s["by"]) for s in listing["silences"]] == [("site", "SITE-B1", "alice")]
     assert [q["queue"] for q in listing["queues"]] == ["ANALY_A3"]
     assert grid.statuses["ANALY_A3"] is QueueStatus.BROKEROFF
     history = json.loads(run("history", "--since", "1000d", "--json").output)
     assert history[0]["actor"] == "person:alice" and "downtime" in history[0]["reason"]
-    assert "1 override(s) cleared" in run("clear", "ANALY_A3", "--by", "alice").output
+    assert "1 override(s) cleared" in run("clear", "ANALY_A3").output
     step(robot, clock)
     assert grid.statuses["ANALY_A3"] is QueueStatus.ONLINE
-    assert "from the configuration" in run("mode", "--reset", "--by", "carol").output
+    assert "switched by alice at " in run("mode", "enforce").output
+    assert "from the configuration" in run("mode", "--reset").output
+    assert "1 silence(s) ended" in run("unsilence", "SITE-B1").output
+
+
+@pytest.mark.parametrize("command", [("exclude", "ANALY_A3", "--reason", "r"), ("include", "ANALY_A3", "--reason", "r"),
+                                     ("clear", "ANALY_A3"), ("silence", "ANALY_A3", "--for", "1h", "--reason", "r"),
+                                     ("unsilence", "ANALY_A3"), ("mode", "off")])
+def test_nobody_can_type_another_name_for_a_blacklist_decision(tmp_path, command):
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "blacklist", *command, "--by", "olga"])
+    assert result.exit_code == 2 and "No such option '--by'" in result.output
+
+
+def test_a_silence_without_for_says_what_to_pass(tmp_path):
+    config = tmp_path / "robot.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "blacklist", "silence", "MWT2", "--reason", "r"])
+    assert result.exit_code == 2 and "--for 4h" in result.output and "blacklist unsilence MWT2" in result.output
+    assert not (tmp_path / "healthrobot.db").exists()  # refused before the database is touched
 
 
 def run_with_one_queue_waiting(robot, grid, clock, waiting: str, steps: int = 8) -> None:

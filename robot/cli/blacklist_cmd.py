@@ -2,6 +2,8 @@
 
 People's exclusions and inclusions are stored here and applied by the robot's next step (so they
 reach the grid through the same actuator, are read back and recorded like the robot's own).
+Who decides is the person at the keyboard, the operating system's user (`os_user`, as for stress
+tests), never a name typed on the command line; the dashboard records its signed-in user.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from sqlalchemy import or_, select
 
 from blacklist import overrides as people
 from blacklist.engine import MODE_SETTING, effective_mode
-from robot.cli import Context, pass_context
+from robot.cli import Context, os_user, pass_context
 from robot.cli.params import DURATION
 from robot.cli.queues import require_queue
 from robot.cli.render import make_console
@@ -90,37 +92,33 @@ def _override(ctx: Context, queue_name: str, action: str, status: str, reason: s
 @blacklist_group.command("exclude")
 @click.argument("queue")
 @click.option("--reason", required=True, help="Why (recorded and mailed).")
-@click.option("--by", "actor", required=True, help="Who decides.")
 @click.option("--for", "duration", type=DURATION, help="End the exclusion after this long (default: until cleared).")
 @click.option("--status", type=click.Choice(["brokeroff", "test", "offline"]), default="brokeroff", show_default=True)
 @pass_context
-def blacklist_exclude(ctx: Context, queue: str, reason: str, actor: str, duration: timedelta | None,
-                      status: str) -> None:
-    """Exclude QUEUE by hand: the robot will not change it while this lasts."""
-    _override(ctx, queue, "exclude", status, reason, actor, duration)
+def blacklist_exclude(ctx: Context, queue: str, reason: str, duration: timedelta | None, status: str) -> None:
+    """Exclude QUEUE by hand, as the OS user: the robot will not change it while this lasts."""
+    _override(ctx, queue, "exclude", status, reason, os_user(), duration)
 
 
 @blacklist_group.command("include")
 @click.argument("queue")
 @click.option("--reason", required=True, help="Why (recorded).")
-@click.option("--by", "actor", required=True, help="Who decides.")
 @click.option("--for", "duration", type=DURATION, help="Keep the robot from excluding it for this long.")
 @pass_context
-def blacklist_include(ctx: Context, queue: str, reason: str, actor: str, duration: timedelta | None) -> None:
-    """Set QUEUE online by hand; the robot does not exclude it while this lasts."""
-    _override(ctx, queue, "include", "online", reason, actor, duration)
+def blacklist_include(ctx: Context, queue: str, reason: str, duration: timedelta | None) -> None:
+    """Set QUEUE online by hand, as the OS user; the robot does not exclude it while this lasts."""
+    _override(ctx, queue, "include", "online", reason, os_user(), duration)
 
 
 @blacklist_group.command("clear")
 @click.argument("queue")
-@click.option("--by", "actor", required=True, help="Who clears it.")
 @pass_context
-def blacklist_clear(ctx: Context, queue: str, actor: str) -> None:
-    """End a person's override of QUEUE now (an exclusion ends: the queue goes back online)."""
+def blacklist_clear(ctx: Context, queue: str) -> None:
+    """End a person's override of QUEUE now, as the OS user (an exclusion ends: the queue goes back online)."""
     now = SystemClock().now()
     with ctx.session() as session:
         try:
-            cleared = people.clear_overrides(session, queue, actor, now)
+            cleared = people.clear_overrides(session, queue, os_user(), now)
         except people.UnknownName as exc:
             raise click.BadParameter(str(exc), param_hint="QUEUE") from exc
         session.commit()
@@ -129,12 +127,15 @@ def blacklist_clear(ctx: Context, queue: str, actor: str) -> None:
 
 @blacklist_group.command("silence")
 @click.argument("name")
-@click.option("--for", "duration", type=DURATION, required=True, help="How long.")
+@click.option("--for", "duration", type=DURATION, help="How long, e.g. 4h or 2d (required: a silence always ends).")
 @click.option("--reason", required=True, help="Why (e.g. scheduled downtime).")
-@click.option("--by", "actor", required=True, help="Who.")
 @pass_context
-def blacklist_silence(ctx: Context, name: str, duration: timedelta, reason: str, actor: str) -> None:
-    """No automatic exclusion and no mail for NAME (a queue, a site or a cloud) for a while."""
+def blacklist_silence(ctx: Context, name: str, duration: timedelta | None, reason: str) -> None:
+    """No automatic exclusion and no mail for NAME (a queue, a site or a cloud) for a while, as the OS user."""
+    if duration is None:
+        raise click.UsageError("say how long the silence lasts with --for, e.g. `--for 4h` or `--for 2d` (a silence "
+                               f"always ends; `{ctx.command('blacklist', 'unsilence', name)}` ends it sooner)")
+    actor = os_user()
     now = SystemClock().now()
     with ctx.session() as session:
         try:
@@ -147,28 +148,25 @@ def blacklist_silence(ctx: Context, name: str, duration: timedelta, reason: str,
 
 @blacklist_group.command("unsilence")
 @click.argument("name")
-@click.option("--by", "actor", required=True, help="Who.")
 @pass_context
-def blacklist_unsilence(ctx: Context, name: str, actor: str) -> None:
-    """End the silences of NAME now."""
+def blacklist_unsilence(ctx: Context, name: str) -> None:
+    """End the silences of NAME now, as the OS user."""
     now = SystemClock().now()
     with ctx.session() as session:
-        ended = people.end_silences(session, name, actor, now)
+        ended = people.end_silences(session, name, os_user(), now)
         session.commit()
     click.echo(f"{name}: {ended} silence(s) ended")
 
 
 @blacklist_group.command("mode")
 @click.argument("mode", required=False, type=click.Choice(["off", "dry-run", "enforce"]))
-@click.option("--by", "actor", help="Who switches (required to switch).")
 @click.option("--reset", is_flag=True, help="Forget the switch: the configuration's mode applies again.")
 @pass_context
-def blacklist_mode(ctx: Context, mode: str | None, actor: str | None, reset: bool) -> None:
-    """Show or switch the automatic exclusion mode (off, dry-run, enforce) without a restart."""
+def blacklist_mode(ctx: Context, mode: str | None, reset: bool) -> None:
+    """Show or switch (as the OS user) the automatic exclusion mode (off, dry-run, enforce) without a restart."""
     with ctx.session() as session:
         if reset or mode:
-            if not actor:
-                raise click.UsageError("--by is required to switch the mode")
+            actor = os_user()
             stored = session.get(Setting, MODE_SETTING)
             if reset:
                 if stored:
