@@ -21,6 +21,12 @@ VERDICTS = ("online", "pending", "excluded")
 MEANING = {"online": "nothing against it", "pending": "in doubt: probe jobs sent to check",
            "excluded": "taken out of user work"}
 APPLIED, NOT_APPLIED = "applied", "dry-run"
+TICKET_VERDICTS = {"site": "site", "central": "central", "not_site": "not the site", "unknown": "unknown"}
+
+
+def ticket_verdict(verdict: str | None) -> str:
+    """A ticket's verdict as people read it: `not_site` is "not the site"; none yet is "not judged"."""
+    return TICKET_VERDICTS.get(verdict or "", verdict or "not judged")
 
 
 def applied_word(applied: bool) -> str:

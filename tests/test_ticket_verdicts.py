@@ -21,6 +21,37 @@ def test_exclusion_episode_runs_from_first_failing_job_to_reinclusion():
     assert by_queue["ANALY_Y"].end is None  # still excluded
 
 
+def test_an_exclusion_episode_speaks_plain_words_and_keeps_the_policy_s_own_aside():
+    evidence = {"jobs": [{"end_time": (T - timedelta(minutes=m)).isoformat(), "failed": True, "error_class": "site",
+                          "error": "STAGEINFAILED", "panda_id": m} for m in (30, 10)]}
+    policy = "2 failures pointing at the site (STAGEINFAILED) outweigh the completed jobs: CUSUM 7.0 >= 6.2"
+    (spec,) = from_transitions([Move("ANALY_X", T, "brokeroff", policy, evidence)])
+    assert spec.reason == ("2 site-class failures (STAGEINFAILED) in the last 30m, more than a healthy queue "
+                           "would show") and spec.evidence["policy_reason"] == policy
+    episode = EpisodeRef(1, "ANALY_X", "SITE-X", "US", spec.start, None, "exclusion", spec.reason,
+                         policy_reason=policy)
+    result = judge(T, T, [Named("queue", "ANALY_X", "ANALY_X", "SITE-X", "US")], [episode], {}, [])
+    assert result.verdict == "site" and "CUSUM" not in result.reason + result.reply + " ".join(result.for_site)
+    assert result.reason.startswith("ANALY_X was degraded from ") and "2 site-class failures" in result.reply
+    assert result.evidence["policy"] == f"ANALY_X: {policy}"  # the technical reason, as secondary detail
+
+
+def test_no_reason_repeats_its_verdict():
+    site = judge(T, T, [Named("queue", "ANALY_X", "ANALY_X", "SITE-X", "US")], [EPISODE], {}, [])
+    job = judge(T, T, [Named("job_error", "4242", "ANALY_Y", "SITE-Y", "DE", error_class="site")], [], {}, [])
+    healthy = judge(T, T, [Y], [], {"ANALY_Y": Figures("ANALY_Y", 50, 2, 1)}, [])
+    central = judge(T, T, [Y], [], {}, [CentralIncident(T - timedelta(hours=1), T, "mass_failure", "12 of 40 queues "
+                                                          "failing at once", ("ANALY_Y",))])
+    assert [r.verdict for r in (site, job, healthy, central)] == ["site", "site", "not_site", "central"]
+    for result in (site, job, healthy, central):
+        assert not result.reason.lower().startswith(("the site", "not the site", "a central problem")), result.reason
+
+
+def test_unknown_says_how_many_results_there_were_when_too_few():
+    few = judge(T, T, [Y], [], {"ANALY_Y": Figures("ANALY_Y", 4, 0, 0)}, [])
+    assert few.verdict == "unknown" and few.reason == "only 4 test results at ANALY_Y (5 needed) in that window"
+
+
 def test_metrics_episode_from_windows_of_site_failures():
     results = [Failure("ANALY_X", T + timedelta(minutes=m), True, "site", "STAGEINFAILED", m) for m in range(0, 110, 10)]
     results += [Failure("ANALY_X", T + timedelta(hours=3, minutes=m), False, None, None, 100 + m) for m in range(0, 50, 10)]

@@ -90,6 +90,13 @@ def test_why_answers_for_a_ticket_a_queue_and_a_job(world):
     mwt2 = next(t for t in tickets if "ANALY_MWT2_UCORE with stage-in" in t["subject"])
     answer = json.loads(cli(world, "why", str(mwt2["id"]), "--json"))
     assert answer["verdict"] == "site" and answer["links"]
+    # plain words for the shifter, said once; the policy's own reason only as a detail line
+    text = cli(world, "why", f"ticket:{mwt2['id']}")
+    first, details = text.splitlines()[0], text.splitlines()[1:]
+    assert ": site: ANALY_MWT2_UCORE was degraded from " in first and "the site:" not in first
+    assert "site-class failures (STAGEINFAILED)" in first and "CUSUM" not in first and "CUSUM" not in answer["reply"]
+    assert [line for line in details if "CUSUM" in line] == [line for line in details if line.startswith("  policy: ")]
+    assert any(line.startswith("  policy: ANALY_MWT2_UCORE: ") for line in details)
     queue = json.loads(cli(world, "why", "ANALY_MWT2_UCORE", "--json"))
     assert queue["robot_state"] == "excluded" and mwt2["id"] in queue["tickets"]
     failed_job = next(pid for pid, job in world["grid"].jobs.items() if job.pilot_error_code == 1099)

@@ -35,7 +35,7 @@ from robot.metrics import Health, health
 from robot.services import Services, build
 from robot.storage.database import upgrade
 from robot.storage.models import Queue, QueueTransition
-from robot.vocabulary import decision, plain_reason
+from robot.vocabulary import decision, plain_reason, ticket_verdict
 
 if TYPE_CHECKING:
     from dashboard.app import DashboardServer
@@ -112,8 +112,8 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
         for d in decisions:
             console.print(f"{d['queue']}: {d['actor']}: {d['decision']}: {d['why']}", markup=False)
         for ticket in tickets:
-            console.print(f"demo ticket {ticket['id']} ({ticket['subject']}): {ticket['verdict']}: {ticket['reason']}; "
-                          f"see why: {again} why {ticket['id']}", markup=False, soft_wrap=True)
+            console.print(f"demo ticket {ticket['id']} ({ticket['subject']}): {ticket_verdict(ticket['verdict'])}: "
+                          f"{ticket['reason']}; see why: {again} why ticket:{ticket['id']}", markup=False, soft_wrap=True)
         console.print(f"see it again: {again} status", markup=False, soft_wrap=True)
 
 

@@ -17,7 +17,7 @@ from robot.cli.render import make_console
 from robot.clock import SystemClock
 from robot.downtimes import announced_downtimes
 from robot.storage.models import Episode, Job, Queue, QueueTransition, Site, Ticket, TicketLink, TicketMention
-from robot.vocabulary import decision, plain_reason, queue_state
+from robot.vocabulary import decision, plain_reason, queue_state, ticket_verdict
 from robot.tickets.ingest import import_source
 from robot.tickets.sample import THREADS, write_sample_mbox
 from robot.tickets.store import judge_tickets
@@ -92,7 +92,7 @@ def tickets_list(ctx: Context, queue: str | None, only_open: bool, as_json: bool
         table.add_column(column)
     for r in rows:  # plain text cells: a ticket's content is never markup
         confidence = (r["evidence"] or {}).get("confidence")
-        table.add_row(str(r["id"]), r["state"], r["last_message_at"][:16], r["subject"][:60], r["verdict"] or "-",
+        table.add_row(str(r["id"]), r["state"], r["last_message_at"][:16], r["subject"][:60], ticket_verdict(r["verdict"]),
                       f"{confidence:.0%}" if confidence is not None else "-", (r["verdict_reason"] or "")[:100])
     make_console().print(table, markup=False)
 
@@ -172,13 +172,15 @@ def _why_ticket(session: Session, ticket_id: int) -> dict[str, Any] | None:
     details += [f"points away from the site: {line}" for line in evidence.get("against_site", [])]
     details += [f"linked: {link['queue']} ({link['score']:.2f}) {link['why']}: {link['episode']}"
                 for link in row["links"]]
+    if evidence.get("policy"):
+        details.append(f"policy: {evidence['policy']}")
     details += [f"names {m['kind']} {m['value']}" + ("" if m["complaint"] else " (said to work)")
                 for m in row["mentions"] if m["kind"] != "job_error"]
     if evidence.get("reply"):
         details.append(f"reply: {evidence['reply']}")
     return {"kind": "ticket", **row, "confidence": evidence.get("confidence"), "reply": evidence.get("reply"),
             "answer": f"ticket {ticket.id} ({ticket.subject}): "
-                      f"{ticket.verdict or 'not judged'}: {ticket.verdict_reason or ''}",
+                      f"{ticket_verdict(ticket.verdict)}: {ticket.verdict_reason or ''}",
             "details": details}
 
 
@@ -210,7 +212,7 @@ def _why_queue(session: Session, name: str) -> dict[str, Any] | None:
             details.append(f"policy: {last['reason']}")
     details += [(f"episode {e.start:%Y-%m-%d %H:%M}-{e.end:%H:%M}" if e.end else f"episode since {e.start:%Y-%m-%d %H:%M}")
                 + f": {e.reason}" for e in episodes]
-    details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
+    details += [f"open ticket {t.id}: {t.subject} ({ticket_verdict(t.verdict)})" for t in tickets]
     announced = announced_downtimes(session, queue.site.name, SystemClock().now())
     details = [f"{queue.site.name}: {line}" for line in announced] + details
     return {"kind": "queue", "queue": queue.name, "status": queue.status, "robot_state": queue.robot_state,
@@ -237,7 +239,7 @@ def _why_site(session: Session, name: str) -> dict[str, Any] | None:
                else f"all {len(rows)} queues online for the robot")
     details = [f"{r['queue']}: {r['state']}" + (f": {r['last_change']['why']}" if r["last_change"]
                                                 and r["robot_state"] != "online" else "") for r in rows]
-    details += [f"open ticket {t.id}: {t.subject} ({t.verdict})" for t in tickets]
+    details += [f"open ticket {t.id}: {t.subject} ({ticket_verdict(t.verdict)})" for t in tickets]
     announced = announced_downtimes(session, name, SystemClock().now())
     details = announced + details
     return {"kind": "site", "site": name, "downtimes": announced, "queues": rows, "tickets": [t.id for t in tickets],
@@ -251,7 +253,7 @@ def _why_job(session: Session, target: str) -> dict[str, Any] | None:
         TicketMention.kind == "panda_id", TicketMention.value == target)))).all()
     if job is None and not tickets:
         return None
-    details = [f"ticket {t.id}: {t.subject}: {t.verdict}: {t.verdict_reason}" for t in tickets]
+    details = [f"ticket {t.id}: {t.subject}: {ticket_verdict(t.verdict)}: {t.verdict_reason}" for t in tickets]
     if job is not None:
         found, name = job
         answer = (f"PanDA job {target} (a robot test job) at {name}: {found.outcome or found.job_status}"

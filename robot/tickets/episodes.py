@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from robot.storage.models import Episode, Job, Queue, QueueTransition, TicketLink
+from robot.vocabulary import plain_reason
 
 WINDOW = timedelta(hours=1)
 
@@ -67,8 +68,10 @@ def _exclusion_episode(move: Move, end: datetime | None) -> EpisodeSpec:
     jobs = move.evidence.get("jobs", []) if isinstance(move.evidence, dict) else []
     times = [datetime.fromisoformat(j["end_time"]) for j in jobs if j.get("end_time")]
     classes = Counter(j.get("error_class") or "unknown" for j in jobs if j.get("failed"))
-    return EpisodeSpec(move.queue, min([move.time, *times]), end, "exclusion", move.reason, dict(classes),
-                       {"jobs": jobs[:20], "excluded_at": move.time.isoformat()})
+    # The reason in plain words for shifters and ticket replies; the policy's own words stay in the evidence.
+    return EpisodeSpec(move.queue, min([move.time, *times]), end, "exclusion",
+                       plain_reason(move.reason, move.evidence, move.time, move.new), dict(classes),
+                       {"jobs": jobs[:20], "excluded_at": move.time.isoformat(), "policy_reason": move.reason})
 
 
 def from_failures(results: Iterable[Failure], min_jobs: int = 3, share: float = 0.5,

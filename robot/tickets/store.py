@@ -210,7 +210,8 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
     refresh_episodes(session, since, now)
     places = queue_places(session)
     where = _places(session, places)
-    episodes = [EpisodeRef(e.id, name, *places[name], e.start, e.end, e.source, e.reason, e.error_classes)
+    episodes = [EpisodeRef(e.id, name, *places[name], e.start, e.end, e.source, e.reason, e.error_classes,
+                           (e.evidence or {}).get("policy_reason", ""))
                 for e, name in session.execute(select(Episode, Queue.name).join(Queue, Queue.id == Episode.queue_id))]
     incidents = central_incidents(session, since - INCIDENT_MARGIN)
     downtimes = [DowntimeRef(d.site, d.start, d.end, describe(d)) for found in

@@ -56,8 +56,9 @@ class EpisodeRef:
     start: datetime
     end: datetime | None
     source: str
-    reason: str
+    reason: str  # in plain words (robot.vocabulary.plain_reason), what a shifter reads
     error_classes: dict[str, int] = field(default_factory=dict)
+    policy_reason: str = ""  # the policy's own words (e.g. "... CUSUM 7.0 >= 6.2"), secondary detail
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,9 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
                 con.append(_passed(f))
         confidence = links[0][1] - 0.15 * min(2, len(con))
         until = "" if best.end is None else f" until {best.end:%H:%M} UTC"
-        return _done("site", f"the site: {best.queue} {best.reason} ({since}); {links[0][2]}",
-                     {"episodes": [link[0] for link in links]}, links, confidence,
+        detail = {"policy": f"{best.queue}: {best.policy_reason}"} if best.policy_reason else {}
+        return _done("site", f"{best.queue} was degraded {since}: {best.reason}; {links[0][2]}",
+                     {"episodes": [link[0] for link in links], **detail}, links, confidence,
                      f"Our test jobs failed at {best.queue} from {best.start:%Y-%m-%d %H:%M} UTC{until} "
                      f"({best.reason}): this is a site problem, not your jobs; we have told the site, please "
                      f"resubmit avoiding it (--excludedSite={best.queue}) or after it is fixed.", pro, con)
@@ -192,7 +194,7 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
         passed = figures.get(job.queue or "")
         if passed is not None and _healthy(passed):
             con.append(_passed(passed))
-        return _done("site", f"the site: PanDA reports job {job.value} failed at {job.queue} with a site error",
+        return _done("site", f"PanDA reports job {job.value} failed at {job.queue} with a site error",
                      {"jobs": [n.value for n in site_jobs]}, [], 0.6 - (0.15 if con else 0.0),
                      f"Your job {job.value} failed at {job.queue} with an error of the site's; our own tests "
                      "saw no lasting problem there, so please resubmit and tell us if it happens again.", pro, con)
@@ -219,7 +221,7 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
             pro.append(f"the incident ended {_hours(first - incident.end)} before the ticket, whose errors are "
                        "central-class like the incident's")
         confidence = (0.9 if named_hit or central_errors else 0.65) - (0.3 if before else 0.0)
-        return _done("central", f"a central problem: {incident.message}",
+        return _done("central", f"{incident.message} (from {incident.start:%Y-%m-%d %H:%M} to {incident.end:%H:%M} UTC)",
                      {"incidents": [f"{incident.kind} from {incident.start.isoformat()} to {incident.end.isoformat()}"]},
                      [], confidence,
                      f"This was a central problem, not the site and not your code: from {incident.start:%H:%M} to "
@@ -236,7 +238,7 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
         confidence = (0.85 if jobs >= 20 else 0.7) - (0.2 if pro else 0.0)
         named_places = ", ".join(sorted({n.value for n in spots})) or "the named queues"
         passed = "; ".join(f"{f.queue} passed {f.jobs - f.failed} of {f.jobs} tests" for f in tested[:4])
-        return _done("not_site", f"not the site: {passed} in that window; look at the user's code or setup",
+        return _done("not_site", f"{passed} in that window; look at the user's code or setup",
                      {"figures": {f.queue: f.__dict__ for f in tested}}, [], confidence,
                      f"Our test jobs ran fine at {named_places} in that time ({passed}), so the site looks "
                      "healthy: the problem is most likely in your job; please send the command you ran and a "
@@ -254,10 +256,17 @@ def judge(first: datetime, last: datetime, named: list[Named], episodes: list[Ep
                          "Our tests saw no site problem anywhere on the grid at that time; please send a link to "
                          "a failing job and the command you ran, so that we can look at it.", pro, con)
 
+    seen = [figures[q] for q in queues if q in figures and figures[q].jobs]
     if not spots:
         reason = "the ticket names no queue, site or job the robot knows"
-    else:
+    elif not seen:
         reason = f"no test results for {', '.join(queues) or 'the named places'} in that window"
+    else:
+        reason = "; ".join(
+            f"only {f.jobs} test result{'s' if f.jobs != 1 else ''} at {f.queue} ({HEALTHY_MIN_JOBS} needed)"
+            if f.jobs < HEALTHY_MIN_JOBS else
+            f"{f.site_failed} of {f.jobs} tests at {f.queue} failed with site errors, without a degradation episode"
+            for f in seen[:4]) + " in that window"
     return _done("unknown", reason, {}, [], 0.0,
                  "We cannot tell yet whether the site is at fault: please send a link to a failing job (its "
                  "PanDA ID) and the command you ran.", pro, con)
