@@ -1,19 +1,27 @@
 """Several robot processes on one database, sharing the work the way Rucio's daemons do.
 
 Each process (a *worker*) writes a heartbeat row at every step. The live workers (a beat within
-two loop intervals, not stopped) split the queues by a stable hash of the queue name modulo their
-number, each taking the queues whose hash falls on its rank among them (ordered by worker id, i.e.
-by start). A worker that stops beating is dead after two intervals and its queues fall to the
-others at their next step. Decisions that need the whole grid (topology, queue statuses, the
-exclusion engine with its mass guard and caps, incidents, stress supervision, the dashboards'
-rollup) are taken by one leader at a time: the worker holding the `leader` lease, renewed at each
-step and taken over by a conditional update once it expired.
+two loop intervals, not stopped, and on PostgreSQL still connected) split the queues by a stable
+hash of the queue name modulo their number, each taking the queues whose hash falls on its rank
+among them (ordered by worker id, i.e. by start). Decisions that need the whole grid (topology,
+queue statuses, the exclusion engine with its mass guard and caps, incidents, stress supervision,
+the dashboards' rollup) are taken by one leader at a time: the worker holding the `leader` lease,
+renewed at each step and taken over by a conditional update once it expired or its holder died.
+
+When is a worker dead? On PostgreSQL each worker holds a session advisory lock keyed by its id on
+a connection of its own for as long as it lives; the server releases it the moment the process is
+gone (SIGKILL, a crash: the kernel closes its socket). A killed worker is therefore dead at the
+others' next step, and its queues and lease are taken in that same step: replaced within one loop
+interval of its death, its queues untested for at most two. A worker that lives but stops
+stepping (hung) keeps its lock; it is dead once its heartbeat is two intervals old, as before.
 
 The rules are pure functions of the stored heartbeats and the given `now`; `Workers` does the I/O.
 On SQLite only one process may run: a second refuses to start (`AnotherRobotRunning`).
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import socket
 import zlib
@@ -21,13 +29,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Connection, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from robot.storage.models import Lease, Worker
 
 LEADER = "leader"
 DEAD_AFTER_INTERVALS = 2
+ALIVE_LOCK = 0x51C0B08  # PostgreSQL advisory lock (ALIVE_LOCK, worker id): held by the worker while its process lives
 
 
 class AnotherRobotRunning(Exception):
@@ -41,6 +51,7 @@ class Beat:
     pid: int
     last_beat_at: datetime
     stopped_at: datetime | None = None
+    connected: bool = True  # on PostgreSQL: its process still holds its liveness lock
 
 
 # -- the rules (pure) ---------------------------------------------------------------------------
@@ -49,7 +60,7 @@ def dead_after(interval: timedelta) -> timedelta:
 
 
 def is_live(beat: Beat, now: datetime, interval: timedelta) -> bool:
-    return beat.stopped_at is None and now - beat.last_beat_at <= dead_after(interval)
+    return beat.connected and beat.stopped_at is None and now - beat.last_beat_at <= dead_after(interval)
 
 
 def live_ids(beats: Iterable[Beat], now: datetime, interval: timedelta, me: int) -> list[int]:
@@ -67,9 +78,12 @@ def owner(queue: str, live: Sequence[int]) -> int:
     return live[queue_hash(queue) % len(live)]
 
 
-def may_take_lease(holder: int | None, expires_at: datetime | None, me: int, now: datetime) -> bool:
-    """A lease is free when nobody holds it, it expired, or `me` holds it already (renewal)."""
-    return holder is None or holder == me or expires_at is None or expires_at <= now
+def may_take_lease(holder: int | None, expires_at: datetime | None, me: int, now: datetime,
+                   live: Iterable[int] | None = None) -> bool:
+    """A lease is free when nobody holds it, it expired, its holder is not among the `live` workers
+    (when given), or `me` holds it already (renewal)."""
+    return (holder is None or holder == me or expires_at is None or expires_at <= now
+            or (live is not None and holder not in set(live)))
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,19 @@ def identity() -> tuple[str, int]:
     return socket.gethostname(), os.getpid()
 
 
+# The liveness connections of this process's workers, held here so that none is ever left to the garbage
+# collector (which would close it at a random moment); a clean stop closes its own, the exit the rest.
+_HELD: set[Connection] = set()
+
+
+@atexit.register
+def _close_held() -> None:
+    for connection in list(_HELD):
+        with contextlib.suppress(Exception):
+            connection.close()
+    _HELD.clear()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -121,10 +148,15 @@ class Workers:
         self.interval = interval
         self.hostname, self.pid = who or identity()
         self.id: int | None = None
+        self._alive: Connection | None = None  # PostgreSQL: the connection holding this worker's liveness lock
 
     def register(self, now: datetime) -> int:
-        """Writes this process's heartbeat row. On SQLite, refuses when another live process uses the database."""
-        with self.sessions() as session:
+        """Writes this process's heartbeat row. On SQLite, refuses when another live process uses the database.
+        On PostgreSQL the row is committed on a connection of its own that takes the liveness lock first,
+        so nobody ever sees this worker without its lock, and keeps it until the process ends."""
+        engine = self.sessions.kw["bind"]
+        own = engine.connect() if engine.dialect.name == "postgresql" else None
+        with Session(bind=own, expire_on_commit=False) if own is not None else self.sessions() as session:
             # An earlier life of this very process (a robot rebuilt in the same process) is over.
             session.execute(update(Worker).where(Worker.hostname == self.hostname, Worker.pid == self.pid,
                                                  Worker.stopped_at.is_(None)).values(stopped_at=now))
@@ -145,23 +177,35 @@ class Workers:
                             " database; several processes need PostgreSQL (database.url)")
             worker = Worker(hostname=self.hostname, pid=self.pid, started_at=now, last_beat_at=now)
             session.add(worker)
+            session.flush()
+            if own is not None:  # a session lock: it outlives this transaction, not the connection
+                session.execute(select(func.pg_advisory_lock(ALIVE_LOCK, worker.id)))
             session.commit()
             self.id = worker.id
+        self.close()
+        self._alive = own
+        if own is not None:
+            _HELD.add(own)
         return self.id
 
     def step(self, now: datetime) -> Shard:
-        """Beat, see who lives, take or renew the leader's lease; committed at once (no lock held)."""
-        me = self.id if self.id is not None else self.register(now)
+        """Beat, see who lives, take or renew the leader's lease; committed at once (no lock held).
+        A dead peer's queues and lease are taken in the very step that sees it dead."""
+        if self.id is None or not self._still_connected():
+            self.register(now)  # first step, or the liveness connection was lost: others count us dead
+        me = self.id
         with self.sessions() as session:
             session.execute(update(Worker).where(Worker.id == me).values(last_beat_at=now))
             live = live_ids(self._beats(session), now, self.interval, me)
             lease = session.get(Lease, LEADER)
             taken = False
-            if lease is not None and may_take_lease(lease.holder, lease.expires_at, me, now):
+            if lease is not None and may_take_lease(lease.holder, lease.expires_at, me, now, live):
                 # The same rule again in the WHERE clause: of workers racing for it, one update wins.
+                dead_holder = [] if lease.holder is None or lease.holder in live else [Lease.holder == lease.holder]
                 taken = session.execute(
                     update(Lease).where(Lease.name == LEADER, or_(Lease.holder.is_(None), Lease.holder == me,
-                                                                  Lease.expires_at.is_(None), Lease.expires_at <= now))
+                                                                  Lease.expires_at.is_(None), Lease.expires_at <= now,
+                                                                  *dead_holder))
                     .values(holder=me, expires_at=now + dead_after(self.interval))
                     .execution_options(synchronize_session=False)
                 ).rowcount == 1
@@ -177,6 +221,28 @@ class Workers:
             session.execute(update(Lease).where(Lease.name == LEADER, Lease.holder == self.id)
                             .values(holder=None, expires_at=None))
             session.commit()
+        self.close()
+
+    def close(self) -> None:
+        """Lets go of the liveness lock (its connection); the row's `stopped_at` or heartbeat say the rest."""
+        if self._alive is not None:
+            _HELD.discard(self._alive)
+            self._alive.close()
+            self._alive = None
+
+    def _still_connected(self) -> bool:
+        """False when this worker's liveness connection broke (the server restarted, the network dropped):
+        the lock is gone and the others count this worker dead, so it comes back as a new one."""
+        if self._alive is None:
+            return self.sessions.kw["bind"].dialect.name != "postgresql"
+        try:
+            self._alive.execute(select(1)).close()
+            self._alive.rollback()
+        except DBAPIError:
+            self._alive.invalidate()
+            self.close()
+            return False
+        return True
 
     def live_now(self, session: Session, now: datetime, ids: Iterable[int]) -> set[int]:
         """Which of these workers are live, read now (in the caller's transaction)."""
@@ -187,6 +253,14 @@ class Workers:
 
     @staticmethod
     def _beats(session: Session, ids: Sequence[int] | None = None) -> list[Beat]:
-        return [Beat(*row) for row in session.execute(
+        """The workers not stopped; on PostgreSQL, each with whether its process still holds its liveness lock."""
+        rows = session.execute(
             select(Worker.id, Worker.hostname, Worker.pid, Worker.last_beat_at, Worker.stopped_at)
-            .where(Worker.stopped_at.is_(None), *([] if ids is None else [Worker.id.in_(ids)])))]
+            .where(Worker.stopped_at.is_(None), *([] if ids is None else [Worker.id.in_(ids)]))).all()
+        if session.get_bind().dialect.name != "postgresql":
+            return [Beat(*row) for row in rows]
+        locked = set(session.scalars(text(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns AND objsubid = 2"
+            " AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).bindparams(ns=ALIVE_LOCK)))
+        return [Beat(*row, connected=row.id in locked) for row in rows]

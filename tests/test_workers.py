@@ -142,3 +142,61 @@ def test_healthrobot_run_refuses_a_second_process_on_sqlite_in_one_line(tiny_gri
     message = (result.stderr or result.output).strip()
     assert message == ("Error: another robot process (host otherhost, pid 4242) uses this SQLite database;"
                        " several processes need PostgreSQL (database.url)"), message
+
+
+def test_a_worker_whose_process_is_gone_from_the_database_is_dead_at_once():
+    assert not is_live(Beat(1, "host", 101, T0, None, connected=False), T0, MINUTE)
+    assert may_take_lease(2, T0 + MINUTE, 1, T0, live=[1, 3])  # its holder is not live: free before it expires
+    assert not may_take_lease(2, T0 + MINUTE, 1, T0, live=[1, 2])
+
+
+VICTIM = """
+import sys, time
+from datetime import datetime, timedelta, timezone
+from robot.storage.database import make_engine, make_sessionmaker
+from robot.workers import Workers
+w = Workers(make_sessionmaker(make_engine(sys.argv[1])), timedelta(minutes=1), ("elsewhere", 1))
+print(w.step(datetime.fromisoformat(sys.argv[2])).me, flush=True)
+time.sleep(600)
+"""
+
+
+@ON_POSTGRESQL
+def test_a_killed_worker_is_replaced_at_the_survivors_next_step_not_two_intervals_later(database_url):
+    """A worker on another host (no pid to look at) SIGKILLed right after its beat: its queues and the lease
+    pass at the survivor's very next step, not once its heartbeat is two intervals old."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sqlalchemy import text
+
+    from robot.workers import ALIVE_LOCK
+
+    sessions = sessions_for(database_url)
+    victim = subprocess.Popen([sys.executable, "-c", VICTIM, database_url, T0.isoformat()],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        victim_id = int(victim.stdout.readline())
+        survivor = Workers(sessions, MINUTE, ("here", 2))
+        shard = survivor.step(T0 + timedelta(seconds=1))
+        assert shard.live == (victim_id, survivor.id) and not shard.leader  # the victim leads while it lives
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+    def lock_held() -> bool:  # the server lets go of a dead client's session at once; wait for it, untimed
+        with sessions() as session:
+            return bool(session.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                             " AND classid = :ns AND objid = :id").bindparams(ns=ALIVE_LOCK, id=victim_id)))
+    deadline = time.monotonic() + 60
+    while lock_held():
+        assert time.monotonic() < deadline, "the server never released the killed worker's lock"
+        time.sleep(0.05)
+    # the victim's heartbeat (T0) is still fresh for two intervals; its death is seen anyway
+    shard = survivor.step(T0 + MINUTE)
+    assert shard.live == (survivor.id,) and shard.alone and shard.leader
+    with sessions() as session:  # its unconfirmed rows may be settled now
+        assert not survivor.live_now(session, T0 + MINUTE, [victim_id])
+    survivor.stop(T0 + MINUTE)
