@@ -342,30 +342,43 @@ class Robot:
 
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        if session.get_bind().dialect.name == "postgresql":
-            # While the live workers change (one starts, one dies), two may briefly both own a queue:
-            # counting its slots and recording its jobs is done by one at a time (the lock ends with
-            # the commit below). Taken alone too: a worker starting now is not seen yet.
-            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK)))
         slots = self._slot_states(session, now)
         plan = [(slot, n) for slot in slots if (n := jobs_to_submit(slot, now)) > 0]
         if not plan:
             return
         context = self._submission_context(session, {slot.queue_id for slot, _ in plan}, {slot.test_id for slot, _ in plan})
-        rows: list[dict[str, Any]] = []
-        requests: list[JobRequest] = []
+        # The input data is read from the catalogue (a remote call, Rucio in production) with no transaction
+        # open and no lock held, so a slow catalogue never holds up the other workers or the database.
+        session.commit()
+        inputs: dict[tuple[int, int], list[DatasetInfo]] = {}
         datasets_cache: dict[tuple[str, str], list[DatasetInfo]] = {}
         outage: BackendUnavailable | None = None  # the catalogue failed: not asked again in this step
         unserved: set[str] = set()
-        for slot, count in plan:
+        for slot, _ in plan:
             queue_name, endpoints = context.queues[slot.queue_id]
-            template = context.templates[slot.test_id]
+            pattern = context.templates[slot.test_id]["input_dataset"]
             try:
-                datasets = [d for e in endpoints
-                            for d in self._datasets(datasets_cache, e, template["input_dataset"], outage)]
+                inputs[slot.test_id, slot.queue_id] = [
+                    d for e in endpoints for d in self._datasets(datasets_cache, e, pattern, outage)]
             except BackendUnavailable as exc:
                 outage = outage or exc
                 unserved.add(queue_name)
+        if session.get_bind().dialect.name == "postgresql":
+            # While the live workers change (one starts, one dies), two may briefly both own a queue:
+            # counting its slots and recording its jobs is done by one at a time (the lock ends with
+            # the commit below). Taken alone too: a worker starting now is not seen yet. The slots are
+            # counted again under the lock: another worker may have filled some while the catalogue answered.
+            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK)))
+            planned = {(slot.test_id, slot.queue_id) for slot, _ in plan}
+            plan = [(slot, n) for slot in self._slot_states(session, now, {queue for _, queue in planned})
+                    if (slot.test_id, slot.queue_id) in planned and (n := jobs_to_submit(slot, now)) > 0]
+        rows: list[dict[str, Any]] = []
+        requests: list[JobRequest] = []
+        for slot, count in plan:
+            queue_name, endpoints = context.queues[slot.queue_id]
+            template = context.templates[slot.test_id]
+            datasets = inputs.get((slot.test_id, slot.queue_id))
+            if datasets is None:  # the catalogue could not be read for it
                 continue
             if not datasets:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
@@ -418,8 +431,9 @@ class Robot:
             session.commit()
             summary.submitted += len(batch)
 
-    def _slot_states(self, session: Session, now: datetime) -> list[SlotState]:
-        """The (running test, live queue) pairs that may want a job, with their jobs in flight.
+    def _slot_states(self, session: Session, now: datetime, queue_ids: set[int] | None = None) -> list[SlotState]:
+        """The (running test, live queue) pairs that may want a job, with their jobs in flight (of
+        `queue_ids` only, when given).
 
         A pair that holds all the jobs it may hold (in flight at least `max_running_jobs` plus the
         policy's probes, queued at least `min_queue_depth`) gets nothing from `jobs_to_submit`: it is
@@ -443,6 +457,7 @@ class Robot:
             .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value,
                    TestQueue.stopped_at.is_(None), or_(TestQueue.max_jobs.is_(None), stress_may_send),
                    *self._mine(TestQueue.queue_id),
+                   *([] if queue_ids is None else [TestQueue.queue_id.in_(queue_ids)]),
                    or_(in_flight < TestQueue.max_running_jobs + probes,
                        in_flight - running < TestQueue.min_queue_depth))
         ).all()

@@ -12,6 +12,7 @@ from robot.jobstates import JobStatus, QueueStatus
 from robot.loop import Robot
 from robot.storage.models import Event, Job, Queue, QueueTransition
 from robot.storage import models
+from robot.storage.database import make_engine
 from robot.workers import Workers
 from tests.fakes import T0, Crash, ScriptedGrid, make_robot, templates
 
@@ -413,3 +414,45 @@ def test_a_second_robot_leaves_the_first_ones_unconfirmed_jobs_alone_until_it_is
     summary = second.run_once(clock.now())
     assert summary.lost == recorded and summary.submitted == recorded
     assert not jobs(first, phase="recorded") and len(jobs(first, phase="active")) == recorded
+
+
+class WatchedCatalogue(ScriptedGrid):
+    """The grid whose catalogue notes, at each read, what the robot holds in its database meanwhile."""
+
+    def __init__(self, clock, queues):
+        super().__init__(clock, queues)
+        self.open_transactions = 0
+        self.seen: list[tuple[int, int]] = []  # (transactions open, advisory locks held) at each read
+        self.locks = None  # PostgreSQL: a connection of its own that reads pg_locks
+
+    def watch(self, engine) -> None:
+        from sqlalchemy import event
+
+        event.listen(engine, "begin", lambda conn: setattr(self, "open_transactions", self.open_transactions + 1))
+        for end in ("commit", "rollback"):
+            event.listen(engine, end, lambda conn: setattr(self, "open_transactions", self.open_transactions - 1))
+        if engine.dialect.name == "postgresql":  # an engine of its own: its transactions are not the robot's
+            self.locks = make_engine(engine.url.render_as_string(hide_password=False)).connect().execution_options(
+                isolation_level="AUTOCOMMIT")
+
+    def complete_datasets(self, endpoint, pattern):
+        from sqlalchemy import text
+
+        held = 0 if self.locks is None else self.locks.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"))
+        self.seen.append((self.open_transactions, held))
+        return super().complete_datasets(endpoint, pattern)
+
+
+def test_the_catalogue_is_read_with_no_transaction_open_and_no_lock_held(tmp_path, clock):
+    """A slow Rucio must not hold the submission lock (every worker waits on it) nor a transaction."""
+    grid = WatchedCatalogue(clock, QUEUES)
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    grid.watch(robot.sessions.kw["bind"])
+    assert robot.run_once(clock.now()).submitted == 3
+    grid.finish(grid.in_queue("ANALY_A")[0])
+    assert step(robot, clock).submitted == 1
+    assert len(grid.seen) >= 2 and set(grid.seen) == {(0, 0)}, grid.seen
+    if grid.locks is not None:
+        grid.locks.close()
+        grid.locks.engine.dispose()
