@@ -193,14 +193,19 @@ def test_three_processes_share_the_queues_and_survive_a_kill(tiny_grid, postgres
         before = max((g for q in untested.values() for w, g, _ in q if w < killed_at), default=timedelta(0))
         after = max((g for q in untested.values() for w, g, _ in q if w >= killed_at), default=timedelta(0))
         most_steps = max(n for q in untested.values() for _, _, n in q)
+        steps_before = max((n for q in untested.values() for w, _, n in q if w < killed_at), default=0)
         took = takeover.time - killed_at
         print(f"\nhandover: {handover_steps} loop interval(s) ({took.total_seconds():.1f} s) from SIGKILL to a"
               f" survivor's step on the dead one's queues (interval {INTERVAL.total_seconds():g} s);"
               f" longest untested gap {most_steps} interval(s): {before.total_seconds():.1f} s before the kill,"
               f" {after.total_seconds():.1f} s after; {len(at_grid)} jobs, {len(ended)} ended")
+        # The server drops a killed client's lock at once: the survivors' first step after that takes over
+        # (one of theirs may have begun in between: two at most).
         assert 1 <= handover_steps <= 2, "the dead one must be replaced within two loop intervals"
-        assert most_steps <= 2, {q: [(w.time(), g.total_seconds(), n) for w, g, n in u if n > 2]
-                                 for q, u in untested.items()}
+        # Untested: the step that saw a job's end sends the next (a job ending during a step's poll: the next).
+        # Across the kill, the survivor's step before it (not yet the owner) plus the handover.
+        assert steps_before <= 2 and most_steps <= handover_steps + 1, {
+            q: [(w.time(), g.total_seconds(), n) for w, g, n in u if n > 1] for q, u in untested.items()}
     finally:
         for process in reversed(processes):
             stop(process)
