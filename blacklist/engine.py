@@ -20,6 +20,7 @@ from blacklist.policies import Policy
 from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
 from robot.downtimes import Downtime, describe, windows_by_site
+from robot.userjobs import HOUR, stored_hours
 from robot.jobstates import QueueStatus
 from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
                                   Template, Test)
@@ -72,11 +73,12 @@ class ExclusionEngine:
             return summary
         views, ids, flaps = load_views(session, now, self.policy, self.results.read(session, now))
         grid = self.policy.grid(views.values())  # every queue's results, for the differential evidence
+        users = self.policy.users(views.values())  # every queue's users' jobs, when the policy hears them
         decisions = []
         for view in views.values():
             why = hands_off(view)
             decisions.append(Decision(view.name, Action.KEEP, why, policy=self.policy.name) if why
-                             else self.policy.decide(view, now, flaps.get(view.name, 0), grid))
+                             else self.policy.decide(view, now, flaps.get(view.name, 0), grid, users))
         decisions, incidents = guard(decisions, views, self.settings.safety, now)
         incidents += self.policy.incidents(grid, now)
         summary.decisions, summary.incidents = decisions, incidents
@@ -325,6 +327,7 @@ def load_views(session: Session, now: datetime, policy: Policy,
                 last_start[qid] = result.start_time
     views, ids, flaps = {}, {}, {}
     downtimes = windows_by_site(session, now - policy.window, now)
+    users = stored_hours(session, now - policy.window, now) if policy.hears_users else {}
     for qid, name, status, state, since, exempt, site, cloud in rows:
         when, count, included = last_moves.get(qid, (None, 0, None))
         excused = downtimes.get(site, [])
@@ -339,7 +342,9 @@ def load_views(session: Session, now: datetime, policy: Policy,
             silenced=bool({("queue", name), ("site", site), ("cloud", cloud)} & silenced),
             exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
             results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
-            last_start=last_start.get(qid), downtime=describe(active) if active else None, downtime_ended=ended)
+            last_start=last_start.get(qid), downtime=describe(active) if active else None, downtime_ended=ended,
+            user_jobs=tuple(h for h in users.get(name, ()) if not any(d.start < h.hour + HOUR and h.hour < d.end
+                                                                      for d in excused)))
         ids[name] = qid
         flaps[name] = max(0, count - 1) if state == "excluded" else count
     return views, ids, flaps

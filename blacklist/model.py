@@ -5,7 +5,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from robot.userjobs import StoredHour
 
 
 END_TIME = attrgetter("end_time")  # the sort key of results
@@ -55,6 +58,7 @@ class QueueView:
     last_start: datetime | None = None  # when a job last started at the queue
     downtime: str | None = None  # the site's announced outage in force now, in words (robot.downtimes.describe)
     downtime_ended: datetime | None = None  # the end of its last one, when no result came in since
+    user_jobs: tuple["StoredHour", ...] = ()  # users' own jobs per hour in the window (read only when the policy hears them)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """The policies behind one interface, chosen by name in the configuration."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from blacklist import hammercloud, sequential
+from blacklist import hammercloud, sequential, userjobs
 from blacklist.differential import Spread
 from blacklist.model import Decision, QueueView
 from blacklist.safety import Incident
@@ -47,10 +47,28 @@ class Policy:
                          "sites at once: a shared cause (central service, release, user wave), not the sites",
                          tuple(queues), {"code": code}) for code, queues in grid.shared(now).items()]
 
-    def decide(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None = None) -> Decision:
+    @property
+    def hears_users(self) -> bool:
+        """Whether users' own jobs are evidence (the default policy, with blacklist.user_jobs.enabled)."""
+        return self.name == "default" and self.settings.user_jobs.enabled
+
+    def users(self, views: Iterable[QueueView]) -> userjobs.Baseline | None:
+        """Every queue's users' jobs, for comparing one queue's with the others' (None: not heard)."""
+        if not self.hears_users:
+            return None
+        return userjobs.Baseline.of(views, self.settings.user_jobs, self.settings.default.spread_sites)
+
+    def decide(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None = None,
+               users: userjobs.Baseline | None = None) -> Decision:
         if self.name == "hammercloud":
             return hammercloud.decide(view, list(self.templates), self.settings.hammercloud, now)
-        return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
+        if users is None:
+            return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
+        items, shown = userjobs.evidence(view, users, self.settings.default, now)
+        decision = sequential.decide(view, self.settings.default, now, recent_exclusions, grid, items)
+        if shown and decision.evidence:
+            decision = replace(decision, evidence={**decision.evidence, "user_jobs": shown})
+        return decision
 
     def cadence(self, view: QueueView, now: datetime) -> Cadence:
         """HammerCloud tests every queue the same way (one job per template in flight, or a fixed gap

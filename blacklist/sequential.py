@@ -51,6 +51,7 @@ from robot.durations import format_duration
 
 NAME = "default"
 ANY = "any"  # the alternative "broken, whatever the code"
+USERS = "users' jobs"  # the template of an hour of users' own jobs counted as evidence (blacklist/userjobs.py)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Counted:
     result: Result
     code_weight: float = 0.0  # in its code's alternative (0: none, a user-class failure)
     klass: str = "site"  # the error table's class: site, user, or other (central, unknown, none)
+    any_weight: float | None = None  # in the "any code" alternative (None: one test job's failure)
 
 
 def counted(view: QueueView, results: list[Result], settings: SequentialSettings,
@@ -114,7 +116,7 @@ def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
         if result.failed:
             steps = {code_of(result): item.code_weight} if item.code_weight else {}
             if item.klass == "site" or (item.klass == "user" and scores.get(ANY, 0.0) > 0):
-                steps[ANY] = weights.failure
+                steps[ANY] = weights.failure if item.any_weight is None else item.any_weight
         for key, step in steps.items():
             scores[key] = max(0.0, scores.get(key, 0.0) + step)
             if scores[key] == 0.0:
@@ -145,7 +147,9 @@ class Cadence:
 
 
 def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_exclusions: int = 0,
-           grid: Spread | None = None) -> Decision:
+           grid: Spread | None = None, users: list[Counted] | None = None) -> Decision:
+    """`users`: hours of users' own jobs pointing at the site (blacklist/userjobs.py), weighed with the
+    test jobs; they never exclude alone: a test job's failure must be behind an exclusion."""
     weights = Weights.of(settings)
     start = now - settings.window
     if view.last_robot_inclusion and view.last_robot_inclusion > start:
@@ -155,13 +159,16 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)
-    score, failures = cusum(window, weights)
+    score, failures = cusum(window + [u for u in users or () if u.result.end_time >= start], weights)
+    tested = [r for r in failures if r.template != USERS]
     evidence = {"cusum": round(score, 2), "exclude_at": round(weights.exclude_at, 2),
-                "jobs": evidence_of(failures)}
-    if score >= weights.exclude_at:
+                "jobs": evidence_of(tested)}
+    if score >= weights.exclude_at and tested:
         codes = sorted({f"{r.error_name}" for r in failures})
+        hours = len(failures) - len(tested)
+        also = f" and {hours} hour(s) of users' jobs" if hours else ""
         return Decision(view.name, Action.EXCLUDE,
-                        f"{len(failures)} failures pointing at the site ({', '.join(codes)}) outweigh the "
+                        f"{len(tested)} failures{also} pointing at the site ({', '.join(codes)}) outweigh the "
                         f"completed jobs: CUSUM {score:.1f} >= {weights.exclude_at:.1f}", evidence=evidence,
                         policy=NAME)
     if view.robot_state == "pending":
@@ -174,8 +181,10 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
         return Decision(view.name, Action.KEEP, f"in doubt (CUSUM {score:.1f}): waiting for probe jobs",
                         evidence=evidence, policy=NAME)
     if failures:  # a failure pointing at the site, not yet outweighed by completed jobs
-        return Decision(view.name, Action.PEND, f"{failures[-1].error_name} (job {failures[-1].panda_id}) "
-                        f"points at the site: sending probe jobs", evidence=evidence, policy=NAME)
+        last = failures[-1]
+        what = f"{last.error_name} in users' jobs" if last.template == USERS else f"{last.error_name} (job {last.panda_id})"
+        return Decision(view.name, Action.PEND, f"{what} points at the site: sending probe jobs", evidence=evidence,
+                        policy=NAME)
     return Decision(view.name, Action.KEEP, "healthy" if score == 0 else f"CUSUM {score:.1f}", policy=NAME)
 
 

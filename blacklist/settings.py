@@ -45,6 +45,15 @@ class SequentialSettings(Strict):
     broken_gap: Duration = timedelta(minutes=30)  # on an excluded queue still failing, the same
 
 
+class UserJobsSettings(Strict):
+    """Users' own jobs as evidence for the default policy (blacklist/userjobs.py): on or off, and how loudly."""
+
+    enabled: bool = False
+    weight: Fraction = 0.25  # share of an hour's log-likelihood ratio that counts
+    min_failures: PositiveInt = 3  # fewest failures of one site-class code in a queue's hour that count
+    floor: Risk = 0.02  # the least rate of a code that a queue's users' jobs are compared with
+
+
 class SafetySettings(Strict):
     mass_guard: bool = True  # hold exclusions and raise one central incident when many queues fail at once
     mass_min_queues: PositiveInt = 3  # a mass event needs at least this many queues at once ...
@@ -77,6 +86,7 @@ class BlacklistSettings(Strict):
     actor: str = "healthrobot"  # the probe name the robot's changes carry
     hammercloud: HammerCloudSettings = HammerCloudSettings()
     default: SequentialSettings = SequentialSettings()
+    user_jobs: UserJobsSettings = UserJobsSettings()
     safety: SafetySettings = SafetySettings()
     notify: NotifySettings = NotifySettings()
 

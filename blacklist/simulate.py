@@ -17,7 +17,7 @@ from sqlalchemy import select
 from blacklist.engine import ExclusionEngine
 from robot.downtimes import DowntimeWatch
 from blacklist.policies import Policy
-from blacklist.settings import BlacklistSettings, SafetySettings
+from blacklist.settings import BlacklistSettings, SafetySettings, UserJobsSettings
 from robot.backends.simulated import FaultWindow, Scenario, SimulatedGrid
 from robot.classify import load_table
 from robot.clock import ManualClock
@@ -25,21 +25,34 @@ from robot.config import RobotConfig
 from robot.loop import Robot
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Queue, QueueTransition
+from robot.userjobs import UserJobWatch
 from robot.yamlconfig import load_yaml_model
+
+USER_JOBS_REFRESH = timedelta(minutes=10)  # the robot's default (user_jobs.refresh)
 
 # The rows of every comparison:
 #   hammercloud         HammerCloud as it runs: its own rules, exemptions and cooldown, no mass-exclusion
 #                       guard and no cap (the mass-exclusion recovery it gained later acts after the fact);
 #   hammercloud+safety  HammerCloud's rules behind our safety layer (mass guard and exclusion cap), so that
 #                       what the default policy gains over it is the policy's own doing;
-#   default             our policy, behind the same safety layer.
+#   default             our policy, behind the same safety layer;
+#   default+users       the same, also given the users' own jobs at each queue (blacklist/userjobs.py) as
+#                       the scenario's `users:` traffic makes them: the same test jobs, the same luck.
 BUILTIN = {
     "hammercloud": BlacklistSettings(mode="enforce", policy="hammercloud",
                                      safety=SafetySettings(mass_guard=False, max_excluded_fraction=1.0)),
     "hammercloud+safety": BlacklistSettings(mode="enforce", policy="hammercloud"),
     "default": BlacklistSettings(mode="enforce", policy="default"),
+    "default+users": BlacklistSettings(mode="enforce", policy="default", user_jobs=UserJobsSettings(enabled=True)),
 }
-COMPARED = tuple(BUILTIN)  # the rows shown when no policy is named
+COMPARED = ("hammercloud", "hammercloud+safety", "default")  # the rows shown when no policy is named ...
+WITH_USERS = "default+users"  # ... and this one too when a scenario has users' traffic (`users:`)
+GIVEN = {  # what each built-in row was given, as the comparison prints it
+    "hammercloud": "HammerCloud's rules on the test jobs, no mass guard, no cap",
+    "hammercloud+safety": "HammerCloud's rules on the test jobs, behind our safety layer",
+    "default": "our policy on the test jobs, behind our safety layer",
+    "default+users": "default, also given the users' own jobs of each queue (the scenario's `users:` traffic)",
+}
 
 
 def policy_settings(name_or_path: str) -> tuple[str, BlacklistSettings]:
@@ -81,9 +94,12 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) 
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     policy = Policy(settings, tuple(scenario.templates))
+    table = load_table()
     announced = [DowntimeWatch(grid, timedelta(0))] if any(f.announced for f in scenario.faults) else []
-    robot = Robot(config, sessions, grid, grid, grid, load_table(),
-                  evaluators=[*announced, ExclusionEngine(policy, grid)], rollup=False, shared=False)
+    # users' jobs are read as the robot reads them (every USER_JOBS_REFRESH), only by a policy that hears them
+    users = [UserJobWatch(grid, table, USER_JOBS_REFRESH, policy.window)] if policy.hears_users else []
+    robot = Robot(config, sessions, grid, grid, grid, table,
+                  evaluators=[*announced, *users, ExclusionEngine(policy, grid)], rollup=False, shared=False)
     end = scenario.start + scenario.duration
     now = scenario.start
     while now < end:

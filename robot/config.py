@@ -58,6 +58,8 @@ class PandaConfig(Strict):
     retries: NonNegativeInt = 3  # after the first attempt, with exponential back-off
     cmt_config: str = "x86_64-el9-gcc13-opt"  # the platform the test jobs ask for
     nickname: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "healthrobot"  # outputs: user.<nickname>.<job>
+    # PanDA's monitor (BigPanDA), where users' own jobs are counted: its job list {monitor_url}/jobs/?json
+    monitor_url: str | None = None
 
 
 class BackendConfig(Strict):
@@ -113,6 +115,14 @@ class DowntimesConfig(Strict):
     source: Literal["embedded", "gocdb", "none"] | None = None
     gocdb: GOCDBConfig = GOCDBConfig()
     refresh: Duration = timedelta(minutes=10)  # how often the source is read again
+
+
+class UserJobsConfig(Strict):
+    """Users' own analysis jobs, read from the backend as hourly counts per queue (robot/userjobs.py)."""
+
+    read: bool = True  # with PanDA, only where backend.panda.monitor_url is set
+    refresh: Duration = timedelta(minutes=10)  # how often they are read again
+    look_back: Duration = timedelta(hours=6)  # hours read back at start
 
 
 class RucioConfig(Strict):
@@ -251,6 +261,7 @@ class RobotConfig(Strict):
     topology: TopologyConfig = TopologyConfig()
     datasets: DatasetsConfig = DatasetsConfig()
     downtimes: DowntimesConfig = DowntimesConfig()
+    user_jobs: UserJobsConfig = UserJobsConfig()
     loop: LoopConfig = LoopConfig()
     classification: ClassificationConfig = ClassificationConfig()
     templates: list[TemplateConfig] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
@@ -77,11 +77,11 @@ def verdict(table: ErrorTable, source: str, code: int) -> Verdict:
 
 def store(session: Session, source: str, hours: Sequence[UserJobHour], since: datetime, table: ErrorTable,
           now: datetime) -> int:
-    """Make the stored hours in [since, ...) of the read what the backend just counted; returns rows written.
+    """Make the stored hours of the read (from `since` on) what the backend just counted; returns rows written.
 
-    Rows of hours the read covered and returned nothing for are left alone (jobs that ended do not
-    disappear; a backend that lists nothing for an hour did not count it)."""
-    written = 0
+    Each (queue, hour) the backend listed replaces its row; rows of hours it did not list are left
+    alone (jobs that ended do not disappear: a backend that lists nothing for an hour did not count it)."""
+    rows = []
     for hour in hours:
         if hour.hour < since:
             continue
@@ -92,15 +92,19 @@ def store(session: Session, source: str, hours: Sequence[UserJobHour], since: da
             klass = found.klass if found.klass in classes else "unknown"
             classes[klass] += jobs
             codes.append({"source": error_source, "code": code, "name": found.name, "class": klass, "jobs": jobs})
-        session.execute(delete(UserJobHourRow).where(UserJobHourRow.queue == hour.queue,
-                                                     UserJobHourRow.hour == hour.hour))
-        session.add(UserJobHourRow(queue=hour.queue, hour=hour.hour, source=source, ended=hour.ended,
-                                   failed=hour.failed, failed_site=classes["site"], failed_user=classes["user"],
-                                   failed_central=classes["central"], failed_unknown=classes["unknown"],
-                                   codes=codes, read_at=now))
-        written += 1
-    session.flush()
-    return written
+        rows.append({"queue": hour.queue, "hour": hour.hour, "source": source, "ended": hour.ended,
+                     "failed": hour.failed, "failed_site": classes["site"], "failed_user": classes["user"],
+                     "failed_central": classes["central"], "failed_unknown": classes["unknown"], "codes": codes,
+                     "read_at": now})
+    by_hour: dict[datetime, list[str]] = defaultdict(list)
+    for row in rows:
+        by_hour[row["hour"]].append(row["queue"])
+    for hour_start, queues in by_hour.items():
+        session.execute(delete(UserJobHourRow).where(UserJobHourRow.hour == hour_start,
+                                                     UserJobHourRow.queue.in_(queues)))
+    if rows:
+        session.execute(insert(UserJobHourRow), rows)
+    return len(rows)
 
 
 class UserJobWatch:
@@ -149,13 +153,15 @@ class StoredHour:
 def stored_hours(session: Session, since: datetime, until: datetime,
                  queues: Sequence[str] | None = None) -> dict[str, list[StoredHour]]:
     """Stored hours starting in [hour_of(since), until), per queue, oldest first."""
-    query = select(UserJobHourRow).where(UserJobHourRow.hour >= hour_of(since), UserJobHourRow.hour < until)
+    row = UserJobHourRow
+    query = (select(row.queue, row.hour, row.ended, row.failed, row.failed_site, row.failed_user, row.failed_central,
+                    row.failed_unknown, row.codes)
+             .where(row.hour >= hour_of(since), row.hour < until))
     if queues is not None:
-        query = query.where(UserJobHourRow.queue.in_(list(queues)))
+        query = query.where(row.queue.in_(list(queues)))
     found: dict[str, list[StoredHour]] = defaultdict(list)
-    for row in session.scalars(query.order_by(UserJobHourRow.hour)):
-        found[row.queue].append(StoredHour(row.queue, row.hour, row.ended, row.failed,
-                                           {"site": row.failed_site, "user": row.failed_user,
-                                            "central": row.failed_central, "unknown": row.failed_unknown},
-                                           tuple(row.codes or ())))
+    for queue, hour, ended, failed, site, user, central, unknown, codes in session.execute(query.order_by(row.hour)):
+        found[queue].append(StoredHour(queue, hour, ended, failed,
+                                       {"site": site, "user": user, "central": central, "unknown": unknown},
+                                       tuple(codes or ())))
     return dict(found)

@@ -105,3 +105,60 @@ def test_the_watch_reads_new_hours_again_until_they_are_over_and_a_failing_sourc
         assert rows == {T0 - timedelta(hours=1): (20, 1), T0: (15, 2)}
         events = session.scalars(select(Event).where(Event.kind == "user_jobs_unreachable")).all()
         assert len(events) == 1 and "stored counts are kept" in events[0].message
+
+
+# -- the simulator's users' traffic ------------------------------------------------------------------
+from blacklist.simulate import BUILTIN, run  # noqa: E402
+from robot.backends.simulated import Scenario, SimulatedGrid, with_values  # noqa: E402
+from robot.clock import ManualClock  # noqa: E402
+from robot.yamlconfig import ConfigError  # noqa: E402
+
+
+def scenario(**extra) -> Scenario:
+    base = {"name": "u", "duration": "6h", "queues": {"count": 8, "clouds": ["DE", "US"], "per_site": 1},
+            "templates": ["AFT_A", "AFT_B"], "noise": {"site": 0.01, "user": 0.03, "unknown": 0},
+            "users": {"jobs_per_hour": 40, "failure": 0.15},
+            "faults": [{"queues": ["ANALY_DE-SITE000_1"], "onset": "2h", "duration": "3h", "mode": "stagein",
+                        "probability": 0.8}]}
+    return Scenario.model_validate({**base, **extra})
+
+
+def test_simulated_users_jobs_fail_for_their_own_reasons_and_with_the_sites_fault():
+    sc = scenario()
+    grid = SimulatedGrid(sc, ManualClock(sc.start), 1)
+    hours = grid.user_job_stats(sc.start, sc.start + sc.duration)
+    during = [h for h in hours if h.queue == "ANALY_DE-SITE000_1" and sc.start + timedelta(hours=2) <= h.hour
+              < sc.start + timedelta(hours=5)]
+    assert len(during) == 3
+    stagein = sum(h.errors.get(("pilot", 1099), 0) for h in during)
+    assert stagein > 0.6 * sum(h.ended for h in during)  # the site's fault hits its users' jobs too
+    healthy = [h for h in hours if h.queue != "ANALY_DE-SITE000_1"]
+    own = sum(n for h in healthy for (_, code), n in h.errors.items() if code in (1305, 1235, 1150, 1349, 1213))
+    assert own > 0.1 * sum(h.ended for h in healthy)  # their own bugs, everywhere
+    assert sum(h.errors.get(("pilot", 1099), 0) for h in healthy) < 0.03 * sum(h.ended for h in healthy)
+    # the same jobs whatever the reads: an hour read in two parts sums to the hour read whole
+    middle = sc.start + timedelta(hours=3, minutes=20)
+    parts = grid.user_job_stats(sc.start + timedelta(hours=3), middle) + grid.user_job_stats(
+        middle, sc.start + timedelta(hours=4))
+    whole = [h for h in hours if h.hour == sc.start + timedelta(hours=3)]
+    for h in whole:
+        assert sum(p.ended for p in parts if p.queue == h.queue) == h.ended
+    assert SimulatedGrid(sc, ManualClock(sc.start), 1).user_job_stats(sc.start, sc.start + sc.duration) == hours
+    assert SimulatedGrid(with_values(sc, {"users.jobs_per_hour": 0}, "t"), ManualClock(sc.start), 1).user_job_stats(
+        sc.start, sc.start + sc.duration) == []
+
+
+def test_the_users_section_is_checked_with_key_paths():
+    sc = scenario()
+    with pytest.raises(ConfigError, match=r"users\.failure"):
+        with_values(sc, {"users.failure": 2}, "t")
+    with pytest.raises(ConfigError, match=r"users\.codes\[0\]\.code"):
+        with_values(sc, {"users.codes": [{"code": -1}]}, "t")
+
+
+def test_users_jobs_as_evidence_detect_a_broken_queue_sooner_with_the_same_test_jobs():
+    sc = scenario()
+    without, with_users = run(sc, BUILTIN["default"], 1, "default"), run(sc, BUILTIN["default+users"], 1, "users")
+    assert without.faults == with_users.faults == 1 and with_users.missed == 0
+    assert with_users.false_exclusions == 0
+    assert with_users.latencies[0] < without.latencies[0]

@@ -8,6 +8,7 @@ run on the same scenario and seed meet the same luck job for job ("common random
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, replace
@@ -17,13 +18,14 @@ from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import Field, ValidationError, model_validator
 
-from robot.backends.base import InputFile, JobReport, JobRequest
+from robot.backends.base import InputFile, JobReport, JobRequest, UserJobHour
 from robot.catalogue import DatasetInfo
 from robot.clock import Clock
 from robot.yamlconfig import (ConfigError, Duration, PositiveInt, Strict, describe_validation_error,
                               load_yaml_model)
 from robot.jobstates import FINAL_STATES, JobStatus, QueueStatus
 from robot.downtimes import Downtime
+from robot.userjobs import HOUR, hour_of
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -73,6 +75,27 @@ USER_NOISE = [USER_FAILURE.model_copy(update={"weight": 4}),
 UNKNOWN_NOISE = [ErrorSpec(code=1213, at="end", diag="Reached maximum wall time"),
                  ErrorSpec(code=1201, at="payload", diag="Job killed by signal 15 (SIGTERM)")]
 CENTRAL_FAILURE = ErrorSpec(code=1324, diag="service is not available at the moment")
+
+
+# What users' own jobs report when they fail for reasons of their own: their code (1305 with an exe
+# code), memory, loops, bad arguments, wall time (a mixed class). Users' own bugs, not the sites'.
+USER_JOB_CODES = [ErrorSpec(code=1305, weight=6, exe_code=1, at="payload", diag="Payload failed with exit code 1"),
+                  ErrorSpec(code=1235, weight=2, at="payload", diag="Payload exceeded maximum allowed memory"),
+                  ErrorSpec(code=1150, weight=1, at="payload", diag="Looping job killed by the pilot"),
+                  ErrorSpec(code=1349, weight=1, at="start", diag="Bad transformation arguments"),
+                  ErrorSpec(code=1213, weight=1, at="end", diag="Reached maximum wall time")]
+
+
+class UserTraffic(Strict):
+    """Users' own analysis jobs at every queue, which PanDA counts (`Backend.user_job_stats`).
+
+    Their failures: their own (`failure`, reporting `codes`: user bugs, not the site's), the
+    site's random noise (`noise.site` and its codes, as for test jobs), and every fault, central
+    outage and user wave of the scenario that is on when they end, with its own probability."""
+
+    jobs_per_hour: Annotated[float, Field(ge=0)] = 0.0  # per queue (0: no user traffic)
+    failure: Probability = 0.1  # share failing for their own reasons
+    codes: list[ErrorSpec] = Field(default_factory=lambda: list(USER_JOB_CODES), min_length=1)
 
 
 class JobShape(Strict):
@@ -172,6 +195,7 @@ class Scenario(Strict):
     faults: list[FaultSpec] = []
     central_outages: list[OutageSpec] = []
     user_waves: list[WaveSpec] = []
+    users: UserTraffic = UserTraffic()
 
     @model_validator(mode="after")
     def _known_places(self) -> "Scenario":
@@ -345,6 +369,8 @@ class SimulatedGrid:
         self._flakiness = {q: random.Random(f"noise:{seed}:{q}").lognormvariate(0, spread) if spread else 1.0
                            for q in names}
         self._jobs: dict[int, _Job] = {}
+        self._user_jobs: dict[tuple[str, datetime], list[tuple[datetime, tuple[str, int] | None]]] = {}
+        self._user_counts: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
         self._names: dict[str, int] = {}
         self._statuses: dict[str, QueueStatus] = {}
         self.submitted = 0
@@ -425,6 +451,64 @@ class SimulatedGrid:
             raise ValueError(f"unknown queue {queue!r}")
         self._statuses[queue] = status
 
+    # -- users' own jobs (what PanDA counts of everyone's analysis jobs) ------------------------------
+    def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
+        """Users' jobs that ended in [since, until), per queue and hour (within the scenario)."""
+        if not self.scenario.users.jobs_per_hour:
+            return []
+        found = []
+        first, end = max(hour_of(since), hour_of(self.scenario.start)), min(until, self.scenario.start + self.scenario.duration)
+        for queue in self._site_of:
+            hour = first
+            while hour < end:
+                jobs = self._user_hour(queue, hour)
+                if since <= hour and hour + HOUR <= until:
+                    ended, failed, errors = self._user_counts[(queue, hour)]
+                else:
+                    ended, failed, errors = _count([j for j in jobs if since <= j[0] < until])
+                if ended:
+                    found.append(UserJobHour(queue, hour, ended, failed, errors))
+                hour += HOUR
+        return found
+
+    def _user_hour(self, queue: str, hour: datetime) -> list[tuple[datetime, tuple[str, int] | None]]:
+        """The users' jobs ending at `queue` in `hour`: (end, error or None), drawn once per (seed, queue, hour)."""
+        key = (queue, hour)
+        if key not in self._user_jobs:
+            users = self.scenario.users
+            rng = random.Random(f"users:{self.seed}:{queue}:{hour:%Y%m%d%H}")
+            jobs = []
+            for _ in range(_poisson(rng, users.jobs_per_hour)):
+                end = hour + timedelta(seconds=rng.random() * 3600)
+                u_fault, u_central, u_wave, u_noise, u_code = (rng.random(), rng.random(), rng.random(), rng.random(),
+                                                               rng.random())
+                errors = self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise)
+                jobs.append((end, ("pilot", pick(errors, u_code).code) if errors else None))
+            self._user_jobs[key] = jobs
+            self._user_counts[key] = _count(jobs)
+        return self._user_jobs[key]
+
+    def _user_failure(self, queue: str, when: datetime, u_fault: float, u_central: float, u_wave: float,
+                      u_noise: float) -> Sequence[ErrorSpec] | None:
+        """What a user's job ending at `when` fails with (None: it completes): the site's fault first."""
+        fault = next((f for f in self._faults_of[queue] if f.active(when) and f.errors), None)
+        if fault and u_fault < fault.probability:
+            return fault.errors
+        outage = next((o for o, hit in zip(self.scenario.central_outages, self._outage_queues)
+                       if queue in hit and self._window_active(o, when)), None)
+        if outage and u_central < outage.probability:
+            return outage.codes
+        wave = max((w for w, hit in zip(self.scenario.user_waves, self._wave_queues)
+                    if queue in hit and self._window_active(w, when)), key=lambda w: w.probability, default=None)
+        if wave and u_wave < wave.probability:
+            return wave.codes
+        site = min(1.0, self.scenario.noise.site * self._flakiness[queue])
+        if u_noise < site:
+            return self.scenario.noise.site_codes
+        if u_noise < site + self.scenario.users.failure:
+            return self.scenario.users.codes
+        return None
+
     # -- sampling ----------------------------------------------------------------------------------
     def _outage_place(self, outage: OutageSpec, names: list[str], rng: random.Random) -> set[str]:
         eligible = [q for q in names if not outage.clouds or self._cloud_of[q] in outage.clouds]
@@ -487,3 +571,22 @@ class SimulatedGrid:
     def _window_active(self, spec: WaveSpec | OutageSpec, when: datetime) -> bool:
         start = self.scenario.start + spec.onset
         return start <= when < start + spec.duration
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson draw (Knuth's method; a normal approximation for large means)."""
+    if mean > 50:
+        return max(0, round(rng.gauss(mean, mean ** 0.5)))
+    limit, k, product = math.exp(-mean), 0, rng.random()
+    while product > limit:
+        k += 1
+        product *= rng.random()
+    return k
+
+
+def _count(jobs: Sequence[tuple[datetime, tuple[str, int] | None]]) -> tuple[int, int, dict[tuple[str, int], int]]:
+    errors: dict[tuple[str, int], int] = {}
+    for _, error in jobs:
+        if error is not None:
+            errors[error] = errors.get(error, 0) + 1
+    return len(jobs), sum(errors.values()), errors

@@ -17,7 +17,7 @@ from rich.table import Table
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.settings import with_values as with_settings
-from blacklist.simulate import COMPARED, RunResult, policy_settings, run, summarize
+from blacklist.simulate import COMPARED, GIVEN, WITH_USERS, RunResult, policy_settings, run, summarize
 from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
@@ -31,8 +31,8 @@ COLUMNS = [("detection_median_min", "Detect. median (min)"), ("detection_p95_min
            ("premature_reinclusions", "Premature re-incl."), ("flips_per_fault", "Flips per fault"),
            ("not_reincluded", "Not re-incl."), ("lost_queue_hours", "Healthy queue-hours lost"),
            ("broken_online_hours", "Broken queue-hours online"), ("jobs", "Test jobs")]
-POLICY_HELP = (f"A built-in policy ({', '.join(COMPARED)}) or a YAML file with blacklist settings; repeat it. "
-               "Default: all three built-in rows.")
+POLICY_HELP = (f"A built-in policy ({', '.join((*COMPARED, WITH_USERS))}) or a YAML file with blacklist settings; "
+               f"repeat it. Default: {', '.join(COMPARED)}, and {WITH_USERS} when a scenario has users' traffic.")
 
 
 Variant = tuple[Scenario, dict[str, Any]]  # a scenario, and the blacklist settings changed for every policy row
@@ -47,13 +47,17 @@ def _one(task: tuple[str, Variant, str, int]) -> tuple[str, str, RunResult]:
     return key, label, run(scenario, settings, seed, label)
 
 
-def _check_policies(policies: tuple[str, ...]) -> tuple[str, ...]:
+def _check_policies(policies: tuple[str, ...], scenarios: dict[str, Scenario] | None = None) -> tuple[str, ...]:
+    """The rows asked for; by default the built-in ones, and default+users for scenarios with users' traffic."""
     try:
         for policy in policies:
             policy_settings(policy)
     except ConfigError as exc:
         raise click.ClickException(f"invalid {exc}") from exc
-    return policies or COMPARED
+    if policies:
+        return policies
+    users = any(s.users.jobs_per_hour for s in (scenarios or {}).values())
+    return (*COMPARED, WITH_USERS) if users else COMPARED
 
 
 def _run_all(scenarios: dict[str, Scenario | Variant], policies: tuple[str, ...], seeds: int,
@@ -119,16 +123,36 @@ def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds
         loaded = {Path(path).stem: load_scenario(path) for path in scenarios}
     except ConfigError as exc:
         raise click.ClickException(f"invalid {exc}") from exc
-    policies = _check_policies(policies)
+    policies = _check_policies(policies, loaded)
     report = _report(list(loaded), _run_all(loaded, policies, seeds, workers))
     if plot:
         from blacklist.tradeoff import write_plot  # noqa: PLC0415 - plotly only when plotting
         write_plot(plot, list(scenarios), seeds, workers)
         click.echo(f"wrote {plot}", err=True)
     if as_json:
-        click.echo(json.dumps({"seeds": seeds, "report": report}, indent=2))
+        click.echo(json.dumps({"seeds": seeds, "given": _given(policies, loaded), "report": report}, indent=2))
         return
     _print_tables(report, seeds)
+    _print_given(policies, loaded)
+
+
+def _given(policies: tuple[str, ...], scenarios: dict[str, Scenario]) -> dict[str, str]:
+    """What each row was given: every row the same test jobs on the same random streams."""
+    traffic = sorted({f"{s.users.jobs_per_hour:g}" for s in scenarios.values()})
+    given = {}
+    for policy in policies:
+        label = policy_settings(policy)[0]
+        text = GIVEN.get(policy, f"the settings in {policy}")
+        if label == WITH_USERS:
+            text += f": {' or '.join(traffic)} users' jobs per queue-hour"
+        given[label] = text
+    return given
+
+
+def _print_given(policies: tuple[str, ...], scenarios: dict[str, Scenario]) -> None:
+    click.echo("Each row: the same scenario, seeds and test-job luck; what it was given:")
+    for label, text in _given(policies, scenarios).items():
+        click.echo(f"  {label}: {text}")
 
 
 def _parse_set(text: str) -> tuple[str, list[Any]]:

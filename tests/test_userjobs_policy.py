@@ -1,0 +1,88 @@
+"""Users' own jobs as evidence for the default policy (blacklist/userjobs.py), as pure functions."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from blacklist.model import Action, QueueView, Result
+from blacklist.policies import Policy
+from blacklist.settings import BlacklistSettings, UserJobsSettings
+from robot.userjobs import StoredHour
+
+NOW = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+ON = Policy(BlacklistSettings(mode="enforce", user_jobs=UserJobsSettings(enabled=True)), ("AFT",))
+OFF = Policy(BlacklistSettings(mode="enforce"), ("AFT",))
+
+
+def hour(queue: str, start: datetime, ended: int, **codes: int) -> StoredHour:
+    """codes: c1099=3 (site class STAGEINFAILED), c1305=5 (user class), c1324=2 (central)."""
+    known = {1099: ("STAGEINFAILED", "site"), 1305: ("PAYLOADEXECUTIONFAILURE", "user"),
+             1324: ("SERVICEUNAVAILABLE", "central"), 1137: ("STAGEOUTFAILED", "site")}
+    entries = tuple({"source": "pilot", "code": int(k[1:]), "name": known[int(k[1:])][0],
+                     "class": known[int(k[1:])][1], "jobs": n} for k, n in codes.items())
+    by_class = {"site": 0, "user": 0, "central": 0, "unknown": 0}
+    for e in entries:
+        by_class[e["class"]] += e["jobs"]
+    return StoredHour(queue, start, ended, sum(by_class.values()), by_class, entries)
+
+
+def grid(broken: dict[str, int], *, queues: int = 8, user_failures: int = 4, ended: int = 30,
+         results: dict[str, tuple[Result, ...]] | None = None) -> list[QueueView]:
+    """`queues` queues at their own sites, each with two hours of users' jobs (some failing with their
+    own bugs); `broken`: queue -> stage-in failures in each hour."""
+    views = []
+    for i in range(queues):
+        name = f"ANALY_{i}"
+        hours = tuple(hour(name, start, ended, c1305=user_failures, **({"c1099": broken[name]} if name in broken else {}))
+                      for start in (NOW.replace(minute=0) - HOUR, NOW.replace(minute=0)))
+        views.append(QueueView(name=name, site=f"SITE-{i}", cloud="DE", status="online", user_jobs=hours,
+                               results=(results or {}).get(name, ())))
+    return views
+
+
+def decide(policy: Policy, views: list[QueueView], name: str):
+    spread = policy.grid(views)
+    users = policy.users(views)
+    return policy.decide(next(v for v in views if v.name == name), NOW, 0, spread, users)
+
+
+def test_a_site_fault_in_users_jobs_opens_a_case_and_names_the_counts_but_never_excludes_alone():
+    views = grid({"ANALY_0": 20})
+    decision = decide(ON, views, "ANALY_0")
+    assert decision.action is Action.PEND and "STAGEINFAILED in users' jobs" in decision.reason
+    shown = decision.evidence["user_jobs"]
+    assert [(e["code"], e["failures"], e["ended"]) for e in shown] == [(1099, 20, 30), (1099, 20, 30)]
+    assert all(0 < e["weight"] for e in shown) and shown[0]["baseline"] == 0.02  # nobody else fails with 1099
+    assert decision.evidence["jobs"] == []  # no test job behind it: probes go out, nothing is excluded
+    assert decide(OFF, views, "ANALY_0").action is Action.KEEP  # the setting off: not heard
+    assert decide(ON, views, "ANALY_1").action is Action.KEEP
+
+
+def test_users_own_bugs_say_nothing_about_the_site():
+    views = grid({}, user_failures=25)  # 25 of 30 users' jobs fail with their own code everywhere
+    views[0] = QueueView(**{**views[0].__dict__, "user_jobs": tuple(
+        hour("ANALY_0", h.hour, 30, c1305=29) for h in views[0].user_jobs)})
+    assert decide(ON, views, "ANALY_0").action is Action.KEEP
+
+
+def test_a_code_failing_in_users_jobs_at_many_sites_at_once_is_a_shared_cause():
+    views = grid({f"ANALY_{i}": 15 for i in range(5)})  # a data management outage reports 1099 everywhere
+    assert all(decide(ON, views, f"ANALY_{i}").action is Action.KEEP for i in range(5))
+
+
+def test_a_few_failures_or_a_rate_like_the_others_weigh_nothing():
+    assert decide(ON, grid({"ANALY_0": 2}), "ANALY_0").action is Action.KEEP  # fewer than min_failures
+    views = grid({f"ANALY_{i}": 3 for i in range(2)}, ended=200)  # 1.5%: below the floor of 2%
+    assert decide(ON, views, "ANALY_0").action is Action.KEEP
+
+
+def test_users_jobs_add_to_a_test_jobs_failure_and_the_exclusion_says_so():
+    failure = Result(7001, "AFT", NOW - timedelta(minutes=5), True, "site", "STAGEINFAILED", 1099)
+    completed = {f"ANALY_{i}": (Result(8000 + i, "AFT", NOW - timedelta(minutes=20), False),) for i in range(1, 8)}
+    alone = decide(ON, grid({}, results={"ANALY_0": (failure,), **completed}), "ANALY_0")
+    assert alone.action is Action.PEND and "job 7001" in alone.reason  # one test failure: in doubt only
+    both = decide(ON, grid({"ANALY_0": 20}, results={"ANALY_0": (failure,), **completed}), "ANALY_0")
+    assert both.action is Action.EXCLUDE
+    assert "1 failures and 2 hour(s) of users' jobs pointing at the site" in both.reason
+    assert [j["panda_id"] for j in both.evidence["jobs"]] == [7001]
+    assert [e["failures"] for e in both.evidence["user_jobs"]] == [20, 20]
