@@ -20,10 +20,11 @@ from robot.backends.embedded.state import GridState
 from robot.backends.embedded.status import GridQueueStatus
 from robot.backends.embedded.storage import GridStorage
 from robot.catalogue import Catalogue
-from robot.classify import load_table
+from robot.classify import ErrorTable, load_table
 from robot.clock import Clock
 from robot.config import CRICConfig, RobotConfig
 from robot.downtimes import DowntimeWatch, GOCDBClient
+from robot.userjobs import UserJobWatch
 from robot.incidents import CentralIncidents
 from robot.loop import Robot
 from robot.stress import StressSupervisor
@@ -147,6 +148,14 @@ def downtime_watch(config: RobotConfig, state: GridState | None) -> DowntimeWatc
     return DowntimeWatch(GridDowntimes(state), config.downtimes.refresh)
 
 
+def user_job_watch(config: RobotConfig, backend: Backend, table: ErrorTable) -> UserJobWatch | None:
+    """The loop step that reads users' own jobs from the backend (none: not read, or PanDA without its monitor)."""
+    if not config.user_jobs.read or (config.backend.kind == "panda" and not (config.backend.panda and
+                                                                             config.backend.panda.monitor_url)):
+        return None
+    return UserJobWatch(backend, table, config.user_jobs.refresh, config.user_jobs.look_back)
+
+
 def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -> Services:
     """The robot as configured. `grid`: an embedded grid already running in this process (the demo)."""
     engine = make_engine(config.database_url, config.database.echo)
@@ -163,10 +172,11 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     watch = downtime_watch(config, grid.state if grid is not None else
                            parts.statuses.state if isinstance(parts.statuses, GridQueueStatus) else None)
+    users = user_job_watch(config, backend, table)
     robot = Robot(config, sessions, backend=backend, catalogue=parts.catalogue, topology=parts.topology,
                   error_table=table,
-                  evaluators=[*([watch] if watch else []), StressSupervisor(config, backend, report=build_report),
-                              exclusion_engine(config, backend), CentralIncidents(),
+                  evaluators=[*([watch] if watch else []), *([users] if users else []),
+                              StressSupervisor(config, backend, report=build_report), exclusion_engine(config, backend), CentralIncidents(),
                               Notifier(config.blacklist.notify, config.blacklist.actor)])
     return Services(config=config, engine=engine, sessions=sessions, robot=robot, grid=grid,
                     grid_statuses=parts.statuses if isinstance(parts.statuses, GridQueueStatus) else None)

@@ -8,6 +8,7 @@ from sqlalchemy import inspect, select
 
 from robot.backends.base import BackendUnavailable, JobReport, UserJobHour
 from robot.classify import load_table
+from robot.clock import ManualClock
 from robot.jobstates import JobStatus
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Event
@@ -110,7 +111,7 @@ def test_the_watch_reads_new_hours_again_until_they_are_over_and_a_failing_sourc
 # -- the simulator's users' traffic ------------------------------------------------------------------
 from blacklist.simulate import BUILTIN, run  # noqa: E402
 from robot.backends.simulated import Scenario, SimulatedGrid, with_values  # noqa: E402
-from robot.clock import ManualClock  # noqa: E402
+
 from robot.yamlconfig import ConfigError  # noqa: E402
 
 
@@ -162,3 +163,40 @@ def test_users_jobs_as_evidence_detect_a_broken_queue_sooner_with_the_same_test_
     assert without.faults == with_users.faults == 1 and with_users.missed == 0
     assert with_users.false_exclusions == 0
     assert with_users.latencies[0] < without.latencies[0]
+
+
+# -- the embedded grid's background users ------------------------------------------------------------
+def test_the_embedded_grids_users_fail_with_a_broken_queues_fault_and_their_own_bugs(tiny_grid):
+    clock = ManualClock(T0)
+    grid = tiny_grid.grid({"ANALY_A": {}, "ANALY_B": {}}, clock=clock, user_jobs_per_hour=40,
+                          faults=[{"queue": "ANALY_B", "mode": "stagein", "start_after": "1h", "duration": "2h"}])
+    clock.set(T0 + timedelta(hours=3, minutes=30))
+    hours = grid.user_job_stats(T0 - timedelta(hours=5), clock.now())
+    assert {h.hour for h in hours} <= {T0 + timedelta(hours=i) for i in range(4)}  # from the grid's start, up to now
+    a = [h for h in hours if h.queue == "ANALY_A"]
+    b_broken = [h for h in hours if h.queue == "ANALY_B" and T0 + timedelta(hours=1) <= h.hour < T0 + timedelta(hours=3)]
+    assert sum(h.ended for h in a) > 80 and all(code in (1305, 1235) for h in a for (_, code) in h.errors)
+    assert 0 < sum(h.failed for h in a) < 0.3 * sum(h.ended for h in a)  # their own bugs, not the site's
+    assert all(h.errors.get(("pilot", 1099), 0) >= 0.7 * h.ended for h in b_broken)  # the queue's fault hits them
+    current = [h for h in hours if h.hour == T0 + timedelta(hours=3)]
+    assert current and all(h.ended < 35 for h in current)  # half an hour of the current one, no job from the future
+    assert grid.user_job_stats(T0 - timedelta(hours=5), clock.now()) == hours  # the same jobs at every read
+
+
+def test_the_robot_stores_the_embedded_grids_users_jobs(tiny_grid):
+    from robot.config import load_config
+    from robot.services import build
+
+    files = tiny_grid.write_files({"ANALY_A": {}}, user_jobs_per_hour=30)
+    clock = ManualClock(T0)
+    services = build(load_config(files.robot_yaml), clock)
+    try:
+        upgrade(services.engine)
+        clock.set(T0 + timedelta(hours=2))
+        services.robot.run_once(clock.now())
+        with services.sessions() as session:
+            rows = session.scalars(select(Row)).all()
+            assert {r.queue for r in rows} == {"ANALY_A"} and {r.source for r in rows} == {"embedded"}
+            assert sum(r.ended for r in rows) > 30
+    finally:
+        services.close()

@@ -55,6 +55,8 @@ class DefaultsConfig(Strict):
     cpu_speed: Annotated[float, Field(gt=0, le=10)] = 1.0
     bandwidth_mb_s: Annotated[float, Field(gt=0)] = 200.0
     user_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.02
+    user_jobs_per_hour: Annotated[float, Field(ge=0, le=1000)] = 20.0  # background users' jobs per queue (0: none)
+    user_job_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.12  # share of them failing for their own reasons
 
 
 class ScheduledFault(Strict):

@@ -26,12 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from robot.backends.base import JobReport, JobRequest
+from robot.backends.base import JobReport, JobRequest, UserJobHour
 from robot.backends.embedded.config import GridConfig
 from robot.backends.embedded.faults import Injection, active_faults, is_held, is_stuck, plan_injection
 from robot.backends.embedded.state import Fault, GridState
 from robot.backends.embedded.status import GridQueueStatus
 from robot.backends.embedded.storage import GridStorage
+from robot.backends.embedded.userjobs import user_hours
 from robot.clock import Clock, as_utc
 from robot.jobstates import JobStatus, QueueStatus
 
@@ -144,6 +145,15 @@ class EmbeddedGrid:
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         with self._lock:
             self._statuses.set_queue_status(queue, status, reason, actor)
+
+    def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
+        """The background users' jobs that ended (robot/backends/embedded/userjobs.py)."""
+        defaults = self.config.defaults
+        with self._lock:
+            now = self.clock.now()
+            faults, started = self.state.faults(), self.state.started_at(now)
+        return user_hours(sorted(self._queues), faults, self.config.seed, defaults.user_jobs_per_hour,
+                          defaults.user_job_failure_rate, since, until, started, now)
 
     # -- running --------------------------------------------------------------------------------
     def start(self, period: float = 1.0) -> None:
