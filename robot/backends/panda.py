@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from robot.backends.base import BackendUnavailable, JobReport, JobRequest, QueueStatusStore
+from robot.backends.base import BackendUnavailable, JobReport, JobRequest, QueueStatusStore, UserJobHour
 from robot.backends.job_parameters import OUTPUT_FILE, TRANSFORMATION, JobParameters, format_job_parameters
 from robot.backoff import backoff_delay
 from robot.config import PandaConfig
@@ -256,6 +256,7 @@ class PandaBackend:
             raise ValueError("backend.panda.auth oidc needs token_file (or $PANDA_AUTH_ID_TOKEN / "
                              "$OIDC_AUTH_TOKEN_FILE)")
         self._secret: str | None = None  # the last token read, only to mask it in captured output
+        self._monitor = _monitor(settings, self._token, sleep) if settings.monitor_url else None
 
     # ---------------------------------------------------------------- configuration per call
 
@@ -545,8 +546,25 @@ class PandaBackend:
             return self.status_store.queue_status()
         return self._call("get_site_specs", lambda client: _site_specs(client)(), _statuses)
 
+    def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
+        """Users' own jobs, counted from PanDA's monitor (robot/backends/panda_monitor.py)."""
+        if self._monitor is None:
+            raise BackendUnavailable("users' jobs are read from PanDA's monitor: backend.panda.monitor_url is not set")
+        return self._monitor.user_job_stats(since, until)
+
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> None:
         self.status_store.set_queue_status(queue, status, reason, actor)
+
+
+def _monitor(settings: PandaConfig, token: Callable[[], str], sleep: Callable[[float], None]) -> Any:
+    """PanDA's monitor with the backend's credentials: the proxy (x509) or the token (oidc)."""
+    from robot.backends.panda_monitor import MonitorUserJobs  # it reads records as robot.history does, which imports this module
+
+    proxy = (settings.proxy_file or os.environ.get("X509_USER_PROXY")) if settings.auth == "x509" else None
+    assert settings.monitor_url is not None
+    return MonitorUserJobs(settings.monitor_url, timeout=settings.timeout.total_seconds(), retries=settings.retries,
+                           cert=(proxy, proxy) if proxy else None, ca_path=settings.ca_dir,
+                           token=token if settings.auth == "oidc" else None, sleep=sleep)
 
 
 def _site_specs(client: Any) -> Callable[[], tuple[Any, Any]]:

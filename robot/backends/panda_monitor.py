@@ -1,0 +1,123 @@
+"""Users' own jobs as PanDA's monitor (BigPanDA) lists them, summed per queue and hour.
+
+panda-client has no call that lists other people's jobs, and the server's REST statistics
+(`/api/v1/statistics/job_stats_by_site_and_resource_type`) count jobs per state without their
+error codes. The monitor's job list does both, in bulk: `GET {monitor_url}/jobs/?json` with
+`prodsourcelabel=user`, `jobstatus=finished|failed`, `date_from` / `date_to`
+(`%Y-%m-%dT%H:%M`, UTC) and `limit`, answering `{"jobs": [...]}` with the job table's columns in
+lower case (the records `healthrobot history import` reads: `computingsite`, `jobstatus`,
+`endtime`, the error codes, `processingtype`). Each hour is asked for in one request; the records
+are summed at once (robot.userjobs.aggregate) and nothing of them is kept: no user name, no job ID.
+
+Test jobs (`processingtype` gangarobot: the robot's own and HammerCloud's) are not users' jobs and
+are left out. Failures are retried with bounds (timeouts, connection errors, 5xx, malformed
+answers), then `BackendUnavailable`: nothing is known, no queue failed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from robot.backends.base import BackendUnavailable, JobReport, UserJobHour
+from robot.backoff import backoff_delay
+from robot.history import Problem, parse_record
+from robot.userjobs import HOUR, aggregate, hour_of
+
+log = logging.getLogger(__name__)
+
+TEST_JOBS = {"gangarobot"}  # processingtype of test jobs: not users' work
+LIMIT = 100_000  # records per hour asked for; more means the hour is counted in part (logged)
+
+
+class MonitorUserJobs:
+    name = "panda"
+
+    def __init__(self, url: str, *, timeout: float = 60, retries: int = 3, cert: tuple[str, str] | None = None,
+                 ca_path: str | None = None, token: Callable[[], str] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, session: requests.Session | None = None,
+                 limit: int = LIMIT):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.token = token
+        self.sleep = sleep
+        self.limit = limit
+        self.session = session if session is not None else requests.Session()
+        if cert:
+            self.session.cert = cert
+        if ca_path:
+            self.session.verify = ca_path
+
+    def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
+        hours = []
+        start = since
+        while start < until:
+            end = min(hour_of(start) + HOUR, until)
+            hours += aggregate(self._records(start, end), start, end)
+            start = end
+        return hours
+
+    def _records(self, start: datetime, end: datetime) -> list[JobReport]:
+        params = {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed",
+                  "date_from": f"{start:%Y-%m-%dT%H:%M}", "date_to": f"{end:%Y-%m-%dT%H:%M}", "limit": self.limit}
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(backoff_delay(attempt))
+            headers = {"Accept": "application/json"}
+            if self.token is not None:
+                headers["Authorization"] = f"Bearer {self.token()}"
+            try:
+                answer = self.session.get(f"{self.url}/jobs/", params=params, headers=headers, timeout=self.timeout)
+            except requests.Timeout:
+                last = "timeout"
+                continue
+            except requests.ConnectionError:
+                last = "connection error"
+                continue
+            except requests.RequestException as exc:
+                raise BackendUnavailable(f"PanDA monitor job list: request failed ({type(exc).__name__})") from None
+            if answer.status_code >= 500:
+                last = f"HTTP {answer.status_code}"
+                continue
+            if answer.status_code >= 400:
+                raise BackendUnavailable(f"PanDA monitor job list: HTTP {answer.status_code}")
+            try:
+                return self._reports(answer.text, start)
+            except ValueError as exc:
+                last = f"malformed answer: {exc}"
+                continue
+        raise BackendUnavailable(f"PanDA monitor job list: {last} after {self.retries + 1} attempt(s)")
+
+    def _reports(self, text: str, start: datetime) -> list[JobReport]:
+        """The users' final jobs of an answer; ValueError when it is not the monitor's job list."""
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc.msg})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+            raise ValueError('expected {"jobs": [...]}')
+        records = data["jobs"]
+        if len(records) >= self.limit:
+            log.warning("PanDA monitor: %d records or more for the hour of %s: it is counted in part", self.limit,
+                        start.isoformat())
+        reports, bad = [], 0
+        for i, record in enumerate(records):
+            if isinstance(record, dict) and str(record.get("processingtype") or "").lower() in TEST_JOBS:
+                continue
+            read = parse_record(i + 1, record)
+            if isinstance(read, Problem):
+                bad += 1
+            elif read is not None:
+                reports.append(read.report)
+        if records and bad == len(records):
+            raise ValueError("no job record could be read")
+        if bad:
+            log.info("PanDA monitor: %d unreadable record(s) of %d skipped", bad, len(records))
+        return reports
