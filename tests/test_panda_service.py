@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -620,6 +621,19 @@ def test_grid_serve_runs_until_sigterm(factory):
             process.wait()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{api}/system/is_alive", timeout=2)
+
+
+def test_grid_serve_on_a_taken_port_says_how_to_pick_another(factory):
+    files = factory.write_files({"ANALY_CLI": {}}, max_parallel_jobs=2)
+    with socket.socket() as other:  # a port some other program listens on
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "robot.cli", "--config", str(files.robot_yaml), "grid", "serve",
+                               "--port", str(port)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use; another port: `" in done.stderr
+    assert f"--config {files.robot_yaml} grid serve --port 0` (0: any free port" in done.stderr
 
 
 PRUN_SCRIPT = textwrap.dedent("""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -211,7 +212,11 @@ def grid_serve(ctx: Context, host: str, port: int) -> None:
         handle = serve(grid, host, port)
     except OSError as exc:
         grid.state.close()
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        same_host = ["--host", host] if host != "127.0.0.1" else []
+        said = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port}: {said}; another port: "
+                                   f"`{ctx.command('grid', 'serve', *same_host, '--port', '0')}` "
+                                   "(0: any free port, printed in PANDA_URL)") from exc
     grid.start(period=1.0)
     workers = GridWorkers(grid, handle.url).start()
     queues = grid.storage.queue_settings()

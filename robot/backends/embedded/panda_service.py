@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -544,12 +545,20 @@ class PandaServiceHandle:
 
 
 def serve(grid: EmbeddedGrid, host: str = "127.0.0.1", port: int = 0) -> PandaServiceHandle:
-    """Serve `grid` over PanDA's REST contract in a daemon thread (port 0: any free port)."""
-    server = make_server(host, port, PandaService(grid), threaded=True, request_handler=_QuietHandler)
+    """Serve `grid` over PanDA's REST contract in a daemon thread (port 0: any free port).
+
+    A port that is taken raises OSError (EADDRINUSE): the socket is bound here, since werkzeug itself
+    would print its own advice and exit the process."""
+    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        server = make_server(host, port, PandaService(grid), threaded=True, request_handler=_QuietHandler,
+                             fd=listener.fileno())
+    finally:
+        listener.close()  # werkzeug holds its own duplicate of it
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="panda-service",
                               daemon=True)
     thread.start()
-    return PandaServiceHandle(server=server, thread=thread, host=host, port=server.server_port)
+    return PandaServiceHandle(server=server, thread=thread, host=host, port=server.port)
 
 
 __all__ = ["PandaService", "PandaServiceHandle", "Refused", "decode_jobs", "describe", "serve"]
