@@ -42,6 +42,7 @@ WARN_AGAIN_AFTER = timedelta(hours=1)
 Evaluator = Callable[[Session, datetime], Any]
 LAST_STEP_SETTING = "loop.last_step_at"  # heartbeat: the time of the last step (ISO 8601)
 BACKEND_SETTING = "loop.backend"  # "ok", or why the last step could not reach the backend
+INTERVAL_SETTING = "loop.interval_seconds"  # the stepping robot's own interval (the demo's is not the config's)
 SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts slots and records jobs
 
 
@@ -133,7 +134,7 @@ class Robot:
                     session.commit()
             self._submit(session, now, summary)
             if shard.leader:
-                _heartbeat(session, now, summary)
+                _heartbeat(session, now, summary, self.config.loop.interval)
             session.commit()
         return summary
 
@@ -548,8 +549,10 @@ def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
         session.execute(statement, [{f"_{k}": v for k, v in change.items()} for change in group])
 
 
-def _heartbeat(session: Session, now: datetime, summary: StepSummary) -> None:
-    """When the last step ran and whether it reached the backend: what the dashboard's /health reads."""
+def _heartbeat(session: Session, now: datetime, summary: StepSummary, interval: timedelta) -> None:
+    """When the last step ran, at what interval the robot steps, and whether it reached the backend: what the
+    dashboard's /health and `stress watch` read."""
     session.merge(Setting(name=LAST_STEP_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
+    session.merge(Setting(name=INTERVAL_SETTING, value=f"{interval.total_seconds():g}", actor="robot", changed_at=now))
     problem = "; ".join(summary.backend_errors)
     session.merge(Setting(name=BACKEND_SETTING, value=(problem or "ok")[:256], actor="robot", changed_at=now))

@@ -1,6 +1,8 @@
 """`healthrobot stress` as the person at the keyboard: identity from the OS user, clear refusals, `watch` off a terminal."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -8,7 +10,8 @@ from sqlalchemy import update
 
 from robot.cli import main
 from robot.clock import ManualClock
-from robot.storage.models import Queue, Test as StoredTest
+from robot.loop import INTERVAL_SETTING
+from robot.storage.models import Queue, Setting, Test as StoredTest
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
 TEMPLATES = templates({"name": "AFT"}, {"name": "STRESS", "category": "stress"})
@@ -99,6 +102,43 @@ def test_watch_off_a_terminal_prints_lines_and_says_no_robot_is_stepping(world, 
     assert "or the demo running?" in lines[0]
     assert lines[1] == "stress test 2 cancelled, 0 in flight, 0/10 jobs ended"
     assert lines[2] == "stress test 2: cancelled (cancelled by kim)"
+
+
+def _watch_once(world, monkeypatch, now):
+    """`stress watch 2` off a terminal at the wall-clock time `now`, the test cancelled at its first wait."""
+    config = world(local_user_is_operator=True)
+    assert run(config, *REQUEST).exit_code == 0
+
+    def someone_cancels(_seconds):
+        with world.robot.sessions() as session:
+            session.execute(update(StoredTest).where(StoredTest.id == 2).values(state="cancelled"))
+            session.commit()
+
+    monkeypatch.setattr("robot.cli.stress_cmd.time.sleep", someone_cancels)
+    monkeypatch.setattr("robot.clock.SystemClock.now", lambda self: now)
+    result = run(config, "watch", "2")
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()[0]
+
+
+@pytest.mark.parametrize("interval, stale", [(2, True), (60, False)])
+def test_watch_judges_staleness_by_the_interval_of_the_robot_that_steps(world, monkeypatch, interval, stale):
+    """The demo steps every 2 s while the configuration says 60 s: 20 s without a step is late for it only."""
+    with world.robot.sessions() as session:
+        session.execute(update(Setting).where(Setting.name == INTERVAL_SETTING).values(value=str(interval)))
+        session.commit()
+    first = _watch_once(world, monkeypatch, T0 + timedelta(seconds=20))  # the last step was at T0
+    if stale:
+        assert first.startswith("stress test 2 scheduled, 0 in flight, 0/10 jobs ended; no robot step for 20s (is `")
+    else:
+        assert first == "stress test 2 scheduled, 0 in flight, 0/10 jobs ended", first
+
+
+def test_watch_says_at_once_that_no_robot_runs_when_the_last_one_stopped(world, monkeypatch):
+    world.robot.workers.stop(T0 + timedelta(seconds=1))  # as the demo and `healthrobot run` do when they end
+    first = _watch_once(world, monkeypatch, T0 + timedelta(seconds=5))
+    assert first.startswith("stress test 2 scheduled, 0 in flight, 0/10 jobs ended; no robot running: the last one "
+                            "stopped 4s ago (start one: `") and first.endswith(" run`)"), first
 
 
 def test_the_report_of_a_test_without_an_outcome_says_its_state_once(world):

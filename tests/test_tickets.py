@@ -14,6 +14,7 @@ from blacklist.engine import ExclusionEngine
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings
 from robot.cli import main
+from robot.cli.demo import ticket_plan
 from robot.clock import ManualClock
 from robot.classify import load_table
 from robot.tickets import sample
@@ -115,13 +116,52 @@ def test_the_demo_s_own_tickets_get_site_for_the_broken_queue_and_not_site_for_a
     end = world["clock"].now()
     with world["robot"].sessions() as session:
         broken, healthy = import_demo_tickets(session, world["robot"].config, load_table(), world["path"] / "demo.mbox",
-                                              "ANALY_MWT2_UCORE", "ANALY_FZK", end - timedelta(minutes=3), end)
+                                              "ANALY_MWT2_UCORE", "ANALY_FZK", end - timedelta(minutes=3),
+                                              end - timedelta(minutes=3), end)
         session.commit()
     assert broken.verdict == "site" and "ANALY_MWT2_UCORE" in broken.verdict_reason
     assert healthy.verdict == "not_site" and "ANALY_FZK passed" in healthy.verdict_reason
     answer = json.loads(cli(world, "why", str(healthy.id), "--json"))
     assert answer["confidence"] >= 0.7 and "ANALY_FZK" in answer["reply"]
     assert any(line.startswith("points away from the site: ANALY_FZK passed") for line in answer["details"])
+
+
+def test_the_demo_dates_its_tickets_after_what_they_are_about_however_slow_the_run(tmp_path):
+    """A slow run: a healthy queue's tests end one every 6 minutes, so its 5th ends 29 minutes in. The demo's
+    tickets are dated after the robot's exclusion and after that 5th test (`ticket_plan`), so the verdicts are
+    site and not the site; dated at fixed shares of the run they found only 4 tests there: unknown."""
+    clock = ManualClock(T0)
+    queues = {"ANALY_MWT2_UCORE": ("MWT2", "US"), "ANALY_FZK": ("FZK-LCG2", "DE"), "ANALY_DESY-HH": ("DESY-HH", "DE")}
+    grid = ScriptedGrid(clock, queues)
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.evaluators.append(ExclusionEngine(Policy(BlacklistSettings(), ("AFT",)), grid))
+    robot.run_once(clock.now())
+    waited = []
+    for minute in range(1, 61):
+        for queue in queues:
+            for pid in grid.in_queue(queue):
+                if queue == "ANALY_MWT2_UCORE":
+                    grid.finish(pid, wall=50, pilot_error_code=1099, pilot_error_diag="Get error: stage-in failed")
+                elif minute % 6 == 0:
+                    grid.finish(pid, wall=50)
+        clock.advance(timedelta(minutes=1))
+        robot.run_once(clock.now())
+        with robot.sessions() as session:
+            plan = ticket_plan(session, "ANALY_MWT2_UCORE", ["ANALY_MWT2_UCORE"])
+        if plan.missing() is None:
+            break
+        waited.append(plan.missing())
+    assert waited[0].startswith("the demo's tickets wait for ") and "5 finished tests at a healthy queue" in waited[-1]
+    assert plan.healthy == "ANALY_DESY-HH" and plan.healthy_from == T0 + timedelta(minutes=29)  # the 5th test ended 29 min in
+    assert plan.broken_from is not None and plan.broken_from < plan.healthy_from
+    end = clock.now()
+    with robot.sessions() as session:
+        broken, healthy = import_demo_tickets(session, robot.config, load_table(), tmp_path / "demo.mbox", plan.broken,
+                                              plan.healthy, plan.broken_from, plan.healthy_from, end)
+        session.commit()
+    assert (broken.verdict, healthy.verdict) == ("site", "not_site"), (broken.verdict_reason, healthy.verdict_reason)
+    assert broken.first_message_at >= plan.broken_from and healthy.first_message_at >= plan.healthy_from
+    assert "ANALY_DESY-HH passed 5 of 5 tests" in healthy.verdict_reason
 
 
 def test_tickets_sample_writes_the_archive(tmp_path, world):

@@ -12,15 +12,17 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
@@ -28,13 +30,14 @@ from rich.text import Text
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
 from robot.cli.render import BROKEN, DEGRADED, health_table, make_console
-from robot.clock import SystemClock
+from robot.clock import SystemClock, as_utc
 from robot.config import DatabaseConfig, RobotConfig
 from robot.durations import format_duration
 from robot.metrics import Health, health
 from robot.services import Services, build
 from robot.storage.database import upgrade
-from robot.storage.models import Queue, QueueTransition
+from robot.storage.models import Job, Queue, QueueTransition
+from robot.tickets.verdict import HEALTHY_MIN_JOBS
 from robot.vocabulary import decision, plain_reason, ticket_verdict
 
 if TYPE_CHECKING:
@@ -64,7 +67,9 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     workdir = (workdir or ctx.config.data_path / "demo").resolve()
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig()})
+    # The robot's own interval is the demo's: its heartbeat (robot/workers.py) and `stress watch` go by it.
+    config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig(),
+                                           "loop": ctx.config.loop.model_copy(update={"interval": interval})})
     console = make_console(stderr=as_json)
     clock = SystemClock()
     services, panda = _build(config, clock, via_panda)
@@ -84,15 +89,24 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     log_file = workdir / "demo.log"
     console.print(f"log of the robot and the web server: {log_file}\n", markup=False, soft_wrap=True)
 
+    faulted = [f.queue for f in services.grid.config.faults]
+
+    def waiting() -> str | None:
+        """What the demo's tickets still wait for (None: nothing): they are written after what they are about."""
+        if not faulted:
+            return None
+        with services.sessions() as session:
+            return ticket_plan(session, faulted[0], faulted).missing()
+
     with _logs_to(log_file), _stop_on_sigterm():
         totals, started, live = _run(services, panda, config, clock, console, duration, interval, window,
-                                     as_json, not no_dashboard, dashboard_port)
+                                     as_json, not no_dashboard, dashboard_port, waiting)
     with services.sessions() as session:  # the state at the end, however the loop ended (the engine reconnects)
         found = health(session, clock.now(), window)
     if not live and not as_json:
         console.print(health_table(found, title="Queue health"))
     verdict = _verdict(found)
-    tickets = _demo_tickets(config, services, found, started, clock.now(), workdir)
+    tickets = _demo_tickets(config, services, faulted, started, workdir, clock)
     with services.sessions() as session:
         decisions = [{"time": t.time.isoformat(), "queue": name, "old": t.old, "new": t.new, "applied": t.applied,
                       "actor": t.actor, "decision": decision(t.old, t.new, t.applied), "reason": t.reason,
@@ -119,8 +133,11 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
 
 def _run(services: Services, panda: "_ViaPanda | None", config: RobotConfig, clock: SystemClock, console: Console,
          duration: timedelta, interval: timedelta, window: timedelta, as_json: bool, dashboard: bool,
-         dashboard_port: int | None) -> tuple[dict[str, int], datetime, bool]:
-    """The demo's loop, with the dashboard and the grid around it; stops after `duration`, Ctrl-C or SIGTERM."""
+         dashboard_port: int | None, waiting: Callable[[], str | None]) -> tuple[dict[str, int], datetime, bool]:
+    """The demo's loop, with the dashboard and the grid around it; stops after `duration`, Ctrl-C or SIGTERM.
+
+    When `duration` is over while `waiting()` still names something the demo's tickets need (on a slow
+    machine), it goes on until that is there, for at most `duration` more; Ctrl-C stops it at once."""
     server = _start_dashboard(config, services, clock, dashboard_port, console) if dashboard else None
     services.grid.start(period=0.5)
     if panda is not None:
@@ -130,6 +147,7 @@ def _run(services: Services, panda: "_ViaPanda | None", config: RobotConfig, clo
     totals = {"submitted": 0, "finished": 0, "steps": 0}
     live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal and not as_json else None
     last_print = 0.0
+    told = False
     try:
         if live:
             live.start()
@@ -152,7 +170,14 @@ def _run(services: Services, panda: "_ViaPanda | None", config: RobotConfig, clo
                 last_print = time.monotonic()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                missing = waiting() if remaining > -duration.total_seconds() else None
+                if missing is None:
+                    break
+                if not told:
+                    told = True
+                    console.print(f"{missing}: going on for up to {format_duration(duration)} more (Ctrl-C stops now)",
+                                  markup=False)
+                remaining = interval.total_seconds()
             time.sleep(min(interval.total_seconds(), remaining))
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -163,25 +188,81 @@ def _run(services: Services, panda: "_ViaPanda | None", config: RobotConfig, clo
             server.stop()
         if panda is not None:
             panda.close()
+        if services.robot.workers is not None:  # a clean stop: `stress watch` says at once that no robot runs
+            services.robot.workers.stop(clock.now())
         services.close()
     return totals, started, live is not None
 
 
-def _demo_tickets(config: RobotConfig, services: Services, found: list[Health], started: datetime, end: datetime,
-                  workdir: Path) -> list[dict[str, object]]:
-    """Support tickets written for this run, about its broken queue and a healthy one, imported and judged."""
+@dataclass(frozen=True)
+class TicketPlan:
+    """When the demo's two tickets can be written: after what each is about has been seen in this run.
+
+    So their verdicts follow from what the demo ran, not from how fast this machine ran it."""
+
+    broken: str
+    broken_from: datetime | None  # the robot's first exclusion of the broken queue (dry-run or not)
+    healthy: str | None  # the healthy queue the second ticket is about: no site failure, most tests ...
+    healthy_from: datetime | None  # ... the end of its HEALTHY_MIN_JOBS-th finished test (None: not yet)
+    healthy_jobs: int  # its finished tests so far
+
+    def missing(self) -> str | None:
+        """What is not there yet, in words (None: both tickets can be written)."""
+        wants = []
+        if self.broken_from is None:
+            wants.append(f"the robot's exclusion of {self.broken}")
+        if self.healthy_from is None:
+            wants.append(f"{HEALTHY_MIN_JOBS} finished tests at a healthy queue "
+                         f"({self.healthy_jobs} at {self.healthy})" if self.healthy else "a healthy queue")
+        return f"the demo's tickets wait for {' and '.join(wants)}" if wants else None
+
+
+def ticket_plan(session: Session, broken: str, faulted: Collection[str]) -> TicketPlan:
+    """The demo tickets' times from the database: the broken queue's first exclusion by the robot, and the
+    healthy queue (no fault, no site failure) that reached HEALTHY_MIN_JOBS finished tests first."""
+    excluded = session.scalar(
+        select(func.min(QueueTransition.time)).join(Queue, Queue.id == QueueTransition.queue_id)
+        .where(Queue.name == broken, QueueTransition.kind == "status", QueueTransition.new != "online",
+               ~QueueTransition.actor.startswith("person:"), QueueTransition.actor != "backend"))
+    ends: dict[str, list[datetime]] = {}
+    site_failed: set[str] = set()
+    for queue, end, klass, outcome in session.execute(
+            select(Queue.name, Job.end_time, Job.error_class, Job.outcome).join(Queue, Queue.id == Job.queue_id)
+            .where(Job.outcome.in_(["completed", "failed"]), Queue.name.not_in(list(faulted)))
+            .order_by(Job.end_time)):
+        ends.setdefault(queue, []).append(as_utc(end))
+        if outcome == "failed" and klass == "site":
+            site_failed.add(queue)
+    healthy = {queue: times for queue, times in ends.items() if queue not in site_failed}
+    ready = sorted((times[HEALTHY_MIN_JOBS - 1], queue) for queue, times in healthy.items()
+                   if len(times) >= HEALTHY_MIN_JOBS)
+    if ready:
+        healthy_from, queue = ready[0]
+        return TicketPlan(broken, as_utc(excluded) if excluded else None, queue, healthy_from, len(healthy[queue]))
+    best = max(sorted(healthy), key=lambda q: len(healthy[q]), default=None)
+    return TicketPlan(broken, as_utc(excluded) if excluded else None, best, None, len(healthy.get(best or "", [])))
+
+
+def _demo_tickets(config: RobotConfig, services: Services, faulted: list[str], started: datetime, workdir: Path,
+                  clock: SystemClock) -> list[dict[str, object]]:
+    """Support tickets written for this run, about its broken queue and a healthy one, imported and judged.
+
+    Each is dated after what it is about was seen (`ticket_plan`); when the run ended before that (Ctrl-C),
+    it is dated inside the run, and its verdict says what was missing."""
     from robot.classify import load_table  # noqa: PLC0415
     from robot.tickets.ingest import import_demo_tickets  # noqa: PLC0415
 
-    faulted = [f.queue for f in services.grid.config.faults]
-    healthy = sorted((h for h in found if h.level == "queue" and h.key not in faulted and h.failure_rate == 0),
-                     key=lambda h: -(h.completed + h.failed))
-    if not faulted or not healthy:
+    if not faulted:
+        return []
+    with services.sessions() as session:
+        plan = ticket_plan(session, faulted[0], faulted)
+    if plan.healthy is None:
         return []
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
+    end = clock.now()
     with services.sessions() as session:
-        tickets = import_demo_tickets(session, config, table, workdir / "demo-tickets.mbox", faulted[0],
-                                      healthy[0].key, started, end)
+        tickets = import_demo_tickets(session, config, table, workdir / "demo-tickets.mbox", plan.broken,
+                                      plan.healthy, plan.broken_from or started, plan.healthy_from or started, end)
         session.commit()
         return [{"id": t.id, "subject": t.subject, "verdict": t.verdict, "reason": t.verdict_reason} for t in tickets]
 

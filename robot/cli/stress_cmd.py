@@ -213,8 +213,8 @@ def _progress(ctx: Context, test_id: int) -> dict[str, Any]:
 
     from robot.clock import SystemClock, as_utc
     from robot.durations import format_duration
-    from robot.loop import LAST_STEP_SETTING
-    from robot.storage.models import Job, Setting, Test, TestQueue
+    from robot.loop import INTERVAL_SETTING, LAST_STEP_SETTING
+    from robot.storage.models import Job, Setting, Test, TestQueue, Worker
     from robot.stress import OPEN_STATES
 
     with ctx.session() as session:
@@ -227,14 +227,22 @@ def _progress(ctx: Context, test_id: int) -> dict[str, Any]:
         in_flight = session.scalar(select(func.count()).select_from(Job).where(
             Job.test_id == test_id, Job.phase.in_(["recorded", "active"])))
         step = session.get(Setting, LAST_STEP_SETTING)
+        stepping = session.get(Setting, INTERVAL_SETTING)
+        beats = session.execute(select(func.count(), func.count(Worker.stopped_at), func.max(Worker.stopped_at))).one()
         state, outcome, total = test.state, test.outcome, (test.max_jobs or 0) * (queues or 0)
     line = f"stress test {test_id} {state}, {in_flight} in flight"
     stale = ""
     if state in OPEN_STATES:
-        interval = ctx.config.loop.interval
-        age = None if step is None else SystemClock().now() - as_utc(datetime.fromisoformat(step.value))
+        # the interval of the robot that steps (the demo's is not the configuration's), as its last step wrote it
+        interval = timedelta(seconds=float(stepping.value)) if stepping else ctx.config.loop.interval
+        now = SystemClock().now()
+        age = None if step is None else now - as_utc(datetime.fromisoformat(step.value))
+        workers, stopped, last_stop = beats
         if age is None:
             stale = f"no robot step has run on this database yet (start one: `{ctx.command('run')}`)"
+        elif workers and workers == stopped:  # every robot that stepped here stopped cleanly
+            stale = (f"no robot running: the last one stopped {format_duration(now - as_utc(last_stop))} ago "
+                     f"(start one: `{ctx.command('run')}`)")
         elif age > STALE_AFTER_INTERVALS * interval:
             stale = f"no robot step for {format_duration(age)} (is `{ctx.command('run')}` or the demo running?)"
     return {"state": state, "outcome": outcome, "total": total, "ended": ended, "line": line, "stale": stale,

@@ -160,10 +160,10 @@ def _from_ggus(config: RobotConfig) -> Iterable[Message]:
 
 
 def import_demo_tickets(session: Session, config: RobotConfig, error_table: Any, path: Path, broken: str,
-                        healthy: str, start: datetime, end: datetime) -> list[Ticket]:
-    """Write the demo's own tickets (dated inside its run, from `start` to `end`) to `path`, import and
-    judge them: one about its broken queue, one about a healthy queue."""
-    write_messages(path, demo_threads(broken, healthy, start, end))
+                        healthy: str, broken_from: datetime, healthy_from: datetime, end: datetime) -> list[Ticket]:
+    """Write the demo's own tickets to `path`, import and judge them: one about its broken queue (written
+    after `broken_from`), one about a healthy queue (written after `healthy_from`), both before `end`."""
+    write_messages(path, demo_threads(broken, healthy, broken_from, healthy_from, end))
     _summary, changed = import_source(session, str(path), config, error_table, end)
     judge_tickets(session, end, changed, error_table)
     return list(session.scalars(select(Ticket).where(Ticket.id.in_(changed)).order_by(Ticket.id)))

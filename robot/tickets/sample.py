@@ -208,35 +208,38 @@ def write_sample_mbox(path, now: datetime) -> int:
     return count
 
 
-def demo_threads(broken: str, healthy: str, start: datetime, end: datetime) -> list[EmailMessage]:
-    """Two short threads dated inside a demo's run (from `start` to `end`): one about its broken queue,
-    one about a healthy queue where the user's own code fails. Replies come from the support desk."""
-    span = end - start
+def demo_threads(broken: str, healthy: str, broken_from: datetime, healthy_from: datetime,
+                 end: datetime) -> list[EmailMessage]:
+    """Two short threads dated inside a demo's run: one about its broken queue, written between
+    `broken_from` and `end`, and one about a healthy queue where the user's own code fails, written
+    between `healthy_from` and `end`. Replies come from the support desk. Times are rounded up to the
+    second (a mail's Date has no fractions), so a thread is never dated before its `..._from`."""
 
-    def at(share: float) -> datetime:
-        return start + span * share
+    def at(start: datetime, share: float) -> datetime:
+        when = start + (end - start) * share
+        return when.replace(microsecond=0) + timedelta(seconds=1) if when.microsecond else when
 
-    stamp = int(start.timestamp())
+    stamp = int(broken_from.timestamp())
     threads = [
         (f"Jobs at {broken} fail with stage-in errors", "alice.m@cern.ch", "Status/ACTIVE",
          [("u", f"Hi,\nsince a few minutes every job of my task at {broken} fails with\n"
                 "  Get error: Failed to stage in file: Connection timed out\n"
                 "Could you have a look?\nCheers, Alice", 0.85),
-          ("s", "Thanks Alice, we are looking at it.", 0.95)]),
+          ("s", "Thanks Alice, we are looking at it.", 0.95)], broken_from),
         (f"my jobs crash at {healthy}", "tom.b@uni-mainz.de", "Status/ACTIVE",
          [("u", f"My jobs at {healthy} crash right away:\n  File \"ana.py\", line 12, in <module>\n"
                 "    pt = event['jet_pt']\nKeyError: 'jet_pt'\nIs something wrong with the site?", 0.9),
-          ("s", "Please send the command you ran and a link to a failing job.", 0.97)]),
+          ("s", "Please send the command you ran and a link to a failing job.", 0.97)], healthy_from),
     ]
     messages = []
-    for t, (subject, user, labels, posts) in enumerate(threads):
+    for t, (subject, user, labels, posts, start) in enumerate(threads):
         ids: list[str] = []
         for i, (who, body, share) in enumerate(posts):
             msgid = f"demo{t}.m{i}.{stamp}@sample.example"
             support = who == "s"
             messages.append(_make(("Re: " if i else "") + TAG + subject,
                                   f"ATLAS support <{SUPPORT}>" if support else user,
-                                  user if support else SUPPORT, at(share), msgid, body, False, labels, "",
+                                  user if support else SUPPORT, at(start, share), msgid, body, False, labels, "",
                                   ids[-1] if ids else None, list(ids)))
             ids.append(msgid)
     return messages
