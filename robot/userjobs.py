@@ -165,3 +165,23 @@ def stored_hours(session: Session, since: datetime, until: datetime,
                                        {"site": site, "user": user, "central": central, "unknown": unknown},
                                        tuple(codes or ())))
     return dict(found)
+
+
+RECENT = timedelta(hours=6)  # what `why` and the queue page show
+
+
+def recent_rows(session: Session, queue: str, now: datetime, span: timedelta = RECENT) -> list[dict]:
+    """A queue's users' jobs per hour over the last `span`, newest first, as `why` and the queue page
+    show them: jobs ended and failed, failures per class, and the errors behind them."""
+    hours = stored_hours(session, now - span, now + HOUR, [queue]).get(queue, [])
+    return [{"hour": f"{h.hour:%Y-%m-%d %H:00}", "ended": h.ended, "failed": h.failed, **h.by_class,
+             "errors": ", ".join(f"{e['name']} {e['jobs']} ({e['class']})" for e in h.codes[:4])
+             + (", ..." if len(h.codes) > 4 else "")}
+            for h in reversed(hours)]
+
+
+def describe_hour(row: dict) -> str:
+    """One hour in words: "users' jobs 2026-11-01 12:00 UTC: 40 ended, 6 failed (site 3, user 2): STAGEINFAILED 3 (site), ..."."""
+    classes = ", ".join(f"{k} {row[k]}" for k in ("site", "user", "central", "unknown") if row[k])
+    text = f"users' jobs {row['hour']} UTC: {row['ended']} ended, {row['failed']} failed"
+    return text + (f" ({classes}): {row['errors']}" if row["failed"] else "")

@@ -16,6 +16,7 @@ from email.utils import format_datetime
 import pytest
 from sqlalchemy import select, update
 
+from robot.backends.base import UserJobHour
 from robot.classify import load_table
 from robot.clock import ManualClock
 from robot.config import RobotConfig
@@ -26,6 +27,7 @@ from robot.stress import StressRequest, StressSupervisor, request_stress_test
 from robot.stress_report import build_report
 from robot.tickets.ingest import import_source
 from robot.tickets.store import judge_tickets
+from robot.userjobs import UserJobWatch, hour_of
 from robot.users import add_user
 from tests import browser
 from tests.fakes import ScriptedGrid, templates
@@ -50,8 +52,11 @@ def fill(tmp_path) -> tuple[RobotConfig, object, ManualClock]:
     engine = make_engine(config.database_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
+    # users' own jobs at ANALY_A, as PanDA counts them, read by the robot's loop step
+    grid.user_hours = [UserJobHour("ANALY_A", hour_of(clock.now()), 35, 9, {("pilot", 1099): 7, ("exe", 1): 2})]
     robot = Robot(config, sessions, grid, grid, grid, load_table(),
-                  evaluators=[StressSupervisor(config, grid, report=build_report)])
+                  evaluators=[StressSupervisor(config, grid, report=build_report),
+                              UserJobWatch(grid, load_table(), timedelta(minutes=10), timedelta(hours=6))])
     robot.run_once(clock.now())
     with sessions() as session:
         request_stress_test(session, StressRequest(queues=("ANALY_B",), template="stress_zmumu", jobs=4,
@@ -143,6 +148,7 @@ def test_queue_page_shows_failures_jobs_history_and_tickets(site):
     browser.wait_text(driver, "#q-jobs td", "srm timeout")  # the diagnostic, as text
     browser.wait_text(driver, "#q-transitions td", "STAGEINFAILED")
     browser.wait_text(driver, "#q-tickets td", "<script>alert(1)</script>")
+    browser.wait_text(driver, "#q-users td", "STAGEINFAILED 7 (site)")  # the users' own jobs of the last hours
 
 
 def test_stress_list_and_report(site):

@@ -1,6 +1,7 @@
 """Users' own jobs as evidence: hourly aggregates stored on SQLite and PostgreSQL, read by a loop step."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -200,3 +201,34 @@ def test_the_robot_stores_the_embedded_grids_users_jobs(tiny_grid):
             assert sum(r.ended for r in rows) > 30
     finally:
         services.close()
+
+
+def test_why_names_the_users_jobs_of_the_last_hours(tiny_grid):
+    from click.testing import CliRunner
+
+    from robot.cli import main
+    from robot.clock import SystemClock
+    from robot.config import load_config
+    from robot.services import build
+
+    files = tiny_grid.write_files({"ANALY_A": {}, "ANALY_B": {}}, user_jobs_per_hour=0)
+    services = build(load_config(files.robot_yaml), SystemClock())
+    try:
+        upgrade(services.engine)
+        now = SystemClock().now()
+        services.robot.run_once(now)
+        with services.sessions() as session:
+            earlier = hour_of(now) - timedelta(hours=1)
+            store(session, "panda", [UserJobHour("ANALY_A", earlier, 40, 6, {("pilot", 1099): 4, ("exe", 1): 2})],
+                  earlier, TABLE, now)
+            session.commit()
+    finally:
+        services.close()
+    run = lambda *args: CliRunner().invoke(main, ["--config", str(files.robot_yaml), *args])  # noqa: E731
+    why = run("why", "ANALY_A")
+    assert why.exit_code == 0, why.output
+    assert f"users' jobs {earlier:%Y-%m-%d %H}:00 UTC: 40 ended, 6 failed (site 4, user 2): STAGEINFAILED 4 (site)" \
+        in why.output
+    shown = json.loads(run("why", "ANALY_A", "--json").output)["user_jobs"]
+    assert [(r["ended"], r["failed"], r["site"], r["user"]) for r in shown] == [(40, 6, 4, 2)]
+    assert "users' jobs" not in run("why", "ANALY_B").output

@@ -1,5 +1,6 @@
 """One queue: failure rate over time with its confidence band, throughput, where time goes, errors,
-recent jobs (PanDA IDs and errors), exclusion history with reasons, and the tickets that name it."""
+recent jobs (PanDA IDs and errors), the users' own jobs of the last hours, exclusion history with
+reasons, and the tickets that name it."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +9,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from dashboard import figures, queries
 from dashboard.pages.common import PageContext, cell, heading, message, rows, table, time_range, transition_rows
+from robot.userjobs import recent_rows
 
 JOB_COLUMNS = [("panda_id", "PanDA ID"), ("template", "Template"), ("status", "Status"),
                ("creation_time", "Created (UTC)"), ("start_time", "Started"), ("end_time", "Ended"),
@@ -17,6 +19,8 @@ TRANSITION_COLUMNS = [("time", "Time (UTC)"), ("actor", "By"), ("decision", "Dec
                       ("policy", "Policy"), ("reason", "Policy's reason")]
 TICKET_COLUMNS = [("id", "Ticket"), ("subject", "Subject"), ("state", "State"), ("verdict", "Verdict"),
                   ("verdict_reason", "Why"), ("updated", "Updated (UTC)")]
+USER_COLUMNS = [("hour", "Hour (UTC)"), ("ended", "Ended"), ("failed", "Failed"), ("site", "Site class"),
+                ("user", "User class"), ("central", "Central"), ("unknown", "Unknown"), ("errors", "Errors")]
 GRAPH = {"displaylogo": False}
 
 
@@ -37,6 +41,8 @@ def layout(ctx: PageContext, name: str | None) -> html.Div:
                   dcc.Graph(id="q-classes", config=GRAPH, className="half")], className="row"),
         html.H3("Top errors"), table("q-errors", ERROR_COLUMNS, numeric=("count",), page_size=10),
         html.H3("Recent jobs"), table("q-jobs", JOB_COLUMNS, page_size=15),
+        html.H3("Users' own jobs, last hours"),
+        table("q-users", USER_COLUMNS, numeric=("ended", "failed", "site", "user", "central", "unknown"), page_size=6),
         html.H3("Exclusion history"), table("q-transitions", TRANSITION_COLUMNS, page_size=10),
         html.H3("Linked tickets"), table("q-tickets", TICKET_COLUMNS, page_size=10),
     ])
@@ -46,18 +52,20 @@ def register(app: Dash, ctx: PageContext) -> None:
     @app.callback(Output("q-head", "children"), Output("q-failure", "figure"), Output("q-eps", "figure"),
                   Output("q-split", "figure"), Output("q-classes", "figure"), Output("q-errors", "data"),
                   Output("q-jobs", "data"), Output("q-transitions", "data"), Output("q-tickets", "data"),
+                  Output("q-users", "data"),
                   Input("q-name", "value"), Input("q-range", "value"), Input("tick", "n_intervals"))
     def refresh(name: str | None, range_key: str, _tick: int) -> tuple[Any, ...]:
         blank = figures.empty("Choose a queue.")
         if not name:
             return (message("info", ["No queue known yet: the robot has not read the topology."]),
-                    blank, blank, blank, blank, [], [], [], [])
+                    blank, blank, blank, blank, [], [], [], [], [])
         now = ctx.clock.now()
         try:
             with ctx.sessions() as session:
                 page = queries.queue_page(session, name, ctx.filters(range_key), now)
+                users = recent_rows(session, name, now)
         except LookupError:
-            return (message("error", [f"Unknown queue {name}."]), blank, blank, blank, blank, [], [], [], [])
+            return (message("error", [f"Unknown queue {name}."]), blank, blank, blank, blank, [], [], [], [], [])
         series = page.failure_series
         head = html.Div([html.Span(name, className="queue-name", id="q-title"), " ",
                          html.Span(page.status, className=f"status status-{page.status}"), " ",
@@ -73,7 +81,7 @@ def register(app: Dash, ctx: PageContext) -> None:
                 figures.time_split(page.time_split),
                 figures.error_classes(page.error_classes),
                 rows(page.top_errors), rows(page.recent_jobs), transition_rows(page.transitions),
-                [ticket_row(t) for t in page.tickets])
+                [ticket_row(t) for t in page.tickets], users)
 
 
 def ticket_row(ticket: Any) -> dict[str, Any]:

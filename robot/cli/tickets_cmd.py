@@ -16,6 +16,7 @@ from robot.cli import Context, pass_context
 from robot.cli.render import make_console
 from robot.clock import SystemClock
 from robot.downtimes import announced_downtimes
+from robot.userjobs import describe_hour, recent_rows
 from robot.storage.models import Episode, Job, Queue, QueueTransition, Site, Ticket, TicketLink, TicketMention
 from robot.vocabulary import decision, plain_reason, queue_state, ticket_verdict
 from robot.tickets.ingest import import_source
@@ -213,10 +214,14 @@ def _why_queue(session: Session, name: str) -> dict[str, Any] | None:
     details += [(f"episode {e.start:%Y-%m-%d %H:%M}-{e.end:%H:%M}" if e.end else f"episode since {e.start:%Y-%m-%d %H:%M}")
                 + f": {e.reason}" for e in episodes]
     details += [f"open ticket {t.id}: {t.subject} ({ticket_verdict(t.verdict)})" for t in tickets]
-    announced = announced_downtimes(session, queue.site.name, SystemClock().now())
+    now = SystemClock().now()
+    announced = announced_downtimes(session, queue.site.name, now)
     details = [f"{queue.site.name}: {line}" for line in announced] + details
+    users = recent_rows(session, queue.name, now)
+    details += [describe_hour(row) for row in users[:3]]
     return {"kind": "queue", "queue": queue.name, "status": queue.status, "robot_state": queue.robot_state,
             "state": queue_state(queue.status, queue.robot_state), "last_change": last, "downtimes": announced,
+            "user_jobs": users,
             "answer": f"{queue.name}: {queue_state(queue.status, queue.robot_state)}"
                       + (f": {last['why']}" if last and queue.robot_state != "online" else ""),
             "details": details, "tickets": [t.id for t in tickets]}
