@@ -540,10 +540,10 @@ def _lower(text: str) -> str:
 
 def _snippet(text: str, start: int, end: int) -> str:
     pad = max(0, (SNIPPET_CHARS - (end - start)) // 2)
-    piece = text[max(0, start - pad):end + pad]
-    if not piece.isprintable():
-        piece = "".join(c if c.isprintable() else " " for c in piece)
-    return " ".join(piece.split())
+    words = text[max(0, start - pad):end + pad].split()
+    if not all(word.isprintable() for word in words):  # other unprintable characters separate words too
+        words = "".join(c if c.isprintable() else " " for c in " ".join(words)).split()
+    return " ".join(words)
 
 
 def _key(mention: Mention) -> tuple:

@@ -82,7 +82,7 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
         changed.append((ticket, item))
     session.flush()  # ticket ids
     if new_messages:
-        session.execute(insert(TicketMessage), [
+        session.execute(insert(TicketMessage.__table__), [  # Core: one executemany
             {"ticket_id": t.id, "message_id": m.message_id[:512], "date": m.date, "sender": m.sender[:256],
              "subject": m.subject[:2000], "body": m.body} for t, m in new_messages])
     _store_mentions(session, changed, index, error_table, lookup_jobs, {a.casefold() for a in support_addresses})
@@ -144,7 +144,7 @@ def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], inde
             if fact is not None and fact.error_class:
                 rows.append({**rows[-1], "kind": "job_error", "code": fact.code, "snippet": fact.snippet()[:300]})
     if rows:
-        session.execute(insert(TicketMention), rows)
+        session.execute(insert(TicketMention.__table__), rows)
 
 
 def _job_facts(session: Session, panda_ids: list[int], lookup_jobs: JobLookup | None,
@@ -218,8 +218,8 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
                  windows_by_site(session, since - DOWNTIME_MARGIN, now).values() for d in found]
     named: dict[int, list[Named]] = {}
     wanted = {t.id for t in tickets}
-    for m in session.scalars(select(TicketMention).where(TicketMention.ticket_id.in_(
-            select(Ticket.id).where(Ticket.last_message_at >= since)))):
+    for m in session.execute(select(*MENTION_COLUMNS).where(TicketMention.ticket_id.in_(
+            select(Ticket.id).where(Ticket.last_message_at >= since)))):  # plain rows: no ORM objects to build
         if m.ticket_id in wanted:
             named.setdefault(m.ticket_id, []).append(Named(m.kind, m.value, m.queue, m.site, m.cloud, m.complaint,
                                                            _error_class(m, table)))
@@ -236,7 +236,7 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
         links += [{"ticket_id": ticket.id, "episode_id": e, "score": score, "reason": why, "created_at": now}
                   for e, score, why in result.links]
     if links:
-        session.execute(insert(TicketLink), links)
+        session.execute(insert(TicketLink.__table__), links)
     session.flush()
     return len(tickets)
 
@@ -271,7 +271,12 @@ def central_incidents(session: Session, since: datetime) -> list[CentralIncident
     return found
 
 
-def _error_class(mention: TicketMention, table: Any) -> str | None:
+MENTION_COLUMNS = (TicketMention.ticket_id, TicketMention.kind, TicketMention.value, TicketMention.queue,
+                   TicketMention.site, TicketMention.cloud, TicketMention.complaint, TicketMention.code,
+                   TicketMention.snippet)
+
+
+def _error_class(mention: Any, table: Any) -> str | None:
     """The class of an error the ticket quotes (from the error table), or of a pasted job's error."""
     if mention.kind == "job_error":
         klass = mention.snippet.partition(": ")[0]
@@ -295,49 +300,65 @@ def _places(session: Session, places: dict[str, tuple[str, str]]) -> Places:
 
 
 class TestResults:
-    """The robot's final test results since a time, per queue in time order, for quick counting."""
+    """The robot's final test results since a time, per queue in time order, for quick counting.
+
+    Per queue: the end times, and running counts of failures and site failures, so that a window's
+    figures are two binary searches and two subtractions, however many results it holds (judging
+    100,000 tickets asks for the whole grid's totals once per ticket).
+    """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, session: Session, since: datetime, until: datetime):
-        self._by_queue: dict[str, list[tuple[datetime, bool, bool]]] = {}
-        for queue, end, outcome, klass in session.execute(
+        self._index((queue, end, outcome == "failed", klass == "site") for queue, end, outcome, klass in session.execute(
             select(Queue.name, Job.end_time, Job.outcome, Job.error_class).join(Queue, Queue.id == Job.queue_id)
             .where(Job.outcome.in_(["completed", "failed"]), Job.end_time >= since, Job.end_time <= until)
-            .order_by(Job.end_time)
-        ):
-            self._by_queue.setdefault(queue, []).append((end, outcome == "failed", klass == "site"))
+            .order_by(Job.end_time)))
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, datetime, bool, str | None]]) -> TestResults:
         """From (queue, end time, failed, error class) rows, e.g. a history built in memory."""
         results = cls.__new__(cls)
-        results._by_queue = {}
-        for queue, end, failed, klass in sorted(rows, key=lambda r: r[1]):
-            results._by_queue.setdefault(queue, []).append((end, failed, failed and klass == "site"))
+        results._index((queue, end, failed, failed and klass == "site")
+                       for queue, end, failed, klass in sorted(rows, key=lambda r: r[1]))
         return results
+
+    def _index(self, rows: Iterable[tuple[str, datetime, bool, bool]]) -> None:
+        """(queue, end, failed, site failed) rows in time order: per queue, the end times and the running
+        counts of failures and site failures before each."""
+        self._by_queue: dict[str, tuple[list[datetime], list[int], list[int]]] = {}
+        for queue, end, failed, site_failed in rows:
+            found = self._by_queue.get(queue)
+            if found is None:
+                found = self._by_queue[queue] = ([], [0], [0])
+            times, failures, site = found
+            times.append(end)
+            failures.append(failures[-1] + bool(failed))
+            site.append(site[-1] + bool(site_failed))
+
+    def _window(self, queue: str, since: datetime, until: datetime) -> tuple[int, int, int]:
+        """(jobs, failed, site failed) of one queue's results that ended in [since, until]."""
+        times, failures, site = self._by_queue[queue]
+        lo, hi = bisect.bisect_left(times, since), bisect.bisect_right(times, until)
+        return hi - lo, failures[hi] - failures[lo], site[hi] - site[lo]
 
     def figures(self, queues: set[str], since: datetime, until: datetime) -> dict[str, Figures]:
         found = {}
         for queue in queues:
-            rows = self._by_queue.get(queue, [])
-            lo = bisect.bisect_left(rows, (since,))
-            hi = bisect.bisect_right(rows, (until, True, True))
-            window = rows[lo:hi]
-            if window:
-                found[queue] = Figures(queue, len(window), sum(r[1] for r in window), sum(r[2] for r in window))
+            if queue in self._by_queue:
+                jobs, failed, site_failed = self._window(queue, since, until)
+                if jobs:
+                    found[queue] = Figures(queue, jobs, failed, site_failed)
         return found
 
     def totals(self, since: datetime, until: datetime) -> Figures:
         """Every queue's results together; `queue` says how many queues reported."""
         jobs = failed = site_failed = queues = 0
-        for rows in self._by_queue.values():
-            window = rows[bisect.bisect_left(rows, (since,)):bisect.bisect_right(rows, (until, True, True))]
-            if window:
+        for queue in self._by_queue:
+            n, f, s = self._window(queue, since, until)
+            if n:
                 queues += 1
-                jobs += len(window)
-                failed += sum(r[1] for r in window)
-                site_failed += sum(r[2] for r in window)
+                jobs, failed, site_failed = jobs + n, failed + f, site_failed + s
         return Figures(f"{queues} queues", jobs, failed, site_failed)
 
 
