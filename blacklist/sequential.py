@@ -230,14 +230,25 @@ def _reinclusion(view: QueueView, window: list[Counted], settings: SequentialSet
 
 
 def cadence(view: QueueView, settings: SequentialSettings, now: datetime) -> Cadence:
-    """Probes when in doubt; slow tests on long-stable queues and on queues known to be broken."""
+    """Probes when in doubt; slow tests on long-stable queues and on queues known to be broken.
+
+    The probes of a doubt go out once: `probes` jobs per template, and more only while the newest
+    result fails; once they are back and good the doubt is waited out at the stable pace (a few
+    more completed jobs clear a single failure), not with every template's probes in flight again.
+    A queue is stable `stable_after` after the robot last put it back online; a doubt it cleared
+    does not unsettle it (the probes settled it)."""
     if view.robot_state == "pending":
-        return Cadence(extra_jobs=settings.probes, reason="in doubt: probe jobs")
+        since = sorted((r for r in view.results if view.state_since is None or r.end_time >= view.state_since),
+                       key=END_TIME, reverse=True)
+        templates = len({r.template for r in view.results}) or 1
+        if len(since) < settings.probes * templates or (since and since[0].failed):
+            return Cadence(extra_jobs=settings.probes, reason="in doubt: probe jobs")
+        return Cadence(gap=settings.stable_gap, reason="in doubt: the probes completed, waiting out the doubt")
     if view.robot_state == "excluded":
         newest = sorted(view.results, key=END_TIME, reverse=True)[:2]
         if len(newest) == 2 and not any(r.failed for r in newest):
             return Cadence(extra_jobs=settings.probes, reason="recovering: confirm quickly")
         return Cadence(gap=settings.broken_gap, reason="excluded and failing: test slowly")
-    if view.state_since is None or now - view.state_since >= settings.stable_after:
+    if view.last_robot_inclusion is None or now - view.last_robot_inclusion >= settings.stable_after:
         return Cadence(gap=settings.stable_gap, reason=f"stable for {settings.stable_after}")
     return Cadence()

@@ -40,8 +40,8 @@ class SequentialSettings(Strict):
     relapse_risk: Risk = 0.01  # accepted chance that a queue still as broken shows the streak that re-includes it
     weak_fault: Risk = 0.3  # the weakest fault (share of jobs failing) re-inclusion must see through
     flap_window: Duration = timedelta(hours=24)  # each earlier exclusion in it asks for more good jobs
-    stable_after: Duration = timedelta(hours=1)  # online and unsuspected for this long: a stable queue
-    stable_gap: Duration = timedelta(minutes=30)  # on a stable queue, wait this long between jobs of a template
+    stable_after: Duration = timedelta(hours=1)  # this long since the robot re-included it: a stable queue
+    stable_gap: Duration = timedelta(minutes=60)  # on a stable queue, wait this long between jobs of a template
     broken_gap: Duration = timedelta(minutes=30)  # on an excluded queue still failing, the same
 
 

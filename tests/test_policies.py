@@ -534,6 +534,18 @@ def test_cadence_pending_queue_gets_probe_jobs():
     assert c.extra_jobs == SEQ.probes > 0 and c.gap == timedelta(0)
 
 
+def test_cadence_a_doubt_sends_its_probes_once_and_more_only_while_they_fail():
+    began = NOW - 30 * MIN
+    back_good = results("T1", "CC", newest=NOW - 5 * MIN, step=5 * MIN)  # the probes' worth, both completed
+    assert SEQ.probes == len(back_good)
+    c = cad(results("T1", "F", newest=began - MIN), back_good, robot_state="pending", state_since=began)
+    assert c.extra_jobs == 0 and c.gap == SEQ.stable_gap  # the doubt is waited out at the stable pace
+    one_back = results("T1", "C", newest=NOW - 5 * MIN)
+    assert cad(one_back, robot_state="pending", state_since=began).extra_jobs == SEQ.probes
+    still_failing = results("T1", "FC", newest=NOW - 5 * MIN, step=5 * MIN)
+    assert cad(still_failing, robot_state="pending", state_since=began).extra_jobs == SEQ.probes
+
+
 def test_cadence_excluded_and_failing_queue_is_tested_slowly():
     c = cad(results("T1", "FFC"), status="brokeroff", robot_state="excluded", state_since=NOW - HOUR)
     assert c.gap == SEQ.broken_gap > timedelta(0) and c.extra_jobs == 0
@@ -555,9 +567,12 @@ def test_cadence_long_stable_queue_gets_a_gap(since):
     assert c.gap == SEQ.stable_gap and c.extra_jobs == 0
 
 
-def test_cadence_queue_back_online_recently_has_no_gap():
-    # back online (suspicion cleared or re-included) less than stable_after ago: tested in full
-    assert cad(results("T1", "CCC"), state_since=NOW - SEQ.stable_after + MIN) == sequential.Cadence()
+def test_cadence_queue_reincluded_recently_has_no_gap_but_a_cleared_doubt_keeps_it():
+    # re-included less than stable_after ago: tested in full (a relapse is seen at once)
+    back = NOW - SEQ.stable_after + MIN
+    assert cad(results("T1", "CCC"), state_since=back, last_robot_inclusion=back) == sequential.Cadence()
+    # a doubt cleared a minute ago: its probes settled it, the queue keeps its gap
+    assert cad(results("T1", "CCC"), state_since=NOW - MIN, last_robot_inclusion=NOW - 3 * HOUR).gap == SEQ.stable_gap
 
 
 def test_cadence_user_failures_do_not_unsettle_a_stable_queue():
