@@ -76,4 +76,10 @@ class Policy:
         if self.name == "hammercloud":
             gap = self.settings.hammercloud.job_gap
             return Cadence(gap=gap, reason="HammerCloud's fixed gap" if gap else "")
-        return sequential.cadence(view, self.settings.default, now)
+        cadence = sequential.cadence(view, self.settings.default, now)
+        users = self.settings.user_jobs
+        if (self.hears_users and view.robot_state == "online" and not cadence.extra_jobs
+                and cadence.gap == self.settings.default.stable_gap < users.watched_gap
+                and userjobs.watched(view, now, users)):
+            return Cadence(gap=users.watched_gap, reason="stable, and its users' jobs are watched")
+        return cadence

@@ -13,6 +13,10 @@ than for the site's, so only a part of what they say is heard:
   more than one test job's failure pointing at the site (`Weights.failure`); hours with fewer
   than `min_failures` such failures, or a rate not above the baseline, weigh nothing.
 
+A stable queue whose users' jobs keep ending (`watched_jobs` within about the last hour) is tested
+less often (`watched_gap` between a template's jobs instead of the stable gap): its users' jobs
+stand watch, and the first hour of them that points at the site sends probe jobs at once.
+
 The hours enter the sequential test (blacklist/sequential.py) as failures pointing at the site
 with that weight, at the hour's end (now, for the hour still going on): they open a case (probe
 jobs go out at once) and add to it, but never exclude a queue alone: at least one test job's
@@ -70,6 +74,13 @@ class Baseline:
 
     def shared(self, code: int, hour: datetime, site: str) -> bool:
         return len(self.excess_sites.get((code, hour), set()) - {site}) >= self.spread_sites
+
+
+def watched(view: QueueView, now: datetime, settings: UserJobsSettings) -> bool:
+    """Whether enough of the queue's users' jobs ended within about the last hour (this hour and the one
+    before) for them to stand watch between test jobs: a site fault shows in them first."""
+    since = now.replace(minute=0, second=0, microsecond=0) - HOUR
+    return sum(h.ended for h in view.user_jobs if h.hour >= since) >= max(1, settings.watched_jobs)
 
 
 def _site_codes(hour: StoredHour) -> dict[int, int]:

@@ -158,12 +158,16 @@ def test_the_users_section_is_checked_with_key_paths():
         with_values(sc, {"users.codes": [{"code": -1}]}, "t")
 
 
-def test_users_jobs_as_evidence_detect_a_broken_queue_sooner_with_the_same_test_jobs():
+def test_users_jobs_as_evidence_detect_a_broken_queue_no_later_with_fewer_test_jobs():
     sc = scenario()
-    without, with_users = run(sc, BUILTIN["default"], 1, "default"), run(sc, BUILTIN["default+users"], 1, "users")
-    assert without.faults == with_users.faults == 1 and with_users.missed == 0
-    assert with_users.false_exclusions == 0
-    assert with_users.latencies[0] < without.latencies[0]
+    pairs = [(run(sc, BUILTIN["default"], seed, "default"), run(sc, BUILTIN["default+users"], seed, "users"))
+             for seed in (1, 2, 3)]
+    for without, with_users in pairs:  # the same scenario, seed and test-job luck
+        assert without.faults == with_users.faults == 1 and with_users.missed == 0
+        assert with_users.false_exclusions == 0
+        assert with_users.latencies[0] <= without.latencies[0]
+        assert with_users.jobs < without.jobs  # a stable queue watched by its users' jobs is tested less often
+    assert sum(w.latencies[0] for _, w in pairs) < sum(d.latencies[0] for d, _ in pairs)
 
 
 # -- the embedded grid's background users ------------------------------------------------------------
@@ -232,3 +236,24 @@ def test_why_names_the_users_jobs_of_the_last_hours(tiny_grid):
     shown = json.loads(run("why", "ANALY_A", "--json").output)["user_jobs"]
     assert [(r["ended"], r["failed"], r["site"], r["user"]) for r in shown] == [(40, 6, 4, 2)]
     assert "users' jobs" not in run("why", "ANALY_B").output
+
+
+def test_policy_simulate_adds_the_users_row_for_scenarios_with_users_traffic_and_says_what_each_row_was_given(
+        tmp_path):
+    from click.testing import CliRunner
+
+    from robot.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\nduration: 2h\nqueues: {count: 4}\nusers: {jobs_per_hour: 20}\n"
+                    "faults:\n  - {queues: 1, onset: 30m, duration: 1h, mode: stagein}\n")
+    result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert list(out["report"]["tiny"]) == ["hammercloud", "hammercloud+safety", "default", "default+users"]
+    assert out["given"]["default+users"].endswith("the scenario's `users:` traffic): 20 users' jobs per queue-hour")
+    assert "users' jobs" not in out["given"]["default"]
+    table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--policy", "default",
+                                      "--policy", "default+users"]).output
+    assert "default+users" in table and "Each row: the same scenario, seeds and test-job luck" in table
+    assert "  default: our policy on the test jobs, behind our safety layer" in table
