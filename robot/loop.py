@@ -407,7 +407,7 @@ class Robot:
             return
         # Recorded before sent: a crash from here on leaves rows the next step looks up at the backend.
         ids = dict(session.execute(
-            insert(Job).returning(Job.job_name, Job.id, sort_by_parameter_order=True), rows
+            insert(Job).returning(Job.job_name, Job.id), rows
         ).all())
         session.commit()
         batch_size = self.config.loop.submit_batch_size
