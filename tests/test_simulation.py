@@ -283,6 +283,31 @@ def test_both_policies_run_on_a_small_scenario_and_ours_ignores_a_user_wave():
     assert ours.jobs > 0 and theirs.jobs > 0
 
 
+NOISY = {"queues": {"count": 16, "clouds": ["DE", "US"], "per_site": 2},
+         "noise": {"site": 0.01, "user": 0.03, "unknown": 0.005}}
+
+
+def test_default_policy_detects_partial_faults_faster_and_never_reincludes_a_broken_queue():
+    """Issue 11's targets on a small seeded grid: every fault caught, at most half HammerCloud's median
+    latency here, no healthy queue excluded, no queue put back online while its fault was on, every
+    one back after it."""
+    sc = scenario(duration="12h", **NOISY,
+                  faults=[{"queues": 3, "onset": "2h", "duration": "5h", "mode": "stagein_timeout", "probability": 0.5}])
+    ours, theirs = run(sc, BUILTIN["default"], 1, "default"), run(sc, BUILTIN["hammercloud+safety"], 1, "hc")
+    assert ours.missed == theirs.missed == 0
+    assert statistics.median(ours.latencies) <= 0.5 * statistics.median(theirs.latencies)
+    assert ours.false_exclusions <= theirs.false_exclusions
+    assert ours.premature == 0 and ours.not_reincluded == 0
+
+
+def test_default_policy_spends_about_half_hammercloud_test_jobs_on_a_quiet_grid():
+    # stable queues wait stable_gap between a template's jobs; a doubt's probes go out once
+    sc = scenario(duration="12h", **NOISY)
+    ours, theirs = run(sc, BUILTIN["default"], 1, "default"), run(sc, BUILTIN["hammercloud"], 1, "hammercloud")
+    assert ours.false_exclusions == theirs.false_exclusions == 0
+    assert ours.jobs <= 0.55 * theirs.jobs  # 0.54: every template's first job goes out at once
+
+
 def test_simulate_command_prints_the_comparison(tmp_path):
     path = tmp_path / "scenario.yaml"
     path.write_text("name: tiny\nduration: 6h\nqueues: {count: 4}\n"
@@ -329,6 +354,7 @@ def test_hammercloud_with_safety_holds_what_a_central_outage_makes_hammercloud_e
     bare, safe = run(sc, BUILTIN["hammercloud"], 1, "hammercloud"), run(sc, BUILTIN["hammercloud+safety"], 1, "x")
     assert bare.central_exclusions >= 3
     assert safe.central_exclusions < bare.central_exclusions
+    assert run(sc, BUILTIN["default"], 1, "default").central_exclusions == 0
 
 
 def test_sweep_prints_one_table_per_value_of_a_scenario_key(tmp_path):
