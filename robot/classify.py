@@ -11,7 +11,7 @@ from typing import Mapping
 
 import yaml
 
-from robot.yamlconfig import ConfigError
+from robot.yamlconfig import ConfigError, parse_yaml
 
 DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "error_codes.yaml"
 CLASSES = ("site", "user", "central", "unknown", "none")
@@ -45,7 +45,7 @@ def load_table(extra: Path | str | None = None) -> dict[tuple[str, int], ErrorCl
 
 def _read_table(path: Path) -> dict[tuple[str, int], ErrorClass]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(path, [f"cannot read the error-code table: {exc}"]) from exc
     table: dict[tuple[str, int], ErrorClass] = {}

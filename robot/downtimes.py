@@ -22,9 +22,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-import requests
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -32,6 +31,9 @@ from robot.backends.base import BackendUnavailable
 from robot.backoff import backoff_delay
 from robot.storage.models import Downtime as DowntimeRow
 from robot.storage.models import Event
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ class GOCDBClient:
         self.timeout = timeout
         self.retries = max(0, retries)
         self.sleep = sleep
+        import requests  # noqa: PLC0415 - only a GOCDB client needs it (`why`, `blacklist list` start faster)
+
         self.session = session if session is not None else requests.Session()
         if ca_path:
             self.session.verify = ca_path
@@ -126,6 +130,8 @@ class GOCDBClient:
     def downtimes(self, now: datetime) -> list[Downtime]:
         params = {"method": "get_downtime", "windowstart": f"{(now - LOOK_BACK):%Y-%m-%d}",
                   "windowend": f"{(now + LOOK_AHEAD):%Y-%m-%d}"}
+        import requests  # noqa: PLC0415
+
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:

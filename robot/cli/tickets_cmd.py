@@ -4,24 +4,22 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from robot.classify import load_table
 from robot.cli import Context, pass_context
-from robot.cli.render import make_console
 from robot.clock import SystemClock
-from robot.downtimes import announced_downtimes
 from robot.userjobs import describe_hour, recent_rows
 from robot.storage.models import Episode, Job, Queue, QueueTransition, Site, Ticket, TicketLink, TicketMention
 from robot.vocabulary import decision, plain_reason, queue_state, ticket_verdict
-from robot.tickets.ingest import import_source
-from robot.tickets.sample import THREADS, write_sample_mbox
-from robot.tickets.store import judge_tickets
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# Mail parsing, IMAP, GGUS and the judging code are imported by the commands that import or write tickets:
+# `why` and `tickets list` only read the database, and start faster without them.
 
 
 @click.group("tickets")
@@ -35,6 +33,10 @@ def tickets_group() -> None:
 @pass_context
 def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
     """Import SOURCE: an mbox file, a Maildir folder, `imap` or `ggus` (configured under tickets.imap / .ggus)."""
+    from robot.classify import load_table
+    from robot.tickets.ingest import import_source
+    from robot.tickets.store import judge_tickets
+
     config = ctx.config
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     now = SystemClock().now()
@@ -61,6 +63,8 @@ def tickets_import(ctx: Context, source: str, as_json: bool) -> None:
 @pass_context
 def tickets_sample(ctx: Context, file: Path, force: bool) -> None:
     """Write a sample support archive (mbox, Gmail-export style) to FILE, dated over the last three days."""
+    from robot.tickets.sample import THREADS, write_sample_mbox
+
     if file.exists() and not force:
         raise click.ClickException(f"{file} exists: pass --force to replace it")
     try:
@@ -88,6 +92,10 @@ def tickets_list(ctx: Context, queue: str | None, only_open: bool, as_json: bool
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
+    from robot.cli.render import make_console
+
     table = Table(header_style="bold")
     for column in ("ID", "State", "Last (UTC)", "Subject", "Verdict", "Sure", "Why"):
         table.add_column(column)
@@ -214,6 +222,8 @@ def _why_queue(session: Session, name: str) -> dict[str, Any] | None:
     details += [(f"episode {e.start:%Y-%m-%d %H:%M}-{e.end:%H:%M}" if e.end else f"episode since {e.start:%Y-%m-%d %H:%M}")
                 + f": {e.reason}" for e in episodes]
     details += [f"open ticket {t.id}: {t.subject} ({ticket_verdict(t.verdict)})" for t in tickets]
+    from robot.downtimes import announced_downtimes
+
     now = SystemClock().now()
     announced = announced_downtimes(session, queue.site.name, now)
     details = [f"{queue.site.name}: {line}" for line in announced] + details
@@ -245,6 +255,8 @@ def _why_site(session: Session, name: str) -> dict[str, Any] | None:
     details = [f"{r['queue']}: {r['state']}" + (f": {r['last_change']['why']}" if r["last_change"]
                                                 and r["robot_state"] != "online" else "") for r in rows]
     details += [f"open ticket {t.id}: {t.subject} ({ticket_verdict(t.verdict)})" for t in tickets]
+    from robot.downtimes import announced_downtimes
+
     announced = announced_downtimes(session, name, SystemClock().now())
     details = announced + details
     return {"kind": "site", "site": name, "downtimes": announced, "queues": rows, "tickets": [t.id for t in tickets],
