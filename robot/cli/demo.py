@@ -68,7 +68,12 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     # The robot's own interval is the demo's: its heartbeat (robot/workers.py) and `stress watch` go by it.
-    config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig(),
+    # A stable queue's tests are spaced by `stable_gap` (1h) to save test jobs in production; in a run of
+    # minutes that would leave the healthy queues idle after their first jobs, so the demo tests back to back.
+    paced = ctx.config.blacklist.default.stable_gap
+    blacklist = ctx.config.blacklist.model_copy(update={
+        "default": ctx.config.blacklist.default.model_copy(update={"stable_gap": timedelta(0)})})
+    config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig(), "blacklist": blacklist,
                                            "loop": ctx.config.loop.model_copy(update={"interval": interval})})
     console = make_console(stderr=as_json)
     clock = SystemClock()
@@ -80,6 +85,9 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     queues = services.grid.storage.queue_settings()
     console.print(f"embedded grid: {len(queues)} queues at {len({q.site for q in queues})} sites in "
                   f"{len({q.cloud for q in queues})} clouds, {config.backend.embedded.max_parallel_jobs} jobs at once")
+    if paced:
+        console.print(f"healthy queues are tested back to back (blacklist.default.stable_gap 0s instead of "
+                      f"{format_duration(paced)}, so that minutes show them)", markup=False)
     for fault in services.grid.config.faults:
         when = f"{format_duration(fault.start_after)} in" if fault.start_after is not None else f"at {fault.start}"
         console.print(f"scheduled fault: [red]{fault.queue}[/] {fault.mode.value} {when}, for {format_duration(fault.duration)}")
