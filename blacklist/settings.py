@@ -53,7 +53,7 @@ class UserJobsSettings(Strict):
     min_failures: PositiveInt = 3  # fewest failures of one site-class code in a queue's hour that count
     floor: Risk = 0.02  # the least rate of a code that a queue's users' jobs are compared with
     watched_jobs: NonNegativeInt = 10  # users' jobs ended at a queue within the last hour that make it watched ...
-    watched_gap: Duration = timedelta(hours=1)  # ... and a watched stable queue waits this long between test jobs
+    watched_gap: Duration = timedelta(hours=2)  # ... and a watched stable queue waits this long between test jobs
 
 
 class SafetySettings(Strict):

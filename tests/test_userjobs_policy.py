@@ -91,9 +91,10 @@ def test_users_jobs_add_to_a_test_jobs_failure_and_the_exclusion_says_so():
 def test_a_stable_queue_watched_by_its_users_jobs_is_tested_less_often():
     watched, = grid({}, queues=1)
     stable = QueueView(**{**watched.__dict__, "state_since": NOW - 3 * HOUR})
-    assert ON.cadence(stable, NOW).gap == timedelta(hours=1)
-    assert OFF.cadence(stable, NOW).gap == timedelta(minutes=30)  # not heard: every stable queue alike
+    stable_gap = ON.settings.default.stable_gap
+    assert ON.cadence(stable, NOW).gap == ON.settings.user_jobs.watched_gap > stable_gap
+    assert OFF.cadence(stable, NOW).gap == stable_gap  # not heard: every stable queue alike
     quiet = QueueView(**{**stable.__dict__, "user_jobs": tuple(hour("ANALY_0", h.hour, 4) for h in stable.user_jobs)})
-    assert ON.cadence(quiet, NOW).gap == timedelta(minutes=30)  # too few users' jobs to stand watch
+    assert ON.cadence(quiet, NOW).gap == stable_gap  # too few users' jobs to stand watch
     pending = QueueView(**{**stable.__dict__, "robot_state": "pending"})
     assert ON.cadence(pending, NOW).extra_jobs == 2  # in doubt: probes, as ever
