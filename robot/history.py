@@ -18,11 +18,12 @@ with its line and field and skipped; the others are imported.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TextIO
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -99,99 +100,175 @@ class ImportSummary:
 
 
 # -- reading (pure) ---------------------------------------------------------------------------------
-def read_records(text: str) -> Iterator[tuple[int, Any]]:
-    """(line, record) for each record of the text, whichever of the three layouts it has.
+def read_records(source: str | TextIO) -> Iterator[tuple[int, Any]]:
+    """(line, record) for each record of a text or an open text file, whichever of the three layouts it has.
 
-    Raises HistoryFileError when the text is none of them. A record that is not a JSON object is
-    still yielded (parse_record reports it), and so is a line of JSON lines that does not parse,
-    as a Problem.
+    A file is read in chunks of `CHUNK` characters and each record is decoded as soon as it is
+    whole, so memory holds a chunk or two and one batch, not the file (a million records are about
+    550 MB of JSON). Raises HistoryFileError when the text is none of the layouts. A record that is
+    not a JSON object is still yielded (parse_record reports it), and so is a line of JSON lines that
+    does not parse, as a Problem.
     """
-    start = _skip_space(text, 0)
-    if start == len(text):
+    text = _Text(source)
+    start = text.skip_space(0)
+    if text.at(start) == "":
         return
-    if text[start] == "[":
+    if text.at(start) == "[":
         yield from _array_items(text, start)
         return
-    if text[start] != "{":
+    if text.at(start) != "{":
         raise HistoryFileError(LAYOUTS)
-    line_end = text.find("\n", start)
+    line_end = text.find_newline(start)
     try:
-        first = json.loads(text[start:line_end] if line_end != -1 else text[start:])
+        first = json.loads(text.buf[start:line_end] if line_end != -1 else text.buf[start:])
     except json.JSONDecodeError:  # an object over several lines: the monitor's {"jobs": [...]}
         yield from _array_items(text, _jobs_list(text, start))
         return
     if isinstance(first, dict) and "pandaid" in first:
-        yield from _json_lines(text)
+        yield from _json_lines(text, start)
         return
     if not isinstance(first, dict) or "jobs" not in first:
         raise HistoryFileError(LAYOUTS)
     if not isinstance(first["jobs"], list):
         raise HistoryFileError(LAYOUTS)
-    line = text.count("\n", 0, start) + 1
+    line = text.line_of(start)
     for record in first["jobs"]:  # the whole object on one line
         yield line, record
 
 
 LAYOUTS = 'expected PanDA monitor job records: a {"jobs": [...]} object, a list of records or one record per line'
+CHUNK = 1 << 20  # characters read at a time
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\r\n]*")
 
 
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at] in " \t\r\n":
-        at += 1
-    return at
+class _Text:
+    """The text being read, as a window `buf` over it that grows by chunks as the reader looks further
+    and forgets what the reader has passed (`forget`); positions are indexes into `buf`."""
+
+    def __init__(self, source: str | TextIO):
+        self._chunks: Iterator[str] = iter((source,)) if isinstance(source, str) else iter(
+            lambda: source.read(CHUNK), "")
+        self.buf = ""
+        self.ended = False
+        self._line, self._column = 1, 0  # where buf[0] is in the text (column from 0)
+
+    def more(self) -> bool:
+        """Read the next chunk into the window; False at the end of the text."""
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self.ended = True
+            return False
+        self.buf += chunk
+        return True
+
+    def at(self, index: int) -> str:
+        """The character at `index` ("" past the end of the text)."""
+        if index < len(self.buf):
+            return self.buf[index]
+        while index >= len(self.buf) and self.more():
+            pass
+        return self.buf[index] if index < len(self.buf) else ""
+
+    def skip_space(self, index: int) -> int:
+        index = _SPACE.match(self.buf, index).end()
+        while index == len(self.buf) and self.more():
+            index = _SPACE.match(self.buf, index).end()
+        return index
+
+    def find_newline(self, index: int) -> int:
+        found = self.buf.find("\n", index)
+        while found == -1 and self.more():
+            found = self.buf.find("\n", index)
+        return found
+
+    def decode(self, index: int) -> tuple[Any, int]:
+        """The JSON value that starts at `index`, and where it ends: read on until it is whole (a value
+        that ends where the window ends may go on in the next chunk); json.JSONDecodeError at the end."""
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buf, index)
+            except json.JSONDecodeError as exc:
+                if self.more():
+                    continue
+                if exc.lineno == 1:
+                    exc.colno += self._column
+                exc.lineno += self._line - 1
+                raise
+            if end < len(self.buf) or not self.more():
+                return value, end
+
+    def forget(self, index: int) -> int:
+        """Drop buf[:index] once it is more than a chunk; returns the position `index` now has."""
+        if index < CHUNK:
+            return index
+        newlines = self.buf.count("\n", 0, index)
+        self._line += newlines
+        self._column = index - self.buf.rfind("\n", 0, index) - 1 if newlines else self._column + index
+        self.buf = self.buf[index:]
+        return 0
+
+    def line_of(self, index: int) -> int:
+        return self._line + self.buf.count("\n", 0, index)
 
 
-def _json_lines(text: str) -> Iterator[tuple[int, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, Problem(number, "(record)", f"not JSON: {exc.msg} at column {exc.colno}")
+def _json_lines(text: _Text, start: int) -> Iterator[tuple[int, Any]]:
+    number, at = text.line_of(start), start
+    while True:
+        end = text.find_newline(at)
+        line = text.buf[at:] if end == -1 else text.buf[at:end]
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, Problem(number, "(record)", f"not JSON: {exc.msg} at column {exc.colno}")
+        if end == -1:
+            return
+        number += 1
+        at = text.forget(end + 1)
 
 
-def _jobs_list(text: str, start: int) -> int:
+def _jobs_list(text: _Text, start: int) -> int:
     """Where the list under the key `jobs` begins, in the object that starts at `start`."""
-    decoder = json.JSONDecoder()
-    at = _skip_space(text, start + 1)
+    at = text.skip_space(start + 1)
     try:
-        while at < len(text) and text[at] != "}":
-            key, at = decoder.raw_decode(text, at)
-            at = _skip_space(text, at)
-            if text[at] != ":":
+        while text.at(at) not in ("}", ""):
+            key, at = text.decode(at)
+            at = text.skip_space(at)
+            if text.at(at) != ":":
                 break
-            at = _skip_space(text, at + 1)
-            if key == "jobs" and text[at] == "[":
+            at = text.skip_space(at + 1)
+            if key == "jobs" and text.at(at) == "[":
                 return at
-            _, at = decoder.raw_decode(text, at)
-            at = _skip_space(text, at)
-            if text[at] == ",":
-                at = _skip_space(text, at + 1)
-    except (json.JSONDecodeError, IndexError) as exc:
-        where = f"line {exc.lineno}: " if isinstance(exc, json.JSONDecodeError) else ""
-        raise HistoryFileError(f"{where}not JSON: {LAYOUTS}") from None
+            _, at = text.decode(at)
+            at = text.skip_space(at)
+            if text.at(at) == ",":
+                at = text.skip_space(at + 1)
+    except json.JSONDecodeError as exc:
+        raise HistoryFileError(f"line {exc.lineno}: not JSON: {LAYOUTS}") from None
     raise HistoryFileError(LAYOUTS)
 
 
-def _array_items(text: str, at: int) -> Iterator[tuple[int, Any]]:
+def _array_items(text: _Text, at: int) -> Iterator[tuple[int, Any]]:
     """Each element of the JSON list that starts at `at`, with the line it starts on."""
-    decoder = json.JSONDecoder()
-    line, counted = 1, 0
-    at = _skip_space(text, at + 1)
-    while at < len(text) and text[at] != "]":
-        line += text.count("\n", counted, at)
+    at = text.skip_space(at + 1)
+    line, counted = text.line_of(at), at  # the line of text.buf[counted]
+    while text.at(at) not in ("]", ""):
+        line += text.buf.count("\n", counted, at)
         counted = at
         try:
-            item, at = decoder.raw_decode(text, at)
+            item, end = text.decode(at)
         except json.JSONDecodeError as exc:
             raise HistoryFileError(f"line {exc.lineno}: not JSON: {exc.msg} at column {exc.colno}") from None
         yield line, item
-        at = _skip_space(text, at)
-        if at < len(text) and text[at] == ",":
-            at = _skip_space(text, at + 1)
-        elif at < len(text) and text[at] != "]":
-            raise HistoryFileError(f"line {line + text.count(chr(10), counted, at)}: not JSON: expected ',' or ']'")
+        at = text.skip_space(end)
+        if text.at(at) == ",":
+            at = text.skip_space(at + 1)
+        elif text.at(at) not in ("]", ""):
+            raise HistoryFileError(f"line {line + text.buf.count(chr(10), counted, at)}: not JSON: expected ',' or ']'")
+        if at >= CHUNK:  # what was read is done with
+            line += text.buf.count("\n", counted, at)
+            at = counted = text.forget(at)
 
 
 def parse_record(line: int, record: Any) -> Observed | Problem | None:
@@ -216,8 +293,11 @@ def parse_record(line: int, record: Any) -> Observed | Problem | None:
             raise _Bad("jobstatus", f"expected a PanDA job state, got {_show(raw)}") from None
         if state not in FINAL_STATES:
             return None
-        values: dict[str, Any] = {name: _int(record, key) for key, name in INT_FIELDS.items()}
-        values.update({name: _text(record.get(key)) for key, name in TEXT_FIELDS.items()})
+        get = record.get  # the usual values (a whole number, a text) are taken at once, the rest checked
+        values: dict[str, Any] = {name: value if type(value := get(key)) is int else _int(record, key)
+                                  for key, name in INT_FIELDS.items()}
+        values.update({name: value if type(value := get(key)) is str and value and value != "NULL" else _text(value)
+                       for key, name in TEXT_FIELDS.items()})
         values.update({name: _time(record, key) for key, name in TIME_FIELDS.items()})
         if values["end_time"] is None:
             raise _Bad("endtime", f"a {raw} job needs its end time")
@@ -305,28 +385,28 @@ def _time(record: dict[str, Any], key: str) -> datetime | None:
 # -- writing --------------------------------------------------------------------------------------
 def import_history(session: Session, path: Path, template: str, table: ErrorTable, now: datetime) -> ImportSummary:
     """Import the final jobs of a monitor export under `template`; the caller commits."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     summary = ImportSummary()
     queues = {name: id_ for name, id_ in session.execute(select(Queue.name, Queue.id))}
     test_id = _import_test(session, template, now)
     batch: list[Observed] = []
-    for line, record in read_records(text):
-        summary.records += 1
-        parsed = parse_record(line, record)
-        if parsed is None:
-            summary.not_final += 1
-        elif isinstance(parsed, Problem):
-            summary.problems.append(parsed)
-        elif parsed.queue not in queues:
-            summary.unknown_queues[parsed.queue] += 1
-        else:
-            batch.append(parsed)
-            if len(batch) >= BATCH:
-                _store(session, batch, queues, test_id, table, now, summary)
-                batch = []
+    try:
+        with path.open(encoding="utf-8") as handle:  # streamed: memory holds a chunk and a batch
+            for line, record in read_records(handle):
+                summary.records += 1
+                parsed = parse_record(line, record)
+                if parsed is None:
+                    summary.not_final += 1
+                elif isinstance(parsed, Problem):
+                    summary.problems.append(parsed)
+                elif parsed.queue not in queues:
+                    summary.unknown_queues[parsed.queue] += 1
+                else:
+                    batch.append(parsed)
+                    if len(batch) >= BATCH:
+                        _store(session, batch, queues, test_id, table, now, summary)
+                        batch = []
+    except UnicodeDecodeError:
+        raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     _store(session, batch, queues, test_id, table, now, summary)
     if summary.imported:
         _stretch_test(session, test_id, summary)

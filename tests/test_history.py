@@ -1,13 +1,14 @@
 """History import: PanDA monitor job records become observed jobs, the same rows as the robot's own."""
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
 
-from robot import rollup
+from robot import history, rollup
 from robot.classify import load_table
 from robot.history import HistoryFileError, Observed, Problem, import_history, parse_record, read_records
 from robot.jobstates import JobStatus
@@ -104,6 +105,34 @@ def test_the_monitors_object_a_list_and_json_lines_give_the_records_with_their_l
     assert [line for line, _ in read] == [1, 2, 3, 4]
     assert isinstance(read[2][1], Problem) and read[2][1].line == 3
     assert read[3][1]["pandaid"] == 3
+
+
+@pytest.mark.parametrize("layout", ["monitor", "list", "lines", "one line"])
+def test_a_file_is_read_in_small_chunks_with_the_same_records_and_lines(monkeypatch, layout):
+    """A file is not read whole (a million records are 550 MB): records and values that run across
+    the chunks' edges come out whole, on the lines they start on, as from the text in one piece."""
+    records = [record(1), failed(2, code=1305), record(3, nevents=123456789), record(4, "ANALY_B")]
+    text = {"monitor": json.dumps({"selectionsummary": [{"field": "jobstatus"}], "jobs": records}, indent=1),
+            "list": json.dumps(records, indent=2), "one line": json.dumps({"jobs": records}),
+            "lines": "\n".join(json.dumps(r) for r in records) + "\n\n{broken\n" + json.dumps(record(5)) + "\n"}[layout]
+    whole = list(read_records(text))
+    for chunk in (1, 3, 7, 64):
+        monkeypatch.setattr(history, "CHUNK", chunk)
+        assert [(line, item if isinstance(item, Problem) else item["pandaid"]) for line, item in
+                read_records(io.StringIO(text))] == [(line, item if isinstance(item, Problem) else item["pandaid"])
+                                                     for line, item in whole]
+        assert [item for _, item in read_records(io.StringIO(text))] == [item for _, item in whole]
+
+
+@pytest.mark.parametrize("text", ['[{"pandaid": 1}, {"pandaid": 2}, oops]', '{\n "jobs": [\n {"pandaid": 1},\n oops ]}',
+                                  '[\n{"pandaid": 1}\n{"pandaid": 2}]', '[{"pandaid": 1},\n\n {"pandaid": 2,\n "x": tru}]'])
+def test_a_file_read_in_small_chunks_is_refused_at_the_same_line_and_column(monkeypatch, text):
+    with pytest.raises(HistoryFileError) as whole:
+        list(read_records(text))
+    monkeypatch.setattr(history, "CHUNK", 2)
+    with pytest.raises(HistoryFileError) as chunked:
+        list(read_records(io.StringIO(text)))
+    assert str(chunked.value) == str(whole.value) and "line " in str(whole.value)
 
 
 @pytest.mark.parametrize("text", ["hello", "# README\n\nsome text", '{"selectionsummary": []}', '{"jobs": 3}',
