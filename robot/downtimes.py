@@ -15,7 +15,6 @@ queue is tested at once when it ends.
 """
 from __future__ import annotations
 
-import logging
 import time
 import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
@@ -28,14 +27,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable
-from robot.backoff import backoff_delay
+from robot.backoff import request_with_retries
 from robot.storage.models import Downtime as DowntimeRow
 from robot.storage.models import Event
 
 if TYPE_CHECKING:
     import requests
-
-log = logging.getLogger(__name__)
 
 LOOK_BACK = timedelta(days=2)  # downtimes ended this long ago are still read (results inside them are judged)
 LOOK_AHEAD = timedelta(days=7)
@@ -130,33 +127,10 @@ class GOCDBClient:
     def downtimes(self, now: datetime) -> list[Downtime]:
         params = {"method": "get_downtime", "windowstart": f"{(now - LOOK_BACK):%Y-%m-%d}",
                   "windowend": f"{(now + LOOK_AHEAD):%Y-%m-%d}"}
-        import requests  # noqa: PLC0415
-
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.sleep(backoff_delay(attempt))
-            try:
-                answer = self.session.get(f"{self.url}/gocdbpi/public/", params=params, timeout=self.timeout)
-            except requests.Timeout:
-                last = "timeout"
-                continue
-            except requests.ConnectionError:
-                last = "connection error"
-                continue
-            except requests.RequestException as exc:
-                raise BackendUnavailable(f"GOCDB get_downtime: request failed ({type(exc).__name__})") from None
-            if answer.status_code >= 500:
-                last = f"HTTP {answer.status_code}"
-                continue
-            if answer.status_code >= 400:
-                raise BackendUnavailable(f"GOCDB get_downtime: HTTP {answer.status_code}")
-            try:
-                return parse_gocdb(answer.text)
-            except ValueError as exc:
-                last = f"malformed answer: {exc}"
-                continue
-        raise BackendUnavailable(f"GOCDB get_downtime: {last} after {self.retries + 1} attempt(s)")
+        # A malformed answer (parse_gocdb's ValueError) is tried again like a failed request.
+        return request_with_retries(self.session, "GET", f"{self.url}/gocdbpi/public/", what="GOCDB get_downtime",
+                                    error=BackendUnavailable, retries=self.retries, sleep=self.sleep,
+                                    timeout=self.timeout, read=lambda answer: parse_gocdb(answer.text), params=params)
 
 
 # -- storage and the loop step --------------------------------------------------------------------

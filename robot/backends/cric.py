@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 import requests
 
 from robot.backends.base import BackendUnavailable
-from robot.backoff import backoff_delay
+from robot.backoff import request_with_retries
 from robot.jobstates import QueueStatus
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -91,33 +91,8 @@ class CRICClient:
         headers = {"Accept": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        attempts = self.retries + 1
-        last = ""
-        for attempt in range(attempts):
-            if attempt:
-                delay = backoff_delay(attempt)
-                log.warning("CRIC %s %s failed (%s), retry %d/%d in %.0fs",
-                            method, path, last, attempt, self.retries, delay)
-                self.sleep(delay)
-            try:
-                resp = self.session.request(method, url, headers=headers, timeout=self.timeout)
-            except requests.Timeout:
-                last = "timeout"
-                continue
-            except requests.ConnectionError:
-                last = "connection error"
-                continue
-            except requests.RequestException as exc:  # invalid URL, SSL setup, ...: not retried
-                raise BackendUnavailable(
-                    f"CRIC {method} {path}: request failed ({type(exc).__name__})") from None
-            if resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}"
-                continue
-            if resp.status_code >= 400:
-                raise BackendUnavailable(f"CRIC {method} {path}: HTTP {resp.status_code}")
-            return resp
-        raise BackendUnavailable(
-            f"CRIC {method} {path}: {last} after {attempts} attempt(s)")
+        return request_with_retries(self.session, method, url, what=f"CRIC {method} {path}", error=BackendUnavailable,
+                                    retries=self.retries, sleep=self.sleep, timeout=self.timeout, headers=headers)
 
     def _get_objects(self, path: str) -> dict[str, dict[str, Any]]:
         resp = self._request("GET", path)

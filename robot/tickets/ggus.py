@@ -8,17 +8,15 @@ other failure (4xx, bad JSON) `TicketSourceUnavailable` is raised.
 from __future__ import annotations
 
 import email.utils
-import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import requests
 
-from robot.backoff import MAX_BACKOFF, backoff_delay
+from robot.backoff import MAX_BACKOFF, request_with_retries
 from robot.tickets.mail import Message, clean_line, html_to_text, limit_body
 
-log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -77,35 +75,17 @@ class GGUSClient:
     # ------------------------------------------------------------------ HTTP
     def _get(self, path: str, params: dict | None = None) -> Any:
         url = f"{self.base_url}{path}"
-        problem = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = backoff_delay(attempt, self.backoff, self.max_backoff)
-                log.info("GGUS: retrying %s in %.1fs (%s)", url, delay, problem)
-                self.sleep(delay)
-            try:
-                response = self.session.get(url, params=params, headers=self._headers,
-                                            timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                problem = type(exc).__name__
-                log.warning("GGUS: %s on %s (attempt %d)", problem, url, attempt + 1)
-                continue
-            except requests.RequestException as exc:
-                raise TicketSourceUnavailable(f"GGUS request to {url} failed: "
-                                              f"{type(exc).__name__}") from None
-            status = response.status_code
-            if status >= 500 or status == 429:
-                problem = f"HTTP {status}"
-                log.warning("GGUS: HTTP %d on %s (attempt %d)", status, url, attempt + 1)
-                continue
-            if status >= 400:
-                raise TicketSourceUnavailable(f"GGUS answered HTTP {status} for {url}")
+
+        def read(response: requests.Response) -> Any:
             try:
                 return response.json()
-            except ValueError:
+            except ValueError:  # not retried: the server answered, with something else than JSON
                 raise TicketSourceUnavailable(f"GGUS sent invalid JSON for {url}") from None
-        raise TicketSourceUnavailable(
-            f"GGUS unavailable: {url} failed {self.retries + 1} times (last: {problem})")
+
+        return request_with_retries(self.session, "GET", url, what=f"GGUS {url}", error=TicketSourceUnavailable,
+                                    retries=self.retries, sleep=self.sleep, timeout=self.timeout, read=read,
+                                    retry_status=lambda status: status >= 500 or status == 429,
+                                    first=self.backoff, most=self.max_backoff, params=params, headers=self._headers)
 
     # ------------------------------------------------------------------ API
     def query(self, site: str | None, since_id: int, open_only: bool = False) -> str:
