@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MODE_SETTING = "blacklist.mode"
 INCIDENT_REPEAT = timedelta(hours=1)
 OUTSIDE = "outside the robot"  # the actor of a status change someone made at the grid (CRIC, PanDA)
+STATE_AFTER = {Action.EXCLUDE: "excluded", Action.INCLUDE: "online", Action.PEND: "pending",
+               Action.CLEAR: "online"}  # the robot's state for a queue after each action that changes it
 
 
 def changed_outside(robot_set: str | None, observed: str) -> bool:
@@ -94,8 +96,7 @@ class ExclusionEngine:
     def _apply(self, session: Session, decision: Decision, view: QueueView, queue_id: int, mode: str,
                now: datetime) -> str | None:
         """Carry out one decision; returns the robot's new state for the queue, if it changed."""
-        state = {Action.EXCLUDE: "excluded", Action.INCLUDE: "online", Action.PEND: "pending",
-                 Action.CLEAR: "online"}.get(decision.action)
+        state = STATE_AFTER.get(decision.action)
         if state is None:
             return None
         actor = self.settings.actor

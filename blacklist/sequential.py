@@ -40,6 +40,7 @@ exclusion within `flap_window` (hysteresis against flapping).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +63,7 @@ class Weights:
     exclude_at: float
 
     @classmethod
+    @functools.cache  # settings are frozen; the loop asks once per queue and step
     def of(cls, s: SequentialSettings) -> "Weights":
         return cls(failure=math.log(s.p_broken / s.p_healthy),
                    repeat=math.log(s.p_broken / (s.p_healthy * s.code_share)),

@@ -490,11 +490,12 @@ class Robot:
         wants tested with a gap; an older end does not hold anything back."""
         if not queue_ids:
             return {}
+        # Every recent end, kept for the queues asked: cheaper than binding a long IN list at each step.
         rows = session.execute(
             select(Job.test_id, Job.queue_id, func.max(Job.end_time))
-            .where(Job.queue_id.in_(queue_ids), Job.end_time >= now - longest_gap).group_by(Job.test_id, Job.queue_id)
+            .where(Job.end_time >= now - longest_gap).group_by(Job.test_id, Job.queue_id)
         )
-        return {(t, q): end for t, q, end in rows}
+        return {(t, q): end for t, q, end in rows if q in queue_ids}
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
@@ -552,7 +553,16 @@ def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
 def _heartbeat(session: Session, now: datetime, summary: StepSummary, interval: timedelta) -> None:
     """When the last step ran, at what interval the robot steps, and whether it reached the backend: what the
     dashboard's /health and `stress watch` read."""
-    session.merge(Setting(name=LAST_STEP_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
-    session.merge(Setting(name=INTERVAL_SETTING, value=f"{interval.total_seconds():g}", actor="robot", changed_at=now))
     problem = "; ".join(summary.backend_errors)
-    session.merge(Setting(name=BACKEND_SETTING, value=(problem or "ok")[:256], actor="robot", changed_at=now))
+    values = {LAST_STEP_SETTING: now.isoformat(), INTERVAL_SETTING: f"{interval.total_seconds():g}",
+              BACKEND_SETTING: (problem or "ok")[:256]}
+    # Two statements, not a read and a write per setting (session.merge): this runs at every step.
+    table = Setting.__table__
+    stored = set(session.scalars(select(table.c.name).where(table.c.name.in_(list(values)))))
+    rows = [{"name": name, "value": value, "actor": "robot", "changed_at": now} for name, value in values.items()]
+    if stored:
+        session.execute(update(table).where(table.c.name == bindparam("_name"))
+                        .values(value=bindparam("_value"), actor=bindparam("_actor"), changed_at=bindparam("_changed_at")),
+                        [{f"_{k}": v for k, v in row.items()} for row in rows if row["name"] in stored])
+    if len(stored) < len(rows):
+        session.execute(insert(table), [row for row in rows if row["name"] not in stored])
