@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import Engine, func, inspect, insert, select, text
+from sqlalchemy import Engine, event, func, inspect, insert, select, text
 from sqlalchemy.orm import Session
 
 from dashboard import queries
@@ -47,7 +47,9 @@ from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import (Cloud, Episode, Event, Job, Queue, QueueTransition, Setting, Site, Template,
                                   Test, TestQueue, Ticket, TicketLink, TicketMention)
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)  # the history ends here
+# The pages are read at a moment within an hour, as a clock gives it: the windows' edges cut hours
+AT = NOW - timedelta(minutes=42, seconds=36, microseconds=600_000)
 TARGET = 0.200  # seconds per page
 CLOUDS = ("CA", "DE", "FR", "UK", "US")
 SITES_PER_CLOUD = 20
@@ -80,6 +82,10 @@ JOB_COLUMNS = ("test_id", "queue_id", "job_name", "panda_id", "phase", "job_stat
 DATASET = "mc23_13p6TeV.601189.Zmumu.DAOD_PHYS"
 PANDA = 6_000_000_000
 EPOCH = datetime(1970, 1, 1)
+GENERATOR = 2  # the history `fill` writes: a kept database is reused only if it was filled by the same version
+# SQLite while filling only (the pages are timed with the robot's own settings): no sync to disk, no
+# foreign key look-ups per row (the generated rows are consistent), 512 MB of page cache for the index builds
+BULK_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-524288")
 
 
 def stamp(seconds: float) -> str:
@@ -378,8 +384,8 @@ def _fill_after_jobs(session: Session, rng: random.Random, first: datetime, days
 
 def windows() -> list[tuple[str, Filters]]:
     """Every range the pages offer, then a year (what the rollup is for)."""
-    return [(label, Filters(NOW - span, NOW)) for label, span in RANGES.items()] + \
-        [("365d", Filters(NOW - timedelta(days=365), NOW))]
+    return [(label, Filters(AT - span, AT)) for label, span in RANGES.items()] + \
+        [("365d", Filters(AT - timedelta(days=365), AT))]
 
 
 def pages(queue: str) -> list[tuple[str, Callable[[Session], Any]]]:
@@ -387,15 +393,15 @@ def pages(queue: str) -> list[tuple[str, Callable[[Session], Any]]]:
     found: list[tuple[str, Callable[[Session], Any]]] = []
     for label, f in windows():
         found.append((f"overview {label}", lambda s, f=f: (
-            queries.filter_options(s), queries.overview(s, f, NOW), queries.success_heatmap(s, f),
-            queries.active_incidents(s, NOW))))
-        found.append((f"  overview(){'':4}", lambda s, f=f: queries.overview(s, f, NOW)))
+            queries.filter_options(s), queries.overview(s, f, AT), queries.success_heatmap(s, f),
+            queries.active_incidents(s, AT))))
+        found.append((f"  overview(){'':4}", lambda s, f=f: queries.overview(s, f, AT)))
         found.append((f"  success_heatmap()", lambda s, f=f: queries.success_heatmap(s, f)))
         narrowed = Filters(f.start, f.end, clouds=("DE",), templates=("hc_ttbar",))
         found.append((f"overview {label}, one cloud + one template", lambda s, f=narrowed: (
-            queries.filter_options(s), queries.overview(s, f, NOW), queries.success_heatmap(s, f),
-            queries.active_incidents(s, NOW))))
-        found.append((f"queue page {label}", lambda s, f=f: queries.queue_page(s, queue, f, NOW)))
+            queries.filter_options(s), queries.overview(s, f, AT), queries.success_heatmap(s, f),
+            queries.active_incidents(s, AT))))
+        found.append((f"queue page {label}", lambda s, f=f: queries.queue_page(s, queue, f, AT)))
         found.append((f"exclusions page {label}", lambda s, f=f: queries.transitions(s, f)))
     found.append(("tickets page", lambda s: (queries.tickets(s), queries.ticket(s, 1))))
     found.append(("stress page", lambda s: (queries.stress_tests(s), queries.stress_test(s, queries.stress_tests(s)[0].id))))
@@ -432,6 +438,11 @@ def time_pages(sessions: Any, queue: str, runs: int) -> list[tuple[str, float, f
     return found
 
 
+def _bulk_pragmas(connection: Any, _record: Any) -> None:
+    for pragma in BULK_PRAGMAS:
+        connection.execute(pragma)
+
+
 def database_size(engine: Engine, folder: Path) -> int:
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
@@ -458,15 +469,17 @@ def main() -> None:
             url = server.create_database("bench")
         else:
             url = f"sqlite:///{folder / 'bench.db'}"
-        engine = make_engine(url)
-        stack.callback(engine.dispose)
-        marker = folder / f"bench-{args.jobs}-{args.days}.done"
+        marker = folder / f"bench-{args.jobs}-{args.days}-v{GENERATOR}.done"
         reuse = args.db == "sqlite" and args.keep and marker.exists()
         if not reuse:
             for old in folder.glob("bench*"):
                 old.unlink()
-            upgrade(engine)
-            facts = fill(engine, args.jobs, args.days)
+            filler = make_engine(url)
+            if filler.dialect.name == "sqlite":
+                event.listen(filler, "connect", _bulk_pragmas)
+            upgrade(filler)
+            facts = fill(filler, args.jobs, args.days)
+            filler.dispose()
             print(f"filled {args.jobs:,} jobs over {args.days} days, {facts['queues']} queues x {len(TEMPLATES)} "
                   f"templates, {facts['transitions']:,} transitions, {facts['tickets']:,} tickets in "
                   f"{facts['fill']:.0f} s ({args.jobs / facts['fill']:,.0f} jobs/s, indexes included); rollup "
@@ -475,6 +488,8 @@ def main() -> None:
                 marker.write_text("done\n")
         else:
             print(f"reusing the database in {folder}")
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
         size = database_size(engine, folder)
         print(f"database ({args.db}) {size / 2**20:,.0f} MB: {size / 2**20 / (args.jobs / 1e6):,.0f} MB per million jobs")
         busy = make_sessionmaker(engine)().scalar(select(Queue.name).where(Queue.id == 1))

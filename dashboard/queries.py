@@ -8,6 +8,7 @@ robot's own state and the status at the backend.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -18,17 +19,20 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from blacklist.engine import INCIDENT_REPEAT
-from dashboard.rollup_queries import bucket_sums, spread_sums, total_sums
+from dashboard.rollup_queries import bucket_sums, total_sums
 from robot.loop import BACKEND_SETTING, LAST_STEP_SETTING
 from robot.metrics import wilson_interval
-from robot.rollup import DAY, HOUR, WEEK
+from robot.rollup import DAY, HOUR, SIX_HOURS, WEEK, at, epoch, floor_to
 from robot.downtimes import describe, windows_by_site
 from robot.storage.models import (Cloud, Episode, Event, Job, Override, Queue, QueueTransition, Setting, Silence,
                                   Site, Template, Test, TestQueue, Ticket, TicketLink, TicketMention)
 from robot.tickets.store import CENTRAL_EVENTS
 from robot.vocabulary import plain_reason, queue_state
 
-EXACT_HEATMAP = timedelta(days=8)  # up to this window the heatmap is exact; beyond, periods are spread
+# The heatmap's cells: the window cut at whole multiples of the largest of these steps (seconds, Unix
+# time) that gives it at least HEATMAP_CELLS cells; from an hour on, each is one period the rollup stores.
+CELL_STEPS = (60, 120, 300, 600, 900, 1800, HOUR, 3 * HOUR, SIX_HOURS, DAY, WEEK)
+HEATMAP_CELLS = 24
 SAMPLE = 2000  # newest finished jobs behind a queue page's distributions
 RECENT_JOBS = 50
 QUEUE_TRANSITIONS = 200
@@ -82,7 +86,6 @@ class Heatmap:
     starts: list[datetime]
     success: list[list[float | None]]
     jobs: list[list[int]]
-    resolution: int = 0  # 0: exact; else the seconds of the stored periods spread over the buckets
 
 
 @dataclass(frozen=True)
@@ -333,30 +336,31 @@ def _edges(start: datetime, end: datetime, buckets: int) -> list[datetime]:
     return [start + width * k for k in range(buckets)] + [end]
 
 
-def success_heatmap(session: Session, f: Filters, buckets: int = 48) -> Heatmap:
-    """Success rate per queue and time bucket. Exact up to EXACT_HEATMAP; beyond, each stored day or
-    week is spread over the buckets it overlaps (`resolution` says which)."""
+def heatmap_edges(start: datetime, end: datetime) -> list[datetime]:
+    """The heatmap's cell edges: `start`, the whole multiples of the step (CELL_STEPS) in between,
+    `end`. Cells of an hour or more are stored rollup periods, so a cell costs one row per queue and
+    template whatever the window; only the first and the last cell read jobs at their edges."""
+    a, b = epoch(start), epoch(end)
+    step = max((s for s in CELL_STEPS if (b - a) / s >= HEATMAP_CELLS), default=CELL_STEPS[0])
+    inner = range(floor_to(a, step) + step, math.ceil(b / step) * step, step)
+    return [start, *(at(t) for t in inner), end]
+
+
+def success_heatmap(session: Session, f: Filters) -> Heatmap:
+    """Success rate per queue and cell (`heatmap_edges`), exact at every window."""
     places = _places(session, f)
-    if buckets < 1 or f.end <= f.start:
+    if f.end <= f.start:
         return Heatmap([p.name for p in places], [], [[] for _ in places], [[] for _ in places])
-    edges = _edges(f.start, f.end, buckets)
+    edges = heatmap_edges(f.start, f.end)
     queue_ids = [p.id for p in places] if _narrowed(f) else None
-    names = ("jobs", "completed")
-    resolution = 0
-    if f.end - f.start <= EXACT_HEATMAP:
-        sums = bucket_sums(session, edges, names, queue_ids, _template_ids(session, f))
-    else:
-        width = (f.end - f.start).total_seconds() / buckets
-        resolution = max(span for span in (HOUR, DAY, WEEK) if span <= 2 * width or span == HOUR)
-        sums = spread_sums(session, edges, names, resolution, queue_ids, _template_ids(session, f))
+    sums = bucket_sums(session, edges, ("jobs", "completed"), queue_ids, _template_ids(session, f))
+    empty = {"jobs": [0] * (len(edges) - 1)}
     success, jobs = [], []
     for place in places:
-        cells = sums.get(place.id)
-        row_jobs = [round(c["jobs"]) for c in cells] if cells else [0] * buckets
-        jobs.append(row_jobs)
-        success.append([c["completed"] / c["jobs"] if n else None for c, n in zip(cells, row_jobs)]
-                       if cells else [None] * buckets)
-    return Heatmap([p.name for p in places], edges[:-1], success, jobs, resolution)
+        found = sums.get(place.id, empty)
+        jobs.append([int(n) for n in found["jobs"]])
+        success.append([c / n if n else None for c, n in zip(found.get("completed", found["jobs"]), found["jobs"])])
+    return Heatmap([p.name for p in places], edges[:-1], success, jobs)
 
 
 def active_incidents(session: Session, now: datetime) -> list[Incident]:
@@ -422,7 +426,7 @@ def _failure_series(session: Session, queue_id: int, f: Filters, template_ids: l
     cells = bucket_sums(session, edges, ("jobs", "failed"), [queue_id], template_ids).get(queue_id)
     points = []
     for k, start in enumerate(edges[:-1]):
-        jobs, failed = (int(cells[k]["jobs"]), int(cells[k]["failed"])) if cells else (0, 0)
+        jobs, failed = (int(cells["jobs"][k]), int(cells["failed"][k])) if cells else (0, 0)
         low, high = wilson_interval(failed, jobs) if jobs else (None, None)
         points.append(SeriesPoint(start, jobs, failed, _ratio(failed, jobs), low, high))
     return points

@@ -1,10 +1,9 @@
 """Sums of final job results over time ranges, read from the job rollup (robot.rollup).
 
-`bucket_sums` is exact for any ranges: each range is cut into whole weeks, days and hours, read
-from the rollup, and the partial hours at its edges, read from the job table (a few rows, through
-the `job_end` index). `spread_sums` is the cheap reading for long windows split into many
-buckets: each stored day or week is shared among the buckets it overlaps in proportion to the
-overlap, so cells are exact up to that period at their edges.
+`bucket_sums` is exact for any ranges: each range is cut into whole weeks, days, 6 hours and hours,
+read from the rollup, and the partial hours at its edges, read from the job table (a few rows,
+through the `job_end` index). Ranges whose edges fall on whole periods (the heatmap's cells) read
+one stored row per queue, template and cell.
 """
 from __future__ import annotations
 
@@ -17,17 +16,20 @@ from typing import Any, Sequence
 from sqlalchemy import and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from robot.rollup import DAY, FINAL, HOUR, SUMS, WEEK, Counts, at, epoch, floor_to, job_columns, sums_sql
+from robot.rollup import (FINAL, HOUR, SPANS, SUMS, Counts, at, epoch, floor_to, job_columns, stored_spans,
+                          sums_sql)
 from robot.storage.models import Job, JobRollup, Test
 
-LEVELS = (WEEK, DAY, HOUR)
 OR_RANGES = 16  # more ranges than this: one enclosing range, the cases sort the rows out
 
 Sums = dict[str, Any]  # name -> value, for the names asked (last_end: the latest, or None)
 
 
-def cover(start: datetime, end: datetime) -> tuple[list[tuple[int, int, int]], list[tuple[datetime, datetime]]]:
-    """[start, end) as whole periods (span, first start, end of the last) and the raw ranges at its edges."""
+def cover(start: datetime, end: datetime, spans: Sequence[int] = SPANS
+          ) -> tuple[list[tuple[int, int, int]], list[tuple[datetime, datetime]]]:
+    """[start, end) as whole periods (span, first start, end of the last) and the raw ranges at its
+    edges: the largest stored periods first (`spans`, finest first, each nested in the next)."""
+    levels = sorted(spans, reverse=True)
     a, b = epoch(start), epoch(end)
     if b <= a:
         return [], []
@@ -42,7 +44,7 @@ def cover(start: datetime, end: datetime) -> tuple[list[tuple[int, int, int]], l
     periods: list[tuple[int, int, int]] = []
 
     def split(first: int, last: int, level: int) -> None:
-        span = LEVELS[level]
+        span = levels[level]
         if span == HOUR:
             periods.append((span, first, last))
             return
@@ -60,17 +62,31 @@ def cover(start: datetime, end: datetime) -> tuple[list[tuple[int, int, int]], l
     return periods, raw
 
 
-def _empty(names: Sequence[str]) -> Sums:
-    return {name: (None if name == "last_end" else 0) for name in names}
+def _new(names: Sequence[str], count: int) -> list[list[Any]]:
+    """Per name, the value of each of `count` buckets."""
+    return [[None] * count if name == "last_end" else [0] * count for name in names]
 
 
-def _add(target: Sums, values: Sequence[Any], names: Sequence[str], weight: float = 1.0) -> None:
-    for name, value in zip(names, values):
-        if name == "last_end":
-            if value is not None and (target[name] is None or value > target[name]):
-                target[name] = value
-        elif value:
-            target[name] += value * weight if weight != 1.0 else value
+def _add_rows(found: dict[int, list[list[Any]]], rows: Sequence[Any], names: Sequence[str], count: int,
+              bucket_of: dict[Any, int] | None = None) -> None:
+    """Adds rows (queue id, bucket, values in the order of `names`) to their queue's buckets; with
+    `bucket_of`, the second column is a key mapped to the bucket (rows of keys it lacks are dropped)."""
+    latest = [i for i, name in enumerate(names) if name == "last_end"]
+    summed = [i for i, name in enumerate(names) if name != "last_end"]
+    for queue_id, k, *values in rows:
+        if bucket_of is not None:
+            k = bucket_of.get(k, -1)
+        if k < 0:
+            continue
+        columns = found.get(queue_id)
+        if columns is None:
+            columns = found[queue_id] = _new(names, count)
+        for i in summed:
+            if values[i]:
+                columns[i][k] += values[i]
+        for i in latest:
+            if values[i] is not None and (columns[i][k] is None or values[i] > columns[i][k]):
+                columns[i][k] = values[i]
 
 
 def _columns(names: Sequence[str]) -> list[Any]:
@@ -99,6 +115,29 @@ def which_range(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
                 else_=which_range(column, ranges[middle + 1:]))
 
 
+def _bucket_key(span: int, ranges: Sequence[tuple[int, int, int]]) -> tuple[Any, dict[int, int] | None]:
+    """SQL that tells a rollup row's bucket, for sorted, disjoint ranges of whole periods of `span`,
+    and the map from its values to the buckets (None: the SQL gives the bucket, -1 for none).
+
+    When each range is one period, the start itself (grouped in the table's own order); when each
+    lies within one slot of the longest range's length (the heatmap's cells, cut at whole multiples
+    of a step), the slot; else `which_range`. Rows outside the ranges map to no bucket: they are not
+    read (the ranges' own conditions), or lie in slots of no range (checked here)."""
+    length = max(b - a for a, b, _ in ranges)
+    slots: dict[int, int] = {}
+    for a, b, k in ranges:
+        slot = a // length
+        if (b - 1) // length != slot or slots.setdefault(slot, k) != k:
+            return which_range(JobRollup.start, ranges), None
+    if len(ranges) > OR_RANGES:  # the whole enclosing span is read: rows between the ranges too
+        for (_, b, _), (a, _, _) in zip(ranges, ranges[1:]):
+            if a > b and any(slot in slots for slot in range(b // length, (a - 1) // length + 1)):
+                return which_range(JobRollup.start, ranges), None
+    if length == span:
+        return JobRollup.start, {a: k for a, _, k in ranges}
+    return JobRollup.start // length, slots
+
+
 def _where_ranges(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
     """The rows within the ranges: each range through the index while there are few, else the span
     enclosing them all (the bucket expression drops the rest)."""
@@ -120,41 +159,42 @@ def _merged(ranges: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]]:
 
 def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str],
                 queue_ids: Sequence[int] | None = None,
-                template_ids: Sequence[int] | None = None) -> dict[int, list[Sums]]:
-    """Per queue id, the exact sums of each range [edges[k], edges[k+1]) (queues without jobs left out).
+                template_ids: Sequence[int] | None = None) -> dict[int, dict[str, list[Any]]]:
+    """Per queue id and name, the exact sum over each range [edges[k], edges[k+1]) (queues without
+    jobs left out; last_end: the latest, or None).
 
-    Whole weeks, days and hours come from the rollup; the partial hours at the ranges' edges from the
-    job table, summed by the database where it can (SQLite, PostgreSQL)."""
+    Whole weeks, days, 6 hours and hours come from the rollup (the spans it holds); the partial
+    hours at the ranges' edges from the job table, summed by the database where it can."""
     unknown = set(names) - {*SUMS, "last_end"}
     if unknown:
         raise ValueError(f"not rollup sums: {sorted(unknown)}")
     count = len(edges) - 1
-    found: dict[int, list[Sums]] = defaultdict(lambda: [_empty(names) for _ in range(count)])
+    found: dict[int, list[list[Any]]] = {}
     pieces: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # span -> (first, last, bucket)
     raws: list[tuple[datetime, datetime, int]] = []
+    spans = stored_spans(session)
     for k in range(count):
-        periods, raw = cover(edges[k], edges[k + 1])
+        periods, raw = cover(edges[k], edges[k + 1], spans)
         for span, first, last in periods:
             pieces[span].append((first, last, k))
         raws += [(a, b, k) for a, b in raw]
+    connection = session.connection()  # Core rows: no ORM row processing for thousands of sums
     for span, ranges in pieces.items():
         ranges = _merged(ranges)
-        bucket = which_range(JobRollup.start, ranges)
-        query = _filtered(select(JobRollup.queue_id, bucket, *_columns(names))
-                          .where(JobRollup.span == span, _where_ranges(JobRollup.start, ranges))
-                          .group_by(bucket, JobRollup.queue_id),
-                          JobRollup.queue_id, queue_ids, JobRollup.template_id, template_ids)
-        for queue_id, k, *values in session.execute(query):
-            if k >= 0:
-                _add(found[queue_id][k], values, names)
+        key, bucket_of = _bucket_key(span, ranges)
+        query = (select(JobRollup.queue_id, key, *_columns(names))
+                 .where(JobRollup.span == span, _where_ranges(JobRollup.start, ranges)).group_by(key, JobRollup.queue_id))
+        rows = connection.execute(_filtered(query, JobRollup.queue_id, queue_ids, JobRollup.template_id,
+                                            template_ids)).all()
+        _add_rows(found, rows, names, count, bucket_of)
     if raws:
-        _raw_sums(session, _merged(raws), names, queue_ids, template_ids, found)
-    return dict(found)
+        _raw_sums(session, _merged(raws), names, queue_ids, template_ids, found, count)
+    return {queue_id: dict(zip(names, columns)) for queue_id, columns in found.items()}
 
 
 def _raw_sums(session: Session, raws: list[tuple[datetime, datetime, int]], names: Sequence[str],
               queue_ids: Sequence[int] | None, template_ids: Sequence[int] | None,
-              found: dict[int, list[Sums]]) -> None:
+              found: dict[int, list[list[Any]]], count: int) -> None:
     """Adds the final jobs that ended within the raw ranges to their queue's bucket."""
     # Each range through the `job_end` index (the ranges are an hour at most each, spread over the
     # window), or through `job_queue_end` for a few queues. Many queues or templates are tested on
@@ -173,9 +213,7 @@ def _raw_sums(session: Session, raws: list[tuple[datetime, datetime, int]], name
         columns = [sums[n] if n == "last_end" else cast(sums[n], getattr(JobRollup, n).type) for n in names]
         # grouped by bucket first: by queue first, SQLite would walk the whole (queue, end) index for its order
         query = select(Job.queue_id, bucket, *columns).where(*where).group_by(bucket, Job.queue_id)
-        for queue_id, k, *values in session.execute(query):
-            if k >= 0:
-                _add(found[queue_id][k], values, names)
+        _add_rows(found, session.connection().execute(query).all(), names, count)
         return
     starts = [a for a, _, _ in raws]
     extra: dict[tuple[int, int], Counts] = defaultdict(Counts)
@@ -184,42 +222,12 @@ def _raw_sums(session: Session, raws: list[tuple[datetime, datetime, int]], name
         i = bisect.bisect_right(starts, end) - 1
         if i >= 0 and end < raws[i][1]:
             extra[(queue_id, raws[i][2])].add_job(outcome, end, start, n_events, payload, cpu, klass)
-    for (queue_id, k), counts in extra.items():
-        _add(found[queue_id][k], [getattr(counts, n) for n in names], names)
+    _add_rows(found, [(queue_id, k, *(getattr(counts, n) for n in names)) for (queue_id, k), counts in extra.items()],
+              names, count)
 
 
 def total_sums(session: Session, start: datetime, end: datetime, names: Sequence[str],
                queue_ids: Sequence[int] | None = None, template_ids: Sequence[int] | None = None) -> dict[int, Sums]:
     """Per queue id, the exact sums over [start, end)."""
-    return {q: sums[0] for q, sums in bucket_sums(session, [start, end], names, queue_ids, template_ids).items()}
-
-
-def spread_sums(session: Session, edges: Sequence[datetime], names: Sequence[str], span: int,
-                queue_ids: Sequence[int] | None = None,
-                template_ids: Sequence[int] | None = None) -> dict[int, list[Sums]]:
-    """Per queue id, each stored period of `span` shared among equal-width buckets by overlap."""
-    count = len(edges) - 1
-    first, last = epoch(edges[0]), epoch(edges[-1])
-    width = (last - first) / count
-    sums = [n for n in names if n != "last_end"]
-    query = _filtered(select(JobRollup.queue_id, JobRollup.start, *_columns(sums))
-                      .where(JobRollup.span == span, JobRollup.start >= floor_to(first, span), JobRollup.start < last)
-                      .group_by(JobRollup.queue_id, JobRollup.start),
-                      JobRollup.queue_id, queue_ids, JobRollup.template_id, template_ids)
-    cells: dict[int, list[list[float]]] = {}  # queue id -> per name, per bucket
-    for queue_id, start, *values in session.execute(query):
-        row = cells.get(queue_id)
-        if row is None:
-            row = cells[queue_id] = [[0.0] * count for _ in sums]
-        lo, hi = max(start, first), min(start + span, last)
-        k = max(0, int((lo - first) // width))
-        while k < count and lo < hi:
-            edge = min(hi, first + (k + 1) * width)
-            if edge > lo:
-                weight = (edge - lo) / span
-                for i, value in enumerate(values):
-                    if value:
-                        row[i][k] += value * weight
-            lo, k = edge, k + 1
-    return {queue_id: [{name: row[i][k] for i, name in enumerate(sums)} for k in range(count)]
-            for queue_id, row in cells.items()}
+    return {q: {name: values[0] for name, values in sums.items()}
+            for q, sums in bucket_sums(session, [start, end], names, queue_ids, template_ids).items()}

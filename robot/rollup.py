@@ -1,10 +1,10 @@
-"""The job rollup: final results summed per queue, template and hour, day and week (`job_rollup`).
+"""The job rollup: final results summed per queue, template and hour, 6 hours, day and week (`job_rollup`).
 
 Pages over long windows read these rows instead of the job table. Every hour in which jobs became
 final is recomputed from the job table (the rows of that hour and those queues are replaced), then
-its day from its hours and its week from its days. Recomputing instead of adding is what makes a
-job count once however often it is seen final (a retried step, a job polled twice): the rollup
-always equals what `rebuild` derives from the job table.
+its 6 hours from its hours, its day from those and its week from its days. Recomputing instead of
+adding is what makes a job count once however often it is seen final (a retried step, a job polled
+twice): the rollup always equals what `rebuild` derives from the job table.
 
 `update(session, now)` is the loop's call, once per step after the results are stored; it finds
 the jobs made final since its last call through `job.status_changed_at` (kept in the `setting`
@@ -27,9 +27,12 @@ from robot.storage.models import Job, JobRollup, Setting, Test
 log = logging.getLogger(__name__)
 
 HOUR = 3600
+SIX_HOURS = 6 * HOUR  # a week heatmap's cells: at 1,000 queues x 3 templates an hour holds about one job per row
 DAY = 24 * HOUR
 WEEK = 7 * DAY  # Unix-aligned weeks (they start on Thursdays): only their nesting of days matters
-SPANS = (HOUR, DAY, WEEK)
+SPANS = (HOUR, SIX_HOURS, DAY, WEEK)  # each a whole number of the one before, nested
+FORMER_SPANS = (HOUR, DAY, WEEK)  # of a rollup built before the 6-hour rows (no SPANS_SETTING)
+SPANS_SETTING = "rollup.spans"  # the spans the stored rollup holds, finest first
 WATERMARK_SETTING = "rollup.seen_until"  # status_changed_at from which final jobs are not rolled up yet
 KEPT_FROM_SETTING = "rollup.kept_from"  # jobs before this were pruned: the rollup before it is kept as it is
 CLASSES = ("site", "user", "central", "unknown")
@@ -258,6 +261,7 @@ def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) ->
     seen_until = _watermark(session)
     if seen_until is None:
         return rebuild(session, now)
+    _add_spans(session, now)
     touched: dict[int, set[int]] = defaultdict(set)  # hour start -> queue ids
     count = 0
     for queue_id, end in session.execute(
@@ -275,13 +279,38 @@ def _refresh(session: Session, hours: dict[int, set[int]]) -> None:
     for hour, queue_ids in hours.items():
         _recompute_hour(session, hour, queue_ids)
     finer = hours
-    for span, below in ((DAY, HOUR), (WEEK, DAY)):
+    for below, span in zip(SPANS, SPANS[1:]):
         periods: dict[int, set[int]] = defaultdict(set)
         for start, queue_ids in finer.items():
             periods[floor_to(start, span)] |= queue_ids
         for start, queue_ids in periods.items():
             _recompute_from_finer(session, span, below, start, queue_ids)
         finer = periods
+
+
+def stored_spans(session: Session) -> tuple[int, ...]:
+    """The spans the stored rollup holds, finest first: what a reader may cover a range with."""
+    stored = session.get(Setting, SPANS_SETTING)
+    return tuple(int(x) for x in stored.value.split(",")) if stored else FORMER_SPANS
+
+
+def _set_spans(session: Session, now: datetime) -> None:
+    session.merge(Setting(name=SPANS_SETTING, value=",".join(map(str, SPANS)), actor="robot", changed_at=now))
+
+
+def _add_spans(session: Session, now: datetime) -> None:
+    """A rollup from before a span was added gets its rows, summed from the next finer span it holds
+    (every span nests in the ones above it): one statement per span, no rebuild from the job table."""
+    held = stored_spans(session)
+    added = [span for span in SPANS if span not in held]
+    if not added:
+        return
+    for span in added:
+        finer = max(s for s in held if s < span)
+        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer)))
+        held = tuple(sorted((*held, span)))
+    _set_spans(session, now)
+    log.info("job rollup: rows of %s seconds added", ", ".join(map(str, added)))
 
 
 def kept_from(session: Session) -> datetime | None:
@@ -301,6 +330,8 @@ def rebuild(session: Session, now: datetime) -> int:
 
     After pruning, only the periods from the cut on: those before it hold the deleted jobs' sums."""
     cut = kept_from(session)
+    if cut is not None:  # the rows kept before the cut get the spans added since they were built
+        _add_spans(session, now)
     since = () if cut is None else (Job.end_time >= cut,)
     kept = () if cut is None else (JobRollup.start >= int(epoch(cut)),)
     session.execute(delete(JobRollup).where(*kept))
@@ -314,9 +345,10 @@ def rebuild(session: Session, now: datetime) -> int:
         while start is not None and start <= last:
             _fill_hours(session, Job.end_time >= start, Job.end_time < start + REBUILD_CHUNK)
             start += REBUILD_CHUNK
-    for span, finer in ((DAY, HOUR), (WEEK, DAY)):
+    for finer, span in zip(SPANS, SPANS[1:]):
         session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer, *kept)))
     _set_watermark(session, now)
+    _set_spans(session, now)
     count = session.scalar(select(func.coalesce(func.sum(JobRollup.jobs + JobRollup.cancelled + JobRollup.unknown), 0))
                            .where(JobRollup.span == WEEK))
     log.info("job rollup rebuilt from %d final jobs", count)

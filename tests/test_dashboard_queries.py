@@ -197,7 +197,7 @@ def test_filters_narrow_overview_heatmap_and_transitions(session, world):
         ["ANALY_A", "ANALY_A2"]
     only_t2 = queries.overview(session, Filters(*window, templates=("T2",), queues=("ANALY_B",)), NOW)
     assert [(s.queue, s.jobs, s.failed) for s in only_t2] == [("ANALY_B", 1, 1)]
-    heat = queries.success_heatmap(session, Filters(*window, templates=("T1",), clouds=("DE",)), buckets=4)
+    heat = queries.success_heatmap(session, Filters(*window, templates=("T1",), clouds=("DE",)))
     assert heat.queues == ["ANALY_A", "ANALY_A2", "ANALY_B"]
     assert [row[-1] for row in heat.success] == [1.0, 1.0, 1.0] and [row[-1] for row in heat.jobs] == [1, 1, 1]
     found = queries.transitions(session, Filters(*window, sites=("SITE-B",)))
@@ -216,37 +216,50 @@ def test_filter_options_list_live_names_sorted(session, world):
 
 
 # -- heatmap ---------------------------------------------------------------------------------------
-def test_heatmap_buckets_have_equal_width_and_exact_boundaries(session, world):
-    start = datetime(2026, 11, 20, 10, 30, tzinfo=timezone.utc)
-    end = start + timedelta(hours=4)
+def test_heatmap_cells_are_cut_at_whole_steps_with_exact_boundaries(session, world):
+    start = datetime(2026, 11, 19, 10, 30, tzinfo=timezone.utc)
+    end = start + timedelta(days=1)  # 24 h: hourly cells, the first and the last cut by the window
     tick = timedelta(microseconds=1)
-    for when, outcome in ((start - tick, "completed"), (start, "completed"),  # before, first bucket
-                          (start + timedelta(hours=1) - tick, "failed"),  # last instant of bucket 0
-                          (start + timedelta(hours=1), "failed"), (start + timedelta(hours=1, minutes=50), "completed"),
-                          (end - tick, "completed"), (end, "failed")):  # last bucket; after
+    for when, outcome in ((start - tick, "completed"), (start, "completed"),  # before; first cell
+                          (start + timedelta(minutes=30) - tick, "failed"),  # last instant of the first cell
+                          (start + timedelta(minutes=30), "failed"), (start + timedelta(minutes=80), "completed"),
+                          (end - tick, "completed"), (end, "failed")):  # last cell; after
         world.job("ANALY_A", when, outcome=outcome, error_class="site")
     roll(session)
-    heat = queries.success_heatmap(session, Filters(start, end, queues=("ANALY_A",)), buckets=4)
-    assert heat.starts == [start + timedelta(hours=k) for k in range(4)] and heat.resolution == 0
+    heat = queries.success_heatmap(session, Filters(start, end, queues=("ANALY_A",)))
+    hour = datetime(2026, 11, 19, 11, tzinfo=timezone.utc)
+    assert heat.starts == [start] + [hour + timedelta(hours=k) for k in range(24)]
     assert heat.queues == ["ANALY_A"]
-    assert heat.jobs == [[2, 2, 0, 1]]
-    assert heat.success == [[0.5, 0.5, None, 1.0]]
+    assert heat.jobs == [[2, 2] + [0] * 22 + [1]]
+    assert heat.success == [[0.5, 0.5] + [None] * 22 + [1.0]]
 
 
-def test_heatmap_over_a_long_window_spreads_stored_periods_over_the_buckets(session, world):
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)  # a Thursday 00:00: Unix weeks line up with it
+@pytest.mark.parametrize("window, step, cells", [
+    (timedelta(hours=1), timedelta(minutes=2), 30), (timedelta(hours=6), timedelta(minutes=15), 24),
+    (timedelta(days=1), timedelta(hours=1), 24), (timedelta(days=3), timedelta(hours=3), 24),
+    (timedelta(days=7), timedelta(hours=6), 28), (timedelta(days=56), timedelta(days=1), 56),
+    (timedelta(days=365), timedelta(weeks=1), 52)])
+def test_heatmap_cells_are_the_largest_whole_step_giving_24_cells(window, step, cells):
+    end = datetime(2026, 11, 20, 12, 17, 23, 400_000, tzinfo=timezone.utc)
+    edges = queries.heatmap_edges(end - window, end)
+    inner = edges[1:-1]
+    assert edges[0] == end - window and edges[-1] == end
+    assert len(edges) - 1 == cells + 1  # the first and the last cells are cut by the window
+    assert all(rollup.epoch(e) % step.total_seconds() == 0 for e in inner)
+    assert all(b - a == step for a, b in zip(inner, inner[1:]))
+
+
+def test_heatmap_over_a_long_window_is_exact_per_day(session, world):
+    start = datetime(2026, 1, 1, 7, tzinfo=timezone.utc)
     for day in range(0, 56, 7):
         world.job("ANALY_A", start + timedelta(days=day, hours=12))
         world.job("ANALY_A", start + timedelta(days=day, hours=13), outcome="failed")
     roll(session)
-    heat = queries.success_heatmap(session, Filters(start, start + timedelta(days=56), queues=("ANALY_A",)), buckets=8)
-    assert heat.resolution == rollup.WEEK  # one week per bucket: exact
-    assert heat.jobs == [[2] * 8] and heat.success == [[0.5] * 8]
-    heat = queries.success_heatmap(session, Filters(start, start + timedelta(days=56), queues=("ANALY_A",)),
-                                   buckets=16)
-    assert heat.resolution == rollup.WEEK
-    assert heat.jobs == [[1] * 16]  # each week shared by two half-week buckets
-    assert sum(heat.jobs[0]) == 16
+    heat = queries.success_heatmap(session, Filters(start, start + timedelta(days=56), queues=("ANALY_A",)))
+    assert heat.starts[1] == datetime(2026, 1, 2, tzinfo=timezone.utc) and len(heat.starts) == 57
+    # 07:00 + 12 h and + 13 h: the 19:00 job in the day's cell, the 20:00 one too
+    assert [(k, n) for k, n in enumerate(heat.jobs[0]) if n] == [(k, 2) for k in range(0, 56, 7)]
+    assert [heat.success[0][k] for k in range(0, 56, 7)] == [0.5] * 8
 
 
 def test_cover_cuts_a_range_into_weeks_days_hours_and_raw_edges():
@@ -262,19 +275,30 @@ def test_cover_cuts_a_range_into_weeks_days_hours_and_raw_edges():
 
 
 def test_bucket_sums_equal_counting_the_jobs_one_by_one(session, world):
+    """Random edges (the CASE path), cells at whole steps cut by the window (one stored period or one
+    slot per range), and ranges of many periods with gaps between them (rows read there must not count)."""
     rng = random.Random(3)
     base = datetime(2026, 2, 1, tzinfo=timezone.utc)
-    ends = [base + timedelta(seconds=rng.uniform(0, 90 * 86400)) for _ in range(600)]
+    ends = [base + timedelta(seconds=rng.uniform(0, 90 * 86400)) for _ in range(1500)]
     for k, end in enumerate(ends):
         world.job(("ANALY_A", "ANALY_B")[k % 2], end, outcome=("completed", "failed")[k % 3 == 0])
     roll(session)
-    edges = sorted(base + timedelta(seconds=rng.uniform(0, 90 * 86400)) for _ in range(12))
-    found = bucket_sums(session, edges, ("jobs", "failed"), template_ids=[world.templates["T1"].id])
-    for q, queue in ((world.queues["ANALY_A"].id, 0), (world.queues["ANALY_B"].id, 1)):
-        for k in range(len(edges) - 1):
-            inside = [i for i, e in enumerate(ends) if i % 2 == queue and edges[k] <= e < edges[k + 1]]
-            assert found[q][k]["jobs"] == len(inside)
-            assert found[q][k]["failed"] == sum(1 for i in inside if i % 3 == 0)
+    at = base + timedelta(days=80, minutes=17, seconds=23.4)
+    edge_sets = [sorted(base + timedelta(seconds=rng.uniform(0, 90 * 86400)) for _ in range(12))]
+    edge_sets += [queries.heatmap_edges(at - window, at) for window in (
+        timedelta(hours=6), timedelta(days=1), timedelta(days=3), timedelta(days=7), timedelta(days=40),
+        timedelta(days=85))]
+    edge_sets.append([base + timedelta(hours=h, minutes=30) for h in range(0, 80 * 24, 37)])
+    # whole hours [0, 2), [2, 4), [4, 5) and [6, 8) of every 8 (the hour [5, 6) is cut at 5:30): more
+    # ranges than are read one by one, and the stored row of [5, 6) in the 2-hour slot of [4, 5)
+    edge_sets.append([base + timedelta(days=9, hours=8 * m + h) for m in range(8) for h in (0, 2, 4, 5.5)])
+    for edges in edge_sets:
+        found = bucket_sums(session, edges, ("jobs", "failed"), template_ids=[world.templates["T1"].id])
+        for q, queue in ((world.queues["ANALY_A"].id, 0), (world.queues["ANALY_B"].id, 1)):
+            for k in range(len(edges) - 1):
+                inside = [i for i, e in enumerate(ends) if i % 2 == queue and edges[k] <= e < edges[k + 1]]
+                assert found[q]["jobs"][k] == len(inside)
+                assert found[q]["failed"][k] == sum(1 for i in inside if i % 3 == 0)
 
 
 # -- incidents -----------------------------------------------------------------------------------------

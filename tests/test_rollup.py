@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from robot import rollup
 from robot.cli import main
 from robot.clock import ManualClock
-from robot.rollup import DAY, HOUR, WEEK, Counts
+from robot.rollup import DAY, HOUR, SIX_HOURS, WEEK, Counts
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Job, JobRollup, Setting
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
@@ -120,6 +120,24 @@ def test_backfill_equals_the_incremental_rollup_and_is_idempotent(tmp_path, cloc
         session.execute(update(JobRollup).values(jobs=99))  # damaged: the backfill repairs it
         rollup.rebuild(session, clock.now())
         assert all_rows(session) == incremental
+
+
+def test_a_rollup_from_before_the_6_hour_rows_gets_them_at_the_next_step(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        expected = all_rows(session)
+        six = rollup.stored_counts(session, SIX_HOURS)
+        assert sum(c.jobs for c in six.values()) == 3 and rollup.stored_spans(session) == rollup.SPANS
+        # as the robot left it before: no 6-hour rows, no record of the spans
+        session.execute(JobRollup.__table__.delete().where(JobRollup.span == SIX_HOURS))
+        session.execute(Setting.__table__.delete().where(Setting.name == rollup.SPANS_SETTING))
+        session.commit()
+        assert rollup.stored_spans(session) == (HOUR, DAY, WEEK)  # what the pages read meanwhile
+    clock.advance(60)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        assert all_rows(session) == expected and rollup.stored_spans(session) == rollup.SPANS
 
 
 def test_the_databases_sums_equal_the_python_reference(database_url):
