@@ -83,9 +83,12 @@ DATASET = "mc23_13p6TeV.601189.Zmumu.DAOD_PHYS"
 PANDA = 6_000_000_000
 EPOCH = datetime(1970, 1, 1)
 GENERATOR = 2  # the history `fill` writes: a kept database is reused only if it was filled by the same version
-# SQLite while filling only (the pages are timed with the robot's own settings): no sync to disk, no
-# foreign key look-ups per row (the generated rows are consistent), 512 MB of page cache for the index builds
-BULK_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-524288")
+# While filling only (the pages are timed with the robots' own settings): no foreign key look-ups per
+# row (the generated rows are consistent; on PostgreSQL the replica role skips the triggers behind
+# them), memory for sorts and index builds; on SQLite no sync to disk
+BULK_SETTINGS = {"sqlite": ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-524288"),
+                 "postgresql": ("SET session_replication_role = replica", "SET maintenance_work_mem = '512MB'",
+                                "SET work_mem = '256MB'")}
 
 
 def stamp(seconds: float) -> str:
@@ -438,9 +441,16 @@ def time_pages(sessions: Any, queue: str, runs: int) -> list[tuple[str, float, f
     return found
 
 
-def _bulk_pragmas(connection: Any, _record: Any) -> None:
-    for pragma in BULK_PRAGMAS:
-        connection.execute(pragma)
+def _bulk_settings(dialect: str) -> Callable[[Any, Any], None]:
+    def apply(connection: Any, _record: Any) -> None:
+        autocommit = getattr(connection, "autocommit", None)  # psycopg: kept after the first rollback
+        if autocommit is False:
+            connection.autocommit = True
+        for statement in BULK_SETTINGS[dialect]:
+            connection.execute(statement)
+        if autocommit is False:
+            connection.autocommit = False
+    return apply
 
 
 def database_size(engine: Engine, folder: Path) -> int:
@@ -475,8 +485,7 @@ def main() -> None:
             for old in folder.glob("bench*"):
                 old.unlink()
             filler = make_engine(url)
-            if filler.dialect.name == "sqlite":
-                event.listen(filler, "connect", _bulk_pragmas)
+            event.listen(filler, "connect", _bulk_settings(filler.dialect.name))
             upgrade(filler)
             facts = fill(filler, args.jobs, args.days)
             filler.dispose()

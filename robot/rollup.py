@@ -192,7 +192,8 @@ def _hours_select(dialect: str, *where: Any) -> Any | None:
     return (select(literal(HOUR), hour, Job.queue_id, Test.template_id, *sums.values())
             .join(Test, Test.id == Job.test_id)
             .where(Job.outcome.in_(FINAL), Job.end_time.is_not(None), *where)
-            .group_by(hour, Job.queue_id, Test.template_id))
+            .group_by(hour, Job.queue_id, Test.template_id)
+            .order_by(hour, Job.queue_id, Test.template_id))  # in the rollup's key order: appended to its index
 
 
 def _fill_hours(session: Session, *where: Any) -> None:
@@ -230,7 +231,8 @@ def _summed(span: int, finer: int, *where: Any) -> Any:
     return (select(literal(span), period, JobRollup.queue_id, JobRollup.template_id,
                    *(func.sum(getattr(JobRollup, name)) for name in SUMS), func.max(JobRollup.last_end))
             .where(JobRollup.span == finer, *where)
-            .group_by(period, JobRollup.queue_id, JobRollup.template_id))
+            .group_by(period, JobRollup.queue_id, JobRollup.template_id)
+            .order_by(period, JobRollup.queue_id, JobRollup.template_id))  # appended to the rollup's index
 
 
 def _recompute_from_finer(session: Session, span: int, finer: int, start: int, queue_ids: set[int]) -> None:
