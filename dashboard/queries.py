@@ -42,7 +42,7 @@ UNREACHABLE_EVENTS = ("backend_unreachable", "catalogue_unreachable", "topology_
 ACTUATION_EVENTS = ("actuation_failed", "status_mismatch")
 ACTUATION_CURRENT = timedelta(hours=1)
 RECENT_EVENTS = timedelta(minutes=15)  # without a heartbeat, unreachable events this recent are current
-OVERVIEW_SUMS = ("jobs", "failed", "completed", "events", "wall_seconds", "cpu_seconds", "payload_events",
+OVERVIEW_SUMS = ("jobs", "failed", "events", "wall_seconds", "cpu_seconds", "payload_events",
                  "payload_seconds", "failed_site", "failed_user", "failed_central", "failed_unknown", "last_end")
 CLASS_SUMS = {"site": "failed_site", "user": "failed_user", "central": "failed_central", "unknown": "failed_unknown"}
 SPLIT = {"queue wait": "time_queue", "stage-in": "time_stagein", "payload": "time_payload",

@@ -119,10 +119,12 @@ def _bucket_key(span: int, ranges: Sequence[tuple[int, int, int]]) -> tuple[Any,
     """SQL that tells a rollup row's bucket, for sorted, disjoint ranges of whole periods of `span`,
     and the map from its values to the buckets (None: the SQL gives the bucket, -1 for none).
 
-    When each range is one period, the start itself (grouped in the table's own order); when each
+    One bucket: its number. When each range is one period, the start itself (grouped in the table's own order); when each
     lies within one slot of the longest range's length (the heatmap's cells, cut at whole multiples
     of a step), the slot; else `which_range`. Rows outside the ranges map to no bucket: they are not
     read (the ranges' own conditions), or lie in slots of no range (checked here)."""
+    if len({k for _, _, k in ranges}) == 1:  # one bucket (a window's total): rows grouped by queue alone
+        return literal(ranges[0][2]), None
     length = max(b - a for a, b, _ in ranges)
     slots: dict[int, int] = {}
     for a, b, k in ranges:
@@ -183,7 +185,8 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
         ranges = _merged(ranges)
         key, bucket_of = _bucket_key(span, ranges)
         query = (select(JobRollup.queue_id, key, *_columns(names))
-                 .where(JobRollup.span == span, _where_ranges(JobRollup.start, ranges)).group_by(key, JobRollup.queue_id))
+                 .where(JobRollup.span == span, _where_ranges(JobRollup.start, ranges))
+                 .group_by(*([] if len({k for _, _, k in ranges}) == 1 else [key]), JobRollup.queue_id))
         rows = connection.execute(_filtered(query, JobRollup.queue_id, queue_ids, JobRollup.template_id,
                                             template_ids)).all()
         _add_rows(found, rows, names, count, bucket_of)
