@@ -78,6 +78,19 @@ def test_reading_commands_work_on_a_new_database_once_upgraded(fresh):
     assert json.loads(_run(fresh, ["status", "--json"]).output)["health"] == []
 
 
+@pytest.mark.parametrize("args, said", [
+    (["status"], "no queues yet: the robot has not run on this database; start it with `"),
+    (["jobs", "list"], "no test jobs yet: the robot has not run on this database; start it with `"),
+    (["tickets", "list"], "no tickets yet: import a mail archive with `"),
+    (["stress", "list"], "no stress tests yet: ask for one with `"),
+])
+def test_an_empty_listing_says_how_to_fill_it_instead_of_an_empty_table(fresh, args, said):
+    assert _run(fresh, ["db", "upgrade"]).exit_code == 0
+    result = _run(fresh, args)
+    assert result.exit_code == 0 and result.output.startswith(said) and len(result.output.splitlines()) == 1
+    assert "┏" not in result.output
+
+
 def test_writing_commands_create_the_schema_of_a_new_database(fresh, tmp_path):
     result = CliRunner().invoke(main, ["--config", str(fresh), "users", "add", "alice", "--password-stdin"],
                                 input="correct horse battery\n")

@@ -145,7 +145,7 @@ class Context:
         missing = [] if file is None else [d for d in (file.parent, *file.parent.parents) if not d.exists()]
         try:
             created = ensure_schema(self.config.database_url, lambda: self.engine, create,
-                                    upgrade_command=self.command("db", "upgrade"), hint=self._demo_hint())
+                                    upgrade_command=self.command("db", "upgrade"), hint=self.demo_hint())
         except DatabaseProblem as exc:
             raise click.ClickException(str(exc)) from exc
         if created:  # said once the command succeeded; a failed one removes it (discard_unused_database)
@@ -183,9 +183,11 @@ class Context:
             click.echo(f"created the robot's database: {self._created[0]}", err=True)
             self._created = None
 
-    def _demo_hint(self) -> str:
+    def demo_hint(self) -> str:
+        """`, or read the demo's database with HEALTHROBOT_DATA_DIR=...` when a demo left one beside this one."""
         demo = self.config.data_path / "demo"
-        if self.config.database.url or not (demo / "healthrobot.db").exists():
+        if self.config.database.url or not (demo / "healthrobot.db").exists() or \
+                demo.resolve() == self.config.data_path.resolve():
             return ""
         return f", or read the demo's database with HEALTHROBOT_DATA_DIR={demo}"
 

@@ -46,6 +46,10 @@ def jobs_list(ctx: Context, queue: str | None, outcome: str | None, limit: int, 
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if not rows and not queue and not outcome:
+        click.echo(f"no test jobs yet: the robot has not run on this database; start it with `{ctx.command('run')}`"
+                   f"{ctx.demo_hint()}")
+        return
     table = Table(header_style="bold")
     for column in ("PanDA ID", "Queue", "Template", "Status", "Outcome", "Class", "Error", "Events", "Ended (UTC)"):
         table.add_column(column)

@@ -27,6 +27,9 @@ def status(ctx: Context, level: str, window: timedelta, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"now": now.isoformat(), "window_seconds": window.total_seconds(), "level": level,
                                "health": [h.as_dict() for h in found]}, indent=2))
+    elif not found:  # a database the robot never stepped on: say how to fill it rather than draw an empty table
+        click.echo(f"no queues yet: the robot has not run on this database; start it with `{ctx.command('run')}`"
+                   f"{ctx.demo_hint()}")
     else:
         make_console().print(health_table(found, title=f"Health over the last {format_duration(window)}"))
 

@@ -109,6 +109,9 @@ def stress_list(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if not rows:
+        click.echo(f"no stress tests yet: ask for one with `{ctx.command('stress', 'request', '--help')}`")
+        return
     from rich.table import Table
 
     from robot.cli.render import make_console

@@ -92,6 +92,10 @@ def tickets_list(ctx: Context, queue: str | None, only_open: bool, as_json: bool
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if not rows and not queue and not only_open:
+        click.echo(f"no tickets yet: import a mail archive with `{ctx.command('tickets', 'import', 'FILE')}` "
+                   f"(`{ctx.command('tickets', 'sample', 'support.mbox')}` writes one to try)")
+        return
     from rich.table import Table
 
     from robot.cli.render import make_console
