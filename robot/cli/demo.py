@@ -72,7 +72,8 @@ def demo(ctx: Context, duration: timedelta, interval: timedelta, window: timedel
     # minutes that would leave the healthy queues idle after their first jobs, so the demo tests back to back.
     paced = ctx.config.blacklist.default.stable_gap
     blacklist = ctx.config.blacklist.model_copy(update={
-        "default": ctx.config.blacklist.default.model_copy(update={"stable_gap": timedelta(0)})})
+        "default": ctx.config.blacklist.default.model_copy(update={"stable_gap": timedelta(0)}),
+        "user_jobs": ctx.config.blacklist.user_jobs.model_copy(update={"watched_gap": timedelta(0)})})
     config = ctx.config.model_copy(update={"data_dir": str(workdir), "database": DatabaseConfig(), "blacklist": blacklist,
                                            "loop": ctx.config.loop.model_copy(update={"interval": interval})})
     console = make_console(stderr=as_json)
