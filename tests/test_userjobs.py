@@ -109,69 +109,6 @@ def test_the_watch_reads_new_hours_again_until_they_are_over_and_a_failing_sourc
         assert len(events) == 1 and "stored counts are kept" in events[0].message
 
 
-# -- the simulator's users' traffic ------------------------------------------------------------------
-from blacklist.simulate import BUILTIN, run  # noqa: E402
-from robot.backends.simulated import Scenario, SimulatedGrid, with_values  # noqa: E402
-
-from robot.yamlconfig import ConfigError  # noqa: E402
-
-
-def scenario(**extra) -> Scenario:
-    base = {"name": "u", "duration": "6h", "queues": {"count": 8, "clouds": ["DE", "US"], "per_site": 1},
-            "templates": ["AFT_A", "AFT_B"], "noise": {"site": 0.01, "user": 0.03, "unknown": 0},
-            "users": {"jobs_per_hour": 40, "failure": 0.15},
-            "faults": [{"queues": ["ANALY_DE-SITE000_1"], "onset": "2h", "duration": "3h", "mode": "stagein",
-                        "probability": 0.8}]}
-    return Scenario.model_validate({**base, **extra})
-
-
-def test_simulated_users_jobs_fail_for_their_own_reasons_and_with_the_sites_fault():
-    sc = scenario()
-    grid = SimulatedGrid(sc, ManualClock(sc.start), 1)
-    hours = grid.user_job_stats(sc.start, sc.start + sc.duration)
-    during = [h for h in hours if h.queue == "ANALY_DE-SITE000_1" and sc.start + timedelta(hours=2) <= h.hour
-              < sc.start + timedelta(hours=5)]
-    assert len(during) == 3
-    stagein = sum(h.errors.get(("pilot", 1099), 0) for h in during)
-    assert stagein > 0.6 * sum(h.ended for h in during)  # the site's fault hits its users' jobs too
-    healthy = [h for h in hours if h.queue != "ANALY_DE-SITE000_1"]
-    own = sum(n for h in healthy for (_, code), n in h.errors.items() if code in (1305, 1235, 1150, 1349, 1213))
-    assert own > 0.1 * sum(h.ended for h in healthy)  # their own bugs, everywhere
-    assert sum(h.errors.get(("pilot", 1099), 0) for h in healthy) < 0.03 * sum(h.ended for h in healthy)
-    # the same jobs whatever the reads: an hour read in two parts sums to the hour read whole
-    middle = sc.start + timedelta(hours=3, minutes=20)
-    parts = grid.user_job_stats(sc.start + timedelta(hours=3), middle) + grid.user_job_stats(
-        middle, sc.start + timedelta(hours=4))
-    whole = [h for h in hours if h.hour == sc.start + timedelta(hours=3)]
-    for h in whole:
-        assert sum(p.ended for p in parts if p.queue == h.queue) == h.ended
-    assert SimulatedGrid(sc, ManualClock(sc.start), 1).user_job_stats(sc.start, sc.start + sc.duration) == hours
-    assert SimulatedGrid(with_values(sc, {"users.jobs_per_hour": 0}, "t"), ManualClock(sc.start), 1).user_job_stats(
-        sc.start, sc.start + sc.duration) == []
-
-
-def test_the_users_section_is_checked_with_key_paths():
-    sc = scenario()
-    with pytest.raises(ConfigError, match=r"users\.failure"):
-        with_values(sc, {"users.failure": 2}, "t")
-    with pytest.raises(ConfigError, match=r"users\.codes\[0\]\.code"):
-        with_values(sc, {"users.codes": [{"code": -1}]}, "t")
-
-
-def test_users_jobs_as_evidence_bound_the_detection_latency_with_fewer_test_jobs():
-    sc = scenario()
-    pairs = [(run(sc, BUILTIN["default"], seed, "default"), run(sc, BUILTIN["default+users"], seed, "users"))
-             for seed in range(1, 6)]
-    for without, with_users in pairs:  # the same scenario, seed and test-job luck
-        assert without.faults == with_users.faults == 1 and with_users.missed == 0
-        assert with_users.false_exclusions == 0
-        assert with_users.jobs < without.jobs  # a stable queue watched by its users' jobs is tested less often
-    # without them the latency is the luck of when the next test job runs; with them the fault shows
-    # in the users' jobs within a read and probes confirm it
-    assert max(w.latencies[0] for _, w in pairs) < max(d.latencies[0] for d, _ in pairs)
-    assert sum(w.latencies[0] for _, w in pairs) < sum(d.latencies[0] for d, _ in pairs)
-
-
 # -- the embedded grid's background users ------------------------------------------------------------
 def test_the_embedded_grids_users_fail_with_a_broken_queues_fault_and_their_own_bugs(tiny_grid):
     clock = ManualClock(T0)
@@ -238,24 +175,3 @@ def test_why_names_the_users_jobs_of_the_last_hours(tiny_grid):
     shown = json.loads(run("why", "ANALY_A", "--json").output)["user_jobs"]
     assert [(r["ended"], r["failed"], r["site"], r["user"]) for r in shown] == [(40, 6, 4, 2)]
     assert "users' jobs" not in run("why", "ANALY_B").output
-
-
-def test_policy_simulate_adds_the_users_row_for_scenarios_with_users_traffic_and_says_what_each_row_was_given(
-        tmp_path):
-    from click.testing import CliRunner
-
-    from robot.cli import main
-
-    path = tmp_path / "tiny.yaml"
-    path.write_text("name: tiny\nduration: 2h\nqueues: {count: 4}\nusers: {jobs_per_hour: 20}\n"
-                    "faults:\n  - {queues: 1, onset: 30m, duration: 1h, mode: stagein}\n")
-    result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--json"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
-    assert list(out["report"]["tiny"]) == ["hammercloud", "hammercloud+safety", "default", "default+users"]
-    assert out["given"]["default+users"].endswith("the scenario's `users:` traffic): 20 users' jobs per queue-hour")
-    assert "users' jobs" not in out["given"]["default"]
-    table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--policy", "default",
-                                      "--policy", "default+users"]).output
-    assert "default+users" in table and "Each row: the same scenario, seeds and test-job luck" in table
-    assert "  default: our policy on the test jobs, behind our safety layer" in table
