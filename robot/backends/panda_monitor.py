@@ -25,7 +25,7 @@ from typing import Any
 import requests
 
 from robot.backends.base import BackendUnavailable, JobReport, UserJobHour
-from robot.backoff import backoff_delay
+from robot.backoff import request_with_retries
 from robot.history import Problem, parse_record
 from robot.userjobs import HOUR, aggregate, hour_of
 
@@ -66,34 +66,13 @@ class MonitorUserJobs:
     def _records(self, start: datetime, end: datetime) -> list[JobReport]:
         params = {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed",
                   "date_from": f"{start:%Y-%m-%dT%H:%M}", "date_to": f"{end:%Y-%m-%dT%H:%M}", "limit": self.limit}
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.sleep(backoff_delay(attempt))
-            headers = {"Accept": "application/json"}
-            if self.token is not None:
-                headers["Authorization"] = f"Bearer {self.token()}"
-            try:
-                answer = self.session.get(f"{self.url}/jobs/", params=params, headers=headers, timeout=self.timeout)
-            except requests.Timeout:
-                last = "timeout"
-                continue
-            except requests.ConnectionError:
-                last = "connection error"
-                continue
-            except requests.RequestException as exc:
-                raise BackendUnavailable(f"PanDA monitor job list: request failed ({type(exc).__name__})") from None
-            if answer.status_code >= 500:
-                last = f"HTTP {answer.status_code}"
-                continue
-            if answer.status_code >= 400:
-                raise BackendUnavailable(f"PanDA monitor job list: HTTP {answer.status_code}")
-            try:
-                return self._reports(answer.text, start)
-            except ValueError as exc:
-                last = f"malformed answer: {exc}"
-                continue
-        raise BackendUnavailable(f"PanDA monitor job list: {last} after {self.retries + 1} attempt(s)")
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        return request_with_retries(self.session, "GET", f"{self.url}/jobs/", what="PanDA monitor job list",
+                                    error=BackendUnavailable, retries=self.retries, sleep=self.sleep,
+                                    timeout=self.timeout, read=lambda answer: self._reports(answer.text, start),
+                                    params=params, headers=headers)
 
     def _reports(self, text: str, start: datetime) -> list[JobReport]:
         """The users' final jobs of an answer; ValueError when it is not the monitor's job list."""
