@@ -6,6 +6,7 @@ covers deleted jobs only: those rows are kept, and the pages read year-long wind
 before, exactly. The cut is stored (`rollup.kept_from`): a later backfill (`healthrobot db rollup`)
 rebuilds the rollup from the cut on and keeps the rows before it. A job that retried a deleted one
 forgets which (`retry_of` cleared); transitions, episodes, tickets and tests are kept (they are few).
+The users' jobs counted per queue and hour (`user_job_hour`) before the cut are deleted too.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from robot.rollup import WEEK, at, epoch, floor_to, kept_from, set_kept_from
-from robot.storage.models import Job
+from robot.storage.models import Job, UserJobHour
 
 CHUNK = 50_000  # jobs deleted per statement: short transactions, bounded memory
 
@@ -25,6 +26,7 @@ CHUNK = 50_000  # jobs deleted per statement: short transactions, bounded memory
 class PruneSummary:
     cut: datetime  # jobs that ended before this were deleted (the start of a week)
     deleted: int
+    user_hours: int = 0  # users' jobs' hourly counts deleted
 
 
 def prune(session: Session, now: datetime, older_than: timedelta) -> PruneSummary:
@@ -46,4 +48,6 @@ def prune(session: Session, now: datetime, older_than: timedelta) -> PruneSummar
         session.execute(delete(Job).where(Job.id.in_(ids)))
         session.commit()
         deleted += len(ids)
-    return PruneSummary(cut, deleted)
+    user_hours = session.execute(delete(UserJobHour).where(UserJobHour.hour < cut)).rowcount or 0
+    session.commit()
+    return PruneSummary(cut, deleted, user_hours)

@@ -15,7 +15,11 @@ from robot import rollup
 from robot.cli import main
 from robot.retention import prune
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.backends.base import UserJobHour
+from robot.classify import load_table
 from robot.storage.models import Job, JobRollup
+from robot.storage.models import UserJobHour as UserJobHourRow
+from robot.userjobs import store
 
 DAYS = 430  # a little more than the 400 days the README's prune keeps
 
@@ -88,6 +92,11 @@ def test_db_prune_command(tmp_path):
     fill(engine, 500, 60, clouds=("DE",), sites_per_cloud=1, queues_per_site=2)
     config = tmp_path / "robot.yaml"
     config.write_text(f"data_dir: {tmp_path}\ndatabase: {{url: '{url}'}}\n")
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    with make_sessionmaker(engine)() as session:  # users' jobs counted long ago and this hour
+        store(session, "panda", [UserJobHour("ANALY_A", now - timedelta(days=100), 10, 1, {("pilot", 1099): 1}),
+                                 UserJobHour("ANALY_A", now, 5, 0)], now - timedelta(days=100), load_table(), now)
+        session.commit()
     for bad in ("0d", "soon"):
         result = CliRunner().invoke(main, ["--config", str(config), "db", "prune", "--older-than", bad])
         assert result.exit_code == 2 and "--older-than" in result.output and "Traceback" not in result.output
@@ -96,6 +105,8 @@ def test_db_prune_command(tmp_path):
     found = re.search(r"deleted (\d+) jobs that ended before (\S+ \S+) UTC", result.output)
     assert found, result.output
     cut = datetime.fromisoformat(found.group(2)).replace(tzinfo=timezone.utc)
+    assert "and 1 hourly counts of users' jobs" in result.output
     with make_sessionmaker(engine)() as session:
         assert final_jobs_before(session, cut) == 0
+        assert [h.hour for h in session.scalars(select(UserJobHourRow))] == [now]
     engine.dispose()

@@ -56,4 +56,5 @@ def db_prune(ctx: Context, older_than: str) -> None:
     with ctx.session() as session:
         done = prune(session, SystemClock().now(), age)
     click.echo(f"deleted {done.deleted} jobs that ended before {done.cut:%Y-%m-%d %H:%M} UTC; "
-               "their sums stay in the job rollup")
+               "their sums stay in the job rollup"
+               + (f"; and {done.user_hours} hourly counts of users' jobs" if done.user_hours else ""))
