@@ -19,6 +19,7 @@ answers, for each failure of each queue:
 """
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
@@ -47,6 +48,10 @@ class Spread:
     failures: dict[Code, Counter[str]] = field(default_factory=dict)  # per code, failures per site
     jobs: Counter[str] = field(default_factory=Counter)  # results per site
     completed: dict[str, set[str]] = field(default_factory=dict)  # per template, the sites where a job completed
+    # Answers already computed in this step, keyed by what they depend on: every queue asks about
+    # the same failures, and a Spread is never changed once built.
+    _around: dict[tuple[Code, datetime], set[str]] = field(default_factory=dict, compare=False, repr=False)
+    _failed: dict[Code, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, views: Iterable[QueueView], window: timedelta, min_sites: int, fraction: float = 0.0) -> "Spread":
@@ -67,7 +72,7 @@ class Spread:
             entries.sort()
         return cls(window, min_sites, fraction, dict(times), dict(failures), jobs, dict(completed))
 
-    @property
+    @functools.cached_property
     def threshold(self) -> int:
         """How many other sites failing with one code at once make it widespread."""
         return max(self.min_sites, math.ceil(self.fraction * (len(self.jobs) - 1)))
@@ -75,17 +80,26 @@ class Spread:
     def comparable(self, result: Result, site: str) -> bool:
         """Whether enough other sites completed the result's template to compare with (else the
         error table has to decide alone)."""
-        return len(self.completed.get(result.template, set()) - {site}) >= self.min_sites
+        sites = self.completed.get(result.template, set())
+        return len(sites) - (site in sites) >= self.min_sites
 
     def sites_around(self, code: Code, when: datetime, site: str) -> set[str]:
         """The other sites where `code` failed within `window` of `when`."""
-        entries = self.times.get(code, [])
-        lo = bisect_left(entries, (when - self.window,))
-        hi = bisect_right(entries, (when + self.window, "\uffff"))
-        return {s for _, s, _ in entries[lo:hi] if s != site}
+        return self._sites_at(code, when) - {site}
+
+    def _sites_at(self, code: Code, when: datetime) -> set[str]:
+        """Every site where `code` failed within `window` of `when`."""
+        key = (code, when)
+        if key not in self._around:
+            entries = self.times.get(code, [])
+            lo = bisect_left(entries, (when - self.window,))
+            hi = bisect_right(entries, (when + self.window, "\uffff"))
+            self._around[key] = {s for _, s, _ in entries[lo:hi]}
+        return self._around[key]
 
     def widespread(self, result: Result, site: str) -> bool:
-        return len(self.sites_around(code_of(result), result.end_time, site)) >= self.threshold
+        sites = self._sites_at(code_of(result), result.end_time)
+        return len(sites) - (site in sites) >= self.threshold
 
     def shared(self, now: datetime) -> dict[Code, list[str]]:
         """The codes failing now at more than `threshold` sites (within `window` before `now`), with
@@ -99,8 +113,14 @@ class Spread:
 
     def baseline(self, code: Code, site: str) -> float:
         """The share of the other sites' results that failed with `code`."""
-        jobs = sum(self.jobs.values()) - self.jobs[site]
+        jobs = self._all_jobs - self.jobs[site]
         if jobs <= 0:
             return 0.0
         per_site = self.failures.get(code, Counter())
-        return (sum(per_site.values()) - per_site[site]) / jobs
+        if code not in self._failed:
+            self._failed[code] = sum(per_site.values())
+        return (self._failed[code] - per_site[site]) / jobs
+
+    @functools.cached_property
+    def _all_jobs(self) -> int:
+        return sum(self.jobs.values())

@@ -323,9 +323,9 @@ def load_views(session: Session, now: datetime, policy: Policy,
         .group_by(Job.queue_id)
     ).all())
     for qid, items in results.items():
-        for result in items:
-            if result.start_time and (qid not in last_start or result.start_time > last_start[qid]):
-                last_start[qid] = result.start_time
+        newest = max((r.start_time for r in items if r.start_time), default=None)
+        if newest and (qid not in last_start or newest > last_start[qid]):
+            last_start[qid] = newest
     views, ids, flaps = {}, {}, {}
     downtimes = windows_by_site(session, now - policy.window, now)
     users = stored_hours(session, now - policy.window, now) if policy.hears_users else {}
