@@ -7,8 +7,8 @@ at once for an hour or two), tickets linked to episodes, stress tests. The jobs 
 databases' bulk paths (executemany of plain tuples on SQLite, COPY on PostgreSQL) with the job
 table's indexes dropped and built again afterwards; the job rollup is then built in bulk by the
 backfill the robot ships (`robot.rollup.rebuild`). Then each page's queries are timed for every
-time range the pages offer (dashboard.pages.common.RANGES) and for a year: median of 3 runs, wall
-and CPU time of this process (on SQLite all the work is in it; on PostgreSQL the server's share is
+time range the pages offer (dashboard.pages.common.RANGES) and for a year: median of 5 runs (and
+the fastest run's CPU time: other work on a shared machine only adds to it), wall and CPU time of this process (on SQLite all the work is in it; on PostgreSQL the server's share is
 not), and the peak memory Python allocated for each page (a separate, untimed run).
 
     .venv/bin/python bench/dashboard.py [--jobs 1000000] [--db sqlite|postgres] [--keep DIR]
@@ -420,8 +420,9 @@ def _server_cpu(session: Session) -> Callable[[], float]:
     return lambda: int(stat.read_text().split()[0]) / 1e9
 
 
-def time_pages(sessions: Any, queue: str, runs: int) -> list[tuple[str, float, float, float]]:
-    """(label, median wall s, median CPU s of this process and the database server, peak MB allocated) per page."""
+def time_pages(sessions: Any, queue: str, runs: int) -> list[tuple[str, float, float, float, float]]:
+    """(label, median wall s, median and least CPU s of this process and the database server, peak MB
+    allocated) per page."""
     found = []
     for label, call in pages(queue):
         walls, cpus = [], []
@@ -437,7 +438,7 @@ def time_pages(sessions: Any, queue: str, runs: int) -> list[tuple[str, float, f
             call(session)
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-        found.append((label, statistics.median(walls), statistics.median(cpus), peak / 2**20))
+        found.append((label, statistics.median(walls), statistics.median(cpus), min(cpus), peak / 2**20))
     return found
 
 
@@ -464,7 +465,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--keep", help="SQLite only: folder for the database, kept and reused; default a temporary one")
     args = parser.parse_args()
@@ -503,17 +504,17 @@ def main() -> None:
         print(f"database ({args.db}) {size / 2**20:,.0f} MB: {size / 2**20 / (args.jobs / 1e6):,.0f} MB per million jobs")
         busy = make_sessionmaker(engine)().scalar(select(Queue.name).where(Queue.id == 1))
         print(f"\nload average at the start of the timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print("CPU: this process and the database server's process for the session, median of the runs; "
-              "judged against the target (wall time counts the other work on a shared machine)")
-        print(f"{'page (every range the pages offer, and a year)':50} {'CPU ms':>7} {'wall ms':>8} "
+        print("CPU: this process and the database server's process for the session, median of the runs (judged "
+              "against the target) and the fastest run; wall time counts the other work on a shared machine")
+        print(f"{'page (every range the pages offer, and a year)':50} {'CPU ms':>7} {'fastest':>7} {'wall ms':>8} "
               f"{'peak MB':>7}  target")
         over = []
-        for label, wall, cpu, peak in time_pages(make_sessionmaker(engine), busy, args.runs):
+        for label, wall, cpu, least, peak in time_pages(make_sessionmaker(engine), busy, args.runs):
             part = label.startswith("  ")
             verdict = "" if part else ("ok" if cpu < TARGET else "OVER")
             if not part and cpu >= TARGET:
                 over.append(label)
-            print(f"{label:50} {cpu * 1000:7.1f} {wall * 1000:8.1f} {peak:7.1f}  "
+            print(f"{label:50} {cpu * 1000:7.1f} {least * 1000:7.1f} {wall * 1000:8.1f} {peak:7.1f}  "
                   f"{'' if part else f'< {TARGET * 1000:.0f} ms {verdict}'}")
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f}; peak resident memory of the whole run: "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
