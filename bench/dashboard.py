@@ -20,6 +20,7 @@ not), and the peak memory Python allocated for each page (a separate, untimed ru
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import resource
@@ -508,6 +509,7 @@ def main() -> None:
               "against the target) and the fastest run; wall time counts the other work on a shared machine")
         print(f"{'page (every range the pages offer, and a year)':50} {'CPU ms':>7} {'fastest':>7} {'wall ms':>8} "
               f"{'peak MB':>7}  target")
+        gc.freeze()  # as the dashboard does once started (dashboard.app.create_app)
         over = []
         for label, wall, cpu, least, peak in time_pages(make_sessionmaker(engine), busy, args.runs):
             part = label.startswith("  ")

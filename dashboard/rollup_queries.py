@@ -71,22 +71,21 @@ def _add_rows(found: dict[int, list[list[Any]]], rows: Sequence[Any], names: Seq
               bucket_of: dict[Any, int] | None = None) -> None:
     """Adds rows (queue id, bucket, values in the order of `names`) to their queue's buckets; with
     `bucket_of`, the second column is a key mapped to the bucket (rows of keys it lacks are dropped)."""
-    latest = [i for i, name in enumerate(names) if name == "last_end"]
-    summed = [i for i, name in enumerate(names) if name != "last_end"]
-    for queue_id, k, *values in rows:
-        if bucket_of is not None:
-            k = bucket_of.get(k, -1)
+    latest = [(i, i + 2) for i, name in enumerate(names) if name == "last_end"]  # (name, column of the row)
+    summed = [(i, i + 2) for i, name in enumerate(names) if name != "last_end"]
+    for row in rows:  # indexed, not unpacked: no list per row for the collector to count
+        k = row[1] if bucket_of is None else bucket_of.get(row[1], -1)
         if k < 0:
             continue
-        columns = found.get(queue_id)
+        columns = found.get(row[0])
         if columns is None:
-            columns = found[queue_id] = _new(names, count)
-        for i in summed:
-            if values[i]:
-                columns[i][k] += values[i]
-        for i in latest:
-            if values[i] is not None and (columns[i][k] is None or values[i] > columns[i][k]):
-                columns[i][k] = values[i]
+            columns = found[row[0]] = _new(names, count)
+        for i, c in summed:
+            if row[c]:
+                columns[i][k] += row[c]
+        for i, c in latest:
+            if row[c] is not None and (columns[i][k] is None or row[c] > columns[i][k]):
+                columns[i][k] = row[c]
 
 
 def _columns(names: Sequence[str]) -> list[Any]:
