@@ -37,8 +37,8 @@ bench: $(STAMP)
 	sh tests/ensure_postgres.sh && $(BIN)/python bench/dashboard.py --db postgres
 	$(BIN)/python bench/startup.py
 
-# The dashboards at 10 million jobs on SQLite and PostgreSQL: over an hour each on a busy 2-core
-# machine (most of it filling the database and building its rollup); 7 GB of disk for SQLite, 9 for PostgreSQL.
+# The dashboards at 10 million jobs on SQLite and PostgreSQL: 35-40 min each on a busy 2-core machine
+# (most of it filling the database and building its rollup); 7 GB of disk for SQLite, 8 for PostgreSQL.
 bench-10m: $(STAMP)
 	$(BIN)/python bench/dashboard.py --jobs 10000000
 	sh tests/ensure_postgres.sh && $(BIN)/python bench/dashboard.py --jobs 10000000 --db postgres
