@@ -4,7 +4,7 @@ Writes a monitor-style export (`{"jobs": [...]}`, one record a line, the monitor
 of N jobs over D days at Q queues, with a realistic mix (most finished, site-class stage-in
 failures in bursts at a few queues, user-class payload failures, jobs still running, a few bad
 records), then times `robot.history.import_history` into a fresh SQLite database: wall and CPU
-time, peak memory, and a second import of the same file (idempotent: nothing added).
+time (the target is CPU time: the machine is shared), peak memory, and a second import of the same file (idempotent: nothing added).
 
     python bench/history.py [--records 1000000] [--queues 1000] [--days 30]
 """
@@ -28,7 +28,8 @@ from robot.storage.models import Job
 from robot.sync import sync_topology
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
-TARGET_SECONDS = 60.0
+TARGET_SECONDS = 60.0  # of CPU time, for TARGET_RECORDS
+TARGET_MB = 1024
 TARGET_RECORDS = 1_000_000
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -103,17 +104,17 @@ def main() -> None:
                 summary = import_history(session, export, "history", table, now)
                 session.commit()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            rate = args.records / wall
+            rate = args.records / cpu
             target = TARGET_SECONDS * args.records / TARGET_RECORDS
-            print(f"{attempt}: {wall:.1f} s wall, {cpu:.1f} s CPU ({rate:,.0f} records/s; target under "
-                  f"{target:.0f} s for {args.records:,}): {summary.imported:,} imported, "
+            print(f"{attempt}: {cpu:.1f} s CPU (target under {target:.1f} s for {args.records:,} records; "
+                  f"{rate:,.0f} records per CPU second), {wall:.1f} s wall: {summary.imported:,} imported, "
                   f"{summary.already_known:,} already stored, {summary.not_final:,} not final, "
                   f"{len(summary.problems)} bad")
         with sessions() as session:
             stored = session.scalar(select(func.count(Job.id)))
         size = (Path(folder) / "robot.db").stat().st_size
         print(f"stored jobs: {stored:,}; database {size / 2**20:.0f} MB; peak memory "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (target under {TARGET_MB} MB)")
         engine.dispose()
 
 
