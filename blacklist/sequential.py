@@ -5,7 +5,8 @@ Which failures count (see blacklist/differential.py): a failure whose code faile
 a shared cause (a central service, a broken release, a user wave) and counts neither way,
 whatever its class (a data management outage reports the site-class 1099 everywhere); any
 other failure is evidence against this site, weighed by its class as below, so that a site fault
-reporting unknown- or user-class codes, or only crashes (1203), is seen. Without other sites to
+reporting unknown- or user-class codes, or only crashes (1203), is seen; a central-class one
+only adds to a case that site-class failures opened. Without other sites to
 compare with (fewer than `spread_sites` other sites completed the template in the window) the
 error table decides alone: only site-class failures count.
 
@@ -17,10 +18,11 @@ alternatives at once; the queue is excluded when any of them reaches log((1-beta
     S <- max(0, S + log(p_b / p_h)) per counted site-class failure; a user-class failure adds as
     much to a case already open (a site fault that reports user codes part of the time) but never
     opens one: user errors at a few queues only look the same as a site's, and a user wave on a few
-    queues is not the sites' fault;
+    queues is not the sites' fault; a central-class failure likewise (a central outage shows at the
+    first queues tested, or probed, before the other sites have run a job since);
 - for each code c, "this queue fails with c", against c's rate at the other sites, never below
   p_healthy * code_share (the share of a healthy queue's failures one code takes) for a
-  site-class code, nor below p_healthy for an unknown- or central-class one (user-class codes
+  site-class code, nor below p_healthy for an unknown-class one (user- and central-class codes
   have no alternative of their own):
     S_c <- max(0, S_c + log(p_b / max(rate_c, floor))) per failure with c;
   a broken service repeats one code while random failures scatter, a code that is common
@@ -52,6 +54,10 @@ from robot.durations import format_duration
 
 NAME = "default"
 ANY = "any"  # the alternative "broken, whatever the code"
+# Classes whose failures add to a case that site-class failures opened but never open one: a user
+# wave on a few queues looks like a site's fault, and a central outage shows at one queue before the
+# others have been tested again (a sparse cadence, or probes at the first queue that saw it).
+SECONDARY = ("user", "central")
 USERS = "users' jobs"  # the template of an hour of users' own jobs counted as evidence (blacklist/userjobs.py)
 
 
@@ -84,7 +90,7 @@ class Counted:
 
     result: Result
     code_weight: float = 0.0  # in its code's alternative (0: none, a user-class failure)
-    klass: str = "site"  # the error table's class: site, user, or other (central, unknown, none)
+    klass: str = "site"  # the error table's class: site, user, central, or other (unknown, none)
     any_weight: float | None = None  # in the "any code" alternative (None: one test job's failure)
 
 
@@ -100,9 +106,9 @@ def counted(view: QueueView, results: list[Result], settings: SequentialSettings
             if result.error_class == "site":
                 out.append(Counted(result, weights.repeat))
         elif not grid.widespread(result, view.site):
-            klass = result.error_class if result.error_class in ("site", "user") else "other"
+            klass = result.error_class if result.error_class in ("site", "user", "central") else "other"
             rate = grid.baseline(code_of(result), view.site)
-            code_weight = 0.0 if klass == "user" else weights.of_code(settings, rate, klass == "site")
+            code_weight = 0.0 if klass in SECONDARY else weights.of_code(settings, rate, klass == "site")
             out.append(Counted(result, code_weight, klass))
     return out
 
@@ -117,7 +123,7 @@ def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
         steps: dict[Code, float] = {key: weights.success for key in scores}
         if result.failed:
             steps = {code_of(result): item.code_weight} if item.code_weight else {}
-            if item.klass == "site" or (item.klass == "user" and scores.get(ANY, 0.0) > 0):
+            if item.klass == "site" or (item.klass in SECONDARY and scores.get(ANY, 0.0) > 0):
                 steps[ANY] = weights.failure if item.any_weight is None else item.any_weight
         for key, step in steps.items():
             scores[key] = max(0.0, scores.get(key, 0.0) + step)

@@ -363,9 +363,9 @@ def decide_in(v: QueueView, others: list[QueueView]) -> Decision:
     return sequential.decide(v, SEQ, NOW, 0, grid_of([v, *others]))
 
 
-@pytest.mark.parametrize("klass", ["unknown", "central", None])
+@pytest.mark.parametrize("klass", ["unknown", None])
 def test_differential_a_code_failing_at_one_queue_only_points_at_its_site_whatever_its_class(klass):
-    # a site fault that reports an unknown- or central-class code, while the template completes elsewhere
+    # a site fault that reports an unknown-class code (or one the table lacks), while the template completes elsewhere
     rs = same_code(results("T1", "FFCF"), code=1201, klass=klass)
     lone = view("ANALY_A", rs)
     assert sequential.decide(lone, SEQ, NOW).action is Action.KEEP  # the class table alone ignores it
@@ -392,6 +392,17 @@ def test_differential_user_class_failures_add_to_a_case_against_the_site_but_nev
     assert evidence_ids(decision) == ids(site_first + user[:2])
     # the class table alone would have kept it in doubt
     assert sequential.decide(mixed, SEQ, NOW).action is Action.PEND
+
+
+def test_differential_central_class_failures_at_one_queue_add_to_a_case_but_never_open_one():
+    # a central outage seen first at one queue (its probes fail at once, the others were not tested
+    # again yet): no case against the site, however many
+    central = same_code(results("T1", "FFFFFF"), code=1324, klass="central")
+    assert decide_in(view("ANALY_A", central), healthy_grid()).action is Action.KEEP
+    # after a site-class failure they count as one (a site fault reporting a central code too)
+    site_first = same_code(results("T1", "F", newest=NOW - 30 * MIN), code=1099)
+    decision = decide_in(view("ANALY_A", site_first, central[:2]), healthy_grid())
+    assert decision.action is Action.EXCLUDE and evidence_ids(decision) == ids(site_first + central[:2])
 
 
 def test_differential_a_crash_only_fault_is_detected():
