@@ -173,15 +173,17 @@ class ExclusionEngine:
         excluded = dict(session.execute(select(Queue.id, Queue.status).where(
             Queue.robot_state == "excluded", Queue.retired_at.is_(None))).all())
         ruled = set(session.scalars(select(Override.queue_id).where(Override.ended_at.is_(None))))
-        for queue_id, observed in excluded.items():
-            if queue_id in ruled:
-                continue
-            last = session.execute(
-                select(QueueTransition.new, QueueTransition.applied).where(
-                    QueueTransition.queue_id == queue_id, QueueTransition.kind == "status",
-                    QueueTransition.actor == self.settings.actor)
-                .order_by(QueueTransition.id.desc()).limit(1)).first()
-            robot_set = last.new if last is not None and last.applied else None
+        asked = [queue_id for queue_id in excluded if queue_id not in ruled]
+        # The robot's last status change of each, in one query (not one per excluded queue).
+        newest = (select(func.max(QueueTransition.id)).where(
+            QueueTransition.queue_id.in_(asked), QueueTransition.kind == "status",
+            QueueTransition.actor == self.settings.actor).group_by(QueueTransition.queue_id))
+        last_set = {queue_id: new if applied else None for queue_id, new, applied in session.execute(
+            select(QueueTransition.queue_id, QueueTransition.new, QueueTransition.applied)
+            .where(QueueTransition.id.in_(newest)))} if asked else {}
+        for queue_id in asked:
+            observed = excluded[queue_id]
+            robot_set = last_set.get(queue_id)
             if not changed_outside(robot_set, observed):
                 continue
             reason = (f"status set to {observed} outside the robot after its exclusion to {robot_set}:"

@@ -490,12 +490,11 @@ class Robot:
         wants tested with a gap; an older end does not hold anything back."""
         if not queue_ids:
             return {}
-        # Every recent end, kept for the queues asked: cheaper than binding a long IN list at each step.
         rows = session.execute(
             select(Job.test_id, Job.queue_id, func.max(Job.end_time))
-            .where(Job.end_time >= now - longest_gap).group_by(Job.test_id, Job.queue_id)
+            .where(Job.queue_id.in_(queue_ids), Job.end_time >= now - longest_gap).group_by(Job.test_id, Job.queue_id)
         )
-        return {(t, q): end for t, q, end in rows if q in queue_ids}
+        return {(t, q): end for t, q, end in rows}
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
