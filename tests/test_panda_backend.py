@@ -542,3 +542,12 @@ def test_jobs_panda_forgot_end_unknown_never_failed(tmp_path, clock, fake):
     counts = outcomes(robot)
     assert counts.get("unknown") == 24 and "failed" not in counts
     assert transitions(robot) == []
+
+
+def test_find_is_asked_once_and_never_waits_out_retries(fake):
+    """panda-server 1.0.4 answers getPandIDsWithJobID 403 (it has no such method, as this fake): the look-up
+    ends at the first failure, not retried (the next step asks again), so reconciliation never holds a step."""
+    sleeps = Sleeps()
+    with pytest.raises(BackendUnavailable, match="getPandIDsWithJobID: HTTP 403 after 1 attempt"):
+        backend(fake.url, sleeps, retries=3).find(["hc.7.ANALY_X.a", "hc.7.ANALY_X.b"])
+    assert len(fake.calls("job/get_panda_ids_with_job_id")) == 1 and not sleeps

@@ -353,8 +353,8 @@ class PandaBackend:
             return _Failure(f"malformed reply: {exc}", delivered=True)
 
     def _call(self, what: str, call: Callable[[Any], tuple[Any, Any]], check: Callable[[Any], Any], *,
-              retry_if: Callable[[_Failure], bool] = lambda failure: True) -> Any:
-        attempts = self.retries + 1
+              retry_if: Callable[[_Failure], bool] = lambda failure: True, retries: int | None = None) -> Any:
+        attempts = (self.retries if retries is None else retries) + 1
         for attempt in range(attempts):
             result = self._attempt(what, call, check)
             if not isinstance(result, _Failure):
@@ -367,7 +367,7 @@ class PandaBackend:
             if attempt + 1 < attempts:
                 delay = backoff_delay(attempt + 1)
                 log.warning("PanDA %s failed (%s), retry %d/%d in %.0fs", what, result.reason, attempt + 1,
-                            self.retries, delay)
+                            attempts - 1, delay)
                 self.sleep(delay)
         raise BackendUnavailable(f"PanDA {what}: {result.reason} after {attempts} attempt(s)")
 
@@ -494,21 +494,23 @@ class PandaBackend:
         panda-client's own request layer, with the same credentials). The robot derives that ID from
         the job's name, so each name costs one look-up and the candidates' descriptions (archive
         included) tell which of them carries the name. Anything the server cannot answer raises
-        BackendUnavailable: the robot then keeps the submission unconfirmed.
+        BackendUnavailable: the robot then keeps the submission unconfirmed. Bounded: no call is retried
+        (the next step asks again) and the first failure ends the look-up, so a step waits at most one
+        timeout per call. panda-server 1.0.4 has no getPandIDsWithJobID (answered 403, see README).
         """
         names = list(dict.fromkeys(job_names))
         candidates: list[int] = []
         for definition_id in dict.fromkeys(job_definition_id(name) for name in names):
             candidates.extend(self._call(
                 "getPandIDsWithJobID", lambda client, d=definition_id: _ids_with_job_id(client)(d),
-                _panda_id_map))
+                _panda_id_map, retries=0))
         out: dict[str, int | None] = {name: None for name in names}
         wanted = set(names)
         candidates = sorted(set(candidates))
         for start in range(0, len(candidates), MAX_BATCH):
             batch = candidates[start : start + MAX_BATCH]
             specs = self._call("getFullJobStatus", lambda client, ids=batch: client.getFullJobStatus(ids),
-                               lambda data, ids=batch: _list_of(data, len(ids), "getFullJobStatus"))
+                               lambda data, ids=batch: _list_of(data, len(ids), "getFullJobStatus"), retries=0)
             for pid, spec in zip(batch, specs):
                 if spec is None:
                     raise BackendUnavailable(f"PanDA getFullJobStatus: job {pid}, listed under its jobDefinitionID,"
