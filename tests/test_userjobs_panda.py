@@ -1,7 +1,6 @@
 """Users' own jobs read from PanDA's monitor job list (its documented JSON), mocked with `responses`."""
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from urllib.parse import parse_qs, urlparse
 
