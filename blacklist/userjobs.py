@@ -6,8 +6,9 @@ than for the site's, so only a part of what they say is heard:
 - per queue, hour and site-class code c, k of the queue's n users' jobs that ended failed with c;
   it is compared with c's rate in the users' jobs of the other queues in the policy window
   (never below `floor`): a code failing everywhere is a shared cause, not this site's;
-- the same code in excess at `spread_sites` (see SequentialSettings) or more other sites in the
-  same hour is a shared cause too and counts for no site;
+- the same code failing at `spread_sites` (see SequentialSettings) or more other sites in the same
+  hour (two failures above `floor` are enough: a shared cause starts somewhere) is a shared cause
+  too and counts for no site;
 - the hour weighs `weight` times the log-likelihood ratio of "the queue fails with c at the rate
   seen" against "at the other queues' rate" (n times the Kullback-Leibler divergence), and never
   more than one test job's failure pointing at the site (`Weights.failure`); hours with fewer
@@ -58,10 +59,10 @@ class Baseline:
                     failures[code][view.name] += jobs
         baseline = cls(settings, spread_sites, dict(failures), ended)
         excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
-        for view in views:
+        for view in views:  # two failures above the floor count here: a shared cause starts somewhere
             for hour in view.user_jobs:
                 for code, jobs in _site_codes(hour).items():
-                    if jobs >= settings.min_failures and jobs / hour.ended > baseline.rate(code, view.name):
+                    if jobs >= min(2, settings.min_failures) and jobs / hour.ended > settings.floor:
                         excess[(code, hour.hour)].add(view.site)
         return cls(settings, spread_sites, dict(failures), ended, dict(excess))
 

@@ -100,3 +100,10 @@ def test_a_stable_queue_watched_by_its_users_jobs_is_tested_less_often():
     assert ON.cadence(quiet, NOW).gap == stable_gap  # too few users' jobs to stand watch
     pending = QueueView(**{**stable.__dict__, "robot_state": "pending"})
     assert ON.cadence(pending, NOW).extra_jobs == 2  # in doubt: probes, as ever
+
+
+def test_a_shared_cause_is_seen_from_its_first_failures_elsewhere_but_not_from_single_ones():
+    views = grid({"ANALY_0": 20, **{f"ANALY_{i}": 2 for i in (1, 2, 3)}})  # two failures each: it starts elsewhere too
+    assert decide(ON, views, "ANALY_0").action is Action.KEEP
+    views = grid({"ANALY_0": 20, **{f"ANALY_{i}": 1 for i in (1, 2, 3)}})  # one each: the noise of healthy queues
+    assert decide(ON, views, "ANALY_0").action is Action.PEND
