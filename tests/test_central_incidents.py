@@ -49,7 +49,9 @@ def test_the_loop_records_a_wave_the_default_policy_would_not_exclude_for(tmp_pa
     clock = ManualClock(T0)
     grid = ScriptedGrid(clock, QUEUES)
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
-    policy = Policy(BlacklistSettings.model_validate({"mode": "enforce"}), ("AFT",))
+    # every queue tested back to back, so that each step sees the wave (at the production pace, a stable
+    # queue gets one test per stable_gap, 1 h, and the wave's edges would be known to the hour only)
+    policy = Policy(BlacklistSettings.model_validate({"mode": "enforce", "default": {"stable_gap": "0s"}}), ("AFT",))
     robot.evaluators += [ExclusionEngine(policy, grid), CentralIncidents()]
     robot.run_once(clock.now())
     for step in range(16):  # 8 h in steps of 30 min; jobs ending from 2 h to 3.5 h cannot fetch their tarball

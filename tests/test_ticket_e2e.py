@@ -54,7 +54,8 @@ def world(tmp_path_factory):
     clock = ManualClock(T0)
     grid = ScriptedGrid(clock, SAMPLE_QUEUES)
     robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}, {"name": "AFT_B"}))
-    settings = BlacklistSettings.model_validate({"mode": "enforce", "default": {"stall_after": "30d"}})
+    # healthy queues tested back to back (stable_gap 0s), so that the outage's edges are seen to the step
+    settings = BlacklistSettings.model_validate({"mode": "enforce", "default": {"stall_after": "30d", "stable_gap": "0s"}})
     robot.evaluators += [ExclusionEngine(Policy(settings, ("AFT_A", "AFT_B")), grid), CentralIncidents()]
     robot.run_once(clock.now())
     while clock.now() < h(46):
