@@ -64,6 +64,7 @@ class Policy:
             return hammercloud.decide(view, list(self.templates), self.settings.hammercloud, now)
         if users is None:
             return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
+        view = userjobs.without_shared(view, users)
         items, shown = userjobs.evidence(view, users, self.settings.default, now)
         decision = sequential.decide(view, self.settings.default, now, recent_exclusions, grid, items)
         if shown and decision.evidence:

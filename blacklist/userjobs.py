@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterable
 
 from blacklist.model import QueueView, Result
 from blacklist.sequential import USERS, Counted, Weights
 from blacklist.settings import SequentialSettings, UserJobsSettings
-from robot.userjobs import HOUR, StoredHour
+from robot.userjobs import HOUR, StoredHour, hour_of
 
 @dataclass(frozen=True)
 class Baseline:
@@ -75,6 +75,15 @@ class Baseline:
 
     def shared(self, code: int, hour: datetime, site: str) -> bool:
         return len(self.excess_sites.get((code, hour), set()) - {site}) >= self.spread_sites
+
+
+def without_shared(view: QueueView, baseline: Baseline) -> QueueView:
+    """The view without the test jobs' failures whose code the users' jobs show as a shared cause in
+    that hour: with sparse test jobs the users' jobs see a central cause (a data management outage
+    reporting 1099 everywhere) where the test jobs alone cannot; such failures count neither way."""
+    kept = tuple(r for r in view.results if not (r.failed and isinstance(r.error_code, int)
+                                                  and baseline.shared(r.error_code, hour_of(r.end_time), view.site)))
+    return view if len(kept) == len(view.results) else replace(view, results=kept)
 
 
 def watched(view: QueueView, now: datetime, settings: UserJobsSettings) -> bool:

@@ -107,3 +107,13 @@ def test_a_shared_cause_is_seen_from_its_first_failures_elsewhere_but_not_from_s
     assert decide(ON, views, "ANALY_0").action is Action.KEEP
     views = grid({"ANALY_0": 20, **{f"ANALY_{i}": 1 for i in (1, 2, 3)}})  # one each: the noise of healthy queues
     assert decide(ON, views, "ANALY_0").action is Action.PEND
+
+
+def test_a_test_jobs_failure_whose_code_the_users_jobs_show_everywhere_counts_neither_way():
+    failure = Result(7001, "AFT", NOW - timedelta(minutes=5), True, "site", "STAGEINFAILED", 1099)
+    results = {"ANALY_0": (failure,)}
+    alone = grid({}, results=results)
+    assert decide(ON, alone, "ANALY_0").action is Action.PEND  # in doubt: probes
+    outage = grid({f"ANALY_{i}": 15 for i in range(1, 5)}, results=results)  # the users' jobs fail with it elsewhere
+    assert decide(ON, outage, "ANALY_0").action is Action.KEEP
+    assert decide(OFF, outage, "ANALY_0").action is Action.PEND  # without users' jobs: nothing to tell
