@@ -36,6 +36,7 @@ from blacklist.sequential import USERS, Counted, Weights
 from blacklist.settings import SequentialSettings, UserJobsSettings
 from robot.userjobs import HOUR, StoredHour, hour_of
 
+
 @dataclass(frozen=True)
 class Baseline:
     """Per site-class code, its failures and the users' jobs that ended, per queue, over the window;
@@ -57,7 +58,6 @@ class Baseline:
                 ended[view.name] += hour.ended
                 for code, jobs in _site_codes(hour).items():
                     failures[code][view.name] += jobs
-        baseline = cls(settings, spread_sites, dict(failures), ended)
         excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
         for view in views:  # two failures above the floor count here: a shared cause starts somewhere
             for hour in view.user_jobs:
