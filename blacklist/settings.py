@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 
-from robot.yamlconfig import ConfigError, Duration, NonNegativeInt, PositiveInt, Strict, describe_validation_error
+from robot.yamlconfig import (ConfigError, Duration, NonNegativeInt, PositiveInt, Strict, describe_validation_error,
+                              set_at)
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Risk = Annotated[float, Field(gt=0, lt=1)]
@@ -98,16 +99,11 @@ def with_values(settings: BlacklistSettings, changes: dict[str, Any], where: str
     (`default.stable_gap`, `hammercloud.job_gap`); every value is checked as in `robot.yaml`."""
     raw = settings.model_dump()
     for key, value in changes.items():
-        node: Any = raw
         steps = key.split(".")
-        for i, step in enumerate(steps):
-            if not isinstance(node, dict) or step not in node:
-                raise ConfigError(where, [f"blacklist.{key}: the blacklist settings have no "
-                                          f"blacklist.{'.'.join(steps[:i + 1])}"])
-            if i == len(steps) - 1:
-                node[step] = value
-            else:
-                node = node[step]
+        missing = set_at(raw, steps, value)
+        if missing is not None:
+            raise ConfigError(where, [f"blacklist.{key}: the blacklist settings have no "
+                                      f"blacklist.{'.'.join(steps[:missing + 1])}"])
     try:
         return BlacklistSettings.model_validate(raw)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
@@ -163,6 +163,22 @@ def _holds(annotation: Any, kind: type) -> bool:
     if isinstance(annotation, type) and issubclass(annotation, kind):
         return True
     return any(_holds(arg, kind) for arg in getattr(annotation, "__args__", ()))
+
+
+def set_at(raw: Any, steps: Sequence[str | int], value: Any) -> int | None:
+    """Sets `value` at the key path `steps` (dict keys, list indices) inside `raw`, in place. Returns
+    None once set, or, when a step does not exist, how many steps before it did (nothing is set)."""
+    node = raw
+    for i, step in enumerate(steps):
+        found = (isinstance(node, dict) and isinstance(step, str) and step in node) or (
+            isinstance(node, list) and isinstance(step, int) and step < len(node))
+        if not found:
+            return i
+        if i == len(steps) - 1:
+            node[step] = value
+        else:
+            node = node[step]
+    return None
 
 
 def load_yaml_model(path: Path | str, model: type[M], **extra: Any) -> M:

@@ -22,7 +22,7 @@ from robot.backends.base import InputFile, JobReport, JobRequest, UserJobHour
 from robot.catalogue import DatasetInfo
 from robot.clock import Clock
 from robot.yamlconfig import (ConfigError, Duration, PositiveInt, Strict, describe_validation_error,
-                              load_yaml_model)
+                              load_yaml_model, set_at)
 from robot.jobstates import FINAL_STATES, JobStatus, QueueStatus
 from robot.downtimes import Downtime
 from robot.userjobs import HOUR, hour_of
@@ -239,23 +239,15 @@ def with_values(scenario: Scenario, changes: dict[str, Any], where: str) -> Scen
     """The scenario with some values replaced, each named by its key path (`noise.user`, `faults[0].duration`)."""
     raw = scenario.model_dump()
     for key, value in changes.items():
-        node: Any = raw
         steps: list[str | int] = []
         for part in key.split("."):
             match = _KEY_PART.fullmatch(part)
             if not match:
                 raise ConfigError(where, [f"{key}: not a key path like noise.user or faults[0].duration"])
             steps += [match.group(1), *(int(i) for i in re.findall(r"\d+", match.group(2)))]
-        for i, step in enumerate(steps):
-            last = i == len(steps) - 1
-            found = (step in node) if isinstance(node, dict) and isinstance(step, str) else (
-                isinstance(node, list) and isinstance(step, int) and step < len(node))
-            if not found:
-                raise ConfigError(where, [f"{key}: the scenario has no {_path(steps[:i + 1])}"])
-            if last:
-                node[step] = value
-            else:
-                node = node[step]
+        missing = set_at(raw, steps, value)
+        if missing is not None:
+            raise ConfigError(where, [f"{key}: the scenario has no {_path(steps[:missing + 1])}"])
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
