@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import yaml
 
 from robot.yamlconfig import ConfigError, parse_yaml
+
+if TYPE_CHECKING:
+    from robot.backends.base import JobReport
 
 DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "error_codes.yaml"
 CLASSES = ("site", "user", "central", "unknown", "none")
@@ -87,3 +90,13 @@ def classify(table: ErrorTable, *, pilot: tuple[int, str] = (0, ""), exe: tuple[
     if sup:
         return Verdict("sup", sup, f"SUP_{sup}", "unknown", "")
     return Verdict("none", 0, "NOERRORCODE", "unknown", "failed without any error code")
+
+
+def classify_report(table: ErrorTable, report: JobReport) -> Verdict:
+    """`classify` on every error field of a job as the backend reported it."""
+    return classify(table, pilot=(report.pilot_error_code, report.pilot_error_diag),
+                    exe=(report.exe_error_code, report.exe_error_diag),
+                    ddm=(report.ddm_error_code, report.ddm_error_diag),
+                    taskbuffer=(report.task_buffer_error_code, report.task_buffer_error_diag),
+                    jobdispatcher=(report.job_dispatcher_error_code, report.job_dispatcher_error_diag),
+                    sup=report.sup_error_code)

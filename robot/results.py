@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from robot.backends.base import JobReport
-from robot.classify import ErrorTable, classify
+from robot.classify import ErrorTable, classify_report
 from robot.jobstates import JobStatus, Outcome
 
 
@@ -35,14 +35,7 @@ def final_values(report: JobReport, table: ErrorTable) -> dict[str, Any]:
         values.update(outcome=Outcome.COMPLETED.value, error_source=None, error_code=None, error_name=None,
                       error_class=None, error_diag=None)
         return values
-    verdict = classify(
-        table,
-        pilot=(report.pilot_error_code, report.pilot_error_diag), exe=(report.exe_error_code, report.exe_error_diag),
-        ddm=(report.ddm_error_code, report.ddm_error_diag),
-        taskbuffer=(report.task_buffer_error_code, report.task_buffer_error_diag),
-        jobdispatcher=(report.job_dispatcher_error_code, report.job_dispatcher_error_diag),
-        sup=report.sup_error_code,
-    )
+    verdict = classify_report(table, report)
     cancelled = report.job_status is JobStatus.CANCELLED or verdict.klass == "none"
     values.update(outcome=(Outcome.CANCELLED if cancelled else Outcome.FAILED).value,
                   error_source=verdict.source, error_code=verdict.code, error_name=verdict.name,

@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
-from robot.classify import ErrorTable, Verdict, classify
+from robot.classify import ErrorTable, Verdict, classify, classify_report
 from robot.jobstates import JobStatus
 from robot.storage.models import Event
 from robot.storage.models import UserJobHour as UserJobHourRow
@@ -37,14 +37,9 @@ def hour_of(when: datetime) -> datetime:
 
 
 def error_key(report: JobReport) -> tuple[str, int]:
-    """The error a failed job reported first, in the order robot.classify lets them speak."""
-    for source, code in (("pilot", report.pilot_error_code), ("ddm", report.ddm_error_code),
-                         ("taskbuffer", report.task_buffer_error_code),
-                         ("jobdispatcher", report.job_dispatcher_error_code), ("exe", report.exe_error_code),
-                         ("sup", report.sup_error_code)):
-        if code:
-            return source, code
-    return "none", 0
+    """The error that speaks for a failed job (robot.classify's order; the table is applied when stored)."""
+    speaks = classify_report({}, report)
+    return speaks.source, speaks.code
 
 
 def aggregate(reports: Iterable[JobReport], since: datetime, until: datetime) -> list[UserJobHour]:

@@ -16,7 +16,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable, JobReport
-from robot.classify import classify, load_table
+from robot.classify import classify_report, load_table
 from robot.downtimes import describe, windows_by_site
 from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, StorageEndpoint, Ticket, TicketLink,
                                   TicketMention, TicketMessage, queue_endpoint)
@@ -182,12 +182,7 @@ def _fact(report: JobReport, error_table: Any) -> JobFact:
         return JobFact(report.queue, status, "none")
     if status not in ("failed", "cancelled", "closed"):
         return JobFact(report.queue, status)
-    verdict = classify(error_table or {}, pilot=(report.pilot_error_code, report.pilot_error_diag),
-                       exe=(report.exe_error_code, report.exe_error_diag),
-                       ddm=(report.ddm_error_code, report.ddm_error_diag),
-                       taskbuffer=(report.task_buffer_error_code, report.task_buffer_error_diag),
-                       jobdispatcher=(report.job_dispatcher_error_code, report.job_dispatcher_error_diag),
-                       sup=report.sup_error_code)
+    verdict = classify_report(error_table or {}, report)
     return JobFact(report.queue, status, verdict.klass, f"{verdict.source} {verdict.code} {verdict.name}: "
                    f"{verdict.diag}".strip(": "), verdict.code or None)
 
