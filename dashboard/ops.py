@@ -1,7 +1,8 @@
 """Operations endpoints on the dashboard's server: `/health` (JSON) and `/metrics` (Prometheus text).
 
 `/health` answers 200 when the database is reachable with the schema this code expects, the robot's
-loop took a step recently (its heartbeat, `loop.last_step_at`, within 3 loop intervals), and that
+loop took a step recently (its heartbeat, `loop.last_step_at`, within 3 of the intervals that
+stepping robot wrote beside it, `loop.interval_seconds`), and that
 step reached the backend; 503 otherwise, with what is wrong in fixed words (`error`). The text of
 the exception or of the backend's answer behind it (`detail`) is shown only to signed-in operators
 (`show_details`); everyone else gets the same report without it, and the server log has it.
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from robot.clock import Clock, as_utc
 from robot.config import RobotConfig
-from robot.loop import BACKEND_SETTING, LAST_STEP_SETTING
+from robot.loop import BACKEND_SETTING, INTERVAL_SETTING, LAST_STEP_SETTING
 from robot.storage.database import current_revision, head_revision
 from robot.storage.models import Event, Job, Queue, QueueTransition, Setting, Test, Ticket
 
@@ -57,17 +58,18 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
     report["database"] = {"ok": current == head, "revision": current, "expected": head}
     if current != head:
         report["database"]["error"] = f"schema at {current or 'none'}, {head} expected: run `healthrobot db upgrade`"
-    interval = config.loop.interval
-    step = backend = None
+    step = backend = stepping = None
     try:
         with sessions() as session:
             step = _setting(session, LAST_STEP_SETTING)
             backend = _setting(session, BACKEND_SETTING)
+            stepping = _setting(session, INTERVAL_SETTING)
     except Exception as exc:
         log.warning("health: cannot read the robot's settings: %s: %s", type(exc).__name__, exc)
         if report["database"]["ok"]:
             report["database"] = {"ok": False, "error": "database not readable",
                                   "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    interval = _stepping_interval(stepping, config)
     if step is None:
         report["scheduler"] = {"ok": False, "error": "the robot's loop has not taken a step yet",
                                "interval_seconds": interval.total_seconds()}
@@ -88,6 +90,16 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
     ok = all(report[part]["ok"] for part in ("database", "scheduler", "backend"))
     report["ok"] = ok
     return report, ok
+
+
+def _stepping_interval(stepping: Setting | None, config: RobotConfig) -> timedelta:
+    """The interval of the robot that steps, as its last step wrote it (the demo's robot, or one started with
+    another configuration, is not at this process's `loop.interval`); the configured one before any step."""
+    try:
+        seconds = float(stepping.value) if stepping is not None else 0.0
+    except ValueError:
+        seconds = 0.0
+    return timedelta(seconds=seconds) if seconds > 0 else config.loop.interval
 
 
 def without_details(report: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,24 @@ def test_health_follows_the_loop_heartbeat_and_the_backend(setup):
     assert get(url + "/health")[0] == 200
 
 
+def test_health_judges_lateness_by_the_stepping_robot_s_own_interval(tmp_path):
+    """A robot started with another interval than this dashboard's configuration (the demo's, or another
+    robot.yaml) is late after 3 of its own intervals, not of the dashboard's."""
+    clock = ManualClock(T0)
+    grid = ScriptedGrid(clock, QUEUES)
+    robot = make_robot(tmp_path, grid, templates({"name": "hc_test"}), interval="10m")
+    dashboard_config = robot.config.model_copy(
+        update={"loop": robot.config.loop.model_copy(update={"interval": timedelta(seconds=60)})})
+    robot.run_once(clock.now())
+    clock.advance(timedelta(minutes=20))  # 20 dashboard intervals, 2 of the robot's
+    report, ok = ops.health(dashboard_config, robot.sessions, clock.now())
+    assert ok, report
+    assert report["scheduler"]["interval_seconds"] == 600
+    clock.advance(timedelta(minutes=11))  # 31 min: more than 3 of the robot's intervals
+    report, ok = ops.health(dashboard_config, robot.sessions, clock.now())
+    assert not ok and "no step for 1860 s" in report["scheduler"]["error"]
+
+
 def test_health_is_503_on_an_outdated_schema(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # never migrated
     clock = ManualClock(T0)
