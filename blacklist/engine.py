@@ -227,10 +227,11 @@ class ExclusionEngine:
 
 
 def outside_downtimes(results: list[Result], downtimes: list[Downtime]) -> list[Result]:
-    """Results that count: not those that ended inside an announced outage of the queue's site."""
+    """Results that count: not those of jobs that lived at the site (waited, ran or ended) while it was in
+    an announced outage: a job that waited or started inside one and failed after its end is the outage's."""
     if not downtimes:
         return results
-    return [r for r in results if not any(d.covers(r.end_time) for d in downtimes)]
+    return [r for r in results if not any(d.start <= r.end_time and r.began < d.end for d in downtimes)]
 
 
 def waits_after(waiting: list[datetime] | tuple[datetime, ...], downtimes: list[Downtime]) -> tuple[datetime, ...]:
@@ -262,15 +263,16 @@ class ResultCache:
     def read(self, session: Session, now: datetime) -> dict[int, list[Result]]:
         start = now - self.policy.window
         query = (select(Job.id, Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
-                        Job.error_name, Job.error_code, Job.start_time)
+                        Job.error_name, Job.error_code, Job.start_time, Job.creation_time)
                  .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
                  .where(Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,  # outcome: final
                         Template.name.in_(self.policy.templates)))
         if self._seen_until is not None:
             query = query.where(Job.status_changed_at >= self._seen_until - self.lag)
-        for job_id, qid, panda_id, template, end, outcome, klass, name, code, started in session.execute(query):
+        for job_id, qid, panda_id, template, end, outcome, klass, name, code, started, created in (
+                session.execute(query)):
             self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code,
-                                                 started)
+                                                 started, created)
         self._seen_until = now
         if self._pruned_at is None or now - self._pruned_at >= self.policy.window / 12:
             self._pruned_at = now

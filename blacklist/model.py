@@ -35,6 +35,12 @@ class Result:
     error_name: str | None = None
     error_code: int | None = None
     start_time: datetime | None = None
+    created: datetime | None = None  # when PanDA created the job: from then on it waited at the site
+
+    @property
+    def began(self) -> datetime:
+        """When the job's life at the site began: created, else started, else ended."""
+        return self.created or self.start_time or self.end_time
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,15 @@ import responses
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from blacklist.engine import ExclusionEngine
+from blacklist.engine import ExclusionEngine, outside_downtimes
+from blacklist.model import Result
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings
 from robot.backends.base import BackendUnavailable
 from robot.downtimes import Downtime, DowntimeWatch, GOCDBClient, parse_gocdb, store, windows_by_site
-from robot.jobstates import QueueStatus
+from robot.jobstates import JobStatus, QueueStatus
 from robot.storage.models import Downtime as DowntimeRow
-from robot.storage.models import Event, Queue, QueueTransition
+from robot.storage.models import Event, Job, Queue, QueueTransition
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
 GOCDB = "https://goc.example.org"
@@ -171,13 +172,13 @@ class ListedDowntimes:
         return list(self.listed)
 
 
-def robot_with_downtimes(tmp_path, clock):
+def robot_with_downtimes(tmp_path, clock, names=("AFT_A",)):
     grid = ScriptedGrid(clock, QUEUES)
-    robot = make_robot(tmp_path, grid, templates({"name": "AFT_A"}))
+    robot = make_robot(tmp_path, grid, templates(*({"name": name} for name in names)))
     source = ListedDowntimes()
     settings = BlacklistSettings.model_validate({"mode": "enforce", "default": {"stall_after": "30d"}})
     robot.evaluators[:0] = [DowntimeWatch(source, timedelta(0))]
-    robot.evaluators.append(ExclusionEngine(Policy(settings, ("AFT_A",)), grid))
+    robot.evaluators.append(ExclusionEngine(Policy(settings, tuple(names)), grid))
     return robot, grid, source
 
 
@@ -206,6 +207,54 @@ def test_an_announced_outage_is_neither_excluded_nor_counted_and_the_queue_is_te
         assert (queue.robot_state, queue.job_gap_seconds) == ("online", 0)
         assert queue.extra_jobs >= 1  # ... and it is tested at once
     assert [grid.requests[pid].queue for pid in list(grid.requests)[before:]].count("ANALY_A1") >= 1
+
+
+def test_jobs_that_waited_or_ran_inside_an_announced_outage_do_not_count_when_they_fail_after_it(tmp_path, clock):
+    """The jobs sent to a site in downtime wait or start there and fail once it is over: the outage's, not the
+    site's; the queue is neither suspected nor excluded, and it is still tested at once after the end."""
+    robot, grid, source = robot_with_downtimes(tmp_path, clock, ("AFT_A", "AFT_B"))
+    source.listed = [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=2), "storage upgrade")]
+    robot.run_once(clock.now())
+    inside = []
+    for step in range(11):  # the whole downtime long: half of the jobs start there, the others keep waiting
+        for pid in grid.in_queue("ANALY_A1", (JobStatus.ACTIVATED,)):
+            if pid not in inside:
+                inside.append(pid)
+                if len(inside) % 2:
+                    grid.start(pid)
+        clock.advance(timedelta(minutes=10))
+        robot.run_once(clock.now())
+    assert len(inside) == 2 and {grid.jobs[pid].job_status for pid in inside} == {JobStatus.RUNNING, JobStatus.ACTIVATED}
+    clock.advance(timedelta(minutes=15))  # the downtime is over: they fail now, the stage-in still broken
+    for pid in inside:
+        if grid.jobs[pid].job_status is JobStatus.ACTIVATED:
+            grid.start(pid)
+        wall = (clock.now() - grid.jobs[pid].start_time).total_seconds() or 30.0  # it ends now
+        grid.finish(pid, wall=wall, pilot_error_code=1099, pilot_error_diag="Get error: copy failed")
+    for _ in range(3):
+        robot.run_once(clock.now())
+        clock.advance(timedelta(minutes=5))
+    with robot.sessions() as session:
+        queue = session.scalars(select(Queue).where(Queue.name == "ANALY_A1")).one()
+        ended = session.scalars(select(Job).where(Job.panda_id.in_(inside))).all()
+        assert {job.outcome for job in ended} == {"failed"} and all(job.end_time > T0 + timedelta(hours=2)
+                                                                     for job in ended)
+        assert session.scalars(select(QueueTransition).where(QueueTransition.queue_id == queue.id)).all() == []
+        assert (queue.robot_state, queue.job_gap_seconds) == ("online", 0)  # still to be tested at once
+    assert grid.statuses.get("ANALY_A1", QueueStatus.ONLINE) is QueueStatus.ONLINE
+
+
+def test_a_result_counts_unless_its_job_lived_at_the_site_during_an_announced_outage():
+    down = [Downtime("1", "S", T0, T0 + timedelta(hours=2))]
+
+    def result(created, started, ended):
+        return Result(1, "AFT_A", T0 + ended, True, "site", "STAGEINFAILED", 1099, T0 + started, T0 + created)
+
+    h = timedelta(hours=1)
+    before, inside, waited, ran, spanned, after = (result(-2 * h, -1.5 * h, -h), result(h, h, 1.5 * h),
+                                                   result(h, 2.5 * h, 3 * h), result(h, 1.5 * h, 3 * h),
+                                                   result(-h, -h, 3 * h), result(2 * h, 2.2 * h, 3 * h))
+    assert outside_downtimes([before, inside, waited, ran, spanned, after], down) == [before, after]
 
 
 def test_the_same_outage_unannounced_is_excluded_as_before(tmp_path, clock):
