@@ -87,3 +87,23 @@ def test_policy_simulate_adds_the_users_row_for_scenarios_with_users_traffic_and
                                       "--policy", "default+users"]).output
     assert "default+users" in table and "Each row: the same scenario, seeds and test-job luck" in table
     assert "  default: our policy on the test jobs, behind our safety layer" in table
+
+
+def test_policy_sweep_gives_the_rows_policy_simulate_gives_with_the_users_row(tmp_path):
+    from click.testing import CliRunner
+
+    from robot.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\nduration: 1h\nqueues: {count: 4}\nusers: {jobs_per_hour: 20}\n")
+    result = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "noise.user=0%,1%", "--workers", "1",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert list(out["report"]) == ["tiny: noise.user=0", "tiny: noise.user=0.01"]
+    for rows in out["report"].values():
+        assert list(rows) == ["hammercloud", "hammercloud+safety", "default", "default+users"]
+    assert out["given"]["default+users"].endswith("20 users' jobs per queue-hour")
+    table = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "users.jobs_per_hour=0,20",
+                                      "--workers", "1", "--policy", "default"]).output
+    assert table.count("default+users") == 0 and "  default: our policy on the test jobs" in table

@@ -188,28 +188,34 @@ def policy_sweep(scenario: str, sets: tuple[str, ...], policies: tuple[str, ...]
                  as_json: bool) -> None:
     """Rerun SCENARIO over values of its parameters and print one comparison per value."""
     axes = [_parse_set(text) for text in sets]
-    policies = _check_policies(policies)
+    _check_policies(policies)
     try:
         base = load_scenario(scenario)
-        variants: dict[str, Scenario | Variant] = {}
+        variants: dict[str, Variant] = {}
         for values in itertools.product(*(vs for _, vs in axes)):
             changes = {key: value for (key, _), value in zip(axes, values)}
             label = ", ".join(f"{key}={_shown(value)}" for key, value in changes.items())
             policy_changes = {key.removeprefix("blacklist."): value for key, value in changes.items()
                               if key.startswith("blacklist.")}
-            for policy in policies:  # every value checked before anything runs
-                with_settings(policy_settings(policy)[1], policy_changes, "--set")
             variants[label] = (with_values(base, {k: v for k, v in changes.items() if not k.startswith("blacklist.")},
                                            f"{scenario} with --set"), policy_changes)
+        # the rows policy simulate gives: default+users too when a value has users' traffic
+        scenarios = {label: variant for label, (variant, _) in variants.items()}
+        policies = _check_policies(policies, scenarios)
+        for _, policy_changes in variants.values():  # every value checked before anything runs
+            for policy in policies:
+                with_settings(policy_settings(policy)[1], policy_changes, "--set")
     except ConfigError as exc:
         raise click.ClickException(f"invalid {exc}") from exc
     report = {f"{base.name}: {label}": rows for label, rows in
-              _report(list(variants), _run_all(variants, policies, seeds, workers)).items()
+              _report(list(variants), _run_all(dict(variants), policies, seeds, workers)).items()
               if label != "all scenarios"}
     if as_json:
-        click.echo(json.dumps({"scenario": base.name, "seeds": seeds, "report": report}, indent=2))
+        click.echo(json.dumps({"scenario": base.name, "seeds": seeds, "given": _given(policies, scenarios),
+                               "report": report}, indent=2))
         return
     _print_tables(report, seeds)
+    _print_given(policies, scenarios)
 
 
 def _shown(value: object) -> str:
