@@ -52,15 +52,26 @@ def test_each_hour_is_one_request_for_users_final_jobs_summed_per_queue_without_
     responses.get(f"{MONITOR}/jobs/", json={"jobs": HOUR_12, "selectionsummary": []})
     responses.get(f"{MONITOR}/jobs/", json={"jobs": []})
     hours = MonitorUserJobs(MONITOR, sleep=lambda s: None).user_job_stats(T0, T0 + timedelta(hours=1, minutes=30))
+    fields = ("pandaid,computingsite,jobstatus,processingtype,endtime,piloterrorcode,exeerrorcode,ddmerrorcode,"
+              "taskbuffererrorcode,jobdispatchererrorcode,superrorcode")
     assert [asked(c) for c in responses.calls] == [
-        {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed", "date_from": "2026-11-01T12:00",
-         "date_to": "2026-11-01T13:00", "limit": "100000"},
-        {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed", "date_from": "2026-11-01T13:00",
-         "date_to": "2026-11-01T13:30", "limit": "100000"}]
+        {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed",
+         "endtimerange": "2026-11-01T12:00|2026-11-01T13:00", "date_from": "2026-11-01T12:00",
+         "date_to": "2026-11-01T13:00", "limit": "100000", "fields": fields, "outputs": "jobs"},
+        {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed",
+         "endtimerange": "2026-11-01T13:00|2026-11-01T13:30", "date_from": "2026-11-01T13:00",
+         "date_to": "2026-11-01T13:30", "limit": "100000", "fields": fields, "outputs": "jobs"}]
     assert responses.calls[0].request.headers["Accept"] == "application/json"
     assert [(h.queue, h.hour, h.ended, h.failed, h.errors) for h in hours] == [
         ("ANALY_A", T0, 3, 2, {("pilot", 1099): 1, ("exe", 65): 1}), ("ANALY_B", T0, 1, 0, {})]
     assert "Some User" not in repr(hours)
+
+
+@responses.activate
+def test_an_older_monitor_answering_the_bare_list_of_jobs_is_read_too():
+    responses.get(f"{MONITOR}/jobs/", json=HOUR_12)
+    hours = MonitorUserJobs(MONITOR, sleep=lambda s: None).user_job_stats(T0, T0 + timedelta(hours=1))
+    assert [(h.queue, h.ended, h.failed) for h in hours] == [("ANALY_A", 3, 2), ("ANALY_B", 1, 0)]
 
 
 class Sleeps(list):

@@ -2,14 +2,22 @@
 
 panda-client has no call that lists other people's jobs, and the server's REST statistics
 (`/api/v1/statistics/job_stats_by_site_and_resource_type`) count jobs per state without their
-error codes. The monitor's job list does both, in bulk: `GET {monitor_url}/jobs/?json` with
-`prodsourcelabel=user`, `jobstatus=finished|failed`, `date_from` / `date_to`
-(`%Y-%m-%dT%H:%M`, UTC) and `limit`, answering `{"jobs": [...]}` with the job table's columns in
-lower case (the records `healthrobot history import` reads: `computingsite`, `jobstatus`,
-`endtime`, the error codes, `processingtype`). Each hour is asked for in one request; the records
-are summed at once (robot.userjobs.aggregate) and nothing of them is kept: no user name, no job ID.
+error codes. The monitor's job list does both, in bulk: `GET {monitor_url}/jobs/?json` with, as
+its job list view reads them (panda-bigmon-core, core/views.py `setupView` and `jobList`):
+- `prodsourcelabel=user` (an exact match) and `jobstatus=finished|failed` (`|` separates values);
+- `endtimerange=FROM|TO` (`%Y-%m-%dT%H:%M`, UTC): the jobs whose END TIME is in the hour, the time
+  they are counted by. `date_from` / `date_to` select on the modification time instead, which a
+  job's later bookkeeping moves past its end (such a job would be missed by its own hour); they
+  are sent as well, for a monitor that predates `endtimerange`;
+- `limit` (records per job table asked; the monitor's default is 20000), `fields` (comma-separated
+  columns to keep: the few counted here) and `outputs=jobs` (no selection or error summary).
+The answer is `{"selectionsummary": [...], "jobs": [...], "errsByCount": [...]}` with the job
+table's columns in lower case (the records `healthrobot history import` reads); older monitors
+answered the bare list of jobs, which is read too. Each hour is asked for in one request; the
+records are summed at once (robot.userjobs.aggregate) and nothing of them is kept: no user name,
+no job ID.
 
-Test jobs (`processingtype` gangarobot: the robot's own and HammerCloud's) are not users' jobs and
+Test jobs (`processingtype` gangarobot: the robot's own and HammerCloud's) are not users' work and
 are left out. Failures are retried with bounds (timeouts, connection errors, 5xx, malformed
 answers), then `BackendUnavailable`: nothing is known, no queue failed.
 """
@@ -33,6 +41,10 @@ log = logging.getLogger(__name__)
 
 TEST_JOBS = {"gangarobot"}  # processingtype of test jobs: not users' work
 LIMIT = 100_000  # records per hour asked for; more means the hour is counted in part (logged)
+# The columns counted (robot.history.parse_record reads them; the error diagnostics are not needed to
+# know which error speaks for a job, robot.userjobs.error_key).
+FIELDS = ("pandaid", "computingsite", "jobstatus", "processingtype", "endtime", "piloterrorcode", "exeerrorcode",
+          "ddmerrorcode", "taskbuffererrorcode", "jobdispatchererrorcode", "superrorcode")
 
 
 class MonitorUserJobs:
@@ -64,8 +76,10 @@ class MonitorUserJobs:
         return hours
 
     def _records(self, start: datetime, end: datetime) -> list[JobReport]:
+        since, until = f"{start:%Y-%m-%dT%H:%M}", f"{end:%Y-%m-%dT%H:%M}"
         params = {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed",
-                  "date_from": f"{start:%Y-%m-%dT%H:%M}", "date_to": f"{end:%Y-%m-%dT%H:%M}", "limit": self.limit}
+                  "endtimerange": f"{since}|{until}", "date_from": since, "date_to": until, "limit": self.limit,
+                  "fields": ",".join(FIELDS), "outputs": "jobs"}
         headers = {"Accept": "application/json"}
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token()}"
@@ -80,9 +94,9 @@ class MonitorUserJobs:
             data: Any = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON ({exc.msg})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        records = data.get("jobs") if isinstance(data, dict) else data  # a bare list: an older monitor
+        if not isinstance(records, list):
             raise ValueError('expected {"jobs": [...]}')
-        records = data["jobs"]
         if len(records) >= self.limit:
             log.warning("PanDA monitor: %d records or more for the hour of %s: it is counted in part", self.limit,
                         start.isoformat())
