@@ -4,16 +4,24 @@ The backend does no work (it accepts every job at once and answers status from r
 once), so the figure is the robot's own cost: planning, bookkeeping in SQLite, batched polling,
 the rollup and the exclusion engine (dry-run). Steady steps are measured twice: with every job
 still running, and with a share of the jobs finishing each step (their results stored and their
-successors submitted), as in production. CPU time of this process (SQLite runs in it), median of
-the steps, so that other work on a busy machine does not count.
+successors submitted), as in production. The default policy waits `stable_gap` after a job ends
+before it sends the next to a stable queue, so in production a step sends the successors of the
+jobs that ended a gap ago, about as many as it sees end: here a job is reported to have ended one
+gap ago, so that its successor goes out in the same step and the jobs in flight stay constant.
+CPU time of this process (SQLite runs in it), median of the steps, so that other work on a busy
+machine does not count. `--profile N` prints the N costliest functions of the finishing steps
+(cProfile, CPU time).
 
-    python bench/loop.py [--queues 1000] [--templates 3] [--steps 5] [--finishing 0.1]
+    python bench/loop.py [--queues 1000] [--templates 3] [--steps 5] [--finishing 0.1] [--profile 30]
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
 import itertools
+import io
 import os
+import pstats
 import statistics
 import tempfile
 import time
@@ -39,9 +47,11 @@ class NullGrid:
 
     name = "null"
 
-    def __init__(self, queues: int):
+    def __init__(self, queues: int, ended_ago: timedelta):
         self._ids = itertools.count(1)
         self.finishing = 0.0  # share of the polled jobs reported finished
+        self.now = datetime(2026, 11, 1, tzinfo=timezone.utc)  # the step's time: finished jobs ended `ended_ago` before it
+        self.ended_ago = ended_ago
         self._running: dict[int, JobReport] = {}  # built once: a real backend's parsing is not the robot's cost
         sites = [SiteInfo(f"SITE-{i}", f"CLOUD{i % 10}") for i in range(queues // 4 + 1)]
         self._topology = Topology(
@@ -76,9 +86,8 @@ class NullGrid:
     def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
         return {name: None for name in job_names}
 
-    @staticmethod
-    def _finished(pid: int) -> JobReport:
-        start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    def _finished(self, pid: int) -> JobReport:
+        start = self.now - self.ended_ago - timedelta(seconds=300)
         return JobReport(panda_id=pid, job_status=JobStatus.FINISHED, creation_time=start, start_time=start,
                          end_time=start + timedelta(seconds=300), trans_exit_code=0, n_events=20000,
                          cpu_consumption_time=250.0,
@@ -101,6 +110,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--finishing", type=float, default=0.1, help="share of jobs ending per step")
     parser.add_argument("--without-exclusion", action="store_true", help="leave the exclusion engine out")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N costliest functions (cumulative CPU time) of the finishing steps")
     args = parser.parse_args()
     templates = [{"name": f"AFT_{i}", "category": "functional", "payload": "zmumu",
                   "input_dataset": "mc23.*", "events_per_job": 20000} for i in range(args.templates)]
@@ -108,8 +119,9 @@ def main() -> None:
         config = RobotConfig.model_validate({"data_dir": folder, "templates": templates})
         engine = make_engine(f"sqlite:///{Path(folder) / 'bench.db'}")
         upgrade(engine)
-        grid = NullGrid(args.queues)
-        policy = Policy(BlacklistSettings(mode="dry-run"), tuple(t["name"] for t in templates))
+        settings = BlacklistSettings(mode="dry-run")
+        grid = NullGrid(args.queues, ended_ago=settings.default.stable_gap + timedelta(minutes=1))
+        policy = Policy(settings, tuple(t["name"] for t in templates))
         engines = [] if args.without_exclusion else [ExclusionEngine(policy, grid)]
         robot = Robot(config, make_sessionmaker(engine), grid, grid, grid, load_table(), evaluators=engines)
         now = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -119,10 +131,16 @@ def main() -> None:
         steps += [(f"steady, all running {i + 1}", 0.0) for i in range(args.steps)]
         steps += [(f"steady, {args.finishing:.0%} finishing {i + 1}", args.finishing) for i in range(args.steps)]
         finishing_cpu = []
+        profile = cProfile.Profile(time.process_time)
         for label, finishing in steps:
-            grid.finishing = finishing
+            grid.finishing, grid.now = finishing, now
+            profiled = bool(args.profile and finishing)
             cpu, wall = time.process_time(), time.perf_counter()
+            if profiled:
+                profile.enable()
             summary = robot.run_once(now)
+            if profiled:
+                profile.disable()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             if finishing and label.startswith("steady"):
                 finishing_cpu.append(cpu)
@@ -130,6 +148,10 @@ def main() -> None:
                   f"finished {summary.finished:4d}  submitted {summary.submitted:5d}")
             now += timedelta(minutes=1)
         engine.dispose()
+    if args.profile:
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(args.profile)
+        print(out.getvalue())
     target = 0.1 * max(1.0, args.queues * args.templates / 3000)
     median = statistics.median(finishing_cpu) if finishing_cpu else 0.0
     print(f"steady step with {args.finishing:.0%} finishing: median {median:.3f} s CPU "
