@@ -6,12 +6,12 @@ Nothing here reads the wall clock: `now` is always given.
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,6 +44,9 @@ LAST_STEP_SETTING = "loop.last_step_at"  # heartbeat: the time of the last step 
 BACKEND_SETTING = "loop.backend"  # "ok", or why the last step could not reach the backend
 INTERVAL_SETTING = "loop.interval_seconds"  # the stepping robot's own interval (the demo's is not the config's)
 SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts slots and records jobs
+JOB = Job.__table__  # Core statements on the hot paths: no ORM entities to build or to track
+# An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
+UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 
 
 @dataclass
@@ -169,8 +172,8 @@ class Robot:
         one it holds is attached to its row and followed from now on; one it certainly does not hold
         is marked lost (never counted). While it cannot tell, the rows stay recorded and keep their
         slots, so nothing is sent twice."""
-        rows = session.execute(select(Job.id, Job.job_name, Job.recorded_at, Job.worker_id)
-                               .where(Job.phase == "recorded", *self._mine(Job.queue_id))).all()
+        rows = session.execute(select(JOB.c.id, JOB.c.job_name, JOB.c.recorded_at, JOB.c.worker_id)
+                               .where(JOB.c.phase == "recorded", *self._mine(JOB.c.queue_id))).all()
         live = self.workers.live_now(session, now, (row.worker_id for row in rows)) if self.workers else set()
         rows = [row for row in rows if self._shard.may_reconcile(row.worker_id, live)]  # not a live one's
         if not rows:
@@ -220,8 +223,8 @@ class Robot:
 
     # -- 4. polling ------------------------------------------------------------------------------
     def _poll(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        active = session.execute(select(Job.id, Job.panda_id, Job.job_status)
-                                 .where(Job.phase == "active", *self._mine(Job.queue_id))).all()
+        active = session.execute(select(JOB.c.id, JOB.c.panda_id, JOB.c.job_status)
+                                 .where(JOB.c.phase == "active", *self._mine(JOB.c.queue_id))).all()
         batch_size = self.config.loop.poll_batch_size
         for start in range(0, len(active), batch_size):
             batch = active[start : start + batch_size]
@@ -375,6 +378,7 @@ class Robot:
                     if (slot.test_id, slot.queue_id) in planned and (n := jobs_to_submit(slot, now)) > 0]
         rows: list[dict[str, Any]] = []
         requests: list[JobRequest] = []
+        suffixes = _random_suffixes(sum(count for _, count in plan))
         for slot, count in plan:
             queue_name, endpoints = context.queues[slot.queue_id]
             template = context.templates[slot.test_id]
@@ -385,7 +389,7 @@ class Robot:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
                 continue
             for k in range(count):
-                name = f"hc.{slot.test_id}.{queue_name}.{uuid.uuid4().hex[:12]}"
+                name = f"hc.{slot.test_id}.{queue_name}.{next(suffixes)}"
                 dataset, files = choose_input(datasets, zlib.crc32(name.encode()), template["events_per_job"])
                 rows.append({"test_id": slot.test_id, "queue_id": slot.queue_id, "job_name": name,
                              "worker_id": self._shard.me,
@@ -406,9 +410,7 @@ class Robot:
         if not rows:
             return
         # Recorded before sent: a crash from here on leaves rows the next step looks up at the backend.
-        ids = dict(session.execute(
-            insert(Job).returning(Job.job_name, Job.id), rows
-        ).all())
+        ids = dict(session.execute(insert(JOB).returning(JOB.c.job_name, JOB.c.id), rows).all())
         session.commit()
         batch_size = self.config.loop.submit_batch_size
         for start in range(0, len(requests), batch_size):
@@ -423,12 +425,9 @@ class Robot:
                             f"submission failed: {exc}; {len(requests) - start} job(s) unconfirmed, looked up at"
                             " the next step, nothing counted")
                 return
-            session.execute(
-                update(Job),
-                [{"id": job_id, "panda_id": pid, "phase": "active", "job_status": JobStatus.DEFINED.value,
-                  "submitted_at": now, "status_changed_at": now}
-                 for job_id, pid in zip((ids[r.job_name] for r in batch), panda_ids)],
-            )
+            _update_jobs(session, [{"id": job_id, "panda_id": pid, "phase": "active",
+                                    "job_status": JobStatus.DEFINED.value, "submitted_at": now, "status_changed_at": now}
+                                   for job_id, pid in zip((ids[r.job_name] for r in batch), panda_ids)])
             session.commit()
             summary.submitted += len(batch)
 
@@ -539,14 +538,19 @@ class Robot:
 
 def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
     """Bulk update by primary key (one executemany per set of columns touched)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
     for change in changes:
-        groups[tuple(sorted(change.keys() - {"id"}))].append(change)
-    table = Job.__table__
-    for columns, group in groups.items():
-        statement = (update(table).where(table.c.id == bindparam("_id"))
-                     .values({c: bindparam(f"_{c}") for c in columns}))
-        session.execute(statement, [{f"_{k}": v for k, v in change.items()} for change in group])
+        row = dict(change)
+        row["_id"] = row.pop("id")
+        groups[frozenset(row)].append(row)
+    for group in groups.values():
+        session.execute(UPDATE_JOB_BY_ID, group)
+
+
+def _random_suffixes(count: int) -> Iterator[str]:
+    """`count` random 12-digit hex suffixes for job names, from one read of the system's random source."""
+    pool = os.urandom(6 * count).hex()
+    return (pool[i : i + 12] for i in range(0, 12 * count, 12))
 
 
 def _heartbeat(session: Session, now: datetime, summary: StepSummary, interval: timedelta) -> None:
