@@ -110,9 +110,10 @@ class GOCDBConfig(Strict):
 
 
 class DowntimesConfig(Strict):
-    # embedded: the embedded grid's own (`healthrobot grid downtime add`); gocdb: GOCDB; none: not read.
-    # Unset: embedded with the embedded topology, none otherwise.
-    source: Literal["embedded", "gocdb", "none"] | None = None
+    # embedded: the embedded grid's own (`healthrobot grid downtime add`); gocdb: GOCDB; cric: CRIC's downtime
+    # view (topology.cric's address and credentials); none: not read.
+    # Unset: the topology's own (embedded, or cric).
+    source: Literal["embedded", "gocdb", "cric", "none"] | None = None
     gocdb: GOCDBConfig = GOCDBConfig()
     refresh: Duration = timedelta(minutes=10)  # how often the source is read again
 
@@ -289,6 +290,9 @@ class RobotConfig(Strict):
         if self.downtimes.source == "embedded" and self.topology.source != "embedded":
             raise ValueError("downtimes.source embedded needs topology.source embedded: the embedded grid announces "
                              "downtimes of its own sites only (use gocdb or none)")
+        if self.downtimes.source == "cric" and self.topology.source != "cric":
+            raise ValueError("downtimes.source cric needs topology.source cric: CRIC is read with topology.cric's "
+                             "address and credentials (use gocdb or none)")
         if self.backend.kind == "embedded" and self.topology.source == "cric":
             raise ValueError("topology.source cric needs backend.kind panda: the embedded grid has only its own queues")
         if self.topology.source == "cric" and self.datasets.source == "embedded":
@@ -305,7 +309,7 @@ class RobotConfig(Strict):
         """Where announced downtimes are read: the configured source, else the topology's own."""
         if self.downtimes.source is not None:
             return self.downtimes.source
-        return "embedded" if self.topology.source == "embedded" else "none"
+        return self.topology.source
 
     @property
     def data_path(self) -> Path:

@@ -2,6 +2,8 @@
 
 Sources, each behind `DowntimeSource`:
 - GOCDB's public programmatic interface (`?method=get_downtime`, XML): `GOCDBClient`;
+- CRIC's downtime view (`/api/core/downtime/query/?json`, where the topology comes from CRIC):
+  `robot.backends.cric.CRICClient.downtimes`, its answer read by `parse_cric`;
 - the embedded grid's own (`healthrobot grid downtime add SITE ...`), kept in its state file.
 
 `DowntimeWatch` is a loop step: it reads the source every `refresh`, stores what it read as
@@ -21,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -91,6 +93,63 @@ def parse_gocdb(text: str) -> list[Downtime]:
             key=key, site=site, start=start, end=end, description=(element.findtext("DESCRIPTION") or "").strip(),
             classification=(element.get("CLASSIFICATION") or "SCHEDULED").lower())
     return list(found.values())
+
+
+# -- CRIC ------------------------------------------------------------------------------------------
+def parse_cric(data: Any, now: datetime) -> list[Downtime]:
+    """CRIC's downtime view (`/api/core/downtime/query/?json`): the outages overlapping [now - LOOK_BACK,
+    now + LOOK_AHEAD].
+
+    CRIC keeps the downtimes of each resource centre (the GOCDB / OSG site, the queues' `rc_site`),
+    as GOCDB or OSG announced them: objects with `id`, `start_time` and `end_time` (ISO 8601, UTC
+    without a zone, e.g. "2026-09-14T23:21:00"), `severity` (OUTAGE, or WARNING: at risk, the site is
+    expected to work), `classification` (SCHEDULED, UNSCHEDULED), `description`, `affected_services`
+    and `info_url`. The answer is one JSON object keyed by site whose values are the site's list of
+    downtimes, or an object of them keyed by id; a list of downtimes each naming its `rc_site` is read
+    too. The shapes are those that public CRIC clients read (no reference documentation of this view
+    was found): every one is accepted, none is guessed further.
+
+    Raises ValueError when `data` is not such an answer (a downtime without a site or readable times).
+    """
+    if isinstance(data, dict):
+        entries = [(str(site), item) for site, items in data.items()
+                   for item in (items.values() if isinstance(items, dict) and not _downtime_like(items)
+                                else items if isinstance(items, list) else [items])]
+    elif isinstance(data, list):
+        entries = [("", item) for item in data]
+    else:
+        raise ValueError(f"expected a JSON object of downtimes per site, got {type(data).__name__}")
+    since, until = now - LOOK_BACK, now + LOOK_AHEAD
+    found: dict[tuple[str, str], Downtime] = {}
+    for site, item in entries:
+        if not isinstance(item, dict):
+            raise ValueError(f"a downtime of {site or '?'} is {type(item).__name__}, not an object")
+        site = str(item.get("rc_site") or item.get("rcsite") or site).strip()
+        if not site:
+            raise ValueError("a downtime without its site (rc_site)")
+        start, end = _cric_time(item, "start_time", site), _cric_time(item, "end_time", site)
+        if str(item.get("severity") or "").strip().upper() != "OUTAGE" or end <= start:
+            continue
+        if end <= since or start > until:
+            continue
+        key = str(item.get("id") or f"{start:%Y%m%d%H%M}")
+        found[(key, site)] = Downtime(
+            key=key, site=site, start=start, end=end, description=str(item.get("description") or "").strip(),
+            classification=str(item.get("classification") or "SCHEDULED").strip().lower())
+    return list(found.values())
+
+
+def _downtime_like(value: dict[str, Any]) -> bool:
+    return "start_time" in value and "end_time" in value
+
+
+def _cric_time(item: dict[str, Any], field: str, site: str) -> datetime:
+    text = item.get(field)
+    try:
+        when = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"a downtime of {site} has {field} {str(text)[:40]!r}, not an ISO 8601 time") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _gocdb_time(element: ElementTree.Element, epoch_tag: str, formatted_tag: str) -> datetime:

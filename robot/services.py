@@ -131,14 +131,18 @@ def panda_backend(config: RobotConfig, statuses: QueueStatusStore | None) -> Bac
                         statuses_from_server=config.topology.source != "cric")
 
 
-def downtime_watch(config: RobotConfig, state: GridState | None) -> DowntimeWatch | None:
+def downtime_watch(config: RobotConfig, state: GridState | None, cric: CRICClient | None = None) -> DowntimeWatch | None:
     """The loop step that reads announced downtimes from the configured source (none: no step).
 
-    `state`: the embedded grid's state, when this process has it open already.
+    `state`: the embedded grid's state, when this process has it open already; `cric`: the topology's
+    CRIC client, when it has one.
     """
     source = config.downtime_source
     if source == "none":
         return None
+    if source == "cric":
+        assert config.topology.cric is not None  # checked by the configuration model
+        return DowntimeWatch(cric or cric_client(config.topology.cric, config.resolve), config.downtimes.refresh)
     if source == "gocdb":
         settings = config.downtimes.gocdb
         client = GOCDBClient(settings.url, timeout=settings.timeout.total_seconds(), retries=settings.retries,
@@ -171,7 +175,8 @@ def build(config: RobotConfig, clock: Clock, grid: EmbeddedGrid | None = None) -
         backend = grid
     table = load_table(config.resolve(config.classification.table) if config.classification.table else None)
     watch = downtime_watch(config, grid.state if grid is not None else
-                           parts.statuses.state if isinstance(parts.statuses, GridQueueStatus) else None)
+                           parts.statuses.state if isinstance(parts.statuses, GridQueueStatus) else None,
+                           parts.topology if isinstance(parts.topology, CRICClient) else None)
     users = user_job_watch(config, backend, table)
     robot = Robot(config, sessions, backend=backend, catalogue=parts.catalogue, topology=parts.topology,
                   error_table=table,

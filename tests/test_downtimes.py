@@ -15,7 +15,7 @@ from blacklist.model import Result
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings
 from robot.backends.base import BackendUnavailable
-from robot.downtimes import Downtime, DowntimeWatch, GOCDBClient, parse_gocdb, store, windows_by_site
+from robot.downtimes import Downtime, DowntimeWatch, GOCDBClient, parse_cric, parse_gocdb, store, windows_by_site
 from robot.jobstates import JobStatus, QueueStatus
 from robot.storage.models import Downtime as DowntimeRow
 from robot.storage.models import Event, Job, Queue, QueueTransition
@@ -106,6 +106,102 @@ def test_a_misbehaving_gocdb_is_unavailable_after_its_retries(reply):
     with pytest.raises(BackendUnavailable, match="GOCDB get_downtime"):
         GOCDBClient(GOCDB, retries=2, sleep=sleeps.append).downtimes(T0)
     assert len(responses.calls) == 3 and len(sleeps) == 2
+
+
+# -- CRIC's downtime view -------------------------------------------------------------------------------
+CRIC = "https://cric.example.org"
+CRIC_DOWNTIMES = f"{CRIC}/api/core/downtime/query/"
+
+
+def cric_downtime(ident: int, site: str, start: datetime, end: datetime, *, severity: str = "OUTAGE",
+                  classification: str = "SCHEDULED", description: str = "dCache upgrade") -> dict:
+    """One downtime as CRIC's view lists it (naive UTC times, the announcing site's fields)."""
+    return {"id": ident, "rc_site": site, "provider": "GOCDB", "severity": severity, "classification": classification,
+            "description": description, "affected_services": "SRM, webdav, xrootd",
+            "info_url": f"https://goc.example.org/portal/index.php?Page_Type=Downtime&id={ident}",
+            "create_time": f"{start - timedelta(days=2):%Y-%m-%dT%H:%M:%S}",
+            "start_time": f"{start:%Y-%m-%dT%H:%M:%S}", "end_time": f"{end:%Y-%m-%dT%H:%M:%S}"}
+
+
+def test_cric_downtimes_are_read_per_site_whatever_the_grouping_of_its_answer():
+    a1, b1 = cric_downtime(7, "SITE-A1", START, END), cric_downtime(8, "SITE-B1", START, END, severity="WARNING")
+    c1 = cric_downtime(9, "SITE-C1", START, END, classification="UNSCHEDULED", description="power cut")
+    old = cric_downtime(5, "SITE-A1", T0 - timedelta(days=5), T0 - timedelta(days=4))  # long over: not judged
+    expected = [("7", "SITE-A1", START, END, "scheduled"), ("9", "SITE-C1", START, END, "unscheduled")]
+    for answer_ in ({"SITE-A1": [a1, old], "SITE-B1": [b1], "SITE-C1": [c1]},  # a list per site
+                    {"SITE-A1": {"7": a1, "5": old}, "SITE-B1": {"8": b1}, "SITE-C1": {"9": c1}},  # keyed by id
+                    [a1, old, b1, c1]):  # a list, each naming its site
+        read = sorted(parse_cric(answer_, T0), key=lambda d: d.site)
+        assert [(d.key, d.site, d.start, d.end, d.classification) for d in read] == expected
+        assert read[0].description == "dCache upgrade" and read[0].start.tzinfo is not None
+    assert parse_cric({}, T0) == []  # no downtime anywhere
+
+
+@pytest.mark.parametrize("data", ["<html>maintenance</html>", 42, {"SITE-A1": [{"id": 1, "start_time": "soon",
+                                                                             "end_time": "later"}]},
+                                  [{"id": 1, "start_time": "2026-11-01T12:00:00", "end_time": "2026-11-01T14:00:00"}],
+                                  {"SITE-A1": ["an outage"]}])
+def test_a_cric_answer_that_is_not_downtimes_is_refused(data):
+    with pytest.raises(ValueError):
+        parse_cric(data, T0)
+
+
+@responses.activate
+def test_cric_downtimes_are_asked_with_the_topologys_credentials_and_retried_with_bounds():
+    from robot.backends.cric import CRICClient
+    responses.get(CRIC_DOWNTIMES, status=503)
+    responses.get(CRIC_DOWNTIMES, body="<html>proxy error</html>")
+    responses.get(CRIC_DOWNTIMES, json={"SITE-A1": [cric_downtime(7, "SITE-A1", START, END)]})
+    sleeps: list[float] = []
+    client = CRICClient(CRIC, token="t0ken", retries=2, sleep=sleeps.append)
+    (read,) = client.downtimes(T0)
+    assert (read.site, read.start, read.end) == ("SITE-A1", START, END) and sleeps == [1.0, 2.0]
+    request = responses.calls[-1].request
+    assert request.url == f"{CRIC_DOWNTIMES}?json" and request.headers["Authorization"] == "Bearer t0ken"
+    responses.reset()
+    responses.get(CRIC_DOWNTIMES, body=requests.ConnectionError("refused"))
+    with pytest.raises(BackendUnavailable, match="CRIC GET /api/core/downtime/query/: connection error after 3"):
+        client.downtimes(T0)
+
+
+@responses.activate
+def test_cric_downtimes_feed_the_same_table_and_a_misbehaving_cric_never_stops_the_step(tmp_path, clock):
+    from robot.backends.cric import CRICClient
+    responses.get(CRIC_DOWNTIMES, json={"SITE-A1": [cric_downtime(7, "SITE-A1", T0, T0 + timedelta(hours=2))]})
+    robot, grid, _ = robot_with_downtimes(tmp_path, clock)
+    robot.evaluators[0] = DowntimeWatch(CRICClient(CRIC, retries=1, sleep=lambda s: None), timedelta(minutes=10))
+    robot.run_once(clock.now())
+    outage(robot, grid, clock, "ANALY_A1", steps=6)  # CRIC breaks meanwhile: the stored downtime holds
+    responses.replace(responses.GET, CRIC_DOWNTIMES, status=500)
+    outage(robot, grid, clock, "ANALY_A1", steps=5)
+    assert grid.statuses.get("ANALY_A1", QueueStatus.ONLINE) is QueueStatus.ONLINE
+    with robot.sessions() as session:
+        (row,) = session.scalars(select(DowntimeRow)).all()
+        assert (row.source, row.site, row.start, row.end) == ("cric", "SITE-A1", T0, T0 + timedelta(hours=2))
+        assert session.scalars(select(QueueTransition).where(QueueTransition.queue.has(name="ANALY_A1"))).all() == []
+        events = session.scalars(select(Event.message).where(Event.kind == "downtimes_unreachable")).all()
+        assert events and events[0].endswith("CRIC GET /api/core/downtime/query/: HTTP 500 after 2 attempt(s)")
+
+
+def test_cric_downtimes_are_read_where_the_topology_comes_from_cric(tmp_path):
+    from robot.backends.cric import CRICClient
+    from robot.config import RobotConfig
+    from robot.services import downtime_watch
+    from robot.yamlconfig import ConfigError, load_yaml_model
+    cric = {"source": "cric", "cric": {"url": CRIC}}
+    panda = {"kind": "panda", "panda": {"url": "https://pandaserver.example.org/server/panda"}}
+    rucio = {"host": "https://rucio.example", "account": "qhr", "auth_type": "userpass", "username": "qhr",
+             "password_file": "rucio.pass"}
+    config = RobotConfig.model_validate({"data_dir": str(tmp_path), "backend": panda, "topology": cric,
+                                         "datasets": {"source": "rucio", "rucio": rucio}})
+    assert config.downtime_source == "cric"
+    client = CRICClient(CRIC)
+    assert downtime_watch(config, None, client).source is client
+    assert isinstance(downtime_watch(config, None).source, CRICClient)
+    path = tmp_path / "robot.yaml"
+    path.write_text("downtimes:\n  source: cric\n")
+    with pytest.raises(ConfigError, match="downtimes.source cric needs topology.source cric"):
+        load_yaml_model(path, RobotConfig)
 
 
 # -- storing ---------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ Reads (each answers one JSON object keyed by name, every value a dict):
   if present, ``contacts`` (a list) or ``email`` (a comma-separated string). These contact field
   names are not verified against today's CRIC.
 
+* ``/api/core/downtime/query/?json`` -- the sites' announced downtimes (``downtimes``, read every
+  ``downtimes.refresh`` by robot.downtimes.DowntimeWatch; the answer's shapes in
+  robot.downtimes.parse_cric). An empty answer is no downtime.
+
 Write: ``/request/pandaqueuestatus/update/set_probestatus/?json&panda_resource=Q&value=V&reason=R
 &probe=P`` (the AGIS-era request HammerCloud used; not verified against today's CRIC), sent as a
 POST with the parameters in the query string, then the status is read back.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -38,6 +43,7 @@ import requests
 
 from robot.backends.base import BackendUnavailable
 from robot.backoff import request_with_retries
+from robot.downtimes import Downtime, parse_cric
 from robot.jobstates import QueueStatus
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 PANDAQUEUE_PATH = "/api/atlas/pandaqueue/query/"
 DDMENDPOINT_PATH = "/api/atlas/ddmendpoint/query/"
 SITE_PATH = "/api/atlas/site/query/"
+DOWNTIME_PATH = "/api/core/downtime/query/"
 SET_PROBESTATUS_PATH = "/request/pandaqueuestatus/update/set_probestatus/"
 
 ANALYSIS_TYPES = frozenset({"analysis", "unified"})
@@ -53,6 +60,8 @@ READ_ACTIVITIES = ("read_lan", "read_wan")
 
 
 class CRICClient:
+    name = "cric"  # as a downtime source
+
     def __init__(
         self,
         base_url: str,
@@ -84,7 +93,8 @@ class CRICClient:
 
     # ---------------------------------------------------------------- transport
 
-    def _request(self, method: str, path: str, params: dict[str, str] | None = None) -> requests.Response:
+    def _request(self, method: str, path: str, params: dict[str, str] | None = None,
+                 read: Callable[[requests.Response], Any] = lambda response: response) -> Any:
         url = f"{self.base_url}{path}?json"
         if params:
             url += "&" + urlencode(params)
@@ -92,7 +102,8 @@ class CRICClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         return request_with_retries(self.session, method, url, what=f"CRIC {method} {path}", error=BackendUnavailable,
-                                    retries=self.retries, sleep=self.sleep, timeout=self.timeout, headers=headers)
+                                    retries=self.retries, sleep=self.sleep, timeout=self.timeout, headers=headers,
+                                    read=read)
 
     def _get_objects(self, path: str) -> dict[str, dict[str, Any]]:
         resp = self._request("GET", path)
@@ -219,6 +230,10 @@ class CRICClient:
 
     def queue_status(self) -> dict[str, QueueStatus]:
         return self._statuses(filtered=True)
+
+    def downtimes(self, now: datetime) -> list[Downtime]:
+        """The sites' announced outages around now; a malformed answer is tried again like a failed request."""
+        return self._request("GET", DOWNTIME_PATH, read=lambda answer: parse_cric(answer.json(), now))
 
     def set_queue_status(self, queue: str, status: QueueStatus, reason: str, actor: str) -> QueueStatus:
         value = QueueStatus(status).value.upper()
