@@ -19,6 +19,7 @@ from blacklist.model import END_TIME, Action, Decision, QueueView, Result
 from blacklist.policies import Policy
 from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
+from robot.downtimes import LOOK_BACK as OUTAGE_REACH  # the longest a job's life reaches back (stored that long)
 from robot.downtimes import Downtime, describe, windows_by_site
 from robot.userjobs import HOUR, stored_hours
 from robot.jobstates import QueueStatus
@@ -331,14 +332,15 @@ def load_views(session: Session, now: datetime, policy: Policy,
         if newest and (qid not in last_start or newest > last_start[qid]):
             last_start[qid] = newest
     views, ids, flaps = {}, {}, {}
-    downtimes = windows_by_site(session, now - policy.window, now)
+    # Outages before the window too: a job that waited or ran in one may end inside the window.
+    downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)
     users = stored_hours(session, now - policy.window, now) if policy.hears_users else {}
     for qid, name, status, state, since, exempt, site, cloud in rows:
         when, count, included = last_moves.get(qid, (None, 0, None))
         excused = downtimes.get(site, [])
         ordered = tuple(sorted(outside_downtimes(results.get(qid, []), excused), key=END_TIME, reverse=True))
         active = next((d for d in excused if d.covers(now)), None)
-        ended = max((d.end for d in excused if d.end <= now), default=None)
+        ended = max((d.end for d in excused if now - policy.window < d.end <= now), default=None)
         if ended is not None and any(r.end_time >= ended for r in ordered):
             ended = None  # tested since it ended
         views[name] = QueueView(

@@ -340,6 +340,24 @@ def test_jobs_that_waited_or_ran_inside_an_announced_outage_do_not_count_when_th
     assert grid.statuses.get("ANALY_A1", QueueStatus.ONLINE) is QueueStatus.ONLINE
 
 
+def test_a_long_job_that_started_inside_an_outage_does_not_count_when_it_fails_after_the_window(tmp_path, clock):
+    """The policy's window (6 h) reaches back past the outage's end: the outage still excuses its jobs."""
+    robot, grid, source = robot_with_downtimes(tmp_path, clock)
+    source.listed = [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=1), "storage upgrade")]
+    robot.run_once(clock.now())
+    (inside,) = grid.in_queue("ANALY_A1")
+    clock.advance(timedelta(minutes=10))
+    grid.start(inside)
+    robot.run_once(clock.now())
+    clock.advance(timedelta(hours=8))  # it runs on, and fails 7 h after the outage's end
+    grid.finish(inside, wall=(clock.now() - grid.jobs[inside].start_time).total_seconds(), pilot_error_code=1099,
+                pilot_error_diag="Get error: copy failed")
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        assert session.scalar(select(Job.outcome).where(Job.panda_id == inside)) == "failed"
+        assert session.scalars(select(QueueTransition).where(QueueTransition.queue.has(name="ANALY_A1"))).all() == []
+
+
 def test_a_result_counts_unless_its_job_lived_at_the_site_during_an_announced_outage():
     down = [Downtime("1", "S", T0, T0 + timedelta(hours=2))]
 
