@@ -75,7 +75,10 @@ class NullGrid:
 
     def status(self, panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
         cut = int(len(panda_ids) * self.finishing)
-        found: dict[int, JobReport | None] = {pid: self._finished(pid) for pid in panda_ids[:cut]}
+        found: dict[int, JobReport | None] = {}
+        for pid in panda_ids[:cut]:
+            found[pid] = self._finished(pid)
+            self._running.pop(pid, None)  # never asked again: kept, it would only grow the heap the collector scans
         for pid in panda_ids[cut:]:
             report = self._running.get(pid)
             if report is None:

@@ -44,7 +44,8 @@ LAST_STEP_SETTING = "loop.last_step_at"  # heartbeat: the time of the last step 
 BACKEND_SETTING = "loop.backend"  # "ok", or why the last step could not reach the backend
 INTERVAL_SETTING = "loop.interval_seconds"  # the stepping robot's own interval (the demo's is not the config's)
 SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts slots and records jobs
-JOB = Job.__table__  # Core statements on the hot paths: no ORM entities to build or to track
+# Core statements on the hot paths: no ORM entities to build or to track
+JOB, QUEUE, TEST, TEST_QUEUE = Job.__table__, Queue.__table__, Test.__table__, TestQueue.__table__
 # An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
 UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 
@@ -388,6 +389,7 @@ class Robot:
             if not datasets:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
                 continue
+            max_wall_seconds = int(parse_duration(template["max_wall_time"]).total_seconds())
             for k in range(count):
                 name = f"hc.{slot.test_id}.{queue_name}.{next(suffixes)}"
                 dataset, files = choose_input(datasets, zlib.crc32(name.encode()), template["events_per_job"])
@@ -398,7 +400,7 @@ class Robot:
                 requests.append(JobRequest(
                     job_name=name, queue=queue_name, payload=template["payload"], dataset=dataset.name, files=files,
                     max_events=template["events_per_job"],
-                    max_wall_seconds=int(parse_duration(template["max_wall_time"]).total_seconds()),
+                    max_wall_seconds=max_wall_seconds,
                     processing_type=template["processing_type"],
                 ))
         if outage is not None:
@@ -439,27 +441,28 @@ class Robot:
         policy's probes, queued at least `min_queue_depth`) gets nothing from `jobs_to_submit`: it is
         left out in SQL. In a steady step that is most pairs, and reading every one of them was the
         step's largest cost."""
+        test, queue, pair, job = TEST.c, QUEUE.c, TEST_QUEUE.c, JOB.c
         # A stress test sends until its end, and to an excluded queue only if it was asked to.
-        stress_may_send = and_(Test.end_time > now, or_(Test.allow_excluded, and_(
-            Queue.status == QueueStatus.ONLINE.value, Queue.robot_state != "excluded")))
-        flying = (select(Job.test_id, Job.queue_id, func.count().label("jobs"),
-                         func.sum(case((Job.job_status.in_([s.value for s in RUNNING_STATES]), 1), else_=0))
+        stress_may_send = and_(test.end_time > now, or_(test.allow_excluded, and_(
+            queue.status == QueueStatus.ONLINE.value, queue.robot_state != "excluded")))
+        flying = (select(job.test_id, job.queue_id, func.count().label("jobs"),
+                         func.sum(case((job.job_status.in_([s.value for s in RUNNING_STATES]), 1), else_=0))
                          .label("running"))
-                  .where(Job.phase.in_(["recorded", "active"])).group_by(Job.test_id, Job.queue_id).subquery())
+                  .where(job.phase.in_(["recorded", "active"])).group_by(job.test_id, job.queue_id).subquery())
         in_flight, running = func.coalesce(flying.c.jobs, 0), func.coalesce(flying.c.running, 0)
-        probes = case((TestQueue.max_jobs.is_(None), Queue.extra_jobs), else_=0)
+        probes = case((pair.max_jobs.is_(None), queue.extra_jobs), else_=0)
         pairs = session.execute(
-            select(TestQueue.test_id, TestQueue.queue_id, TestQueue.max_running_jobs, TestQueue.min_queue_depth,
-                   TestQueue.resubmit_enabled, Queue.extra_jobs, Queue.job_gap_seconds, TestQueue.max_jobs,
+            select(pair.test_id, pair.queue_id, pair.max_running_jobs, pair.min_queue_depth,
+                   pair.resubmit_enabled, queue.extra_jobs, queue.job_gap_seconds, pair.max_jobs,
                    in_flight, running)
-            .join(Test, Test.id == TestQueue.test_id).join(Queue, Queue.id == TestQueue.queue_id)
-            .outerjoin(flying, and_(flying.c.test_id == TestQueue.test_id, flying.c.queue_id == TestQueue.queue_id))
-            .where(Test.state == "running", Queue.retired_at.is_(None), Queue.status != QueueStatus.OFFLINE.value,
-                   TestQueue.stopped_at.is_(None), or_(TestQueue.max_jobs.is_(None), stress_may_send),
-                   *self._mine(TestQueue.queue_id),
-                   *([] if queue_ids is None else [TestQueue.queue_id.in_(queue_ids)]),
-                   or_(in_flight < TestQueue.max_running_jobs + probes,
-                       in_flight - running < TestQueue.min_queue_depth))
+            .join(TEST, test.id == pair.test_id).join(QUEUE, queue.id == pair.queue_id)
+            .outerjoin(flying, and_(flying.c.test_id == pair.test_id, flying.c.queue_id == pair.queue_id))
+            .where(test.state == "running", queue.retired_at.is_(None), queue.status != QueueStatus.OFFLINE.value,
+                   pair.stopped_at.is_(None), or_(pair.max_jobs.is_(None), stress_may_send),
+                   *self._mine(pair.queue_id),
+                   *([] if queue_ids is None else [pair.queue_id.in_(queue_ids)]),
+                   or_(in_flight < pair.max_running_jobs + probes,
+                       in_flight - running < pair.min_queue_depth))
         ).all()
         gaps = {row.queue_id: row.job_gap_seconds for row in pairs if row.job_gap_seconds}
         last_end = self._last_ends(session, now, set(gaps), timedelta(seconds=max(gaps.values(), default=0)))
@@ -490,8 +493,9 @@ class Robot:
         if not queue_ids:
             return {}
         rows = session.execute(
-            select(Job.test_id, Job.queue_id, func.max(Job.end_time))
-            .where(Job.queue_id.in_(queue_ids), Job.end_time >= now - longest_gap).group_by(Job.test_id, Job.queue_id)
+            select(JOB.c.test_id, JOB.c.queue_id, func.max(JOB.c.end_time))
+            .where(JOB.c.queue_id.in_(queue_ids), JOB.c.end_time >= now - longest_gap)
+            .group_by(JOB.c.test_id, JOB.c.queue_id)
         )
         return {(t, q): end for t, q, end in rows}
 

@@ -28,7 +28,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return as_utc(value).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else as_utc(value)
+        if value is None:
+            return None
+        if value.tzinfo is None:  # the usual case (SQLite, timestamp without time zone), without a call
+            return value.replace(tzinfo=timezone.utc)
+        return as_utc(value)
 
 
 class Base(DeclarativeBase):
