@@ -13,13 +13,15 @@ again from the job table, and may be run any number of times.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import BigInteger, Float, Integer, and_, case, cast, delete, func, insert, literal, or_, select
+from sqlalchemy import (BigInteger, Float, Integer, and_, bindparam, case, cast, delete, func, insert, literal, or_,
+                        select)
 from sqlalchemy.orm import Session
 
 from robot.storage.models import Job, JobRollup, Setting, Test
@@ -218,11 +220,45 @@ def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
         yield ordered[i:i + CHUNK]
 
 
+QUEUES, START, END = (bindparam("queues", expanding=True), bindparam("start", type_=BigInteger),
+                      bindparam("end", type_=BigInteger))
+
+
+@functools.cache
+def _hour_statements(dialect: str) -> tuple[Any, Any] | None:
+    """The delete and the refill of the hour rows of some queues (`queues`) at the hour [`lo`, `hi`): built
+    once, as the loop runs them at every step. None on a database without the date arithmetic they need."""
+    job = Job.__table__.c
+    query = _hours_select(dialect, job.queue_id.in_(QUEUES), job.end_time >= bindparam("lo", type_=Job.end_time.type),
+                          job.end_time < bindparam("hi", type_=Job.end_time.type))
+    if query is None:
+        return None
+    rollup = JobRollup.__table__
+    return (delete(rollup).where(rollup.c.span == HOUR, rollup.c.start == START, rollup.c.queue_id.in_(QUEUES)),
+            insert(rollup).from_select(ROLLUP_COLUMNS, query))
+
+
+@functools.cache
+def _span_statements(span: int, finer: int) -> tuple[Any, Any]:
+    """The delete and the refill of the rows of some queues (`queues`) at the period of `span` that starts
+    at `start` and ends at `end`, from the `finer` rows: built once per span."""
+    rollup = JobRollup.__table__
+    return (delete(rollup).where(rollup.c.span == span, rollup.c.start == START, rollup.c.queue_id.in_(QUEUES)),
+            insert(rollup).from_select(ROLLUP_COLUMNS, _summed(span, finer, JobRollup.start >= START,
+                                                                JobRollup.start < END, JobRollup.queue_id.in_(QUEUES))))
+
+
 def _recompute_hour(session: Session, hour: int, queue_ids: set[int]) -> None:
+    statements = _hour_statements(session.get_bind().dialect.name)
     for chunk in _chunks(queue_ids):
-        session.execute(delete(JobRollup).where(JobRollup.span == HOUR, JobRollup.start == hour,
-                                                JobRollup.queue_id.in_(chunk)))
-        _fill_hours(session, Job.queue_id.in_(chunk), Job.end_time >= at(hour), Job.end_time < at(hour + HOUR))
+        if statements is None:
+            session.execute(delete(JobRollup).where(JobRollup.span == HOUR, JobRollup.start == hour,
+                                                    JobRollup.queue_id.in_(chunk)))
+            _fill_hours(session, Job.queue_id.in_(chunk), Job.end_time >= at(hour), Job.end_time < at(hour + HOUR))
+            continue
+        wipe, fill = statements
+        session.execute(wipe, {"start": hour, "queues": chunk})
+        session.execute(fill, {"lo": at(hour), "hi": at(hour + HOUR), "queues": chunk})
 
 
 def _summed(span: int, finer: int, *where: Any) -> Any:
@@ -236,11 +272,10 @@ def _summed(span: int, finer: int, *where: Any) -> Any:
 
 
 def _recompute_from_finer(session: Session, span: int, finer: int, start: int, queue_ids: set[int]) -> None:
+    wipe, fill = _span_statements(span, finer)
     for chunk in _chunks(queue_ids):
-        session.execute(delete(JobRollup).where(JobRollup.span == span, JobRollup.start == start,
-                                                JobRollup.queue_id.in_(chunk)))
-        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(
-            span, finer, JobRollup.start >= start, JobRollup.start < start + span, JobRollup.queue_id.in_(chunk))))
+        session.execute(wipe, {"start": start, "queues": chunk})
+        session.execute(fill, {"start": start, "end": start + span, "queues": chunk})
 
 
 def _watermark(session: Session) -> datetime | None:
