@@ -15,7 +15,8 @@ not), and the peak memory Python allocated for each page (a separate, untimed ru
     .venv/bin/python bench/dashboard.py --jobs 10000000 --db postgres      # make bench-10m
 
 `--db postgres` starts a private PostgreSQL cluster (tests/pgserver.py) and removes it at the end.
-`--keep DIR` keeps the SQLite database in DIR, and reuses it when it holds the same history.
+`--keep DIR` keeps the database in DIR (SQLite's file, or PostgreSQL's cluster in DIR/pg) and reuses it
+when it holds the same history, after applying the migrations added since it was filled.
 """
 from __future__ import annotations
 
@@ -468,21 +469,26 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--keep", help="SQLite only: folder for the database, kept and reused; default a temporary one")
+    parser.add_argument("--keep", help="folder for the database (SQLite's file, or PostgreSQL's cluster in its "
+                                           "pg/ folder), kept and reused; default a temporary one")
     args = parser.parse_args()
     with ExitStack() as stack:
         folder = Path(args.keep) if args.keep else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="bench-dashboard-")))
         folder.mkdir(parents=True, exist_ok=True)
+        kind = "" if args.db == "sqlite" else f"{args.db}-"
+        marker = folder / f"bench-{kind}{args.jobs}-{args.days}-v{GENERATOR}.done"
+        reuse = bool(args.keep) and marker.exists()
         if args.db == "postgres":
             from tests.pgserver import postgres_server
 
-            server = stack.enter_context(postgres_server())
-            url = server.create_database("bench")
+            server = stack.enter_context(postgres_server(folder / "pg" if args.keep else None))
+            if not reuse:
+                server.drop_database("bench")
+                server.create_database("bench")
+            url = server.url("bench")
         else:
             url = f"sqlite:///{folder / 'bench.db'}"
-        marker = folder / f"bench-{args.jobs}-{args.days}-v{GENERATOR}.done"
-        reuse = args.db == "sqlite" and args.keep and marker.exists()
         if not reuse:
             for old in folder.glob("bench*"):
                 old.unlink()
@@ -497,8 +503,9 @@ def main() -> None:
                   f"backfill ({facts['rolled']:,} final jobs) in {facts['rollup']:.0f} s")
             if args.keep:
                 marker.write_text("done\n")
-        else:
+        else:  # migrations added since the fill are applied (they carry existing rows over, as on a robot's database)
             print(f"reusing the database in {folder}")
+            upgrade(make_engine(url))
         engine = make_engine(url)
         stack.callback(engine.dispose)
         size = database_size(engine, folder)

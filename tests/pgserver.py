@@ -68,7 +68,8 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.root)
 
     def start(self) -> None:
-        done = self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
+        """Creates the cluster (unless its folder holds one already: a kept cluster) and starts it."""
+        done = subprocess.CompletedProcess([], 0) if (self.data / "PG_VERSION").exists() else self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
                          "--locale=C.UTF-8", "--no-sync")
         if done.returncode != 0:
             raise PostgresUnavailable(f"initdb failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -80,19 +81,20 @@ class PostgresServer:
             log = (self.root / "server.log").read_text(errors="replace")[-2000:] if (self.root / "server.log").exists() else ""
             raise PostgresUnavailable(f"postgres did not start ({done.returncode}): {done.stderr.strip()} {log}")
 
-    def stop_command(self) -> list[str]:
-        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+    def stop_command(self, mode: str = "immediate") -> list[str]:
+        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"]
         return ["runuser", "-u", self.run_as, "--", *command] if self.run_as else command
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
         if (self.data / "postmaster.pid").exists():
-            subprocess.run(self.stop_command(), capture_output=True, timeout=120, cwd=self.root)
+            subprocess.run(self.stop_command(mode), capture_output=True, timeout=120, cwd=self.root)
 
-    def watch(self, owner_pid: int) -> subprocess.Popen[bytes]:
-        """A watcher that stops the cluster and removes its folder once `owner_pid` is gone, however it
-        ended (a test run killed by a timeout never reaches its `finally`)."""
+    def watch(self, owner_pid: int, remove: bool = True) -> subprocess.Popen[bytes]:
+        """A watcher that stops the cluster and removes its folder (unless `remove` is false) once
+        `owner_pid` is gone, however it ended (a test run killed by a timeout never reaches its `finally`)."""
         script = (f"while kill -0 {owner_pid} 2>/dev/null; do sleep 2; done; "
-                  f"{shlex.join(self.stop_command())} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.root))}")
+                  f"{shlex.join(self.stop_command('immediate' if remove else 'fast'))} >/dev/null 2>&1"
+                  + (f"; rm -rf {shlex.quote(str(self.root))}" if remove else ""))
         return subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -130,14 +132,18 @@ def _unprivileged_user() -> str | None:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """Starts a private cluster in a new temporary folder; stops it and removes the folder at the end."""
+def postgres_server(keep: Path | None = None) -> Iterator[PostgresServer]:
+    """Starts a private cluster in a new temporary folder; stops it and removes the folder at the end.
+
+    With `keep` (a folder), the cluster lives there instead: created on first use, started again as it
+    was on the next, stopped cleanly and kept at the end (a benchmark's filled database, reused)."""
     bin_dir = find_binaries()
     run_as = _unprivileged_user()
     # Directly under the system's temp folder: pytest's own folders are mode 0700 for root only.
-    root = Path(tempfile.mkdtemp(prefix="healthrobot-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="healthrobot-pg-")) if keep is None else keep.resolve()
+    root.mkdir(parents=True, exist_ok=True)
     server = PostgresServer(root, bin_dir, run_as)
-    watcher = server.watch(os.getpid())
+    watcher = server.watch(os.getpid(), remove=keep is None)
     try:
         if run_as:
             entry = pwd.getpwnam(run_as)
@@ -147,5 +153,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         watcher.kill()
         watcher.wait()
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if keep is None:
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            server.stop("fast")
