@@ -3,7 +3,8 @@
 `bucket_sums` is exact for any ranges: each range is cut into whole weeks, days, 6 hours and hours,
 read from the rollup, and the partial hours at its edges, read from the job table (a few rows,
 through the `job_end` index). Ranges whose edges fall on whole periods (the heatmap's cells) read
-one stored row per queue, template and cell.
+one stored row per queue and cell over every template (`queue_rollup`), one per queue, template
+and cell for chosen templates (`job_rollup`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from robot.rollup import (FINAL, HOUR, SPANS, SUMS, Counts, at, epoch, floor_to, job_columns, stored_spans,
                           sums_sql)
-from robot.storage.models import Job, JobRollup, Test
+from robot.storage.models import Job, JobRollup, QueueRollup, Test
 
 OR_RANGES = 16  # more ranges than this: one enclosing range, the cases sort the rows out
 
@@ -88,19 +89,10 @@ def _add_rows(found: dict[int, list[list[Any]]], rows: Sequence[Any], names: Seq
                 columns[i][k] = row[c]
 
 
-def _columns(names: Sequence[str]) -> list[Any]:
+def _columns(table: Any, names: Sequence[str]) -> list[Any]:
     # PostgreSQL sums integers as numeric (read back as Decimal): cast back to the column's own type.
-    return [func.max(JobRollup.last_end) if n == "last_end"
-            else cast(func.sum(getattr(JobRollup, n)), getattr(JobRollup, n).type) for n in names]
-
-
-def _filtered(query: Any, column_queue: Any, queue_ids: Sequence[int] | None, column_template: Any,
-              template_ids: Sequence[int] | None) -> Any:
-    if queue_ids is not None:
-        query = query.where(column_queue.in_(list(queue_ids)))
-    if template_ids is not None:
-        query = query.where(column_template.in_(list(template_ids)))
-    return query
+    return [func.max(table.last_end) if n == "last_end"
+            else cast(func.sum(getattr(table, n)), getattr(table, n).type) for n in names]
 
 
 def which_range(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
@@ -114,8 +106,8 @@ def which_range(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
                 else_=which_range(column, ranges[middle + 1:]))
 
 
-def _bucket_key(span: int, ranges: Sequence[tuple[int, int, int]]) -> tuple[Any, dict[int, int] | None]:
-    """SQL that tells a rollup row's bucket, for sorted, disjoint ranges of whole periods of `span`,
+def _bucket_key(start: Any, span: int, ranges: Sequence[tuple[int, int, int]]) -> tuple[Any, dict[int, int] | None]:
+    """SQL that tells a rollup row's bucket (from its `start` column), for sorted, disjoint ranges of whole periods of `span`,
     and the map from its values to the buckets (None: the SQL gives the bucket, -1 for none).
 
     One bucket: its number. When each range is one period, the start itself (grouped in the table's own order); when each
@@ -129,14 +121,14 @@ def _bucket_key(span: int, ranges: Sequence[tuple[int, int, int]]) -> tuple[Any,
     for a, b, k in ranges:
         slot = a // length
         if (b - 1) // length != slot or slots.setdefault(slot, k) != k:
-            return which_range(JobRollup.start, ranges), None
+            return which_range(start, ranges), None
     if len(ranges) > OR_RANGES:  # the whole enclosing span is read: rows between the ranges too
         for (_, b, _), (a, _, _) in zip(ranges, ranges[1:]):
             if a > b and any(slot in slots for slot in range(b // length, (a - 1) // length + 1)):
-                return which_range(JobRollup.start, ranges), None
+                return which_range(start, ranges), None
     if length == span:
-        return JobRollup.start, {a: k for a, _, k in ranges}
-    return JobRollup.start // length, slots
+        return start, {a: k for a, _, k in ranges}
+    return start // length, slots
 
 
 def _where_ranges(column: Any, ranges: Sequence[tuple[Any, Any, int]]) -> Any:
@@ -164,8 +156,9 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
     """Per queue id and name, the exact sum over each range [edges[k], edges[k+1]) (queues without
     jobs left out; last_end: the latest, or None).
 
-    Whole weeks, days, 6 hours and hours come from the rollup (the spans it holds); the partial
-    hours at the ranges' edges from the job table, summed by the database where it can."""
+    Whole weeks, days, 6 hours and hours come from the rollup (the spans it holds): the queue rollup
+    over every template, the job rollup for chosen ones; the partial hours at the ranges' edges from
+    the job table, summed by the database where it can."""
     unknown = set(names) - {*SUMS, "last_end"}
     if unknown:
         raise ValueError(f"not rollup sums: {sorted(unknown)}")
@@ -180,15 +173,18 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
             pieces[span].append((first, last, k))
         raws += [(a, b, k) for a, b in raw]
     connection = session.connection()  # Core rows: no ORM row processing for thousands of sums
+    table = QueueRollup if template_ids is None else JobRollup
     for span, ranges in pieces.items():
         ranges = _merged(ranges)
-        key, bucket_of = _bucket_key(span, ranges)
-        query = (select(JobRollup.queue_id, key, *_columns(names))
-                 .where(JobRollup.span == span, _where_ranges(JobRollup.start, ranges))
-                 .group_by(*([] if len({k for _, _, k in ranges}) == 1 else [key]), JobRollup.queue_id))
-        rows = connection.execute(_filtered(query, JobRollup.queue_id, queue_ids, JobRollup.template_id,
-                                            template_ids)).all()
-        _add_rows(found, rows, names, count, bucket_of)
+        key, bucket_of = _bucket_key(table.start, span, ranges)
+        query = (select(table.queue_id, key, *_columns(table, names))
+                 .where(table.span == span, _where_ranges(table.start, ranges))
+                 .group_by(*([] if len({k for _, _, k in ranges}) == 1 else [key]), table.queue_id))
+        if queue_ids is not None:
+            query = query.where(table.queue_id.in_(list(queue_ids)))
+        if template_ids is not None:
+            query = query.where(JobRollup.template_id.in_(list(template_ids)))
+        _add_rows(found, connection.execute(query).all(), names, count, bucket_of)
     if raws:
         _raw_sums(session, _merged(raws), names, queue_ids, template_ids, found, count)
     return {queue_id: dict(zip(names, columns)) for queue_id, columns in found.items()}

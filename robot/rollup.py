@@ -1,10 +1,12 @@
-"""The job rollup: final results summed per queue, template and hour, 6 hours, day and week (`job_rollup`).
+"""The job rollup: final results summed per queue, template and hour, 6 hours, day and week (`job_rollup`),
+and the same summed over the templates, per queue (`queue_rollup`).
 
 Pages over long windows read these rows instead of the job table. Every hour in which jobs became
 final is recomputed from the job table (the rows of that hour and those queues are replaced), then
-its 6 hours from its hours, its day from those and its week from its days. Recomputing instead of
-adding is what makes a job count once however often it is seen final (a retried step, a job polled
-twice): the rollup always equals what `rebuild` derives from the job table.
+its 6 hours from its hours, its day from those and its week from its days; then the queue rows of
+every period recomputed, from the job rollup's rows. Recomputing instead of adding is what makes a
+job count once however often it is seen final (a retried step, a job polled twice): the rollup
+always equals what `rebuild` derives from the job table.
 
 `update(session, now)` is the loop's call, once per step after the results are stored; it finds
 the jobs made final since its last call through `job.status_changed_at` (kept in the `setting`
@@ -24,7 +26,7 @@ from sqlalchemy import (BigInteger, Float, Integer, and_, bindparam, case, cast,
                         select)
 from sqlalchemy.orm import Session
 
-from robot.storage.models import Job, JobRollup, Setting, Test
+from robot.storage.models import Job, JobRollup, QueueRollup, Setting, Test
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Counts:
 
 SUMS = tuple(f.name for f in fields(Counts) if f.name != "last_end")
 ROLLUP_COLUMNS = ("span", "start", "queue_id", "template_id", *SUMS, "last_end")
+QUEUE_COLUMNS = ("span", "start", "queue_id", *SUMS, "last_end")
 
 
 def epoch(moment: datetime) -> float:
@@ -278,6 +281,29 @@ def _recompute_from_finer(session: Session, span: int, finer: int, start: int, q
         session.execute(fill, {"start": start, "end": start + span, "queues": chunk})
 
 
+def _over_templates(*where: Any) -> Any:
+    """A select of the job rollup's rows summed over the templates, as queue rollup rows."""
+    key = (JobRollup.span, JobRollup.start, JobRollup.queue_id)
+    return (select(*key, *(func.sum(getattr(JobRollup, name)) for name in SUMS), func.max(JobRollup.last_end))
+            .where(*where).group_by(*key).order_by(*key))  # appended to the queue rollup's own order
+
+
+def _fill_queues(session: Session, *where: Any) -> None:
+    """Insert the queue rows of the job rollup's matching rows (the queue rows must be gone)."""
+    session.execute(insert(QueueRollup.__table__).from_select(QUEUE_COLUMNS, _over_templates(*where)))
+
+
+def _recompute_queues(session: Session, periods: dict[int, set[int]], queue_ids: set[int]) -> None:
+    """The queue rows of these periods (span -> starts) and queues, from the job rollup: one delete and
+    one insert per chunk of queues, whatever the periods (a queue row recomputed unchanged costs little)."""
+    def within(table: Any) -> Any:
+        return or_(*(and_(table.span == span, table.start.in_(sorted(starts))) for span, starts in periods.items()))
+
+    for chunk in _chunks(queue_ids):
+        session.execute(delete(QueueRollup).where(QueueRollup.queue_id.in_(chunk), within(QueueRollup)))
+        _fill_queues(session, JobRollup.queue_id.in_(chunk), within(JobRollup))
+
+
 def _watermark(session: Session) -> datetime | None:
     stored = session.get(Setting, WATERMARK_SETTING)
     return datetime.fromisoformat(stored.value) if stored else None
@@ -313,16 +339,21 @@ def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) ->
 
 
 def _refresh(session: Session, hours: dict[int, set[int]]) -> None:
+    if not hours:
+        return
     for hour, queue_ids in hours.items():
         _recompute_hour(session, hour, queue_ids)
     finer = hours
+    touched = {HOUR: set(hours)}
     for below, span in zip(SPANS, SPANS[1:]):
         periods: dict[int, set[int]] = defaultdict(set)
         for start, queue_ids in finer.items():
             periods[floor_to(start, span)] |= queue_ids
         for start, queue_ids in periods.items():
             _recompute_from_finer(session, span, below, start, queue_ids)
+        touched[span] = set(periods)
         finer = periods
+    _recompute_queues(session, touched, set().union(*hours.values()))
 
 
 def stored_spans(session: Session) -> tuple[int, ...]:
@@ -345,6 +376,8 @@ def _add_spans(session: Session, now: datetime) -> None:
     for span in added:
         finer = max(s for s in held if s < span)
         session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer)))
+        session.execute(delete(QueueRollup).where(QueueRollup.span == span))
+        _fill_queues(session, JobRollup.span == span)
         held = tuple(sorted((*held, span)))
     _set_spans(session, now)
     log.info("job rollup: rows of %s seconds added", ", ".join(map(str, added)))
@@ -372,6 +405,7 @@ def rebuild(session: Session, now: datetime) -> int:
     since = () if cut is None else (Job.end_time >= cut,)
     kept = () if cut is None else (JobRollup.start >= int(epoch(cut)),)
     session.execute(delete(JobRollup).where(*kept))
+    session.execute(delete(QueueRollup).where(*(() if cut is None else (QueueRollup.start >= int(epoch(cut)),))))
     dialect = session.get_bind().dialect.name
     if _hours_select(dialect) is not None:
         _fill_hours(session, *since)
@@ -384,6 +418,7 @@ def rebuild(session: Session, now: datetime) -> int:
             start += REBUILD_CHUNK
     for finer, span in zip(SPANS, SPANS[1:]):
         session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer, *kept)))
+    _fill_queues(session, *kept)
     _set_watermark(session, now)
     _set_spans(session, now)
     count = session.scalar(select(func.coalesce(func.sum(JobRollup.jobs + JobRollup.cancelled + JobRollup.unknown), 0))
@@ -399,4 +434,18 @@ def stored_counts(session: Session, span: int = HOUR) -> dict[tuple[int, int, in
         found[(row.queue_id, row.template_id, row.start)] = Counts(
             **{name: getattr(row, name) for name in (*SUMS, "last_end")})
     return found
+
+
+def stored_queue_counts(session: Session) -> dict[tuple[int, int, int], Counts]:
+    """Every stored queue rollup row, (span, start, queue id) -> Counts (for checks and tests)."""
+    return {(row.span, row.start, row.queue_id): Counts(**{name: getattr(row, name) for name in (*SUMS, "last_end")})
+            for row in session.scalars(select(QueueRollup))}
+
+
+def queue_counts_from_templates(session: Session) -> dict[tuple[int, int, int], Counts]:
+    """What the queue rollup must hold: the job rollup's rows added up over the templates (a check)."""
+    found: dict[tuple[int, int, int], Counts] = defaultdict(Counts)
+    for row in session.scalars(select(JobRollup)):
+        found[(row.span, row.start, row.queue_id)].add(Counts(**{name: getattr(row, name) for name in (*SUMS, "last_end")}))
+    return dict(found)
 

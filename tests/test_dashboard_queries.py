@@ -280,8 +280,9 @@ def test_bucket_sums_equal_counting_the_jobs_one_by_one(session, world):
     rng = random.Random(3)
     base = datetime(2026, 2, 1, tzinfo=timezone.utc)
     ends = [base + timedelta(seconds=rng.uniform(0, 90 * 86400)) for _ in range(1500)]
-    for k, end in enumerate(ends):
-        world.job(("ANALY_A", "ANALY_B")[k % 2], end, outcome=("completed", "failed")[k % 3 == 0])
+    for k, end in enumerate(ends):  # templates T1, T1, T2 in turn: every template read (the queue rollup) or T1's
+        world.job(("ANALY_A", "ANALY_B")[k % 2], end, outcome=("completed", "failed")[k % 3 == 0],
+                  template=("T1", "T1", "T2")[k % 5 % 3])
     roll(session)
     at = base + timedelta(days=80, minutes=17, seconds=23.4)
     edge_sets = [sorted(base + timedelta(seconds=rng.uniform(0, 90 * 86400)) for _ in range(12))]
@@ -292,11 +293,13 @@ def test_bucket_sums_equal_counting_the_jobs_one_by_one(session, world):
     # whole hours [0, 2), [2, 4), [4, 5) and [6, 8) of every 8 (the hour [5, 6) is cut at 5:30): more
     # ranges than are read one by one, and the stored row of [5, 6) in the 2-hour slot of [4, 5)
     edge_sets.append([base + timedelta(days=9, hours=8 * m + h) for m in range(8) for h in (0, 2, 4, 5.5)])
-    for edges in edge_sets:
-        found = bucket_sums(session, edges, ("jobs", "failed"), template_ids=[world.templates["T1"].id])
+    for edges, templates in itertools.product(edge_sets, (None, ("T1",))):
+        found = bucket_sums(session, edges, ("jobs", "failed"),
+                            template_ids=templates and [world.templates[t].id for t in templates])
         for q, queue in ((world.queues["ANALY_A"].id, 0), (world.queues["ANALY_B"].id, 1)):
             for k in range(len(edges) - 1):
-                inside = [i for i, e in enumerate(ends) if i % 2 == queue and edges[k] <= e < edges[k + 1]]
+                inside = [i for i, e in enumerate(ends) if i % 2 == queue and edges[k] <= e < edges[k + 1]
+                          and (templates is None or i % 5 % 3 < 2)]
                 assert found[q]["jobs"][k] == len(inside)
                 assert found[q]["failed"][k] == sum(1 for i in inside if i % 3 == 0)
 

@@ -68,6 +68,7 @@ def test_prune_deletes_old_jobs_and_pages_over_a_year_count_the_same(history):
         rollup.rebuild(session, NOW)
         session.commit()
         assert pages(session) == before
+        assert rollup.stored_queue_counts(session) == rollup.queue_counts_from_templates(session)
         rows = session.scalar(select(func.count()).select_from(JobRollup).where(
             JobRollup.start < int(rollup.epoch(done.cut))))
         assert rows > 0
@@ -83,6 +84,7 @@ def test_a_second_prune_with_a_shorter_age_moves_the_cut_forward(history):
         rollup.rebuild(session, NOW)
         session.commit()
         assert pages(session) == before
+        assert rollup.stored_queue_counts(session) == rollup.queue_counts_from_templates(session)
 
 
 def test_db_prune_command(tmp_path):

@@ -5,14 +5,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 
 from robot import rollup
 from robot.cli import main
 from robot.clock import ManualClock
 from robot.rollup import DAY, HOUR, SIX_HOURS, WEEK, Counts
-from robot.storage.database import make_engine, make_sessionmaker, upgrade
-from robot.storage.models import Job, JobRollup, Setting
+from robot.storage.database import downgrade, make_engine, make_sessionmaker, upgrade
+from robot.storage.models import Job, JobRollup, QueueRollup, Setting
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
 # Every robot these tests build runs on SQLite and on PostgreSQL (tests/conftest.py).
@@ -29,6 +29,13 @@ def grid(clock: ManualClock) -> ScriptedGrid:
 def all_rows(session) -> dict[tuple[int, int, int, int], dict]:
     return {(r.span, r.start, r.queue_id, r.template_id): {n: getattr(r, n) for n in (*rollup.SUMS, "last_end")}
             for r in session.scalars(select(JobRollup))}
+
+
+def queue_rows(session) -> dict[tuple[int, int, int], rollup.Counts]:
+    """The queue rollup, checked against the job rollup's rows added up over the templates."""
+    found = rollup.stored_queue_counts(session)
+    assert found == rollup.queue_counts_from_templates(session)
+    return found
 
 
 def run_jobs(robot, grid, clock) -> None:
@@ -76,7 +83,7 @@ def test_a_job_seen_final_twice_is_counted_once(tmp_path, clock, grid):
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
     run_jobs(robot, grid, clock)
     with robot.sessions() as session:
-        before = all_rows(session)
+        before, queues = all_rows(session), queue_rows(session)
         # the same results seen again: a retried step at the same time, then the jobs' state touched again
         rollup.update(session, clock.now())
         rollup.update(session, clock.now())
@@ -87,7 +94,7 @@ def test_a_job_seen_final_twice_is_counted_once(tmp_path, clock, grid):
     clock.advance(60)
     robot.run_once(clock.now())  # and the loop's next step
     with robot.sessions() as session:
-        assert all_rows(session) == before
+        assert all_rows(session) == before and queue_rows(session) == queues
         assert sum(r["jobs"] for k, r in before.items() if k[0] == HOUR) == 3
 
 
@@ -112,25 +119,29 @@ def test_backfill_equals_the_incremental_rollup_and_is_idempotent(tmp_path, cloc
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
     run_jobs(robot, grid, clock)
     with robot.sessions() as session:
-        incremental = all_rows(session)
+        incremental, queues = all_rows(session), queue_rows(session)
+        assert {k[0] for k in queues} == set(rollup.SPANS) and sum(c.jobs for k, c in queues.items()
+                                                                    if k[0] == WEEK) == 3
         assert rollup.rebuild(session, clock.now()) == 3
-        assert all_rows(session) == incremental
+        assert all_rows(session) == incremental and queue_rows(session) == queues
         rollup.rebuild(session, clock.now())
-        assert all_rows(session) == incremental
+        assert all_rows(session) == incremental and queue_rows(session) == queues
         session.execute(update(JobRollup).values(jobs=99))  # damaged: the backfill repairs it
+        session.execute(update(QueueRollup).values(failed=99))
         rollup.rebuild(session, clock.now())
-        assert all_rows(session) == incremental
+        assert all_rows(session) == incremental and queue_rows(session) == queues
 
 
 def test_a_rollup_from_before_the_6_hour_rows_gets_them_at_the_next_step(tmp_path, clock, grid):
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
     run_jobs(robot, grid, clock)
     with robot.sessions() as session:
-        expected = all_rows(session)
+        expected, queues = all_rows(session), queue_rows(session)
         six = rollup.stored_counts(session, SIX_HOURS)
         assert sum(c.jobs for c in six.values()) == 3 and rollup.stored_spans(session) == rollup.SPANS
         # as the robot left it before: no 6-hour rows, no record of the spans
         session.execute(JobRollup.__table__.delete().where(JobRollup.span == SIX_HOURS))
+        session.execute(QueueRollup.__table__.delete().where(QueueRollup.span == SIX_HOURS))
         session.execute(Setting.__table__.delete().where(Setting.name == rollup.SPANS_SETTING))
         session.commit()
         assert rollup.stored_spans(session) == (HOUR, DAY, WEEK)  # what the pages read meanwhile
@@ -138,6 +149,24 @@ def test_a_rollup_from_before_the_6_hour_rows_gets_them_at_the_next_step(tmp_pat
     robot.run_once(clock.now())
     with robot.sessions() as session:
         assert all_rows(session) == expected and rollup.stored_spans(session) == rollup.SPANS
+        assert queue_rows(session) == queues
+
+
+def test_the_migration_fills_the_queue_rollup_from_an_existing_job_rollup(tmp_path, clock, grid):
+    """A database whose job rollup was built before the queue rollup existed (revision 0009) gets it
+    summed from the job rollup by the upgrade, equal to what the robot keeps."""
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
+    run_jobs(robot, grid, clock)
+    with robot.sessions() as session:
+        expected = queue_rows(session)
+        assert len(expected) >= 2 * len(rollup.SPANS)
+    engine = make_engine(robot.config.database_url)
+    downgrade(engine, "0009")
+    assert "queue_rollup" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    engine.dispose()
+    with robot.sessions() as session:
+        assert queue_rows(session) == expected
 
 
 def test_the_databases_sums_equal_the_python_reference(database_url):
@@ -192,8 +221,9 @@ def test_db_rollup_command_rebuilds(tmp_path, clock, grid):
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
     run_jobs(robot, grid, clock)
     with robot.sessions() as session:
-        expected = all_rows(session)
+        expected, queues = all_rows(session), queue_rows(session)
         session.execute(JobRollup.__table__.delete())
+        session.execute(QueueRollup.__table__.delete())
         session.commit()
     config = tmp_path / "robot.yaml"
     config.write_text(f"data_dir: {tmp_path}\ndatabase: {{url: '{robot.config.database_url}'}}\n")
@@ -201,4 +231,4 @@ def test_db_rollup_command_rebuilds(tmp_path, clock, grid):
     assert result.exit_code == 0, result.output
     assert "rebuilt from 3 final jobs" in result.output
     with robot.sessions() as session:
-        assert all_rows(session) == expected
+        assert all_rows(session) == expected and queue_rows(session) == queues

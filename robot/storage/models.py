@@ -416,24 +416,10 @@ class TicketLink(Base):
 
 
 # -- dashboards -------------------------------------------------------------------------------
-class JobRollup(Base):
-    """Final job results summed per queue, template and period, so long windows read a few rows.
+class RollupSums:
+    """The sums of a rollup row (robot.rollup.Counts): `jobs` counts the completed and failed jobs, as
+    the metrics do; throughput sums are over completed jobs."""
 
-    A period is an hour, a day or a week (`span` seconds) starting at `start` (Unix seconds, a
-    multiple of `span`: integers keep the pages' arithmetic portable). Hours are recomputed from
-    the job table for every hour in which jobs became final (robot.rollup), days from their hours
-    and weeks from their days, so a job seen final twice is still counted once. `jobs` counts the
-    completed and failed ones, as the metrics do; throughput sums are over completed jobs.
-    """
-
-    __tablename__ = "job_rollup"
-    __table_args__ = (Index("job_rollup_queue", "queue_id", "span", "start"), {"sqlite_with_rowid": False})
-    span: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", name="fk_job_rollup_queue_id"), primary_key=True,
-                                          autoincrement=False)
-    template_id: Mapped[int] = mapped_column(ForeignKey("template.id", name="fk_job_rollup_template_id"),
-                                             primary_key=True, autoincrement=False)
     jobs: Mapped[int] = mapped_column(default=0)  # completed + failed
     failed: Mapped[int] = mapped_column(default=0)
     completed: Mapped[int] = mapped_column(default=0)
@@ -449,6 +435,38 @@ class JobRollup(Base):
     payload_events: Mapped[int] = mapped_column(BigInteger, default=0)  # completed jobs with a payload time
     payload_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     last_end: Mapped[datetime | None]
+
+
+class JobRollup(RollupSums, Base):
+    """Final job results summed per queue, template and period, so long windows read a few rows.
+
+    A period is an hour, 6 hours, a day or a week (`span` seconds) starting at `start` (Unix seconds,
+    a multiple of `span`: integers keep the pages' arithmetic portable). Hours are recomputed from
+    the job table for every hour in which jobs became final (robot.rollup), longer periods from the
+    next shorter ones, so a job seen final twice is still counted once.
+    """
+
+    __tablename__ = "job_rollup"
+    __table_args__ = (Index("job_rollup_queue", "queue_id", "span", "start"), {"sqlite_with_rowid": False})
+    span: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", name="fk_job_rollup_queue_id"), primary_key=True,
+                                          autoincrement=False)
+    template_id: Mapped[int] = mapped_column(ForeignKey("template.id", name="fk_job_rollup_template_id"),
+                                             primary_key=True, autoincrement=False)
+
+
+class QueueRollup(RollupSums, Base):
+    """The job rollup's rows summed over the templates: per queue and period. Pages over every template
+    (the overview, its heatmap) read these, a third of the rows at three templates a queue. Recomputed
+    from `job_rollup` wherever that changes (robot.rollup), so it always equals its sum."""
+
+    __tablename__ = "queue_rollup"
+    __table_args__ = (Index("queue_rollup_queue", "queue_id", "span", "start"), {"sqlite_with_rowid": False})
+    span: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", name="fk_queue_rollup_queue_id"), primary_key=True,
+                                          autoincrement=False)
 
 
 class User(Base):
