@@ -174,12 +174,7 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
         raws += [(a, b, k) for a, b in raw]
     connection = session.connection()  # Core rows: no ORM row processing for thousands of sums
     table = QueueRollup if template_ids is None else JobRollup
-    for span, ranges in pieces.items():
-        ranges = _merged(ranges)
-        key, bucket_of = _bucket_key(table.start, span, ranges)
-        query = (select(table.queue_id, key, *_columns(table, names))
-                 .where(table.span == span, _where_ranges(table.start, ranges))
-                 .group_by(*([] if len({k for _, _, k in ranges}) == 1 else [key]), table.queue_id))
+    for key, bucket_of, query in _rollup_queries(table, pieces, names, count):
         if queue_ids is not None:
             query = query.where(table.queue_id.in_(list(queue_ids)))
         if template_ids is not None:
@@ -188,6 +183,33 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
     if raws:
         _raw_sums(session, _merged(raws), names, queue_ids, template_ids, found, count)
     return {queue_id: dict(zip(names, columns)) for queue_id, columns in found.items()}
+
+
+def _rollup_queries(table: Any, pieces: dict[int, list[tuple[int, int, int]]], names: Sequence[str],
+                    count: int) -> list[tuple[Any, dict[int, int] | None, Any]]:
+    """(bucket key, its map to the buckets, select) reading the rollup rows of the pieces (span -> whole
+    periods of it, with their bucket). One total (a window's): the rows of every span in one statement,
+    grouped by queue once. Else one statement per span; a queue rollup row that is a bucket's only row
+    (each range one stored period) is read as it is, not summed."""
+    if count == 1 and pieces:
+        within = or_(*(and_(table.span == span, or_(*(and_(table.start >= a, table.start < b)
+                                                        for a, b, _ in _merged(ranges))))
+                       for span, ranges in sorted(pieces.items(), reverse=True)))
+        key = literal(0)
+        return [(key, None, select(table.queue_id, key, *_columns(table, names)).where(within)
+                 .group_by(table.queue_id))]
+    found = []
+    for span, ranges in pieces.items():
+        ranges = _merged(ranges)
+        key, bucket_of = _bucket_key(table.start, span, ranges)
+        query = select(table.queue_id, key)
+        if table is QueueRollup and key is table.start:  # one row per queue and period: nothing to sum
+            query = query.add_columns(*(getattr(table, n) for n in names))
+        else:
+            query = query.add_columns(*_columns(table, names)).group_by(
+                *([] if len({k for _, _, k in ranges}) == 1 else [key]), table.queue_id)
+        found.append((key, bucket_of, query.where(table.span == span, _where_ranges(table.start, ranges))))
+    return found
 
 
 def _raw_sums(session: Session, raws: list[tuple[datetime, datetime, int]], names: Sequence[str],
