@@ -3,8 +3,8 @@
 `bucket_sums` is exact for any ranges: each range is cut into whole weeks, days, 6 hours and hours,
 read from the rollup, and the partial hours at its edges, read from the job table (a few rows,
 through the `job_end` index). Ranges whose edges fall on whole periods (the heatmap's cells) read
-one stored row per queue and cell over every template (`queue_rollup`), one per queue, template
-and cell for chosen templates (`job_rollup`).
+one stored row per queue and cell when every queue and template is asked for (`queue_rollup`), one
+per queue, template and cell else (`job_rollup`, whose index by queue serves a few queues).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
     jobs left out; last_end: the latest, or None).
 
     Whole weeks, days, 6 hours and hours come from the rollup (the spans it holds): the queue rollup
-    over every template, the job rollup for chosen ones; the partial hours at the ranges' edges from
+    for every queue and template, the job rollup for chosen ones; the partial hours at the ranges' edges from
     the job table, summed by the database where it can."""
     unknown = set(names) - {*SUMS, "last_end"}
     if unknown:
@@ -173,7 +173,7 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
             pieces[span].append((first, last, k))
         raws += [(a, b, k) for a, b in raw]
     connection = session.connection()  # Core rows: no ORM row processing for thousands of sums
-    table = QueueRollup if template_ids is None else JobRollup
+    table = QueueRollup if template_ids is None and queue_ids is None else JobRollup  # (its index serves a few queues)
     for key, bucket_of, query in _rollup_queries(table, pieces, names, count):
         if queue_ids is not None:
             query = query.where(table.queue_id.in_(list(queue_ids)))

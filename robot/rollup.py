@@ -4,7 +4,7 @@ and the same summed over the templates, per queue (`queue_rollup`).
 Pages over long windows read these rows instead of the job table. Every hour in which jobs became
 final is recomputed from the job table (the rows of that hour and those queues are replaced), then
 its 6 hours from its hours, its day from those and its week from its days; then the queue rows of
-every period recomputed, from the job rollup's rows. Recomputing instead of adding is what makes a
+those periods from their job rollup rows. Recomputing instead of adding is what makes a
 job count once however often it is seen final (a retried step, a job polled twice): the rollup
 always equals what `rebuild` derives from the job table.
 
@@ -16,14 +16,16 @@ again from the job table, and may be run any number of times.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import (BigInteger, Float, Integer, and_, bindparam, case, cast, delete, func, insert, literal, or_,
-                        select)
+from sqlalchemy import (BigInteger, Float, Integer, String, and_, any_, bindparam, case, cast, delete, func, insert,
+                        literal, literal_column, or_, select)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from robot.storage.models import Job, JobRollup, QueueRollup, Setting, Test
@@ -223,45 +225,62 @@ def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
         yield ordered[i:i + CHUNK]
 
 
-QUEUES, START, END = (bindparam("queues", expanding=True), bindparam("start", type_=BigInteger),
-                      bindparam("end", type_=BigInteger))
+def _among_ids(column: Any, dialect: str) -> Any:
+    """`column` in the queue ids bound as `ids` (`_ids`), one bound value on SQLite (a JSON list) and
+    PostgreSQL (an array): not one placeholder per id to render at every execution."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=ARRAY(Integer)))
+    if dialect == "sqlite":
+        return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam("ids", type_=String))))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+def _ids(dialect: str, ids: list[int]) -> Any:
+    return json.dumps(ids) if dialect == "sqlite" else ids
 
 
 @functools.cache
-def _hour_statements(dialect: str) -> tuple[Any, Any] | None:
-    """The delete and the refill of the hour rows of some queues (`queues`) at the hour [`lo`, `hi`): built
-    once, as the loop runs them at every step. None on a database without the date arithmetic they need."""
-    job = Job.__table__.c
-    query = _hours_select(dialect, job.queue_id.in_(QUEUES), job.end_time >= bindparam("lo", type_=Job.end_time.type),
-                          job.end_time < bindparam("hi", type_=Job.end_time.type))
-    if query is None:
-        return None
-    rollup = JobRollup.__table__
-    return (delete(rollup).where(rollup.c.span == HOUR, rollup.c.start == START, rollup.c.queue_id.in_(QUEUES)),
-            insert(rollup).from_select(ROLLUP_COLUMNS, query))
+def _step_statements(dialect: str) -> dict[Any, tuple[Any, Any]]:
+    """The statements `update` runs at every step, (delete, insert) per span and for the queue rows,
+    built once per database kind: what varies (the period, the queue ids) is bound at execution, so no
+    expression is built per step and SQLAlchemy's compiled cache serves them. The hours' insert is None
+    where the database cannot sum them (`_hours_select`)."""
+    start, end = bindparam("start", type_=BigInteger), bindparam("end", type_=BigInteger)
+    hours = _hours_select(dialect, _among_ids(Job.queue_id, dialect),
+                          Job.end_time >= bindparam("first", type_=Job.end_time.type),
+                          Job.end_time < bindparam("last", type_=Job.end_time.type))
+    found: dict[Any, tuple[Any, Any]] = {HOUR: (
+        delete(JobRollup.__table__).where(JobRollup.span == HOUR, JobRollup.start == start,
+                                          _among_ids(JobRollup.queue_id, dialect)),
+        None if hours is None else insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, hours))}
+    for finer, span in zip(SPANS, SPANS[1:]):
+        found[span] = (
+            delete(JobRollup.__table__).where(JobRollup.span == span, JobRollup.start == start,
+                                              _among_ids(JobRollup.queue_id, dialect)),
+            insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(
+                span, finer, JobRollup.start >= start, JobRollup.start < end, _among_ids(JobRollup.queue_id, dialect))))
 
+    def within(table: Any) -> Any:  # some queues' rows at the periods of each span (starts bound as `starts_<span>`)
+        return or_(*(and_(table.span == span, table.start.in_(bindparam(f"starts_{span}", expanding=True)),
+                          _among_ids(table.queue_id, dialect)) for span in SPANS))
 
-@functools.cache
-def _span_statements(span: int, finer: int) -> tuple[Any, Any]:
-    """The delete and the refill of the rows of some queues (`queues`) at the period of `span` that starts
-    at `start` and ends at `end`, from the `finer` rows: built once per span."""
-    rollup = JobRollup.__table__
-    return (delete(rollup).where(rollup.c.span == span, rollup.c.start == START, rollup.c.queue_id.in_(QUEUES)),
-            insert(rollup).from_select(ROLLUP_COLUMNS, _summed(span, finer, JobRollup.start >= START,
-                                                                JobRollup.start < END, JobRollup.queue_id.in_(QUEUES))))
+    found[QueueRollup] = (delete(QueueRollup.__table__).where(within(QueueRollup)),
+                          insert(QueueRollup.__table__).from_select(QUEUE_COLUMNS, _over_templates(within(JobRollup))))
+    return found
 
 
 def _recompute_hour(session: Session, hour: int, queue_ids: set[int]) -> None:
-    statements = _hour_statements(session.get_bind().dialect.name)
+    dialect = session.get_bind().dialect.name
+    statements = _step_statements(dialect)
+    remove, fill = statements[HOUR]
+    connection = session.connection()  # Core statements: not through the ORM's bulk paths
     for chunk in _chunks(queue_ids):
-        if statements is None:
-            session.execute(delete(JobRollup).where(JobRollup.span == HOUR, JobRollup.start == hour,
-                                                    JobRollup.queue_id.in_(chunk)))
+        ids = _ids(dialect, chunk)
+        connection.execute(remove, {"start": hour, "ids": ids})
+        if fill is not None:
+            connection.execute(fill, {"ids": ids, "first": at(hour), "last": at(hour + HOUR)})
+        else:
             _fill_hours(session, Job.queue_id.in_(chunk), Job.end_time >= at(hour), Job.end_time < at(hour + HOUR))
-            continue
-        wipe, fill = statements
-        session.execute(wipe, {"start": hour, "queues": chunk})
-        session.execute(fill, {"lo": at(hour), "hi": at(hour + HOUR), "queues": chunk})
 
 
 def _summed(span: int, finer: int, *where: Any) -> Any:
@@ -274,11 +293,15 @@ def _summed(span: int, finer: int, *where: Any) -> Any:
             .order_by(period, JobRollup.queue_id, JobRollup.template_id))  # appended to the rollup's index
 
 
-def _recompute_from_finer(session: Session, span: int, finer: int, start: int, queue_ids: set[int]) -> None:
-    wipe, fill = _span_statements(span, finer)
+def _recompute_from_finer(session: Session, span: int, start: int, queue_ids: set[int]) -> None:
+    dialect = session.get_bind().dialect.name
+    statements = _step_statements(dialect)
+    remove, fill = statements[span]
+    connection = session.connection()
     for chunk in _chunks(queue_ids):
-        session.execute(wipe, {"start": start, "queues": chunk})
-        session.execute(fill, {"start": start, "end": start + span, "queues": chunk})
+        ids = _ids(dialect, chunk)
+        connection.execute(remove, {"start": start, "ids": ids})
+        connection.execute(fill, {"start": start, "end": start + span, "ids": ids})
 
 
 def _over_templates(*where: Any) -> Any:
@@ -294,14 +317,16 @@ def _fill_queues(session: Session, *where: Any) -> None:
 
 
 def _recompute_queues(session: Session, periods: dict[int, set[int]], queue_ids: set[int]) -> None:
-    """The queue rows of these periods (span -> starts) and queues, from the job rollup: one delete and
-    one insert per chunk of queues, whatever the periods (a queue row recomputed unchanged costs little)."""
-    def within(table: Any) -> Any:
-        return or_(*(and_(table.span == span, table.start.in_(sorted(starts))) for span, starts in periods.items()))
-
+    """The queue rows of these periods (span -> starts) and queues, from their job rollup rows: one
+    delete and one insert per chunk of queues, whatever the periods (a row recomputed unchanged costs little)."""
+    dialect = session.get_bind().dialect.name
+    remove, fill = _step_statements(dialect)[QueueRollup]
+    starts = {f"starts_{span}": sorted(periods.get(span, ())) for span in SPANS}
+    connection = session.connection()
     for chunk in _chunks(queue_ids):
-        session.execute(delete(QueueRollup).where(QueueRollup.queue_id.in_(chunk), within(QueueRollup)))
-        _fill_queues(session, JobRollup.queue_id.in_(chunk), within(JobRollup))
+        values = {"ids": _ids(dialect, chunk), **starts}
+        connection.execute(remove, values)
+        connection.execute(fill, values)
 
 
 def _watermark(session: Session) -> datetime | None:
@@ -339,21 +364,20 @@ def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) ->
 
 
 def _refresh(session: Session, hours: dict[int, set[int]]) -> None:
-    if not hours:
-        return
     for hour, queue_ids in hours.items():
         _recompute_hour(session, hour, queue_ids)
     finer = hours
     touched = {HOUR: set(hours)}
-    for below, span in zip(SPANS, SPANS[1:]):
+    for span in SPANS[1:]:
         periods: dict[int, set[int]] = defaultdict(set)
         for start, queue_ids in finer.items():
             periods[floor_to(start, span)] |= queue_ids
         for start, queue_ids in periods.items():
-            _recompute_from_finer(session, span, below, start, queue_ids)
+            _recompute_from_finer(session, span, start, queue_ids)
         touched[span] = set(periods)
         finer = periods
-    _recompute_queues(session, touched, set().union(*hours.values()))
+    if hours:
+        _recompute_queues(session, touched, set().union(*hours.values()))
 
 
 def stored_spans(session: Session) -> tuple[int, ...]:

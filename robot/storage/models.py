@@ -457,12 +457,12 @@ class JobRollup(RollupSums, Base):
 
 
 class QueueRollup(RollupSums, Base):
-    """The job rollup's rows summed over the templates: per queue and period. Pages over every template
-    (the overview, its heatmap) read these, a third of the rows at three templates a queue. Recomputed
-    from `job_rollup` wherever that changes (robot.rollup), so it always equals its sum."""
+    """The job rollup's rows summed over the templates: per queue and period. Pages over every queue and
+    template (the overview, its heatmap) read these, a third of the rows at three templates a queue.
+    Recomputed from `job_rollup` wherever that changes (robot.rollup), so it always equals its sum."""
 
     __tablename__ = "queue_rollup"
-    __table_args__ = (Index("queue_rollup_queue", "queue_id", "span", "start"), {"sqlite_with_rowid": False})
+    __table_args__ = {"sqlite_with_rowid": False}  # read by period for every queue: no index by queue to keep up
     span: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", name="fk_queue_rollup_queue_id"), primary_key=True,

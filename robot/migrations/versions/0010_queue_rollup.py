@@ -42,16 +42,12 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('span', 'start', 'queue_id', name='pk_queue_rollup'),
     sqlite_with_rowid=False
     )
-    # the rows of an existing job rollup, summed over the templates (the index is built after them)
+    # the rows of an existing job rollup, summed over the templates
     columns = ', '.join(SUMS)
     op.execute(f"INSERT INTO queue_rollup (span, start, queue_id, {columns}, last_end) "
                f"SELECT span, start, queue_id, {', '.join(f'sum({c})' for c in SUMS)}, max(last_end) "
                "FROM job_rollup GROUP BY span, start, queue_id ORDER BY span, start, queue_id")
-    with op.batch_alter_table('queue_rollup', schema=None) as batch_op:
-        batch_op.create_index('queue_rollup_queue', ['queue_id', 'span', 'start'], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('queue_rollup', schema=None) as batch_op:
-        batch_op.drop_index('queue_rollup_queue')
     op.drop_table('queue_rollup')
