@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, text
 
 from robot import history, rollup
 from robot.classify import load_table
@@ -212,6 +212,41 @@ def test_a_binary_file_is_an_error(tmp_path, sessions):
     path.write_bytes(bytes(range(256)) * 8)
     with sessions() as session, pytest.raises(HistoryFileError):
         import_history(session, path, "history", TABLE, NOW)
+
+
+def test_the_bulk_path_stores_each_column_as_the_orm_does(tmp_path, database_url):
+    """Imported jobs are bound as plain values (COPY on PostgreSQL, executemany on SQLite): every column
+    must read back byte for byte as SQLAlchemy stores the same job, times and zones included."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    maker = make_sessionmaker(engine)
+    with maker() as session:
+        sync_topology(session, TOPOLOGY, T0)
+        session.commit()
+    records = [record(1), failed(2, queue="ANALY_B", creationtime="2026-11-02T12:00:00.250+01:00",
+                                 pilottiming="NULL")]
+    export = write(tmp_path, records)
+    with maker() as session:
+        if engine.dialect.name == "sqlite":
+            raw = session.connection().connection.driver_connection
+            cache = raw.execute("PRAGMA cache_size").fetchone()[0]
+        assert import_history(session, export, "history", TABLE, NOW).imported == 2
+        if engine.dialect.name == "sqlite":
+            assert raw.execute("PRAGMA cache_size").fetchone()[0] == cache  # given back after the import
+        session.commit()
+    columns = [c for c in Job.__table__.columns if c.name not in ("id", "job_name", "panda_id")]
+    with maker() as session:
+        for job in session.scalars(select(Job).order_by(Job.panda_id)).all():
+            session.execute(insert(Job.__table__).values(
+                **{c.name: getattr(job, c.key) for c in columns}, job_name=f"orm.{job.panda_id}",
+                panda_id=job.panda_id + 1000))
+        session.commit()
+        names = ", ".join(c.name for c in columns)
+        stored = {pid: row for pid, *row in session.execute(text(f"SELECT panda_id, {names} FROM job"))}
+    assert sorted(stored) == [1, 2, 1001, 1002]
+    assert stored[1] == stored[1001] and stored[2] == stored[1002]
+    assert stored[2][columns.index(Job.__table__.c.creation_time)] is not None
+    engine.dispose()
 
 
 # -- the command, and a replay over what it imported -------------------------------------------------
