@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable, JobReport
@@ -23,8 +23,8 @@ from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, Stora
 from robot.tickets.episodes import refresh_episodes
 from robot.tickets.extract import Mention, TopologyIndex, extract_thread
 from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, Thread
-from robot.tickets.verdict import (DOWNTIME_MARGIN, INCIDENT_MARGIN, LEAD, QUIET_LEAD, CentralIncident, DowntimeRef,
-                                   EpisodeRef, Figures, Judgement, Named, Places, judge)
+from robot.tickets.verdict import (DOWNTIME_MARGIN, INCIDENT_MARGIN, LEAD, PLACE_KINDS, QUIET_LEAD, CentralIncident,
+                                   DowntimeRef, EpisodeRef, Figures, Judgement, Named, Places, judge)
 
 log = logging.getLogger(__name__)
 
@@ -54,39 +54,60 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
     """
     summary = ImportSummary()
     known_ids = set(session.scalars(select(TicketMessage.message_id)))
-    tickets = {t.key: t for t in session.scalars(select(Ticket).where(Ticket.source == source))}
-    changed: list[tuple[Ticket, Thread]] = []
-    new_messages: list[tuple[Ticket, Any]] = []
+    tickets = {key: [id_, state, labels, last, count] for id_, key, state, labels, last, count in session.execute(
+        select(Ticket.id, Ticket.key, Ticket.state, Ticket.labels, Ticket.last_message_at, Ticket.messages)
+        .where(Ticket.source == source))}  # plain rows, changed in place: no ORM objects to build and flush
+    changed: list[tuple[str, Thread]] = []
+    created: dict[str, dict[str, Any]] = {}  # key -> the new ticket's fixed columns
+    new_messages: list[tuple[str, Any]] = []
     for item in threads:
         summary.threads += 1
-        ticket = tickets.get(item.key)
+        row = tickets.get(item.key)
         fresh = [m for m in item.messages if m.message_id not in known_ids]
-        if ticket is not None and not fresh and ticket.state == item.state:
+        if row is not None and not fresh and row[1] == item.state:
             continue
-        if ticket is None:
+        if row is None:
             first = item.messages[0]
-            ticket = Ticket(source=source, key=item.key, subject=item.subject[:2000], state=item.state,
-                            labels=list(item.labels), requester=first.sender[:256], first_message_at=first.date,
-                            last_message_at=item.messages[-1].date, messages=0)
-            session.add(ticket)
-            tickets[item.key] = ticket
+            row = tickets[item.key] = [None, item.state, list(item.labels), item.messages[-1].date, 0]
+            created[item.key] = {"source": source, "key": item.key, "subject": item.subject[:2000],
+                                 "requester": first.sender[:256], "first_message_at": first.date}
             summary.new_tickets += 1
         else:
             summary.updated_tickets += 1
-        new_messages += [(ticket, m) for m in fresh]
+        new_messages += [(item.key, m) for m in fresh]
         known_ids.update(m.message_id for m in fresh)
         summary.new_messages += len(fresh)
-        ticket.state, ticket.labels = item.state, sorted(set(ticket.labels) | set(item.labels))
-        ticket.last_message_at = max(ticket.last_message_at, item.messages[-1].date)
-        ticket.messages += len(fresh)
-        changed.append((ticket, item))
-    session.flush()  # ticket ids
+        row[1:] = [item.state, sorted(set(row[2]) | set(item.labels)), max(row[3], item.messages[-1].date),
+                   row[4] + len(fresh)]
+        changed.append((item.key, item))
+    values = {key: dict(zip(("state", "labels", "last_message_at", "messages"), tickets[key][1:])) for key, _ in changed}
+    if created:
+        session.execute(insert(Ticket.__table__), [{**fixed, **values[key]} for key, fixed in created.items()])
+        keys = list(created)
+        for chunk in range(0, len(keys), 500):  # their ids
+            for id_, key in session.execute(select(Ticket.id, Ticket.key).where(
+                    Ticket.source == source, Ticket.key.in_(keys[chunk:chunk + 500]))):
+                tickets[key][0] = id_
+    updated = [{"id_": tickets[key][0], **columns} for key, columns in values.items() if key not in created]
+    if updated:
+        _update_tickets(session, updated)
     if new_messages:
         session.execute(insert(TicketMessage.__table__), [  # Core: one executemany
-            {"ticket_id": t.id, "message_id": m.message_id[:512], "date": m.date, "sender": m.sender[:256],
-             "subject": m.subject[:2000], "body": m.body} for t, m in new_messages])
-    _store_mentions(session, changed, index, error_table, lookup_jobs, {a.casefold() for a in support_addresses})
-    return summary, [t.id for t, _ in changed]
+            {"ticket_id": tickets[key][0], "message_id": m.message_id[:512], "date": m.date, "sender": m.sender[:256],
+             "subject": m.subject[:2000], "body": m.body} for key, m in new_messages])
+    ids = [(tickets[key][0], item) for key, item in changed]
+    _store_mentions(session, ids, index, error_table, lookup_jobs, {a.casefold() for a in support_addresses})
+    return summary, [ticket_id for ticket_id, _ in ids]
+
+
+def _update_tickets(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Set columns of stored tickets (rows: `id_` and the columns), in one executemany; the tickets
+    the session holds as objects are expired, so that they read the new values."""
+    session.execute(update(Ticket.__table__).where(Ticket.__table__.c.id == bindparam("id_")), rows)
+    held = {row["id_"] for row in rows}
+    for (cls, ident, _token), obj in list(session.identity_map.items()):
+        if cls is Ticket and ident[0] in held:
+            session.expire(obj)
 
 
 @dataclass(frozen=True)
@@ -104,7 +125,7 @@ class JobFact:
         return f"{self.error_class}: {self.status}" + (f", {self.error}" if self.error else "")
 
 
-def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], index: TopologyIndex,
+def _store_mentions(session: Session, changed: list[tuple[int, Thread]], index: TopologyIndex,
                     error_table: Any, lookup_jobs: JobLookup | None, support: set[str]) -> None:
     """What each changed ticket names, extracted again from all its messages.
 
@@ -113,8 +134,8 @@ def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], inde
     """
     if not changed:
         return
-    found = {t.id: extract_thread(item.subject, [(m.sender.casefold() in support, m.body) for m in item.messages],
-                                  index, error_table) for t, item in changed}
+    found = {ticket_id: extract_thread(item.subject, [(m.sender.casefold() in support, m.body) for m in item.messages],
+                                       index, error_table) for ticket_id, item in changed}
     jobs = sorted({int(m.value) for ms in found.values() for m in ms if m.kind == "panda_id" and m.value.isdigit()})
     known: dict[int, JobFact] = {}  # what earlier imports found about these jobs, in any ticket
     for chunk in range(0, len(jobs), 500):
@@ -124,7 +145,7 @@ def _store_mentions(session: Session, changed: list[tuple[Ticket, Thread]], inde
             status, _, error = rest.partition(", ")
             if m.queue:
                 known[int(m.value)] = JobFact(m.queue, status, klass, error, m.code)
-    ids = [t.id for t, _ in changed]
+    ids = [ticket_id for ticket_id, _ in changed]
     for chunk in range(0, len(ids), 500):
         session.execute(delete(TicketMention).where(TicketMention.ticket_id.in_(ids[chunk:chunk + 500])))
     facts = {pid: known[pid] for pid in jobs if pid in known}
@@ -191,14 +212,14 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
                   error_table: Any = None) -> int:
     """Refresh the episodes, then link and judge the given tickets (default: every open one)."""
     table = error_table if error_table is not None else load_table()
-    query = select(Ticket) if ticket_ids is not None else select(Ticket).where(Ticket.state != "closed")
-    tickets: list[Ticket] = []
+    query = select(Ticket.id, Ticket.first_message_at, Ticket.last_message_at)  # plain rows: no ORM objects
+    tickets: list[Any] = []
     if ticket_ids is not None:
         ids = list(ticket_ids)
         for chunk in range(0, len(ids), 500):
-            tickets += session.scalars(query.where(Ticket.id.in_(ids[chunk:chunk + 500]))).all()
+            tickets += session.execute(query.where(Ticket.id.in_(ids[chunk:chunk + 500]))).all()
     else:
-        tickets = list(session.scalars(query))
+        tickets = session.execute(query.where(Ticket.state != "closed")).all()
     if not tickets:
         return 0
     since = min(t.first_message_at for t in tickets) - LEAD
@@ -222,17 +243,17 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
     ids = [t.id for t in tickets]
     for chunk in range(0, len(ids), 500):
         session.execute(delete(TicketLink).where(TicketLink.ticket_id.in_(ids[chunk:chunk + 500])))
-    links = []
+    links, verdicts = [], []
     for ticket in tickets:
         result = judge_ticket(ticket.first_message_at, ticket.last_message_at, named.get(ticket.id, []), episodes,
                               results, incidents, where, downtimes)
-        ticket.verdict, ticket.verdict_reason = result.verdict, result.reason
-        ticket.verdict_evidence, ticket.judged_at = result.evidence, now
+        verdicts.append({"id_": ticket.id, "verdict": result.verdict, "verdict_reason": result.reason,
+                         "verdict_evidence": result.evidence, "judged_at": now})
         links += [{"ticket_id": ticket.id, "episode_id": e, "score": score, "reason": why, "created_at": now}
                   for e, score, why in result.links]
+    _update_tickets(session, verdicts)
     if links:
         session.execute(insert(TicketLink.__table__), links)
-    session.flush()
     return len(tickets)
 
 
@@ -242,7 +263,9 @@ def judge_ticket(first: datetime, last: datetime, named: list[Named], episodes: 
     """One ticket's verdict: the test figures of the places it names, and of the whole grid, then `judge`."""
     queues = {q for n in named if n.complaint for q in places.queues(n)}
     figures = results.figures(queues, first - LEAD, last)
-    grid = results.totals(first - QUIET_LEAD, last)
+    # the whole grid's figures are only read for a ticket that names no place (`judge`, step 5)
+    names_a_place = any(n.complaint and n.kind in PLACE_KINDS for n in named)
+    grid = None if names_a_place else results.totals(first - QUIET_LEAD, last)
     return judge(first, last, named, episodes, figures, incidents, places, grid, downtimes)
 
 
