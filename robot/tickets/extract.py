@@ -73,11 +73,18 @@ ANAPHORA = re.compile(r"(?i)\b(?:(?:it|this|that|the\s+same)\s+(?:also\s+)?(?:ha
                       r"comes\s+from|was\s+at|is\s+at)|seen|saw|same\s+(?:error|problem|thing|issue|failure)s?)\b")
 INTRO_END = re.compile(r"(?i)(?::|\b(?:with|by|from|says|said|shows?|reads?|gives?|gets?|see))\s*$")
 NOT_PROSE = re.compile(r"[ \t>|*\-\d]")  # indented, quoted, a list or a log line
-SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)(?<!\bvs)(?<!\bca)[.!?;](?=\s|$)|\n\s*\n")
+# (the punctuation first, then the abbreviations it ends looked behind: a fast scan for the punctuation)
+SENTENCE_END = re.compile(r"[.!?;](?<!\be\.g.)(?<!\bi\.e.)(?<!\betc.)(?<!\bvs.)(?<!\bca.)(?=\s|$)|\n\s*\n")
 CONTRAST = re.compile(r"(?i)\b(?:but|while|whereas|however|although|though)\b")
 PIECE = re.compile(r",")
 QUOTE_INTRO = re.compile(r"(?im)^.*\bwrote:\s*$|^-+\s*original message\s*-+\s*$")
 STANCE_RANK = {"fails": 3, "works": 2, "ran": 1}
+CUES = ((NEGATED_WORKS, "fails"), (NO_TROUBLE, "works"), (ANAPHORA, "before"), (FAILS, "fails"), (WORKS, "works"))
+# The cue patterns are matched case-sensitively on the lower-cased text: the same matches as ignoring
+# case on the text, several times faster, except where the text holds one of the four characters that
+# Python's case-insensitive matching takes for ASCII letters (those texts use the patterns as written).
+LOWER_CUES = tuple((re.compile(pattern.pattern.removeprefix("(?i)")), stance) for pattern, stance in CUES)
+FOLDS_TO_ASCII = re.compile("[\u0130\u0131\u017f\u212a]")  # İ ı ſ K
 
 # --- job and task IDs ----------------------------------------------------------------------------
 PANDA_LINK = re.compile(r"(?i)\bpandaid\s*[=:]\s*([1-9]\d{0,11})\b")  # pandaid=0: no job
@@ -265,8 +272,9 @@ def extract_thread(subject: str, messages: Sequence[tuple[bool, str]], index: To
     found: list[_Found] = []
     lower = _lower(text)
     tokens = set(TOKEN.findall(lower))
-    found += _names(text, lower, tokens, index, desk)
-    found += _clouds(text, index, desk)
+    cue_text = None if FOLDS_TO_ASCII.search(text) else lower
+    found += _names(text, lower, tokens, index, desk, cue_text)
+    found += _clouds(text, index, desk, cue_text)
     found += _ids(text, lower)
     found += _error_codes(text, table)
     found += _error_names(text, lower, tokens, table)
@@ -287,7 +295,7 @@ def _by_desk(desk: list[tuple[int, int, bool]], position: int) -> bool:
 # --- topology names ------------------------------------------------------------------------------
 
 def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex,
-           desk: list[tuple[int, int, bool]]) -> Iterator[_Found]:
+           desk: list[tuple[int, int, bool]], cue_text: str | None = None) -> Iterator[_Found]:
     """Known names among the tokens (`tokens`: every lower-case token of the text, to skip most texts fast)."""
     hits = index.known(tokens)
     if not hits:
@@ -299,7 +307,7 @@ def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex,
         if _in_host_or_address(text, start, end):
             continue
         target = index.lookup(match.group())
-        stance = None if _by_desk(desk, start) else stance_at(text, start, end)
+        stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
         yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
                                   stance in ("fails", "ran"), stance=stance)
 
@@ -310,20 +318,26 @@ def _in_host_or_address(text: str, start: int, end: int) -> bool:
     return before in (".", "@") or after[:1] == "@" or (after[:1] == "." and after[1:2].isalnum())
 
 
-def _clouds(text: str, index: TopologyIndex, desk: list[tuple[int, int, bool]]) -> Iterator[_Found]:
+def _clouds(text: str, index: TopologyIndex, desk: list[tuple[int, int, bool]],
+            cue_text: str | None = None) -> Iterator[_Found]:
     for match in CLOUD.finditer(text):
         group = "pre" if match.group("pre") else "post"
         cloud = index.cloud(match.group(group))
         if cloud is None:
             continue
         start, end = match.start(group), match.end(group)
-        stance = None if _by_desk(desk, start) else stance_at(text, start, end)
+        stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
         yield start, end, Mention("cloud", match.group(group), None, None, cloud, stance in ("fails", "ran"),
                                   stance=stance)
 
 
-def stance_at(text: str, start: int, end: int) -> str:
-    """What the sentence around text[start:end] says about the place named there: fails, works or ran."""
+def stance_at(text: str, start: int, end: int, lower: str | None = None) -> str:
+    """What the sentence around text[start:end] says about the place named there: fails, works or ran.
+
+    `lower`: the text lower-cased (same length), where the cues are looked for case-sensitively;
+    None to look for them in the text ignoring case (see LOWER_CUES)."""
+    cues = CUES if lower is None else LOWER_CUES
+    subject = text if lower is None else lower
     s_start, s_end = _sentence(text, start, end)
     before, after = text[s_start:start], text[end:s_end]
     if LEFT_OUT_BEFORE.search(before[-CLAUSE_WINDOW:]) or LEFT_OUT_AFTER.search(after):
@@ -331,9 +345,9 @@ def stance_at(text: str, start: int, end: int) -> str:
     c_start, c_end = _cut(text, s_start, s_end, start, end, CONTRAST)
     p_start, p_end = _cut(text, c_start, c_end, start, end, PIECE)
     for lo, hi in ((p_start, p_end), (c_start, c_end), (s_start, s_end)):
-        cue = _nearest_cue(text, lo, hi, start, end)
+        cue = _nearest_cue(subject, lo, hi, start, end, cues)
         if cue == "before":
-            return _previous_sentence(text, s_start)
+            return _previous_sentence(text, s_start, subject, cues)
         if cue is not None:
             return cue
     if c_start > s_start and NOT_AT.search(text[c_start:start]):
@@ -397,22 +411,23 @@ def _cut(text: str, lo: int, hi: int, start: int, end: int, pattern: re.Pattern)
     return c_start, c_end
 
 
-def _previous_sentence(text: str, s_start: int) -> str:
-    """What the sentence before says (for "it happens at X"): fails if it says anything fails."""
+def _previous_sentence(text: str, s_start: int, subject: str, cues: tuple) -> str:
+    """What the sentence before says (for "it happens at X"): fails if it says anything fails.
+    `subject` and `cues`: where and with which patterns the cues are looked for (see stance_at)."""
     if s_start <= 1:
         return "ran"
     lo, hi = _sentence(text, s_start - 2, s_start - 1)
-    if FAILS.search(text, lo, hi) or NEGATED_WORKS.search(text, lo, hi):
+    negated_works, fails, works = cues[0][0], cues[3][0], cues[4][0]
+    if fails.search(subject, lo, hi) or negated_works.search(subject, lo, hi):
         return "fails"
-    return "works" if WORKS.search(text, lo, hi) else "ran"
+    return "works" if works.search(subject, lo, hi) else "ran"
 
 
-def _nearest_cue(text: str, lo: int, hi: int, start: int, end: int) -> str | None:
+def _nearest_cue(text: str, lo: int, hi: int, start: int, end: int, patterns: tuple = CUES) -> str | None:
     """The stance of the cue word nearest the name within text[lo:hi] (ties: fails), if any."""
     taken: list[tuple[int, int]] = []
     cues: list[tuple[int, int, str]] = []
-    for pattern, stance in ((NEGATED_WORKS, "fails"), (NO_TROUBLE, "works"), (ANAPHORA, "before"), (FAILS, "fails"),
-                            (WORKS, "works")):
+    for pattern, stance in patterns:
         for match in pattern.finditer(text, lo, hi):
             a, b = match.start(), match.end()
             if b <= start or a >= end:
