@@ -91,6 +91,30 @@ def test_odd_and_unknown_charsets():
     assert m.subject == "Grüße" and m.body.strip() == "Grüße aus Zürich"
 
 
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1)),
+       st.sampled_from([0, 60, -300, 330, 845, -720, 1439, -1439]), st.booleans(), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_dates_read_at_once_are_the_times_email_utils_reads(moment, minutes, weekday, negative_zero):
+    """The usual date spelling is read without email.utils, to the very same time."""
+    import email.utils
+
+    text = email.utils.format_datetime(moment.replace(microsecond=0, tzinfo=timezone(timedelta(minutes=minutes))))
+    text = text if weekday else text[5:]
+    text = text.replace("+0000", "-0000") if negative_zero else text
+    m = parse_message(raw(date=text), "s", NOW)
+    expected = email.utils.parsedate_to_datetime(text)
+    expected = expected.replace(tzinfo=timezone.utc) if expected.tzinfo is None else expected
+    assert m.date == expected and m.date.tzinfo is timezone.utc
+
+
+def test_odd_dates_fall_back_as_before():
+    for text in ("Fri, 31 Feb 2026 12:00:00 +0000", "Fri, 20 Nov 2026 25:00:00 +0000",
+                 "Fri, 20 Nov 2026 12:00:00 +9999"):
+        assert parse_message(raw(date=text), "s", NOW).date == NOW  # email.utils cannot read them either
+    assert parse_message(raw(date="20 nov 2026 12:00:00 GMT"), "s", NOW).date == \
+        datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
 def test_missing_message_id_and_date():
     data = raw(msgid=None, date=None)
     a = parse_message(data, "s", NOW)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import email
+import email.message
+import functools
 import email.header
 import email.policy
 import email.utils
@@ -16,7 +18,7 @@ import hashlib
 import mailbox
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +33,7 @@ MAX_REFERENCES = 200
 GGUS_SUBJECT_RE = re.compile(r"GGUS[-_ ]?Ticket[-_ ]?ID\s*:?\s*#?\s*(\d{3,10})", re.IGNORECASE)
 _MSGID_RE = re.compile(r"<([^<>\s]{1,500})>")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SPACES_RE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def limit_body(text: str, limit: int = MAX_BODY_CHARS) -> tuple[str, bool]:
 
 def clean_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
     value = _CONTROL_RE.sub(" ", value.replace("\r", " ").replace("\n", " "))
-    return re.sub(r"\s+", " ", value).strip()[:limit]
+    return _SPACES_RE.sub(" ", value).strip()[:limit]
 
 
 def normalise_message_id(value: str | None) -> str | None:
@@ -204,11 +207,29 @@ def _decode(payload: bytes, charset: str | None) -> str:
         return payload.decode("utf-8", errors="replace")
 
 
+# A date as mailers write it ("Fri, 20 Nov 2026 12:34:56 +0000"), read at once; any other spelling
+# goes to email.utils, which reads this one to the same time (tests/test_tickets.py compares them).
+_PLAIN_DATE = re.compile(r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(\d{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                         r"(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
 def _parse_date(headers: dict[str, str], fallback: datetime) -> datetime:
     raw = headers.get("date")
     if raw:
+        line = clean_line(raw)
+        plain = _PLAIN_DATE.fullmatch(line)
+        if plain:
+            day, month, year, hour, minute, second, sign, zone_h, zone_m = plain.groups()
+            offset = (int(zone_h) * 3600 + int(zone_m) * 60) * (-1 if sign == "-" else 1)
+            try:
+                return as_utc(datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second),
+                                       tzinfo=timezone(timedelta(seconds=offset))))
+            except ValueError:
+                pass
         try:
-            return as_utc(email.utils.parsedate_to_datetime(clean_line(raw)))
+            return as_utc(email.utils.parsedate_to_datetime(line))
         except Exception:
             pass
     return as_utc(fallback)
@@ -234,6 +255,29 @@ def _parse_sender(headers: dict[str, str]) -> str:
     return clean_line(addr or raw, 320).lower()
 
 
+def _type_and_charset(part) -> tuple[str, str | None]:
+    """A part's content type and charset as the email package reads them, from a cache by the header's
+    text (an archive repeats a few Content-Type values, and reading their parameters is slow)."""
+    value = next((v for k, v in part.raw_items() if k.lower() == "content-type"), None)
+    if not isinstance(value, str):  # none: the default type depends on the enclosing part
+        return part.get_content_type(), _charset(part)
+    return _content_type(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type(value: str) -> tuple[str, str | None]:
+    part = email.message.Message(policy=email.policy.compat32)
+    part["Content-Type"] = value
+    return part.get_content_type(), _charset(part)
+
+
+def _charset(part) -> str | None:
+    try:
+        return part.get_content_charset()
+    except Exception:
+        return None
+
+
 def _body_and_attachments(msg) -> tuple[str, tuple[str, ...]]:
     plain: list[str] = []
     html: list[str] = []
@@ -255,16 +299,12 @@ def _body_and_attachments(msg) -> tuple[str, tuple[str, ...]]:
             if filename or disposition == "attachment":
                 attachments.append(clean_line(filename or "(unnamed)", 255))
                 continue
-            ctype = part.get_content_type()
+            ctype, charset = _type_and_charset(part)
             if ctype not in ("text/plain", "text/html"):
                 continue
             payload = part.get_payload(decode=True)
             if payload is None:
                 payload = str(part.get_payload() or "").encode("utf-8", "replace")
-            try:
-                charset = part.get_content_charset()
-            except Exception:
-                charset = None
             text = _decode(payload, charset)
             (plain if ctype == "text/plain" else html).append(text)
         except MessageSkipped:
