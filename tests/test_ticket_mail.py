@@ -5,6 +5,7 @@ import mailbox
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from robot.tickets.mail import (MAX_BODY_CHARS, Message, MessageSkipped, Skip, html_to_text,
@@ -179,6 +180,43 @@ def test_random_headers_never_crash(headers, body):
         return
     assert m.date.utcoffset() == timedelta(0) and m.message_id
     assert len(m.body) <= MAX_BODY_CHARS
+
+
+field_names = st.sampled_from(["From", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "X-Gmail-Labels",
+                               "X-GM-THRID", "MIME-Version", "X-Odd", "From ", "Content-Type", "Content-Disposition"])
+fields = st.one_of(
+    st.tuples(st.sampled_from(["Content-Type", "content-type"]), st.sampled_from([
+        "text/plain", "text/plain; charset=utf-8", 'text/plain; charset="ISO-8859-1"', "TEXT/HTML",
+        "text/html; charset=utf-8", "text/plain; charset*=utf-8''x", "text/plain; name=a.txt", "text/plain;\n charset=latin1",
+        "multipart/mixed; boundary=b", "message/rfc822", "application/pdf", "text"])),
+    st.tuples(st.just("Content-Transfer-Encoding"), st.sampled_from(["base64", "Quoted-Printable", "8bit", "x-uue", "base64 "])),
+    st.tuples(field_names, st.one_of(
+        st.sampled_from(["attachment; filename=a.log", "<a@b> <c@d>", "Fri, 20 Nov 2026 12:00:00 +0100", " x", "",
+                         "a\n  folded", "a\n\tfolded\n more", "caf\u00e9", "=?utf-8?q?caf=C3=A9?=", "x\r"]),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40))))
+bodies = st.one_of(st.binary(max_size=300), st.sampled_from([
+    b"plain text\n", b"<html><body><p>Jobs at <b>X</b> fail</p></body></html>\n", b"caf\xc3\xa9 \xe9\r\nline\r\n",
+    b"PGh0bWw+\n", b"a=3Db=\n", b"--b\nContent-Type: text/plain\n\nin a part\n--b--\n", b"\n\nafter blank lines"]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(fields, max_size=8), bodies, st.sampled_from(["\n\n", "\n", "\n \n\n"]))
+def test_plain_mail_is_read_as_the_email_package_reads_it(header, body, separator):
+    """The usual mail is read without the email package (robot.tickets.mail._plain_message): the very same
+    Message as the email package gives, or the email package is asked."""
+    from robot.tickets import mail
+
+    head = "\n".join(f"{name}{'' if name.endswith(' ') else ':'} {value}" for name, value in header)
+    data = head.encode("utf-8") + separator.encode() + body
+    read = []
+    for plain in (mail._plain_message, lambda raw: None):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mail, "_plain_message", plain)
+            try:
+                read.append(parse_message(data, "s", NOW))
+            except MessageSkipped as exc:
+                read.append(exc.reason)
+    assert read[0] == read[1]
 
 
 # ----------------------------------------------------------------------------- archives

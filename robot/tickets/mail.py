@@ -340,8 +340,12 @@ def parse_message(raw: bytes, source: str, fallback_date: datetime,
 def _parse(raw: bytes, source: str, fallback_date: datetime) -> Message:
     # compat32 leaves headers raw (they are decoded by hand below): several times faster than
     # policy.default's header objects, and just as tolerant of hostile input.
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    headers = _raw_headers(msg)
+    plain = _plain_message(raw)
+    if plain is None:
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        headers = _raw_headers(msg)
+    else:
+        headers, body = plain
     if not headers:
         raise MessageSkipped("no headers")
     subject = clean_line(_decoded(headers.get("subject")) or "")
@@ -360,7 +364,7 @@ def _parse(raw: bytes, source: str, fallback_date: datetime) -> Message:
         label = clean_line(label.strip().strip('"'), 200)
         if label and label not in labels:
             labels.append(label)
-    body, attachments = _body_and_attachments(msg)
+    body, attachments = _body_and_attachments(msg) if plain is None else (body, ())
     body, truncated = limit_body(body)
     return Message(
         source=source,
@@ -376,6 +380,52 @@ def _parse(raw: bytes, source: str, fallback_date: datetime) -> Message:
         truncated=truncated,
         attachments=attachments,
     )
+
+
+_HEADER_LINE = re.compile(r"[\041-\071\073-\176]+:")  # a field name, then its colon
+_DECODED_ENCODINGS = {"quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"}
+
+
+def _plain_message(raw: bytes) -> tuple[dict[str, str], str] | None:
+    """The headers (as `_raw_headers` gives them) and the body text of the usual support mail: one
+    text/plain or text/html part, no transfer encoding to undo, no attachment, well-formed ASCII header
+    lines; read without the email package, as it reads them. None for any other message, which the
+    email package parses (tests/test_ticket_mail.py compares the two on generated mail)."""
+    end = raw.find(b"\n\n")
+    if end <= 0:
+        return None
+    head = raw[:end + 1]
+    if not head.isascii() or b"\r" in head:
+        return None
+    headers: dict[str, str] = {}
+    lines: list[str] = []  # the current field's lines, each with its line end
+    for line in head.decode("ascii").split("\n")[:-1]:
+        if line[:1] in (" ", "\t") and lines:
+            lines.append(line + "\n")
+            continue
+        if not _HEADER_LINE.match(line):
+            return None
+        if lines:
+            _add_field(headers, lines)
+        lines = [line + "\n"]
+    _add_field(headers, lines)
+    if "content-disposition" in headers:
+        return None
+    content_type = headers.get("content-type")
+    if content_type is not None and "name" in content_type.lower():
+        return None
+    ctype, charset = ("text/plain", None) if content_type is None else _content_type(content_type)
+    if ctype not in ("text/plain", "text/html") or \
+            headers.get("content-transfer-encoding", "").lower() in _DECODED_ENCODINGS:
+        return None
+    text = _decode(raw[end + 2:], charset)
+    return headers, text if ctype == "text/plain" else html_to_text(text)
+
+
+def _add_field(headers: dict[str, str], lines: list[str]) -> None:
+    """A field's name and value as the email package's compat32 policy stores them; the first one of a name wins."""
+    name, value = lines[0].split(":", 1)
+    headers.setdefault(name.lower(), (value.lstrip(" \t") + "".join(lines[1:])).rstrip("\r\n"))
 
 
 # --------------------------------------------------------------------------- archives
