@@ -505,7 +505,11 @@ def main() -> None:
                 marker.write_text("done\n")
         else:  # migrations added since the fill are applied (they carry existing rows over, as on a robot's database)
             print(f"reusing the database in {folder}")
-            upgrade(make_engine(url))
+            reused = make_engine(url)
+            upgrade(reused)
+            with reused.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.exec_driver_sql("ANALYZE")  # the planner's statistics cover the tables they added
+            reused.dispose()
         engine = make_engine(url)
         stack.callback(engine.dispose)
         size = database_size(engine, folder)
