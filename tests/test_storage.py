@@ -69,3 +69,27 @@ def test_naive_times_are_refused(engine):
         session.add(Event(time=datetime(2026, 11, 1, 12, 0), kind="k", message="m"))
         with pytest.raises(StatementError, match="UTC-aware"):
             session.commit()
+
+
+def test_sqlite_stores_times_as_sqlalchemys_datetime_text(sqlite_engine):
+    """The time type's own SQLite conversion writes and reads exactly what SQLAlchemy's DATETIME does, so
+    databases written before and after it hold the same text and compare the same in SQL."""
+    from sqlalchemy.dialects.sqlite import DATETIME
+
+    upgrade(sqlite_engine)
+    sessions = make_sessionmaker(sqlite_engine)
+    times = [datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc),  # no microseconds: still written with six zeros
+             datetime(2026, 11, 1, 12, 0, 5, 123, tzinfo=timezone.utc),
+             datetime(2026, 11, 1, 13, 0, 5, 999999, tzinfo=timezone(timedelta(hours=1)))]
+    with sessions() as session:
+        session.add_all([Event(time=when, kind="k", message=str(i)) for i, when in enumerate(times)])
+        session.commit()
+    dialect = sqlite_engine.dialect
+    reference = DATETIME().bind_processor(dialect)
+    with sqlite_engine.connect() as connection:
+        stored = [text_ for text_, in connection.execute(text("SELECT time FROM event ORDER BY message"))]
+    assert stored == [reference(when.astimezone(timezone.utc).replace(tzinfo=None)) for when in times]
+    assert stored[0] == "2026-11-01 12:00:00.000000"
+    with sessions() as session:
+        read = [event.time for event in session.query(Event).order_by(Event.message)]
+    assert read == times and all(when.tzinfo is timezone.utc for when in read)
