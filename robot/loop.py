@@ -46,6 +46,7 @@ INTERVAL_SETTING = "loop.interval_seconds"  # the stepping robot's own interval 
 SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts slots and records jobs
 # Core statements on the hot paths: no ORM entities to build or to track
 JOB, QUEUE, TEST, TEST_QUEUE = Job.__table__, Queue.__table__, Test.__table__, TestQueue.__table__
+TEMPLATE, ENDPOINT = Template.__table__, StorageEndpoint.__table__
 # An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
 UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 
@@ -110,7 +111,7 @@ class Robot:
             if shard.leader:
                 self._refresh(session, now)
             self._owned = None if shard.alone else [
-                queue_id for queue_id, name in session.execute(select(Queue.id, Queue.name)) if shard.owns(name)]
+                queue_id for queue_id, name in session.execute(select(QUEUE.c.id, QUEUE.c.name)) if shard.owns(name)]
             if shard.live != self._live_seen and (self._live_seen or not shard.alone):  # not for one alone
                 self._live_seen = shard.live
                 self._event(session, now, "workers", f"worker {shard.me}",
@@ -212,7 +213,7 @@ class Robot:
         except BackendUnavailable as exc:
             summary.backend_errors.append(f"queue status: {exc}")
             return
-        rows = session.execute(select(Queue.id, Queue.name, Queue.status).where(Queue.retired_at.is_(None))).all()
+        rows = session.execute(select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.retired_at.is_(None))).all()
         for queue_id, name, old in rows:
             new = statuses.get(name)
             if new is None or new.value == old:
@@ -256,8 +257,8 @@ class Robot:
         """Of the jobs the backend did not know, those submitted longer than `unknown_after` ago."""
         if not job_ids:
             return []
-        return list(session.scalars(select(Job.id).where(
-            Job.id.in_(job_ids), Job.submitted_at <= now - self.config.loop.unknown_after)))
+        return list(session.scalars(select(JOB.c.id).where(
+            JOB.c.id.in_(job_ids), JOB.c.submitted_at <= now - self.config.loop.unknown_after)))
 
     def _from_report(self, job_id: int, report: JobReport, now: datetime) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -284,10 +285,11 @@ class Robot:
         and recorded as it really ended; a kill that cannot be sent is tried again at the next step."""
         shortest = min((t.max_queue_time for t in self.config.templates), default=timedelta(hours=2))
         waiting = session.execute(
-            select(Job.id, Job.panda_id, Job.job_status, Job.submitted_at, Job.status_changed_at, Template.settings)
-            .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
-            .where(Job.phase == "active", Job.job_status.in_([s.value for s in QUEUED_STATES]),
-                   Job.submitted_at <= now - shortest, *self._mine(Job.queue_id))
+            select(JOB.c.id, JOB.c.panda_id, JOB.c.job_status, JOB.c.submitted_at, JOB.c.status_changed_at,
+                   TEMPLATE.c.settings)
+            .select_from(JOB.join(TEST, TEST.c.id == JOB.c.test_id).join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
+            .where(JOB.c.phase == "active", JOB.c.job_status.in_([s.value for s in QUEUED_STATES]),
+                   JOB.c.submitted_at <= now - shortest, *self._mine(JOB.c.queue_id))
         ).all()
         expired = []
         for row in waiting:
@@ -470,9 +472,9 @@ class Robot:
         totals: dict[tuple[int, int], int] = {}
         if counted:
             totals = {(t, q): n for t, q, n in session.execute(
-                select(Job.test_id, Job.queue_id, func.count())
-                .where(Job.test_id.in_(counted), Job.phase != "lost", Job.retry_of.is_(None))
-                .group_by(Job.test_id, Job.queue_id))}
+                select(job.test_id, job.queue_id, func.count())
+                .where(job.test_id.in_(counted), job.phase != "lost", job.retry_of.is_(None))
+                .group_by(job.test_id, job.queue_id))}
         retries = pending_retries(session, sorted({row.test_id for row in pairs if row.max_jobs is not None}))
         slots = []
         for test_id, queue_id, max_running, depth, resubmit, extra, gap, max_jobs, jobs, run in pairs:
@@ -503,14 +505,15 @@ class Robot:
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
         queues: dict[int, tuple[str, list[str]]] = {}
         for queue_id, name, endpoint in session.execute(
-            select(Queue.id, Queue.name, StorageEndpoint.name)
-            .outerjoin(queue_endpoint, queue_endpoint.c.queue_id == Queue.id)
-            .outerjoin(StorageEndpoint, StorageEndpoint.id == queue_endpoint.c.endpoint_id)
-            .where(Queue.id.in_(queue_ids))
+            select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
+            .select_from(QUEUE.outerjoin(queue_endpoint, queue_endpoint.c.queue_id == QUEUE.c.id)
+                         .outerjoin(ENDPOINT, ENDPOINT.c.id == queue_endpoint.c.endpoint_id))
+            .where(QUEUE.c.id.in_(queue_ids))
         ):
             queues.setdefault(queue_id, (name, []))[1].extend([endpoint] if endpoint else [])
         templates = dict(session.execute(
-            select(Test.id, Template.settings).join(Template, Template.id == Test.template_id).where(Test.id.in_(test_ids))
+            select(TEST.c.id, TEMPLATE.c.settings).select_from(TEST.join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
+            .where(TEST.c.id.in_(test_ids))
         ).all())
         return SubmissionContext(queues=queues, templates=templates)
 
