@@ -555,10 +555,10 @@ def _lower(text: str) -> str:
 
 def _snippet(text: str, start: int, end: int) -> str:
     pad = max(0, (SNIPPET_CHARS - (end - start)) // 2)
-    words = text[max(0, start - pad):end + pad].split()
-    if not all(word.isprintable() for word in words):  # other unprintable characters separate words too
-        words = "".join(c if c.isprintable() else " " for c in " ".join(words)).split()
-    return " ".join(words)
+    snippet = " ".join(text[max(0, start - pad):end + pad].split())
+    if not snippet.isprintable():  # other unprintable characters separate words too
+        snippet = " ".join("".join(c if c.isprintable() else " " for c in snippet).split())
+    return snippet
 
 
 def _key(mention: Mention) -> tuple:
@@ -585,5 +585,10 @@ def _deduplicate(text: str, found: list[_Found]) -> list[Mention]:
         if first.kind in TOPOLOGY_KINDS and STANCE_RANK.get(mention.stance or "", 0) > STANCE_RANK.get(first.stance or "", 0):
             merged[key] = (first_start, first_end, replace(first, stance=mention.stance,
                                                            complaint=mention.stance in ("fails", "ran")))
-    return [replace(mention, snippet=_snippet(text, start, end))
+    return [_with_snippet(mention, _snippet(text, start, end))
             for start, end, mention in sorted(merged.values(), key=lambda item: item[0])]
+
+
+def _with_snippet(m: Mention, snippet: str) -> Mention:
+    """`replace(m, snippet=snippet)` without dataclasses.replace's look at the fields (one call per mention)."""
+    return Mention(m.kind, m.value, m.queue, m.site, m.cloud, m.complaint, snippet, m.code, m.error_class, m.stance)

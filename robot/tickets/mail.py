@@ -32,8 +32,7 @@ MAX_REFERENCES = 200
 
 GGUS_SUBJECT_RE = re.compile(r"GGUS[-_ ]?Ticket[-_ ]?ID\s*:?\s*#?\s*(\d{3,10})", re.IGNORECASE)
 _MSGID_RE = re.compile(r"<([^<>\s]{1,500})>")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_SPACES_RE = re.compile(r"\s+")
+_BLANKS_RE = re.compile(r"(?:\s|[\x00-\x08\x0b-\x1f\x7f])+")
 
 
 @dataclass(frozen=True)
@@ -132,8 +131,8 @@ def limit_body(text: str, limit: int = MAX_BODY_CHARS) -> tuple[str, bool]:
 
 
 def clean_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
-    value = _CONTROL_RE.sub(" ", value.replace("\r", " ").replace("\n", " "))
-    return _SPACES_RE.sub(" ", value).strip()[:limit]
+    """One line: each run of white space and control characters (line breaks included) one space."""
+    return _BLANKS_RE.sub(" ", value).strip()[:limit]
 
 
 def normalise_message_id(value: str | None) -> str | None:
