@@ -233,6 +233,22 @@ def test_mbox_with_corrupt_message(tmp_path):
     assert [i.message_id for i in items if isinstance(i, Message)] == ["m1@x", "m2@x"]
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([b"From a@x Sat Mar  1 10:00:00 2025\n", b"From \n", b"\n", b"\n\n", b">From x\n",
+                                 b"Subject: s\n", b"body line\n", b"no newline", b"\r\n", b"From"]), max_size=30))
+def test_mbox_messages_are_the_ones_mailbox_reads(tmp_path, pieces):
+    from robot.tickets.mail import mbox_messages
+
+    path = tmp_path / "any.mbox"
+    path.write_bytes(b"".join(pieces))
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        expected = [box.get_bytes(key) for key in box.iterkeys()]
+    finally:
+        box.close()
+    assert list(mbox_messages(path)) == expected
+
+
 def test_maildir_with_corrupt_message(tmp_path):
     box = mailbox.Maildir(str(tmp_path / "md"), create=True)
     k1 = box.add(raw(msgid="<d1@x>"))

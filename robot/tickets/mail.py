@@ -449,11 +449,38 @@ def read_mbox(path, fallback_date: datetime | None = None,
     path = Path(path)
     source = f"mbox:{path}"
     fallback = fallback_date or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-    box = mailbox.mbox(str(path), create=False)
+    position = -1
     try:
-        yield from _read_box(box, source, enumerate(box.iterkeys()), fallback, max_bytes)
-    finally:
-        box.close()
+        for position, raw in enumerate(mbox_messages(path)):
+            try:
+                yield parse_message(raw, source, fallback, max_bytes=max_bytes)
+            except MessageSkipped as exc:
+                yield Skip(source, position, exc.reason)
+    except OSError as exc:
+        yield Skip(source, position + 1, f"unreadable ({type(exc).__name__})")
+
+
+def mbox_messages(path: Path) -> Iterator[bytes]:
+    """Each message of an mbox file as mailbox.mbox gives it (`get_bytes` of each key of its table of
+    contents: the lines after a "From " line, less the blank line before the next one), in one pass
+    over the file's lines instead of a table of contents and a seek and a read per message."""
+    with path.open("rb") as handle:
+        lines: list[bytes] | None = None  # None before the first "From " line: not a message
+        for line in handle:
+            if line.startswith(b"From "):
+                if lines is not None:
+                    yield _without_separator(lines)
+                lines = []
+            elif lines is not None:
+                lines.append(line)
+        if lines is not None:
+            yield _without_separator(lines)
+
+
+def _without_separator(lines: list[bytes]) -> bytes:
+    if lines and lines[-1] == b"\n":
+        lines.pop()
+    return b"".join(lines)
 
 
 def read_maildir(path, fallback_date: datetime | None = None,
