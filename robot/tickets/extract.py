@@ -501,9 +501,15 @@ def _pilot_names(table: Mapping) -> dict[str, int]:
     return _pilot_names_cache[1]
 
 
+TRIGGERS = frozenset(trigger for known in ERROR_TEXTS for trigger in known.triggers)
+
+
 def _error_texts(text: str, lower: str, table: Mapping) -> Iterator[_Found]:
+    present = {trigger for trigger in TRIGGERS if trigger in lower}  # each looked for once, not once per text
+    if not present:
+        return
     for known in ERROR_TEXTS:
-        if not any(trigger in lower for trigger in known.triggers):
+        if present.isdisjoint(known.triggers):
             continue
         for match in known.pattern.finditer(lower):
             start, end = match.start(), match.end()
