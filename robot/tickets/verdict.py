@@ -295,8 +295,14 @@ def _passed(f: Figures) -> str:
 def _links(first: datetime, last: datetime, complaints: list[Named],
            episodes: list[EpisodeRef]) -> list[tuple[int, float, str]]:
     start = first - LEAD
+    # what an episode must share with a complaint to match it (`_match`): most episodes share nothing
+    queues = {n.queue for n in complaints if n.kind in ("queue", "panda_id")}
+    sites = {n.site for n in complaints if n.kind in ("site", "endpoint")}
+    clouds = {n.cloud for n in complaints if n.kind == "cloud"}
     links = []
     for episode in episodes:
+        if episode.queue not in queues and episode.site not in sites and episode.cloud not in clouds:
+            continue
         if episode.start > last or (episode.end is not None and episode.end < start):
             continue
         strength, why = _match(episode, complaints)
