@@ -47,14 +47,18 @@ class SequentialSettings(Strict):
 
 
 class UserJobsSettings(Strict):
-    """Users' own jobs as evidence for the default policy (blacklist/userjobs.py): on or off, and how loudly."""
+    """Users' own jobs as evidence for the default policy (blacklist/userjobs.py): on or off, and how loudly.
 
-    enabled: bool = False
+    On by default: where no users' jobs are read (PanDA without `backend.panda.monitor_url`,
+    `user_jobs.read: false`, a source that cannot be read or counts none) the policy decides and
+    paces exactly as with it off."""
+
+    enabled: bool = True
     weight: Fraction = 0.25  # share of an hour's log-likelihood ratio that counts
     min_failures: PositiveInt = 3  # fewest failures of one site-class code in a queue's hour that count
     floor: Risk = 0.02  # the least rate of a code that a queue's users' jobs are compared with
     watched_jobs: NonNegativeInt = 10  # users' jobs ended at a queue within the last hour that make it watched ...
-    watched_gap: Duration = timedelta(hours=2)  # ... and a watched stable queue waits this long between test jobs
+    watched_gap: Duration = timedelta(minutes=90)  # ... and a watched stable queue waits this long between test jobs
 
 
 class SafetySettings(Strict):

@@ -35,23 +35,25 @@ USER_JOBS_REFRESH = timedelta(minutes=10)  # the robot's default (user_jobs.refr
 #                       guard and no cap (the mass-exclusion recovery it gained later acts after the fact);
 #   hammercloud+safety  HammerCloud's rules behind our safety layer (mass guard and exclusion cap), so that
 #                       what the default policy gains over it is the policy's own doing;
-#   default             our policy, behind the same safety layer;
-#   default+users       the same, also given the users' own jobs at each queue (blacklist/userjobs.py) as
-#                       the scenario's `users:` traffic makes them: the same test jobs, the same luck.
+#   default             our policy, behind the same safety layer, given the test jobs and the users' own
+#                       jobs at each queue (blacklist/userjobs.py) as the scenario's `users:` traffic makes
+#                       them (none without it: then it is the test jobs alone);
+#   default-users       the same without the users' jobs (blacklist.user_jobs.enabled off): the same test
+#                       jobs, the same luck.
 BUILTIN = {
     "hammercloud": BlacklistSettings(mode="enforce", policy="hammercloud",
                                      safety=SafetySettings(mass_guard=False, max_excluded_fraction=1.0)),
     "hammercloud+safety": BlacklistSettings(mode="enforce", policy="hammercloud"),
     "default": BlacklistSettings(mode="enforce", policy="default"),
-    "default+users": BlacklistSettings(mode="enforce", policy="default", user_jobs=UserJobsSettings(enabled=True)),
+    "default-users": BlacklistSettings(mode="enforce", policy="default", user_jobs=UserJobsSettings(enabled=False)),
 }
 COMPARED = ("hammercloud", "hammercloud+safety", "default")  # the rows shown when no policy is named ...
-WITH_USERS = "default+users"  # ... and this one too when a scenario has users' traffic (`users:`)
+WITHOUT_USERS = "default-users"  # ... and this one too when a scenario has users' traffic (`users:`)
 GIVEN = {  # what each built-in row was given, as the comparison prints it
     "hammercloud": "HammerCloud's rules on the test jobs, no mass guard, no cap",
     "hammercloud+safety": "HammerCloud's rules on the test jobs, behind our safety layer",
-    "default": "our policy on the test jobs, behind our safety layer",
-    "default+users": "default, also given the users' own jobs of each queue (the scenario's `users:` traffic)",
+    "default": "our policy on the test jobs and the users' own jobs of each queue, behind our safety layer",
+    "default-users": "default without the users' own jobs: the test jobs alone",
 }
 
 

@@ -1,22 +1,37 @@
 """Users' own jobs as evidence for the default policy, weighted for what they are.
 
 Users' jobs fail for their own reasons (their code, their memory, their arguments) far more often
-than for the site's, so only a part of what they say is heard:
-- only site-class codes count (robot.classify's table); a user-class failure says nothing here;
-- per queue, hour and site-class code c, k of the queue's n users' jobs that ended failed with c;
-  it is compared with c's rate in the users' jobs of the other queues in the policy window
-  (never below `floor`): a code failing everywhere is a shared cause, not this site's;
+than for the site's, so only a part of what they say is heard, by the same differential principle
+as the test jobs (blacklist/differential.py):
+- per queue, hour and code c, k of the queue's n users' jobs that ended failed with c; it is
+  compared with c's rate in the users' jobs of the other queues in the policy window (never below
+  `floor`): a code failing everywhere is a shared cause, not this site's, and a code failing at
+  one queue far above that rate points at the site, whatever its class (a site fault that shows
+  only as an unknown-class crash, 1203, is seen);
+- user-class codes say nothing here: one user's broken task, brokered to a few queues, fails
+  there far above the others' rate exactly as a site would, and nothing in hourly counts tells
+  the two apart (the test jobs, whose payload is known to work, can);
+- a central-class code, as in the test jobs, adds to a case that other evidence opened but never
+  opens one; an unknown-class code weighs in its own code's alternative only (with the test
+  jobs' failures of the same code), a site-class one also in "broken, whatever the code";
 - the same code failing at `spread_sites` (see SequentialSettings) or more other sites in the same
   hour (two failures above `floor` are enough: a shared cause starts somewhere) is a shared cause
-  too and counts for no site;
+  too and counts for no site; the test jobs' failures of that code in that hour count neither way
+  either (`without_shared`);
 - the hour weighs `weight` times the log-likelihood ratio of "the queue fails with c at the rate
   seen" against "at the other queues' rate" (n times the Kullback-Leibler divergence), and never
   more than one test job's failure pointing at the site (`Weights.failure`); hours with fewer
-  than `min_failures` such failures, or a rate not above the baseline, weigh nothing.
+  than `min_failures` such failures, a rate not above the baseline, or a log-likelihood ratio
+  below Wald's bound (the hour is not conclusive on its own: the users' jobs' own noise at every
+  queue and hour, e.g. users' jobs reaching their wall time, 1213, would keep opening cases and
+  sending probes) weigh nothing.
 
-A stable queue whose users' jobs keep ending (`watched_jobs` within about the last hour) is tested
-less often (`watched_gap` between a template's jobs instead of the stable gap): its users' jobs
-stand watch, and the first hour of them that points at the site sends probe jobs at once.
+A stable queue whose users' jobs keep ending (`watched_jobs` within the last 60 minutes, the hour
+before this one counted for the part of it that is still within them) is tested less often
+(`watched_gap` between a template's jobs instead of the stable gap): its users' jobs stand watch,
+and the first hour of them that points at the site sends probe jobs at once. A queue whose users'
+jobs stop ending (a stuck queue starts nothing) is no longer watched and is tested at the stable
+pace again.
 
 The hours enter the sequential test (blacklist/sequential.py) as failures pointing at the site
 with that weight, at the hour's end (now, for the hour still going on): they open a case (probe
@@ -39,7 +54,8 @@ from robot.userjobs import HOUR, StoredHour, hour_of
 
 @dataclass(frozen=True)
 class Baseline:
-    """Per site-class code, its failures and the users' jobs that ended, per queue, over the window;
+    """Per code heard (every class but user), its failures and the users' jobs that ended, per queue,
+    over the window;
     and per (code, hour) the sites where it was in excess."""
 
     settings: UserJobsSettings
@@ -56,12 +72,12 @@ class Baseline:
         for view in views:
             for hour in view.user_jobs:
                 ended[view.name] += hour.ended
-                for code, jobs in _site_codes(hour).items():
+                for code, (_, jobs) in _heard_codes(hour).items():
                     failures[code][view.name] += jobs
         excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
         for view in views:  # two failures above the floor count here: a shared cause starts somewhere
             for hour in view.user_jobs:
-                for code, jobs in _site_codes(hour).items():
+                for code, (_, jobs) in _heard_codes(hour).items():
                     if jobs >= min(2, settings.min_failures) and jobs / hour.ended > settings.floor:
                         excess[(code, hour.hour)].add(view.site)
         return cls(settings, spread_sites, dict(failures), ended, dict(excess))
@@ -87,17 +103,29 @@ def without_shared(view: QueueView, baseline: Baseline) -> QueueView:
 
 
 def watched(view: QueueView, now: datetime, settings: UserJobsSettings) -> bool:
-    """Whether enough of the queue's users' jobs ended within about the last hour (this hour and the one
-    before) for them to stand watch between test jobs: a site fault shows in them first."""
-    since = now.replace(minute=0, second=0, microsecond=0) - HOUR
-    return sum(h.ended for h in view.user_jobs if h.hour >= since) >= max(1, settings.watched_jobs)
+    """Whether enough of the queue's users' jobs ended within the last 60 minutes for them to stand
+    watch between test jobs (a site fault shows in them first): this hour's so far, and the hour
+    before's for the share of it still within the 60 minutes (hours are counted whole, so this is
+    the best estimate; a queue whose users' jobs stopped ending falls below within the hour)."""
+    this_hour = hour_of(now)
+    before = 1 - (now - this_hour) / HOUR
+    ended = sum(h.ended if h.hour == this_hour else before * h.ended
+                for h in view.user_jobs if h.hour in (this_hour, this_hour - HOUR))
+    return ended >= max(1, settings.watched_jobs)
 
 
-def _site_codes(hour: StoredHour) -> dict[int, int]:
-    found: dict[int, int] = defaultdict(int)
+# The error table's classes as the sequential test weighs them (blacklist/sequential.py's `klass`).
+KLASS = {"site": "site", "central": "central"}  # any other (unknown, none): "other"
+
+
+def _heard_codes(hour: StoredHour) -> dict[int, tuple[str, int]]:
+    """The hour's failures per code, with the code's class, for every class but user (see the module)."""
+    found: dict[int, tuple[str, int]] = {}
     for entry in hour.codes:
-        if entry.get("class") == "site":
-            found[int(entry["code"])] += int(entry["jobs"])
+        klass = entry.get("class")
+        if klass != "user":
+            code = int(entry["code"])
+            found[code] = (KLASS.get(klass, "other"), found.get(code, ("", 0))[1] + int(entry["jobs"]))
     return found
 
 
@@ -105,20 +133,24 @@ def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
              now: datetime) -> tuple[list[Counted], list[dict[str, Any]]]:
     """The queue's users' hours that point at the site, as weighted failures for the sequential
     test, and what each was given (for the decision's evidence)."""
-    cap = Weights.of(settings).failure
+    weights = Weights.of(settings)
     items, shown = [], []
     for hour in view.user_jobs:
-        for code, k in sorted(_site_codes(hour).items()):
+        for code, (klass, k) in sorted(_heard_codes(hour).items()):
             n = hour.ended
             p0 = baseline.rate(code, view.name)
             seen = k / n if n else 0.0
             if k < baseline.settings.min_failures or seen <= p0 or baseline.shared(code, hour.hour, view.site):
                 continue
             llr = k * math.log(seen / p0) + ((n - k) * math.log((1 - seen) / (1 - p0)) if k < n else 0.0)
-            step = min(cap, baseline.settings.weight * llr)
+            if llr < weights.exclude_at:
+                continue  # not conclusive on its own: at every queue and hour, weak ones would keep sending probes
+            step = min(weights.failure, baseline.settings.weight * llr)
             name = next((e.get("name") for e in hour.codes if int(e["code"]) == code), str(code))
             when = min(hour.hour + HOUR, now)
-            items.append(Counted(Result(0, USERS, when, True, "site", name, code), step, "site", any_weight=step))
+            # as a test job's failure of its class: central-class only adds to "any code" once a case is open
+            items.append(Counted(Result(0, USERS, when, True, klass, name, code), 0.0 if klass == "central" else step,
+                                 klass, any_weight=step))
             shown.append({"hour": hour.hour.isoformat(), "ended": n, "failed": hour.failed, "code": code,
-                          "error": name, "failures": k, "baseline": round(p0, 4), "weight": round(step, 2)})
+                          "error": name, "class": klass, "failures": k, "baseline": round(p0, 4), "weight": round(step, 2)})
     return items, shown

@@ -56,7 +56,7 @@ def test_the_users_section_is_checked_with_key_paths():
 
 def test_users_jobs_as_evidence_bound_the_detection_latency_with_fewer_test_jobs():
     sc = scenario()
-    pairs = [(run(sc, BUILTIN["default"], seed, "default"), run(sc, BUILTIN["default+users"], seed, "users"))
+    pairs = [(run(sc, BUILTIN["default-users"], seed, "without"), run(sc, BUILTIN["default"], seed, "default"))
              for seed in range(1, 6)]
     for without, with_users in pairs:  # the same scenario, seed and test-job luck
         assert without.faults == with_users.faults == 1 and with_users.missed == 0
@@ -80,13 +80,14 @@ def test_policy_simulate_adds_the_users_row_for_scenarios_with_users_traffic_and
     result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert list(out["report"]["tiny"]) == ["hammercloud", "hammercloud+safety", "default", "default+users"]
-    assert out["given"]["default+users"].endswith("the scenario's `users:` traffic): 20 users' jobs per queue-hour")
-    assert "users' jobs" not in out["given"]["default"]
+    assert list(out["report"]["tiny"]) == ["hammercloud", "hammercloud+safety", "default", "default-users"]
+    assert out["given"]["default"].endswith("the users' own jobs of each queue, behind our safety layer: "
+                                            "20 users' jobs per queue-hour")
+    assert out["given"]["default-users"] == "default without the users' own jobs: the test jobs alone"
     table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1", "--policy", "default",
-                                      "--policy", "default+users"]).output
-    assert "default+users" in table and "Each row: the same scenario, seeds and test-job luck" in table
-    assert "  default: our policy on the test jobs, behind our safety layer" in table
+                                      "--policy", "default-users"]).output
+    assert "default-users" in table and "Each row: the same scenario, seeds and test-job luck" in table
+    assert "  default-users: default without the users' own jobs: the test jobs alone" in table
 
 
 def test_policy_sweep_gives_the_rows_policy_simulate_gives_with_the_users_row(tmp_path):
@@ -102,8 +103,20 @@ def test_policy_sweep_gives_the_rows_policy_simulate_gives_with_the_users_row(tm
     out = json.loads(result.output)
     assert list(out["report"]) == ["tiny: noise.user=0", "tiny: noise.user=0.01"]
     for rows in out["report"].values():
-        assert list(rows) == ["hammercloud", "hammercloud+safety", "default", "default+users"]
-    assert out["given"]["default+users"].endswith("20 users' jobs per queue-hour")
+        assert list(rows) == ["hammercloud", "hammercloud+safety", "default", "default-users"]
+    assert out["given"]["default"].endswith("20 users' jobs per queue-hour")
     table = CliRunner().invoke(main, ["policy", "sweep", str(path), "--set", "users.jobs_per_hour=0,20",
                                       "--workers", "1", "--policy", "default"]).output
-    assert table.count("default+users") == 0 and "  default: our policy on the test jobs" in table
+    assert table.count("default-users") == 0 and "  default: our policy on the test jobs" in table
+
+
+def test_a_stuck_queues_users_jobs_stop_ending_once_the_running_ones_end():
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "2h", "duration": "3h", "mode": "stuck"}])
+    grid = SimulatedGrid(sc, ManualClock(sc.start), 1)
+    ended = {h.hour - sc.start: h.ended for h in grid.user_job_stats(sc.start, sc.start + sc.duration)
+             if h.queue == "ANALY_DE-SITE000_1"}
+    hour = timedelta(hours=1)
+    assert ended[hour] > 20  # before: about 40 an hour
+    assert 0 < ended[2 * hour] < ended[hour]  # the jobs running at the onset end within the job's duration (40m)
+    assert 3 * hour not in ended and 4 * hour not in ended  # then nothing ends
+    assert ended[5 * hour] > 0  # unblocked

@@ -91,7 +91,8 @@ class UserTraffic(Strict):
 
     Their failures: their own (`failure`, reporting `codes`: user bugs, not the site's), the
     site's random noise (`noise.site` and its codes, as for test jobs), and every fault, central
-    outage and user wave of the scenario that is on when they end, with its own probability."""
+    outage and user wave of the scenario that is on when they end, with its own probability. A job
+    that would have started (`job.duration` before its end) at a stuck queue never ends."""
 
     jobs_per_hour: Annotated[float, Field(ge=0)] = 0.0  # per queue (0: no user traffic)
     failure: Probability = 0.1  # share failing for their own reasons
@@ -474,6 +475,8 @@ class SimulatedGrid:
                 end = hour + timedelta(seconds=rng.random() * 3600)
                 u_fault, u_central, u_wave, u_noise, u_code = (rng.random(), rng.random(), rng.random(), rng.random(),
                                                                rng.random())
+                if any(f.mode == "stuck" and f.active(end - self.scenario.job.duration) for f in self._faults_of[queue]):
+                    continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
                 errors = self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise)
                 jobs.append((end, ("pilot", pick(errors, u_code).code) if errors else None))
             self._user_jobs[key] = jobs

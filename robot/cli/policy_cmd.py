@@ -17,7 +17,7 @@ from rich.table import Table
 from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.settings import with_values as with_settings
-from blacklist.simulate import COMPARED, GIVEN, WITH_USERS, RunResult, policy_settings, run, summarize
+from blacklist.simulate import COMPARED, GIVEN, WITHOUT_USERS, RunResult, policy_settings, run, summarize
 from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
@@ -31,8 +31,8 @@ COLUMNS = [("detection_median_min", "Detect. median (min)"), ("detection_p95_min
            ("premature_reinclusions", "Premature re-incl."), ("flips_per_fault", "Flips per fault"),
            ("not_reincluded", "Not re-incl."), ("lost_queue_hours", "Healthy queue-hours lost"),
            ("broken_online_hours", "Broken queue-hours online"), ("jobs", "Test jobs")]
-POLICY_HELP = (f"A built-in policy ({', '.join((*COMPARED, WITH_USERS))}) or a YAML file with blacklist settings; "
-               f"repeat it. Default: {', '.join(COMPARED)}, and {WITH_USERS} when a scenario has users' traffic.")
+POLICY_HELP = (f"A built-in policy ({', '.join((*COMPARED, WITHOUT_USERS))}) or a YAML file with blacklist settings; "
+               f"repeat it. Default: {', '.join(COMPARED)}, and {WITHOUT_USERS} when a scenario has users' traffic.")
 
 
 Variant = tuple[Scenario, dict[str, Any]]  # a scenario, and the blacklist settings changed for every policy row
@@ -48,7 +48,7 @@ def _one(task: tuple[str, Variant, str, int]) -> tuple[str, str, RunResult]:
 
 
 def _check_policies(policies: tuple[str, ...], scenarios: dict[str, Scenario] | None = None) -> tuple[str, ...]:
-    """The rows asked for; by default the built-in ones, and default+users for scenarios with users' traffic."""
+    """The rows asked for; by default the built-in ones, and default-users for scenarios with users' traffic."""
     try:
         for policy in policies:
             policy_settings(policy)
@@ -57,7 +57,7 @@ def _check_policies(policies: tuple[str, ...], scenarios: dict[str, Scenario] | 
     if policies:
         return policies
     users = any(s.users.jobs_per_hour for s in (scenarios or {}).values())
-    return (*COMPARED, WITH_USERS) if users else COMPARED
+    return (*COMPARED, WITHOUT_USERS) if users else COMPARED
 
 
 def _run_all(scenarios: dict[str, Scenario | Variant], policies: tuple[str, ...], seeds: int,
@@ -141,9 +141,9 @@ def _given(policies: tuple[str, ...], scenarios: dict[str, Scenario]) -> dict[st
     traffic = sorted({f"{s.users.jobs_per_hour:g}" for s in scenarios.values()})
     given = {}
     for policy in policies:
-        label = policy_settings(policy)[0]
+        label, settings = policy_settings(policy)
         text = GIVEN.get(policy, f"the settings in {policy}")
-        if label == WITH_USERS:
+        if Policy(settings, ()).hears_users:
             text += f": {' or '.join(traffic)} users' jobs per queue-hour"
         given[label] = text
     return given
@@ -199,7 +199,7 @@ def policy_sweep(scenario: str, sets: tuple[str, ...], policies: tuple[str, ...]
                               if key.startswith("blacklist.")}
             variants[label] = (with_values(base, {k: v for k, v in changes.items() if not k.startswith("blacklist.")},
                                            f"{scenario} with --set"), policy_changes)
-        # the rows policy simulate gives: default+users too when a value has users' traffic
+        # the rows policy simulate gives: default-users too when a value has users' traffic
         scenarios = {label: variant for label, (variant, _) in variants.items()}
         policies = _check_policies(policies, scenarios)
         for _, policy_changes in variants.values():  # every value checked before anything runs
