@@ -4,8 +4,10 @@ Each policy is run over a few cadence settings it accepts, on the same scenarios
 (`healthrobot policy simulate ... --plot FILE`):
 - `hammercloud`: its rules, one job per template in flight (gap 0, HammerCloud's cadence), or a
   fixed pause `hammercloud.job_gap` between a template's jobs at every queue;
-- `default`: ours, with the pause `default.stable_gap` on stable queues (probes when in doubt
-  and slow tests of broken queues as configured).
+- `default`: ours (users' own jobs heard, where the scenario has them), with the pause
+  `default.stable_gap` on stable queues (probes when in doubt, `user_jobs.watched_gap` on stable
+  queues watched by their users' jobs where that is longer, and slow tests of broken queues as
+  configured).
 Every point is one (policy, setting) over all the scenarios' runs: jobs per queue-day from the
 simulator's count of submitted test jobs, and the median of every detected fault's latency.
 """
