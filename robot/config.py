@@ -58,8 +58,11 @@ class PandaConfig(Strict):
     retries: NonNegativeInt = 3  # after the first attempt, with exponential back-off
     cmt_config: str = "x86_64-el9-gcc13-opt"  # the platform the test jobs ask for
     nickname: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "healthrobot"  # outputs: user.<nickname>.<job>
-    # PanDA's monitor (BigPanDA), where users' own jobs are counted: its job list {monitor_url}/jobs/?json
+    # PanDA's monitor (BigPanDA), where users' own jobs are counted and where unconfirmed submissions are
+    # looked up by name (panda-server cannot find a job by name): its job list {monitor_url}/jobs/?json
     monitor_url: str | None = None
+    # A submission the monitor does not list is called lost once it is this old (before: asked again)
+    lookup_grace: Duration = timedelta(minutes=10)
 
 
 class BackendConfig(Strict):

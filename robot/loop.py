@@ -171,9 +171,10 @@ class Robot:
     def _reconcile_unconfirmed(self, session: Session, now: datetime, summary: StepSummary) -> None:
         """Jobs recorded but never confirmed: an earlier step stopped (or the backend's reply was lost)
         between recording them and storing their PanDA IDs. The backend is asked for each by name:
-        one it holds is attached to its row and followed from now on; one it certainly does not hold
-        is marked lost (never counted). While it cannot tell, the rows stay recorded and keep their
-        slots, so nothing is sent twice."""
+        one it holds is attached to its row and followed from now on; one it does not hold is marked
+        lost (never counted) once its submission is older than the backend's `lookup_grace` (the
+        backend may still store it until then). While it cannot tell, the rows stay recorded and keep
+        their slots, so nothing is sent twice."""
         rows = session.execute(select(JOB.c.id, JOB.c.job_name, JOB.c.recorded_at, JOB.c.worker_id)
                                .where(JOB.c.phase == "recorded", *self._mine(JOB.c.queue_id))).all()
         live = self.workers.live_now(session, now, (row.worker_id for row in rows)) if self.workers else set()
@@ -191,20 +192,25 @@ class Robot:
                         f"{len(rows)} job(s) recorded but never confirmed submitted could not be looked up: {exc};"
                         " they keep their slots until the backend answers", {"jobs": [r.job_name for r in rows][:50]})
             return
+        grace = getattr(self.backend, "lookup_grace", timedelta(0))
         attached = [(row, found[row.job_name]) for row in rows if found.get(row.job_name) is not None]
-        lost = [row for row in rows if found.get(row.job_name) is None]
+        missing = [row for row in rows if found.get(row.job_name) is None]
+        lost = [row for row in missing if now - row.recorded_at >= grace]
+        waiting = len(missing) - len(lost)
         if attached:
             _update_jobs(session, [
                 {"id": row.id, "panda_id": pid, "phase": "active", "job_status": JobStatus.DEFINED.value,
                  "submitted_at": row.recorded_at, "status_changed_at": now} for row, pid in attached])
         if lost:
-            session.execute(update(Job).where(Job.id.in_([row.id for row in lost])).values(phase="lost"))
+            session.execute(update(Job).where(Job.id.in_([row.id for row in lost]), Job.phase == "recorded")
+                            .values(phase="lost"))
         summary.reconciled, summary.lost = len(attached), len(lost)
         self._event(session, now, "submission_unconfirmed", self.backend.name,
                     f"{len(rows)} job(s) were recorded but never confirmed submitted: {len(attached)} found at the"
-                    f" backend and followed, {len(lost)} unknown to it and marked lost (not counted)",
+                    f" backend and followed, {len(lost)} unknown to it and marked lost (not counted)"
+                    + (f", {waiting} not found yet, asked again (lost only once {grace} old)" if waiting else ""),
                     {"found": {row.job_name: pid for row, pid in attached[:50]},
-                     "lost": [row.job_name for row in lost[:50]]})
+                     "lost": [row.job_name for row in lost[:50]], "waiting": waiting})
 
     # -- 3. queue status -------------------------------------------------------------------------
     def _read_queue_status(self, session: Session, now: datetime, summary: StepSummary) -> None:

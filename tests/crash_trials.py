@@ -46,6 +46,7 @@ BACKEND_CALLS = ("submit", "status", "kill", "find", "queue_status")
 POINTS_PER_TRIAL = 40  # a kill is drawn among the first this many crash points (about three steps)
 STEP_PAUSE = 0.2  # seconds between steps: jobs move on the grid meanwhile
 SETTLE_TIMEOUT = 300.0  # seconds the last process may take to see every job end (busy machines)
+LOOKUP_GRACE = "30s"  # PanDA path: a submission the monitor does not list is lost once this old (the request's timeout)
 
 
 @dataclass
@@ -106,6 +107,7 @@ def robot_yaml(root: Path, backend: dict[str, Any]) -> dict[str, Any]:
     return {
         "data_dir": str(root / "data"),
         "backend": backend,
+        "user_jobs": {"read": False},  # users' jobs are not what is tested (the served monitor lists by name only)
         "templates": [{"name": "CRASH_AFT", "category": "functional", "payload": "zmumu",
                        "input_dataset": "mc23_13p6TeV.601189.*", "events_per_job": 200,
                        "max_running_jobs": MAX_RUNNING, "max_wall_time": "10m", "max_queue_time": "2h"}],
@@ -129,24 +131,30 @@ def prepare(root: Path, path: str) -> Setup:
     log = root / "grid-serve.log"
     setup.logs.append(log)
     with log.open("w") as err:
-        setup.server, url = start_grid_serve(setup.serve_yaml, err)
+        setup.server, urls = start_grid_serve(setup.serve_yaml, err)
+    # Unconfirmed submissions are looked up in the monitor the grid serves, by name, and called lost only
+    # once LOOKUP_GRACE old: a bulk the robot sent just before it died may still be being stored.
     backend = {"kind": "panda", "embedded": embedded,
-               "panda": {"url": url, "auth": "none", "timeout": "30s", "retries": 2}}
+               "panda": {"url": urls["PANDA_URL"], "monitor_url": urls["MONITOR_URL"], "auth": "none",
+                         "timeout": "30s", "retries": 2, "lookup_grace": LOOKUP_GRACE}}
     setup.robot_yaml.write_text(yaml.safe_dump(robot_yaml(root, backend)))
     return setup
 
 
-def start_grid_serve(config: Path, stderr: Any) -> tuple[subprocess.Popen[str], str]:
-    """`healthrobot grid serve --port 0` on `config`; the process and the PANDA_URL it printed."""
+def start_grid_serve(config: Path, stderr: Any) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`healthrobot grid serve --port 0` on `config`; the process and the PANDA_URL and MONITOR_URL it printed."""
     process = subprocess.Popen(
         [sys.executable, "-m", "robot.cli", "--config", str(config), "grid", "serve", "--port", "0"],
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO)
-    while True:
+    urls: dict[str, str] = {}
+    while "PANDA_URL" not in urls or "MONITOR_URL" not in urls:
         line = process.stdout.readline()  # type: ignore[union-attr]
         if not line and process.poll() is not None:
             raise RuntimeError(f"healthrobot grid serve stopped with exit code {process.returncode}")
-        if line.startswith("PANDA_URL="):
-            return process, line.strip().split("=", 1)[1]
+        key, _, value = line.strip().partition("=")
+        if key in ("PANDA_URL", "MONITOR_URL"):
+            urls[key] = value
+    return process, urls
 
 
 # -- the robot process -------------------------------------------------------------------------------

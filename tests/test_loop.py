@@ -169,6 +169,28 @@ def test_crash_after_the_grid_recorded_the_job_attaches_it_instead_of_orphaning_
     assert jobs(restarted, panda_id=orphan)[0].outcome == "completed"  # followed to its end
 
 
+def test_a_job_not_found_is_lost_only_once_the_backends_lookup_grace_has_passed(tmp_path, clock, grid):
+    """PanDA's monitor may list a bulk later than the robot asks (the server still storing it when the robot
+    died): a name not found keeps its row unconfirmed and its slot until the submission is lookup_grace old."""
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_B"]}))
+    grid.crash_on_submit = True
+    with pytest.raises(Crash):
+        robot.run_once(clock.now())
+    grid.crash_on_submit = False
+    grid.lookup_grace = timedelta(minutes=5)
+    restarted = Robot(robot.config, robot.sessions, grid, grid, grid, robot.error_table)
+    for _ in range(4):  # 1 to 4 minutes old
+        summary = step(restarted, clock)
+        assert (summary.lost, summary.submitted) == (0, 0) and grid.in_queue("ANALY_B") == []
+        assert {j.phase for j in jobs(restarted)} == {"recorded"}
+    with restarted.sessions() as session:
+        event = session.scalars(select(Event).where(Event.kind == "submission_unconfirmed")
+                                .order_by(Event.id.desc())).first()
+    assert "1 not found yet, asked again (lost only once 0:05:00 old)" in event.message
+    summary = step(restarted, clock)  # 5 minutes old
+    assert (summary.lost, summary.submitted) == (1, 1) and len(grid.in_queue("ANALY_B")) == 1
+
+
 def test_unconfirmed_job_keeps_its_slot_while_the_backend_cannot_be_asked(tmp_path, clock, grid):
     robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_B"]}))
     grid.crash_after_submit = True

@@ -88,14 +88,22 @@ def test_three_processes_share_the_queues_and_survive_a_kill(tiny_grid, postgres
     grid = cli("--config", str(files.robot_yaml), "grid", "serve", "--port", "0")
     processes.append(grid)
     try:
-        panda_url = wait_for("PANDA_URL", lambda: next(
-            (line.strip().split("=", 1)[1] for line in [grid.stdout.readline()] if line.startswith("PANDA_URL=")),
-            None) if grid.poll() is None else pytest.fail(grid.stderr.read()), timeout=60, poll=0)
+        urls: dict[str, str] = {}
+
+        def printed(key):
+            line = grid.stdout.readline() if grid.poll() is None else pytest.fail(grid.stderr.read())
+            name, _, value = line.strip().partition("=")
+            urls.setdefault(name, value)
+            return urls.get(key)
+
+        panda_url = wait_for("PANDA_URL", lambda: printed("PANDA_URL"), timeout=60, poll=0)
+        monitor_url = wait_for("MONITOR_URL", lambda: printed("MONITOR_URL"), timeout=60, poll=0)
         config = tmp_path / "robots.yaml"
         config.write_text(yaml.safe_dump({
             "data_dir": str(files.data_dir), "database": {"url": url},
             "backend": {"kind": "panda", "embedded": {"grid": str(files.grid_yaml)},
-                        "panda": {"url": panda_url, "auth": "none", "timeout": "30s", "retries": 2}},
+                        "panda": {"url": panda_url, "monitor_url": monitor_url, "auth": "none", "timeout": "30s",
+                                  "retries": 2}},
             "loop": {"interval": f"{INTERVAL.total_seconds():g}s"},
             # healthy queues tested back to back (the default paces them at stable_gap, 1h): the gaps measured
             # here are the handover's, not the policy's

@@ -8,11 +8,14 @@ the one request held past a 0.3 s timeout.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlparse
 
 import pytest
+import responses
 from sqlalchemy import func, select
 
 from blacklist.engine import ExclusionEngine
@@ -544,10 +547,48 @@ def test_jobs_panda_forgot_end_unknown_never_failed(tmp_path, clock, fake):
     assert transitions(robot) == []
 
 
-def test_find_is_asked_once_and_never_waits_out_retries(fake):
-    """panda-server 1.0.4 answers getPandIDsWithJobID 403 (it has no such method, as this fake): the look-up
-    ends at the first failure, not retried (the next step asks again), so reconciliation never holds a step."""
+def test_find_never_asks_the_server_which_cannot_find_a_job_by_name(fake):
+    """panda-server 1.0.4 has no getPandIDsWithJobID (403): without PanDA's monitor nothing can be looked up,
+    and the backend says what to set instead of asking the server."""
+    with pytest.raises(BackendUnavailable, match="monitor_url is not set"):
+        backend(fake.url).find(["hc.7.ANALY_X.a"])
+    assert fake.calls("job/get_panda_ids_with_job_id") == []
+
+
+MONITOR = "https://bigpanda.example.org"
+
+
+@responses.activate
+def test_find_looks_names_up_in_the_monitors_job_list_exactly():
+    """BigPanDA matches jobname without case (UPPER LIKE) and answers its records in lower case: the
+    backend asks for many names per request (`a|b|...`) and takes only exact matches."""
+    names = [f"hc.7.ANALY_X.{i:03d}x" for i in range(60)]
+    listed = {names[3]: 9003, names[55]: 9055}
+
+    def answer(request):
+        asked = parse_qs(urlparse(request.url).query)["jobname"][0].split("|")
+        jobs = [{"pandaid": pid, "jobname": name, "jobstatus": "running"} for name, pid in listed.items()
+                if name in asked]
+        if names[0] in asked:  # another job, whose name differs only by case
+            jobs.append({"pandaid": 9999, "jobname": names[0].upper(), "jobstatus": "failed"})
+        return 200, {}, json.dumps({"selectionsummary": [], "jobs": jobs})
+
+    responses.add_callback(responses.GET, f"{MONITOR}/jobs/", callback=answer)
+    found = backend("http://127.0.0.1:9/server/panda", monitor_url=MONITOR).find(names)
+    assert found == {name: listed.get(name) for name in names}
+    assert len(responses.calls) == 2  # 50 names per request
+    assert all("json" in parse_qs(urlparse(c.request.url).query, keep_blank_values=True) for c in responses.calls)
+
+
+@responses.activate
+def test_find_is_asked_once_and_never_waits_out_retries():
+    """A monitor that fails (5xx, a page that is not its job list) ends the look-up at once, not retried (the
+    next step asks again), so reconciling never holds a step longer than one timeout."""
+    responses.get(f"{MONITOR}/jobs/", status=503)
     sleeps = Sleeps()
-    with pytest.raises(BackendUnavailable, match="getPandIDsWithJobID: HTTP 403 after 1 attempt"):
-        backend(fake.url, sleeps, retries=3).find(["hc.7.ANALY_X.a", "hc.7.ANALY_X.b"])
-    assert len(fake.calls("job/get_panda_ids_with_job_id")) == 1 and not sleeps
+    with pytest.raises(BackendUnavailable, match="PanDA monitor job look-up: HTTP 503 after 1 attempt"):
+        backend("http://127.0.0.1:9/server/panda", sleeps, monitor_url=MONITOR, retries=3).find(["hc.7.ANALY_X.a"])
+    assert len(responses.calls) == 1 and not sleeps
+    responses.replace(responses.GET, f"{MONITOR}/jobs/", body="<html>maintenance</html>")
+    with pytest.raises(BackendUnavailable, match="malformed answer: not JSON"):
+        backend("http://127.0.0.1:9/server/panda", monitor_url=MONITOR).find(["hc.7.ANALY_X.a"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 
 from robot.backends.base import BackendUnavailable
@@ -80,7 +81,8 @@ def test_a_job_the_service_cannot_run_refuses_the_bulk(tiny_grid):
 
 def test_jobs_are_found_by_name_even_when_the_reply_to_their_submission_was_lost(tiny_grid):
     """The server stores a bulk and its reply is lost: the backend cannot know the PandaIDs from the
-    submission, and finds them by name (through their jobDefinitionID) instead."""
+    submission, and finds them by name in PanDA's monitor (the job list the service serves as BigPanDA),
+    since the server itself cannot: it answers getPandIDsWithJobID 403, as panda-server 1.0.4 does."""
     from werkzeug.serving import make_server
 
     grid = tiny_grid.grid({"ANALY_GOOD": {}})
@@ -99,8 +101,9 @@ def test_jobs_are_found_by_name_even_when_the_reply_to_their_submission_was_lost
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        backend = PandaBackend(PandaConfig(url=f"http://127.0.0.1:{server.server_port}/server/panda", auth="none",
-                                           retries=2), grid, sleep=lambda s: None)
+        host = f"http://127.0.0.1:{server.server_port}"
+        backend = PandaBackend(PandaConfig(url=f"{host}/server/panda", auth="none", retries=2, monitor_url=host),
+                               grid, sleep=lambda s: None)
         jobs = [tiny_grid.request("ANALY_GOOD", grid=grid) for _ in range(2)]
         with pytest.raises(BackendUnavailable, match="not retried"):
             backend.submit(jobs)
@@ -111,6 +114,9 @@ def test_jobs_are_found_by_name_even_when_the_reply_to_their_submission_was_lost
         assert found == {jobs[0].job_name: by_name[jobs[0].job_name], "hc.1.ANALY_GOOD.never-sent": None,
                          jobs[1].job_name: by_name[jobs[1].job_name]}
         assert grid.find([jobs[1].job_name, "nope"]) == {jobs[1].job_name: by_name[jobs[1].job_name], "nope": None}
+        forbidden = httpx.get(f"{host}/api/v1/job/get_panda_ids_with_job_id",
+                              params={"job_id": job_definition_id(jobs[0].job_name)})
+        assert forbidden.status_code == 403 and "is forbidden" in forbidden.text
     finally:
         server.shutdown()
         server.server_close()

@@ -331,12 +331,38 @@ def test_is_alive_site_specs_and_forbidden_methods(factory):
         assert (specs["ANALY_A"]["status"], specs["ANALY_B"]["status"]) == ("online", "brokeroff")
         assert set(call(handle, "metaconfig/get_site_specs", type="all")["data"]) == {"ANALY_A", "ANALY_B"}
         assert call(handle, "metaconfig/get_site_specs", type="production")["data"] == {}
-        for path in ("job/frobnicate", "pilot/get_proxy"):
+        # panda-server 1.0.4 has no getPandIDsWithJobID: no job is found by its jobDefinitionID there
+        for path in ("job/frobnicate", "pilot/get_proxy", "job/get_panda_ids_with_job_id"):
             forbidden = post(handle, path, job_ids=[1])
             assert forbidden.status_code == 403 and forbidden.text == f"ERROR : method {path} is forbidden"
         old = httpx.post(f"http://127.0.0.1:{handle.port}/server/panda/getJobStatus", data={"ids": "1"})
         assert old.status_code == 403 and old.text.startswith("ERROR : method") and "forbidden" in old.text
         assert describe(handle, [1, 2]) == [None, None]
+
+
+def test_the_monitors_job_list_finds_jobs_by_name_as_bigpanda_does(factory):
+    """BigPanDA's jobs/?json&jobname=...: alternatives split at |, each matched without case (`_` literal,
+    `*` any text) over every job, records in lower case with null for nothing; other selections refused."""
+    grid = open_grid(factory, {"ANALY_A": {}}, clock=ManualClock(T0))
+    with serve(grid) as handle:
+        names = ["hc.1.ANALY_A.aa", "hc.1.ANALY_A.bb", "hc.1.ANALYXA.cc"]
+        ids = [reply[0] for reply in submit(handle, [job_spec(grid, "ANALY_A", n) for n in names])["data"]]
+
+        def listed(jobname, **params):
+            reply = httpx.get(f"{handle.monitor_url}/jobs/", params={"json": "", "jobname": jobname, **params})
+            assert reply.status_code == 200, reply.text
+            return reply.json()["jobs"]
+
+        (first,) = listed("hc.1.ANALY_A.aa")
+        assert (first["pandaid"], first["jobname"], first["computingsite"]) == (ids[0], names[0], "ANALY_A")
+        assert first["jobstatus"] == "activated" and first["piloterrordiag"] is None
+        assert first["creationtime"].startswith(T0.strftime("%Y-%m-%dT%H:%M"))
+        assert [j["pandaid"] for j in listed("HC.1.analy_a.BB|hc.1.ANALY_A.aa|nope")] == ids[:2]
+        assert [j["pandaid"] for j in listed("hc.1.ANALY_A.*")] == ids[:2]  # `_` is no wildcard
+        assert [j["pandaid"] for j in listed("hc.1.*", limit=1)] == ids[:1]
+        assert listed("hc.1.ANALY_A") == []
+        refused = httpx.get(f"{handle.monitor_url}/jobs/", params={"json": "", "computingsite": "ANALY_A"})
+        assert refused.status_code == 400 and "computingsite" in refused.text
 
 
 def test_a_job_on_an_unknown_queue_refuses_its_bulk_and_stores_nothing(factory):
@@ -670,7 +696,8 @@ PRUN_SCRIPT = textwrap.dedent("""
 def test_a_prun_style_job_from_the_unmodified_client_runs_on_grid_serve(factory, tmp_path):
     """runGen, no --max-events, no input file, no maxWalltime: accepted, and it ends with a pilot code."""
     files = factory.write_files({"ANALY_CLI": {}}, max_parallel_jobs=2)
-    process, url = start_grid_serve(files.robot_yaml, subprocess.DEVNULL)
+    process, urls = start_grid_serve(files.robot_yaml, subprocess.DEVNULL)
+    url = urls["PANDA_URL"]
     try:
         env = {**os.environ, "PANDA_URL": url, "PANDA_URL_SSL": url, "PANDACACHE_URL": url,
                "PANDA_BEHIND_REAL_LB": "1", "X509_USER_PROXY": str(tmp_path / "no-proxy")}

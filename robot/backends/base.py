@@ -100,7 +100,9 @@ class Backend(Protocol):
     def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
         """The PanDA ID of the job submitted under each name; None only where the backend certainly
         holds no job of that name. Raises BackendUnavailable when it cannot tell (the robot then keeps
-        the submission unconfirmed: its slot stays taken)."""
+        the submission unconfirmed: its slot stays taken). A backend that may store a submission later
+        than it answers (PanDA, whose monitor is asked) says how long with an attribute `lookup_grace`
+        (a timedelta; none: no delay): a job not found is called lost only once its submission is that old."""
 
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
         """Ask the backend to kill; True where it will end `cancelled`, False where the backend

@@ -47,8 +47,8 @@ retried only when the request certainly never reached the server** (no connectio
 or credentials could not be set up). A reply that timed out, a 5xx, a malformed reply or
 `success: false` may come after the server stored the jobs; sending the batch again could double
 them. Such a batch raises at once: the loop keeps its jobs unconfirmed and, at its next step, asks
-the server for each by name (`find`, through the jobDefinitionID derived from the name) before
-calling any of them lost. When the server answers with some IDs missing (``"NULL"``) the jobs it
+for each by name (`find`, in PanDA's monitor: the server itself cannot find a job by name) before
+calling any of them lost, and calls one lost only once its submission is `lookup_grace` old. When the server answers with some IDs missing (``"NULL"``) the jobs it
 did create are killed (one attempt) before raising, so they do not run orphaned.
 """
 from __future__ import annotations
@@ -256,6 +256,9 @@ class PandaBackend:
             raise ValueError("backend.panda.auth oidc needs token_file (or $PANDA_AUTH_ID_TOKEN / "
                              "$OIDC_AUTH_TOKEN_FILE)")
         self._secret: str | None = None  # the last token read, only to mask it in captured output
+        # How long a submission the monitor does not list may still appear there: the server may store a
+        # bulk after its reply was lost (or its sender died), and the monitor reads what the server stored.
+        self.lookup_grace = settings.lookup_grace
         self._monitor = _monitor(settings, self._token, sleep) if settings.monitor_url else None
 
     # ---------------------------------------------------------------- configuration per call
@@ -487,38 +490,21 @@ class PandaBackend:
     # ---------------------------------------------------------------- find by name
 
     def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
-        """The PanDA ID of each job submitted under these names; None where the server holds none.
+        """The PanDA ID of each job submitted under these names; None where PanDA's monitor lists none.
 
-        PanDA finds a user's jobs by the jobDefinitionID they were submitted with (its
-        getPandIDsWithJobID; panda-client 2.2 has no function for it, so it is called through
-        panda-client's own request layer, with the same credentials). The robot derives that ID from
-        the job's name, so each name costs one look-up and the candidates' descriptions (archive
-        included) tell which of them carries the name. Anything the server cannot answer raises
-        BackendUnavailable: the robot then keeps the submission unconfirmed. Bounded: no call is retried
-        (the next step asks again) and the first failure ends the look-up, so a step waits at most one
-        timeout per call. panda-server 1.0.4 has no getPandIDsWithJobID (answered 403, see README).
+        panda-server 1.0.4 cannot find a job by its name or its jobDefinitionID (it has no
+        getPandIDsWithJobID: 403), so the names are looked up in PanDA's monitor, whose job list
+        (BigPanDA's `jobs/?jobname=...`) reads the server's job tables, archive included
+        (robot/backends/panda_monitor.py). Anything the monitor cannot answer, or no monitor
+        configured, raises BackendUnavailable: the robot then keeps the submissions unconfirmed (their
+        slots taken) and asks again at its next step. Bounded: no request is retried and the first
+        failure ends the look-up, so a step waits at most one timeout. A name the monitor does not list
+        is only absent *now*: the loop calls its job lost once the submission is `lookup_grace` old.
         """
-        names = list(dict.fromkeys(job_names))
-        candidates: list[int] = []
-        for definition_id in dict.fromkeys(job_definition_id(name) for name in names):
-            candidates.extend(self._call(
-                "getPandIDsWithJobID", lambda client, d=definition_id: _ids_with_job_id(client)(d),
-                _panda_id_map, retries=0))
-        out: dict[str, int | None] = {name: None for name in names}
-        wanted = set(names)
-        candidates = sorted(set(candidates))
-        for start in range(0, len(candidates), MAX_BATCH):
-            batch = candidates[start : start + MAX_BATCH]
-            specs = self._call("getFullJobStatus", lambda client, ids=batch: client.getFullJobStatus(ids),
-                               lambda data, ids=batch: _list_of(data, len(ids), "getFullJobStatus"), retries=0)
-            for pid, spec in zip(batch, specs):
-                if spec is None:
-                    raise BackendUnavailable(f"PanDA getFullJobStatus: job {pid}, listed under its jobDefinitionID,"
-                                             " is not described")
-                name = _get(spec, "jobName")
-                if name in wanted and out[name] is None:
-                    out[name] = pid
-        return {name: out[name] for name in job_names}
+        if self._monitor is None:
+            raise BackendUnavailable("PanDA: unconfirmed submissions are looked up in PanDA's monitor (the server"
+                                     " cannot find a job by name): backend.panda.monitor_url is not set")
+        return self._monitor.job_ids(job_names, retries=0)
 
     # ---------------------------------------------------------------- kill
 
@@ -587,25 +573,6 @@ def _statuses(data: Any) -> dict[str, QueueStatus]:
         except ValueError:
             raise _Malformed(f"queue {str(queue)[:60]!r} has status {str(status)[:40]!r}") from None
     return out
-
-
-def _ids_with_job_id(client: Any) -> Callable[[int], tuple[Any, Any]]:
-    """getPandIDsWithJobID as panda-client would declare it (it has no function of its own for it)."""
-    return client.http_request_decorator(endpoint="job/get_panda_ids_with_job_id", method="get", json_out=True)(
-        lambda job_id: {"job_id": job_id})
-
-
-def _panda_id_map(data: Any) -> list[int]:
-    """{PandaID: [jobStatus, commandToPilot]} -> the PandaIDs."""
-    if not isinstance(data, dict):
-        raise _Malformed(f"getPandIDsWithJobID answered {type(data).__name__}, not a mapping")
-    ids = []
-    for key in data:
-        pid = _int(key, "PandaID", None)
-        if pid is None or pid <= 0:
-            raise _Malformed(f"getPandIDsWithJobID answered PandaID {key!r}")
-        ids.append(pid)
-    return ids
 
 
 def job_definition_id(job_name: str) -> int:

@@ -20,13 +20,18 @@ no job ID.
 Test jobs (`processingtype` gangarobot: the robot's own and HammerCloud's) are not users' work and
 are left out. Failures are retried with bounds (timeouts, connection errors, 5xx, malformed
 answers), then `BackendUnavailable`: nothing is known, no queue failed.
+
+The same job list finds the robot's own jobs by name (`job_ids`), which panda-server cannot:
+`jobname=A|B|...` with no time window is BigPanDA's "deep query" over the live tables and the
+archive (180 days), each alternative matched exactly but for case (its `UPPER(jobname) LIKE`, `_`
+escaped); the names it answers with are compared exactly here.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +50,7 @@ LIMIT = 100_000  # records per hour asked for; more means the hour is counted in
 # know which error speaks for a job, robot.userjobs.error_key).
 FIELDS = ("pandaid", "computingsite", "jobstatus", "processingtype", "endtime", "piloterrorcode", "exeerrorcode",
           "ddmerrorcode", "taskbuffererrorcode", "jobdispatchererrorcode", "superrorcode")
+NAMES_PER_REQUEST = 50  # job names per look-up request (the URL stays short of the usual 8 kB limits)
 
 
 class MonitorUserJobs:
@@ -80,13 +86,36 @@ class MonitorUserJobs:
         params = {"json": "", "prodsourcelabel": "user", "jobstatus": "finished|failed",
                   "endtimerange": f"{since}|{until}", "date_from": since, "date_to": until, "limit": self.limit,
                   "fields": ",".join(FIELDS), "outputs": "jobs"}
-        headers = {"Accept": "application/json"}
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token()}"
         return request_with_retries(self.session, "GET", f"{self.url}/jobs/", what="PanDA monitor job list",
                                     error=BackendUnavailable, retries=self.retries, sleep=self.sleep,
                                     timeout=self.timeout, read=lambda answer: self._reports(answer.text, start),
-                                    params=params, headers=headers)
+                                    params=params, headers=self._headers())
+
+    def job_ids(self, job_names: Sequence[str], *, retries: int | None = None) -> dict[str, int | None]:
+        """The PandaID of the job of each name; None where the monitor lists none. BackendUnavailable when
+        it cannot be read (after `retries`, default the monitor's own), the first failure ending the look-up."""
+        names = list(dict.fromkeys(job_names))
+        found: dict[str, int] = {}
+        for start in range(0, len(names), NAMES_PER_REQUEST):
+            chunk = names[start : start + NAMES_PER_REQUEST]
+            if any("|" in name or "*" in name for name in chunk):
+                raise BackendUnavailable("PanDA monitor job look-up: a job name with | or * cannot be looked up")
+            params = {"json": "", "jobname": "|".join(chunk)}
+            listed = request_with_retries(
+                self.session, "GET", f"{self.url}/jobs/", what="PanDA monitor job look-up", error=BackendUnavailable,
+                retries=self.retries if retries is None else retries, sleep=self.sleep, timeout=self.timeout,
+                read=lambda answer: _named_ids(answer.text), params=params, headers=self._headers())
+            wanted = set(chunk)
+            for name, pid in listed:
+                if name in wanted:
+                    found[name] = min(pid, found.get(name, pid))  # a name used twice: the first job
+        return {name: found.get(name) for name in job_names}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        return headers
 
     def _reports(self, text: str, start: datetime) -> list[JobReport]:
         """The users' final jobs of an answer; ValueError when it is not the monitor's job list."""
@@ -114,3 +143,21 @@ class MonitorUserJobs:
         if bad:
             log.info("PanDA monitor: %d unreadable record(s) of %d skipped", bad, len(records))
         return reports
+
+
+def _named_ids(text: str) -> list[tuple[str, int]]:
+    """(jobname, pandaid) of each record of a job list; ValueError when it is not the monitor's job list."""
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        raise ValueError('expected {"jobs": [...]}')
+    out = []
+    for record in data["jobs"]:
+        name = record.get("jobname") if isinstance(record, dict) else None
+        pid = record.get("pandaid") if isinstance(record, dict) else None
+        if not isinstance(name, str) or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"a record without a jobname and a PandaID: {str(record)[:120]}")
+        out.append((name, pid))
+    return out

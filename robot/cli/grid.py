@@ -221,7 +221,7 @@ def grid_serve(ctx: Context, host: str, port: int) -> None:
     workers = GridWorkers(grid, handle.url).start()
     queues = grid.storage.queue_settings()
     click.echo(f"embedded grid: {len(queues)} queues, {workers.threads} worker(s), served at\n"
-               f"PANDA_URL={handle.url}\nPANDA_URL_SSL={handle.url}", err=False)
+               f"PANDA_URL={handle.url}\nPANDA_URL_SSL={handle.url}\nMONITOR_URL={handle.monitor_url}", err=False)
     try:
         while not stop.wait(1.0):
             pass

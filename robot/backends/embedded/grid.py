@@ -118,6 +118,13 @@ class EmbeddedGrid:
             found = self.state.ids_by_name(list(dict.fromkeys(job_names)))
         return {name: found.get(name) for name in job_names}
 
+    def find_like(self, patterns: Sequence[str]) -> list[int]:
+        """The jobs whose name matches one of these patterns as PanDA's monitor matches a `jobname`
+        (case-insensitive, `*` any text), for the monitor's job list of the PanDA service."""
+        like = [p.replace("!", "!!").replace("_", "!_").replace("*", "%") for p in patterns if p]
+        with self._lock:
+            return self.state.ids_like(like)
+
     def kill(self, panda_ids: Sequence[int]) -> dict[int, bool]:
         now = self.clock.now()
         done: dict[int, bool] = {}

@@ -20,9 +20,15 @@ panda-client 2.2 speaks it (see /work/shared/domain/panda.md):
   (``null`` for an unknown one) with its `Files`: missing values ``"NULL"``, `transExitCode` a
   string, datetimes ``{"__datetime__": iso}`` (naive UTC, as PanDA stores them);
 * `job/kill` answers one boolean per ID (false for a job already final or unknown);
-  `job/get_panda_ids_with_job_id` (the jobs of one jobDefinitionID); `system/is_alive`;
-  `metaconfig/get_site_specs`;
-* `pilot/acquire_jobs` and `pilot/update_job` for the grid's own workers (pull mode, `workers.py`).
+  `system/is_alive`; `metaconfig/get_site_specs`. Nothing else: panda-server 1.0.4 has no call that
+  finds a job by its name or its jobDefinitionID (`getPandIDsWithJobID` answers 403 there, and here);
+* `pilot/acquire_jobs` and `pilot/update_job` for the grid's own workers (pull mode, `workers.py`);
+* beside the server, PanDA's monitor (BigPanDA): `GET /jobs/?json&jobname=NAME` lists the jobs of
+  that name as BigPanDA does (``{"jobs": [...]}``, the job table's columns in lower case, null for
+  nothing). `jobname` is matched as BigPanDA matches it (case-insensitive, ``|`` between alternatives,
+  ``*`` any text) over every job the grid holds (BigPanDA's "deep query" when no time window is
+  given); `limit` caps the answer. Other selections of BigPanDA's job list are not served (HTTP
+  400 names them), so nothing is answered that the real monitor would answer otherwise.
 
 `serve(grid)` runs it on loopback in a daemon thread and returns a handle with the PANDA_URL.
 """
@@ -60,6 +66,8 @@ TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilotTimi
 SC_INVALID = 50  # pilot protocol: a request that makes no sense
 MAX_IDS = 5500  # the real server's cap per description call
 DEFAULT_WALLTIME = 86400  # seconds a job without maxWalltime may run (a queue's usual limit)
+MONITOR_PARAMETERS = {"json", "jobname", "limit"}  # what the embedded monitor's job list serves
+MONITOR_LIMIT = 999_999  # BigPanDA's limit for a deep query (a jobname and no time window)
 
 
 class Refused(ValueError):
@@ -122,7 +130,6 @@ class PandaService:
             "job/get_description": self.get_description,
             "job/get_description_incl_archive": self.get_description,
             "job/kill": self.kill,
-            "job/get_panda_ids_with_job_id": self.get_panda_ids_with_job_id,
             "system/is_alive": self.is_alive,
             "metaconfig/get_site_specs": self.get_site_specs,
             "pilot/acquire_jobs": self.acquire_jobs,
@@ -132,6 +139,8 @@ class PandaService:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
         path = request.path.rstrip("/")
+        if path == "/jobs" and request.method == "GET":
+            return self.monitor_jobs(request)(environ, start_response)
         endpoint = path[len("/api/v1/"):] if path.startswith("/api/v1/") else path.lstrip("/")
         handler = self.endpoints.get(endpoint) if path.startswith("/api/v1/") else None
         if handler is None or request.method not in ("GET", "POST"):
@@ -250,20 +259,30 @@ class PandaService:
         rows = self.grid.job_rows([pid for pid in ids if pid is not None])
         return _envelope(True, [describe(pid, rows[pid]) if pid in rows else None for pid in ids])
 
-    def get_panda_ids_with_job_id(self, params: dict[str, Any]) -> dict[str, Any]:
-        """PanDA's getPandIDsWithJobID: the jobs submitted with this jobDefinitionID (live and archived)
-        as {PandaID: [jobStatus, commandToPilot]}; an empty answer means there is none."""
-        try:
-            definition_id = int(params.get("job_id"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return _envelope(False, message=f"job_id {params.get('job_id')!r} is not a jobDefinitionID")
-        found = self.grid.state.ids_by_definition(definition_id)
-        return _envelope(True, {str(pid): [status, NULL] for pid, status in found.items()})
-
     def kill(self, params: dict[str, Any]) -> dict[str, Any]:
         ids = _job_ids(params.get("job_ids"))
         killed = self.grid.kill([pid for pid in ids if pid is not None])
         return _envelope(True, [killed.get(pid, False) if pid is not None else False for pid in ids])
+
+    # -- the monitor's job list (BigPanDA) ----------------------------------------------------------
+    def monitor_jobs(self, request: Request) -> Response:
+        """`/jobs/?json&jobname=...`: the jobs of these names as BigPanDA lists them."""
+        params = {key: request.args.get(key, "") for key in request.args}
+        unserved = sorted(set(params) - MONITOR_PARAMETERS)
+        pattern = params.get("jobname", "")
+        if unserved or not pattern:
+            what = f"selection {', '.join(unserved)}" if unserved else "a job list without jobname"
+            return Response(f"this embedded monitor serves /jobs/?json&jobname=... only, not {what}", status=400,
+                            content_type="text/plain")
+        try:
+            limit = int(params.get("limit") or MONITOR_LIMIT)
+        except ValueError:
+            return Response(f"Illegal value '{params['limit']}' for limit", status=400, content_type="text/plain")
+        ids = sorted(self.grid.find_like(pattern.split("|")))[:max(0, limit)]
+        rows = self.grid.job_rows(ids)
+        jobs = [monitor_record(pid, rows[pid]) for pid in ids if pid in rows]
+        return Response(json.dumps({"selectionsummary": [], "jobs": jobs}), status=200,
+                        content_type="application/json")
 
     # -- system, metaconfig ------------------------------------------------------------------------
     def is_alive(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -453,6 +472,19 @@ def _files_of(row: dict[str, Any]) -> list[dict[str, Any]]:
             for f in row["files"]]
 
 
+def monitor_record(pid: int, row: dict[str, Any]) -> dict[str, Any]:
+    """A job as BigPanDA's job list has it: the job table's columns in lower case, null for nothing,
+    times as ISO text (naive UTC)."""
+    record = {}
+    for key, value in describe(pid, row).items():
+        if key == "Files":
+            continue
+        if isinstance(value, dict) and "__datetime__" in value:
+            value = value["__datetime__"]
+        record[key.lower()] = None if value == NULL else value
+    return record
+
+
 def _describe_file(pid: int, k: int, spec: dict[str, Any], job_status: str) -> dict[str, Any]:
     out = {attr: NULL for attr in FILE_ATTRIBUTES}
     out.update({key: value for key, value in spec.items() if key in out and not _null(value)})
@@ -526,6 +558,11 @@ class PandaServiceHandle:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/server/panda"
+
+    @property
+    def monitor_url(self) -> str:
+        """What backend.panda.monitor_url takes: the monitor's job list is {monitor_url}/jobs/."""
+        return f"http://{self.host}:{self.port}"
 
     @property
     def api(self) -> str:

@@ -123,11 +123,15 @@ class GridState:
                 found.setdefault(name, panda_id)
         return found
 
-    def ids_by_definition(self, definition_id: int) -> dict[int, str]:
-        """PanDA ID -> jobStatus of the jobs submitted over PanDA with this jobDefinitionID."""
-        rows = self._db.execute("SELECT panda_id, status FROM jobs WHERE json_extract(data, '$.panda.jobDefinitionID') = ?"
-                                " ORDER BY panda_id", (definition_id,))
-        return dict(rows.fetchall())
+    def ids_like(self, patterns: list[str]) -> list[int]:
+        """The PanDA IDs of the jobs whose name matches one of these SQL LIKE patterns (escape `!`,
+        case-insensitive as SQLite's LIKE is for ASCII)."""
+        found: set[int] = set()
+        for start in range(0, len(patterns), 500):
+            chunk = patterns[start : start + 500]
+            where = " OR ".join("json_extract(data, '$.job_name') LIKE ? ESCAPE '!'" for _ in chunk)
+            found.update(pid for (pid,) in self._db.execute(f"SELECT panda_id FROM jobs WHERE {where}", chunk))
+        return sorted(found)
 
     def jobs_in(self, statuses: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
         marks = ",".join("?" * len(statuses))
