@@ -30,7 +30,7 @@ from robot.storage.models import (Event, Job, Queue, QueueTransition, Setting, S
                                   TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
-from robot.workers import SOLO, Shard, Workers
+from robot.workers import SOLO, Fenced, Shard, Workers
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class StepSummary:
     timed_out: int = 0
     backend_errors: list[str] = field(default_factory=list)
     evaluations: list[Any] = field(default_factory=list)  # what each evaluator (e.g. exclusion) returned
+    fenced: bool = False  # this worker was counted hung by its peers during the step, which it ended
 
     def as_dict(self) -> dict[str, Any]:
         return {"now": self.now.isoformat(), "submitted": self.submitted, "polled": self.polled,
@@ -106,7 +107,23 @@ class Robot:
 
     def run_once(self, now: datetime) -> StepSummary:
         summary = StepSummary(now=now)
+        try:
+            self._step(now, summary)
+        except Fenced as exc:  # this worker hung and was replaced: what it was doing is someone else's now
+            log.warning("%s; this step ends here, the next one rejoins as a new worker", exc)
+            summary.fenced = True
+        return summary
+
+    def _check(self) -> None:
+        """Before each phase of a step: beat, or stop (Fenced) if peers counted this worker hung meanwhile."""
+        if self.workers:
+            self.workers.check()
+
+    def _step(self, now: datetime, summary: StepSummary) -> None:
         shard = self._shard = self.workers.step(now) if self.workers else SOLO
+        if shard.fenced:
+            log.warning("worker(s) %s hung (no beat for over %s while their process lives): fenced, their queues"
+                        " taken over", ", ".join(map(str, shard.fenced)), self.config.loop.interval)
         with self.sessions() as session:
             if shard.leader:
                 self._refresh(session, now)
@@ -119,17 +136,22 @@ class Robot:
                             f" {'every queue' if self._owned is None else f'{len(self._owned)} queue(s)'}"
                             f"{', and leads' if shard.leader else ''}",
                             {"me": shard.me, "live": list(shard.live), "leader": shard.leader,
-                             "queues": None if self._owned is None else len(self._owned)})
+                             "queues": None if self._owned is None else len(self._owned),
+                             **({"fenced": list(shard.fenced)} if shard.fenced else {})})
             self._reconcile_unconfirmed(session, now, summary)
             session.commit()
             if shard.leader:
+                self._check()
                 self._read_queue_status(session, now, summary)
                 session.commit()
+            self._check()
             self._poll(session, now, summary)
             session.commit()
+            self._check()
             self._time_out_waiting_jobs(session, now, summary)
             session.commit()
             if shard.leader:
+                self._check()
                 # Other workers commit jobs made final up to a step later than the time they carry.
                 if self.rollup:  # the dashboards' sums of the jobs that just became final
                     rollup.update(session, now, margin=timedelta(0) if shard.alone else 2 * self.config.loop.interval)
@@ -137,11 +159,12 @@ class Robot:
                 for evaluate in self.evaluators:
                     summary.evaluations.append(evaluate(session, now))
                     session.commit()
+            self._check()
             self._submit(session, now, summary)
             if shard.leader:
                 _heartbeat(session, now, summary, self.config.loop.interval)
             session.commit()
-        return summary
+        self._check()
 
     def _mine(self, queue_id: Any) -> list[Any]:
         """The WHERE clause that keeps this step to the queues this process owns."""
@@ -376,6 +399,7 @@ class Robot:
             except BackendUnavailable as exc:
                 outage = outage or exc
                 unserved.add(queue_name)
+        self._check()  # the catalogue may have held this worker past its peers' patience
         if session.get_bind().dialect.name == "postgresql":
             # While the live workers change (one starts, one dies), two may briefly both own a queue:
             # counting its slots and recording its jobs is done by one at a time (the lock ends with

@@ -12,8 +12,18 @@ When is a worker dead? On PostgreSQL each worker holds a session advisory lock k
 a connection of its own for as long as it lives; the server releases it the moment the process is
 gone (SIGKILL, a crash: the kernel closes its socket). A killed worker is therefore dead at the
 others' next step, and its queues and lease are taken in that same step: replaced within one loop
-interval of its death, its queues untested for at most two. A worker that lives but stops
-stepping (hung) keeps its lock; it is dead once its heartbeat is two intervals old, as before.
+interval of its death, its queues untested for at most two.
+
+A worker that lives but stops beating (hung: stuck in a remote call, stopped) keeps its lock. A
+worker beats at the start of each step, before each of its phases (each may call a remote
+service) and at its end, so its heartbeat is never older than one loop interval (plus the
+scheduler's delay) while it works. One older than 1.5 intervals means it has been stuck in one
+place: the first peer to step after that *fences* it (sets its `stopped_at`, only while its
+heartbeat is still that old) and takes its queues in the same step, so it is replaced within two
+loop intervals of the first beat it missed. Every beat is conditional on the worker not being fenced, so the two
+cannot both win: a fenced worker that wakes up finds its beat refused before its next phase,
+drops what it was doing (`Fenced`), lets go of its lock and comes back at its next step as a new
+worker, never acting on queues that are someone else's now.
 
 The rules are pure functions of the stored heartbeats and the given `now`; `Workers` does the I/O.
 On SQLite only one process may run: a second refuses to start (`AnotherRobotRunning`).
@@ -24,6 +34,7 @@ import atexit
 import contextlib
 import os
 import socket
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,12 +47,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from robot.storage.models import Lease, Worker
 
 LEADER = "leader"
-DEAD_AFTER_INTERVALS = 2
+DEAD_AFTER_INTERVALS = 2  # the lease's term, and on SQLite how long another process counts as running
+HUNG_AFTER_INTERVALS = 1.5  # a beat this old: stuck (a worker beats before each phase of a step and at its end)
 ALIVE_LOCK = 0x51C0B08  # PostgreSQL advisory lock (ALIVE_LOCK, worker id): held by the worker while its process lives
 
 
 class AnotherRobotRunning(Exception):
     """A second robot process on a SQLite database."""
+
+
+class Fenced(Exception):
+    """This worker was counted dead while it lived (its heartbeat went stale: it hung) and its queues
+    passed to others: it must stop acting on them."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +76,17 @@ def dead_after(interval: timedelta) -> timedelta:
     return DEAD_AFTER_INTERVALS * interval
 
 
+def hung_after(interval: timedelta) -> timedelta:
+    return HUNG_AFTER_INTERVALS * interval
+
+
 def is_live(beat: Beat, now: datetime, interval: timedelta) -> bool:
-    return beat.connected and beat.stopped_at is None and now - beat.last_beat_at <= dead_after(interval)
+    return beat.connected and beat.stopped_at is None and now - beat.last_beat_at <= hung_after(interval)
+
+
+def is_hung(beat: Beat, now: datetime, interval: timedelta) -> bool:
+    """Its process lives (it holds its lock) but it has not beaten for longer than `hung_after`."""
+    return beat.connected and beat.stopped_at is None and now - beat.last_beat_at > hung_after(interval)
 
 
 def live_ids(beats: Iterable[Beat], now: datetime, interval: timedelta, me: int) -> list[int]:
@@ -93,6 +119,7 @@ class Shard:
     me: int
     live: tuple[int, ...]
     leader: bool
+    fenced: tuple[int, ...] = ()  # hung workers this step fenced (their queues are among the live ones' now)
 
     @property
     def alone(self) -> bool:
@@ -149,6 +176,8 @@ class Workers:
         self.hostname, self.pid = who or identity()
         self.id: int | None = None
         self._alive: Connection | None = None  # PostgreSQL: the connection holding this worker's liveness lock
+        self._step_at: datetime | None = None  # the current step's `now`, and when it began (monotonic)
+        self._step_began = 0.0
 
     def register(self, now: datetime) -> int:
         """Writes this process's heartbeat row. On SQLite, refuses when another live process uses the database.
@@ -171,7 +200,7 @@ class Workers:
             if session.get_bind().dialect.name == "sqlite":
                 for other in self._beats(session):
                     alive = other.hostname != self.hostname or _pid_alive(other.pid)
-                    if is_live(other, now, self.interval) and alive:
+                    if other.stopped_at is None and now - other.last_beat_at <= dead_after(self.interval) and alive:
                         raise AnotherRobotRunning(
                             f"another robot process (host {other.hostname}, pid {other.pid}) uses this SQLite"
                             " database; several processes need PostgreSQL (database.url)")
@@ -189,14 +218,22 @@ class Workers:
         return self.id
 
     def step(self, now: datetime) -> Shard:
-        """Beat, see who lives, take or renew the leader's lease; committed at once (no lock held).
-        A dead peer's queues and lease are taken in the very step that sees it dead."""
-        if self.id is None or not self._still_connected():
-            self.register(now)  # first step, or the liveness connection was lost: others count us dead
+        """Beat, fence the hung, see who lives, take or renew the leader's lease; committed at once (no lock
+        held). A dead or hung peer's queues and lease are taken in the very step that sees it so."""
+        if self.id is None or not self._still_connected() or not self._beat(now):
+            self.register(now)  # first step, the liveness connection was lost, or fenced: others count us dead
+        self._step_at, self._step_began = now, time.monotonic()
         me = self.id
         with self.sessions() as session:
-            session.execute(update(Worker).where(Worker.id == me).values(last_beat_at=now))
-            live = live_ids(self._beats(session), now, self.interval, me)
+            beats = self._beats(session)
+            hung = [b.id for b in beats if b.id != me and is_hung(b, now, self.interval)]
+            fenced: list[int] = []
+            if hung:  # only while still hung: a beat that lands first wins, and the worker stays
+                fenced = list(session.scalars(
+                    update(Worker).where(Worker.id.in_(hung), Worker.stopped_at.is_(None),
+                                         Worker.last_beat_at < now - hung_after(self.interval))
+                    .values(stopped_at=now).returning(Worker.id).execution_options(synchronize_session=False)))
+            live = live_ids([b for b in beats if b.id not in fenced], now, self.interval, me)
             lease = session.get(Lease, LEADER)
             taken = False
             if lease is not None and may_take_lease(lease.holder, lease.expires_at, me, now, live):
@@ -210,7 +247,27 @@ class Workers:
                     .execution_options(synchronize_session=False)
                 ).rowcount == 1
             session.commit()
-        return Shard(me=me, live=tuple(live), leader=taken)
+        return Shard(me=me, live=tuple(live), leader=taken, fenced=tuple(sorted(fenced)))
+
+    def check(self) -> None:
+        """Beats within the step (the step's `now` plus the time it has taken so far); raises Fenced when a
+        peer counted this worker hung meanwhile. Called before each phase of a step."""
+        if self.id is None or self._step_at is None:
+            return
+        if not self._beat(self._step_at + timedelta(seconds=time.monotonic() - self._step_began)):
+            fenced = self.id
+            self.close()  # its liveness lock goes: the next step registers a new worker
+            self.id = None
+            raise Fenced(f"worker {fenced} was fenced by a peer (its heartbeat was more than "
+                         f"{hung_after(self.interval)} old): its queues are served by the live workers")
+
+    def _beat(self, at: datetime) -> bool:
+        """This worker's heartbeat, unless it was fenced (or stopped): False then."""
+        with self.sessions() as session:
+            beaten = session.execute(update(Worker).where(Worker.id == self.id, Worker.stopped_at.is_(None))
+                                     .values(last_beat_at=at)).rowcount == 1
+            session.commit()
+        return beaten
 
     def stop(self, now: datetime) -> None:
         """A clean stop: the others take this worker's queues and the lease at their next step."""

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from robot.cli import main
 from robot.config import load_config
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
-from robot.workers import (AnotherRobotRunning, Beat, Shard, Workers, is_live, live_ids, may_take_lease, owner,
-                           queue_hash)
+from robot.workers import (AnotherRobotRunning, Beat, Fenced, Shard, Workers, is_hung, is_live, live_ids,
+                           may_take_lease, owner, queue_hash)
 from tests.fakes import T0
 
 MINUTE = timedelta(minutes=1)
@@ -22,11 +22,14 @@ def beat(worker_id, age, stopped=False):
     return Beat(worker_id, "host", 100 + worker_id, T0 - age, T0 if stopped else None)
 
 
-def test_a_heartbeat_older_than_two_intervals_is_dead_and_a_stopped_worker_at_once():
-    assert is_live(beat(1, 2 * MINUTE), T0, MINUTE)
-    assert not is_live(beat(1, 2 * MINUTE + timedelta(seconds=1)), T0, MINUTE)
+def test_a_heartbeat_older_than_one_and_a_half_intervals_is_hung_and_a_stopped_worker_dead_at_once():
+    """A worker beats before each phase of its steps and at their end: a beat 1.5 intervals old means it is stuck."""
+    assert is_live(beat(1, 1.5 * MINUTE), T0, MINUTE) and not is_hung(beat(1, 1.5 * MINUTE), T0, MINUTE)
+    assert not is_live(beat(1, 1.5 * MINUTE + timedelta(seconds=1)), T0, MINUTE)
+    assert is_hung(beat(1, 1.5 * MINUTE + timedelta(seconds=1)), T0, MINUTE)
     assert not is_live(beat(1, timedelta(0), stopped=True), T0, MINUTE)
-    assert live_ids([beat(3, MINUTE), beat(1, 5 * MINUTE), beat(2, timedelta(0))], T0, MINUTE, me=7) == [2, 3, 7]
+    assert not is_hung(beat(1, 5 * MINUTE, stopped=True), T0, MINUTE)  # already stopped (or fenced)
+    assert live_ids([beat(3, MINUTE), beat(1, 2 * MINUTE), beat(2, timedelta(0))], T0, MINUTE, me=7) == [2, 3, 7]
 
 
 def test_live_workers_split_the_queues_evenly_each_queue_to_exactly_one():
@@ -81,9 +84,9 @@ def test_one_leader_at_a_time_and_the_lease_passes_when_the_leader_dies(database
     first, second = a.step(T0), b.step(T0)
     assert (first.leader, second.leader) == (True, False) and second.live == (a.id, b.id)
     assert a.step(T0 + MINUTE).leader and not b.step(T0 + MINUTE).leader
-    # a dies after its beat at T0+1m: its lease expires at T0+3m, its heartbeat is dead after T0+3m
-    late = b.step(T0 + 3 * MINUTE + timedelta(seconds=1))
-    assert late.leader and late.live == (b.id,) and late.alone
+    # a stops beating after T0+1m (on SQLite nothing else tells): hung after T0+2.5m, fenced, its lease passes
+    late = b.step(T0 + 2.5 * MINUTE + timedelta(seconds=1))
+    assert late.leader and late.live == (b.id,) and late.alone and late.fenced == (a.id,)
 
 
 @ON_POSTGRESQL
@@ -200,3 +203,27 @@ def test_a_killed_worker_is_replaced_at_the_survivors_next_step_not_two_interval
     with sessions() as session:  # its unconfirmed rows may be settled now
         assert not survivor.live_now(session, T0 + MINUTE, [victim_id])
     survivor.stop(T0 + MINUTE)
+
+
+@ON_POSTGRESQL
+def test_a_hung_worker_is_fenced_by_the_first_peer_to_step_after_one_interval(database_url):
+    """Its process lives (it holds its lock) but it stopped beating: the peer that sees its beat older than an
+    interval fences it and takes its queues and lease; the hung one, woken up, may act on nothing more (Fenced)
+    and comes back at its next step as a new worker."""
+    sessions = sessions_for(database_url)
+    a, b = Workers(sessions, MINUTE, ("a", 1)), Workers(sessions, MINUTE, ("b", 2))
+    assert a.step(T0).leader and not b.step(T0 + timedelta(seconds=30)).leader
+    a.check()  # a beats within its step (T0 + the seconds it took so far) ...
+    assert b.step(T0 + MINUTE).live == (a.id, b.id)  # ... and is live one interval later
+    # ... then hangs in a remote call: b's next step, its beat over an interval old, fences it
+    shard = b.step(T0 + 10 * MINUTE)
+    assert shard.fenced == (a.id,) and shard.live == (b.id,) and shard.leader
+    old = a.id
+    with pytest.raises(Fenced, match=f"worker {old} was fenced"):
+        a.check()  # woken up, before its next phase
+    again = a.step(T0 + 10 * MINUTE + timedelta(seconds=5))
+    assert a.id != old and again.live == (b.id, a.id) and not again.leader
+    # a beat that lands before the peer looks wins: a worker that beats in time is never fenced
+    a.check()
+    assert b.step(T0 + 11 * MINUTE).fenced == ()
+    a.stop(T0 + 11 * MINUTE), b.stop(T0 + 11 * MINUTE)
