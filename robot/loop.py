@@ -115,9 +115,15 @@ class Robot:
         return summary
 
     def _check(self) -> None:
-        """Before each phase of a step: beat, or stop (Fenced) if peers counted this worker hung meanwhile."""
+        """Beat, or stop (Fenced) if peers counted this worker hung meanwhile."""
         if self.workers:
             self.workers.check()
+
+    def _commit(self, session: Session) -> None:
+        """After each phase of a step (the next may call a remote service): beat, then commit what the phase
+        did; a worker fenced meanwhile commits nothing of it (its queues are others' now) and stops."""
+        self._check()
+        session.commit()
 
     def _step(self, now: datetime, summary: StepSummary) -> None:
         shard = self._shard = self.workers.step(now) if self.workers else SOLO
@@ -139,32 +145,26 @@ class Robot:
                              "queues": None if self._owned is None else len(self._owned),
                              **({"fenced": list(shard.fenced)} if shard.fenced else {})})
             self._reconcile_unconfirmed(session, now, summary)
-            session.commit()
+            self._commit(session)
             if shard.leader:
-                self._check()
                 self._read_queue_status(session, now, summary)
-                session.commit()
-            self._check()
+                self._commit(session)
             self._poll(session, now, summary)
-            session.commit()
-            self._check()
+            self._commit(session)
             self._time_out_waiting_jobs(session, now, summary)
-            session.commit()
+            self._commit(session)
             if shard.leader:
-                self._check()
                 # Other workers commit jobs made final up to a step later than the time they carry.
                 if self.rollup:  # the dashboards' sums of the jobs that just became final
                     rollup.update(session, now, margin=timedelta(0) if shard.alone else 2 * self.config.loop.interval)
                     session.commit()
                 for evaluate in self.evaluators:
                     summary.evaluations.append(evaluate(session, now))
-                    session.commit()
-            self._check()
+                    self._commit(session)
             self._submit(session, now, summary)
             if shard.leader:
                 _heartbeat(session, now, summary, self.config.loop.interval)
-            session.commit()
-        self._check()
+            self._commit(session)
 
     def _mine(self, queue_id: Any) -> list[Any]:
         """The WHERE clause that keeps this step to the queues this process owns."""

@@ -151,10 +151,11 @@ def _named_ids(text: str) -> list[tuple[str, int]]:
         data: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+    records = data.get("jobs") if isinstance(data, dict) else data  # a bare list: an older monitor
+    if not isinstance(records, list):
         raise ValueError('expected {"jobs": [...]}')
     out = []
-    for record in data["jobs"]:
+    for record in records:
         name = record.get("jobname") if isinstance(record, dict) else None
         pid = record.get("pandaid") if isinstance(record, dict) else None
         if not isinstance(name, str) or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
