@@ -252,8 +252,8 @@ class Workers:
     def check(self) -> None:
         """Beats within the step (the step's `now` plus the time it has taken so far); raises Fenced when a
         peer counted this worker hung meanwhile. Called before each phase of a step."""
-        if self.id is None or self._step_at is None:
-            return
+        if self.id is None or self._step_at is None or self._alive is None:
+            return  # on SQLite this process is the only one: nobody fences it (and its open write would block)
         if not self._beat(self._step_at + timedelta(seconds=time.monotonic() - self._step_began)):
             fenced = self.id
             self.close()  # its liveness lock goes: the next step registers a new worker
