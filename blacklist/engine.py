@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from blacklist.model import END_TIME, Action, Decision, QueueView, Result
@@ -27,6 +27,9 @@ from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTrans
                                   Template, Test)
 
 log = logging.getLogger(__name__)
+# Core tables for the reads of every step: rows, not ORM entities to build and track.
+JOB, QUEUE, SITE, CLOUD, TEST, TEMPLATE, TRANSITION = (Job.__table__, Queue.__table__, Site.__table__, Cloud.__table__,
+                                                       Test.__table__, Template.__table__, QueueTransition.__table__)
 
 MODE_SETTING = "blacklist.mode"
 INCIDENT_REPEAT = timedelta(hours=1)
@@ -65,16 +68,18 @@ class ExclusionEngine:
         self.policy = policy
         self.backend = backend
         self.settings = policy.settings
-        self.results = ResultCache(policy, lag)
+        self.facts = QueueFacts(policy, lag)
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
+        self.facts.moves.read(session, now)
         self._notice_outside_changes(session, now)
         self._apply_overrides(session, now)
         mode = effective_mode(session, self.settings.mode)
         summary = EvaluationSummary(mode=mode)
         if mode == "off":
             return summary
-        views, ids, flaps = load_views(session, now, self.policy, self.results.read(session, now))
+        facts = self.facts.load(session, now)
+        views, ids, flaps = facts.views, facts.ids, facts.flaps
         grid = self.policy.grid(views.values())  # every queue's results, for the differential evidence
         users = self.policy.users(views.values())  # every queue's users' jobs, when the policy hears them
         decisions = []
@@ -90,7 +95,7 @@ class ExclusionEngine:
             if state is not None:
                 views[decision.queue] = replace(views[decision.queue], robot_state=state, state_since=now)
         self._record_incidents(session, incidents, now)
-        self._set_cadence(session, views, ids, now)
+        self._set_cadence(session, views, ids, facts.cadence, now)
         return summary
 
     # -- acting ----------------------------------------------------------------------------------
@@ -175,16 +180,9 @@ class ExclusionEngine:
             Queue.robot_state == "excluded", Queue.retired_at.is_(None))).all())
         ruled = set(session.scalars(select(Override.queue_id).where(Override.ended_at.is_(None))))
         asked = [queue_id for queue_id in excluded if queue_id not in ruled]
-        # The robot's last status change of each, in one query (not one per excluded queue).
-        newest = (select(func.max(QueueTransition.id)).where(
-            QueueTransition.queue_id.in_(asked), QueueTransition.kind == "status",
-            QueueTransition.actor == self.settings.actor).group_by(QueueTransition.queue_id))
-        last_set = {queue_id: new if applied else None for queue_id, new, applied in session.execute(
-            select(QueueTransition.queue_id, QueueTransition.new, QueueTransition.applied)
-            .where(QueueTransition.id.in_(newest)))} if asked else {}
         for queue_id in asked:
             observed = excluded[queue_id]
-            robot_set = last_set.get(queue_id)
+            robot_set = self.facts.moves.last_set(queue_id)
             if not changed_outside(robot_set, observed):
                 continue
             reason = (f"status set to {observed} outside the robot after its exclusion to {robot_set}:"
@@ -212,16 +210,15 @@ class ExclusionEngine:
                 session.add(Event(time=now, kind=incident.kind, subject="central", message=incident.message,
                                   details={"queues": list(incident.queues), **incident.evidence}))
 
-    def _set_cadence(self, session: Session, views: dict[str, QueueView], ids: dict[str, int], now: datetime) -> None:
-        current = {qid: (extra, gap) for qid, extra, gap in
-                   session.execute(select(Queue.id, Queue.extra_jobs, Queue.job_gap_seconds))}
+    def _set_cadence(self, session: Session, views: dict[str, QueueView], ids: dict[str, int],
+                     current: dict[str, tuple[int, int]], now: datetime) -> None:
         changed = []
         for name, view in views.items():
             cadence = self.policy.cadence(view, now)
             wanted = (cadence.extra_jobs, int(cadence.gap.total_seconds()))
             if view.downtime_ended is not None:  # back from an announced outage: tested at once
                 wanted = (max(wanted[0], 1), 0)
-            if current.get(ids[name]) != wanted:
+            if current.get(name) != wanted:
                 changed.append({"id": ids[name], "extra_jobs": wanted[0], "job_gap_seconds": wanted[1]})
         if changed:
             session.execute(update(Queue), changed)
@@ -248,111 +245,202 @@ def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> No
 
 
 class ResultCache:
-    """The critical templates' final results in the policy window, per queue id.
+    """The critical templates' final results in the policy window, per queue id, newest first.
 
     The first read loads the whole window; later reads load only the jobs whose state changed
-    since, so a step costs what changed, not the window. It mirrors stored rows and nothing else.
+    since, so a step costs what changed, not the window: only a queue with a new result has its
+    results sorted again. It mirrors stored rows and nothing else.
     """
 
     def __init__(self, policy: Policy, lag: timedelta = timedelta(0)):
         self.policy = policy
         self.lag = lag
         self._by_queue: dict[int, dict[int, Result]] = defaultdict(dict)
+        self._ordered: dict[int, tuple[Result, ...]] = {}
+        self._newest_start: dict[int, datetime | None] = {}
         self._seen_until: datetime | None = None
         self._pruned_at: datetime | None = None
+        columns = (JOB.c.id, JOB.c.queue_id, JOB.c.panda_id, TEMPLATE.c.name, JOB.c.end_time, JOB.c.outcome,
+                   JOB.c.error_class, JOB.c.error_name, JOB.c.error_code, JOB.c.start_time, JOB.c.creation_time)
+        final = (JOB.c.outcome.in_(["completed", "failed"]), TEMPLATE.c.name.in_(list(policy.templates)))
+        joined = (select(*columns).select_from(JOB.join(TEST, TEST.c.id == JOB.c.test_id)
+                                               .join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id)))
+        self._window = joined.where(*final, JOB.c.end_time >= bindparam("start"))
+        # Later reads select on the time of the state change alone (its index), the window in Python.
+        self._changed = joined.where(*final, JOB.c.status_changed_at >= bindparam("since"))
 
-    def read(self, session: Session, now: datetime) -> dict[int, list[Result]]:
+    def read(self, session: Session, now: datetime) -> dict[int, tuple[Result, ...]]:
         start = now - self.policy.window
-        query = (select(Job.id, Job.queue_id, Job.panda_id, Template.name, Job.end_time, Job.outcome, Job.error_class,
-                        Job.error_name, Job.error_code, Job.start_time, Job.creation_time)
-                 .join(Test, Test.id == Job.test_id).join(Template, Template.id == Test.template_id)
-                 .where(Job.outcome.in_(["completed", "failed"]), Job.end_time >= start,  # outcome: final
-                        Template.name.in_(self.policy.templates)))
-        if self._seen_until is not None:
-            query = query.where(Job.status_changed_at >= self._seen_until - self.lag)
-        for job_id, qid, panda_id, template, end, outcome, klass, name, code, started, created in (
-                session.execute(query)):
-            self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code,
-                                                 started, created)
+        if self._seen_until is None:
+            rows = session.execute(self._window, {"start": start})
+        else:
+            rows = session.execute(self._changed, {"since": self._seen_until - self.lag})
+        changed = set()
+        for job_id, qid, panda_id, template, end, outcome, klass, name, code, started, created in rows:
+            if end >= start:
+                self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name,
+                                                     code, started, created)
+                changed.add(qid)
         self._seen_until = now
         if self._pruned_at is None or now - self._pruned_at >= self.policy.window / 12:
             self._pruned_at = now
-            for results in self._by_queue.values():
-                for job_id in [j for j, r in results.items() if r.end_time < start]:
+            for qid, results in self._by_queue.items():
+                old = [j for j, r in results.items() if r.end_time < start]
+                for job_id in old:
                     del results[job_id]
-        return {qid: list(results.values()) for qid, results in self._by_queue.items()}
+                if old:
+                    changed.add(qid)
+        for qid in changed:
+            results = self._by_queue[qid].values()
+            self._ordered[qid] = tuple(sorted(results, key=END_TIME, reverse=True))
+            self._newest_start[qid] = max((r.start_time for r in results if r.start_time), default=None)
+        return self._ordered
+
+    def newest_start(self, queue_id: int) -> datetime | None:
+        """When the latest of the queue's results started."""
+        return self._newest_start.get(queue_id)
 
 
-def load_views(session: Session, now: datetime, policy: Policy,
-               results: dict[int, list[Result]]) -> tuple[dict[str, QueueView], dict[str, int], dict[str, int]]:
-    """Every live queue's facts: status, the robot's state, overrides, silences, recent results."""
-    actor = policy.settings.actor
-    rows = session.execute(
-        select(Queue.id, Queue.name, Queue.status, Queue.robot_state, Queue.robot_state_since, Queue.exempt,
-               Site.name, Cloud.name)
-        .join(Site, Site.id == Queue.site_id).join(Cloud, Cloud.id == Site.cloud_id)
-        .where(Queue.retired_at.is_(None))
-    ).all()
-    robot_moves = session.execute(
-        select(QueueTransition.queue_id,
-               func.max(QueueTransition.time).filter(QueueTransition.new != "online"),
-               func.count().filter(QueueTransition.new != "online", QueueTransition.time >= now - policy.flap_window),
-               func.max(QueueTransition.time).filter(QueueTransition.new == "online"))
-        .where(QueueTransition.kind == "status", QueueTransition.actor == actor)
-        .group_by(QueueTransition.queue_id)
-    ).all()
-    last_moves = {qid: (excluded, count, included) for qid, excluded, count, included in robot_moves}
-    manual = dict(session.execute(
-        select(Override.queue_id, Override.action).where(
-            Override.cleared_at.is_(None), (Override.until.is_(None)) | (Override.until > now))
-        .order_by(Override.created_at)
-    ).all())
-    silences = session.execute(select(Silence.scope, Silence.name).where(Silence.cleared_at.is_(None),
-                                                                         Silence.until > now)).all()
-    silenced = {(scope, name) for scope, name in silences}
-    waiting: dict[int, list[datetime]] = defaultdict(list)
-    stall_after = policy.settings.default.stall_after
-    # A stall is judged only on job states read in this step: while the backend cannot be reached,
-    # the stored states are old news, and jobs that "wait" may long have started.
-    statuses_fresh = session.scalar(select(func.count()).select_from(Event).where(
-        Event.kind == "backend_unreachable", Event.time == now)) == 0
-    # Only jobs waiting at the site (activated; since activation) long enough to matter: before
-    # activation the wait is the server's or the data's.
-    for qid, activated in session.execute(
-        select(Job.queue_id, Job.status_changed_at).where(Job.phase == "active", Job.job_status == "activated",
-                                                          Job.status_changed_at <= now - stall_after)
-    ) if statuses_fresh else ():
-        waiting[qid].append(activated)
-    last_start: dict[int, datetime] = dict(session.execute(
-        select(Job.queue_id, func.max(Job.start_time)).where(Job.phase == "active", Job.start_time.is_not(None))
-        .group_by(Job.queue_id)
-    ).all())
-    for qid, items in results.items():
-        newest = max((r.start_time for r in items if r.start_time), default=None)
-        if newest and (qid not in last_start or newest > last_start[qid]):
-            last_start[qid] = newest
-    views, ids, flaps = {}, {}, {}
-    # Outages before the window too: a job that waited or ran in one may end inside the window.
-    downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)
-    users = stored_hours(session, now - policy.window, now) if policy.hears_users else {}
-    for qid, name, status, state, since, exempt, site, cloud in rows:
-        when, count, included = last_moves.get(qid, (None, 0, None))
-        excused = downtimes.get(site, [])
-        ordered = tuple(sorted(outside_downtimes(results.get(qid, []), excused), key=END_TIME, reverse=True))
-        active = next((d for d in excused if d.covers(now)), None)
-        ended = max((d.end for d in excused if now - policy.window < d.end <= now), default=None)
-        if ended is not None and any(r.end_time >= ended for r in ordered):
-            ended = None  # tested since it ended
-        views[name] = QueueView(
-            name=name, site=site, cloud=cloud, status=status, robot_state=state,
-            excluded_by_robot=state == "excluded", manual=manual.get(qid),
-            silenced=bool({("queue", name), ("site", site), ("cloud", cloud)} & silenced),
-            exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
-            results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
-            last_start=last_start.get(qid), downtime=describe(active) if active else None, downtime_ended=ended,
-            user_jobs=tuple(h for h in users.get(name, ()) if not any(d.start < h.hour + HOUR and h.hour < d.end
-                                                                      for d in excused)))
-        ids[name] = qid
-        flaps[name] = max(0, count - 1) if state == "excluded" else count
-    return views, ids, flaps
+class RobotMoves:
+    """The robot's own status changes (exclusions, re-inclusions), per queue id, read as results are:
+    all at the first read, then those since the last one (and `lag` before it)."""
 
+    def __init__(self, actor: str, lag: timedelta = timedelta(0)):
+        self.lag = lag
+        self._by_queue: dict[int, dict[int, tuple[datetime, str, bool]]] = defaultdict(dict)  # id -> time, new, applied
+        self._seen_until: datetime | None = None
+        robot = select(TRANSITION.c.id, TRANSITION.c.queue_id, TRANSITION.c.time, TRANSITION.c.new,
+                       TRANSITION.c.applied).where(TRANSITION.c.kind == "status", TRANSITION.c.actor == actor)
+        self._all, self._since = robot, robot.where(TRANSITION.c.time >= bindparam("since"))
+        self._summary: dict[int, tuple[datetime | None, list[datetime], datetime | None]] = {}
+
+    def read(self, session: Session, now: datetime) -> None:
+        rows = (session.execute(self._all) if self._seen_until is None
+                else session.execute(self._since, {"since": self._seen_until - self.lag}))
+        changed = set()
+        for move_id, qid, when, new, applied in rows:
+            self._by_queue[qid][move_id] = (when, new, applied)
+            changed.add(qid)
+        self._seen_until = now
+        for qid in changed:
+            moves = self._by_queue[qid].values()
+            exclusions = [when for when, new, _ in moves if new != "online"]
+            self._summary[qid] = (max(exclusions, default=None), exclusions,
+                                  max((when for when, new, _ in moves if new == "online"), default=None))
+
+    def of(self, queue_id: int, since: datetime) -> tuple[datetime | None, int, datetime | None]:
+        """The queue's last exclusion, its exclusions from `since` on, and its last re-inclusion."""
+        summary = self._summary.get(queue_id)
+        if summary is None:
+            return None, 0, None
+        excluded, exclusions, included = summary
+        return excluded, sum(1 for when in exclusions if when >= since), included
+
+    def last_set(self, queue_id: int) -> str | None:
+        """The status the robot last set the queue to (None: never, or only in dry-run)."""
+        moves = self._by_queue.get(queue_id)
+        if not moves:
+            return None
+        _, new, applied = moves[max(moves)]
+        return new if applied else None
+
+
+QUEUE_ROWS = (select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_state, QUEUE.c.robot_state_since,
+                     QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
+              .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
+              .where(QUEUE.c.retired_at.is_(None)))
+OVERRIDE, SILENCE, EVENT = Override.__table__, Silence.__table__, Event.__table__
+MANUAL = (select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
+          .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))
+          .order_by(OVERRIDE.c.created_at))
+SILENCED = select(SILENCE.c.scope, SILENCE.c.name).where(SILENCE.c.cleared_at.is_(None),
+                                                         SILENCE.c.until > bindparam("now"))
+UNREACHABLE = select(func.count()).select_from(EVENT).where(EVENT.c.kind == "backend_unreachable",
+                                                            EVENT.c.time == bindparam("now"))
+# Only jobs waiting at the site (activated; since activation) long enough to matter: before
+# activation the wait is the server's or the data's.
+WAITING = select(JOB.c.queue_id, JOB.c.status_changed_at).where(
+    JOB.c.phase == "active", JOB.c.job_status == "activated", JOB.c.status_changed_at <= bindparam("before"))
+LAST_START = (select(JOB.c.queue_id, func.max(JOB.c.start_time))
+              .where(JOB.c.phase == "active", JOB.c.start_time.is_not(None)).group_by(JOB.c.queue_id))
+
+
+@dataclass
+class Views:
+    """Every live queue's facts for one step, by name: its view, its id, its recent exclusions (the
+    flaps the policy weighs) and the cadence the loop now applies to it (extra jobs, gap in seconds)."""
+
+    views: dict[str, QueueView]
+    ids: dict[str, int]
+    flaps: dict[str, int]
+    cadence: dict[str, tuple[int, int]]
+
+
+class QueueFacts:
+    """What the policies read of every live queue: status, the robot's state and moves, overrides,
+    silences, recent results, waits. Results and moves are kept between steps and read as they
+    change (a pure mirror of stored rows: a restart reads them whole and decides the same); a queue
+    whose facts did not change keeps its view object."""
+
+    def __init__(self, policy: Policy, lag: timedelta = timedelta(0)):
+        self.policy = policy
+        self.results = ResultCache(policy, lag)
+        self.moves = RobotMoves(policy.settings.actor, lag)
+        self._views: dict[int, tuple[tuple, QueueView]] = {}
+
+    def load(self, session: Session, now: datetime) -> Views:
+        policy = self.policy
+        session.flush()  # the step's own changes so far, as the ORM's reads would see them
+        results = self.results.read(session, now)
+        rows = session.execute(QUEUE_ROWS).all()
+        manual = dict(session.execute(MANUAL, {"now": now}).all())
+        silenced = {(scope, name) for scope, name in session.execute(SILENCED, {"now": now})}
+        waiting: dict[int, list[datetime]] = defaultdict(list)
+        # A stall is judged only on job states read in this step: while the backend cannot be reached,
+        # the stored states are old news, and jobs that "wait" may long have started.
+        if session.execute(UNREACHABLE, {"now": now}).scalar() == 0:
+            for qid, activated in session.execute(WAITING, {"before": now - policy.settings.default.stall_after}):
+                waiting[qid].append(activated)
+        last_start: dict[int, datetime] = dict(session.execute(LAST_START).all())
+        # Outages before the window too: a job that waited or ran in one may end inside the window.
+        downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)
+        users = stored_hours(session, now - policy.window, now) if policy.hears_users else {}
+        flap_since = now - policy.flap_window
+        found = Views({}, {}, {}, {})
+        for qid, name, status, state, since, exempt, site, cloud, extra, gap in rows:
+            when, count, included = self.moves.of(qid, flap_since)
+            excused = downtimes.get(site, [])
+            ordered = results.get(qid, ())
+            newest = self.results.newest_start(qid)
+            started = last_start.get(qid)
+            if newest and (started is None or newest > started):
+                started = newest
+            active = ended = None
+            if excused:
+                ordered = tuple(outside_downtimes(list(ordered), excused))
+                active = next((d for d in excused if d.covers(now)), None)
+                ended = max((d.end for d in excused if now - policy.window < d.end <= now), default=None)
+                if ended is not None and any(r.end_time >= ended for r in ordered):
+                    ended = None  # tested since it ended
+            hours = users.get(name, ())
+            key = (status, state, since, exempt, site, cloud, when, included, manual.get(qid), ordered,
+                   tuple(waiting.get(qid, ())), started, tuple(excused), active, ended, tuple(hours),
+                   ("queue", name) in silenced or ("site", site) in silenced or ("cloud", cloud) in silenced)
+            kept = self._views.get(qid)
+            if kept is not None and kept[0] == key:
+                view = kept[1]
+            else:
+                view = QueueView(
+                    name=name, site=site, cloud=cloud, status=status, robot_state=state,
+                    excluded_by_robot=state == "excluded", manual=manual.get(qid), silenced=key[-1],
+                    exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
+                    results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
+                    last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
+                    user_jobs=tuple(h for h in hours if not any(d.start < h.hour + HOUR and h.hour < d.end
+                                                                for d in excused)))
+                self._views[qid] = (key, view)
+            found.views[name] = view
+            found.ids[name] = qid
+            found.flaps[name] = max(0, count - 1) if state == "excluded" else count
+            found.cadence[name] = (extra, gap)
+        return found
