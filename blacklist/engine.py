@@ -21,7 +21,8 @@ from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
 from robot.downtimes import LOOK_BACK as OUTAGE_REACH  # the longest a job's life reaches back (stored that long)
 from robot.downtimes import Downtime, describe, windows_by_site
-from robot.userjobs import HOUR, stored_hours
+from robot.userjobs import HOUR, STORED_COLUMNS, StoredHour, as_stored, hour_of
+from robot.storage.models import UserJobHour as UserJobHourRow
 from robot.jobstates import QueueStatus
 from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
                                   Template, Test)
@@ -345,11 +346,53 @@ class RobotMoves:
         return new if applied else None
 
 
+class UserHours:
+    """The stored hours of users' jobs in the policy window, per queue, oldest first, read as results
+    are: all at the first read, then the rows stored since (the watch stores an hour again each time
+    it reads it, while the hour grows)."""
+
+    def __init__(self, window: timedelta, lag: timedelta = timedelta(0)):
+        self.window = window
+        self.lag = lag
+        self._by_queue: dict[str, dict[tuple[datetime, str], StoredHour]] = defaultdict(dict)
+        self._ordered: dict[str, tuple[StoredHour, ...]] = {}
+        self._seen_until: datetime | None = None
+        self._first: datetime | None = None
+        hours = select(USER_HOUR.c.source, *STORED_COLUMNS).where(USER_HOUR.c.hour >= bindparam("first"),
+                                                                  USER_HOUR.c.hour < bindparam("now"))
+        self._all, self._since = hours, hours.where(USER_HOUR.c.read_at >= bindparam("since"))
+
+    def read(self, session: Session, now: datetime) -> dict[str, tuple[StoredHour, ...]]:
+        first = hour_of(now - self.window)
+        if self._seen_until is None:
+            rows = session.execute(self._all, {"first": first, "now": now})
+        else:
+            rows = session.execute(self._since, {"first": first, "now": now, "since": self._seen_until - self.lag})
+        changed = set()
+        for source, *values in rows:
+            hour = as_stored(values)
+            self._by_queue[hour.queue][(hour.hour, source)] = hour
+            changed.add(hour.queue)
+        self._seen_until = now
+        if first != self._first:
+            self._first = first
+            for queue, hours in self._by_queue.items():
+                old = [key for key in hours if key[0] < first]
+                for key in old:
+                    del hours[key]
+                if old:
+                    changed.add(queue)
+        for queue in changed:
+            self._ordered[queue] = tuple(hour for _, hour in sorted(self._by_queue[queue].items(),
+                                                                    key=lambda item: item[0]))
+        return self._ordered
+
+
 QUEUE_ROWS = (select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_state, QUEUE.c.robot_state_since,
                      QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
               .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
               .where(QUEUE.c.retired_at.is_(None)))
-OVERRIDE, SILENCE, EVENT = Override.__table__, Silence.__table__, Event.__table__
+OVERRIDE, SILENCE, EVENT, USER_HOUR = Override.__table__, Silence.__table__, Event.__table__, UserJobHourRow.__table__
 MANUAL = (select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
           .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))
           .order_by(OVERRIDE.c.created_at))
@@ -386,6 +429,7 @@ class QueueFacts:
         self.policy = policy
         self.results = ResultCache(policy, lag)
         self.moves = RobotMoves(policy.settings.actor, lag)
+        self.users = UserHours(policy.window, lag)
         self._views: dict[int, tuple[tuple, QueueView]] = {}
 
     def load(self, session: Session, now: datetime) -> Views:
@@ -404,7 +448,7 @@ class QueueFacts:
         last_start: dict[int, datetime] = dict(session.execute(LAST_START).all())
         # Outages before the window too: a job that waited or ran in one may end inside the window.
         downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)
-        users = stored_hours(session, now - policy.window, now) if policy.hears_users else {}
+        users = self.users.read(session, now) if policy.hears_users else {}
         flap_since = now - policy.flap_window
         found = Views({}, {}, {}, {})
         for qid, name, status, state, since, exempt, site, cloud, extra, gap in rows:
@@ -424,7 +468,7 @@ class QueueFacts:
                     ended = None  # tested since it ended
             hours = users.get(name, ())
             key = (status, state, since, exempt, site, cloud, when, included, manual.get(qid), ordered,
-                   tuple(waiting.get(qid, ())), started, tuple(excused), active, ended, tuple(hours),
+                   tuple(waiting.get(qid, ())), started, tuple(excused), active, ended, hours,
                    ("queue", name) in silenced or ("site", site) in silenced or ("cloud", cloud) in silenced)
             kept = self._views.get(qid)
             if kept is not None and kept[0] == key:

@@ -149,17 +149,25 @@ def stored_hours(session: Session, since: datetime, until: datetime,
                  queues: Sequence[str] | None = None) -> dict[str, list[StoredHour]]:
     """Stored hours starting in [hour_of(since), until), per queue, oldest first."""
     row = UserJobHourRow
-    query = (select(row.queue, row.hour, row.ended, row.failed, row.failed_site, row.failed_user, row.failed_central,
-                    row.failed_unknown, row.codes)
-             .where(row.hour >= hour_of(since), row.hour < until))
+    query = select(*STORED_COLUMNS).where(row.hour >= hour_of(since), row.hour < until)
     if queues is not None:
         query = query.where(row.queue.in_(list(queues)))
     found: dict[str, list[StoredHour]] = defaultdict(list)
-    for queue, hour, ended, failed, site, user, central, unknown, codes in session.execute(query.order_by(row.hour)):
-        found[queue].append(StoredHour(queue, hour, ended, failed,
-                                       {"site": site, "user": user, "central": central, "unknown": unknown},
-                                       tuple(codes or ())))
+    for values in session.execute(query.order_by(row.hour)):
+        found[values[0]].append(as_stored(values))
     return dict(found)
+
+
+# The columns of a stored hour, in the order `as_stored` takes them.
+STORED_COLUMNS = tuple(UserJobHourRow.__table__.c[name] for name in (
+    "queue", "hour", "ended", "failed", "failed_site", "failed_user", "failed_central", "failed_unknown", "codes"))
+
+
+def as_stored(values: Sequence) -> StoredHour:
+    """A stored hour from the values of STORED_COLUMNS."""
+    queue, hour, ended, failed, site, user, central, unknown, codes = values
+    return StoredHour(queue, hour, ended, failed, {"site": site, "user": user, "central": central, "unknown": unknown},
+                      tuple(codes or ()))
 
 
 RECENT = timedelta(hours=6)  # what `why` and the queue page show
