@@ -470,6 +470,7 @@ class SimulatedGrid:
         if key not in self._user_jobs:
             users = self.scenario.users
             rng = random.Random(f"users:{self.seed}:{queue}:{hour:%Y%m%d%H}")
+            quiet = self._quiet(queue, hour, hour + HOUR)  # only noise can fail them: no need to look further
             jobs = []
             for _ in range(_poisson(rng, users.jobs_per_hour)):
                 end = hour + timedelta(seconds=rng.random() * 3600)
@@ -477,7 +478,8 @@ class SimulatedGrid:
                                                                rng.random())
                 if any(f.mode == "stuck" and f.active(end - self.scenario.job.duration) for f in self._faults_of[queue]):
                     continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
-                errors = self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise)
+                errors = (self._user_noise(queue, u_noise) if quiet
+                          else self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise))
                 jobs.append((end, ("pilot", pick(errors, u_code).code) if errors else None))
             self._user_jobs[key] = jobs
             self._user_counts[key] = _count(jobs)
@@ -497,6 +499,10 @@ class SimulatedGrid:
                     if queue in hit and self._window_active(w, when)), key=lambda w: w.probability, default=None)
         if wave and u_wave < wave.probability:
             return wave.codes
+        return self._user_noise(queue, u_noise)
+
+    def _user_noise(self, queue: str, u_noise: float) -> Sequence[ErrorSpec] | None:
+        """What a user's job fails with when no fault, outage or wave is on: the site's noise, the users' own bugs."""
         site = min(1.0, self.scenario.noise.site * self._flakiness[queue])
         if u_noise < site:
             return self.scenario.noise.site_codes
@@ -562,6 +568,15 @@ class SimulatedGrid:
                         n_events=shape.events, cpu_consumption_time=duration.total_seconds() * 0.85,
                         pilot_timing={**timing, "payload": duration.total_seconds() - 110})
         return _Job(report, start, end, final)
+
+    def _quiet(self, queue: str, start: datetime, end: datetime) -> bool:
+        """Whether no failing fault, central outage or user wave hits `queue` at any time in [start, end)."""
+        scenario = self.scenario
+        return (not any(f.errors and f.start < end and start < f.end for f in self._faults_of[queue])
+                and not any(queue in hit and scenario.start + o.onset < end and start < scenario.start + o.onset + o.duration
+                            for o, hit in zip(scenario.central_outages, self._outage_queues))
+                and not any(queue in hit and scenario.start + w.onset < end and start < scenario.start + w.onset + w.duration
+                            for w, hit in zip(scenario.user_waves, self._wave_queues)))
 
     def _window_active(self, spec: WaveSpec | OutageSpec, when: datetime) -> bool:
         start = self.scenario.start + spec.onset
