@@ -164,6 +164,8 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
         start = view.last_robot_inclusion  # a re-included queue starts with a clean slate
     recent = [r for r in view.results if r.end_time >= start]
     stalls = [Counted(r, weights.repeat) for r in stalled(view, settings, now)]
+    if view.robot_state == "online" and not stalls and not users and not any(r.failed for r in recent):
+        return Decision(view.name, Action.KEEP, "healthy", policy=NAME)  # nothing to weigh: every CUSUM is 0
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)
