@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
@@ -112,6 +112,10 @@ class UserJobWatch:
         self.look_back = look_back
         self._read_at: datetime | None = None
         self._complete_until: datetime | None = None  # hours before this were read after they ended
+        # The counts this watch stored per (queue, hour): an hour read again unchanged is not written again
+        # (the hour before the current one, at every read). Forgotten if the last write was not kept.
+        self._stored: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
+        self._wrote: tuple[datetime, datetime, int] | None = None  # the last write: its time, first hour, rows
 
     def __call__(self, session: Session, now: datetime) -> int | None:
         if self._read_at is not None and now - self._read_at < self.refresh:
@@ -126,7 +130,20 @@ class UserJobWatch:
                               message=f"users' jobs could not be read, the stored counts are kept: {exc}"))
             return None
         self._complete_until = hour_of(now)
-        return store(session, self.backend.name, hours, since, self.table, now)
+        if self._wrote is not None and not _kept(session, *self._wrote):
+            self._stored.clear()  # the step that wrote them was rolled back
+        fresh = [h for h in hours if h.hour >= since and self._stored.get((h.queue, h.hour)) != (h.ended, h.failed, h.errors)]
+        written = store(session, self.backend.name, fresh, since, self.table, now)
+        self._stored = {key: counts for key, counts in self._stored.items() if key[1] >= since}
+        self._stored.update({(h.queue, h.hour): (h.ended, h.failed, dict(h.errors)) for h in fresh})
+        self._wrote = (now, since, written)
+        return written
+
+
+def _kept(session: Session, read_at: datetime, since: datetime, rows: int) -> bool:
+    """Whether the `rows` rows a watch stored at `read_at` (of hours from `since` on) are in the database."""
+    row = UserJobHourRow.__table__.c
+    return session.execute(select(func.count()).where(row.hour >= since, row.read_at == read_at)).scalar() == rows
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,24 @@ def test_the_watch_reads_new_hours_again_until_they_are_over_and_a_failing_sourc
         assert len(events) == 1 and "stored counts are kept" in events[0].message
 
 
+def test_the_watch_writes_an_hour_again_only_when_its_counts_changed_or_its_last_write_was_lost(sessions):
+    source = Source()
+    watch = UserJobWatch(source, TABLE, refresh=timedelta(minutes=10), look_back=timedelta(hours=6))
+    now = T0 + timedelta(minutes=30)
+    source.hours = [UserJobHour("ANALY_A", T0 - timedelta(hours=1), 20, 1, {("pilot", 1099): 1}),
+                    UserJobHour("ANALY_A", T0, 8, 0)]
+    with sessions() as session:
+        assert watch(session, now) == 2
+        session.commit()
+        source.hours[-1] = UserJobHour("ANALY_A", T0, 9, 1, {("pilot", 1099): 1})
+        assert watch(session, now + timedelta(minutes=10)) == 1  # the hour before, read again unchanged: kept
+        session.rollback()  # that step was lost: what it wrote is written again
+        assert watch(session, now + timedelta(minutes=20)) == 2
+        session.commit()
+        rows = {r.hour: (r.ended, r.failed) for r in session.scalars(select(Row))}
+        assert rows == {T0 - timedelta(hours=1): (20, 1), T0: (9, 1)}
+
+
 # -- the embedded grid's background users ------------------------------------------------------------
 def test_the_embedded_grids_users_fail_with_a_broken_queues_fault_and_their_own_bugs(tiny_grid):
     clock = ManualClock(T0)
