@@ -77,13 +77,16 @@ def store(session: Session, source: str, hours: Sequence[UserJobHour], since: da
     Each (queue, hour) the backend listed replaces its row; rows of hours it did not list are left
     alone (jobs that ended do not disappear: a backend that lists nothing for an hour did not count it)."""
     rows = []
+    verdicts: dict[tuple[str, int], Verdict] = {}  # each error classified once per read
     for hour in hours:
         if hour.hour < since:
             continue
         classes = {"site": 0, "user": 0, "central": 0, "unknown": 0}
         codes = []
         for (error_source, code), jobs in sorted(hour.errors.items(), key=lambda item: -item[1]):
-            found = verdict(table, error_source, code)
+            found = verdicts.get((error_source, code))
+            if found is None:
+                found = verdicts[(error_source, code)] = verdict(table, error_source, code)
             klass = found.klass if found.klass in classes else "unknown"
             classes[klass] += jobs
             codes.append({"source": error_source, "code": code, "name": found.name, "class": klass, "jobs": jobs})
@@ -94,11 +97,11 @@ def store(session: Session, source: str, hours: Sequence[UserJobHour], since: da
     by_hour: dict[datetime, list[str]] = defaultdict(list)
     for row in rows:
         by_hour[row["hour"]].append(row["queue"])
+    stored = UserJobHourRow.__table__  # Core statements: rows, no ORM bulk path
     for hour_start, queues in by_hour.items():
-        session.execute(delete(UserJobHourRow).where(UserJobHourRow.hour == hour_start,
-                                                     UserJobHourRow.queue.in_(queues)))
+        session.execute(delete(stored).where(stored.c.hour == hour_start, stored.c.queue.in_(queues)))
     if rows:
-        session.execute(insert(UserJobHourRow), rows)
+        session.execute(insert(stored), rows)
     return len(rows)
 
 
