@@ -107,7 +107,7 @@ def robot_yaml(root: Path, backend: dict[str, Any]) -> dict[str, Any]:
     return {
         "data_dir": str(root / "data"),
         "backend": backend,
-        "user_jobs": {"read": False},  # users' jobs are not what is tested (the served monitor lists by name only)
+        "user_jobs": {"read": False},  # users' jobs are not what is tested here
         "templates": [{"name": "CRASH_AFT", "category": "functional", "payload": "zmumu",
                        "input_dataset": "mc23_13p6TeV.601189.*", "events_per_job": 200,
                        "max_running_jobs": MAX_RUNNING, "max_wall_time": "10m", "max_queue_time": "2h"}],

@@ -29,9 +29,12 @@ from pandaclient import MiscUtils
 from pandaclient.FileSpec import FileSpec
 from pandaclient.JobSpec import JobSpec
 
+from robot.backends.embedded.config import FaultMode
 from robot.backends.embedded.grid import HEARTBEAT_TIMEOUT_SECONDS, EmbeddedGrid
 from robot.backends.embedded.panda_service import PandaServiceHandle, serve
+from robot.backends.embedded.state import Fault
 from robot.backends.embedded.workers import GridWorkers
+from robot.backends.panda_monitor import MonitorUserJobs
 from robot.backends.job_parameters import TRANSFORMATION, JobParameters, format_job_parameters
 from robot.clock import ManualClock, SystemClock
 from robot.jobstates import QueueStatus
@@ -362,6 +365,28 @@ def test_the_monitors_job_list_finds_jobs_by_name_as_bigpanda_does(factory):
         assert [j["pandaid"] for j in listed("hc.1.*", limit=1)] == ids[:1]
         assert listed("hc.1.ANALY_A") == []
         refused = httpx.get(f"{handle.monitor_url}/jobs/", params={"json": "", "computingsite": "ANALY_A"})
+        assert refused.status_code == 400 and "computingsite" in refused.text
+
+
+def test_the_monitors_users_job_list_gives_what_the_grid_counts_to_the_robots_reader(factory):
+    """jobs/?json&prodsourcelabel=user&endtimerange=...: the robot's users' jobs reader (the PanDA backend's)
+    reads from the served grid, one request an hour, the very hours the embedded backend counts, with a
+    broken queue's users failing with its pilot code; a selection it does not serve is refused."""
+    clock = ManualClock(T0)
+    grid = open_grid(factory, {"ANALY_A": {}, "ANALY_B": {}}, clock=clock)
+    grid.state.started_at(clock.now())
+    grid.state.add_fault(Fault("ANALY_B", FaultMode.STAGEIN, T0, T0 + timedelta(hours=6)))
+    clock.advance(timedelta(hours=3))
+    with serve(grid) as handle:
+        since, until = T0, T0 + timedelta(hours=2, minutes=30)
+        read = MonitorUserJobs(handle.monitor_url, retries=1, sleep=lambda s: None).user_job_stats(since, until)
+        counted = grid.user_job_stats(since, until)
+        assert sorted(read, key=lambda h: (h.queue, h.hour)) == sorted(counted, key=lambda h: (h.queue, h.hour))
+        assert {h.queue for h in read} == {"ANALY_A", "ANALY_B"} and sum(h.ended for h in read) > 40
+        broken = [h for h in read if h.queue == "ANALY_B"]
+        assert all(h.failed == h.ended for h in broken) and len({code for h in broken for _, code in h.errors}) == 1
+        refused = httpx.get(f"{handle.monitor_url}/jobs/", params={"json": "", "prodsourcelabel": "user",
+                                                                   "computingsite": "ANALY_A"})
         assert refused.status_code == 400 and "computingsite" in refused.text
 
 

@@ -32,7 +32,7 @@ from robot.backends.embedded.faults import Injection, active_faults, is_held, is
 from robot.backends.embedded.state import Fault, GridState
 from robot.backends.embedded.status import GridQueueStatus
 from robot.backends.embedded.storage import GridStorage
-from robot.backends.embedded.userjobs import user_hours
+from robot.backends.embedded.userjobs import user_hours, user_jobs
 from robot.clock import Clock, as_utc
 from robot.jobstates import JobStatus, QueueStatus
 
@@ -155,12 +155,19 @@ class EmbeddedGrid:
 
     def user_job_stats(self, since: datetime, until: datetime) -> list[UserJobHour]:
         """The background users' jobs that ended (robot/backends/embedded/userjobs.py)."""
+        return user_hours(*self._users(since, until))
+
+    def user_job_ends(self, since: datetime, until: datetime) -> list[tuple[str, datetime, int]]:
+        """The same jobs one by one, (queue, end, pilot error code or 0): what the PanDA service's monitor lists."""
+        return user_jobs(*self._users(since, until))
+
+    def _users(self, since: datetime, until: datetime) -> tuple[Any, ...]:
         defaults = self.config.defaults
         with self._lock:
             now = self.clock.now()
             faults, started = self.state.faults(), self.state.started_at(now)
-        return user_hours(sorted(self._queues), faults, self.config.seed, defaults.user_jobs_per_hour,
-                          defaults.user_job_failure_rate, since, until, started, now)
+        return (sorted(self._queues), faults, self.config.seed, defaults.user_jobs_per_hour,
+                defaults.user_job_failure_rate, since, until, started, now)
 
     # -- running --------------------------------------------------------------------------------
     def start(self, period: float = 1.0) -> None:

@@ -27,7 +27,10 @@ panda-client 2.2 speaks it (see /work/shared/domain/panda.md):
   that name as BigPanDA does (``{"jobs": [...]}``, the job table's columns in lower case, null for
   nothing). `jobname` is matched as BigPanDA matches it (case-insensitive, ``|`` between alternatives,
   ``*`` any text) over every job the grid holds (BigPanDA's "deep query" when no time window is
-  given); `limit` caps the answer. Other selections of BigPanDA's job list are not served (HTTP
+  given); `limit` caps the answer. `GET /jobs/?json&prodsourcelabel=user&endtimerange=FROM|TO` lists
+  the grid's background users' jobs that ended in that window, one record each (with `jobstatus`,
+  `fields`, `outputs` and `limit` read as BigPanDA reads them), so the robot's users' jobs reader works
+  against it as against the real monitor. Other selections of BigPanDA's job list are not served (HTTP
   400 names them), so nothing is answered that the real monitor would answer otherwise.
 
 `serve(grid)` runs it on loopback in a daemon thread and returns a handle with the PANDA_URL.
@@ -40,9 +43,10 @@ import logging
 import socket
 import threading
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pandaclient.FileSpec import FileSpec
@@ -66,7 +70,12 @@ TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")  # pilotTimi
 SC_INVALID = 50  # pilot protocol: a request that makes no sense
 MAX_IDS = 5500  # the real server's cap per description call
 DEFAULT_WALLTIME = 86400  # seconds a job without maxWalltime may run (a queue's usual limit)
-MONITOR_PARAMETERS = {"json", "jobname", "limit"}  # what the embedded monitor's job list serves
+MONITOR_PARAMETERS = {"json", "jobname", "limit"}  # what the embedded monitor's job list serves by name
+# ... and for the users' jobs that ended in a time window (the background users of the embedded grid)
+USER_LIST_PARAMETERS = {"json", "prodsourcelabel", "jobstatus", "endtimerange", "date_from", "date_to", "limit",
+                        "fields", "outputs"}
+USER_LIST_LIMIT = 20_000  # BigPanDA's default per job table for final states
+MONITOR_TIME = "%Y-%m-%dT%H:%M"  # BigPanDA's endtimerange / date_from / date_to spelling
 MONITOR_LIMIT = 999_999  # BigPanDA's limit for a deep query (a jobname and no time window)
 
 
@@ -268,6 +277,8 @@ class PandaService:
     def monitor_jobs(self, request: Request) -> Response:
         """`/jobs/?json&jobname=...`: the jobs of these names as BigPanDA lists them."""
         params = {key: request.args.get(key, "") for key in request.args}
+        if "jobname" not in params and params.get("prodsourcelabel") == "user":
+            return self.monitor_user_jobs(params)
         unserved = sorted(set(params) - MONITOR_PARAMETERS)
         pattern = params.get("jobname", "")
         if unserved or not pattern:
@@ -283,6 +294,41 @@ class PandaService:
         jobs = [monitor_record(pid, rows[pid]) for pid in ids if pid in rows]
         return Response(json.dumps({"selectionsummary": [], "jobs": jobs}), status=200,
                         content_type="application/json")
+
+    def monitor_user_jobs(self, params: dict[str, str]) -> Response:
+        """`/jobs/?json&prodsourcelabel=user&endtimerange=FROM|TO...`: the grid's background users' jobs that
+        ended in the window, one record each as BigPanDA lists them (`jobstatus`, `fields`, `outputs`, `limit`
+        as it reads them); `date_from`/`date_to` select the same window (a drawn job is not modified after its
+        end)."""
+        def refuse(text: str) -> Response:
+            return Response(text, status=400, content_type="text/plain")
+
+        unserved = sorted(set(params) - USER_LIST_PARAMETERS)
+        if unserved:
+            return refuse(f"this embedded monitor serves users' jobs by end time only, not selection {', '.join(unserved)}")
+        try:
+            windows = [tuple(datetime.strptime(t, MONITOR_TIME).replace(tzinfo=UTC) for t in pair)
+                       for pair in ((params["endtimerange"].split("|") if "endtimerange" in params else None),
+                                    ((params["date_from"], params["date_to"]) if "date_from" in params else None))
+                       if pair is not None]
+            limit = int(params.get("limit") or USER_LIST_LIMIT)
+        except (ValueError, KeyError, TypeError):
+            return refuse("Illegal time window or limit: endtimerange=%Y-%m-%dT%H:%M|%Y-%m-%dT%H:%M expected")
+        if not windows or any(len(w) != 2 for w in windows):
+            return refuse("a users' job list needs endtimerange=FROM|TO (or date_from and date_to)")
+        since, until = max(w[0] for w in windows), min(w[1] for w in windows)
+        states = {s for s in params.get("jobstatus", "").replace(",", "|").split("|") if s}
+        fields = [f for f in params.get("fields", "").split(",") if f]
+        jobs = []
+        for queue, when, code in self.grid.user_job_ends(since, until):
+            record = user_job_record(queue, when, code)
+            if states and record["jobstatus"] not in states:
+                continue
+            jobs.append({f: record.get(f) for f in fields} if fields else record)
+        jobs = jobs[:max(0, limit)]
+        outputs = params.get("outputs", "")
+        answer = {"jobs": jobs} if outputs == "jobs" else {"selectionsummary": [], "jobs": jobs, "errsByCount": []}
+        return Response(json.dumps(answer), status=200, content_type="application/json")
 
     # -- system, metaconfig ------------------------------------------------------------------------
     def is_alive(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -470,6 +516,17 @@ def _files_of(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": "input", "lfn": f["lfn"], "GUID": f["guid"], "scope": f["scope"], "dataset": f["dataset"],
              "prodDBlock": f["dataset"], "fsize": f["bytes"], "checksum": f"ad:{f['adler32']}" if f["adler32"] else NULL}
             for f in row["files"]]
+
+
+def user_job_record(queue: str, end: datetime, code: int) -> dict[str, Any]:
+    """A background user's job as BigPanDA's job list has it (the few columns a user's job fills here; the
+    PandaID a stable number from the queue and end time, far above the grid's own)."""
+    when = end.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+    return {"pandaid": 10**12 + zlib.crc32(f"{queue}|{when}".encode()), "computingsite": queue,
+            "jobstatus": JobStatus.FAILED.value if code else JobStatus.FINISHED.value, "prodsourcelabel": "user",
+            "processingtype": "panda-client", "creationtime": when, "endtime": when, "modificationtime": when,
+            "piloterrorcode": code, "piloterrordiag": f"pilot error {code}" if code else None, "exeerrorcode": 0,
+            "ddmerrorcode": 0, "taskbuffererrorcode": 0, "jobdispatchererrorcode": 0, "superrorcode": 0}
 
 
 def monitor_record(pid: int, row: dict[str, Any]) -> dict[str, Any]:

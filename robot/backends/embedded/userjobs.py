@@ -27,25 +27,33 @@ USER_CODES = ((1305, 0.8), (1235, 0.2))  # their own: the payload's exception (1
 NO_JOB_ENDS = (FaultMode.STUCK, FaultMode.NOT_ACTIVATED)
 
 
-def user_hours(queues: list[str], faults: list[Fault], seed: int, per_hour: float, failure_rate: float,
-               since: datetime, until: datetime, started: datetime, now: datetime) -> list[UserJobHour]:
-    """Users' jobs that ended at `queues` in [since, until), per queue and hour."""
+def user_jobs(queues: list[str], faults: list[Fault], seed: int, per_hour: float, failure_rate: float,
+              since: datetime, until: datetime, started: datetime, now: datetime) -> list[tuple[str, datetime, int]]:
+    """Each users' job that ended at `queues` in [since, until): (queue, end, pilot error code or 0), by queue
+    and end hour: what PanDA's monitor lists one by one (the embedded PanDA service's job list)."""
     found = []
     end = min(until, now)
     for queue in queues:
         mine = [f for f in faults if f.queue == queue]
         hour = max(hour_of(since), hour_of(started))
         while hour < end:
-            ended, errors = 0, {}
-            for when, code in _draw(seed, queue, hour, per_hour, failure_rate, mine):
-                if max(since, started) <= when < end:
-                    ended += 1
-                    if code:
-                        errors[("pilot", code)] = errors.get(("pilot", code), 0) + 1
-            if ended:
-                found.append(UserJobHour(queue, hour, ended, sum(errors.values()), errors))
+            found += [(queue, when, code) for when, code in _draw(seed, queue, hour, per_hour, failure_rate, mine)
+                      if max(since, started) <= when < end]
             hour += HOUR
     return found
+
+
+def user_hours(queues: list[str], faults: list[Fault], seed: int, per_hour: float, failure_rate: float,
+               since: datetime, until: datetime, started: datetime, now: datetime) -> list[UserJobHour]:
+    """Users' jobs that ended at `queues` in [since, until), per queue and hour."""
+    counts: dict[tuple[str, datetime], tuple[int, dict[tuple[str, int], int]]] = {}
+    for queue, when, code in user_jobs(queues, faults, seed, per_hour, failure_rate, since, until, started, now):
+        ended, errors = counts.get((queue, hour_of(when)), (0, {}))
+        if code:
+            errors[("pilot", code)] = errors.get(("pilot", code), 0) + 1
+        counts[(queue, hour_of(when))] = (ended + 1, errors)
+    return [UserJobHour(queue, hour, ended, sum(errors.values()), errors)
+            for (queue, hour), (ended, errors) in counts.items()]
 
 
 def _draw(seed: int, queue: str, hour: datetime, per_hour: float, failure_rate: float,
