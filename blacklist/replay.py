@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from blacklist.engine import ExclusionEngine
@@ -106,6 +106,29 @@ def _copy_topology(session: Session, shadow: Session) -> list[str]:
     return [q["name"] for q in queues]
 
 
+def _update_jobs(shadow: Session, updates: list[dict[str, Any]]) -> None:
+    """Apply the jobs' changes in order, in few statements: one executemany per set of changed columns, and a
+    job that changes twice in one step (started, then ended) has its second change in a later batch."""
+    table = Job.__table__
+    batch: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    seen: set[int] = set()
+
+    def flush() -> None:
+        for columns, rows in batch.items():
+            statement = update(table).where(table.c.id == bindparam("_id")).values(
+                {c: bindparam(f"_{c}") for c in columns})
+            shadow.execute(statement, [{f"_{k}": v for k, v in row.items()} for row in rows])
+        batch.clear()
+        seen.clear()
+
+    for values in updates:
+        if values["id"] in seen:
+            flush()
+        seen.add(values["id"])
+        batch.setdefault(tuple(sorted(k for k in values if k != "id")), []).append(values)
+    flush()
+
+
 class _History:
     """The stored jobs, overrides and silences, written to the scratch database as time reaches them."""
 
@@ -149,8 +172,7 @@ class _History:
                 updates.append({"id": job_id, **values, "status_changed_at": now})
         if inserts:
             shadow.execute(insert(Job), inserts)
-        for values in updates:  # in order: a job that started and ended within one step ends last
-            shadow.execute(update(Job).where(Job.id == values["id"]).values(**values))
+        _update_jobs(shadow, updates)
         self._people(shadow, Override, self._overrides, now, reset={"applied_at": None, "ended_at": None})
         self._people(shadow, Silence, self._silences, now, reset={})
 

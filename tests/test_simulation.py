@@ -446,6 +446,16 @@ def test_replay_runs_the_engine_and_agrees_with_what_the_engine_did(tmp_path):
         (m.queue, m.time, m.action, m.reason) for m in recorded]
 
 
+def test_a_replay_step_longer_than_a_job_sees_it_start_then_end(tmp_path):
+    """With 1 h steps, jobs of the history start and end within one step (their two changes batched in one
+    advance): the failures still count and the replay excludes as the robot did."""
+    policy = Policy(BlacklistSettings(mode="enforce", policy="hammercloud"), ("AFT_A", "AFT_B"))
+    robot, clock = _failing_history(tmp_path, policy)
+    with robot.sessions() as session:
+        replayed = replay(session, policy, T0, clock.now(), timedelta(hours=1))
+    assert [(m.queue, m.action) for m in replayed][:1] == [("ANALY_A", "exclude")]
+
+
 def test_a_silence_or_an_override_in_the_history_changes_the_replay(tmp_path):
     policy = Policy(BlacklistSettings(mode="dry-run", policy="hammercloud"), ("AFT_A", "AFT_B"))
     robot, clock = _failing_history(tmp_path, policy)  # dry-run: the robot excluded nothing itself
