@@ -56,6 +56,19 @@ def test_config_check_ok_and_invalid(tmp_path):
     assert str(bad) in result.output and "loop.interval" in result.output
 
 
+def test_config_check_notes_a_panda_backend_without_its_monitor(tmp_path):
+    """Valid, but unconfirmed submissions could never be found: said in one line, exit 0."""
+    panda = "backend:\n  kind: panda\n  panda:\n    url: https://pandaserver.example.org/server/panda\n"
+    without, with_monitor = tmp_path / "without.yaml", tmp_path / "with.yaml"
+    without.write_text(panda)
+    with_monitor.write_text(panda + "    monitor_url: https://bigpanda.example.org\n")
+    result = CliRunner().invoke(main, ["config", "check", str(without)])
+    assert result.exit_code == 0, result.output
+    assert "note: backend.panda.monitor_url is not set: a submission whose reply was lost stays unconfirmed" in result.output
+    result = CliRunner().invoke(main, ["config", "check", str(with_monitor), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["notes"] == [], result.output
+
+
 def test_a_broken_config_gives_a_clear_error_not_a_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("databse: {}\n")

@@ -7,7 +7,7 @@ import click
 
 from robot.backends.embedded.config import load_grid_config
 from robot.classify import load_table
-from robot.config import load_config
+from robot.config import RobotConfig, load_config
 from robot.yamlconfig import ConfigError
 
 
@@ -38,10 +38,23 @@ def check(file: str, as_json: bool) -> None:
         "ok": True, "file": file, "database": config.shown_database_url, "backend": config.backend.kind,
         "templates": [t.name for t in config.templates],
         "queues": sum(len(s.queues) for c in grid.clouds.values() for s in c.sites.values()) if grid else None,
+        "notes": notes(config),
     }
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"ok: {file}: {len(config.templates)} templates, backend {config.backend.kind}"
                    + (f" with {summary['queues']} queues" if grid else ""))
+        for note in summary["notes"]:
+            click.echo(f"note: {note}")
+
+
+def notes(config: RobotConfig) -> list[str]:
+    """What a valid configuration leaves out that operators usually want, in one line each."""
+    found = []
+    if config.backend.kind == "panda" and not config.backend.panda.monitor_url:
+        found.append("backend.panda.monitor_url is not set: a submission whose reply was lost stays unconfirmed "
+                     "and keeps its slot (panda-server cannot find a job by name), and users' own jobs are not "
+                     "read; set it to PanDA's monitor, e.g. https://bigpanda.cern.ch")
+    return found
 
