@@ -275,7 +275,8 @@ class PandaService:
 
     # -- the monitor's job list (BigPanDA) ----------------------------------------------------------
     def monitor_jobs(self, request: Request) -> Response:
-        """`/jobs/?json&jobname=...`: the jobs of these names as BigPanDA lists them."""
+        """`/jobs/?json&jobname=...`: the jobs of these names as BigPanDA lists them (a users' job list goes to
+        monitor_user_jobs)."""
         params = {key: request.args.get(key, "") for key in request.args}
         if "jobname" not in params and params.get("prodsourcelabel") == "user":
             return self.monitor_user_jobs(params)
