@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from blacklist.engine import ExclusionEngine
 from blacklist.policies import Policy
 from robot.jobstates import QueueStatus
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
+from robot.storage.job_updates import update_jobs
 from robot.storage.models import (Cloud, Downtime, Job, Override, Queue, QueueTransition, Silence, Site, Template,
                                   Test)
 
@@ -106,27 +107,18 @@ def _copy_topology(session: Session, shadow: Session) -> list[str]:
     return [q["name"] for q in queues]
 
 
-def _update_jobs(shadow: Session, updates: list[dict[str, Any]]) -> None:
-    """Apply the jobs' changes in order, in few statements: one executemany per set of changed columns, and a
-    job that changes twice in one step (started, then ended) has its second change in a later batch."""
-    table = Job.__table__
-    batch: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+def _update_in_order(shadow: Session, updates: list[dict[str, Any]]) -> None:
+    """Apply the jobs' changes in order, in few statements: a job that changes twice in one step (started,
+    then ended) has its second change in a later bulk update."""
+    wave: list[dict[str, Any]] = []
     seen: set[int] = set()
-
-    def flush() -> None:
-        for columns, rows in batch.items():
-            statement = update(table).where(table.c.id == bindparam("_id")).values(
-                {c: bindparam(f"_{c}") for c in columns})
-            shadow.execute(statement, [{f"_{k}": v for k, v in row.items()} for row in rows])
-        batch.clear()
-        seen.clear()
-
     for values in updates:
         if values["id"] in seen:
-            flush()
+            update_jobs(shadow, wave)
+            wave, seen = [], set()
+        wave.append(values)
         seen.add(values["id"])
-        batch.setdefault(tuple(sorted(k for k in values if k != "id")), []).append(values)
-    flush()
+    update_jobs(shadow, wave)
 
 
 class _History:
@@ -172,7 +164,7 @@ class _History:
                 updates.append({"id": job_id, **values, "status_changed_at": now})
         if inserts:
             shadow.execute(insert(Job), inserts)
-        _update_jobs(shadow, updates)
+        _update_in_order(shadow, updates)
         self._people(shadow, Override, self._overrides, now, reset={"applied_at": None, "ended_at": None})
         self._people(shadow, Silence, self._silences, now, reset={})
 

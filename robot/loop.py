@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -26,6 +25,7 @@ from robot.results import final_values
 from robot.planning import SlotState, choose_input, jobs_to_submit
 from robot import rollup
 from robot.stress import pending_retries
+from robot.storage.job_updates import update_jobs
 from robot.storage.models import (Event, Job, Queue, QueueTransition, Setting, StorageEndpoint, Template, Test,
                                   TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
@@ -47,8 +47,6 @@ SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts
 # Core statements on the hot paths: no ORM entities to build or to track
 JOB, QUEUE, TEST, TEST_QUEUE = Job.__table__, Queue.__table__, Test.__table__, TestQueue.__table__
 TEMPLATE, ENDPOINT = Template.__table__, StorageEndpoint.__table__
-# An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
-UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 
 
 @dataclass
@@ -221,7 +219,7 @@ class Robot:
         lost = [row for row in missing if now - row.recorded_at >= grace]
         waiting = len(missing) - len(lost)
         if attached:
-            _update_jobs(session, [
+            update_jobs(session, [
                 {"id": row.id, "panda_id": pid, "phase": "active", "job_status": JobStatus.DEFINED.value,
                  "submitted_at": row.recorded_at, "status_changed_at": now} for row, pid in attached])
         if lost:
@@ -280,7 +278,7 @@ class Robot:
                 changes.append(self._unknown(job_id, now))
                 summary.finished += 1
             if changes:
-                _update_jobs(session, changes)
+                update_jobs(session, changes)
 
     def _unknown_for_too_long(self, session: Session, job_ids: list[int], now: datetime) -> list[int]:
         """Of the jobs the backend did not know, those submitted longer than `unknown_after` ago."""
@@ -341,7 +339,7 @@ class Robot:
                 break
         killed = [(row, limit) for row, limit in expired if answers.get(row.panda_id) is True]
         refused = [row for row, _ in expired if answers.get(row.panda_id) is False]
-        _update_jobs(session, [self._not_started(row, limit, now) for row, limit in killed])
+        update_jobs(session, [self._not_started(row, limit, now) for row, limit in killed])
         summary.timed_out = len(killed)
         if refused:
             self._event(session, now, "kill_refused", self.backend.name,
@@ -374,7 +372,7 @@ class Robot:
                    if (report := reports.get(row.panda_id)) is not None and report.job_status.value != row.job_status]
         summary.finished += sum(change.get("phase") == "done" for change in changes)
         if changes:
-            _update_jobs(session, changes)
+            update_jobs(session, changes)
 
     # -- 6. submission -----------------------------------------------------------------------------
     def _submit(self, session: Session, now: datetime, summary: StepSummary) -> None:
@@ -459,7 +457,7 @@ class Robot:
                             f"submission failed: {exc}; {len(requests) - start} job(s) unconfirmed, looked up at"
                             " the next step, nothing counted")
                 return
-            _update_jobs(session, [{"id": job_id, "panda_id": pid, "phase": "active",
+            update_jobs(session, [{"id": job_id, "panda_id": pid, "phase": "active",
                                     "job_status": JobStatus.DEFINED.value, "submitted_at": now, "status_changed_at": now}
                                    for job_id, pid in zip((ids[r.job_name] for r in batch), panda_ids)])
             session.commit()
@@ -571,17 +569,6 @@ class Robot:
                details: dict[str, Any] | None = None) -> None:
         log.warning("%s %s: %s", kind, subject, message)
         session.add(Event(time=now, kind=kind, subject=subject, message=message, details=details or {}))
-
-
-def _update_jobs(session: Session, changes: Iterable[dict[str, Any]]) -> None:
-    """Bulk update by primary key (one executemany per set of columns touched)."""
-    groups: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-    for change in changes:
-        row = dict(change)
-        row["_id"] = row.pop("id")
-        groups[frozenset(row)].append(row)
-    for group in groups.values():
-        session.execute(UPDATE_JOB_BY_ID, group)
 
 
 def _random_suffixes(count: int) -> Iterator[str]:
