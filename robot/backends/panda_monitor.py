@@ -119,13 +119,7 @@ class MonitorUserJobs:
 
     def _reports(self, text: str, start: datetime) -> list[JobReport]:
         """The users' final jobs of an answer; ValueError when it is not the monitor's job list."""
-        try:
-            data: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON ({exc.msg})") from None
-        records = data.get("jobs") if isinstance(data, dict) else data  # a bare list: an older monitor
-        if not isinstance(records, list):
-            raise ValueError('expected {"jobs": [...]}')
+        records = _job_list(text)
         if len(records) >= self.limit:
             log.warning("PanDA monitor: %d records or more for the hour of %s: it is counted in part", self.limit,
                         start.isoformat())
@@ -145,8 +139,8 @@ class MonitorUserJobs:
         return reports
 
 
-def _named_ids(text: str) -> list[tuple[str, int]]:
-    """(jobname, pandaid) of each record of a job list; ValueError when it is not the monitor's job list."""
+def _job_list(text: str) -> list[Any]:
+    """The records of a monitor's job list answer; ValueError when it is not one."""
     try:
         data: Any = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -154,6 +148,12 @@ def _named_ids(text: str) -> list[tuple[str, int]]:
     records = data.get("jobs") if isinstance(data, dict) else data  # a bare list: an older monitor
     if not isinstance(records, list):
         raise ValueError('expected {"jobs": [...]}')
+    return records
+
+
+def _named_ids(text: str) -> list[tuple[str, int]]:
+    """(jobname, pandaid) of each record of a job list; ValueError when it is not the monitor's job list."""
+    records = _job_list(text)
     out = []
     for record in records:
         name = record.get("jobname") if isinstance(record, dict) else None
