@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from robot.clock import Clock, as_utc
 from robot.config import RobotConfig
-from robot.loop import BACKEND_SETTING, INTERVAL_SETTING, LAST_STEP_SETTING
+from robot.loop import BACKEND_SETTING, INTERVAL_SETTING, LAST_STEP_SETTING, stepping_interval
 from robot.storage.database import current_revision, head_revision
 from robot.storage.models import Event, Job, Queue, QueueTransition, Setting, Test, Ticket
 
@@ -69,7 +69,7 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
         if report["database"]["ok"]:
             report["database"] = {"ok": False, "error": "database not readable",
                                   "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    interval = _stepping_interval(stepping, config)
+    interval = stepping_interval(stepping.value if stepping is not None else None, config.loop.interval)
     if step is None:
         report["scheduler"] = {"ok": False, "error": "the robot's loop has not taken a step yet",
                                "interval_seconds": interval.total_seconds()}
@@ -90,16 +90,6 @@ def health(config: RobotConfig, sessions: sessionmaker[Session], now: datetime) 
     ok = all(report[part]["ok"] for part in ("database", "scheduler", "backend"))
     report["ok"] = ok
     return report, ok
-
-
-def _stepping_interval(stepping: Setting | None, config: RobotConfig) -> timedelta:
-    """The interval of the robot that steps, as its last step wrote it (the demo's robot, or one started with
-    another configuration, is not at this process's `loop.interval`); the configured one before any step."""
-    try:
-        seconds = float(stepping.value) if stepping is not None else 0.0
-    except ValueError:
-        seconds = 0.0
-    return timedelta(seconds=seconds) if seconds > 0 else config.loop.interval
 
 
 def without_details(report: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,17 @@ JOB, QUEUE, TEST, TEST_QUEUE = Job.__table__, Queue.__table__, Test.__table__, T
 TEMPLATE, ENDPOINT = Template.__table__, StorageEndpoint.__table__
 
 
+def stepping_interval(stored: str | None, configured: timedelta) -> timedelta:
+    """The interval of the robot that steps, as its last step wrote it (`INTERVAL_SETTING`: the demo's robot,
+    or one started with another configuration, is not at this process's `loop.interval`); the configured one
+    before any step or when what is stored is not a positive number of seconds."""
+    try:
+        seconds = float(stored) if stored is not None else 0.0
+    except ValueError:
+        seconds = 0.0
+    return timedelta(seconds=seconds) if seconds > 0 else configured
+
+
 @dataclass
 class StepSummary:
     now: datetime

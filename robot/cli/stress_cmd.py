@@ -216,7 +216,7 @@ def _progress(ctx: Context, test_id: int) -> dict[str, Any]:
 
     from robot.clock import SystemClock, as_utc
     from robot.durations import format_duration
-    from robot.loop import INTERVAL_SETTING, LAST_STEP_SETTING
+    from robot.loop import INTERVAL_SETTING, LAST_STEP_SETTING, stepping_interval
     from robot.storage.models import Job, Setting, Test, TestQueue, Worker
     from robot.stress import OPEN_STATES
 
@@ -237,7 +237,7 @@ def _progress(ctx: Context, test_id: int) -> dict[str, Any]:
     stale = ""
     if state in OPEN_STATES:
         # the interval of the robot that steps (the demo's is not the configuration's), as its last step wrote it
-        interval = timedelta(seconds=float(stepping.value)) if stepping else ctx.config.loop.interval
+        interval = stepping_interval(stepping.value if stepping else None, ctx.config.loop.interval)
         now = SystemClock().now()
         age = None if step is None else now - as_utc(datetime.fromisoformat(step.value))
         workers, stopped, last_stop = beats
