@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/stress.py
 	$(BIN)/python bench/tickets.py
 	$(BIN)/python bench/history.py
+	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/ticket_corpus.py
 	$(BIN)/python bench/dashboard.py
 	sh tests/ensure_postgres.sh && $(BIN)/python bench/dashboard.py --db postgres
