@@ -4,10 +4,11 @@ Each policy is run over a few cadence settings it accepts, on the same scenarios
 (`healthrobot policy simulate ... --plot FILE`):
 - `hammercloud`: its rules, one job per template in flight (gap 0, HammerCloud's cadence), or a
   fixed pause `hammercloud.job_gap` between a template's jobs at every queue;
-- `default`: ours (users' own jobs heard, where the scenario has them), with the pause
-  `default.stable_gap` on stable queues (probes when in doubt, `user_jobs.watched_gap` on stable
-  queues watched by their users' jobs where that is longer, and slow tests of broken queues as
-  configured).
+- `default`: ours (users' own jobs heard, where the scenario has them), with its two pauses
+  scaled together: `default.stable_gap` on stable queues and `user_jobs.watched_gap` on stable
+  queues watched by their users' jobs (the shipped 1h and 90m, their half, double and zero;
+  probes when in doubt and slow tests of broken queues as configured). A watched queue waits
+  the longer of the two, so `stable_gap` alone would leave most queues' cadence unchanged.
 Every point is one (policy, setting) over all the scenarios' runs: jobs per queue-day from the
 simulator's count of submitted test jobs, and the median of every detected fault's latency.
 """
@@ -23,14 +24,21 @@ from typing import Callable
 
 import plotly.graph_objects as go
 
-from blacklist.settings import BlacklistSettings
+from blacklist.settings import BlacklistSettings, with_values
 from blacklist.simulate import RunResult, policy_settings, run
 from robot.backends.simulated import load_scenario
 
-# (policy, settings section, key, values): the cadence knob each policy accepts
-CADENCES: tuple[tuple[str, str, str, tuple[timedelta, ...]], ...] = (
-    ("hammercloud", "hammercloud", "job_gap", tuple(timedelta(minutes=m) for m in (0, 30, 60, 120))),
-    ("default", "default", "stable_gap", tuple(timedelta(minutes=m) for m in (0, 30, 60, 120))),
+
+
+def _minutes(*values: int) -> dict[str, timedelta]:
+    return dict(zip(("default.stable_gap", "user_jobs.watched_gap"), (timedelta(minutes=m) for m in values)))
+
+
+# (policy, settings changed for one point): the cadence settings each policy accepts, named by their
+# key path under `blacklist:`
+CADENCES: tuple[tuple[str, dict[str, timedelta]], ...] = (
+    *(("hammercloud", {"hammercloud.job_gap": timedelta(minutes=m)}) for m in (0, 30, 60, 120)),
+    *(("default", _minutes(stable, watched)) for stable, watched in ((0, 0), (30, 45), (60, 90), (120, 180))),
 )
 
 
@@ -45,27 +53,35 @@ class Point:
     faults: int
 
 
-def with_cadence(settings: BlacklistSettings, section: str, key: str, value: timedelta) -> BlacklistSettings:
-    part = getattr(settings, section)
-    return settings.model_copy(update={section: part.model_copy(update={key: value})})
+def with_cadence(settings: BlacklistSettings, changes: dict[str, timedelta]) -> BlacklistSettings:
+    return with_values(settings, changes, "the trade-off's cadences")
 
 
-def _label(key: str, value: timedelta) -> str:
-    minutes = int(value.total_seconds() // 60)
-    return f"{key}={minutes // 60}h" if minutes and minutes % 60 == 0 else f"{key}={minutes}m"
+def label(changes: dict[str, timedelta]) -> str:
+    """`job_gap=0m`, `stable_gap=1h watched_gap=90m`: each key's last part and its value."""
+    parts = []
+    for key, value in changes.items():
+        minutes = int(value.total_seconds() // 60)
+        parts.append(f"{key.rsplit('.', 1)[-1]}={minutes // 60}h" if minutes and minutes % 60 == 0
+                     else f"{key.rsplit('.', 1)[-1]}={minutes}m")
+    return " ".join(parts)
 
 
-def _one(task: tuple[str, str, str, str, timedelta, int]) -> tuple[str, str, RunResult]:
-    path, policy, section, key, value, seed = task
-    logging.getLogger("blacklist").setLevel(logging.ERROR)  # the decisions are scored, not logged
+def run_at(path: str, policy: str, changes: dict[str, timedelta], seed: int) -> RunResult:
+    """One simulated run of a policy at one of its cadence settings."""
     _, settings = policy_settings(policy)
-    result = run(load_scenario(path), with_cadence(settings, section, key, value), seed, policy)
-    return policy, _label(key, value), result
+    return run(load_scenario(path), with_cadence(settings, changes), seed, policy)
 
 
-def tasks(scenarios: list[str], seeds: int) -> list[tuple[str, str, str, str, timedelta, int]]:
-    return [(path, policy, section, key, value, seed) for policy, section, key, values in CADENCES
-            for value in values for path in scenarios for seed in range(1, seeds + 1)]
+def _one(task: tuple[str, str, dict[str, timedelta], int]) -> tuple[str, str, RunResult]:
+    path, policy, changes, seed = task
+    logging.getLogger("blacklist").setLevel(logging.ERROR)  # the decisions are scored, not logged
+    return policy, label(changes), run_at(path, policy, changes, seed)
+
+
+def tasks(scenarios: list[str], seeds: int) -> list[tuple[str, str, dict[str, timedelta], int]]:
+    return [(path, policy, changes, seed) for policy, changes in CADENCES
+            for path in scenarios for seed in range(1, seeds + 1)]
 
 
 def points(results: list[tuple[str, str, RunResult]]) -> list[Point]:

@@ -28,15 +28,33 @@ def test_points_pool_every_run_of_a_setting():
     assert ours.detection_median_min is None and ours.jobs_per_queue_day == 40.0
 
 
-def test_each_policy_gets_its_own_cadence_knob():
+def test_each_policy_gets_its_own_cadence_knobs():
     _, hc = policy_settings("hammercloud")
     _, ours = policy_settings("default")
-    slow = tradeoff.with_cadence(hc, "hammercloud", "job_gap", timedelta(hours=2))
+    slow = tradeoff.with_cadence(hc, {"hammercloud.job_gap": timedelta(hours=2)})
     assert slow.hammercloud.job_gap == timedelta(hours=2) and hc.hammercloud.job_gap == timedelta(0)
     assert slow.safety == hc.safety and slow.hammercloud.window == hc.hammercloud.window
-    assert tradeoff.with_cadence(ours, "default", "stable_gap", timedelta(0)).default.stable_gap == timedelta(0)
-    labels = {(t[1], tradeoff._label(t[3], t[4])) for t in tradeoff.tasks(["s.yaml"], 1)}
-    assert ("hammercloud", "job_gap=0m") in labels and ("default", "stable_gap=2h") in labels
+    paced = tradeoff.with_cadence(ours, {"default.stable_gap": timedelta(0), "user_jobs.watched_gap": timedelta(0)})
+    assert paced.default.stable_gap == timedelta(0) and paced.user_jobs.watched_gap == timedelta(0)
+    assert paced.default.window == ours.default.window and paced.user_jobs.weight == ours.user_jobs.weight
+    labels = {(t[1], tradeoff.label(t[2])) for t in tradeoff.tasks(["s.yaml"], 1)}
+    assert ("hammercloud", "job_gap=0m") in labels and ("default", "stable_gap=2h watched_gap=3h") in labels
+    # the shipped cadence is one of the default's points
+    assert ("default", "stable_gap=1h watched_gap=90m") in labels
+
+
+def test_each_cadence_setting_gives_its_own_point(tmp_path):
+    """A queue watched by its users' jobs waits `watched_gap`, not `stable_gap`: the default's
+    settings must move both, or several settings are one cadence and one point."""
+    path = tmp_path / "watched.yaml"
+    path.write_text("name: watched\nduration: 8h\nqueues: {count: 2}\ntemplates: [T]\n"
+                    "users: {jobs_per_hour: 30, failure: 0.1}\n")
+    found = tradeoff.points([(policy, tradeoff.label(changes), tradeoff.run_at(str(path), policy, changes, 1))
+                             for policy, changes in tradeoff.CADENCES])
+    for policy in ("hammercloud", "default"):
+        costs = [p.jobs_per_queue_day for p in found if p.policy == policy]
+        assert len(costs) == 4
+        assert costs == sorted(set(costs), reverse=True), (policy, costs)  # each longer pause, fewer jobs
 
 
 def test_figure_has_one_line_per_policy_and_the_goal():
@@ -51,8 +69,8 @@ def test_figure_has_one_line_per_policy_and_the_goal():
 
 def test_simulate_writes_the_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(tradeoff, "CADENCES", (
-        ("hammercloud", "hammercloud", "job_gap", (timedelta(0),)),
-        ("default", "default", "stable_gap", (timedelta(hours=1),))))
+        ("hammercloud", {"hammercloud.job_gap": timedelta(0)}),
+        ("default", {"default.stable_gap": timedelta(hours=1), "user_jobs.watched_gap": timedelta(minutes=90)})))
     path = tmp_path / "scenario.yaml"
     path.write_text("name: tiny\nduration: 6h\nqueues: {count: 4}\n"
                     "faults:\n  - {queues: 1, onset: 1h, duration: 4h, mode: stagein}\n")
@@ -62,4 +80,4 @@ def test_simulate_writes_the_plot(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["report"]["scenario"]
     html = plot.read_text()
-    assert "test jobs per queue-day" in html and "job_gap=0m" in html and "stable_gap=1h" in html
+    assert "test jobs per queue-day" in html and "job_gap=0m" in html and "stable_gap=1h watched_gap=90m" in html
