@@ -26,8 +26,8 @@ from robot.planning import SlotState, choose_input, jobs_to_submit
 from robot import rollup
 from robot.stress import pending_retries
 from robot.storage.job_updates import update_jobs
-from robot.storage.models import (Event, Job, Queue, QueueTransition, Setting, StorageEndpoint, Template, Test,
-                                  TestQueue, queue_endpoint)
+from robot.storage.models import (Downtime, Event, Job, Queue, QueueTransition, Setting, Site, StorageEndpoint,
+                                  Template, Test, TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
 from robot.workers import SOLO, Fenced, Shard, Workers
@@ -46,7 +46,7 @@ INTERVAL_SETTING = "loop.interval_seconds"  # the stepping robot's own interval 
 SUBMIT_LOCK = 0x51C0B07  # PostgreSQL advisory lock: one worker at a time counts slots and records jobs
 # Core statements on the hot paths: no ORM entities to build or to track
 JOB, QUEUE, TEST, TEST_QUEUE = Job.__table__, Queue.__table__, Test.__table__, TestQueue.__table__
-TEMPLATE, ENDPOINT = Template.__table__, StorageEndpoint.__table__
+TEMPLATE, ENDPOINT, SITE, DOWNTIME = Template.__table__, StorageEndpoint.__table__, Site.__table__, Downtime.__table__
 
 
 def stepping_interval(stored: str | None, configured: timedelta) -> timedelta:
@@ -492,6 +492,10 @@ class Robot:
                   .where(job.phase.in_(["recorded", "active"])).group_by(job.test_id, job.queue_id).subquery())
         in_flight, running = func.coalesce(flying.c.jobs, 0), func.coalesce(flying.c.running, 0)
         probes = case((pair.max_jobs.is_(None), queue.extra_jobs), else_=0)
+        # As HammerCloud, no functional test goes to a site in an announced outage (robot.downtimes): the
+        # exclusion engine has its queues tested at once when it ends. A stress test asked for goes all the same.
+        down = queue.site_id.in_(select(SITE.c.id).join(DOWNTIME, DOWNTIME.c.site == SITE.c.name)
+                                 .where(DOWNTIME.c.start <= now, DOWNTIME.c.end > now))
         pairs = session.execute(
             select(pair.test_id, pair.queue_id, pair.max_running_jobs, pair.min_queue_depth,
                    pair.resubmit_enabled, queue.extra_jobs, queue.job_gap_seconds, pair.max_jobs,
@@ -500,6 +504,7 @@ class Robot:
             .outerjoin(flying, and_(flying.c.test_id == pair.test_id, flying.c.queue_id == pair.queue_id))
             .where(test.state == "running", queue.retired_at.is_(None), queue.status != QueueStatus.OFFLINE.value,
                    pair.stopped_at.is_(None), or_(pair.max_jobs.is_(None), stress_may_send),
+                   or_(pair.max_jobs.is_not(None), ~down),
                    *self._mine(pair.queue_id),
                    *([] if queue_ids is None else [pair.queue_id.in_(queue_ids)]),
                    or_(in_flight < pair.max_running_jobs + probes,

@@ -306,10 +306,11 @@ def test_an_announced_outage_is_neither_excluded_nor_counted_and_the_queue_is_te
 
 
 def test_jobs_that_waited_or_ran_inside_an_announced_outage_do_not_count_when_they_fail_after_it(tmp_path, clock):
-    """The jobs sent to a site in downtime wait or start there and fail once it is over: the outage's, not the
-    site's; the queue is neither suspected nor excluded, and it is still tested at once after the end."""
+    """The jobs sent to a site just before its downtime wait or start there and fail once it is over: the
+    outage's, not the site's; the queue is neither suspected nor excluded, and it is still tested at once after
+    the end."""
     robot, grid, source = robot_with_downtimes(tmp_path, clock, ("AFT_A", "AFT_B"))
-    source.listed = [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=2), "storage upgrade")]
+    source.listed = [Downtime("9G0", "SITE-A1", T0 + timedelta(minutes=5), T0 + timedelta(hours=2), "storage upgrade")]
     robot.run_once(clock.now())
     inside = []
     for step in range(11):  # the whole downtime long: half of the jobs start there, the others keep waiting
@@ -343,9 +344,9 @@ def test_jobs_that_waited_or_ran_inside_an_announced_outage_do_not_count_when_th
 def test_a_long_job_that_started_inside_an_outage_does_not_count_when_it_fails_after_the_window(tmp_path, clock):
     """The policy's window (6 h) reaches back past the outage's end: the outage still excuses its jobs."""
     robot, grid, source = robot_with_downtimes(tmp_path, clock)
-    source.listed = [Downtime("9G0", "SITE-A1", T0, T0 + timedelta(hours=1), "storage upgrade")]
+    source.listed = [Downtime("9G0", "SITE-A1", T0 + timedelta(minutes=5), T0 + timedelta(hours=1), "storage upgrade")]
     robot.run_once(clock.now())
-    (inside,) = grid.in_queue("ANALY_A1")
+    (inside,) = grid.in_queue("ANALY_A1")  # sent just before the outage
     clock.advance(timedelta(minutes=10))
     grid.start(inside)
     robot.run_once(clock.now())
@@ -493,3 +494,23 @@ def test_imported_tickets_are_judged_with_the_stored_downtimes(tmp_path, clock):
         judge_tickets(session, when)
         assert ticket.verdict == "site"
         assert ticket.verdict_reason.startswith("scheduled downtime 2026-11-01 12:00-16:00 UTC (storage upgrade)")
+
+
+# -- no test jobs to a site in announced downtime ---------------------------------------------------------
+def test_no_test_job_goes_to_a_site_in_announced_downtime_and_it_is_tested_when_it_ends(tmp_path, clock):
+    """As HammerCloud: the site's queues get nothing while the outage lasts (what is in flight at its start is
+    left alone), the other queues are tested as usual, and the site's are tested at the step it ends."""
+    robot, grid, source = robot_with_downtimes(tmp_path, clock)
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=3)
+    source.listed = [Downtime("9G0", "SITE-A1", start, end, "storage upgrade")]
+    while clock.now() < end + timedelta(minutes=30):
+        robot.run_once(clock.now())
+        for pid in grid.in_queue("ANALY_A1") + grid.in_queue("ANALY_B1"):
+            grid.finish(pid)  # every job ends well at once: each step would send the next one
+        clock.advance(timedelta(minutes=10))
+    sent = {queue: [job.creation_time for job in grid.jobs.values() if job.queue == queue]
+            for queue in ("ANALY_A1", "ANALY_B1")}
+    assert [when for when in sent["ANALY_A1"] if start <= when < end] == []
+    assert min(when for when in sent["ANALY_A1"] if when >= end) == end  # at once
+    assert [when for when in sent["ANALY_B1"] if start <= when < end] != []  # elsewhere, as usual
+

@@ -232,3 +232,15 @@ def test_stress_test_end_to_end_on_the_embedded_grid(tiny_grid, monkeypatch):
         assert watched.exit_code == 0 and f"stress test {test_id}: completed" in watched.output
     finally:
         services.close()
+
+
+def test_a_stress_test_goes_to_a_site_in_announced_downtime(robot, clock, grid):
+    """The robot's functional tests stop there, but a site admin may load-test the site before ending it."""
+    from robot.downtimes import Downtime, store
+
+    with robot.sessions() as session:
+        store(session, "gocdb", [Downtime("1", "SITE-A", T0, T0 + timedelta(hours=4), "storage upgrade")], clock.now())
+        session.commit()
+    ask(robot, clock)
+    step(robot, clock)
+    assert len(grid.in_queue("ANALY_A")) == 5
