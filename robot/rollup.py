@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import (BigInteger, Float, Integer, String, and_, any_, bindparam, case, cast, delete, func, insert,
                         literal, literal_column, or_, select)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,7 @@ SPANS = (HOUR, SIX_HOURS, DAY, WEEK)  # each a whole number of the one before, n
 FORMER_SPANS = (HOUR, DAY, WEEK)  # of a rollup built before the 6-hour rows (no SPANS_SETTING)
 SPANS_SETTING = "rollup.spans"  # the spans the stored rollup holds, finest first
 WATERMARK_SETTING = "rollup.seen_until"  # status_changed_at from which final jobs are not rolled up yet
+AT_MARK_SETTING = "rollup.seen_at_mark"  # how many final jobs stamped exactly at the watermark are rolled up
 KEPT_FROM_SETTING = "rollup.kept_from"  # jobs before this were pruned: the rollup before it is kept as it is
 CLASSES = ("site", "user", "central", "unknown")
 CHUNK = 500  # ids per IN (...)
@@ -244,29 +246,47 @@ def _step_statements(dialect: str) -> dict[Any, tuple[Any, Any]]:
     """The statements `update` runs at every step, (delete, insert) per span and for the queue rows,
     built once per database kind: what varies (the period, the queue ids) is bound at execution, so no
     expression is built per step and SQLAlchemy's compiled cache serves them. The hours' insert is None
-    where the database cannot sum them (`_hours_select`)."""
+    where the database cannot sum them (`_hours_select`).
+
+    On SQLite and PostgreSQL the delete is None and the insert an upsert that writes only the rows whose
+    sums changed: every key the select yields has a job in it, and a step changes few of the rows it
+    recomputes (one template's of a queue, and the queue rows of its periods), so most are only read."""
     start, end = bindparam("start", type_=BigInteger), bindparam("end", type_=BigInteger)
     hours = _hours_select(dialect, _among_ids(Job.queue_id, dialect),
                           Job.end_time >= bindparam("first", type_=Job.end_time.type),
                           Job.end_time < bindparam("last", type_=Job.end_time.type))
+    jobs, queues = JobRollup.__table__, QueueRollup.__table__
+
+    def replace(table: Any, columns: tuple[str, ...], query: Any, *where: Any) -> tuple[Any, Any]:
+        upsert = UPSERTS.get(dialect)
+        if upsert is None:
+            return delete(table).where(*where), insert(table).from_select(columns, query)
+        statement = upsert(table).from_select(columns, query)
+        sums = [name for name in columns if name not in table.primary_key.columns]
+        return None, statement.on_conflict_do_update(
+            index_elements=list(table.primary_key.columns), set_={name: statement.excluded[name] for name in sums},
+            where=or_(*(table.c[name].is_distinct_from(statement.excluded[name]) for name in sums)))
+
     found: dict[Any, tuple[Any, Any]] = {HOUR: (
-        delete(JobRollup.__table__).where(JobRollup.span == HOUR, JobRollup.start == start,
-                                          _among_ids(JobRollup.queue_id, dialect)),
-        None if hours is None else insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, hours))}
+        delete(jobs).where(JobRollup.span == HOUR, JobRollup.start == start, _among_ids(JobRollup.queue_id, dialect)),
+        None) if hours is None else replace(
+        jobs, ROLLUP_COLUMNS, hours, JobRollup.span == HOUR, JobRollup.start == start,
+        _among_ids(JobRollup.queue_id, dialect))}
     for finer, span in zip(SPANS, SPANS[1:]):
-        found[span] = (
-            delete(JobRollup.__table__).where(JobRollup.span == span, JobRollup.start == start,
-                                              _among_ids(JobRollup.queue_id, dialect)),
-            insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(
-                span, finer, JobRollup.start >= start, JobRollup.start < end, _among_ids(JobRollup.queue_id, dialect))))
+        found[span] = replace(
+            jobs, ROLLUP_COLUMNS,
+            _summed(span, finer, JobRollup.start >= start, JobRollup.start < end, _among_ids(JobRollup.queue_id, dialect)),
+            JobRollup.span == span, JobRollup.start == start, _among_ids(JobRollup.queue_id, dialect))
 
     def within(table: Any) -> Any:  # some queues' rows at the periods of each span (starts bound as `starts_<span>`)
         return or_(*(and_(table.span == span, table.start.in_(bindparam(f"starts_{span}", expanding=True)),
                           _among_ids(table.queue_id, dialect)) for span in SPANS))
 
-    found[QueueRollup] = (delete(QueueRollup.__table__).where(within(QueueRollup)),
-                          insert(QueueRollup.__table__).from_select(QUEUE_COLUMNS, _over_templates(within(JobRollup))))
+    found[QueueRollup] = replace(queues, QUEUE_COLUMNS, _over_templates(within(JobRollup)), within(QueueRollup))
     return found
+
+
+UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # INSERT ... ON CONFLICT DO UPDATE
 
 
 def _recompute_hour(session: Session, hour: int, queue_ids: set[int]) -> None:
@@ -276,7 +296,8 @@ def _recompute_hour(session: Session, hour: int, queue_ids: set[int]) -> None:
     connection = session.connection()  # Core statements: not through the ORM's bulk paths
     for chunk in _chunks(queue_ids):
         ids = _ids(dialect, chunk)
-        connection.execute(remove, {"start": hour, "ids": ids})
+        if remove is not None:
+            connection.execute(remove, {"start": hour, "ids": ids})
         if fill is not None:
             connection.execute(fill, {"ids": ids, "first": at(hour), "last": at(hour + HOUR)})
         else:
@@ -300,7 +321,8 @@ def _recompute_from_finer(session: Session, span: int, start: int, queue_ids: se
     connection = session.connection()
     for chunk in _chunks(queue_ids):
         ids = _ids(dialect, chunk)
-        connection.execute(remove, {"start": start, "ids": ids})
+        if remove is not None:
+            connection.execute(remove, {"start": start, "ids": ids})
         connection.execute(fill, {"start": start, "end": start + span, "ids": ids})
 
 
@@ -325,17 +347,30 @@ def _recompute_queues(session: Session, periods: dict[int, set[int]], queue_ids:
     connection = session.connection()
     for chunk in _chunks(queue_ids):
         values = {"ids": _ids(dialect, chunk), **starts}
-        connection.execute(remove, values)
+        if remove is not None:
+            connection.execute(remove, values)
         connection.execute(fill, values)
 
 
-def _watermark(session: Session) -> datetime | None:
-    stored = session.get(Setting, WATERMARK_SETTING)
-    return datetime.fromisoformat(stored.value) if stored else None
+def _watermark(session: Session) -> tuple[datetime | None, int | None]:
+    """The watermark, and how many final jobs stamped exactly at it the call that set it rolled up."""
+    stored = dict(session.execute(select(Setting.name, Setting.value)
+                                  .where(Setting.name.in_([WATERMARK_SETTING, AT_MARK_SETTING]))).all())
+    mark, seen = stored.get(WATERMARK_SETTING), stored.get(AT_MARK_SETTING)
+    return (datetime.fromisoformat(mark) if mark else None), (int(seen) if seen else None)
 
 
-def _set_watermark(session: Session, now: datetime) -> None:
-    session.merge(Setting(name=WATERMARK_SETTING, value=now.isoformat(), actor="robot", changed_at=now))
+def _final_since(since: Any) -> Any:
+    return and_(Job.status_changed_at >= since, Job.outcome.in_(FINAL), Job.end_time.is_not(None))
+
+
+def _set_watermark(session: Session, now: datetime, at_mark: int | None = None) -> None:
+    """The watermark at `now`, with the count of final jobs stamped at it (counted when not given)."""
+    if at_mark is None:
+        at_mark = session.scalar(select(func.count()).select_from(Job).where(
+            _final_since(now), Job.status_changed_at <= now))
+    for name, value in ((WATERMARK_SETTING, now.isoformat()), (AT_MARK_SETTING, str(at_mark))):
+        session.merge(Setting(name=name, value=value, actor="robot", changed_at=now))
 
 
 def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) -> int:
@@ -345,22 +380,28 @@ def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) ->
     first call on a database without a watermark rebuilds everything. `margin`: with several robot
     processes, a job another one made final may be committed after this call's watermark passed
     the time it carries.
+
+    The jobs stamped exactly at the watermark were rolled up by the call that set it, unless a step at
+    that same time made more final since (a step repeated at the same time, one that crashed before its
+    rollup): they are read again only when their count differs from the one that call stored. Otherwise
+    every step would recompute the hours of the previous step's jobs as well as its own.
     """
-    seen_until = _watermark(session)
+    seen_until, seen_at_mark = _watermark(session)
     if seen_until is None:
         return rebuild(session, now)
     _add_spans(session, now)
+    rows = session.execute(select(Job.queue_id, Job.end_time, Job.status_changed_at)
+                           .where(_final_since(seen_until - margin))).all()
+    mark = max(now, seen_until)
+    at_mark = sum(changed == mark for _, _, changed in rows)
+    if not margin and seen_at_mark == sum(changed == seen_until for _, _, changed in rows):
+        rows = [row for row in rows if row.status_changed_at != seen_until]
     touched: dict[int, set[int]] = defaultdict(set)  # hour start -> queue ids
-    count = 0
-    for queue_id, end in session.execute(
-        select(Job.queue_id, Job.end_time).where(Job.status_changed_at >= seen_until - margin, Job.outcome.in_(FINAL),
-                                                 Job.end_time.is_not(None))
-    ):
+    for queue_id, end, _ in rows:
         touched[floor_to(epoch(end), HOUR)].add(queue_id)
-        count += 1
     _refresh(session, touched)
-    _set_watermark(session, max(now, seen_until))
-    return count
+    _set_watermark(session, mark, at_mark)
+    return len(rows)
 
 
 def _refresh(session: Session, hours: dict[int, set[int]]) -> None:

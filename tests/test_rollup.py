@@ -115,6 +115,15 @@ def test_jobs_final_in_a_step_that_crashed_before_the_rollup_are_rolled_up_later
         assert sum(c.jobs for c in rollup.stored_counts(session, HOUR).values()) == 4
 
 
+def test_the_next_step_does_not_read_again_the_jobs_the_last_one_rolled_up(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    run_jobs(robot, grid, clock)  # its last step made one job final, stamped at the watermark
+    with robot.sessions() as session:
+        before = all_rows(session)
+        assert rollup.update(session, clock.now() + timedelta(seconds=60)) == 0
+        assert all_rows(session) == before
+
+
 def test_backfill_equals_the_incremental_rollup_and_is_idempotent(tmp_path, clock, grid):
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
     run_jobs(robot, grid, clock)
