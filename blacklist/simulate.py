@@ -199,6 +199,7 @@ class Summary:
     detection_p95_min: float | None
     missed: int
     false_per_100_queue_days: float
+    false_exclusions: int
     central_exclusions: int
     reinclusion_median_min: float | None
     not_reincluded: int
@@ -222,6 +223,7 @@ def summarize(runs: list[RunResult]) -> Summary:
         detection_median_min=statistics.median(latencies) if latencies else None,
         detection_p95_min=_p95(latencies), missed=sum(r.missed for r in runs),
         false_per_100_queue_days=100 * sum(r.false_exclusions for r in runs) / queue_days if queue_days else 0.0,
+        false_exclusions=sum(r.false_exclusions for r in runs),
         central_exclusions=sum(r.central_exclusions for r in runs),
         reinclusion_median_min=statistics.median(back) if back else None,
         not_reincluded=sum(r.not_reincluded for r in runs),

@@ -18,6 +18,7 @@ from blacklist.policies import Policy
 from blacklist.replay import differences, recorded_moves, replay
 from blacklist.settings import with_values as with_settings
 from blacklist.simulate import COMPARED, GIVEN, WITHOUT_USERS, RunResult, policy_settings, run, summarize
+from blacklist.targets import HAMMERCLOUD, WITH_SAFETY, Targets, targets
 from robot.backends.simulated import Scenario, load_scenario, with_values
 from robot.cli import Context, pass_context
 from robot.cli.params import DURATION
@@ -102,6 +103,34 @@ def _print_tables(report: dict[str, dict[str, dict]], seeds: int) -> None:
         console.print(table)
 
 
+def _targets(report: dict[str, dict[str, dict]]) -> dict[str, list[Targets]]:
+    """Issue 11's targets for every row that is not HammerCloud's, where both of HammerCloud's rows ran."""
+    labels = dict.fromkeys(label for rows in report.values() for label in rows)
+    return {label: found for label in labels if label not in (HAMMERCLOUD, WITH_SAFETY)
+            if (found := targets(report, label))}
+
+
+def _print_targets(report: dict[str, dict[str, dict]]) -> None:
+    console = make_console()
+    for label, rows in _targets(report).items():
+        table = Table(title=f"{label} against the targets (detection and test jobs at most 0.5x hammercloud's, "
+                            f"false exclusions at most hammercloud+safety's, premature re-inclusions at most "
+                            f"hammercloud's, none in central outages)", title_justify="left", header_style="bold")
+        for header in ("Scenario", "Detection vs hammercloud", "Test jobs vs hammercloud",
+                       "False excl. vs hammercloud+safety", "Premature re-incl. vs hammercloud",
+                       "Excl. in central outages", "Short of"):
+            table.add_column(header, justify="left" if header in ("Scenario", "Short of") else "right")
+        for row in rows:
+            detection = "none detected" if not row.detected else _times(row.detection_ratio)
+            table.add_row(row.scenario, detection, _times(row.jobs_ratio), "{} vs {}".format(*row.false_exclusions),
+                          "{} vs {}".format(*row.premature), str(row.central_exclusions), ", ".join(row.short) or "-")
+        console.print(table)
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 @click.group("policy")
 def policy_group() -> None:
     """Exclusion policies: compare them in simulation, replay them on history."""
@@ -130,10 +159,13 @@ def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds
         write_plot(plot, list(scenarios), seeds, workers)
         click.echo(f"wrote {plot}", err=True)
     if as_json:
-        click.echo(json.dumps({"seeds": seeds, "given": _given(policies, loaded), "report": report}, indent=2))
+        click.echo(json.dumps({"seeds": seeds, "given": _given(policies, loaded), "report": report,
+                               "targets": {label: [row.as_dict() for row in rows]
+                                           for label, rows in _targets(report).items()}}, indent=2))
         return
     _print_tables(report, seeds)
     _print_given(policies, loaded)
+    _print_targets(report)
 
 
 def _given(policies: tuple[str, ...], scenarios: dict[str, Scenario]) -> dict[str, str]:
