@@ -21,7 +21,8 @@ from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
 from robot.downtimes import LOOK_BACK as OUTAGE_REACH  # the longest a job's life reaches back (stored that long)
 from robot.downtimes import Downtime, describe, windows_by_site
-from robot.userjobs import HOUR, STORED_COLUMNS, StoredHour, as_stored, hour_of
+from robot.userjobs import STORED_COLUMNS, StoredHour, as_stored, hour_of
+from robot.userjobs import outside_downtimes as users_outside_downtimes
 from robot.storage.models import UserJobHour as UserJobHourRow
 from robot.jobstates import QueueStatus
 from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
@@ -480,8 +481,7 @@ class QueueFacts:
                     exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
                     results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
                     last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
-                    user_jobs=tuple(h for h in hours if not any(d.start < h.hour + HOUR and h.hour < d.end
-                                                                for d in excused)))
+                    user_jobs=tuple(users_outside_downtimes(hours, excused)))
                 self._views[qid] = (key, view)
             found.views[name] = view
             found.ids[name] = qid

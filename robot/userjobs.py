@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
 from robot.classify import ErrorTable, Verdict, classify, classify_report
+from robot.downtimes import Downtime
 from robot.jobstates import JobStatus
 from robot.storage.models import Event
 from robot.storage.models import UserJobHour as UserJobHourRow
@@ -188,6 +189,22 @@ def as_stored(values: Sequence) -> StoredHour:
     queue, hour, ended, failed, site, user, central, unknown, codes = values
     return StoredHour(queue, hour, ended, failed, {"site": site, "user": user, "central": central, "unknown": unknown},
                       tuple(codes or ()))
+
+
+def outside_downtimes(hours: Sequence[StoredHour], downtimes: Sequence[Downtime]) -> list[StoredHour]:
+    """The hours that count: not one that overlaps an announced outage of the queue's site, nor one that
+    starts within an hour of its end.
+
+    An hour's counts are the users' jobs that ended in it; when each waited or ran is not kept. An hour
+    that overlaps the outage holds jobs that failed inside it. The hour after it holds the jobs that waited
+    or ran at the site while it was down and failed as it came back (waiting jobs start at once, and a
+    stage-in error comes first). So an outage excuses the hours from its start to a full hour after its end,
+    as the test jobs that lived in it are excused (blacklist.engine.outside_downtimes). A job of it that
+    fails later still counts: users' jobs never exclude alone, and the queue is tested at once at the end.
+    """
+    if not downtimes:
+        return list(hours)
+    return [h for h in hours if not any(d.start < h.hour + HOUR and h.hour < d.end + HOUR for d in downtimes)]
 
 
 RECENT = timedelta(hours=6)  # what `why` and the queue page show

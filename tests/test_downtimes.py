@@ -514,3 +514,45 @@ def test_no_test_job_goes_to_a_site_in_announced_downtime_and_it_is_tested_when_
     assert min(when for when in sent["ANALY_A1"] if when >= end) == end  # at once
     assert [when for when in sent["ANALY_B1"] if start <= when < end] != []  # elsewhere, as usual
 
+
+
+# -- users' own jobs around an announced downtime ----------------------------------------------------------
+def test_users_hours_that_overlap_an_outage_or_end_within_the_hour_after_it_do_not_count():
+    """An hour's counts are the users' jobs that ended in it, not when each waited or ran: one that overlaps
+    the outage holds some that ended inside it, and the hour after its end holds those that waited or ran
+    inside it and failed as the site came back."""
+    from robot.userjobs import StoredHour, outside_downtimes as hours_outside
+
+    def hours(*offsets):
+        return [StoredHour("ANALY_A1", T0 + timedelta(hours=h), 30, 5, {}, ()) for h in offsets]
+
+    h = timedelta(hours=1)
+    on_the_hour = [Downtime("1", "SITE-A1", T0, T0 + 2 * h)]
+    assert hours_outside(hours(-1, 0, 1, 2, 3), on_the_hour) == hours(-1, 3)
+    half_past = [Downtime("1", "SITE-A1", T0 + h / 2, T0 + 2.5 * h)]
+    assert hours_outside(hours(-1, 0, 1, 2, 3, 4), half_past) == hours(-1, 4)
+    assert hours_outside(hours(0, 1), []) == hours(0, 1)
+
+
+def test_users_failures_inside_an_outage_and_the_hour_after_it_are_not_evidence(tmp_path, clock):
+    """The queue's site announced an outage (13:30-15:20); its users' jobs failed with a stage-in error while it
+    lasted and in the hour after (they waited there): none of it reaches the policy; before it and from an hour
+    after its end they count."""
+    from blacklist.engine import QueueFacts
+    from robot.classify import load_table
+    from robot.backends.base import UserJobHour
+    from robot.userjobs import store as store_hours
+
+    robot, grid, source = robot_with_downtimes(tmp_path, clock)
+    robot.run_once(clock.now())  # the topology
+    policy = Policy(BlacklistSettings.model_validate({"mode": "enforce", "user_jobs": {"enabled": True}}), ("AFT_A",))
+    assert policy.hears_users
+    now = T0 + timedelta(hours=5, minutes=30)
+    failing = [UserJobHour("ANALY_A1", T0 + timedelta(hours=h), 40, 20, {("pilot", 1099): 20}) for h in range(6)]
+    with robot.sessions() as session:
+        store(session, "gocdb", [Downtime("9G0", "SITE-A1", T0 + timedelta(hours=1, minutes=30),
+                                          T0 + timedelta(hours=3, minutes=20), "storage upgrade")], T0)
+        store_hours(session, "scripted", failing, T0, load_table(), now)
+        session.commit()
+        heard = QueueFacts(policy).load(session, now).views["ANALY_A1"].user_jobs
+    assert [h.hour for h in heard] == [T0, T0 + timedelta(hours=5)]  # before it, and from 16:20 on
