@@ -78,6 +78,17 @@ def test_simulate_writes_the_plot(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["policy", "simulate", str(path), "--policy", "default", "--workers", "1",
                                        "--json", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["report"]["scenario"]
+    output = json.loads(result.stdout)
+    assert output["report"]["scenario"]
+    assert [(p["policy"], p["setting"]) for p in output["plot"]] == [
+        ("hammercloud", "job_gap=0m"), ("default", "stable_gap=1h watched_gap=90m")]
+    assert all(p["jobs_per_queue_day"] > 0 and p["faults"] == 1 for p in output["plot"])
     html = plot.read_text()
     assert "test jobs per queue-day" in html and "job_gap=0m" in html and "stable_gap=1h watched_gap=90m" in html
+
+
+def test_the_points_are_printed_beside_the_plot(capsys):
+    from robot.cli.policy_cmd import _print_points
+    _print_points("t.html", [tradeoff.Point("default", "stable_gap=1h watched_gap=90m", 38.0, 25.0, 1.0, 9, 10).__dict__])
+    out = capsys.readouterr().out
+    assert "The points of t.html" in out and "stable_gap=1h watched_gap=90m" in out and "9/10" in out

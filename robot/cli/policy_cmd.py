@@ -127,6 +127,17 @@ def _print_targets(report: dict[str, dict[str, dict]]) -> None:
         console.print(table)
 
 
+def _print_points(plot: str, points: list[dict]) -> None:
+    table = Table(title=f"The points of {plot}", title_justify="left", header_style="bold")
+    for header in ("Policy", "Setting", "Test jobs per queue-day", "Detect. median (min)",
+                   "False excl./100 queue-days", "Detected"):
+        table.add_column(header, justify="left" if header in ("Policy", "Setting") else "right")
+    for p in points:
+        table.add_row(p["policy"], p["setting"], _fmt(p["jobs_per_queue_day"]), _fmt(p["detection_median_min"]),
+                      _fmt(p["false_per_100_queue_days"]), f"{p['detected']}/{p['faults']}")
+    make_console().print(table)
+
+
 def _times(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
@@ -154,18 +165,22 @@ def policy_simulate(scenarios: tuple[str, ...], policies: tuple[str, ...], seeds
         raise click.ClickException(f"invalid {exc}") from exc
     policies = _check_policies(policies, loaded)
     report = _report(list(loaded), _run_all(loaded, policies, seeds, workers))
+    points = []
     if plot:
         from blacklist.tradeoff import write_plot  # noqa: PLC0415 - plotly only when plotting
-        write_plot(plot, list(scenarios), seeds, workers)
+        points = [point.__dict__ for point in write_plot(plot, list(scenarios), seeds, workers)]
         click.echo(f"wrote {plot}", err=True)
     if as_json:
         click.echo(json.dumps({"seeds": seeds, "given": _given(policies, loaded), "report": report,
                                "targets": {label: [row.as_dict() for row in rows]
-                                           for label, rows in _targets(report).items()}}, indent=2))
+                                           for label, rows in _targets(report).items()},
+                               **({"plot": points} if plot else {})}, indent=2))
         return
     _print_tables(report, seeds)
     _print_given(policies, loaded)
     _print_targets(report)
+    if plot:
+        _print_points(plot, points)
 
 
 def _given(policies: tuple[str, ...], scenarios: dict[str, Scenario]) -> dict[str, str]:
