@@ -37,7 +37,7 @@ from robot.catalogue import DatasetInfo
 from robot.classify import load_table
 from robot.config import RobotConfig
 from robot.jobstates import JobStatus, QueueStatus
-from robot.loop import Robot
+from robot.loop import Robot, settle
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -150,6 +150,8 @@ def main() -> None:
             print(f"{label:42s} cpu {cpu:6.3f} s  wall {wall:6.3f} s  polled {summary.polled:5d}  "
                   f"finished {summary.finished:4d}  submitted {summary.submitted:5d}")
             now += timedelta(minutes=1)
+            if label.startswith("first"):
+                settle()  # as `healthrobot run` does after its first step
         engine.dispose()
     if args.profile:
         out = io.StringIO()

@@ -5,6 +5,7 @@ Nothing here reads the wall clock: `now` is always given.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import zlib
@@ -58,6 +59,15 @@ def stepping_interval(stored: str | None, configured: timedelta) -> timedelta:
     except ValueError:
         seconds = 0.0
     return timedelta(seconds=seconds) if seconds > 0 else configured
+
+
+def settle() -> None:
+    """After the daemon's first step (modules, configuration and services loaded, the topology, tests and the
+    exclusion engine's queues read), keep what it built out of the garbage collector's full passes (gc.freeze):
+    it lives until the daemon stops, and a full pass walking it took 70-90 ms of CPU every few steps at
+    1,000 queues. Whatever of it is dropped later is still freed when nothing refers to it."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass

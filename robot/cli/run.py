@@ -13,6 +13,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from robot.cli import Context, pass_context
 from robot.clock import SystemClock
+from robot.loop import settle
 from robot.services import build
 from robot.workers import AnotherRobotRunning
 
@@ -49,9 +50,15 @@ def run(ctx: Context, once: bool) -> None:
 def _serve(step, clock: SystemClock, interval: float) -> None:  # type: ignore[no-untyped-def]
     scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc)
 
+    settled = False
+
     def one_step() -> None:
+        nonlocal settled
         summary = step(clock.now())
         log.info("step: %s", summary.as_dict())
+        if not settled:
+            settle()
+            settled = True
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.warning("received %s: finishing the current step and stopping", signal.Signals(signum).name)
