@@ -6,9 +6,10 @@ Sources, each behind `DowntimeSource`:
   `robot.backends.cric.CRICClient.downtimes`, its answer read by `parse_cric`;
 - the embedded grid's own (`healthrobot grid downtime add SITE ...`), kept in its state file.
 
-`DowntimeWatch` is a loop step: it reads the source every `refresh`, stores what it read as
-`downtime` rows (inserted, updated, cancelled ones removed) and never stops the step: a source
-that cannot be read leaves the stored downtimes as they are and records an event. Only outages
+`DowntimeWatch` is a loop step: it reads the source every `refresh` (a remote one in a thread of its
+own, so that a source that hangs holds up no step), stores what it read as `downtime` rows
+(inserted, updated, cancelled ones removed) and never stops the step: a source that cannot be read
+leaves the stored downtimes as they are and records an event. Only outages
 count (GOCDB's `WARNING` severity is "at risk": the site is expected to work).
 
 What a downtime changes is decided by pure functions over these rows (`blacklist.engine` reads
@@ -17,6 +18,7 @@ queue is tested at once when it ends.
 """
 from __future__ import annotations
 
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
@@ -230,24 +232,66 @@ def store(session: Session, source: str, read: Sequence[Downtime], now: datetime
 
 
 class DowntimeWatch:
-    """Loop step: read the downtime source every `refresh`; never fails the step."""
+    """Loop step: read the downtime source every `refresh`; never fails the step.
 
-    def __init__(self, source: DowntimeSource, refresh: timedelta):
+    `background`: the source is remote (GOCDB, CRIC) and is read in a thread of its own, what it said
+    stored at the first step after it answered. A source that hangs (its time-out and retries add up to
+    minutes) then holds up no step: the loop goes on with the stored downtimes, and no robot process
+    misses its beat for it (its peers would count it hung). A local source is read in the step.
+    """
+
+    def __init__(self, source: DowntimeSource, refresh: timedelta, background: bool = False):
         self.source = source
         self.refresh = refresh
+        self.background = background
         self._read_at: datetime | None = None
+        self._reading: _Reading | None = None
 
     def __call__(self, session: Session, now: datetime) -> dict[str, int] | None:
+        if self._reading is not None:
+            if not self._reading.done.is_set():
+                return None  # still asking: the stored downtimes hold meanwhile
+            reading, self._reading = self._reading, None
+            return self._store(session, reading.answer, now)
         if self._read_at is not None and now - self._read_at < self.refresh:
             return None
         self._read_at = now  # a failed read is tried again after `refresh` too: the loop is not held up
+        if self.background:
+            self._reading = _Reading(lambda: self.source.downtimes(now))
+            return None
+        return self._store(session, lambda: self.source.downtimes(now), now)
+
+    def _store(self, session: Session, read: Callable[[], list[Downtime]], now: datetime) -> dict[str, int] | None:
         try:
-            read = self.source.downtimes(now)
+            found = read()
         except BackendUnavailable as exc:
             session.add(Event(time=now, kind="downtimes_unreachable", subject=self.source.name,
                               message=f"downtimes could not be read, the stored ones are kept: {exc}"))
             return None
-        return store(session, self.source.name, read, now)
+        return store(session, self.source.name, found, now)
+
+
+class _Reading:
+    """One read of a source in a daemon thread (a hung source holds up neither the loop nor the process's exit)."""
+
+    def __init__(self, read: Callable[[], list[Downtime]]):
+        self.done = threading.Event()
+        self._found: list[Downtime] = []
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(read,), name="downtimes", daemon=True).start()
+
+    def _run(self, read: Callable[[], list[Downtime]]) -> None:
+        try:
+            self._found = read()
+        except BaseException as exc:  # noqa: BLE001 - handed to the step, which raises it as a read in the step would
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def answer(self) -> list[Downtime]:
+        if self._error is not None:
+            raise self._error
+        return self._found
 
 
 def windows_by_site(session: Session, since: datetime, until: datetime) -> dict[str, list[Downtime]]:

@@ -142,12 +142,13 @@ def downtime_watch(config: RobotConfig, state: GridState | None, cric: CRICClien
         return None
     if source == "cric":
         assert config.topology.cric is not None  # checked by the configuration model
-        return DowntimeWatch(cric or cric_client(config.topology.cric, config.resolve), config.downtimes.refresh)
+        return DowntimeWatch(cric or cric_client(config.topology.cric, config.resolve), config.downtimes.refresh,
+                             background=True)
     if source == "gocdb":
         settings = config.downtimes.gocdb
         client = GOCDBClient(settings.url, timeout=settings.timeout.total_seconds(), retries=settings.retries,
                              ca_path=str(config.resolve(settings.ca_path)) if settings.ca_path else None)
-        return DowntimeWatch(client, config.downtimes.refresh)
+        return DowntimeWatch(client, config.downtimes.refresh, background=True)
     state = state if state is not None else GridState(grid_state_dir(config) / "grid.sqlite")
     return DowntimeWatch(GridDowntimes(state), config.downtimes.refresh)
 

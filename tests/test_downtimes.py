@@ -556,3 +556,52 @@ def test_users_failures_inside_an_outage_and_the_hour_after_it_are_not_evidence(
         session.commit()
         heard = QueueFacts(policy).load(session, now).views["ANALY_A1"].user_jobs
     assert [h.hour for h in heard] == [T0, T0 + timedelta(hours=5)]  # before it, and from 16:20 on
+
+
+@responses.activate
+def test_a_hung_gocdb_holds_up_no_step_and_what_it_says_later_is_stored(tmp_path, clock):
+    """GOCDB is read in a thread of its own: while it does not answer the steps go on (no robot process
+    misses its beat for it), and its answer is stored at the first step after it came."""
+    import threading
+
+    from robot.config import RobotConfig
+    from robot.services import downtime_watch
+
+    answered = threading.Event()
+
+    def hung(request):
+        assert answered.wait(120), "the test never let GOCDB answer"
+        return 200, {}, answer(gocdb_downtime("100G0", "SITE-A1", START, END))
+
+    responses.add_callback(responses.GET, API, callback=hung)
+    config = RobotConfig.model_validate({"data_dir": str(tmp_path), "downtimes": {"source": "gocdb"}})
+    assert downtime_watch(config, None).background  # remote: read in a thread of its own
+    robot, grid, _ = robot_with_downtimes(tmp_path, clock)
+    watch = robot.evaluators[0] = DowntimeWatch(GOCDBClient(GOCDB, retries=0), timedelta(minutes=10), background=True)
+    assert robot.run_once(clock.now()).submitted == len(QUEUES)  # the step went on, GOCDB unanswered
+    for _ in range(2):
+        clock.advance(timedelta(minutes=1))
+        robot.run_once(clock.now())  # and the next ones, GOCDB still asked
+    with robot.sessions() as session:
+        assert session.scalars(select(DowntimeRow)).all() == []
+    answered.set()
+    assert watch._reading.done.wait(120)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        (row,) = session.scalars(select(DowntimeRow)).all()
+        assert (row.source, row.site, row.start, row.end) == ("gocdb", "SITE-A1", START, END)
+    assert len(responses.calls) == 1  # asked once, until `refresh` is over
+
+
+@responses.activate
+def test_a_failure_of_a_source_read_in_the_background_is_recorded_at_the_next_step(tmp_path, clock):
+    responses.get(API, status=503)
+    robot, grid, _ = robot_with_downtimes(tmp_path, clock)
+    watch = robot.evaluators[0] = DowntimeWatch(GOCDBClient(GOCDB, retries=0), timedelta(minutes=10), background=True)
+    robot.run_once(clock.now())
+    assert watch._reading.done.wait(120)
+    clock.advance(timedelta(minutes=1))
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        assert session.scalar(select(Event.message).where(Event.kind == "downtimes_unreachable")).endswith(
+            "GOCDB get_downtime: HTTP 503 after 1 attempt(s)")
