@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
 from robot.classify import ErrorTable, Verdict, classify, classify_report
-from robot.downtimes import Downtime
+from robot.downtimes import Downtime, describe, windows_by_site
 from robot.jobstates import JobStatus
-from robot.storage.models import Event
+from robot.storage.models import Event, Queue, Site
 from robot.storage.models import UserJobHour as UserJobHourRow
 
 HOUR = timedelta(hours=1)
@@ -204,7 +204,12 @@ def outside_downtimes(hours: Sequence[StoredHour], downtimes: Sequence[Downtime]
     """
     if not downtimes:
         return list(hours)
-    return [h for h in hours if not any(d.start < h.hour + HOUR and h.hour < d.end + HOUR for d in downtimes)]
+    return [h for h in hours if excused_by(h.hour, downtimes) is None]
+
+
+def excused_by(hour: datetime, downtimes: Sequence[Downtime]) -> Downtime | None:
+    """The announced outage that excuses the users' jobs of the hour starting at `hour`, if one does."""
+    return next((d for d in downtimes if d.start < hour + HOUR and hour < d.end + HOUR), None)
 
 
 RECENT = timedelta(hours=6)  # what `why` and the queue page show
@@ -212,16 +217,22 @@ RECENT = timedelta(hours=6)  # what `why` and the queue page show
 
 def recent_rows(session: Session, queue: str, now: datetime, span: timedelta = RECENT) -> list[dict]:
     """A queue's users' jobs per hour over the last `span`, newest first, as `why` and the queue page
-    show them: jobs ended and failed, failures per class, and the errors behind them."""
+    show them: jobs ended and failed, failures per class, the errors behind them, and the announced
+    outage of its site that keeps an hour from counting (`not_counted`, in words; "" when it counts)."""
     hours = stored_hours(session, now - span, now + HOUR, [queue]).get(queue, [])
+    site = session.scalar(select(Site.name).join(Queue, Queue.site_id == Site.id).where(Queue.name == queue))
+    downtimes = windows_by_site(session, now - span - 2 * HOUR, now + HOUR).get(site, []) if hours else []
     return [{"hour": f"{h.hour:%Y-%m-%d %H:00}", "ended": h.ended, "failed": h.failed, **h.by_class,
              "errors": ", ".join(f"{e['name']} {e['jobs']} ({e['class']})" for e in h.codes[:4])
-             + (", ..." if len(h.codes) > 4 else "")}
+             + (", ..." if len(h.codes) > 4 else ""),
+             "not_counted": describe(d) if (d := excused_by(h.hour, downtimes)) else ""}
             for h in reversed(hours)]
 
 
 def describe_hour(row: dict) -> str:
-    """One hour in words: "users' jobs 2026-11-01 12:00 UTC: 40 ended, 6 failed (site 3, user 2): STAGEINFAILED 3 (site), ..."."""
+    """One hour in words: "users' jobs 2026-11-01 12:00 UTC: 40 ended, 6 failed (site 3, user 2): STAGEINFAILED 3 (site), ..."
+    and, for an hour an announced outage excuses, "; not counted: scheduled downtime ..."."""
     classes = ", ".join(f"{k} {row[k]}" for k in ("site", "user", "central", "unknown") if row[k])
     text = f"users' jobs {row['hour']} UTC: {row['ended']} ended, {row['failed']} failed"
-    return text + (f" ({classes}): {row['errors']}" if row["failed"] else "")
+    text += f" ({classes}): {row['errors']}" if row["failed"] else ""
+    return text + (f"; not counted: {row['not_counted']}" if row.get("not_counted") else "")

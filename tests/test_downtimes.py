@@ -541,6 +541,7 @@ def test_users_failures_inside_an_outage_and_the_hour_after_it_are_not_evidence(
     from blacklist.engine import QueueFacts
     from robot.classify import load_table
     from robot.backends.base import UserJobHour
+    from robot.userjobs import describe_hour, recent_rows
     from robot.userjobs import store as store_hours
 
     robot, grid, source = robot_with_downtimes(tmp_path, clock)
@@ -555,7 +556,11 @@ def test_users_failures_inside_an_outage_and_the_hour_after_it_are_not_evidence(
         store_hours(session, "scripted", failing, T0, load_table(), now)
         session.commit()
         heard = QueueFacts(policy).load(session, now).views["ANALY_A1"].user_jobs
+        shown = [describe_hour(row) for row in recent_rows(session, "ANALY_A1", now)]  # as `why` and the queue page
     assert [h.hour for h in heard] == [T0, T0 + timedelta(hours=5)]  # before it, and from 16:20 on
+    assert [line.partition("; not counted: ")[2] for line in shown] == [
+        "", *["scheduled downtime 2026-11-01 13:30-15:20 UTC (storage upgrade)"] * 4, ""]
+    assert shown[1].startswith("users' jobs 2026-11-01 16:00 UTC: 40 ended, 20 failed (site 20): STAGEINFAILED 20 (site)")
 
 
 @responses.activate

@@ -20,7 +20,8 @@ TRANSITION_COLUMNS = [("time", "Time (UTC)"), ("actor", "By"), ("decision", "Dec
 TICKET_COLUMNS = [("id", "Ticket"), ("subject", "Subject"), ("state", "State"), ("verdict", "Verdict"),
                   ("verdict_reason", "Why"), ("updated", "Updated (UTC)")]
 USER_COLUMNS = [("hour", "Hour (UTC)"), ("ended", "Ended"), ("failed", "Failed"), ("site", "Site class"),
-                ("user", "User class"), ("central", "Central"), ("unknown", "Unknown"), ("errors", "Errors")]
+                ("user", "User class"), ("central", "Central"), ("unknown", "Unknown"), ("errors", "Errors"),
+                ("not_counted", "Not counted")]
 GRAPH = {"displaylogo": False}
 
 
