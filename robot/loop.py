@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, JobRequest
@@ -31,7 +32,7 @@ from robot.storage.models import (Downtime, Event, Job, Queue, QueueTransition, 
                                   Template, Test, TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
-from robot.workers import SOLO, Fenced, Shard, Workers
+from robot.workers import LOCK_WAIT_INTERVALS, SOLO, Fenced, Shard, Workers, bound_lock_waits, lock_wait_timed_out
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,13 @@ class StepSummary:
     backend_errors: list[str] = field(default_factory=list)
     evaluations: list[Any] = field(default_factory=list)  # what each evaluator (e.g. exclusion) returned
     fenced: bool = False  # this worker was counted hung by its peers during the step, which it ended
+    held_up: str | None = None  # why the step stopped early: a lock a peer held past lock_timeout (PostgreSQL)
 
     def as_dict(self) -> dict[str, Any]:
         return {"now": self.now.isoformat(), "submitted": self.submitted, "polled": self.polled,
                 "finished": self.finished, "lost": self.lost,
                 "reconciled": self.reconciled, "timed_out": self.timed_out,
-                "backend_errors": self.backend_errors}
+                "backend_errors": self.backend_errors, **({"held_up": self.held_up} if self.held_up else {})}
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,13 @@ class Robot:
         except Fenced as exc:  # this worker hung and was replaced: what it was doing is someone else's now
             log.warning("%s; this step ends here, the next one rejoins as a new worker", exc)
             summary.fenced = True
+        except OperationalError as exc:
+            if not lock_wait_timed_out(exc):
+                raise
+            summary.held_up = (f"a lock another transaction held (a peer hung in it?) was still held after"
+                               f" {self.config.loop.interval * LOCK_WAIT_INTERVALS}: this step ends here, what it"
+                               " had not committed is tried again at the next one")
+            log.warning("%s", summary.held_up)
         return summary
 
     def _check(self) -> None:
@@ -154,6 +163,8 @@ class Robot:
             log.warning("worker(s) %s hung (no beat for over %s while their process lives): fenced, their queues"
                         " taken over", ", ".join(map(str, shard.fenced)), self.config.loop.interval)
         with self.sessions() as session:
+            if self.workers:  # several processes may share the database: no wait on a peer's lock without bound
+                bound_lock_waits(session, self.config.loop.interval)
             if shard.leader:
                 self._refresh(session, now)
             self._owned = None if shard.alone else [

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
-from sqlalchemy import Connection, func, or_, select, text, update
+from sqlalchemy import Connection, event, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,7 +49,30 @@ from robot.storage.models import Lease, Worker
 LEADER = "leader"
 DEAD_AFTER_INTERVALS = 2  # the lease's term, and on SQLite how long another process counts as running
 HUNG_AFTER_INTERVALS = 1.5  # a beat this old: stuck (a worker beats before each phase of a step and at its end)
+LOCK_WAIT_INTERVALS = 0.25  # PostgreSQL: how long a step's statement waits for a lock (lock_timeout)
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that reached lock_timeout
 ALIVE_LOCK = 0x51C0B08  # PostgreSQL advisory lock (ALIVE_LOCK, worker id): held by the worker while its process lives
+
+
+def bound_lock_waits(session: Session, interval: timedelta) -> None:
+    """On PostgreSQL, each transaction of this step's session waits at most a quarter interval for a lock
+    (`SET LOCAL lock_timeout`). A peer hung inside its transaction (in a remote call, a stopped process) holds
+    its row locks until it is fenced and wakes; without a bound, a step needing one of those rows would hang
+    with it and miss its own beats. With it, the statement fails (`lock_wait_timed_out`), the step stops,
+    and the next one tries again. Only the loop's steps: commands and pages wait as PostgreSQL's default."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    milliseconds = max(1, int(interval.total_seconds() * 1000 * LOCK_WAIT_INTERVALS))
+
+    def bound(_session: Session, _transaction: object, connection: Connection) -> None:
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
+
+    event.listen(session, "after_begin", bound)
+
+
+def lock_wait_timed_out(exc: DBAPIError) -> bool:
+    """Whether PostgreSQL stopped the statement because it waited lock_timeout for a lock."""
+    return getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 class AnotherRobotRunning(Exception):

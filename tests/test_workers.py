@@ -227,3 +227,43 @@ def test_a_hung_worker_is_fenced_by_the_first_peer_to_step_after_one_interval(da
     a.check()
     assert b.step(T0 + 11 * MINUTE).fenced == ()
     a.stop(T0 + 11 * MINUTE), b.stop(T0 + 11 * MINUTE)
+
+
+@ON_POSTGRESQL
+def test_a_step_waits_for_a_row_lock_a_quarter_interval_at_most_then_tries_again_at_the_next(database_url, tmp_path):
+    """A peer hung inside its transaction (a remote call, a stopped process) holds its row locks until it is
+    fenced and wakes. A step that needs one of those rows does not hang with it (and miss its own beats):
+    it stops once it waited lock_timeout (a quarter interval), says so, and the next step does the work."""
+    import threading
+
+    from sqlalchemy import select, update
+
+    from robot.clock import ManualClock
+    from robot.jobstates import JobStatus
+    from robot.storage.models import Job
+    from tests.fakes import ScriptedGrid, make_robot, templates
+
+    clock = ManualClock(T0)
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}), interval="2s")
+    assert robot.run_once(clock.now()).submitted == 1
+    (pid,) = grid.in_queue("ANALY_A")
+    grid.start(pid)  # the next step's poll writes the job's row ...
+    with robot.sessions() as peer:  # ... which a hung peer's open transaction holds
+        peer.execute(update(Job).where(Job.panda_id == pid).values(worker_id=None))
+        clock.advance(timedelta(seconds=2))
+        held: list = []
+        step = threading.Thread(target=lambda: held.append(robot.run_once(clock.now())), daemon=True)
+        step.start()
+        step.join(120)
+        alive = step.is_alive()
+        peer.rollback()  # let go in any case, so that a step that waited without bound ends too
+    step.join(120)
+    assert not alive, "the step waited for the row lock without bound"
+    (summary,) = held
+    assert summary.held_up and "lock" in summary.held_up and summary.as_dict()["held_up"] == summary.held_up
+    clock.advance(timedelta(seconds=2))
+    assert not robot.run_once(clock.now()).held_up  # the next step does it
+    with robot.sessions() as session:
+        assert session.scalar(select(Job.job_status).where(Job.panda_id == pid)) == JobStatus.RUNNING.value
+    robot.workers.stop(clock.now())
