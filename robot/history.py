@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from operator import itemgetter
 from typing import Any, Callable, Iterator, TextIO
 
-from operator import itemgetter
-
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from robot import rollup
@@ -146,6 +146,7 @@ LAYOUTS = 'expected PanDA monitor job records: a {"jobs": [...]} object, a list 
 CHUNK = 1 << 20  # characters read at a time
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\r\n]*")
+_COMMA = re.compile(r"[ \t\r\n]*,[ \t\r\n]*")  # between two elements of a list
 
 
 class _Text:
@@ -256,22 +257,37 @@ def _jobs_list(text: _Text, start: int) -> int:
 
 
 def _array_items(text: _Text, at: int) -> Iterator[tuple[int, Any]]:
-    """Each element of the JSON list that starts at `at`, with the line it starts on."""
+    """Each element of the JSON list that starts at `at`, with the line it starts on.
+
+    An element that ends inside the window, followed by a comma there, is read without asking the
+    window (most of them); one at its edge, or the list's end, goes the careful way."""
     at = text.skip_space(at + 1)
     line, counted = text.line_of(at), at  # the line of text.buf[counted]
+    decode, after = _DECODER.raw_decode, _COMMA.match
     while text.at(at) not in ("]", ""):
-        line += text.buf.count("\n", counted, at)
+        buf = text.buf
+        line += buf.count("\n", counted, at)
         counted = at
         try:
-            item, end = text.decode(at)
-        except json.JSONDecodeError as exc:
-            raise HistoryFileError(f"line {exc.lineno}: not JSON: {exc.msg} at column {exc.colno}") from None
+            item, end = decode(buf, at)
+            if end >= len(buf):  # a value at the window's edge may go on in the next chunk
+                item, end = text.decode(at)
+        except json.JSONDecodeError:
+            try:
+                item, end = text.decode(at)
+            except json.JSONDecodeError as exc:
+                raise HistoryFileError(f"line {exc.lineno}: not JSON: {exc.msg} at column {exc.colno}") from None
         yield line, item
-        at = text.skip_space(end)
-        if text.at(at) == ",":
-            at = text.skip_space(at + 1)
-        elif text.at(at) not in ("]", ""):
-            raise HistoryFileError(f"line {line + text.buf.count(chr(10), counted, at)}: not JSON: expected ',' or ']'")
+        buf = text.buf
+        comma = after(buf, end)
+        if comma is not None and comma.end() < len(buf):
+            at = comma.end()
+        else:
+            at = text.skip_space(end)
+            if text.at(at) == ",":
+                at = text.skip_space(at + 1)
+            elif text.at(at) not in ("]", ""):
+                raise HistoryFileError(f"line {line + text.buf.count(chr(10), counted, at)}: not JSON: expected ',' or ']'")
         if at >= CHUNK:  # what was read is done with
             line += text.buf.count("\n", counted, at)
             at = counted = text.forget(at)
@@ -398,24 +414,29 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
     summary = ImportSummary()
     queues = {name: id_ for name, id_ in session.execute(select(Queue.name, Queue.id))}
     test_id = _import_test(session, template, now)
-    batch: list[Observed] = []
+    batch: list[tuple[int, datetime, tuple[Any, ...]]] = []
     try:
-        with path.open(encoding="utf-8") as handle, _writer(session) as write:  # streamed: a chunk and a batch
+        with path.open(encoding="utf-8") as handle, _writer(session) as bulk:  # streamed: a chunk and a batch
+            stamped_now = bulk.stamp(_naive_utc(now))
             for line, record in read_records(handle):
                 summary.records += 1
-                parsed = parse_record(line, record)
-                if parsed is None:
-                    summary.not_final += 1
-                elif isinstance(parsed, Problem):
-                    summary.problems.append(parsed)
-                elif parsed.queue not in queues:
-                    summary.unknown_queues[parsed.queue] += 1
-                else:
-                    batch.append(parsed)
+                row = _finished_row(record, queues, test_id, stamped_now, bulk.stamp)
+                if row is None:  # anything but the usual finished job: read field by field, and reported
+                    parsed = parse_record(line, record)
+                    if parsed is None:
+                        summary.not_final += 1
+                    elif isinstance(parsed, Problem):
+                        summary.problems.append(parsed)
+                    elif parsed.queue not in queues:
+                        summary.unknown_queues[parsed.queue] += 1
+                    else:
+                        row = _row(parsed, queues[parsed.queue], test_id, table, now, bulk.stamp)
+                if row is not None:
+                    batch.append(row)
                     if len(batch) >= BATCH:
-                        _store(session, batch, queues, test_id, table, now, summary, write)
+                        _store(batch, summary, bulk)
                         batch = []
-            _store(session, batch, queues, test_id, table, now, summary, write)
+            _store(batch, summary, bulk)
     except UnicodeDecodeError:
         raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     if summary.imported:
@@ -443,86 +464,159 @@ def _import_test(session: Session, name: str, now: datetime) -> int:
     return test_id
 
 
-# The job columns an imported record fills (all but the loop's own bookkeeping), in the order the
-# bulk writer binds them; the times among them (naive UTC on the wire, as UTCDateTime stores them).
-COLUMNS = tuple(c.name for c in Job.__table__.columns if c.name not in ("id", "worker_id", "retry_of"))
+# The job columns an imported record fills (all but the loop's own bookkeeping: id, worker_id,
+# retry_of), in the order the bulk writer binds them and `_finished_row` writes them.
+COLUMNS = ("test_id", "queue_id", "job_name", "panda_id", "phase", "job_status", "dataset", "n_files", "recorded_at",
+           "submitted_at", "status_changed_at", "creation_time", "start_time", "end_time", "trans_exit_code",
+           "pilot_error_code", "pilot_error_diag", "exe_error_code", "exe_error_diag", "ddm_error_code",
+           "ddm_error_diag", "task_buffer_error_code", "task_buffer_error_diag", "job_dispatcher_error_code",
+           "job_dispatcher_error_diag", "sup_error_code", "n_events", "cpu_consumption_time", "max_rss_kb",
+           "core_count", "attempt_nr", "time_queue", "time_stagein", "time_setup", "time_payload", "time_stageout",
+           "outcome", "error_source", "error_code", "error_name", "error_class", "error_diag")
 TIME_COLUMNS = tuple(i for i, name in enumerate(COLUMNS) if isinstance(Job.__table__.c[name].type, UTCDateTime))
 _in_column_order = itemgetter(*COLUMNS)
+Stamp = Callable[[datetime], Any]  # a naive UTC time as the writer binds it
+
+
+@dataclass(frozen=True)
+class _Bulk:
+    """The database's bulk path for job rows (tuples in COLUMNS order, times as `stamp` writes them)."""
+
+    write: Callable[[list[tuple[Any, ...]]], None]
+    stamp: Stamp
+    stored: Callable[[list[int]], set[int]]  # which of these PanDA IDs a job has already
 
 
 @contextmanager
-def _writer(session: Session) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+def _writer(session: Session) -> Iterator[_Bulk]:
     """Appends job rows through the database's own bulk path, in the session's transaction: COPY on
     PostgreSQL, one prepared INSERT run by executemany on SQLite. Plain tuples are bound as they are
     (SQLAlchemy's per-value processing of 43 columns was a third of the import's time), so the times
-    are written here as the models write them: naive UTC, on SQLite as its text. On SQLite the
+    are written as the models write them: naive UTC, on SQLite as its text. The PanDA IDs of a batch
+    are looked up as one bound value (a JSON list, an array), not one placeholder each. On SQLite the
     connection's page cache is made large enough for the job table's indexes while it writes."""
     connection = session.connection()
     raw = connection.connection.driver_connection
     names = ", ".join(COLUMNS)
     dialect = connection.dialect.name
-    stamp = _naive_utc if dialect == "postgresql" else _sqlite_text
-
-    def tuples(rows: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
-        for row in rows:
-            values = list(_in_column_order(row))
-            for i in TIME_COLUMNS:
-                if values[i] is not None:
-                    values[i] = stamp(values[i])
-            yield tuple(values)
-
     if dialect == "postgresql":
-        def copy(rows: list[dict[str, Any]]) -> None:
+        known = select(Job.panda_id).where(Job.panda_id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+
+        def copy(rows: list[tuple[Any, ...]]) -> None:
             with raw.cursor() as cursor, cursor.copy(f"COPY job ({names}) FROM STDIN") as sink:
-                for values in tuples(rows):
+                for values in rows:
                     sink.write_row(values)
-        yield copy
+        yield _Bulk(copy, _as_it_is, lambda ids: set(connection.execute(known, {"ids": ids}).scalars()))
         return
     if dialect != "sqlite":
         raise ValueError(f"history import writes to SQLite or PostgreSQL, not {dialect}")
     statement = f"INSERT INTO job ({names}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    lookup = "SELECT panda_id FROM job WHERE panda_id IN (SELECT value FROM json_each(?))"
     cache = raw.execute("PRAGMA cache_size").fetchone()[0]
     raw.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KB}")
     try:
-        yield lambda rows: raw.executemany(statement, tuples(rows))
+        yield _Bulk(lambda rows: raw.executemany(statement, rows), _sqlite_text,
+                    lambda ids: {found for found, in raw.execute(lookup, (json.dumps(ids),))})
     finally:
         raw.execute(f"PRAGMA cache_size = {int(cache)}")
+
+
+def _as_it_is(moment: datetime) -> datetime:
+    return moment
 
 
 def _naive_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None) if moment.tzinfo is UTC else as_utc(moment).replace(tzinfo=None)
 
 
-def _sqlite_text(moment: datetime) -> str:
-    """SQLAlchemy's text for a time on SQLite ("2026-11-02 13:04:05.000000"), so that stored times compare."""
-    return _naive_utc(moment).isoformat(" ", "microseconds")
+def _sqlite_text(naive: datetime) -> str:
+    """SQLAlchemy's text for a naive UTC time on SQLite ("2026-11-02 13:04:05.000000"), so that stored times compare."""
+    return naive.isoformat(" ", "microseconds")
 
 
-def _store(session: Session, batch: list[Observed], queues: dict[str, int], test_id: int, table: ErrorTable,
-           now: datetime, summary: ImportSummary, write: Callable[[list[dict[str, Any]]], None]) -> None:
+def _row(observed: Observed, queue_id: int, test_id: int, table: ErrorTable, now: datetime,
+         stamp: Stamp) -> tuple[int, datetime, tuple[Any, ...]]:
+    """(PanDA ID, naive UTC end, the job row in COLUMNS order) of any final job read by parse_record."""
+    report = observed.report
+    row = final_values(report, table)
+    row.update(test_id=test_id, queue_id=queue_id, job_name=f"history.{report.panda_id}",
+               panda_id=report.panda_id, job_status=report.job_status.value, dataset="", n_files=0,
+               recorded_at=now, submitted_at=report.creation_time, status_changed_at=now,
+               creation_time=report.creation_time, start_time=report.start_time, end_time=report.end_time)
+    values = list(_in_column_order(row))
+    for i in TIME_COLUMNS:
+        if values[i] is not None:
+            values[i] = stamp(_naive_utc(values[i]))
+    return report.panda_id, _naive_utc(report.end_time), tuple(values)
+
+
+INT_KEYS = tuple(INT_FIELDS)  # piloterrorcode, exeerrorcode, ddmerrorcode, taskbuffererrorcode,
+# jobdispatchererrorcode, superrorcode, nevents, maxrss, attemptnr
+TEXT_KEYS = tuple(TEXT_FIELDS)  # piloterrordiag, exeerrordiag, ddmerrordiag, taskbuffererrordiag, jobdispatchererrordiag
+_from_iso = datetime.fromisoformat
+
+
+def _finished_row(record: Any, queues: dict[str, int], test_id: int, now: Any,
+                  stamp: Stamp) -> tuple[int, datetime, tuple[Any, ...]] | None:
+    """`_row` of the usual record, read in one pass: a finished job at a known queue with its PanDA ID a
+    whole number and its times naive (the monitor's "2026-11-02 13:04:05"). None for any other record:
+    parse_record reads it, and reports what is wrong with it. Each field is read by the same rule as
+    parse_record and final_values read it, and a test holds the two rows equal; this one builds no
+    report and no dict (the import's time went to building them). `now` is stamped already."""
+    if type(record) is not dict:
+        return None
+    get = record.get
+    panda_id, queue = get("pandaid"), get("computingsite")
+    if get("jobstatus") != "finished" or type(panda_id) is not int or type(queue) is not str:
+        return None
+    queue_id = queues.get(queue)
+    if queue_id is None:
+        return None
+    try:
+        created, started, ended = _from_iso(get("creationtime")), _from_iso(get("starttime")), _from_iso(get("endtime"))
+        if created.tzinfo is not None or started.tzinfo is not None or ended.tzinfo is not None:
+            return None
+        pilot, exe, ddm, task_buffer, dispatcher, sup, n_events, max_rss, attempt = (
+            value if type(value := get(key)) is int else _int(record, key) for key in INT_KEYS)
+        cores = value if type(value := get("actualcorecount")) is int and value else (
+            _int(record, "actualcorecount") or _int(record, "corecount") or 1)
+        cpu = value if type(value := get("cpuconsumptiontime")) is float else _float(record, "cpuconsumptiontime")
+    except (TypeError, ValueError, _Bad):  # a time that is not a naive one, a field parse_record would report
+        return None
+    pilot_diag, exe_diag, ddm_diag, task_buffer_diag, dispatcher_diag = (
+        value if type(value := get(key)) is str and value and value != "NULL" else _text(value) for key in TEXT_KEYS)
+    timing = pilot_timing(get("pilottiming"))
+    created_at = stamp(created)
+    return panda_id, ended, (
+        test_id, queue_id, f"history.{panda_id}", panda_id, "done", "finished", "", 0, now, created_at, now,
+        created_at, stamp(started), stamp(ended), _exit_code(get("transexitcode")), pilot, pilot_diag, exe, exe_diag,
+        ddm, ddm_diag, task_buffer, task_buffer_diag, dispatcher, dispatcher_diag, sup, n_events, cpu, max_rss, cores,
+        attempt, (started - created).total_seconds(), timing.get("stagein"), timing.get("setup"),
+        timing.get("payload"), timing.get("stageout"), "completed", None, None, None, None, None)
+
+
+def _store(batch: list[tuple[int, datetime, tuple[Any, ...]]], summary: ImportSummary, bulk: _Bulk) -> None:
+    """Write the rows of a batch whose PanDA IDs are not stored yet (nor earlier in the batch)."""
     if not batch:
         return
-    ids = {o.report.panda_id for o in batch}
-    known = set(session.scalars(select(Job.panda_id).where(Job.panda_id.in_(ids))))
-    rows, seen = [], set()
-    for observed in batch:
-        report = observed.report
-        if report.panda_id in known or report.panda_id in seen:
+    known = bulk.stored([panda_id for panda_id, _, _ in batch])
+    rows = []
+    first = summary.first_end.replace(tzinfo=None) if summary.first_end else None
+    last = summary.last_end.replace(tzinfo=None) if summary.last_end else None
+    for panda_id, end, values in batch:
+        if panda_id in known:
             summary.already_known += 1
             continue
-        seen.add(report.panda_id)
-        row = final_values(report, table)
-        row.update(test_id=test_id, queue_id=queues[observed.queue], job_name=f"history.{report.panda_id}",
-                   panda_id=report.panda_id, job_status=report.job_status.value, dataset="", n_files=0,
-                   recorded_at=now, submitted_at=report.creation_time, status_changed_at=now,
-                   creation_time=report.creation_time, start_time=report.start_time, end_time=report.end_time)
-        rows.append(row)
-        end = report.end_time
-        summary.first_end = end if summary.first_end is None else min(summary.first_end, end)
-        summary.last_end = end if summary.last_end is None else max(summary.last_end, end)
+        known.add(panda_id)
+        rows.append(values)
+        if first is None or end < first:
+            first = end
+        if last is None or end > last:
+            last = end
     if rows:
-        write(rows)
+        bulk.write(rows)
         summary.imported += len(rows)
+        summary.first_end, summary.last_end = first.replace(tzinfo=UTC), last.replace(tzinfo=UTC)
 
 
 def _stretch_test(session: Session, test_id: int, summary: ImportSummary) -> None:

@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from sqlalchemy import func, insert, select, text
 
 from robot import history, rollup
@@ -140,6 +141,57 @@ def test_a_file_read_in_small_chunks_is_refused_at_the_same_line_and_column(monk
 def test_a_file_that_is_not_job_records_is_an_error(text):
     with pytest.raises(HistoryFileError):
         list(read_records(text))
+
+
+# -- the usual record's one-pass row ----------------------------------------------------------------
+QUEUE_IDS = {"ANALY_A": 1, "ANALY_B": 2}
+ODD_VALUES = st.sampled_from([None, "NULL", "", "0", "17", "1099.0", "1099.5", "lots", True, 0, 7, -3, 2.5, 12.0,
+                              [1], {"x": 1}])
+TIMES = st.sampled_from(["2026-11-02 13:04:05", "2026-11-02T13:04:05", "2026-11-02 13:04:05.250",
+                         "2026-11-02T14:04:05+01:00", "2026-11-02T12:10:00Z", "2026-11-02", "2026-W44-1 13:04:05",
+                         "2026-13-02 13:04:05", "yesterday", "NULL", "", None, 1700000000])
+FIELDS = [*history.INT_FIELDS, *history.TEXT_FIELDS, "actualcorecount", "corecount", "cpuconsumptiontime",
+          "transexitcode", "pilottiming", "pandaid", "computingsite", "jobstatus"]
+
+
+@st.composite
+def monitor_records(draw) -> dict:
+    """The usual finished record, with some of its fields changed to what a monitor might also write."""
+    base = record(draw(st.integers(1, 10**12)), end=draw(st.sampled_from(["2026-11-02 13:04:05", "2026-11-03 00:00:00"])))
+    for key in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True)):
+        base[key] = draw(ODD_VALUES)
+    for key in draw(st.lists(st.sampled_from(list(history.TIME_FIELDS)), max_size=2, unique=True)):
+        base[key] = draw(TIMES)
+    if draw(st.booleans()):
+        base["computingsite"] = draw(st.sampled_from(["ANALY_B", "ANALY_GONE", "NULL"]))
+    if draw(st.integers(0, 4)) == 0:
+        base["jobstatus"] = draw(st.sampled_from(["failed", "cancelled", "closed", "running", "exploded"]))
+    base.pop(draw(st.sampled_from([None, "superrorcode", "actualcorecount", "pilottiming", "nevents"])), None)
+    return base
+
+
+@pytest.mark.parametrize("stamp", [history._sqlite_text, history._as_it_is], ids=["sqlite", "postgresql"])
+@given(item=monitor_records())
+@settings(max_examples=400, deadline=None)
+def test_the_usual_records_row_read_in_one_pass_is_the_row_parse_record_and_final_values_give(stamp, item):
+    """The import reads the usual finished record without a report or a dict: whatever it accepts must
+    give the very row the general path gives, and whatever is unusual is left to the general path."""
+    now = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    fast = history._finished_row(item, QUEUE_IDS, 9, stamp(history._naive_utc(now)), stamp)
+    parsed = parse_record(3, item)
+    if fast is None:  # left to the general path (the next test shows the usual records are not)
+        return
+    assert isinstance(parsed, Observed)
+    slow = history._row(parsed, QUEUE_IDS[parsed.queue], 9, TABLE, now, stamp)
+    assert fast == slow
+    assert [type(v) for v in fast[2]] == [type(v) for v in slow[2]]  # 1 and 1.0 are equal, not the same column
+
+
+def test_the_usual_record_takes_the_one_pass_path():
+    usual = [record(5), record(6, "ANALY_B", cpuconsumptiontime=12.5, pilottiming="NULL", transexitcode="NULL"),
+             {k: v for k, v in record(7).items() if k not in ("superrorcode", "maxrss", "corecount", "pilottiming")}]
+    assert all(history._finished_row(r, QUEUE_IDS, 9, "now", history._sqlite_text) for r in usual)
+    assert set(history.COLUMNS) == {c.name for c in Job.__table__.columns} - {"id", "worker_id", "retry_of"}
 
 
 # -- importing --------------------------------------------------------------------------------------
