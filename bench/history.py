@@ -4,9 +4,11 @@ Writes a monitor-style export (`{"jobs": [...]}`, one record a line, the monitor
 of N jobs over D days at Q queues, with a realistic mix (most finished, site-class stage-in
 failures in bursts at a few queues, user-class payload failures, jobs still running, a few bad
 records), then times `robot.history.import_history` into a fresh SQLite database: wall and CPU
-time (the target is CPU time: the machine is shared), peak memory, and a second import of the same file (idempotent: nothing added).
+time (the target is CPU time: the machine is shared), peak memory, and a second import of the same file (idempotent:
+nothing added). Then a further export of a tenth as many new jobs over the same days is imported into that database,
+now live (it has a rollup): its hours are rolled up one by one (`rollup.update`), not rebuilt.
 
-    python bench/history.py [--records 1000000] [--queues 1000] [--days 30]
+    python bench/history.py [--records 1000000] [--queues 1000] [--days 30] [--db postgres]
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import argparse
 import json
 import random
 import resource
+import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -42,13 +46,13 @@ def topology(queues: int) -> Topology:
                                            (f"SITE-{i // 4}_DATADISK",)) for i in range(queues)))
 
 
-def write_export(path: Path, records: int, queues: int, days: int, seed: int = 1) -> None:
+def write_export(path: Path, records: int, queues: int, days: int, seed: int = 1, first_id: int = 1) -> None:
     rng = random.Random(seed)
     span = days * 86400
     broken = {rng.randrange(queues): rng.randrange(span) for _ in range(max(1, queues // 50))}  # queue -> burst start
     with path.open("w", encoding="utf-8") as out:
         out.write('{"selectionsummary": [], "jobs": [\n')
-        for pandaid in range(1, records + 1):
+        for pandaid in range(first_id, first_id + records):
             queue = rng.randrange(queues)
             offset = rng.randrange(span)
             end = END - timedelta(seconds=span - offset)
@@ -74,7 +78,7 @@ def write_export(path: Path, records: int, queues: int, days: int, seed: int = 1
             if pandaid % 100_000 == 0:
                 record["endtime"] = "not a time"  # the odd bad record
             out.write(json.dumps(record))
-            out.write(",\n" if pandaid < records else "\n")
+            out.write(",\n" if pandaid < first_id + records - 1 else "\n")
         out.write("]}\n")
 
 
@@ -83,37 +87,50 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=TARGET_RECORDS)
     parser.add_argument("--queues", type=int, default=1000)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
     table = load_table()
-    with tempfile.TemporaryDirectory() as folder:
-        export = Path(folder) / "jobs.json"
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        export, later = folder / "jobs.json", folder / "later.json"
         started = time.perf_counter()
         write_export(export, args.records, args.queues, args.days)
-        print(f"export: {args.records:,} records, {export.stat().st_size / 2**20:.0f} MB, "
-              f"written in {time.perf_counter() - started:.1f} s")
-        engine = make_engine(f"sqlite:///{Path(folder) / 'robot.db'}")
+        write_export(later, args.records // 10, args.queues, args.days, seed=2, first_id=args.records + 1)
+        print(f"export: {args.records:,} records, {export.stat().st_size / 2**20:.0f} MB (and {args.records // 10:,} "
+              f"later ones), written in {time.perf_counter() - started:.1f} s")
+        if args.db == "postgres":
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.pgserver import postgres_server
+
+            server = stack.enter_context(postgres_server())
+            server.create_database("bench")
+            url = server.url("bench")
+        else:
+            url = f"sqlite:///{folder / 'robot.db'}"
+        engine = make_engine(url)
         upgrade(engine)
         sessions = make_sessionmaker(engine)
         now = datetime.now(timezone.utc)
         with sessions() as session:
             sync_topology(session, topology(args.queues), now)
             session.commit()
-        for attempt in ("first import", "same file again"):
+        for attempt, path, at in (("first import", export, now), ("same file again", export, now),
+                                  ("into the live database", later, now + timedelta(hours=1))):
             wall, cpu = time.perf_counter(), time.process_time()
             with sessions() as session:
-                summary = import_history(session, export, "history", table, now)
+                summary = import_history(session, path, "history", table, at)
                 session.commit()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            rate = args.records / cpu
-            target = TARGET_SECONDS * args.records / TARGET_RECORDS
-            print(f"{attempt}: {cpu:.1f} s CPU (target under {target:.1f} s for {args.records:,} records; "
-                  f"{rate:,.0f} records per CPU second), {wall:.1f} s wall: {summary.imported:,} imported, "
+            records = summary.records
+            target = TARGET_SECONDS * records / TARGET_RECORDS
+            print(f"{attempt}: {cpu:.1f} s CPU (target under {target:.1f} s for {records:,} records; "
+                  f"{records / cpu:,.0f} records per CPU second), {wall:.1f} s wall: {summary.imported:,} imported, "
                   f"{summary.already_known:,} already stored, {summary.not_final:,} not final, "
                   f"{len(summary.problems)} bad")
         with sessions() as session:
             stored = session.scalar(select(func.count(Job.id)))
-        size = (Path(folder) / "robot.db").stat().st_size
-        print(f"stored jobs: {stored:,}; database {size / 2**20:.0f} MB; peak memory "
+        size = f"; database {(folder / 'robot.db').stat().st_size / 2**20:.0f} MB" if args.db == "sqlite" else ""
+        print(f"stored jobs: {stored:,}{size}; peak memory "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (target under {TARGET_MB} MB)")
         engine.dispose()
 
