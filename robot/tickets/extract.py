@@ -300,14 +300,18 @@ def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex,
     hits = index.known(tokens)
     if not hits:
         return
+    failing: set[str] = set()  # names already said to fail: a later occurrence cannot change the mention
     for match in TOKEN.finditer(lower):
-        if match.group() not in hits:
+        token = match.group()
+        if token not in hits or token in failing:
             continue
         start, end = match.start(), match.end()
         if _in_host_or_address(text, start, end):
             continue
-        target = index.lookup(match.group())
+        target = index.lookup(token)
         stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
+        if stance == "fails":
+            failing.add(token)
         yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
                                   stance in ("fails", "ran"), stance=stance)
 
