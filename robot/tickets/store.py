@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable, JobReport
@@ -58,7 +58,7 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
         select(Ticket.id, Ticket.key, Ticket.state, Ticket.labels, Ticket.last_message_at, Ticket.messages)
         .where(Ticket.source == source))}  # plain rows, changed in place: no ORM objects to build and flush
     changed: list[tuple[str, Thread]] = []
-    created: dict[str, dict[str, Any]] = {}  # key -> the new ticket's fixed columns
+    created: dict[str, tuple[Any, ...]] = {}  # key -> the new ticket's TICKET_FIXED columns
     new_messages: list[tuple[str, Any]] = []
     for item in threads:
         summary.threads += 1
@@ -69,8 +69,7 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
         if row is None:
             first = item.messages[0]
             row = tickets[item.key] = [None, item.state, list(item.labels), item.messages[-1].date, 0]
-            created[item.key] = {"source": source, "key": item.key, "subject": item.subject[:2000],
-                                 "requester": first.sender[:256], "first_message_at": first.date}
+            created[item.key] = (source, item.key, item.subject[:2000], first.sender[:256], first.date)
             summary.new_tickets += 1
         else:
             summary.updated_tickets += 1
@@ -80,9 +79,10 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
         row[1:] = [item.state, sorted(set(row[2]) | set(item.labels)), max(row[3], item.messages[-1].date),
                    row[4] + len(fresh)]
         changed.append((item.key, item))
-    values = {key: dict(zip(("state", "labels", "last_message_at", "messages"), tickets[key][1:])) for key, _ in changed}
+    values = {key: dict(zip(TICKET_CHANGING, tickets[key][1:])) for key, _ in changed}
     if created:
-        session.execute(insert(Ticket.__table__), [{**fixed, **values[key]} for key, fixed in created.items()])
+        _append(session, Ticket.__table__, (*TICKET_FIXED, *TICKET_CHANGING),
+                [(*fixed, *values[key].values()) for key, fixed in created.items()])
         keys = list(created)
         for chunk in range(0, len(keys), 500):  # their ids
             for id_, key in session.execute(select(Ticket.id, Ticket.key).where(
@@ -92,12 +92,45 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
     if updated:
         _update_tickets(session, updated)
     if new_messages:
-        session.execute(insert(TicketMessage.__table__), [  # Core: one executemany
-            {"ticket_id": tickets[key][0], "message_id": m.message_id[:512], "date": m.date, "sender": m.sender[:256],
-             "subject": m.subject[:2000], "body": m.body} for key, m in new_messages])
+        _append(session, TicketMessage.__table__, ("ticket_id", "message_id", "date", "sender", "subject", "body"),
+                [(tickets[key][0], m.message_id[:512], m.date, m.sender[:256], m.subject[:2000], m.body)
+                 for key, m in new_messages])
     ids = [(tickets[key][0], item) for key, item in changed]
     _store_mentions(session, ids, index, error_table, lookup_jobs, {a.casefold() for a in support_addresses})
     return summary, [ticket_id for ticket_id, _ in ids]
+
+
+TICKET_FIXED = ("source", "key", "subject", "requester", "first_message_at")  # set when a ticket is created
+TICKET_CHANGING = ("state", "labels", "last_message_at", "messages")  # set again when new mail comes
+
+
+def _append(session: Session, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows (tuples in `columns` order) in the session's transaction.
+
+    On SQLite with one executemany of the driver: each value goes through its column type's own
+    conversion (times, JSON), so the rows are stored as the models store them, and SQLAlchemy's
+    handling of each row's parameters, most of the cost of storing a large archive, is skipped.
+    Elsewhere through SQLAlchemy (on PostgreSQL its batched insert, and the driver's own adaptation
+    of JSON, which no bind conversion does)."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.name != "sqlite":
+        connection.execute(insert(table), [dict(zip(columns, row)) for row in rows])
+        return
+    convert = [(i, process) for i, name in enumerate(columns)
+               if (process := table.c[name].type.bind_processor(dialect)) is not None]
+    if convert:
+        converted = []
+        for row in rows:
+            values = list(row)
+            for i, process in convert:
+                values[i] = process(values[i])
+            converted.append(tuple(values))
+        rows = converted
+    connection.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) "
+                               f"VALUES ({', '.join('?' * len(columns))})", rows)
 
 
 def _update_tickets(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -159,13 +192,13 @@ def _store_mentions(session: Session, changed: list[tuple[int, Thread]], index: 
             if fact is not None:
                 queue = fact.queue
                 site, cloud = places.get(queue, (None, None))
-            rows.append({"ticket_id": ticket_id, "kind": mention.kind, "value": mention.value[:256], "queue": queue,
-                         "site": site, "cloud": cloud, "complaint": mention.complaint,
-                         "code": getattr(mention, "code", None), "snippet": mention.snippet[:300]})
+            value = mention.value[:256]
+            rows.append((ticket_id, mention.kind, value, queue, site, cloud, mention.complaint, mention.code,
+                         mention.snippet[:300]))
             if fact is not None and fact.error_class:
-                rows.append({**rows[-1], "kind": "job_error", "code": fact.code, "snippet": fact.snippet()[:300]})
-    if rows:
-        session.execute(insert(TicketMention.__table__), rows)
+                rows.append((ticket_id, "job_error", value, queue, site, cloud, mention.complaint, fact.code,
+                             fact.snippet()[:300]))
+    _append(session, TicketMention.__table__, MENTION_STORED, rows)
 
 
 def _job_facts(session: Session, panda_ids: list[int], lookup_jobs: JobLookup | None,
@@ -234,11 +267,12 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
                  windows_by_site(session, since - DOWNTIME_MARGIN, now).values() for d in found]
     named: dict[int, list[Named]] = {}
     wanted = {t.id for t in tickets}
-    for m in session.execute(select(*MENTION_COLUMNS).where(TicketMention.ticket_id.in_(
-            select(Ticket.id).where(Ticket.last_message_at >= since)))):  # plain rows: no ORM objects to build
-        if m.ticket_id in wanted:
-            named.setdefault(m.ticket_id, []).append(Named(m.kind, m.value, m.queue, m.site, m.cloud, m.complaint,
-                                                           _error_class(m, table)))
+    for ticket_id, kind, value, queue, site, cloud, complaint, code, snippet in session.connection().execute(
+            select(*MENTION_COLUMNS).where(TicketMention.ticket_id.in_(
+                select(Ticket.id).where(Ticket.last_message_at >= since)))).all():  # Core rows: no ORM loading
+        if ticket_id in wanted:
+            named.setdefault(ticket_id, []).append(Named(kind, value, queue, site, cloud, complaint,
+                                                         _error_class(kind, code, snippet, table)))
     results = TestResults(session, since - QUIET_LEAD, now)
     ids = [t.id for t in tickets]
     for chunk in range(0, len(ids), 500):
@@ -249,11 +283,9 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
                               results, incidents, where, downtimes)
         verdicts.append({"id_": ticket.id, "verdict": result.verdict, "verdict_reason": result.reason,
                          "verdict_evidence": result.evidence, "judged_at": now})
-        links += [{"ticket_id": ticket.id, "episode_id": e, "score": score, "reason": why, "created_at": now}
-                  for e, score, why in result.links]
+        links += [(ticket.id, e, score, why, now) for e, score, why in result.links]
     _update_tickets(session, verdicts)
-    if links:
-        session.execute(insert(TicketLink.__table__), links)
+    _append(session, TicketLink.__table__, ("ticket_id", "episode_id", "score", "reason", "created_at"), links)
     return len(tickets)
 
 
@@ -289,18 +321,17 @@ def central_incidents(session: Session, since: datetime) -> list[CentralIncident
     return found
 
 
-MENTION_COLUMNS = (TicketMention.ticket_id, TicketMention.kind, TicketMention.value, TicketMention.queue,
-                   TicketMention.site, TicketMention.cloud, TicketMention.complaint, TicketMention.code,
-                   TicketMention.snippet)
+MENTION_STORED = ("ticket_id", "kind", "value", "queue", "site", "cloud", "complaint", "code", "snippet")
+MENTION_COLUMNS = tuple(getattr(TicketMention, name) for name in MENTION_STORED)
 
 
-def _error_class(mention: Any, table: Any) -> str | None:
-    """The class of an error the ticket quotes (from the error table), or of a pasted job's error."""
-    if mention.kind == "job_error":
-        klass = mention.snippet.partition(": ")[0]
+def _error_class(kind: str, code: int | None, snippet: str, table: Any) -> str | None:
+    """The class of an error a stored mention quotes (from the error table), or of a pasted job's error."""
+    if kind == "job_error":
+        klass = snippet.partition(": ")[0]
         return klass if klass in ("site", "user", "central", "unknown", "none") else None
-    if mention.kind in ("error_code", "error_text") and mention.code is not None:
-        known = table.get(("pilot", mention.code))
+    if code is not None and kind in ("error_code", "error_text"):
+        known = table.get(("pilot", code))
         return known.klass if known is not None else None
     return None
 

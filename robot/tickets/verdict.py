@@ -21,6 +21,7 @@ evidence on both sides, and the episodes it links, each with a score.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence
 
@@ -110,7 +111,16 @@ class Places:
         """The site a named place belongs to (a queue's or a job's site, an endpoint's, the site itself)."""
         if named.site:
             return named.site
-        return next((site for site, queues in self.site_queues.items() if named.queue in queues), None)
+        return self._queue_sites.get(named.queue)
+
+    @cached_property
+    def _queue_sites(self) -> dict[str | None, str]:
+        """Queue -> the first site listing it (read once: `site_of` is asked for every place of every ticket)."""
+        found: dict[str | None, str] = {}
+        for site, queues in self.site_queues.items():
+            for queue in queues:
+                found.setdefault(queue, site)
+        return found
 
     def queues(self, named: Named) -> list[str]:
         if named.kind in ("queue", "panda_id", "job_error"):
