@@ -5,6 +5,7 @@ Nothing here reads the wall clock: `now` is always given.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -507,34 +508,10 @@ class Robot:
         policy's probes, queued at least `min_queue_depth`) gets nothing from `jobs_to_submit`: it is
         left out in SQL. In a steady step that is most pairs, and reading every one of them was the
         step's largest cost."""
-        test, queue, pair, job = TEST.c, QUEUE.c, TEST_QUEUE.c, JOB.c
-        # A stress test sends until its end, and to an excluded queue only if it was asked to.
-        stress_may_send = and_(test.end_time > now, or_(test.allow_excluded, and_(
-            queue.status == QueueStatus.ONLINE.value, queue.robot_state != "excluded")))
-        flying = (select(job.test_id, job.queue_id, func.count().label("jobs"),
-                         func.sum(case((job.job_status.in_([s.value for s in RUNNING_STATES]), 1), else_=0))
-                         .label("running"))
-                  .where(job.phase.in_(["recorded", "active"])).group_by(job.test_id, job.queue_id).subquery())
-        in_flight, running = func.coalesce(flying.c.jobs, 0), func.coalesce(flying.c.running, 0)
-        probes = case((pair.max_jobs.is_(None), queue.extra_jobs), else_=0)
-        # As HammerCloud, no functional test goes to a site in an announced outage (robot.downtimes): the
-        # exclusion engine has its queues tested at once when it ends. A stress test asked for goes all the same.
-        down = queue.site_id.in_(select(SITE.c.id).join(DOWNTIME, DOWNTIME.c.site == SITE.c.name)
-                                 .where(DOWNTIME.c.start <= now, DOWNTIME.c.end > now))
-        pairs = session.execute(
-            select(pair.test_id, pair.queue_id, pair.max_running_jobs, pair.min_queue_depth,
-                   pair.resubmit_enabled, queue.extra_jobs, queue.job_gap_seconds, pair.max_jobs,
-                   in_flight, running)
-            .join(TEST, test.id == pair.test_id).join(QUEUE, queue.id == pair.queue_id)
-            .outerjoin(flying, and_(flying.c.test_id == pair.test_id, flying.c.queue_id == pair.queue_id))
-            .where(test.state == "running", queue.retired_at.is_(None), queue.status != QueueStatus.OFFLINE.value,
-                   pair.stopped_at.is_(None), or_(pair.max_jobs.is_(None), stress_may_send),
-                   or_(pair.max_jobs.is_not(None), ~down),
-                   *self._mine(pair.queue_id),
-                   *([] if queue_ids is None else [pair.queue_id.in_(queue_ids)]),
-                   or_(in_flight < pair.max_running_jobs + probes,
-                       in_flight - running < pair.min_queue_depth))
-        ).all()
+        job = JOB.c
+        pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None), {
+            "now": now, **({} if self._owned is None else {"owned": self._owned}),
+            **({} if queue_ids is None else {"queues": sorted(queue_ids)})}).all()
         gaps = {row.queue_id: row.job_gap_seconds for row in pairs if row.job_gap_seconds}
         last_end = self._last_ends(session, now, set(gaps), timedelta(seconds=max(gaps.values(), default=0)))
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
@@ -610,6 +587,40 @@ class Robot:
                details: dict[str, Any] | None = None) -> None:
         log.warning("%s %s: %s", kind, subject, message)
         session.add(Event(time=now, kind=kind, subject=subject, message=message, details=details or {}))
+
+
+@functools.cache
+def _slots_select(mine: bool, subset: bool) -> Any:
+    """The select of `Robot._slot_states`, built once per shape (the step's queues only, `mine`, as bound
+    `owned`; some queues only, `subset`, as bound `queues`); the step's time is bound as `now`."""
+    test, queue, pair, job = TEST.c, QUEUE.c, TEST_QUEUE.c, JOB.c
+    now = bindparam("now", type_=test.end_time.type)
+    # A stress test sends until its end, and to an excluded queue only if it was asked to.
+    stress_may_send = and_(test.end_time > now, or_(test.allow_excluded, and_(
+        queue.status == QueueStatus.ONLINE.value, queue.robot_state != "excluded")))
+    flying = (select(job.test_id, job.queue_id, func.count().label("jobs"),
+                     func.sum(case((job.job_status.in_([s.value for s in RUNNING_STATES]), 1), else_=0))
+                     .label("running"))
+              .where(job.phase.in_(["recorded", "active"])).group_by(job.test_id, job.queue_id).subquery())
+    in_flight, running = func.coalesce(flying.c.jobs, 0), func.coalesce(flying.c.running, 0)
+    probes = case((pair.max_jobs.is_(None), queue.extra_jobs), else_=0)
+    # As HammerCloud, no functional test goes to a site in an announced outage (robot.downtimes): the
+    # exclusion engine has its queues tested at once when it ends. A stress test asked for goes all the same.
+    down = queue.site_id.in_(select(SITE.c.id).join(DOWNTIME, DOWNTIME.c.site == SITE.c.name)
+                             .where(DOWNTIME.c.start <= now, DOWNTIME.c.end > now))
+    return (
+        select(pair.test_id, pair.queue_id, pair.max_running_jobs, pair.min_queue_depth,
+               pair.resubmit_enabled, queue.extra_jobs, queue.job_gap_seconds, pair.max_jobs,
+               in_flight, running)
+        .join(TEST, test.id == pair.test_id).join(QUEUE, queue.id == pair.queue_id)
+        .outerjoin(flying, and_(flying.c.test_id == pair.test_id, flying.c.queue_id == pair.queue_id))
+        .where(test.state == "running", queue.retired_at.is_(None), queue.status != QueueStatus.OFFLINE.value,
+               pair.stopped_at.is_(None), or_(pair.max_jobs.is_(None), stress_may_send),
+               or_(pair.max_jobs.is_not(None), ~down),
+               *([pair.queue_id.in_(bindparam("owned", expanding=True))] if mine else []),
+               *([pair.queue_id.in_(bindparam("queues", expanding=True))] if subset else []),
+               or_(in_flight < pair.max_running_jobs + probes,
+                   in_flight - running < pair.min_queue_depth)))
 
 
 def _random_suffixes(count: int) -> Iterator[str]:
