@@ -414,6 +414,7 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
     summary = ImportSummary()
     queues = {name: id_ for name, id_ in session.execute(select(Queue.name, Queue.id))}
     test_id = _import_test(session, template, now)
+    rollup.update(session, now)  # the jobs the loop made final so far: the watermark passes the imported ones below
     batch: list[tuple[int, datetime, tuple[Any, ...]]] = []
     try:
         with path.open(encoding="utf-8") as handle, _writer(session) as bulk:  # streamed: a chunk and a batch
@@ -441,7 +442,7 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
         raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     if summary.imported:
         _stretch_test(session, test_id, summary)
-        rollup.update(session, now)
+        rollup.rebuild_weeks(session, summary.first_end, summary.last_end, now)
     return summary
 
 

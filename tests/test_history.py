@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 
 from robot import history, rollup
 from robot.classify import load_table
@@ -15,7 +15,7 @@ from robot.history import HistoryFileError, Observed, Problem, import_history, p
 from robot.jobstates import JobStatus
 from robot.results import final_values
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
-from robot.storage.models import Job, JobRollup, Template
+from robot.storage.models import Job, JobRollup, QueueRollup, Template
 from robot.sync import sync_topology
 from tests.fakes import T0
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
@@ -298,6 +298,71 @@ def test_the_bulk_path_stores_each_column_as_the_orm_does(tmp_path, database_url
     assert sorted(stored) == [1, 2, 1001, 1002]
     assert stored[1] == stored[1001] and stored[2] == stored[1002]
     assert stored[2][columns.index(Job.__table__.c.creation_time)] is not None
+    engine.dispose()
+
+
+def live_database(tmp_path, database_url):
+    """A database whose robot already rolls up: an earlier import, and the loop's watermark at NOW + 2 h."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    maker = make_sessionmaker(engine)
+    with maker() as session:
+        sync_topology(session, TOPOLOGY, T0)
+        import_history(session, write(tmp_path, [record(1), failed(2)], "earlier.json"), "history", TABLE, NOW)
+        rollup.update(session, NOW + timedelta(hours=2))
+        session.commit()
+    return engine, maker
+
+
+def spread(first_id: int, count: int) -> list[dict]:
+    """Jobs over 20 days and both queues, a few of them failed."""
+    return [(failed if i % 7 == 0 else record)(first_id + i, queue=("ANALY_A", "ANALY_B")[i % 2],
+                                               endtime=f"2026-10-{1 + i % 20:02d} {i % 24:02d}:30:00")
+            for i in range(count)]
+
+
+def rollup_rows(session) -> dict:
+    return {(table.name, *(getattr(row, c) for c in table.primary_key.columns.keys())):
+            {name: getattr(row, name) for name in (*rollup.SUMS, "last_end")}
+            for table in (JobRollup.__table__, QueueRollup.__table__)
+            for row in session.execute(select(table))}
+
+
+def test_an_import_into_a_live_database_rolls_up_its_jobs_whatever_the_importers_clock(tmp_path, database_url):
+    """The imported jobs are stamped with the importer's clock; the robot's watermark may be ahead of it
+    (a robot on another host, a clock set back): they are rolled up all the same, as a rebuild would."""
+    engine, maker = live_database(tmp_path, database_url)
+    with maker() as session:
+        summary = import_history(session, write(tmp_path, spread(100, 60)), "history", TABLE, NOW + timedelta(hours=1))
+        session.commit()
+        assert summary.imported == 60
+    with maker() as session:
+        stored = rollup_rows(session)
+        rollup.rebuild(session, NOW + timedelta(hours=3))
+        assert stored == rollup_rows(session)
+        assert sum(row["jobs"] for key, row in stored.items() if key[:2] == ("job_rollup", rollup.WEEK)) == 62
+    engine.dispose()
+
+
+def test_an_import_into_a_live_database_rolls_up_its_weeks_in_a_few_statements(tmp_path, database_url):
+    """Not the loop's statements per hour and chunk of queues (a month of a thousand queues' history is
+    most of its hours and queues); and the loop's next step does not read the imported jobs again."""
+    engine, maker = live_database(tmp_path, database_url)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *_):
+        statements.append(statement)
+    event.listen(engine, "before_cursor_execute", count)
+    with maker() as session:
+        import_history(session, write(tmp_path, spread(100, 200)), "history", TABLE, NOW + timedelta(hours=3))
+        session.commit()
+    event.remove(engine, "before_cursor_execute", count)
+    assert len([s for s in statements if "job_rollup" in s or "queue_rollup" in s]) <= 20
+    with maker() as session:
+        assert rollup.update(session, NOW + timedelta(hours=4)) == 0
+        stored = rollup_rows(session)
+        rollup.rebuild(session, NOW + timedelta(hours=5))
+        assert stored == rollup_rows(session)
     engine.dispose()
 
 
