@@ -92,6 +92,18 @@ class Counted:
     code_weight: float = 0.0  # in its code's alternative (0: none, a user-class failure)
     klass: str = "site"  # the error table's class: site, user, central, or other (unknown, none)
     any_weight: float | None = None  # in the "any code" alternative (None: one test job's failure)
+    # Evidence against "broken" that is not one completed test job (an hour of users' jobs that
+    # completed: blacklist/userjobs.py): the step, at most 0, per alternative; `against_codes` for
+    # the codes it does not name, of those users' jobs could report (PanDA's codes, not a stall).
+    against: dict[Code, float] | None = None
+    against_codes: float = 0.0
+
+    def step_against(self, key: Code) -> float:
+        if self.against is None:
+            return 0.0
+        if key in self.against:
+            return self.against[key]
+        return self.against_codes if isinstance(key, int) and key >= 0 else 0.0
 
 
 def counted(view: QueueView, results: list[Result], settings: SequentialSettings,
@@ -120,7 +132,8 @@ def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
     behind: dict[Code, list[Result]] = {}
     for item in sorted(items, key=lambda c: c.result.end_time):
         result = item.result
-        steps: dict[Code, float] = {key: weights.success for key in scores}
+        steps: dict[Code, float] = {key: weights.success if item.against is None else item.step_against(key)
+                                    for key in scores}
         if result.failed:
             steps = {code_of(result): item.code_weight} if item.code_weight else {}
             if item.klass == "site" or (item.klass in SECONDARY and scores.get(ANY, 0.0) > 0):
@@ -164,12 +177,16 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
         start = view.last_robot_inclusion  # a re-included queue starts with a clean slate
     recent = [r for r in view.results if r.end_time >= start]
     stalls = [Counted(r, weights.repeat) for r in stalled(view, settings, now)]
-    if view.robot_state == "online" and not stalls and not users and not any(r.failed for r in recent):
+    users = [u for u in users or () if u.result.end_time >= start]
+    if stalls:  # users' jobs that still end started before the queue stalled: they do not speak against it
+        users = [u for u in users if u.against is None]
+    if (view.robot_state == "online" and not stalls and not any(u.result.failed for u in users)
+            and not any(r.failed for r in recent)):
         return Decision(view.name, Action.KEEP, "healthy", policy=NAME)  # nothing to weigh: every CUSUM is 0
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)
-    score, failures = cusum(window + [u for u in users or () if u.result.end_time >= start], weights)
+    score, failures = cusum(window + users, weights)
     tested = [r for r in failures if r.template != USERS]
     evidence = {"cusum": round(score, 2), "exclude_at": round(weights.exclude_at, 2),
                 "jobs": evidence_of(tested)}

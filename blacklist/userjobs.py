@@ -40,6 +40,7 @@ failure pointing at the site must be behind an exclusion.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from blacklist.model import QueueView, Result
-from blacklist.sequential import USERS, Counted, Weights
+from blacklist.sequential import ANY, USERS, Counted, Weights
 from blacklist.settings import SequentialSettings, UserJobsSettings
 from robot.userjobs import HOUR, StoredHour, hour_of
 
@@ -63,24 +64,28 @@ class Baseline:
     failures: dict[int, Counter[str]] = field(default_factory=dict)  # code -> queue -> failures
     ended: Counter[str] = field(default_factory=Counter)  # queue -> users' jobs ended
     excess_sites: dict[tuple[int, datetime], set[str]] = field(default_factory=dict)
+    site_codes: frozenset[int] = frozenset()  # the codes heard that the error table calls the site's
 
     @classmethod
     def of(cls, views: Iterable[QueueView], settings: UserJobsSettings, spread_sites: int) -> "Baseline":
         views = list(views)
         failures: dict[int, Counter[str]] = defaultdict(Counter)
         ended: Counter[str] = Counter()
+        site_codes = set()
         for view in views:
             for hour in view.user_jobs:
                 ended[view.name] += hour.ended
-                for code, (_, jobs) in _heard_codes(hour).items():
+                for code, (klass, jobs) in _heard_codes(hour).items():
                     failures[code][view.name] += jobs
+                    if klass == "site":
+                        site_codes.add(code)
         excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
         for view in views:  # two failures above the floor count here: a shared cause starts somewhere
             for hour in view.user_jobs:
                 for code, (_, jobs) in _heard_codes(hour).items():
                     if jobs >= min(2, settings.min_failures) and jobs / hour.ended > settings.floor:
                         excess[(code, hour.hour)].add(view.site)
-        return cls(settings, spread_sites, dict(failures), ended, dict(excess))
+        return cls(settings, spread_sites, dict(failures), ended, dict(excess), frozenset(site_codes))
 
     def rate(self, code: int, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with `code`, never below `floor`."""
@@ -88,6 +93,25 @@ class Baseline:
         per_queue = self.failures.get(code, Counter())
         seen = (sum(per_queue.values()) - per_queue[queue]) / jobs if jobs > 0 else 0.0
         return max(seen, self.settings.floor)
+
+    def site_rate(self, queue: str) -> float:
+        """The share of the other queues' users' jobs that failed with a site-class code, never below `floor`."""
+        jobs = self._all_ended - self.ended[queue]
+        failed = self._site_failed[""] - self._site_failed[queue]
+        return max(failed / jobs if jobs > 0 else 0.0, self.settings.floor)
+
+    @functools.cached_property
+    def _all_ended(self) -> int:
+        return sum(self.ended.values())
+
+    @functools.cached_property
+    def _site_failed(self) -> Counter[str]:
+        """Site-class failures per queue, and of all queues under ""."""
+        found: Counter[str] = Counter()
+        for code in self.site_codes:
+            found.update(self.failures[code])
+        found[""] = sum(found.values())
+        return found
 
     def shared(self, code: int, hour: datetime, site: str) -> bool:
         return len(self.excess_sites.get((code, hour), set()) - {site}) >= self.spread_sites
@@ -153,4 +177,30 @@ def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
                                  klass, any_weight=step))
             shown.append({"hour": hour.hour.isoformat(), "ended": n, "failed": hour.failed, "code": code,
                           "error": name, "class": klass, "failures": k, "baseline": round(p0, 4), "weight": round(step, 2)})
+        if hour.ended:
+            items.append(_against(view, hour, baseline, settings, min(hour.hour + HOUR, now)))
     return items, shown
+
+
+def _against(view: QueueView, hour: StoredHour, baseline: Baseline, settings: SequentialSettings,
+             when: datetime) -> Counted:
+    """The hour's users' jobs as evidence against "broken", per alternative of the sequential test
+    (see the module): weight times the log-likelihood ratio of the hour's count of the code (of
+    site-class codes, for "any code") under p_broken against the other queues' rate, when that is
+    below 0, and never beyond one test job's failure the other way."""
+    n, cap, weight = hour.ended, Weights.of(settings).failure, baseline.settings.weight
+
+    def step(k: int, p0: float) -> float:
+        if p0 >= settings.p_broken:
+            return 0.0  # a code this common elsewhere: no alternative to weigh against
+        llr = k * math.log(settings.p_broken / p0) + (n - k) * math.log((1 - settings.p_broken) / (1 - p0))
+        return max(-cap, min(0.0, weight * llr))
+
+    heard = {code: klass_k for code, klass_k in _heard_codes(hour).items()
+             if not baseline.shared(code, hour.hour, view.site)}
+    against: dict = {code: step(k, baseline.rate(code, view.name)) for code, (klass, k) in heard.items()
+                     if klass in ("site", "other")}
+    against.update({code: 0.0 for code in _heard_codes(hour).keys() - heard.keys()})  # a shared cause: neither way
+    against[ANY] = step(sum(k for klass, k in heard.values() if klass == "site"), baseline.site_rate(view.name))
+    return Counted(Result(0, USERS, when, False), klass="", against=against,
+                   against_codes=step(0, baseline.settings.floor))

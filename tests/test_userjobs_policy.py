@@ -188,3 +188,34 @@ def test_without_users_jobs_the_policy_decides_and_paces_as_without_the_setting(
             views[0] = view
             assert decide(ON, views, "ANALY_0") == decide(OFF, views, "ANALY_0")
             assert ON.cadence(view, NOW) == OFF.cadence(view, NOW)
+
+
+def test_test_jobs_noise_at_a_queue_whose_users_jobs_complete_does_not_exclude_it():
+    # A flaky but healthy queue: two random stage-in failures of its test jobs 6 minutes apart (a code
+    # rare elsewhere weighs ln(0.5/0.0075) = 4.2 each, 8.4 >= 6.2), while 15 of its users' jobs ended
+    # in this hour, none with that code: a fault that made half the test jobs fail would show there too.
+    noise = (Result(7001, "AFT", NOW - timedelta(minutes=12), True, "site", "STAGEINFAILED", 1099),
+             Result(7002, "AFT", NOW - timedelta(minutes=6), True, "site", "STAGEINFAILED", 1099))
+    views = grid({}, results={"ANALY_0": noise, **completed_elsewhere()})
+    views[0] = QueueView(**{**views[0].__dict__, "user_jobs": (hour("ANALY_0", NOW.replace(minute=0) - HOUR, 30, c1305=4),
+                                                                 hour("ANALY_0", NOW.replace(minute=0), 15, c1305=2))})
+    assert decide(OFF, views, "ANALY_0").action is Action.EXCLUDE  # the test jobs alone
+    kept = decide(ON, views, "ANALY_0")
+    assert kept.action is Action.PEND and "job 7002" in kept.reason  # still in doubt: probes, not an exclusion
+    # the same failures of several codes ("broken, whatever the code"), a user-class one adding to the case
+    mixed = (noise[0], Result(7002, "AFT", NOW - timedelta(minutes=8), True, "site", "STAGEOUTFAILED", 1137),
+             Result(7003, "AFT", NOW - timedelta(minutes=4), True, "user", "PAYLOADEXECUTIONFAILURE", 1305))
+    views[0] = QueueView(**{**views[0].__dict__, "results": mixed})
+    assert decide(OFF, views, "ANALY_0").action is Action.EXCLUDE
+    assert decide(ON, views, "ANALY_0").action is not Action.EXCLUDE
+    # a queue whose users' jobs fail with the test jobs' code is excluded as before
+    broken = QueueView(**{**views[0].__dict__, "results": noise, "user_jobs": (
+        hour("ANALY_0", NOW.replace(minute=0) - HOUR, 30, c1305=4), hour("ANALY_0", NOW.replace(minute=0), 15, c1099=5))})
+    assert decide(ON, [broken, *views[1:]], "ANALY_0").action is Action.EXCLUDE
+
+
+def test_users_jobs_still_ending_at_a_stalled_queue_do_not_speak_against_the_stall():
+    # jobs that started before the queue stalled keep ending; the test jobs waiting there are the evidence
+    waiting = QueueView(**{**grid({}, queues=1)[0].__dict__, "last_start": NOW - 2 * HOUR,
+                           "waiting_since": (NOW - HOUR, NOW - HOUR, NOW - 50 * timedelta(minutes=1))})
+    assert decide(ON, [waiting], "ANALY_0") == decide(OFF, [QueueView(**{**waiting.__dict__, "user_jobs": ()})], "ANALY_0")
