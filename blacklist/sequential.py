@@ -28,7 +28,9 @@ alternatives at once; the queue is excluded when any of them reaches log((1-beta
   a broken service repeats one code while random failures scatter, a code that is common
   everywhere weighs little, and an unknown-class code (a crash, 1203) needs one failure more
   than a site-class one to make the case against the site;
-- for all of them a completed job adds log((1-p_b)/(1-p_h)).
+- for all of them a completed job adds log((1-p_b)/(1-p_h)), and an hour of the queue's users' jobs
+  that do not fail with the code (blacklist/userjobs.py) adds its own share of that, at most one
+  failure's weight.
 A queue where nothing has started for `stall_after` while test jobs wait counts each such job as a
 site failure (a stuck queue shows no errors, only silence).
 One counted failure makes the queue PENDING: probe jobs go out at once so that the verdict comes

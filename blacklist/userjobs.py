@@ -37,6 +37,19 @@ The hours enter the sequential test (blacklist/sequential.py) as failures pointi
 with that weight, at the hour's end (now, for the hour still going on): they open a case (probe
 jobs go out at once) and add to it, but never exclude a queue alone: at least one test job's
 failure pointing at the site must be behind an exclusion.
+
+Users' jobs that complete speak for the queue the same way, at the same time: a fault that made
+the test jobs fail with c at p_broken would make the queue's users' jobs fail with c too. Each
+hour weighs, in c's alternative, `weight` times the log-likelihood ratio of its count of c under
+p_broken against c's rate at the other queues (in "broken, whatever the code", of its site-class
+failures against the other queues' site-class rate), when that is below 0, and never more than one
+test job's failure the other way; a code shared in that hour weighs nothing, and a stalled queue
+hears none of it (its users' jobs that still end started before it stalled). So two random
+failures of one code at a flaky but healthy queue, whose users' jobs in this hour show nothing of
+it, send probes but do not exclude it; a real fault's first minutes, when a fifth or more of the
+users' jobs ending fail with its code (those started before it still complete), do not weigh
+against it. Users' jobs stop reaching an excluded queue (brokerage is off), so they are no
+evidence for re-inclusion.
 """
 from __future__ import annotations
 
