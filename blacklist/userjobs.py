@@ -102,9 +102,9 @@ class Baseline:
 
     def rate(self, code: int, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with `code`, never below `floor`."""
-        jobs = sum(self.ended.values()) - self.ended[queue]
+        jobs = self._all_ended - self.ended[queue]
         per_queue = self.failures.get(code, Counter())
-        seen = (sum(per_queue.values()) - per_queue[queue]) / jobs if jobs > 0 else 0.0
+        seen = (self._code_failed.get(code, 0) - per_queue[queue]) / jobs if jobs > 0 else 0.0
         return max(seen, self.settings.floor)
 
     def site_rate(self, queue: str) -> float:
@@ -116,6 +116,10 @@ class Baseline:
     @functools.cached_property
     def _all_ended(self) -> int:
         return sum(self.ended.values())
+
+    @functools.cached_property
+    def _code_failed(self) -> dict[int, int]:
+        return {code: sum(per_queue.values()) for code, per_queue in self.failures.items()}
 
     @functools.cached_property
     def _site_failed(self) -> Counter[str]:
@@ -190,8 +194,9 @@ def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
                                  klass, any_weight=step))
             shown.append({"hour": hour.hour.isoformat(), "ended": n, "failed": hour.failed, "code": code,
                           "error": name, "class": klass, "failures": k, "baseline": round(p0, 4), "weight": round(step, 2)})
-        if hour.ended:
-            items.append(_against(view, hour, baseline, settings, min(hour.hour + HOUR, now)))
+    if items or view.robot_state != "online" or any(r.failed for r in view.results):  # else nothing to speak against
+        items += [_against(view, hour, baseline, settings, min(hour.hour + HOUR, now)) for hour in view.user_jobs
+                  if hour.ended]
     return items, shown
 
 
