@@ -17,7 +17,7 @@ from robot.tickets.extract import TopologyIndex
 from robot.tickets.imap import connect, fetch_new
 from robot.tickets.mail import Message, read_maildir, read_mbox
 from robot.tickets.sample import demo_threads, write_messages
-from robot.tickets.store import ImportSummary, JobLookup, judge_tickets, store_threads
+from robot.tickets.store import ImportSummary, JobLookup, collector_paused, judge_tickets, store_threads
 from robot.tickets.threads import DEFAULT_SUPPORT_ADDRESSES, thread
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -101,6 +101,7 @@ def job_lookup(config: RobotConfig) -> JobLookup:
     return lookup
 
 
+@collector_paused
 def import_source(session: Session, source: str, config: RobotConfig, error_table: Any,
                   now: datetime) -> tuple[ImportSummary, list[int]]:
     if source == "ggus":
