@@ -300,20 +300,35 @@ def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex,
     hits = index.known(tokens)
     if not hits:
         return
-    failing: set[str] = set()  # names already said to fail: a later occurrence cannot change the mention
-    for match in TOKEN.finditer(lower):
-        token = match.group()
-        if token not in hits or token in failing:
-            continue
-        start, end = match.start(), match.end()
-        if _in_host_or_address(text, start, end):
-            continue
+    for token in hits:
         target = index.lookup(token)
-        stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
-        if stance == "fails":
-            failing.add(token)
-        yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
-                                  stance in ("fails", "ran"), stance=stance)
+        for start in _token_starts(lower, token):
+            end = start + len(token)
+            if _in_host_or_address(text, start, end):
+                continue
+            stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
+            yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
+                                      stance in ("fails", "ran"), stance=stance)
+            if stance == "fails":
+                break  # the name is said to fail: a later occurrence cannot change its mention
+
+
+_RUN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _token_starts(lower: str, token: str) -> Iterator[int]:
+    """Where `token` stands in `lower` as TOKEN finds it, in order: a run of letters, digits, "_" and "-"
+    is one token, less its leading and trailing "_" and "-" (found by str.find, not by reading every token)."""
+    at, size = lower.find(token), len(lower)
+    while at >= 0:
+        before, after = at, at + len(token)
+        while before and lower[before - 1] in "_-":
+            before -= 1
+        while after < size and lower[after] in "_-":
+            after += 1
+        if (not before or lower[before - 1] not in _RUN) and (after == size or lower[after] not in _RUN):
+            yield at
+        at = lower.find(token, at + 1)
 
 
 def _in_host_or_address(text: str, start: int, end: int) -> bool:
