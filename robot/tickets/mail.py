@@ -132,6 +132,8 @@ def limit_body(text: str, limit: int = MAX_BODY_CHARS) -> tuple[str, bool]:
 
 def clean_line(value: str, limit: int = MAX_SUBJECT_CHARS) -> str:
     """One line: each run of white space and control characters (line breaks included) one space."""
+    if value.isprintable() and "  " not in value:  # its only blanks are single spaces: nothing to replace
+        return value.strip()[:limit]
     return _BLANKS_RE.sub(" ", value).strip()[:limit]
 
 
@@ -381,7 +383,9 @@ def _parse(raw: bytes, source: str, fallback_date: datetime) -> Message:
     )
 
 
-_HEADER_LINE = re.compile(r"[\041-\071\073-\176]+:")  # a field name, then its colon
+# A header field as the email package's compat32 policy reads it: its name, then its value (less the
+# blanks after the colon and the last line end), continued on the lines that start with a blank.
+_FIELD = re.compile(r"([\041-\071\073-\176]+):[ \t]*(.*(?:\n[ \t].*)*)\n")
 _DECODED_ENCODINGS = {"quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"}
 
 
@@ -397,17 +401,13 @@ def _plain_message(raw: bytes) -> tuple[dict[str, str], str] | None:
     if not head.isascii() or b"\r" in head:
         return None
     headers: dict[str, str] = {}
-    lines: list[str] = []  # the current field's lines, each with its line end
-    for line in head.decode("ascii").split("\n")[:-1]:
-        if line[:1] in (" ", "\t") and lines:
-            lines.append(line + "\n")
-            continue
-        if not _HEADER_LINE.match(line):
+    fields, at = head.decode("ascii"), 0
+    while at < len(fields):
+        field = _FIELD.match(fields, at)
+        if field is None:
             return None
-        if lines:
-            _add_field(headers, lines)
-        lines = [line + "\n"]
-    _add_field(headers, lines)
+        headers.setdefault(field.group(1).lower(), field.group(2).rstrip("\r\n"))  # the first of a name wins
+        at = field.end()
     if "content-disposition" in headers:
         return None
     content_type = headers.get("content-type")
@@ -419,12 +419,6 @@ def _plain_message(raw: bytes) -> tuple[dict[str, str], str] | None:
         return None
     text = _decode(raw[end + 2:], charset)
     return headers, text if ctype == "text/plain" else html_to_text(text)
-
-
-def _add_field(headers: dict[str, str], lines: list[str]) -> None:
-    """A field's name and value as the email package's compat32 policy stores them; the first one of a name wins."""
-    name, value = lines[0].split(":", 1)
-    headers.setdefault(name.lower(), (value.lstrip(" \t") + "".join(lines[1:])).rstrip("\r\n"))
 
 
 # --------------------------------------------------------------------------- archives
