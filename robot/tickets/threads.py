@@ -21,6 +21,7 @@ comes from someone other than the support addresses is "open" again (the user re
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,6 +64,7 @@ def normalise_subject(subject: str) -> tuple[str, bool]:
     return re.sub(r"\s+", " ", text).strip().casefold(), reply
 
 
+@functools.lru_cache(maxsize=1024)  # an archive repeats a few labels
 def _status(label: str) -> str | None:
     low = label.strip().casefold()
     if low == "closed":
@@ -116,9 +118,9 @@ def thread(messages: Iterable[Message], window: timedelta = timedelta(days=14),
     for msg in messages:
         unique.setdefault(msg.message_id, msg)
     ordered = sorted(unique.values(), key=lambda m: (m.date, m.message_id))
+    nodes = ["id:" + msg.message_id for msg in ordered]
     uf = _UnionFind()
-    for msg in ordered:
-        node = "id:" + msg.message_id
+    for msg, node in zip(ordered, nodes):
         uf.find(node)
         for ref in (*msg.references, *([msg.in_reply_to] if msg.in_reply_to else [])):
             uf.union(node, "id:" + ref)
@@ -126,15 +128,14 @@ def thread(messages: Iterable[Message], window: timedelta = timedelta(days=14),
             uf.union(node, "hint:" + msg.thread_hint)
 
     hints: dict[str, set[str]] = {}  # root -> thread hints of its messages
-    for msg in ordered:
+    for msg, node in zip(ordered, nodes):
         if msg.thread_hint:
-            hints.setdefault(uf.find("id:" + msg.message_id), set()).add(msg.thread_hint)
+            hints.setdefault(uf.find(node), set()).add(msg.thread_hint)
 
     # subject fallback, in time order
     by_subject: dict[str, str] = {}  # normalised subject -> a node of the latest such thread
     last_date: dict[str, datetime] = {}  # root -> date of its latest message processed so far
-    for msg in ordered:
-        node = "id:" + msg.message_id
+    for msg, node in zip(ordered, nodes):
         mine = uf.find(node)
         dates = [msg.date]
         subject, had_prefix = normalise_subject(msg.subject)
@@ -156,8 +157,9 @@ def thread(messages: Iterable[Message], window: timedelta = timedelta(days=14),
             by_subject[subject] = node
 
     groups: dict[str, list[Message]] = {}
-    for msg in ordered:
-        groups.setdefault(uf.find("id:" + msg.message_id), []).append(msg)
+    support = {a.casefold() for a in support_addresses}
+    for msg, node in zip(ordered, nodes):
+        groups.setdefault(uf.find(node), []).append(msg)
     threads = []
     for msgs in groups.values():
         hint = next((m.thread_hint for m in msgs if m.thread_hint), None)
@@ -166,6 +168,6 @@ def thread(messages: Iterable[Message], window: timedelta = timedelta(days=14),
             labels.extend(label for label in m.labels if label not in labels)
         subject = next((m.subject for m in msgs if m.subject), "")
         threads.append(Thread(key=hint or msgs[0].message_id, subject=subject, messages=msgs,
-                              labels=tuple(labels), state=thread_state(msgs, support_addresses)))
+                              labels=tuple(labels), state=thread_state(msgs, support)))
     threads.sort(key=lambda t: (t.messages[0].date, t.key))
     return threads
