@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from robot.classify import ErrorClass
 from robot.topology import Topology
@@ -173,7 +174,20 @@ class Mention:
     stance: str | None = None  # places: fails | works | ran; None when only the support desk names it
 
 
-_Found = tuple[int, int, "Mention"]  # start, end, mention without its snippet yet
+class _Seen(NamedTuple):
+    """One occurrence of a thing, as a Mention without its snippet (made only for the first occurrence)."""
+    kind: str
+    value: str
+    queue: str | None = None
+    site: str | None = None
+    cloud: str | None = None
+    complaint: bool = True
+    code: int | None = None
+    error_class: ErrorClass | None = None
+    stance: str | None = None
+
+
+_Found = tuple[int, int, _Seen]  # start, end, what was found there
 
 
 @dataclass(frozen=True)
@@ -307,7 +321,7 @@ def _names(text: str, lower: str, tokens: set[str], index: TopologyIndex,
             if _in_host_or_address(text, start, end):
                 continue
             stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
-            yield start, end, Mention(target.kind, text[start:end], target.queue, target.site, target.cloud,
+            yield start, end, _Seen(target.kind, text[start:end], target.queue, target.site, target.cloud,
                                       stance in ("fails", "ran"), stance=stance)
             if stance == "fails":
                 break  # the name is said to fail: a later occurrence cannot change its mention
@@ -346,7 +360,7 @@ def _clouds(text: str, index: TopologyIndex, desk: list[tuple[int, int, bool]],
             continue
         start, end = match.start(group), match.end(group)
         stance = None if _by_desk(desk, start) else stance_at(text, start, end, cue_text)
-        yield start, end, Mention("cloud", match.group(group), None, None, cloud, stance in ("fails", "ran"),
+        yield start, end, _Seen("cloud", match.group(group), None, None, cloud, stance in ("fails", "ran"),
                                   stance=stance)
 
 
@@ -481,7 +495,7 @@ def _line_before(text: str, start: int, chars: int) -> str:
 
 def _plain(kind: str, text: str, start: int, end: int, code: int | None = None,
            error_class: ErrorClass | None = None) -> tuple[int, int, Mention]:
-    return start, end, Mention(kind, text[start:end], code=code, error_class=error_class)
+    return start, end, _Seen(kind, text[start:end], code=code, error_class=error_class)
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -586,7 +600,7 @@ def _snippet(text: str, start: int, end: int) -> str:
     return snippet
 
 
-def _key(mention: Mention) -> tuple:
+def _key(mention: _Seen) -> tuple:
     if mention.kind in TOPOLOGY_KINDS:
         name = {"queue": mention.queue, "site": mention.site, "cloud": mention.cloud}.get(mention.kind)
         return mention.kind, (name or mention.value).lower()
@@ -600,20 +614,17 @@ def _key(mention: Mention) -> tuple:
 def _deduplicate(text: str, found: list[_Found]) -> list[Mention]:
     """One mention per thing (first occurrence, with its snippet); its stance is the strongest of its
     occurrences (fails, then works, then ran), and it is a complaint if that is fails or ran."""
-    merged: dict[tuple, tuple[int, int, Mention]] = {}
-    for start, end, mention in sorted(found, key=lambda item: item[0]):
-        key = _key(mention)
+    merged: dict[tuple, tuple[int, int, _Seen]] = {}
+    for start, end, seen in sorted(found, key=lambda item: item[0]):
+        key = _key(seen)
         if key not in merged:
-            merged[key] = (start, end, mention)
+            merged[key] = (start, end, seen)
             continue
         first_start, first_end, first = merged[key]
-        if first.kind in TOPOLOGY_KINDS and STANCE_RANK.get(mention.stance or "", 0) > STANCE_RANK.get(first.stance or "", 0):
-            merged[key] = (first_start, first_end, replace(first, stance=mention.stance,
-                                                           complaint=mention.stance in ("fails", "ran")))
-    return [_with_snippet(mention, _snippet(text, start, end))
-            for start, end, mention in sorted(merged.values(), key=lambda item: item[0])]
+        if first.kind in TOPOLOGY_KINDS and STANCE_RANK.get(seen.stance or "", 0) > STANCE_RANK.get(first.stance or "", 0):
+            merged[key] = (first_start, first_end, first._replace(stance=seen.stance,
+                                                                  complaint=seen.stance in ("fails", "ran")))
+    return [Mention(seen.kind, seen.value, seen.queue, seen.site, seen.cloud, seen.complaint, _snippet(text, start, end),
+                    seen.code, seen.error_class, seen.stance)
+            for start, end, seen in sorted(merged.values(), key=lambda item: item[0])]
 
-
-def _with_snippet(m: Mention, snippet: str) -> Mention:
-    """`replace(m, snippet=snippet)` without dataclasses.replace's look at the fields (one call per mention)."""
-    return Mention(m.kind, m.value, m.queue, m.site, m.cloud, m.complaint, snippet, m.code, m.error_class, m.stance)
