@@ -288,7 +288,7 @@ def extract_thread(subject: str, messages: Sequence[tuple[bool, str]], index: To
     tokens = set(TOKEN.findall(lower))
     cue_text = None if FOLDS_TO_ASCII.search(text) else lower
     found += _names(text, lower, tokens, index, desk, cue_text)
-    found += _clouds(text, index, desk, cue_text)
+    found += _clouds(text, lower, index, desk, cue_text)
     found += _ids(text, lower)
     found += _error_codes(text, table)
     found += _error_names(text, lower, tokens, table)
@@ -351,8 +351,10 @@ def _in_host_or_address(text: str, start: int, end: int) -> bool:
     return before in (".", "@") or after[:1] == "@" or (after[:1] == "." and after[1:2].isalnum())
 
 
-def _clouds(text: str, index: TopologyIndex, desk: list[tuple[int, int, bool]],
+def _clouds(text: str, lower: str, index: TopologyIndex, desk: list[tuple[int, int, bool]],
             cue_text: str | None = None) -> Iterator[_Found]:
+    if "cloud" not in lower:  # CLOUD needs the word (no letter of it has another case outside ASCII)
+        return
     for match in CLOUD.finditer(text):
         group = "pre" if match.group("pre") else "post"
         cloud = index.cloud(match.group(group))
