@@ -151,7 +151,8 @@ def _append(session: Session, table: Table, columns: Sequence[str], rows: list[t
                 values[i] = process(values[i])
             converted.append(tuple(values))
         rows = converted
-    connection.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) "
+    quote = dialect.identifier_preparer.quote
+    connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
                                f"VALUES ({', '.join('?' * len(columns))})", rows)
 
 
