@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +38,7 @@ from robot.classify import ErrorTable
 from robot.clock import as_utc
 from robot.jobstates import FINAL_STATES, JobStatus
 from robot.results import final_values
-from robot.storage.models import Job, Queue, Template, Test, UTCDateTime
+from robot.storage.models import Job, Queue, Setting, Template, Test, UTCDateTime
 
 IMPORT_PAYLOAD = "history"  # the payload of an import template: nothing the robot can send
 BATCH = 5000
@@ -414,7 +414,10 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
     summary = ImportSummary()
     queues = {name: id_ for name, id_ in session.execute(select(Queue.name, Queue.id))}
     test_id = _import_test(session, template, now)
-    rollup.update(session, now)  # the jobs the loop made final so far: the watermark passes the imported ones below
+    live = session.get(Setting, rollup.WATERMARK_SETTING) is not None  # the robot rolls up: the hours imported are added
+    if live:
+        rollup.update(session, now)  # the jobs the loop made final so far, before the imported ones join them
+    touched: dict[int, set[int]] | None = defaultdict(set) if live else None  # hour start -> queue ids
     batch: list[tuple[int, datetime, tuple[Any, ...]]] = []
     try:
         with path.open(encoding="utf-8") as handle, _writer(session) as bulk:  # streamed: a chunk and a batch
@@ -435,14 +438,17 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
                 if row is not None:
                     batch.append(row)
                     if len(batch) >= BATCH:
-                        _store(batch, summary, bulk)
+                        _store(batch, summary, bulk, touched)
                         batch = []
-            _store(batch, summary, bulk)
+            _store(batch, summary, bulk, touched)
     except UnicodeDecodeError:
         raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     if summary.imported:
         _stretch_test(session, test_id, summary)
-        rollup.rebuild_weeks(session, summary.first_end, summary.last_end, now)
+        if touched is None:
+            rollup.rebuild(session, now)
+        else:
+            rollup.add_bulk(session, touched, now)
     return summary
 
 
@@ -476,6 +482,7 @@ COLUMNS = ("test_id", "queue_id", "job_name", "panda_id", "phase", "job_status",
            "outcome", "error_source", "error_code", "error_name", "error_class", "error_diag")
 TIME_COLUMNS = tuple(i for i, name in enumerate(COLUMNS) if isinstance(Job.__table__.c[name].type, UTCDateTime))
 _in_column_order = itemgetter(*COLUMNS)
+QUEUE_ID = COLUMNS.index("queue_id")
 Stamp = Callable[[datetime], Any]  # a naive UTC time as the writer binds it
 
 
@@ -596,8 +603,10 @@ def _finished_row(record: Any, queues: dict[str, int], test_id: int, now: Any,
         timing.get("payload"), timing.get("stageout"), "completed", None, None, None, None, None)
 
 
-def _store(batch: list[tuple[int, datetime, tuple[Any, ...]]], summary: ImportSummary, bulk: _Bulk) -> None:
-    """Write the rows of a batch whose PanDA IDs are not stored yet (nor earlier in the batch)."""
+def _store(batch: list[tuple[int, datetime, tuple[Any, ...]]], summary: ImportSummary, bulk: _Bulk,
+           touched: dict[int, set[int]] | None) -> None:
+    """Write the rows of a batch whose PanDA IDs are not stored yet (nor earlier in the batch), and note
+    the hour each ended in at its queue in `touched` (when given)."""
     if not batch:
         return
     known = bulk.stored([panda_id for panda_id, _, _ in batch])
@@ -610,6 +619,8 @@ def _store(batch: list[tuple[int, datetime, tuple[Any, ...]]], summary: ImportSu
             continue
         known.add(panda_id)
         rows.append(values)
+        if touched is not None:
+            touched[rollup.floor_to(end.replace(tzinfo=UTC).timestamp(), rollup.HOUR)].add(values[QUEUE_ID])
         if first is None or end < first:
             first = end
         if last is None or end > last:

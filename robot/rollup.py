@@ -467,7 +467,23 @@ def rebuild(session: Session, now: datetime) -> int:
     cut = kept_from(session)
     if cut is not None:  # the rows kept before the cut get the spans added since they were built
         _add_spans(session, now)
-    _derive(session, None if cut is None else int(epoch(cut)), None)
+    since = () if cut is None else (Job.end_time >= cut,)
+    kept = () if cut is None else (JobRollup.start >= int(epoch(cut)),)
+    session.execute(delete(JobRollup).where(*kept))
+    session.execute(delete(QueueRollup).where(*(() if cut is None else (QueueRollup.start >= int(epoch(cut)),))))
+    dialect = session.get_bind().dialect.name
+    if _hours_select(dialect) is not None:
+        _fill_hours(session, *since)
+    else:  # a database without the date arithmetic above: summed here, a week of jobs at a time
+        first, last = session.execute(select(func.min(Job.end_time), func.max(Job.end_time))
+                                      .where(Job.outcome.in_(FINAL), *since)).one()
+        start = at(floor_to(epoch(first), HOUR)) if first is not None else None
+        while start is not None and start <= last:
+            _fill_hours(session, Job.end_time >= start, Job.end_time < start + REBUILD_CHUNK)
+            start += REBUILD_CHUNK
+    for finer, span in zip(SPANS, SPANS[1:]):
+        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer, *kept)))
+    _fill_queues(session, *kept)
     _set_watermark(session, now)
     _set_spans(session, now)
     count = session.scalar(select(func.coalesce(func.sum(JobRollup.jobs + JobRollup.cancelled + JobRollup.unknown), 0))
@@ -476,46 +492,15 @@ def rebuild(session: Session, now: datetime) -> int:
     return int(count or 0)
 
 
-def rebuild_weeks(session: Session, first: datetime, last: datetime, now: datetime) -> None:
-    """Derive again from the job table the rollup of the weeks from `first`'s to `last`'s, after jobs
-    ending then were written in bulk, all stamped `now` (a history import), and `update` rolled up the
-    others before them: one statement per span over those weeks, instead of `update`'s statements per
-    hour and chunk of queues (at 100,000 jobs over 30 days and 1,000 queues, most hours and queues).
-    The watermark then passes `now`, so that `update` does not read those jobs again."""
-    cut = kept_from(session)
-    since = floor_to(epoch(first), WEEK)
-    if cut is not None:
-        since = max(since, int(epoch(cut)))
-    until = floor_to(epoch(last), WEEK) + WEEK
-    if since < until:
-        _derive(session, since, until)
+def add_bulk(session: Session, hours: dict[int, set[int]], now: datetime) -> None:
+    """Roll up jobs just written in bulk (a history import), all stamped `now` and ending in these hours
+    (hour start -> queue ids), after `update` rolled up the jobs made final before them: those hours are
+    recomputed as `update` recomputes them, whatever the watermark (the importer's clock may be behind
+    the robot's, and its jobs would be left out); then the watermark passes `now`, so that `update`
+    does not read them again."""
+    _refresh(session, hours)
     seen_until, _ = _watermark(session)
     _set_watermark(session, max(now + timedelta(microseconds=1), seen_until or now))
-
-
-def _derive(session: Session, since: int | None, until: int | None) -> None:
-    """Delete the rows of every span and the queue rows of the periods from `since` to `until` (Unix
-    seconds at the start of a week, None: no bound) and derive them again from the job table."""
-    def periods(table: Any) -> list[Any]:
-        return [*(() if since is None else (table.start >= since,)), *(() if until is None else (table.start < until,))]
-
-    jobs = [*(() if since is None else (Job.end_time >= at(since),)), *(() if until is None else (Job.end_time < at(until),))]
-    for span in SPANS:  # span by span: each a range of the tables' keys
-        session.execute(delete(JobRollup).where(JobRollup.span == span, *periods(JobRollup)))
-        session.execute(delete(QueueRollup).where(QueueRollup.span == span, *periods(QueueRollup)))
-    dialect = session.get_bind().dialect.name
-    if _hours_select(dialect) is not None:
-        _fill_hours(session, *jobs)
-    else:  # a database without the date arithmetic above: summed here, a week of jobs at a time
-        first, last = session.execute(select(func.min(Job.end_time), func.max(Job.end_time))
-                                      .where(Job.outcome.in_(FINAL), *jobs)).one()
-        start = at(floor_to(epoch(first), HOUR)) if first is not None else None
-        while start is not None and start <= last:
-            _fill_hours(session, *jobs, Job.end_time >= start, Job.end_time < start + REBUILD_CHUNK)
-            start += REBUILD_CHUNK
-    for finer, span in zip(SPANS, SPANS[1:]):
-        session.execute(insert(JobRollup.__table__).from_select(ROLLUP_COLUMNS, _summed(span, finer, *periods(JobRollup))))
-    _fill_queues(session, *periods(JobRollup))
 
 
 def stored_counts(session: Session, span: int = HOUR) -> dict[tuple[int, int, int], Counts]:
