@@ -6,7 +6,7 @@ failures in bursts at a few queues, user-class payload failures, jobs still runn
 records), then times `robot.history.import_history` into a fresh SQLite database: wall and CPU
 time (the target is CPU time: the machine is shared), peak memory, and a second import of the same file (idempotent:
 nothing added). Then a further export of a tenth as many new jobs over the same days is imported into that database,
-now live (it has a rollup and a watermark): the weeks its jobs ended in are derived again (`rollup.rebuild_weeks`).
+now live (it has a rollup and a watermark): the hours its jobs ended in are added at their queues (`rollup.add_bulk`).
 
     python bench/history.py [--records 1000000] [--queues 1000] [--days 30] [--db postgres]
 """
