@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -93,10 +94,11 @@ class Baseline:
                     if klass == "site":
                         site_codes.add(code)
         excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
+        least = min(2, settings.min_failures)
         for view in views:  # two failures above the floor count here: a shared cause starts somewhere
             for hour in view.user_jobs:
                 for code, (_, jobs) in _heard_codes(hour).items():
-                    if jobs >= min(2, settings.min_failures) and jobs / hour.ended > settings.floor:
+                    if jobs >= least and jobs / hour.ended > settings.floor:
                         excess[(code, hour.hour)].add(view.site)
         return cls(settings, spread_sites, dict(failures), ended, dict(excess), frozenset(site_codes))
 
@@ -160,14 +162,25 @@ KLASS = {"site": "site", "central": "central"}  # any other (unknown, none): "ot
 
 
 def _heard_codes(hour: StoredHour) -> dict[int, tuple[str, int]]:
-    """The hour's failures per code, with the code's class, for every class but user (see the module)."""
+    """The hour's failures per code, with the code's class, for every class but user (see the module).
+
+    Worked out once per stored hour while it lives (not to be changed by the caller): every step asks
+    it of every queue's hours several times, and the engine keeps the hours that did not change."""
+    kept = _HEARD.get(id(hour))
+    if kept is not None:
+        return kept[1]
     found: dict[int, tuple[str, int]] = {}
     for entry in hour.codes:
         klass = entry.get("class")
         if klass != "user":
             code = int(entry["code"])
             found[code] = (KLASS.get(klass, "other"), found.get(code, ("", 0))[1] + int(entry["jobs"]))
+    key = id(hour)  # forgotten as the hour dies, before another object can take its id
+    _HEARD[key] = (weakref.ref(hour, lambda _: _HEARD.pop(key, None)), found)
     return found
+
+
+_HEARD: dict[int, tuple[weakref.ref, dict[int, tuple[str, int]]]] = {}  # id of a live stored hour -> its codes
 
 
 def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
@@ -177,11 +190,13 @@ def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
     weights = Weights.of(settings)
     items, shown = [], []
     for hour in view.user_jobs:
-        for code, (klass, k) in sorted(_heard_codes(hour).items()):
+        enough = [(code, counts) for code, counts in _heard_codes(hour).items()
+                  if counts[1] >= baseline.settings.min_failures]
+        for code, (klass, k) in sorted(enough) if enough else ():
             n = hour.ended
             p0 = baseline.rate(code, view.name)
             seen = k / n if n else 0.0
-            if k < baseline.settings.min_failures or seen <= p0 or baseline.shared(code, hour.hour, view.site):
+            if seen <= p0 or baseline.shared(code, hour.hour, view.site):
                 continue
             llr = k * math.log(seen / p0) + ((n - k) * math.log((1 - seen) / (1 - p0)) if k < n else 0.0)
             if llr < weights.exclude_at:
