@@ -467,23 +467,27 @@ class SimulatedGrid:
     def _user_hour(self, queue: str, hour: datetime) -> list[tuple[datetime, tuple[str, int] | None]]:
         """The users' jobs ending at `queue` in `hour`: (end, error or None), drawn once per (seed, queue, hour)."""
         key = (queue, hour)
-        if key not in self._user_jobs:
-            users = self.scenario.users
-            rng = random.Random(f"users:{self.seed}:{queue}:{hour:%Y%m%d%H}")
-            quiet = self._quiet(queue, hour, hour + HOUR)  # only noise can fail them: no need to look further
-            jobs = []
-            for _ in range(_poisson(rng, users.jobs_per_hour)):
-                end = hour + timedelta(seconds=rng.random() * 3600)
-                u_fault, u_central, u_wave, u_noise, u_code = (rng.random(), rng.random(), rng.random(), rng.random(),
-                                                               rng.random())
-                if any(f.mode == "stuck" and f.active(end - self.scenario.job.duration) for f in self._faults_of[queue]):
-                    continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
-                errors = (self._user_noise(queue, u_noise) if quiet
-                          else self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise))
-                jobs.append((end, ("pilot", pick(errors, u_code).code) if errors else None))
-            self._user_jobs[key] = jobs
-            self._user_counts[key] = _count(jobs)
-        return self._user_jobs[key]
+        jobs = self._user_jobs.get(key)
+        if jobs is not None:
+            return jobs
+        users = self.scenario.users
+        rng = random.Random(f"users:{self.seed}:{queue}:{hour:%Y%m%d%H}")
+        draw = rng.random
+        quiet = self._quiet(queue, hour, hour + HOUR)  # only noise can fail them: no need to look further
+        stuck = [f for f in self._faults_of[queue] if f.mode == "stuck"]
+        duration = self.scenario.job.duration
+        jobs = []
+        for _ in range(_poisson(rng, users.jobs_per_hour)):
+            end = hour + timedelta(seconds=draw() * 3600)
+            u_fault, u_central, u_wave, u_noise, u_code = draw(), draw(), draw(), draw(), draw()
+            if stuck and any(f.active(end - duration) for f in stuck):
+                continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
+            errors = (self._user_noise(queue, u_noise) if quiet
+                      else self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise))
+            jobs.append((end, ("pilot", pick(errors, u_code).code) if errors else None))
+        self._user_jobs[key] = jobs
+        self._user_counts[key] = _count(jobs)
+        return jobs
 
     def _user_failure(self, queue: str, when: datetime, u_fault: float, u_central: float, u_wave: float,
                       u_noise: float) -> Sequence[ErrorSpec] | None:
