@@ -11,8 +11,9 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Sequence
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from blacklist.model import END_TIME, Action, Decision, QueueView, Result
@@ -74,8 +75,10 @@ class ExclusionEngine:
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         self.facts.moves.read(session, now)
-        self._notice_outside_changes(session, now)
-        self._apply_overrides(session, now)
+        open_overrides = session.execute(OPEN_OVERRIDES).all()
+        self._notice_outside_changes(session, now, open_overrides)
+        if open_overrides:  # one the step just recorded (an outside change) is applied already
+            self._apply_overrides(session, now)
         mode = effective_mode(session, self.settings.mode)
         summary = EvaluationSummary(mode=mode)
         if mode == "off":
@@ -174,13 +177,13 @@ class ExclusionEngine:
                         continue
                 override.ended_at = now
 
-    def _notice_outside_changes(self, session: Session, now: datetime) -> None:
+    def _notice_outside_changes(self, session: Session, now: datetime, open_overrides: Sequence[Row]) -> None:
         """A queue the robot excluded whose status someone else changed (a person set it `test` at CRIC)
         becomes that person's override: recorded, and the robot leaves the queue alone (it neither lifts
-        nor repeats its exclusion) until the override is cleared or the status changes again outside."""
-        excluded = dict(session.execute(select(Queue.id, Queue.status).where(
-            Queue.robot_state == "excluded", Queue.retired_at.is_(None))).all())
-        ruled = set(session.scalars(select(Override.queue_id).where(Override.ended_at.is_(None))))
+        nor repeats its exclusion) until the override is cleared or the status changes again outside.
+        `open_overrides`: the overrides not ended (OPEN_OVERRIDES), as the step began."""
+        excluded = dict(session.execute(EXCLUDED).all())
+        ruled = {row.queue_id for row in open_overrides}
         asked = [queue_id for queue_id in excluded if queue_id not in ruled]
         for queue_id in asked:
             observed = excluded[queue_id]
@@ -197,6 +200,9 @@ class ExclusionEngine:
             _set_state(session, queue_id, "online", now)
             log.warning("%s", reason)
         # An outside decision ends when the status changes again outside (e.g. back online by the person).
+        # One recorded just now holds the status seen now: only those open before the step can end.
+        if not any(row.actor == OUTSIDE and row.cleared_at is None for row in open_overrides):
+            return
         for override, observed in session.execute(
             select(Override, Queue.status).join(Queue, Queue.id == Override.queue_id)
             .where(Override.actor == OUTSIDE, Override.ended_at.is_(None), Override.cleared_at.is_(None))
@@ -389,11 +395,13 @@ class UserHours:
         return self._ordered
 
 
+EXCLUDED = select(QUEUE.c.id, QUEUE.c.status).where(QUEUE.c.robot_state == "excluded", QUEUE.c.retired_at.is_(None))
 QUEUE_ROWS = (select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_state, QUEUE.c.robot_state_since,
                      QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
               .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
               .where(QUEUE.c.retired_at.is_(None)))
 OVERRIDE, SILENCE, EVENT, USER_HOUR = Override.__table__, Silence.__table__, Event.__table__, UserJobHourRow.__table__
+OPEN_OVERRIDES = select(OVERRIDE.c.queue_id, OVERRIDE.c.actor, OVERRIDE.c.cleared_at).where(OVERRIDE.c.ended_at.is_(None))
 MANUAL = (select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
           .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))
           .order_by(OVERRIDE.c.created_at))
