@@ -390,8 +390,7 @@ class UserHours:
                 if old:
                     changed.add(queue)
         for queue in changed:
-            self._ordered[queue] = tuple(hour for _, hour in sorted(self._by_queue[queue].items(),
-                                                                    key=lambda item: item[0]))
+            self._ordered[queue] = tuple(hour for _, hour in sorted(self._by_queue[queue].items()))  # keys unique
         return self._ordered
 
 
@@ -489,7 +488,7 @@ class QueueFacts:
                     exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
                     results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
                     last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
-                    user_jobs=tuple(users_outside_downtimes(hours, excused)))
+                    user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))
                 self._views[qid] = (key, view)
             found.views[name] = view
             found.ids[name] = qid
