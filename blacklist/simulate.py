@@ -10,9 +10,10 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from blacklist.engine import ExclusionEngine
 from robot.downtimes import DowntimeWatch
@@ -84,7 +85,9 @@ class RunResult:
     queue_days: float = 0.0
 
 
-def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) -> RunResult:
+def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str,
+        record: Callable[[Session], None] | None = None) -> RunResult:
+    """`record`: called with a session on the run's database before it is dropped (to keep what the run did)."""
     clock = ManualClock(scenario.start)
     grid = SimulatedGrid(scenario, clock, seed)
     templates = [{"name": t, "category": "functional", "payload": "simulated", "input_dataset": "*",
@@ -115,6 +118,8 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str) 
             .where(QueueTransition.kind == "status", QueueTransition.actor == settings.actor)
             .order_by(QueueTransition.time)
         ).all()
+        if record is not None:
+            record(session)
     engine.dispose()
     result = score(scenario, grid.faults, [(q, t, new) for q, t, new in transitions], end)
     result.policy, result.seed, result.jobs = label, seed, grid.submitted
