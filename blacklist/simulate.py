@@ -6,6 +6,7 @@ the scenario (which queue was broken when, when the central services failed).
 """
 from __future__ import annotations
 
+import gc
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -107,10 +108,19 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str,
                   evaluators=[*announced, *users, ExclusionEngine(policy, grid)], rollup=False, shared=False)
     end = scenario.start + scenario.duration
     now = scenario.start
-    while now < end:
-        clock.set(now)
-        robot.run_once(now)
-        now += scenario.step
+    # As in the settled daemon (robot.loop.settle): the youngest generation is collected every 10,000
+    # allocations, not 700, so a step's short-lived rows are not promoted into the full passes that walk
+    # the run's growing state (the simulated jobs, the users' jobs drawn): 1.3 of 9.3 s of CPU in the
+    # default's first simulated day at 200 queues, 0.2 s with it.
+    collecting = gc.get_threshold()
+    gc.set_threshold(10_000, 10, 10)
+    try:
+        while now < end:
+            clock.set(now)
+            robot.run_once(now)
+            now += scenario.step
+    finally:
+        gc.set_threshold(*collecting)
     with sessions() as session:
         transitions = session.execute(
             select(Queue.name, QueueTransition.time, QueueTransition.new)
