@@ -298,6 +298,8 @@ def extract_thread(subject: str, messages: Sequence[tuple[bool, str]], index: To
 
 def _quoted_from(body: str) -> int:
     """Where text quoted from an earlier message starts ("On ... wrote:" and what follows), else the end."""
+    if "\n-" not in body and not body.startswith("-") and "wrote:" not in body.lower():
+        return len(body)  # QUOTE_INTRO needs one of these (the letters of "wrote" have no other case outside ASCII)
     match = QUOTE_INTRO.search(body)
     return match.start() if match else len(body)
 
