@@ -445,10 +445,7 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
         raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     if summary.imported:
         _stretch_test(session, test_id, summary)
-        if touched is None:
-            rollup.rebuild(session, now)
-        else:
-            rollup.add_bulk(session, touched, now)
+        rollup.add_bulk(session, touched, now)
     return summary
 
 

@@ -492,13 +492,16 @@ def rebuild(session: Session, now: datetime) -> int:
     return int(count or 0)
 
 
-def add_bulk(session: Session, hours: dict[int, set[int]], now: datetime) -> None:
+def add_bulk(session: Session, hours: dict[int, set[int]] | None, now: datetime) -> None:
     """Roll up jobs just written in bulk (a history import), all stamped `now` and ending in these hours
     (hour start -> queue ids), after `update` rolled up the jobs made final before them: those hours are
     recomputed as `update` recomputes them, whatever the watermark (the importer's clock may be behind
-    the robot's, and its jobs would be left out); then the watermark passes `now`, so that `update`
-    does not read them again."""
-    _refresh(session, hours)
+    the robot's, and its jobs would be left out); with `hours` None (a database without a rollup yet)
+    everything is rebuilt. Then the watermark passes `now`, so that `update` does not read them again."""
+    if hours is None:
+        rebuild(session, now)
+    else:
+        _refresh(session, hours)
     seen_until, _ = _watermark(session)
     _set_watermark(session, max(now + timedelta(microseconds=1), seen_until or now))
 

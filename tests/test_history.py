@@ -15,7 +15,7 @@ from robot.history import HistoryFileError, Observed, Problem, import_history, p
 from robot.jobstates import JobStatus
 from robot.results import final_values
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
-from robot.storage.models import Job, JobRollup, QueueRollup, Template
+from robot.storage.models import Job, JobRollup, QueueRollup, Setting, Template
 from robot.sync import sync_topology
 from tests.fakes import T0
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
@@ -241,6 +241,7 @@ def test_import_stores_final_jobs_once_and_rolls_them_up(tmp_path, sessions):
         hours = session.execute(select(func.sum(JobRollup.jobs), func.sum(JobRollup.failed_site))
                                 .where(JobRollup.span == rollup.HOUR)).one()
         assert tuple(hours) == (3, 1)
+        assert datetime.fromisoformat(session.get(Setting, rollup.WATERMARK_SETTING).value) > NOW  # not read again
     with sessions() as session:  # the same file again: nothing twice
         again = import_history(session, path, "history", TABLE, NOW)
         session.commit()
