@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from robot.backends.base import BackendUnavailable, JobReport
 from robot.classify import classify_report, load_table
 from robot.downtimes import describe, windows_by_site
+from robot.storage.driver_rows import bound
 from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, StorageEndpoint, Ticket, TicketLink,
                                   TicketMention, TicketMessage, queue_endpoint)
 from robot.tickets.episodes import refresh_episodes
@@ -129,11 +130,10 @@ TICKET_CHANGING = ("state", "labels", "last_message_at", "messages")  # set agai
 def _append(session: Session, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
     """Insert rows (tuples in `columns` order) in the session's transaction.
 
-    On SQLite with one executemany of the driver: each value goes through its column type's own
-    conversion (times, JSON), so the rows are stored as the models store them, and SQLAlchemy's
-    handling of each row's parameters, most of the cost of storing a large archive, is skipped.
-    Elsewhere through SQLAlchemy (on PostgreSQL its batched insert, and the driver's own adaptation
-    of JSON, which no bind conversion does)."""
+    On SQLite with one executemany of the driver (robot.storage.driver_rows: most of the cost of
+    storing a large archive is SQLAlchemy's handling of each row's parameters). Elsewhere through
+    SQLAlchemy (on PostgreSQL its batched insert, and the driver's own adaptation of JSON, which no
+    bind conversion does)."""
     if not rows:
         return
     connection = session.connection()
@@ -141,19 +141,9 @@ def _append(session: Session, table: Table, columns: Sequence[str], rows: list[t
     if dialect.name != "sqlite":
         connection.execute(insert(table), [dict(zip(columns, row)) for row in rows])
         return
-    convert = [(i, process) for i, name in enumerate(columns)
-               if (process := table.c[name].type.bind_processor(dialect)) is not None]
-    if convert:
-        converted = []
-        for row in rows:
-            values = list(row)
-            for i, process in convert:
-                values[i] = process(values[i])
-            converted.append(tuple(values))
-        rows = converted
     quote = dialect.identifier_preparer.quote
     connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
-                               f"VALUES ({', '.join('?' * len(columns))})", rows)
+                               f"VALUES ({', '.join('?' * len(columns))})", bound(dialect, table, columns, rows))
 
 
 def _update_tickets(session: Session, rows: list[dict[str, Any]]) -> None:
