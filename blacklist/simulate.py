@@ -71,13 +71,14 @@ def policy_settings(name_or_path: str) -> tuple[str, BlacklistSettings]:
 class RunResult:
     policy: str
     seed: int
-    latencies: list[float] = field(default_factory=list)  # seconds, per detected fault
+    latencies: list[float] = field(default_factory=list)  # seconds online while broken, per detected fault
     missed: int = 0
+    covered: int = 0  # faults that began and ended while their queue was excluded (nothing to detect)
     faults: int = 0  # faults that call for an exclusion (a slow queue does not)
     false_exclusions: int = 0
     central_exclusions: int = 0
     reinclusion: list[float] = field(default_factory=list)  # seconds from recovery to re-inclusion
-    not_reincluded: int = 0  # detected faults whose queue was still excluded at the end
+    not_reincluded: int = 0  # faults whose queue was excluded at their end and never came back
     premature: int = 0  # re-inclusions while a fault of the queue was still on
     flips: int = 0  # status changes of a queue while one of its faults was on
     lost_queue_hours: float = 0.0  # excluded while healthy
@@ -138,7 +139,14 @@ def run(scenario: Scenario, settings: BlacklistSettings, seed: int, label: str,
 
 def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple[str, datetime, str]],
           end: datetime) -> RunResult:
-    """Compare the robot's status changes with the truth, every change counted, not only the first."""
+    """Compare the robot's status changes with the truth, every change counted, not only the first.
+
+    Detection latency is the time a broken queue spent online before it was excluded: from the fault's
+    start, or, if the queue was still excluded for an earlier fault then, from when it was put back
+    while this one was on. A fault that began and ended while its queue was excluded is `covered`
+    (there was nothing to detect), not missed. A re-inclusion is measured from the end of the last
+    fault of the queue it followed: one put back after a run of faults is counted once, for the last.
+    """
     faults = [f for f in faults if f.excludable]
     result = RunResult(policy="", seed=0, faults=len(faults))
     result.queue_days = scenario.queues.count * scenario.duration.total_seconds() / 86400
@@ -152,12 +160,21 @@ def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple
         result.flips += sum(1 for t, _ in events if fault.start <= t < fault.end)
         result.broken_online_hours += (fault.end - fault.start).total_seconds() / 3600 - _excluded_hours(
             events, fault.start, fault.end)
-        excluded = next((t for t, new in events if new != "online" and fault.start <= t <= fault.end), None)
-        if excluded is None:
-            result.missed += 1
-            continue
-        result.latencies.append((excluded - fault.start).total_seconds())
+        exposed = fault.start if _online_before(events, fault.start) else next(
+            (t for t, new in events if new == "online" and fault.start <= t < fault.end), None)
+        if exposed is None:
+            result.covered += 1
+        else:
+            excluded = next((t for t, new in events if new != "online" and exposed <= t <= fault.end), None)
+            if excluded is None:
+                result.missed += 1
+            else:
+                result.latencies.append((excluded - exposed).total_seconds())
+        if _online_before(events, fault.end):
+            continue  # online when the fault ended: no re-inclusion to measure
         back = next((t for t, new in events if new == "online" and t >= fault.end), None)
+        if any(f.queue == fault.queue and fault.end <= f.start < (back or end) for f in faults):
+            continue  # broken again before it came back: the later fault's re-inclusion
         if back is None:
             result.not_reincluded += 1
         else:
@@ -173,6 +190,12 @@ def score(scenario: Scenario, faults: list[FaultWindow], transitions: list[tuple
                     result.central_exclusions += 1
         result.lost_queue_hours += _healthy_excluded_hours(events, windows, end)
     return result
+
+
+def _online_before(events: list[tuple[datetime, str]], when: datetime) -> bool:
+    """Whether the queue was online just before `when` (every queue starts online)."""
+    last = [new for t, new in events if t < when]
+    return not last or last[-1] == "online"
 
 
 def _excluded_intervals(events: list[tuple[datetime, str]], end: datetime) -> list[tuple[datetime, datetime]]:
@@ -213,6 +236,7 @@ class Summary:
     detection_median_min: float | None
     detection_p95_min: float | None
     missed: int
+    covered: int
     false_per_100_queue_days: float
     false_exclusions: int
     central_exclusions: int
@@ -237,6 +261,7 @@ def summarize(runs: list[RunResult]) -> Summary:
         policy=runs[0].policy, runs=len(runs), faults=faults,
         detection_median_min=statistics.median(latencies) if latencies else None,
         detection_p95_min=_p95(latencies), missed=sum(r.missed for r in runs),
+        covered=sum(r.covered for r in runs),
         false_per_100_queue_days=100 * sum(r.false_exclusions for r in runs) / queue_days if queue_days else 0.0,
         false_exclusions=sum(r.false_exclusions for r in runs),
         central_exclusions=sum(r.central_exclusions for r in runs),

@@ -274,6 +274,27 @@ def test_score_counts_every_flip_premature_reinclusions_and_broken_hours_online(
     assert summary.premature_reinclusions == 2 and summary.flips_per_fault == 3.0 and summary.not_reincluded == 1
 
 
+def test_score_counts_faults_met_while_still_excluded_as_covered_and_measures_latency_from_exposure():
+    """A flapping queue kept out through its next faults is not charged with missing them; a queue
+    put back while broken is charged from that moment; a re-inclusion after a run of faults counts once."""
+    sc = scenario()
+    at = lambda h, m=0: START + timedelta(hours=h, minutes=m)  # noqa: E731
+    on_off = [FaultWindow("Q1", at(h), at(h + 1), "stagein", 0.9) for h in (2, 4, 6)]
+    faults = [*on_off, FaultWindow("Q2", at(2), at(4), "stagein", 0.9),
+              FaultWindow("Q2", at(5), at(7), "stagein", 0.9), FaultWindow("Q3", at(2), at(4), "stagein", 0.9)]
+    moves = [("Q1", at(2, 20), "brokeroff"), ("Q1", at(8), "online"),  # out through all three swings
+             ("Q2", at(2, 10), "brokeroff"), ("Q2", at(5, 30), "online"),  # back while its second fault is on
+             ("Q2", at(5, 45), "brokeroff"), ("Q2", at(9), "online"),
+             ("Q3", at(2, 30), "brokeroff"), ("Q3", at(3), "online")]  # back early, never out again
+    result = score(sc, faults, moves, START + timedelta(days=1))
+    assert result.faults == 6 and result.covered == 2 and result.missed == 0
+    assert sorted(result.latencies) == [10 * 60, 15 * 60, 20 * 60, 30 * 60]  # Q2's second: 5:30 -> 5:45
+    assert result.premature == 2 and result.not_reincluded == 0
+    assert sorted(result.reinclusion) == [3600, 7200]  # Q1 after its last swing, Q2 after its second fault
+    summary = summarize([result])
+    assert summary.covered == 2 and summary.missed == 0
+
+
 def test_both_policies_run_on_a_small_scenario_and_ours_ignores_a_user_wave():
     # the wave (2h-6h) and an hour after it: HammerCloud's false exclusions all fall inside (8 of 8 at 12h too)
     sc = scenario(duration="7h", user_waves=[{"onset": "2h", "duration": "4h", "probability": 0.8}])
@@ -320,7 +341,7 @@ def test_simulate_command_prints_the_comparison(tmp_path):
         report["default"])
     table = CliRunner().invoke(main, ["policy", "simulate", str(path), "--workers", "1",
                                       "--policy", "hammercloud+safety"]).output
-    assert "Premature" in table and "hammercloud+safety" in table and "Not re-" in table
+    assert "Premature" in table and "hammercloud+safety" in table and "Covered" in table
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nduration: 1d\nfaults:\n  - {queues: [NOPE], onset: 1h, duration: 1h}\n")
     result = CliRunner().invoke(main, ["policy", "simulate", str(bad)])

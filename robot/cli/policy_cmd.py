@@ -27,7 +27,8 @@ from robot.clock import SystemClock
 from robot.yamlconfig import ConfigError
 
 COLUMNS = [("detection_median_min", "Detect. median (min)"), ("detection_p95_min", "Detect. p95 (min)"),
-           ("missed", "Missed"), ("false_per_100_queue_days", "False excl./100 queue-days"),
+           ("missed", "Missed"), ("covered", "Covered"),
+           ("false_per_100_queue_days", "False excl./100 queue-days"),
            ("central_exclusions", "Excl. in central outages"), ("reinclusion_median_min", "Re-incl. median (min)"),
            ("premature_reinclusions", "Premature re-incl."), ("flips_per_fault", "Flips per fault"),
            ("not_reincluded", "Not re-incl."), ("lost_queue_hours", "Healthy queue-hours lost"),
