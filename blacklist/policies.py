@@ -7,7 +7,7 @@ from typing import Iterable
 
 from blacklist import hammercloud, sequential, userjobs
 from blacklist.differential import Spread
-from blacklist.model import Decision, QueueView
+from blacklist.model import Action, Decision, QueueView
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
 from blacklist.settings import BlacklistSettings
@@ -64,6 +64,19 @@ class Policy:
             return hammercloud.decide(view, list(self.templates), self.settings.hammercloud, now)
         if users is None:
             return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
+        if view.robot_state == "online" and userjobs.inconclusive(
+                view, self.settings.user_jobs, sequential.Weights.of(self.settings.default).exclude_at):
+            # Its users' jobs can then only speak for the queue, and that (as the shared failures they
+            # take out) lowers every CUSUM: if every CUSUM is at 0 without them, it is with them, and the
+            # other queues' users' jobs need not be compared (most queues, at most steps).
+            plain = sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
+            if plain.action is Action.KEEP and plain.reason == sequential.HEALTHY:
+                return plain
+        return self._heard(view, now, recent_exclusions, grid, users)
+
+    def _heard(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None,
+               users: userjobs.Baseline) -> Decision:
+        """The default's decision with the queue's users' jobs weighed against the other queues'."""
         view = userjobs.without_shared(view, users)
         items, shown = userjobs.evidence(view, users, self.settings.default, now)
         decision = sequential.decide(view, self.settings.default, now, recent_exclusions, grid, items)

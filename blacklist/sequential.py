@@ -60,6 +60,7 @@ ANY = "any"  # the alternative "broken, whatever the code"
 # wave on a few queues looks like a site's fault, and a central outage shows at one queue before the
 # others have been tested again (a sparse cadence, or probes at the first queue that saw it).
 SECONDARY = ("user", "central")
+HEALTHY = "healthy"  # the reason of a KEEP with every CUSUM at 0
 USERS = "users' jobs"  # the template of an hour of users' own jobs counted as evidence (blacklist/userjobs.py)
 
 
@@ -184,7 +185,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
         users = [u for u in users if u.against is None]
     if (view.robot_state == "online" and not stalls and not any(u.result.failed for u in users)
             and not any(r.failed for r in recent)):
-        return Decision(view.name, Action.KEEP, "healthy", policy=NAME)  # nothing to weigh: every CUSUM is 0
+        return Decision(view.name, Action.KEEP, HEALTHY, policy=NAME)  # nothing to weigh: every CUSUM is 0
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, window, settings, recent_exclusions)
@@ -214,7 +215,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
         what = f"{last.error_name} in users' jobs" if last.template == USERS else f"{last.error_name} (job {last.panda_id})"
         return Decision(view.name, Action.PEND, f"{what} points at the site: sending probe jobs", evidence=evidence,
                         policy=NAME)
-    return Decision(view.name, Action.KEEP, "healthy" if score == 0 else f"CUSUM {score:.1f}", policy=NAME)
+    return Decision(view.name, Action.KEEP, HEALTHY if score == 0 else f"CUSUM {score:.1f}", policy=NAME)
 
 
 def streak_needed(window: list[Counted], settings: SequentialSettings, recent_exclusions: int) -> int:

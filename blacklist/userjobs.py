@@ -71,22 +71,26 @@ from robot.userjobs import HOUR, StoredHour, hour_of
 class Baseline:
     """Per code heard (every class but user), its failures and the users' jobs that ended, per queue,
     over the window;
-    and per (code, hour) the sites where it was in excess."""
+    and per (code, hour) the sites where it was in excess. Worked out from `views` at the first
+    question: a step where no queue's users' jobs could point at its site (see `inconclusive`) and
+    no queue has a case open asks none."""
 
     settings: UserJobsSettings
     spread_sites: int
-    failures: dict[int, Counter[str]] = field(default_factory=dict)  # code -> queue -> failures
-    ended: Counter[str] = field(default_factory=Counter)  # queue -> users' jobs ended
-    excess_sites: dict[tuple[int, datetime], set[str]] = field(default_factory=dict)
-    site_codes: frozenset[int] = frozenset()  # the codes heard that the error table calls the site's
+    views: tuple[QueueView, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, views: Iterable[QueueView], settings: UserJobsSettings, spread_sites: int) -> "Baseline":
-        views = list(views)
+        return cls(settings, spread_sites, tuple(views))
+
+    @functools.cached_property
+    def _counts(self) -> tuple[dict[int, Counter[str]], Counter[str], dict[tuple[int, datetime], set[str]],
+                               frozenset[int]]:
+        settings = self.settings
         failures: dict[int, Counter[str]] = defaultdict(Counter)
         ended: Counter[str] = Counter()
         site_codes = set()
-        for view in views:
+        for view in self.views:
             for hour in view.user_jobs:
                 ended[view.name] += hour.ended
                 for code, (klass, jobs) in _heard_codes(hour).items():
@@ -95,12 +99,31 @@ class Baseline:
                         site_codes.add(code)
         excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
         least = min(2, settings.min_failures)
-        for view in views:  # two failures above the floor count here: a shared cause starts somewhere
+        for view in self.views:  # two failures above the floor count here: a shared cause starts somewhere
             for hour in view.user_jobs:
                 for code, (_, jobs) in _heard_codes(hour).items():
                     if jobs >= least and jobs / hour.ended > settings.floor:
                         excess[(code, hour.hour)].add(view.site)
-        return cls(settings, spread_sites, dict(failures), ended, dict(excess), frozenset(site_codes))
+        return dict(failures), ended, dict(excess), frozenset(site_codes)
+
+    @property
+    def failures(self) -> dict[int, Counter[str]]:
+        """code -> queue -> failures"""
+        return self._counts[0]
+
+    @property
+    def ended(self) -> Counter[str]:
+        """queue -> users' jobs ended"""
+        return self._counts[1]
+
+    @property
+    def excess_sites(self) -> dict[tuple[int, datetime], set[str]]:
+        return self._counts[2]
+
+    @property
+    def site_codes(self) -> frozenset[int]:
+        """the codes heard that the error table calls the site's"""
+        return self._counts[3]
 
     def rate(self, code: int, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with `code`, never below `floor`."""
@@ -183,6 +206,31 @@ def _heard_codes(hour: StoredHour) -> dict[int, tuple[str, int]]:
 _HEARD: dict[int, tuple[weakref.ref, dict[int, tuple[str, int]]]] = {}  # id of a live stored hour -> its codes
 
 
+def _llr(k: int, n: int, p0: float) -> float:
+    """The log-likelihood ratio of k failures in n jobs at their own rate against a rate p0 below it:
+    it only falls as p0 rises towards k/n."""
+    seen = k / n
+    return k * math.log(seen / p0) + ((n - k) * math.log((1 - seen) / (1 - p0)) if k < n else 0.0)
+
+
+# Rounding in the log-likelihood ratio is far below this: `inconclusive` never misses a conclusive hour.
+MARGIN = 1e-6
+
+
+def inconclusive(view: QueueView, settings: UserJobsSettings, exclude_at: float) -> bool:
+    """Whether no hour of the queue's can point at the site (an item of `evidence`), whatever the
+    other queues' users' jobs say: no code in it could be conclusive on its own even against the
+    least rate it is compared with (`floor`; the ratio only falls as that rate rises towards the
+    hour's own). Its users' jobs can then only speak for the queue."""
+    least, floor = settings.min_failures, settings.floor
+    for hour in view.user_jobs:
+        n = hour.ended
+        for _, k in _heard_codes(hour).values():
+            if k >= least and n and k / n > floor and _llr(k, n, floor) >= exclude_at - MARGIN:
+                return False
+    return True
+
+
 def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
              now: datetime) -> tuple[list[Counted], list[dict[str, Any]]]:
     """The queue's users' hours that point at the site, as weighted failures for the sequential
@@ -198,7 +246,7 @@ def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
             seen = k / n if n else 0.0
             if seen <= p0 or baseline.shared(code, hour.hour, view.site):
                 continue
-            llr = k * math.log(seen / p0) + ((n - k) * math.log((1 - seen) / (1 - p0)) if k < n else 0.0)
+            llr = _llr(k, n, p0)
             if llr < weights.exclude_at:
                 continue  # not conclusive on its own: at every queue and hour, weak ones would keep sending probes
             step = min(weights.failure, baseline.settings.weight * llr)

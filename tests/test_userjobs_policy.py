@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from blacklist import sequential
 from blacklist.model import Action, QueueView, Result
 from blacklist.policies import Policy
@@ -219,3 +222,52 @@ def test_users_jobs_still_ending_at_a_stalled_queue_do_not_speak_against_the_sta
     waiting = QueueView(**{**grid({}, queues=1)[0].__dict__, "last_start": NOW - 2 * HOUR,
                            "waiting_since": (NOW - HOUR, NOW - HOUR, NOW - 50 * timedelta(minutes=1))})
     assert decide(ON, [waiting], "ANALY_0") == decide(OFF, [QueueView(**{**waiting.__dict__, "user_jobs": ()})], "ANALY_0")
+
+
+CODES = {1099: ("STAGEINFAILED", "site"), 1137: ("STAGEOUTFAILED", "site"), 1305: ("PAYLOADEXECUTIONFAILURE", "user"),
+         1324: ("SERVICEUNAVAILABLE", "central"), 1203: ("SIGSEGV", "unknown")}
+
+
+@st.composite
+def grids(draw) -> list[QueueView]:
+    """A few queues (two may share a site) with test jobs and users' hours failing with a few codes."""
+    views = []
+    for i in range(draw(st.integers(2, 6))):
+        name = f"ANALY_{i}"
+        drawn = draw(st.lists(st.tuples(st.integers(0, 359), st.booleans(), st.sampled_from(sorted(CODES))), max_size=12))
+        results = tuple(sorted((Result(1000 * i + j, "AFT", NOW - timedelta(minutes=minutes), failed,
+                                       *((CODES[code][1], CODES[code][0], code) if failed else ()))
+                                for j, (minutes, failed, code) in enumerate(drawn)), key=lambda r: r.end_time, reverse=True))
+        hours = []
+        for back in range(draw(st.integers(0, 6))):
+            ended = draw(st.integers(0, 40))
+            failing = draw(st.dictionaries(st.sampled_from(sorted(CODES)), st.integers(1, 20), max_size=3))
+            if sum(failing.values()) > ended:
+                failing = {}
+            hours.append(hour(name, NOW.replace(minute=0) - back * HOUR, ended, **{f"c{c}": n for c, n in failing.items()}))
+        state = draw(st.sampled_from(["online", "online", "pending", "excluded"]))
+        views.append(QueueView(name=name, site=f"SITE-{draw(st.integers(0, 4))}", cloud="DE", status="online",
+                               robot_state=state, excluded_by_robot=state == "excluded",
+                               state_since=NOW - timedelta(minutes=draw(st.integers(0, 300))), results=results,
+                               user_jobs=tuple(sorted(hours, key=lambda h: h.hour))))
+    return views
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grids())
+def test_a_queue_decided_without_comparing_users_jobs_is_decided_as_with_them(views):
+    # The shortcut (users' jobs that can only speak for the queue, every CUSUM at 0 without them)
+    # decides every queue as the full weighing does.
+    spread, users = ON.grid(views), ON.users(views)
+    for view in views:
+        assert ON.decide(view, NOW, 0, spread, users) == ON._heard(view, NOW, 0, spread, users)
+
+
+def test_a_step_of_quiet_queues_compares_no_users_jobs():
+    views = grid({}, results=completed_elsewhere())
+    users = ON.users(views)
+    assert all(ON.decide(v, NOW, 0, ON.grid(views), users).action is Action.KEEP for v in views)
+    assert "_counts" not in users.__dict__  # the baseline was never worked out
+    views = grid({"ANALY_0": 20})  # a queue whose users' jobs point at its site asks for it
+    users = ON.users(views)
+    assert ON.decide(views[0], NOW, 0, ON.grid(views), users).action is Action.PEND and "_counts" in users.__dict__
