@@ -408,10 +408,10 @@ SILENCED = select(SILENCE.c.scope, SILENCE.c.name).where(SILENCE.c.cleared_at.is
                                                          SILENCE.c.until > bindparam("now"))
 UNREACHABLE = select(func.count()).select_from(EVENT).where(EVENT.c.kind == "backend_unreachable",
                                                             EVENT.c.time == bindparam("now"))
-# Only jobs waiting at the site (activated; since activation) long enough to matter: before
-# activation the wait is the server's or the data's.
-WAITING = select(JOB.c.queue_id, JOB.c.status_changed_at).where(
-    JOB.c.phase == "active", JOB.c.job_status == "activated", JOB.c.status_changed_at <= bindparam("before"))
+# Only jobs waiting at the site (activated; since activation): before activation the wait is the
+# server's or the data's.
+WAITING = select(JOB.c.queue_id, JOB.c.status_changed_at).where(JOB.c.phase == "active",
+                                                                JOB.c.job_status == "activated")
 LAST_START = (select(JOB.c.queue_id, func.max(JOB.c.start_time))
               .where(JOB.c.phase == "active", JOB.c.start_time.is_not(None)).group_by(JOB.c.queue_id))
 
@@ -451,8 +451,11 @@ class QueueFacts:
         # A stall is judged only on job states read in this step: while the backend cannot be reached,
         # the stored states are old news, and jobs that "wait" may long have started.
         if session.execute(UNREACHABLE, {"now": now}).scalar() == 0:
-            for qid, activated in session.execute(WAITING, {"before": now - policy.settings.default.stall_after}):
+            for qid, activated in session.execute(WAITING):
                 waiting[qid].append(activated)
+            # Only where a job has waited `stall_after` can the queue be stalled; there every waiting job counts.
+            stall_from = now - policy.settings.default.stall_after
+            waiting = {qid: times for qid, times in waiting.items() if min(times) <= stall_from}
         last_start: dict[int, datetime] = dict(session.execute(LAST_START).all())
         # Outages before the window too: a job that waited or ran in one may end inside the window.
         downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)

@@ -60,7 +60,8 @@ class QueueView:
     last_robot_inclusion: datetime | None = None  # evidence older than this was already judged
     state_since: datetime | None = None  # when robot_state was entered
     results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only
-    waiting_since: tuple[datetime, ...] = ()  # submission times of jobs not started yet (the long waits)
+    # when each job not started yet began to wait at the site, at a queue where one has waited `stall_after` (elsewhere none)
+    waiting_since: tuple[datetime, ...] = ()
     last_start: datetime | None = None  # when a job last started at the queue
     downtime: str | None = None  # the site's announced outage in force now, in words (robot.downtimes.describe)
     downtime_ended: datetime | None = None  # the end of its last one, when no result came in since

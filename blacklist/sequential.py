@@ -31,8 +31,12 @@ alternatives at once; the queue is excluded when any of them reaches log((1-beta
 - for all of them a completed job adds log((1-p_b)/(1-p_h)), and an hour of the queue's users' jobs
   that do not fail with the code (blacklist/userjobs.py) adds its own share of that, at most one
   failure's weight.
-A queue where nothing has started for `stall_after` while test jobs wait counts each such job as a
-site failure (a stuck queue shows no errors, only silence).
+A queue where nothing has started for `stall_after` while a test job waited that long is stalled (a
+stuck queue shows no errors, only silence): every test job waiting there then counts as a site
+failure in proportion to how long it has waited while nothing started, `stall_after` of waiting
+weighing one failure. So the probe jobs a stall sends add to the case from their first minutes
+(at a queue that starts jobs they start within minutes, and that ends the stall), instead of each
+having to wait `stall_after` of its own before it counts.
 One counted failure makes the queue PENDING: probe jobs go out at once so that the verdict comes
 in minutes. A suspicion that finds no confirmation (every S back to 0, or max_pending elapsed)
 is cleared.
@@ -153,12 +157,18 @@ def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
     return scores[key], behind.get(key, [])
 
 
-def stalled(view: QueueView, settings: SequentialSettings, now: datetime) -> list[Result]:
-    """Jobs waiting longer than `stall_after` at a queue where nothing started meanwhile, as failures."""
+def stalled(view: QueueView, settings: SequentialSettings, now: datetime) -> list[Counted]:
+    """The jobs waiting at a stalled queue (nothing started for `stall_after` while one of them waited
+    that long), each as a site failure weighed by its wait while nothing started, in `stall_after`s."""
     if view.last_start is not None and now - view.last_start < settings.stall_after:
         return []
-    return [Result(0, "", now, True, "site", "STALLED", -1)
-            for since in view.waiting_since if now - since >= settings.stall_after]
+    waits = [now - (since if view.last_start is None else max(since, view.last_start)) for since in view.waiting_since]
+    if not any(wait >= settings.stall_after for wait in waits):
+        return []
+    weights = Weights.of(settings)
+    stall = Result(0, "", now, True, "site", "STALLED", -1)
+    return [Counted(stall, weights.repeat * share, any_weight=weights.failure * share)
+            for wait in waits if (share := wait / settings.stall_after) > 0]
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
     if view.last_robot_inclusion and view.last_robot_inclusion > start:
         start = view.last_robot_inclusion  # a re-included queue starts with a clean slate
     recent = [r for r in view.results if r.end_time >= start]
-    stalls = [Counted(r, weights.repeat) for r in stalled(view, settings, now)]
+    stalls = stalled(view, settings, now)
     users = [u for u in users or () if u.result.end_time >= start]
     if stalls:  # users' jobs that still end started before the queue stalled: they do not speak against it
         users = [u for u in users if u.against is None]
@@ -194,7 +204,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
     evidence = {"cusum": round(score, 2), "exclude_at": round(weights.exclude_at, 2),
                 "jobs": evidence_of(tested)}
     if score >= weights.exclude_at and tested:
-        codes = sorted({f"{r.error_name}" for r in failures})
+        codes = sorted({_named(r, stalls, settings) for r in failures})
         hours = len(failures) - len(tested)
         also = f" and {hours} hour(s) of users' jobs" if hours else ""
         return Decision(view.name, Action.EXCLUDE,
@@ -212,10 +222,24 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
                         evidence=evidence, policy=NAME)
     if failures:  # a failure pointing at the site, not yet outweighed by completed jobs
         last = failures[-1]
-        what = f"{last.error_name} in users' jobs" if last.template == USERS else f"{last.error_name} (job {last.panda_id})"
+        if last.template == USERS:
+            what = f"{last.error_name} in users' jobs"
+        elif any(last is c.result for c in stalls):
+            what = f"{_named(last, stalls, settings)},"
+        else:
+            what = f"{last.error_name} (job {last.panda_id})"
         return Decision(view.name, Action.PEND, f"{what} points at the site: sending probe jobs", evidence=evidence,
                         policy=NAME)
     return Decision(view.name, Action.KEEP, HEALTHY if score == 0 else f"CUSUM {score:.1f}", policy=NAME)
+
+
+def _named(result: Result, stalls: list[Counted], settings: SequentialSettings) -> str:
+    """A counted failure's error, in words; a stall with its jobs and how long they waited."""
+    if not any(result is c.result for c in stalls):
+        return f"{result.error_name}"
+    waited = settings.stall_after * sum(c.code_weight for c in stalls) / Weights.of(settings).repeat
+    return (f"{result.error_name}: {len(stalls)} test job(s) waiting where nothing started, "
+            f"{format_duration(timedelta(minutes=round(waited / timedelta(minutes=1))))} in all")
 
 
 def streak_needed(window: list[Counted], settings: SequentialSettings, recent_exclusions: int) -> int:

@@ -344,6 +344,30 @@ def test_a_stuck_queue_is_excluded_while_the_others_run(tmp_path, clock, grid):
     assert "STALLED" in reason
 
 
+def test_the_probe_jobs_a_stall_sends_count_from_their_first_minutes(tmp_path, clock, grid):
+    """A stuck queue's probes that do not start either confirm the stall within minutes: the engine gives
+    the policy every job waiting at a stalled queue, not only those that waited `stall_after` themselves."""
+    robot = robot_with_engine(tmp_path, grid, default={"stall_after": "45m"})
+    robot.run_once(clock.now())
+    for minute in range(5, 130, 5):
+        for queue in QUEUES:
+            waiting = grid.in_queue(queue)
+            if queue == "ANALY_C2":  # it starts one of its first two jobs, then nothing
+                waiting = waiting[:1] if minute == 5 else []
+            for pid in waiting:
+                grid.start(pid)
+                grid.finish(pid)
+        step(robot, clock, minutes=5)
+    with robot.sessions() as session:
+        moves = session.execute(select(QueueTransition.time, QueueTransition.new).join(Queue)
+                                .where(Queue.name == "ANALY_C2").order_by(QueueTransition.id)).all()
+    (pended, pending), (excluded, brokeroff) = moves
+    assert (pending, brokeroff) == ("pending", "brokeroff")
+    # 10 minutes: the probes waited 5. The job that stalled it would weigh enough alone 25 minutes after
+    # the doubt; with probes that count once they have waited 45 minutes each, 50
+    assert excluded - pended <= timedelta(minutes=15)
+
+
 def test_jobs_the_server_never_activated_are_no_stall_of_the_site(tmp_path, clock, grid):
     """`defined` (or assigned, pending, waiting) is the server's or the data's wait, not the site's."""
     robot = robot_with_engine(tmp_path, grid, default={"stall_after": "45m"})

@@ -348,6 +348,34 @@ def test_sequential_pending_queue_confirmed_is_excluded():
     assert seq("FFF", "pending", state_since=NOW - 40 * MIN).action is Action.EXCLUDE
 
 
+# -- stalls: a queue that starts nothing ---------------------------------------------------------
+
+def stalled_view(waiting: list[timedelta], started: timedelta, state: str = "pending") -> QueueView:
+    """A queue whose last job started `started` ago (its jobs completed), with jobs waiting these long."""
+    return view("ANALY_A", results("T1", "CC", newest=NOW - started + 40 * MIN), robot_state=state,
+                state_since=NOW - 10 * MIN, last_start=NOW - started, waiting_since=tuple(NOW - w for w in waiting))
+
+
+def test_sequential_probes_at_a_stalled_queue_count_in_proportion_to_their_wait():
+    # one job has waited 50 minutes at a queue where nothing started for an hour: it stalled, and the
+    # six probe jobs sent then have waited 10 minutes without starting either. 50 + 6 * 10 minutes of
+    # waiting in all, each stall_after (45 min) of it one failure: excluded, not 35 minutes later
+    # when the probes have each waited stall_after of their own
+    decision = sequential.decide(stalled_view([50 * MIN] + [10 * MIN] * 6, HOUR), SEQ, NOW)
+    assert decision.action is Action.EXCLUDE and "STALLED" in decision.reason
+    assert decision.evidence["cusum"] == pytest.approx(W.repeat * 110 / 45, abs=0.01)
+    assert sequential.decide(stalled_view([50 * MIN], HOUR), SEQ, NOW).action is Action.KEEP  # in doubt
+
+
+def test_sequential_a_wait_counts_only_while_nothing_starts_and_once_the_queue_stalled():
+    assert sequential.stalled(stalled_view([40 * MIN] * 9, HOUR), SEQ, NOW) == []  # none waited stall_after
+    assert sequential.stalled(stalled_view([50 * MIN] * 2, 30 * MIN), SEQ, NOW) == []  # a job started since
+    # the job waiting two hours counts from the last start, 50 minutes ago
+    waits = sequential.stalled(stalled_view([2 * HOUR, 5 * MIN], 50 * MIN), SEQ, NOW)
+    assert [round(45 * c.code_weight / W.repeat) for c in waits] == [50, 5]
+    assert [round(45 * c.any_weight / W.failure) for c in waits] == [50, 5]
+
+
 # -- differential evidence: the other sites' results ------------------------------------------
 
 def healthy_grid(n: int = 8, pattern: str = "CCCCCC") -> list[QueueView]:
