@@ -354,12 +354,16 @@ def success_heatmap(session: Session, f: Filters) -> Heatmap:
     edges = heatmap_edges(f.start, f.end)
     queue_ids = [p.id for p in places] if _narrowed(f) else None
     sums = bucket_sums(session, edges, ("jobs", "completed"), queue_ids, _template_ids(session, f))
-    empty = {"jobs": [0] * (len(edges) - 1)}
+    cells = len(edges) - 1
     success, jobs = [], []
     for place in places:
-        found = sums.get(place.id, empty)
-        jobs.append([int(n) for n in found["jobs"]])
-        success.append([c / n if n else None for c, n in zip(found.get("completed", found["jobs"]), found["jobs"])])
+        found = sums.get(place.id)
+        if found is None:
+            jobs.append([0] * cells)
+            success.append([None] * cells)
+            continue
+        jobs.append(found["jobs"])  # integers (bucket_sums casts the sums to the columns' type)
+        success.append([c / n if n else None for c, n in zip(found["completed"], found["jobs"])])
     return Heatmap([p.name for p in places], edges[:-1], success, jobs)
 
 

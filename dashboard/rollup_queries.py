@@ -74,19 +74,34 @@ def _add_rows(found: dict[int, list[list[Any]]], rows: Sequence[Any], names: Seq
     `bucket_of`, the second column is a key mapped to the bucket (rows of keys it lacks are dropped)."""
     latest = [(i, i + 2) for i, name in enumerate(names) if name == "last_end"]  # (name, column of the row)
     summed = [(i, i + 2) for i, name in enumerate(names) if name != "last_end"]
+    bucket = None if bucket_of is None else bucket_of.get
     for row in rows:  # indexed, not unpacked: no list per row for the collector to count
-        k = row[1] if bucket_of is None else bucket_of.get(row[1], -1)
+        k = row[1] if bucket is None else bucket(row[1], -1)
         if k < 0:
             continue
         columns = found.get(row[0])
         if columns is None:
             columns = found[row[0]] = _new(names, count)
         for i, c in summed:
-            if row[c]:
-                columns[i][k] += row[c]
+            value = row[c]
+            if value:
+                columns[i][k] += value
         for i, c in latest:
             if row[c] is not None and (columns[i][k] is None or row[c] > columns[i][k]):
                 columns[i][k] = row[c]
+
+
+def _fetch(connection: Any, query: Any, names: Sequence[str]) -> Sequence[Any]:
+    """The rows of a rollup query. Sums of numbers come as the driver gives them (plain tuples: no
+    SQLAlchemy row per row for the 50,000 cells of a year's heatmap), a latest end through its column
+    type (SQLite gives it as text)."""
+    result = connection.execute(query)
+    if "last_end" in names:
+        return result.all()
+    try:
+        return result.cursor.fetchall()
+    finally:
+        result.close()
 
 
 def _columns(table: Any, names: Sequence[str]) -> list[Any]:
@@ -179,7 +194,7 @@ def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str
             query = query.where(table.queue_id.in_(list(queue_ids)))
         if template_ids is not None:
             query = query.where(JobRollup.template_id.in_(list(template_ids)))
-        _add_rows(found, connection.execute(query).all(), names, count, bucket_of)
+        _add_rows(found, _fetch(connection, query, names), names, count, bucket_of)
     if raws:
         _raw_sums(session, _merged(raws), names, queue_ids, template_ids, found, count)
     return {queue_id: dict(zip(names, columns)) for queue_id, columns in found.items()}
