@@ -33,6 +33,8 @@ from robot.vocabulary import plain_reason, queue_state
 # time) that gives it at least HEATMAP_CELLS cells; from an hour on, each is one period the rollup stores.
 CELL_STEPS = (60, 120, 300, 600, 900, 1800, HOUR, 3 * HOUR, SIX_HOURS, DAY, WEEK)
 HEATMAP_CELLS = 24
+SERIES_POINTS = 48  # at least, in a queue page's failure rate over time
+FEW_QUEUES = 500  # statuses of at most this many queues read their transitions alone
 SAMPLE = 2000  # newest finished jobs behind a queue page's distributions
 RECENT_JOBS = 50
 QUEUE_TRANSITIONS = 200
@@ -274,7 +276,10 @@ def _statuses(session: Session, places: list[_Place], now: datetime) -> dict[int
         .where(Override.cleared_at.is_(None), Override.ended_at.is_(None),
                or_(Override.until.is_(None), Override.until > now))
         .order_by(Override.created_at))}
-    latest = select(func.max(QueueTransition.id)).group_by(QueueTransition.queue_id).scalar_subquery()
+    latest = select(func.max(QueueTransition.id)).group_by(QueueTransition.queue_id)
+    if len(places) <= FEW_QUEUES:  # a queue's page, a site: only their last reasons are read and put in words
+        latest = latest.where(QueueTransition.queue_id.in_([p.id for p in places]))
+    latest = latest.scalar_subquery()
     reasons = {queue_id: plain_reason(reason, evidence, time, new)  # in words a shifter reads
                for queue_id, reason, evidence, time, new in session.execute(
                    select(QueueTransition.queue_id, QueueTransition.reason, QueueTransition.evidence,
@@ -331,17 +336,13 @@ def overview(session: Session, f: Filters, now: datetime) -> list[QueueSummary]:
     return found
 
 
-def _edges(start: datetime, end: datetime, buckets: int) -> list[datetime]:
-    width = (end - start) / buckets
-    return [start + width * k for k in range(buckets)] + [end]
-
-
-def heatmap_edges(start: datetime, end: datetime) -> list[datetime]:
-    """The heatmap's cell edges: `start`, the whole multiples of the step (CELL_STEPS) in between,
-    `end`. Cells of an hour or more are stored rollup periods, so a cell costs one row per queue and
-    template whatever the window; only the first and the last cell read jobs at their edges."""
+def heatmap_edges(start: datetime, end: datetime, cells: int = HEATMAP_CELLS) -> list[datetime]:
+    """The edges of a heatmap's cells (or of a series' points): `start`, the whole multiples of the
+    step (CELL_STEPS) in between, `end`; the largest step giving at least `cells` cells. Cells of an
+    hour or more are stored rollup periods, so a cell costs one row per queue and template whatever
+    the window; only the first and the last cell read jobs at their edges."""
     a, b = epoch(start), epoch(end)
-    step = max((s for s in CELL_STEPS if (b - a) / s >= HEATMAP_CELLS), default=CELL_STEPS[0])
+    step = max((s for s in CELL_STEPS if (b - a) / s >= cells), default=CELL_STEPS[0])
     inner = range(floor_to(a, step) + step, math.ceil(b / step) * step, step)
     return [start, *(at(t) for t in inner), end]
 
@@ -422,11 +423,11 @@ def queue_page(session: Session, queue: str, f: Filters, now: datetime) -> Queue
         jobs=int(totals.get("jobs", 0)), failed=int(totals.get("failed", 0)), sampled_jobs=len(sample))
 
 
-def _failure_series(session: Session, queue_id: int, f: Filters, template_ids: list[int] | None,
-                    buckets: int = 48) -> list[SeriesPoint]:
+def _failure_series(session: Session, queue_id: int, f: Filters, template_ids: list[int] | None) -> list[SeriesPoint]:
+    """The failure rate per point, cut as the heatmap's cells (at least SERIES_POINTS)."""
     if f.end <= f.start:
         return []
-    edges = _edges(f.start, f.end, buckets)
+    edges = heatmap_edges(f.start, f.end, SERIES_POINTS)
     cells = bucket_sums(session, edges, ("jobs", "failed"), [queue_id], template_ids).get(queue_id)
     points = []
     for k, start in enumerate(edges[:-1]):

@@ -165,6 +165,18 @@ def _merged(ranges: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]]:
     return found
 
 
+def _joined(ranges: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any]]:
+    """Sorted ranges as the stretches they cover: those that touch joined, whatever their bucket (the
+    sub-hour cells of a short window are one stretch of the job table, read through its index once)."""
+    found: list[tuple[Any, Any]] = []
+    for first, last, _ in ranges:
+        if found and found[-1][1] == first:
+            found[-1] = (found[-1][0], last)
+        else:
+            found.append((first, last))
+    return found
+
+
 def bucket_sums(session: Session, edges: Sequence[datetime], names: Sequence[str],
                 queue_ids: Sequence[int] | None = None,
                 template_ids: Sequence[int] | None = None) -> dict[int, dict[str, list[Any]]]:
@@ -236,7 +248,7 @@ def _raw_sums(session: Session, raws: list[tuple[datetime, datetime, int]], name
     # `column + 0`, which no index serves: else SQLite would read every job of those queues or tests.
     few = queue_ids is not None and len(queue_ids) <= OR_RANGES
     where = [Job.outcome.in_(FINAL), or_(*(and_(*([Job.queue_id.in_(list(queue_ids))] if few else []),
-                                               Job.end_time >= a, Job.end_time < b) for a, b, _ in raws))]
+                                               Job.end_time >= a, Job.end_time < b) for a, b in _joined(raws)))]
     if queue_ids is not None and not few:
         where.append((Job.queue_id + 0).in_(list(queue_ids)))
     if template_ids is not None:

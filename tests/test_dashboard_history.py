@@ -59,6 +59,7 @@ def check_range(history, f) -> None:
             assert heat.jobs[row] == [cells[(queue, k)] for k in range(len(heat.starts))]
             assert heat.success[row] == [completed[(queue, k)] / cells[(queue, k)] if cells[(queue, k)] else None
                                          for k in range(len(heat.starts))]
+        check_series(session, f)
         narrowed = queries.Filters(f.start, f.end, templates=("hc_ttbar",))
         rows = {r.queue: (r.jobs, r.failed) for r in queries.overview(session, narrowed, AT)}
         direct = Counter()
@@ -67,3 +68,23 @@ def check_range(history, f) -> None:
             direct[queue] += 1
             failed[queue] += outcome == "failed"
         assert rows == {queue: (direct[queue], failed[queue]) for queue in rows}
+
+
+def check_series(session, f) -> None:
+    """A queue page's failure rate over time: points cut as the heatmap's cells (at least 48, each
+    inner one a whole step), each one's jobs and failures those the job table holds."""
+    ended = counted(session, f.start, f.end)
+    queue = Counter(name for name, _, _ in ended).most_common(1)[0][0]
+    series = queries.queue_page(session, queue, f, AT).failure_series
+    edges = [*(p.start for p in series), f.end]
+    assert edges == queries.heatmap_edges(f.start, f.end, 48) and len(series) >= 48
+    step = edges[2] - edges[1]
+    assert all(b - a == step for a, b in zip(edges[1:-1], edges[2:-1]))
+    jobs: Counter = Counter()
+    failed: Counter = Counter()
+    for name, outcome, end in ended:
+        if name == queue:
+            k = max(i for i, edge in enumerate(edges[:-1]) if edge <= end)
+            jobs[k] += 1
+            failed[k] += outcome == "failed"
+    assert [(p.jobs, p.failed) for p in series] == [(jobs[k], failed[k]) for k in range(len(series))]
