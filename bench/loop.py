@@ -12,12 +12,13 @@ CPU time of this process (SQLite runs in it), median of the steps, so that other
 machine does not count. `--profile N` prints the N costliest functions of the finishing steps
 (cProfile, CPU time).
 
-    python bench/loop.py [--queues 1000] [--templates 3] [--steps 5] [--finishing 0.1] [--profile 30]
+    python bench/loop.py [--queues 1000] [--templates 3] [--steps 5] [--finishing 0.1] [--profile 30] [--parts]
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import itertools
 import io
 import os
@@ -25,11 +26,15 @@ import pstats
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
+from sqlalchemy.orm import Session
+
 from blacklist.engine import ExclusionEngine
+from robot import rollup
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings
 from robot.backends.base import InputFile, JobReport, JobRequest
@@ -37,7 +42,9 @@ from robot.catalogue import DatasetInfo
 from robot.classify import load_table
 from robot.config import RobotConfig
 from robot.jobstates import JobStatus, QueueStatus
+from robot import loop
 from robot.loop import Robot, settle
+from robot.workers import Workers
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
@@ -106,6 +113,64 @@ class NullGrid:
         pass
 
 
+class Parts:
+    """CPU time of a step split by part (`--parts`): each part's own time, without the parts it calls."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+        self._stack = ["other"]
+        self._mark = 0.0
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            self._switch(lambda: self._stack.append(label))
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._switch(self._stack.pop)
+
+        setattr(owner, name, staticmethod(timed) if isinstance(inspect.getattr_static(owner, name), staticmethod)
+                else timed)
+
+    def _switch(self, change) -> None:  # type: ignore[no-untyped-def]
+        now = time.process_time()
+        if self.steps:
+            self.steps[-1][self._stack[-1]] += now - self._mark
+        change()
+        self._mark = time.process_time()
+
+    def start(self) -> None:
+        self.steps.append(defaultdict(float))
+        self._mark = time.process_time()
+
+    def stop(self) -> None:
+        self._switch(lambda: None)
+
+    def report(self, count: int) -> str:
+        measured = self.steps[-count:]
+        labels = sorted({label for step in measured for label in step},
+                        key=lambda label: -statistics.median(step.get(label, 0.0) for step in measured))
+        return "\n".join(f"  {label:28s} {1000 * statistics.median(step.get(label, 0.0) for step in measured):6.1f} ms"
+                         for label in labels)
+
+
+def measure_parts(parts: Parts, robot: Robot, grid: "NullGrid") -> None:
+    """Time the step's parts (the parts' own CPU, median of the finishing steps)."""
+    for name in ("_reconcile_unconfirmed", "_read_queue_status", "_poll", "_time_out_waiting_jobs", "_submit",
+                 "_slot_states", "_last_ends", "_submission_context"):
+        parts.wrap(Robot, name, name.strip("_"))
+    parts.wrap(Workers, "step", "workers (beat, lease)")
+    parts.wrap(rollup, "update", "rollup update")
+    parts.wrap(loop, "update_jobs", "update_jobs")
+    parts.wrap(loop, "_heartbeat", "heartbeat")
+    parts.wrap(Session, "commit", "commits")
+    parts.wrap(ExclusionEngine, "__call__", "exclusion engine")
+    for name in ("submit", "status", "find", "complete_datasets", "queue_status"):
+        parts.wrap(grid, name, "bench's fake backend")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queues", type=int, default=1000)
@@ -115,6 +180,8 @@ def main() -> None:
     parser.add_argument("--without-exclusion", action="store_true", help="leave the exclusion engine out")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N costliest functions (cumulative CPU time) of the finishing steps")
+    parser.add_argument("--parts", action="store_true",
+                        help="print the CPU time of each part of the finishing steps (its own, median)")
     args = parser.parse_args()
     templates = [{"name": f"AFT_{i}", "category": "functional", "payload": "zmumu",
                   "input_dataset": "mc23.*", "events_per_job": 20000} for i in range(args.templates)]
@@ -135,13 +202,18 @@ def main() -> None:
         steps += [(f"steady, {args.finishing:.0%} finishing {i + 1}", args.finishing) for i in range(args.steps)]
         finishing_cpu = []
         profile = cProfile.Profile(time.process_time)
+        parts = Parts()
+        if args.parts:
+            measure_parts(parts, robot, grid)
         for label, finishing in steps:
             grid.finishing, grid.now = finishing, now
             profiled = bool(args.profile and finishing)
             cpu, wall = time.process_time(), time.perf_counter()
             if profiled:
                 profile.enable()
+            parts.start()
             summary = robot.run_once(now)
+            parts.stop()
             if profiled:
                 profile.disable()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -153,6 +225,9 @@ def main() -> None:
             if label.startswith("first"):
                 settle()  # as `healthrobot run` does after its first step
         engine.dispose()
+    if args.parts:
+        print(f"parts of the steps with {args.finishing:.0%} finishing (CPU, median of {len(finishing_cpu)}):")
+        print(parts.report(len(finishing_cpu)))
     if args.profile:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(args.profile)
