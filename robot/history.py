@@ -445,7 +445,7 @@ def import_history(session: Session, path: Path, template: str, table: ErrorTabl
         raise HistoryFileError("not a text file: expected PanDA monitor job records as JSON") from None
     if summary.imported:
         _stretch_test(session, test_id, summary)
-        rollup.add_bulk(session, touched, now)
+        rollup.add_bulk(session, touched, now, session.scalar(select(Test.template_id).where(Test.id == test_id)))
     return summary
 
 

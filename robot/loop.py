@@ -28,8 +28,9 @@ from robot.results import final_values
 from robot.planning import SlotState, choose_input, jobs_to_submit
 from robot import rollup
 from robot.stress import pending_retries
+from robot.storage import settings
 from robot.storage.job_updates import update_jobs
-from robot.storage.models import (Downtime, Event, Job, Queue, QueueTransition, Setting, Site, StorageEndpoint,
+from robot.storage.models import (Downtime, Event, Job, Queue, QueueTransition, Site, StorageEndpoint,
                                   Template, Test, TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
 from robot.topology import Topology, TopologySource
@@ -636,13 +637,4 @@ def _heartbeat(session: Session, now: datetime, summary: StepSummary, interval: 
     problem = "; ".join(summary.backend_errors)
     values = {LAST_STEP_SETTING: now.isoformat(), INTERVAL_SETTING: f"{interval.total_seconds():g}",
               BACKEND_SETTING: (problem or "ok")[:256]}
-    # Two statements, not a read and a write per setting (session.merge): this runs at every step.
-    table = Setting.__table__
-    stored = set(session.scalars(select(table.c.name).where(table.c.name.in_(list(values)))))
-    rows = [{"name": name, "value": value, "actor": "robot", "changed_at": now} for name, value in values.items()]
-    if stored:
-        session.execute(update(table).where(table.c.name == bindparam("_name"))
-                        .values(value=bindparam("_value"), actor=bindparam("_actor"), changed_at=bindparam("_changed_at")),
-                        [{f"_{k}": v for k, v in row.items()} for row in rows if row["name"] in stored])
-    if len(stored) < len(rows):
-        session.execute(insert(table), [row for row in rows if row["name"] not in stored])
+    settings.store(session, values, "robot", now)

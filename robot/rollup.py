@@ -24,11 +24,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import (BigInteger, Float, Integer, String, and_, any_, bindparam, case, cast, delete, func, insert,
-                        literal, literal_column, or_, select)
+                        literal, literal_column, or_, select, tuple_)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from robot.storage import settings
 from robot.storage.models import Job, JobRollup, QueueRollup, Setting, Test
 
 log = logging.getLogger(__name__)
@@ -241,18 +242,50 @@ def _ids(dialect: str, ids: list[int]) -> Any:
     return json.dumps(ids) if dialect == "sqlite" else ids
 
 
+def _among_pairs(queue: Any, template: Any, dialect: str) -> Any:
+    """(`queue`, `template`) in the pairs bound as `pairs` (`_pairs`): one bound value on SQLite (a JSON list
+    of pairs) and PostgreSQL (two arrays of the same length)."""
+    if dialect == "postgresql":
+        pairs = func.unnest(bindparam("pair_queues", type_=ARRAY(Integer)),
+                            bindparam("pair_templates", type_=ARRAY(Integer))).table_valued("q", "t").render_derived()
+        return tuple_(queue, template).in_(select(pairs.c.q, pairs.c.t))
+    if dialect == "sqlite":
+        value = literal_column("value")
+        return tuple_(queue, template).in_(select(func.json_extract(value, "$[0]"), func.json_extract(value, "$[1]"))
+                                           .select_from(func.json_each(bindparam("pairs", type_=String))))
+    return tuple_(queue, template).in_(bindparam("pairs", expanding=True))
+
+
+def _pairs(dialect: str, pairs: list[tuple[int, int]]) -> dict[str, Any]:
+    if dialect == "postgresql":
+        return {"pair_queues": [q for q, _ in pairs], "pair_templates": [t for _, t in pairs]}
+    return {"pairs": json.dumps(pairs) if dialect == "sqlite" else pairs}
+
+
+def _pair_chunks(dialect: str, pairs: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The bound values of `pairs` (queue id, template id) in chunks of at most CHUNK queues: `ids` their
+    queues (what the indexes are searched by), and the pairs themselves."""
+    by_queue: dict[int, list[int]] = defaultdict(list)
+    for queue_id, template_id in pairs:
+        by_queue[queue_id].append(template_id)
+    return [{"ids": _ids(dialect, chunk), **_pairs(dialect, [(q, t) for q in chunk for t in sorted(by_queue[q])])}
+            for chunk in _chunks(by_queue)]
+
+
 @functools.cache
 def _step_statements(dialect: str) -> dict[Any, tuple[Any, Any]]:
     """The statements `update` runs at every step, (delete, insert) per span and for the queue rows,
-    built once per database kind: what varies (the period, the queue ids) is bound at execution, so no
-    expression is built per step and SQLAlchemy's compiled cache serves them. The hours' insert is None
-    where the database cannot sum them (`_hours_select`).
+    built once per database kind: what varies (the period, the queue ids and (queue, template) pairs) is
+    bound at execution, so no expression is built per step and SQLAlchemy's compiled cache serves them.
+    The hours' insert is None where the database cannot sum them (`_hours_select`). The job rollup's rows
+    are those of the pairs whose jobs ended, not every template's at their queues: a step ends about one
+    job of one template at a queue, and its other templates' rows would only be read again.
 
     On SQLite and PostgreSQL the delete is None and the insert an upsert that writes only the rows whose
     sums changed: every key the select yields has a job in it, and a step changes few of the rows it
     recomputes (one template's of a queue, and the queue rows of its periods), so most are only read."""
-    start, end = bindparam("start", type_=BigInteger), bindparam("end", type_=BigInteger)
-    hours = _hours_select(dialect, _among_ids(Job.queue_id, dialect),
+    start = bindparam("start", type_=BigInteger)
+    hours = _hours_select(dialect, _among_ids(Job.queue_id, dialect), _among_pairs(Job.queue_id, Test.template_id, dialect),
                           Job.end_time >= bindparam("first", type_=Job.end_time.type),
                           Job.end_time < bindparam("last", type_=Job.end_time.type))
     jobs, queues = JobRollup.__table__, QueueRollup.__table__
@@ -267,16 +300,16 @@ def _step_statements(dialect: str) -> dict[Any, tuple[Any, Any]]:
             index_elements=list(table.primary_key.columns), set_={name: statement.excluded[name] for name in sums},
             where=or_(*(table.c[name].is_distinct_from(statement.excluded[name]) for name in sums)))
 
+    among = (_among_ids(JobRollup.queue_id, dialect), _among_pairs(JobRollup.queue_id, JobRollup.template_id, dialect))
     found: dict[Any, tuple[Any, Any]] = {HOUR: (
-        delete(jobs).where(JobRollup.span == HOUR, JobRollup.start == start, _among_ids(JobRollup.queue_id, dialect)),
-        None) if hours is None else replace(
-        jobs, ROLLUP_COLUMNS, hours, JobRollup.span == HOUR, JobRollup.start == start,
-        _among_ids(JobRollup.queue_id, dialect))}
+        delete(jobs).where(JobRollup.span == HOUR, JobRollup.start == start, *among),
+        None) if hours is None else replace(jobs, ROLLUP_COLUMNS, hours, JobRollup.span == HOUR, JobRollup.start == start, *among)}
     for finer, span in zip(SPANS, SPANS[1:]):
-        found[span] = replace(
-            jobs, ROLLUP_COLUMNS,
-            _summed(span, finer, JobRollup.start >= start, JobRollup.start < end, _among_ids(JobRollup.queue_id, dialect)),
-            JobRollup.span == span, JobRollup.start == start, _among_ids(JobRollup.queue_id, dialect))
+        # The finer periods one by one, not as a range: the index (span, start, queue, template) is then
+        # searched at each of them for the queues bound, instead of read through every queue's rows.
+        finer_starts = JobRollup.start.in_([start + k * finer for k in range(span // finer)])
+        found[span] = replace(jobs, ROLLUP_COLUMNS, _summed(span, finer, finer_starts, *among),
+                              JobRollup.span == span, JobRollup.start == start, *among)
 
     def within(table: Any) -> Any:  # some queues' rows at the periods of each span (starts bound as `starts_<span>`)
         return or_(*(and_(table.span == span, table.start.in_(bindparam(f"starts_{span}", expanding=True)),
@@ -289,19 +322,20 @@ def _step_statements(dialect: str) -> dict[Any, tuple[Any, Any]]:
 UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # INSERT ... ON CONFLICT DO UPDATE
 
 
-def _recompute_hour(session: Session, hour: int, queue_ids: set[int]) -> None:
+def _recompute_hour(session: Session, hour: int, chunks: list[dict[str, Any]]) -> None:
+    """The hour rows of some (queue, template) pairs (`_pair_chunks`), from their final jobs."""
     dialect = session.get_bind().dialect.name
     statements = _step_statements(dialect)
     remove, fill = statements[HOUR]
     connection = session.connection()  # Core statements: not through the ORM's bulk paths
-    for chunk in _chunks(queue_ids):
-        ids = _ids(dialect, chunk)
+    for values in chunks:
         if remove is not None:
-            connection.execute(remove, {"start": hour, "ids": ids})
+            connection.execute(remove, {"start": hour, **values})
         if fill is not None:
-            connection.execute(fill, {"ids": ids, "first": at(hour), "last": at(hour + HOUR)})
+            connection.execute(fill, {**values, "first": at(hour), "last": at(hour + HOUR)})
         else:
-            _fill_hours(session, Job.queue_id.in_(chunk), Job.end_time >= at(hour), Job.end_time < at(hour + HOUR))
+            _fill_hours(session, tuple_(Job.queue_id, Test.template_id).in_(values["pairs"]),
+                        Job.end_time >= at(hour), Job.end_time < at(hour + HOUR))
 
 
 def _summed(span: int, finer: int, *where: Any) -> Any:
@@ -314,16 +348,15 @@ def _summed(span: int, finer: int, *where: Any) -> Any:
             .order_by(period, JobRollup.queue_id, JobRollup.template_id))  # appended to the rollup's index
 
 
-def _recompute_from_finer(session: Session, span: int, start: int, queue_ids: set[int]) -> None:
+def _recompute_from_finer(session: Session, span: int, start: int, chunks: list[dict[str, Any]]) -> None:
     dialect = session.get_bind().dialect.name
     statements = _step_statements(dialect)
     remove, fill = statements[span]
     connection = session.connection()
-    for chunk in _chunks(queue_ids):
-        ids = _ids(dialect, chunk)
+    for values in chunks:
         if remove is not None:
-            connection.execute(remove, {"start": start, "ids": ids})
-        connection.execute(fill, {"start": start, "end": start + span, "ids": ids})
+            connection.execute(remove, {"start": start, **values})
+        connection.execute(fill, {"start": start, **values})
 
 
 def _over_templates(*where: Any) -> Any:
@@ -352,25 +385,30 @@ def _recompute_queues(session: Session, periods: dict[int, set[int]], queue_ids:
         connection.execute(fill, values)
 
 
-def _watermark(session: Session) -> tuple[datetime | None, int | None]:
-    """The watermark, and how many final jobs stamped exactly at it the call that set it rolled up."""
-    stored = dict(session.execute(select(Setting.name, Setting.value)
-                                  .where(Setting.name.in_([WATERMARK_SETTING, AT_MARK_SETTING]))).all())
-    mark, seen = stored.get(WATERMARK_SETTING), stored.get(AT_MARK_SETTING)
-    return (datetime.fromisoformat(mark) if mark else None), (int(seen) if seen else None)
+def _watermark(session: Session) -> tuple[datetime | None, int | None, tuple[int, ...]]:
+    """The watermark, how many final jobs stamped exactly at it the call that set it rolled up, and the
+    spans the rollup holds (`stored_spans`): one read."""
+    stored = dict(session.execute(select(Setting.name, Setting.value).where(
+        Setting.name.in_([WATERMARK_SETTING, AT_MARK_SETTING, SPANS_SETTING]))).all())
+    mark, seen, spans = stored.get(WATERMARK_SETTING), stored.get(AT_MARK_SETTING), stored.get(SPANS_SETTING)
+    return ((datetime.fromisoformat(mark) if mark else None), (int(seen) if seen else None),
+            tuple(int(x) for x in spans.split(",")) if spans else FORMER_SPANS)
 
 
 def _final_since(since: Any) -> Any:
     return and_(Job.status_changed_at >= since, Job.outcome.in_(FINAL), Job.end_time.is_not(None))
 
 
+def _final_at(moment: datetime) -> Any:
+    """The count of final jobs stamped exactly at `moment`."""
+    return select(func.count()).select_from(Job).where(_final_since(moment), Job.status_changed_at <= moment)
+
+
 def _set_watermark(session: Session, now: datetime, at_mark: int | None = None) -> None:
     """The watermark at `now`, with the count of final jobs stamped at it (counted when not given)."""
     if at_mark is None:
-        at_mark = session.scalar(select(func.count()).select_from(Job).where(
-            _final_since(now), Job.status_changed_at <= now))
-    for name, value in ((WATERMARK_SETTING, now.isoformat()), (AT_MARK_SETTING, str(at_mark))):
-        session.merge(Setting(name=name, value=value, actor="robot", changed_at=now))
+        at_mark = session.scalar(_final_at(now))
+    settings.store(session, {WATERMARK_SETTING: now.isoformat(), AT_MARK_SETTING: str(at_mark)}, "robot", now)
 
 
 def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) -> int:
@@ -386,39 +424,54 @@ def update(session: Session, now: datetime, margin: timedelta = timedelta(0)) ->
     rollup): they are read again only when their count differs from the one that call stored. Otherwise
     every step would recompute the hours of the previous step's jobs as well as its own.
     """
-    seen_until, seen_at_mark = _watermark(session)
+    seen_until, seen_at_mark, held = _watermark(session)
     if seen_until is None:
         return rebuild(session, now)
-    _add_spans(session, now)
-    rows = session.execute(select(Job.queue_id, Job.end_time, Job.status_changed_at)
-                           .where(_final_since(seen_until - margin))).all()
+    _add_spans(session, now, held)
     mark = max(now, seen_until)
-    at_mark = sum(changed == mark for _, _, changed in rows)
-    if not margin and seen_at_mark == sum(changed == seen_until for _, _, changed in rows):
-        rows = [row for row in rows if row.status_changed_at != seen_until]
-    touched: dict[int, set[int]] = defaultdict(set)  # hour start -> queue ids
-    for queue_id, end, _ in rows:
-        touched[floor_to(epoch(end), HOUR)].add(queue_id)
+    at_seen = None if margin else session.scalar(_final_at(seen_until))
+    skip_seen = at_seen is not None and at_seen == seen_at_mark  # those at the watermark were rolled up
+    job, test = Job.__table__.c, Test.__table__.c
+    rows = session.execute(
+        select(job.queue_id, test.template_id, job.end_time, job.status_changed_at)
+        .join_from(Job.__table__, Test.__table__, test.id == job.test_id)
+        .where(job.status_changed_at > seen_until if skip_seen else job.status_changed_at >= seen_until - margin,
+               job.outcome.in_(FINAL), job.end_time.is_not(None))).all()
+    at_mark = at_seen if skip_seen and mark == seen_until else sum(changed == mark for _, _, _, changed in rows)
+    touched: dict[int, set[tuple[int, int]]] = defaultdict(set)  # hour start -> (queue id, template id)
+    for queue_id, template_id, end, _ in rows:
+        touched[floor_to(epoch(end), HOUR)].add((queue_id, template_id))
     _refresh(session, touched)
     _set_watermark(session, mark, at_mark)
     return len(rows)
 
 
-def _refresh(session: Session, hours: dict[int, set[int]]) -> None:
-    for hour, queue_ids in hours.items():
-        _recompute_hour(session, hour, queue_ids)
+def _refresh(session: Session, hours: dict[int, set[tuple[int, int]]]) -> None:
+    """Recompute the rows of these hours (hour start -> (queue id, template id) pairs), then of the periods
+    of every span holding them, then the queue rows of those periods."""
+    dialect = session.get_bind().dialect.name
+    bound: dict[frozenset[tuple[int, int]], list[dict[str, Any]]] = {}  # usually one set of pairs for every span
+
+    def chunks(pairs: set[tuple[int, int]]) -> list[dict[str, Any]]:
+        key = frozenset(pairs)
+        if key not in bound:
+            bound[key] = _pair_chunks(dialect, pairs)
+        return bound[key]
+
+    for hour, pairs in hours.items():
+        _recompute_hour(session, hour, chunks(pairs))
     finer = hours
     touched = {HOUR: set(hours)}
     for span in SPANS[1:]:
-        periods: dict[int, set[int]] = defaultdict(set)
-        for start, queue_ids in finer.items():
-            periods[floor_to(start, span)] |= queue_ids
-        for start, queue_ids in periods.items():
-            _recompute_from_finer(session, span, start, queue_ids)
+        periods: dict[int, set[tuple[int, int]]] = defaultdict(set)
+        for start, pairs in finer.items():
+            periods[floor_to(start, span)] |= pairs
+        for start, pairs in periods.items():
+            _recompute_from_finer(session, span, start, chunks(pairs))
         touched[span] = set(periods)
         finer = periods
     if hours:
-        _recompute_queues(session, touched, set().union(*hours.values()))
+        _recompute_queues(session, touched, {queue_id for pairs in hours.values() for queue_id, _ in pairs})
 
 
 def stored_spans(session: Session) -> tuple[int, ...]:
@@ -428,13 +481,14 @@ def stored_spans(session: Session) -> tuple[int, ...]:
 
 
 def _set_spans(session: Session, now: datetime) -> None:
-    session.merge(Setting(name=SPANS_SETTING, value=",".join(map(str, SPANS)), actor="robot", changed_at=now))
+    settings.store(session, {SPANS_SETTING: ",".join(map(str, SPANS))}, "robot", now)
 
 
-def _add_spans(session: Session, now: datetime) -> None:
+def _add_spans(session: Session, now: datetime, held: tuple[int, ...] | None = None) -> None:
     """A rollup from before a span was added gets its rows, summed from the next finer span it holds
-    (every span nests in the ones above it): one statement per span, no rebuild from the job table."""
-    held = stored_spans(session)
+    (every span nests in the ones above it): one statement per span, no rebuild from the job table.
+    `held`: the spans stored, when already read."""
+    held = stored_spans(session) if held is None else held
     added = [span for span in SPANS if span not in held]
     if not added:
         return
@@ -492,17 +546,17 @@ def rebuild(session: Session, now: datetime) -> int:
     return int(count or 0)
 
 
-def add_bulk(session: Session, hours: dict[int, set[int]] | None, now: datetime) -> None:
-    """Roll up jobs just written in bulk (a history import), all stamped `now` and ending in these hours
-    (hour start -> queue ids), after `update` rolled up the jobs made final before them: those hours are
+def add_bulk(session: Session, hours: dict[int, set[int]] | None, now: datetime, template_id: int) -> None:
+    """Roll up jobs of one template just written in bulk (a history import), all stamped `now` and ending in
+    these hours (hour start -> queue ids), after `update` rolled up the jobs made final before them: those hours are
     recomputed as `update` recomputes them, whatever the watermark (the importer's clock may be behind
     the robot's, and its jobs would be left out); with `hours` None (a database without a rollup yet)
     everything is rebuilt. Then the watermark passes `now`, so that `update` does not read them again."""
     if hours is None:
         rebuild(session, now)
     else:
-        _refresh(session, hours)
-    seen_until, _ = _watermark(session)
+        _refresh(session, {hour: {(queue_id, template_id) for queue_id in queue_ids} for hour, queue_ids in hours.items()})
+    seen_until, _, _ = _watermark(session)
     _set_watermark(session, max(now + timedelta(microseconds=1), seen_until or now))
 
 

@@ -12,7 +12,7 @@ from robot.cli import main
 from robot.clock import ManualClock
 from robot.rollup import DAY, HOUR, SIX_HOURS, WEEK, Counts
 from robot.storage.database import downgrade, make_engine, make_sessionmaker, upgrade
-from robot.storage.models import Job, JobRollup, QueueRollup, Setting
+from robot.storage.models import Job, JobRollup, QueueRollup, Setting, Template, Test as StoredTest
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
 # Every robot these tests build runs on SQLite and on PostgreSQL (tests/conftest.py).
@@ -139,6 +139,63 @@ def test_backfill_equals_the_incremental_rollup_and_is_idempotent(tmp_path, cloc
         session.execute(update(QueueRollup).values(failed=99))
         rollup.rebuild(session, clock.now())
         assert all_rows(session) == incremental and queue_rows(session) == queues
+
+
+def template_jobs(robot, grid, queue: str) -> dict[str, int]:
+    """The PanDA IDs of a queue's jobs in flight, by template name."""
+    with robot.sessions() as session:
+        names = dict(session.execute(select(Job.panda_id, Template.name).join(StoredTest, StoredTest.id == Job.test_id)
+                                     .join(Template, Template.id == StoredTest.template_id)).all())
+    return {names[pid]: pid for pid in grid.in_queue(queue)}
+
+
+def test_jobs_of_two_templates_ending_at_a_queue_in_one_hour_at_different_steps_are_rolled_up_as_the_backfill(
+        tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
+    robot.run_once(clock.now())
+    first = template_jobs(robot, grid, "ANALY_A")
+    clock.advance(300)
+    grid.finish(first["AFT"], wall=200)
+    grid.finish(template_jobs(robot, grid, "ANALY_B")["AFT_2"], wall=100, pilot_error_code=1099)
+    robot.run_once(clock.now())
+    clock.advance(300)  # the same hour: the other template's job at the same queue, then the first's next one
+    grid.finish(first["AFT_2"], wall=250, pilot_error_code=1305)
+    robot.run_once(clock.now())
+    clock.advance(300)
+    grid.finish(template_jobs(robot, grid, "ANALY_A")["AFT"], events=5_000, wall=150)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        incremental, queues = all_rows(session), queue_rows(session)
+        hours = rollup.stored_counts(session, HOUR)
+        assert sorted((c.jobs, c.completed, c.failed_site, c.failed_user) for c in hours.values()) == [
+            (1, 0, 0, 1), (1, 0, 1, 0), (2, 2, 0, 0)]
+        assert sum(c.jobs for k, c in queues.items() if k[0] == WEEK) == 4
+        rollup.rebuild(session, clock.now())
+        assert all_rows(session) == incremental and queue_rows(session) == queues
+
+
+def test_a_step_rewrites_the_rows_of_the_templates_whose_jobs_ended_not_the_other_templates_at_their_queues(
+        tmp_path, clock, grid):
+    """A step usually ends one job of one template at a queue: the rows of its other templates there are
+    neither read nor written again (shown by a row altered behind the robot's back staying as it was)."""
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2"}))
+    robot.run_once(clock.now())
+    for pid in template_jobs(robot, grid, "ANALY_A").values():
+        grid.finish(pid, wall=100)
+    clock.advance(300)
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        other = session.scalar(select(Template.id).where(Template.name == "AFT_2"))
+        altered = (JobRollup.template_id == other) & (JobRollup.span == HOUR)
+        session.execute(update(JobRollup).where(altered).values(jobs=99))
+        session.commit()
+    grid.finish(template_jobs(robot, grid, "ANALY_A")["AFT"], wall=100)
+    clock.advance(300)  # the same hour
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        assert session.scalar(select(JobRollup.jobs).where(altered)) == 99
+        first = session.scalar(select(Template.id).where(Template.name == "AFT"))
+        assert session.scalar(select(JobRollup.jobs).where(JobRollup.template_id == first, JobRollup.span == WEEK)) == 2
 
 
 def test_a_rollup_from_before_the_6_hour_rows_gets_them_at_the_next_step(tmp_path, clock, grid):

@@ -1,0 +1,25 @@
+"""Settings the robot writes at every step (heartbeat, rollup watermark), with Core statements."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from robot.storage.models import Setting
+
+SETTING = Setting.__table__
+UPDATE_SETTING = (update(SETTING).where(SETTING.c.name == bindparam("_name"))
+                  .values(value=bindparam("_value"), actor=bindparam("_actor"), changed_at=bindparam("_changed_at")))
+
+
+def store(session: Session, values: dict[str, str], actor: str, now: datetime) -> None:
+    """Each setting given at its value: two statements (which exist, then an update of those and an insert of
+    the others), not an ORM read and flush of each (session.merge)."""
+    stored = set(session.scalars(select(SETTING.c.name).where(SETTING.c.name.in_(list(values)))))
+    if stored:
+        session.execute(UPDATE_SETTING, [{"_name": name, "_value": value, "_actor": actor, "_changed_at": now}
+                                         for name, value in values.items() if name in stored])
+    if len(stored) < len(values):
+        session.execute(insert(SETTING), [{"name": name, "value": value, "actor": actor, "changed_at": now}
+                                          for name, value in values.items() if name not in stored])
