@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,7 +29,7 @@ from robot.planning import SlotState, choose_input, jobs_to_submit
 from robot import rollup
 from robot.stress import pending_retries
 from robot.storage import settings
-from robot.storage.job_updates import update_jobs
+from robot.storage.job_updates import record_jobs, update_jobs
 from robot.storage.models import (Downtime, Event, Job, Queue, QueueTransition, Site, StorageEndpoint,
                                   Template, Test, TestQueue, queue_endpoint)
 from robot.sync import ensure_functional_tests, sync_templates, sync_topology
@@ -481,7 +481,7 @@ class Robot:
         if not rows:
             return
         # Recorded before sent: a crash from here on leaves rows the next step looks up at the backend.
-        ids = dict(session.execute(insert(JOB).returning(JOB.c.job_name, JOB.c.id), rows).all())
+        ids = record_jobs(session, rows)
         session.commit()
         batch_size = self.config.loop.submit_batch_size
         for start in range(0, len(requests), batch_size):
@@ -542,27 +542,15 @@ class Robot:
         wants tested with a gap; an older end does not hold anything back."""
         if not queue_ids:
             return {}
-        rows = session.execute(
-            select(JOB.c.test_id, JOB.c.queue_id, func.max(JOB.c.end_time))
-            .where(JOB.c.queue_id.in_(queue_ids), JOB.c.end_time >= now - longest_gap)
-            .group_by(JOB.c.test_id, JOB.c.queue_id)
-        )
+        rows = session.execute(LAST_ENDS, {"queues": sorted(queue_ids), "since": now - longest_gap})
         return {(t, q): end for t, q, end in rows}
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
         queues: dict[int, tuple[str, list[str]]] = {}
-        for queue_id, name, endpoint in session.execute(
-            select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
-            .select_from(QUEUE.outerjoin(queue_endpoint, queue_endpoint.c.queue_id == QUEUE.c.id)
-                         .outerjoin(ENDPOINT, ENDPOINT.c.id == queue_endpoint.c.endpoint_id))
-            .where(QUEUE.c.id.in_(queue_ids))
-        ):
+        for queue_id, name, endpoint in session.execute(QUEUES_ENDPOINTS, {"queues": sorted(queue_ids)}):
             queues.setdefault(queue_id, (name, []))[1].extend([endpoint] if endpoint else [])
-        templates = dict(session.execute(
-            select(TEST.c.id, TEMPLATE.c.settings).select_from(TEST.join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
-            .where(TEST.c.id.in_(test_ids))
-        ).all())
+        templates = dict(session.execute(TESTS_TEMPLATES, {"tests": sorted(test_ids)}).all())
         return SubmissionContext(queues=queues, templates=templates)
 
     def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str,
@@ -589,6 +577,20 @@ class Robot:
                details: dict[str, Any] | None = None) -> None:
         log.warning("%s %s: %s", kind, subject, message)
         session.add(Event(time=now, kind=kind, subject=subject, message=message, details=details or {}))
+
+
+# Selects of submission built once (the ids bound at each step, not rendered as literals into a new statement)
+LAST_ENDS = (select(JOB.c.test_id, JOB.c.queue_id, func.max(JOB.c.end_time))
+             .where(JOB.c.queue_id.in_(bindparam("queues", expanding=True)),
+                    JOB.c.end_time >= bindparam("since", type_=JOB.c.end_time.type))
+             .group_by(JOB.c.test_id, JOB.c.queue_id))
+QUEUES_ENDPOINTS = (select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
+                    .select_from(QUEUE.outerjoin(queue_endpoint, queue_endpoint.c.queue_id == QUEUE.c.id)
+                                 .outerjoin(ENDPOINT, ENDPOINT.c.id == queue_endpoint.c.endpoint_id))
+                    .where(QUEUE.c.id.in_(bindparam("queues", expanding=True))))
+TESTS_TEMPLATES = (select(TEST.c.id, TEMPLATE.c.settings)
+                   .select_from(TEST.join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
+                   .where(TEST.c.id.in_(bindparam("tests", expanding=True))))
 
 
 @functools.cache

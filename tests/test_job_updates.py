@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from robot.clock import ManualClock
 from robot.jobstates import JobStatus, Outcome
-from robot.storage.job_updates import UPDATE_JOB_BY_ID, update_jobs
+from robot.storage.job_updates import UPDATE_JOB_BY_ID, record_jobs, update_jobs
 from robot.storage.models import Job
 from tests.fakes import T0, ScriptedGrid, make_robot, templates
 
@@ -38,3 +38,32 @@ def test_a_bulk_update_stores_what_sqlalchemys_update_stores(tmp_path, clock: Ma
     differs = {"id", "job_name", "panda_id", "queue_id"}
     assert ({k: v for k, v in stored[first].items() if k not in differs}
             == {k: v for k, v in stored[second].items() if k not in differs})
+
+
+def test_jobs_recorded_in_bulk_are_stored_as_sqlalchemys_insert_stores_them(tmp_path, clock: ManualClock):
+    """The loop's record of the jobs it is about to send (robot.storage.job_updates.record_jobs): on SQLite
+    the driver's own insert, given the model's defaults, and the ids read back by name."""
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        model = session.execute(select(Job.test_id, Job.queue_id, Job.worker_id)).one()
+        recorded_at = T0 + timedelta(seconds=61, microseconds=250_001)
+        rows = [{"test_id": model.test_id, "queue_id": model.queue_id, "job_name": f"hc.bulk.{i}",
+                 "worker_id": model.worker_id, "phase": "recorded", "dataset": "mc23.‘data’", "n_files": i,
+                 "recorded_at": recorded_at, "retry_of": None} for i in range(3)]
+        ids = record_jobs(session, rows)
+        session.execute(insert(Job.__table__), [{**rows[0], "job_name": "hc.core"}])
+        session.commit()
+        stored = {row.job_name: row._mapping for row in session.execute(
+            select(Job.__table__).where(Job.job_name.in_([*ids, "hc.core"])))}
+        raw = {name: tuple(session.execute(text("SELECT recorded_at, cpu_consumption_time, pilot_error_diag FROM job"
+                                                " WHERE job_name = :name"), {"name": name}).one())
+               for name in ("hc.bulk.0", "hc.core")}
+    assert sorted(ids) == ["hc.bulk.0", "hc.bulk.1", "hc.bulk.2"] and len(set(ids.values())) == 3
+    assert all(stored[name]["id"] == job_id and stored[name]["n_files"] == int(name[-1]) for name, job_id in ids.items())
+    assert raw["hc.bulk.0"] == raw["hc.core"]  # the driver's values as stored
+    differs = {"id", "job_name"}
+    assert ({k: v for k, v in stored["hc.bulk.0"].items() if k not in differs}
+            == {k: v for k, v in stored["hc.core"].items() if k not in differs})
+    assert stored["hc.core"]["core_count"] == 1 and stored["hc.core"]["recorded_at"] == recorded_at

@@ -1,17 +1,39 @@
-"""Jobs updated by id in bulk, with Core statements: the loop's polling and submission, and replay."""
+"""Jobs recorded and updated by id in bulk, with Core statements: the loop's polling and submission, and replay."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection, String, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from robot.storage.driver_rows import bound
+from robot.storage.driver_rows import append, bound
 from robot.storage.models import Job
 
 JOB = Job.__table__
+# What the model gives a job for the columns a new row leaves out (the driver's own insert applies none)
+DEFAULTS = {column.name: column.default.arg for column in JOB.columns
+            if column.default is not None and column.default.is_scalar}
+NAMED = (select(JOB.c.job_name, JOB.c.id)  # the ids of the jobs named in `names` (a JSON list), on SQLite
+         .where(JOB.c.job_name.in_(select(literal_column("value")).select_from(func.json_each(bindparam("names", type_=String))))))
+
+
+def record_jobs(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert new jobs (the same columns in each row; the model's defaults for the others); their ids by job name.
+
+    On SQLite one executemany of the driver and one read of the ids by name (robot.storage.driver_rows),
+    not SQLAlchemy's handling of each row's parameters; elsewhere an INSERT ... RETURNING."""
+    if not rows:
+        return {}
+    if session.get_bind().dialect.name != "sqlite":
+        return dict(session.execute(insert(JOB).returning(JOB.c.job_name, JOB.c.id), rows).all())
+    given = list(rows[0])
+    columns = [*given, *(name for name in DEFAULTS if name not in rows[0])]
+    defaults = tuple(DEFAULTS[name] for name in columns[len(given):])
+    append(session, JOB, columns, [(*(row[name] for name in given), *defaults) for row in rows])
+    return dict(session.execute(NAMED, {"names": json.dumps([row["job_name"] for row in rows])}).all())
 # An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
 UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable, JobReport
 from robot.classify import classify_report, load_table
 from robot.downtimes import describe, windows_by_site
-from robot.storage.driver_rows import bound
+from robot.storage.driver_rows import append
 from robot.storage.models import (Cloud, Episode, Event, Job, Queue, Site, StorageEndpoint, Ticket, TicketLink,
                                   TicketMention, TicketMessage, queue_endpoint)
 from robot.tickets.episodes import refresh_episodes
@@ -104,7 +104,7 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
         changed.append((item.key, item))
     values = {key: dict(zip(TICKET_CHANGING, tickets[key][1:])) for key, _ in changed}
     if created:
-        _append(session, Ticket.__table__, (*TICKET_FIXED, *TICKET_CHANGING),
+        append(session, Ticket.__table__, (*TICKET_FIXED, *TICKET_CHANGING),
                 [(*fixed, *values[key].values()) for key, fixed in created.items()])
         keys = list(created)
         for chunk in range(0, len(keys), 500):  # their ids
@@ -115,7 +115,7 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
     if updated:
         _update_tickets(session, updated)
     if new_messages:
-        _append(session, TicketMessage.__table__, ("ticket_id", "message_id", "date", "sender", "subject", "body"),
+        append(session, TicketMessage.__table__, ("ticket_id", "message_id", "date", "sender", "subject", "body"),
                 [(tickets[key][0], m.message_id[:512], m.date, m.sender[:256], m.subject[:2000], m.body)
                  for key, m in new_messages])
     ids = [(tickets[key][0], item) for key, item in changed]
@@ -125,25 +125,6 @@ def store_threads(session: Session, source: str, threads: Iterable[Thread], inde
 
 TICKET_FIXED = ("source", "key", "subject", "requester", "first_message_at")  # set when a ticket is created
 TICKET_CHANGING = ("state", "labels", "last_message_at", "messages")  # set again when new mail comes
-
-
-def _append(session: Session, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows (tuples in `columns` order) in the session's transaction.
-
-    On SQLite with one executemany of the driver (robot.storage.driver_rows: most of the cost of
-    storing a large archive is SQLAlchemy's handling of each row's parameters). Elsewhere through
-    SQLAlchemy (on PostgreSQL its batched insert, and the driver's own adaptation of JSON, which no
-    bind conversion does)."""
-    if not rows:
-        return
-    connection = session.connection()
-    dialect = connection.dialect
-    if dialect.name != "sqlite":
-        connection.execute(insert(table), [dict(zip(columns, row)) for row in rows])
-        return
-    quote = dialect.identifier_preparer.quote
-    connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
-                               f"VALUES ({', '.join('?' * len(columns))})", bound(dialect, table, columns, rows))
 
 
 def _update_tickets(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -211,7 +192,7 @@ def _store_mentions(session: Session, changed: list[tuple[int, Thread]], index: 
             if fact is not None and fact.error_class:
                 rows.append((ticket_id, "job_error", value, queue, site, cloud, mention.complaint, fact.code,
                              fact.snippet()[:300]))
-    _append(session, TicketMention.__table__, MENTION_STORED, rows)
+    append(session, TicketMention.__table__, MENTION_STORED, rows)
 
 
 def _job_facts(session: Session, panda_ids: list[int], lookup_jobs: JobLookup | None,
@@ -299,7 +280,7 @@ def judge_tickets(session: Session, now: datetime, ticket_ids: Iterable[int] | N
                          "verdict_evidence": result.evidence, "judged_at": now})
         links += [(ticket.id, e, score, why, now) for e, score, why in result.links]
     _update_tickets(session, verdicts)
-    _append(session, TicketLink.__table__, ("ticket_id", "episode_id", "score", "reason", "created_at"), links)
+    append(session, TicketLink.__table__, ("ticket_id", "episode_id", "score", "reason", "created_at"), links)
     return len(tickets)
 
 
