@@ -23,6 +23,7 @@ import itertools
 import io
 import os
 import pstats
+import resource
 import statistics
 import tempfile
 import time
@@ -200,7 +201,7 @@ def main() -> None:
         steps = [("first step (topology, tests, submit all)", 0.0)]
         steps += [(f"steady, all running {i + 1}", 0.0) for i in range(args.steps)]
         steps += [(f"steady, {args.finishing:.0%} finishing {i + 1}", args.finishing) for i in range(args.steps)]
-        finishing_cpu = []
+        finishing_cpu, finishing_kernel = [], []  # CPU time, and its part in the kernel (system time)
         profile = cProfile.Profile(time.process_time)
         parts = Parts()
         if args.parts:
@@ -208,7 +209,7 @@ def main() -> None:
         for label, finishing in steps:
             grid.finishing, grid.now = finishing, now
             profiled = bool(args.profile and finishing)
-            cpu, wall = time.process_time(), time.perf_counter()
+            cpu, wall, kernel = time.process_time(), time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
             if profiled:
                 profile.enable()
             parts.start()
@@ -216,10 +217,11 @@ def main() -> None:
             parts.stop()
             if profiled:
                 profile.disable()
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            cpu, wall, kernel = time.process_time() - cpu, time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel
             if finishing and label.startswith("steady"):
                 finishing_cpu.append(cpu)
-            print(f"{label:42s} cpu {cpu:6.3f} s  wall {wall:6.3f} s  polled {summary.polled:5d}  "
+                finishing_kernel.append(kernel)
+            print(f"{label:42s} cpu {cpu:6.3f} s (system {kernel:5.3f})  wall {wall:6.3f} s  polled {summary.polled:5d}  "
                   f"finished {summary.finished:4d}  submitted {summary.submitted:5d}")
             now += timedelta(minutes=1)
             if label.startswith("first"):
@@ -234,7 +236,8 @@ def main() -> None:
         print(out.getvalue())
     target = 0.1 * max(1.0, args.queues * args.templates / 3000)
     median = statistics.median(finishing_cpu) if finishing_cpu else 0.0
-    print(f"steady step with {args.finishing:.0%} finishing: median {median:.3f} s CPU "
+    kernel = statistics.median(finishing_kernel) if finishing_kernel else 0.0
+    print(f"steady step with {args.finishing:.0%} finishing: median {median:.3f} s CPU, {kernel:.3f} s of it in the kernel "
           f"(target < {target:.2f} s at {args.queues} queues: {'ok' if median < target else 'OVER'}); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
