@@ -294,6 +294,7 @@ class Robot:
         active = session.execute(select(JOB.c.id, JOB.c.panda_id, JOB.c.job_status)
                                  .where(JOB.c.phase == "active", *self._mine(JOB.c.queue_id))).all()
         batch_size = self.config.loop.poll_batch_size
+        changes: list[dict[str, Any]] = []  # of every batch read: one bulk update, also when a later batch fails
         for start in range(0, len(active), batch_size):
             batch = active[start : start + batch_size]
             try:
@@ -302,9 +303,8 @@ class Robot:
                 summary.backend_errors.append(f"status: {exc}")
                 self._event(session, now, "backend_unreachable", self.backend.name,
                             f"job status could not be read: {exc}; {len(active) - start} job(s) stay in flight, nothing counted")
-                return
+                break
             summary.polled += len(batch)
-            changes: list[dict[str, Any]] = []
             forgotten = []
             for job_id, panda_id, status in batch:
                 report = reports.get(panda_id)
@@ -316,8 +316,8 @@ class Robot:
             for job_id in self._unknown_for_too_long(session, forgotten, now):
                 changes.append(self._unknown(job_id, now))
                 summary.finished += 1
-            if changes:
-                update_jobs(session, changes)
+        if changes:
+            update_jobs(session, changes)
 
     def _unknown_for_too_long(self, session: Session, job_ids: list[int], now: datetime) -> list[int]:
         """Of the jobs the backend did not know, those submitted longer than `unknown_after` ago."""

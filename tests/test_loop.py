@@ -91,6 +91,26 @@ def test_polling_is_batched_one_call_per_batch(tmp_path, clock, grid):
     assert grid.calls["status"] == 4 and grid.status_batches == [4, 4, 4, 3]
 
 
+def test_a_poll_cut_short_by_the_backend_stores_what_the_batches_before_read(tmp_path, clock, grid):
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}), poll_batch_size=2)
+    robot.run_once(clock.now())  # 3 jobs, polled in batches of 2
+    sent = list(grid.jobs)
+    for pid in sent:
+        grid.start(pid)
+        grid.finish(pid)
+    status = grid.status
+
+    def second_batch_fails(panda_ids):
+        if grid.calls["status"] == 1:
+            raise BackendUnavailable("status: connection reset")
+        return status(panda_ids)
+
+    grid.status = second_batch_fails
+    summary = step(robot, clock)
+    assert summary.polled == 2 and summary.finished == 2 and any(e.startswith("status") for e in summary.backend_errors)
+    assert sorted(j.phase for j in jobs(robot) if j.panda_id in sent) == ["active", "done", "done"]
+
+
 def test_job_request_carries_the_test_marker_and_input_data(tmp_path, clock, grid):
     robot = make_robot(tmp_path, grid, templates({"name": "AFT", "events_per_job": 25_000, "queues": ["ANALY_A"]}))
     robot.run_once(clock.now())
