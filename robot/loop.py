@@ -449,6 +449,7 @@ class Robot:
         rows: list[dict[str, Any]] = []
         requests: list[JobRequest] = []
         suffixes = _random_suffixes(sum(count for _, count in plan))
+        wall_seconds: dict[int, int] = {}
         for slot, count in plan:
             queue_name, endpoints = context.queues[slot.queue_id]
             template = context.templates[slot.test_id]
@@ -458,7 +459,9 @@ class Robot:
             if not datasets:
                 self._warn_no_data(session, now, queue_name, template, endpoints)
                 continue
-            max_wall_seconds = int(parse_duration(template["max_wall_time"]).total_seconds())
+            max_wall_seconds = wall_seconds.get(slot.test_id)
+            if max_wall_seconds is None:  # parsed once per test, not once per queue
+                max_wall_seconds = wall_seconds[slot.test_id] = int(parse_duration(template["max_wall_time"]).total_seconds())
             for k in range(count):
                 name = f"hc.{slot.test_id}.{queue_name}.{next(suffixes)}"
                 dataset, files = choose_input(datasets, zlib.crc32(name.encode()), template["events_per_job"])
