@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import itertools
 import random
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import text
 
 from dashboard import queries
 from dashboard.queries import Filters
@@ -260,6 +262,20 @@ def test_heatmap_over_a_long_window_is_exact_per_day(session, world):
     # 07:00 + 12 h and + 13 h: the 19:00 job in the day's cell, the 20:00 one too
     assert [(k, n) for k, n in enumerate(heat.jobs[0]) if n] == [(k, 2) for k in range(0, 56, 7)]
     assert [heat.success[0][k] for k in range(0, 56, 7)] == [0.5] * 8
+
+
+def test_on_postgresql_a_pages_sums_are_planned_without_parallel_workers_in_its_transaction_only(postgres):
+    engine = make_engine(postgres.create_database(f"test_{uuid.uuid4().hex[:12]}"))
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    show = text("SHOW max_parallel_workers_per_gather")
+    with sessions() as session:
+        default = session.scalar(show)
+        queries.overview(session, Filters(NOW - timedelta(days=365), NOW), NOW)
+        assert session.scalar(show) == "0"
+    with sessions() as session:  # the next transaction (another page, the robot) plans as the server says
+        assert session.scalar(show) == default != "0"
+    engine.dispose()
 
 
 def test_cover_cuts_a_range_into_weeks_days_hours_and_raw_edges():
