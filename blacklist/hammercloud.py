@@ -18,6 +18,7 @@ from blacklist.settings import HammerCloudSettings
 from robot.durations import format_duration
 
 NAME = "hammercloud"
+QUIET = "no exclusion rule fires"
 
 
 def fired_rules(grouped: dict[str, list[Result]]) -> list[tuple[str, list[Result]]]:
@@ -41,12 +42,15 @@ def fired_rules(grouped: dict[str, list[Result]]) -> list[tuple[str, list[Result
 
 
 def decide(view: QueueView, templates: list[str], settings: HammerCloudSettings, now: datetime) -> Decision:
-    recent = tuple(r for r in view.results if r.end_time >= now - settings.window)
+    start = now - settings.window
+    if view.robot_state != "excluded" and not any(r.failed and r.end_time >= start for r in view.results):
+        return Decision(view.name, Action.KEEP, QUIET, policy=NAME)  # every rule needs a failure
+    recent = tuple(r for r in view.results if r.end_time >= start)
     grouped = by_template(recent, templates)
     fired = fired_rules(grouped)
     if view.robot_state != "excluded":
         if not fired:
-            return Decision(view.name, Action.KEEP, "no exclusion rule fires", policy=NAME)
+            return Decision(view.name, Action.KEEP, QUIET, policy=NAME)
         names = ", ".join(name for name, _ in fired)
         jobs = list({r.panda_id: r for _, rs in fired for r in rs}.values())  # a job behind two rules, once
         if view.last_robot_exclusion and now - view.last_robot_exclusion < settings.reexclusion_cooldown:
