@@ -72,6 +72,7 @@ class ExclusionEngine:
         self.backend = backend
         self.settings = policy.settings
         self.facts = QueueFacts(policy, lag)
+        self.tally = policy.tally()  # the users' jobs' sums, kept as the views are
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         self.facts.moves.read(session, now)
@@ -86,7 +87,7 @@ class ExclusionEngine:
         facts = self.facts.load(session, now)
         views, ids, flaps = facts.views, facts.ids, facts.flaps
         grid = self.policy.grid(views.values())  # every queue's results, for the differential evidence
-        users = self.policy.users(views.values())  # every queue's users' jobs, when the policy hears them
+        users = self.policy.users(views.values(), self.tally)  # every queue's users' jobs, when the policy hears them
         decisions = []
         for view in views.values():
             why = hands_off(view)

@@ -52,11 +52,16 @@ class Policy:
         """Whether users' own jobs are evidence (the default policy, with blacklist.user_jobs.enabled)."""
         return self.name == "default" and self.settings.user_jobs.enabled
 
-    def users(self, views: Iterable[QueueView]) -> userjobs.Baseline | None:
-        """Every queue's users' jobs, for comparing one queue's with the others' (None: not heard)."""
+    def users(self, views: Iterable[QueueView], tally: userjobs.Tally | None = None) -> userjobs.Baseline | None:
+        """Every queue's users' jobs, for comparing one queue's with the others' (None: not heard);
+        `tally`: the sums kept from the last step (see userjobs.Tally)."""
         if not self.hears_users:
             return None
-        return userjobs.Baseline.of(views, self.settings.user_jobs, self.settings.default.spread_sites)
+        return userjobs.Baseline.of(views, self.settings.user_jobs, self.settings.default.spread_sites, tally)
+
+    def tally(self) -> userjobs.Tally:
+        """Sums of users' jobs to keep from step to step, for `users`."""
+        return userjobs.Tally(self.settings.user_jobs)
 
     def decide(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None = None,
                users: userjobs.Baseline | None = None) -> Decision:

@@ -304,5 +304,10 @@ def cadence(view: QueueView, settings: SequentialSettings, now: datetime) -> Cad
             return Cadence(extra_jobs=settings.probes, reason="recovering: confirm quickly")
         return Cadence(gap=settings.broken_gap, reason="excluded and failing: test slowly")
     if view.last_robot_inclusion is None or now - view.last_robot_inclusion >= settings.stable_after:
-        return Cadence(gap=settings.stable_gap, reason=f"stable for {settings.stable_after}")
+        return _stable(settings)
     return Cadence()
+
+
+@functools.cache  # settings are frozen; most queues are stable at every step
+def _stable(settings: SequentialSettings) -> Cadence:
+    return Cadence(gap=settings.stable_gap, reason=f"stable for {settings.stable_after}")

@@ -67,96 +67,116 @@ from blacklist.settings import SequentialSettings, UserJobsSettings
 from robot.userjobs import HOUR, StoredHour, hour_of
 
 
+class Tally:
+    """The sums behind a Baseline: per code heard (every class but user) its failures per queue, the
+    users' jobs that ended per queue, and per (code, hour) the sites where it was in excess (with how
+    many of their queues' hours). Kept from step to step by the engine: a queue's hours are counted
+    again only where they changed (an hour read again, one that left the window), and all sums are
+    integers, so it holds what counting every hour afresh (a restarted robot) gives."""
+
+    def __init__(self, settings: UserJobsSettings):
+        self.settings = settings
+        self.failures: dict[int, Counter[str]] = defaultdict(Counter)  # code -> queue -> failures
+        self.code_failed: Counter[int] = Counter()  # code -> failures at all queues
+        self.ended: Counter[str] = Counter()  # queue -> users' jobs ended
+        self.all_ended = 0
+        self.site_entries: Counter[int] = Counter()  # code -> hours in which the error table called it the site's
+        self.excess: dict[tuple[int, datetime], Counter[str]] = defaultdict(Counter)  # (code, hour) -> site -> hours
+        self._counted: dict[str, tuple[str, tuple[StoredHour, ...]]] = {}  # queue -> its site and the hours counted
+
+    def update(self, views: Iterable[QueueView]) -> None:
+        """Count the queues' hours as `views` hold them now."""
+        seen = set()
+        for view in views:
+            seen.add(view.name)
+            site, hours = self._counted.get(view.name, (view.site, ()))
+            if hours is view.user_jobs and site == view.site:
+                continue
+            now = {id(hour) for hour in view.user_jobs} if site == view.site else set()
+            before = {id(hour) for hour in hours} if site == view.site else set()
+            for hour in hours:
+                if id(hour) not in now:
+                    self._count(view.name, site, hour, -1)
+            for hour in view.user_jobs:
+                if id(hour) not in before:
+                    self._count(view.name, view.site, hour, 1)
+            self._counted[view.name] = (view.site, view.user_jobs)
+        for queue in self._counted.keys() - seen:  # retired
+            site, hours = self._counted.pop(queue)
+            for hour in hours:
+                self._count(queue, site, hour, -1)
+
+    def _count(self, queue: str, site: str, hour: StoredHour, sign: int) -> None:
+        self.ended[queue] += sign * hour.ended
+        self.all_ended += sign * hour.ended
+        least = min(2, self.settings.min_failures)
+        for code, (klass, jobs) in _heard_codes(hour).items():
+            self.failures[code][queue] += sign * jobs
+            self.code_failed[code] += sign * jobs
+            if klass == "site":
+                self.site_entries[code] += sign
+            # two failures above the floor count here: a shared cause starts somewhere
+            if jobs >= least and jobs / hour.ended > self.settings.floor:
+                sites = self.excess[(code, hour.hour)]
+                sites[site] += sign
+                if not sites[site]:
+                    del sites[site]
+                    if not sites:
+                        del self.excess[(code, hour.hour)]
+
+
 @dataclass(frozen=True)
 class Baseline:
-    """Per code heard (every class but user), its failures and the users' jobs that ended, per queue,
-    over the window;
-    and per (code, hour) the sites where it was in excess. Worked out from `views` at the first
-    question: a step where no queue's users' jobs could point at its site (see `inconclusive`) and
-    no queue has a case open asks none."""
+    """What every queue's users' jobs in the window say about each code: worked out from `views` at
+    the first question (a step where no queue's users' jobs could point at its site, see
+    `inconclusive`, and no queue has a case open asks none), in `tally` if given (the engine's, kept
+    between steps; the answers hold until its next update), else afresh."""
 
     settings: UserJobsSettings
     spread_sites: int
     views: tuple[QueueView, ...] = field(default=(), compare=False, repr=False)
+    tally: Tally | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, views: Iterable[QueueView], settings: UserJobsSettings, spread_sites: int) -> "Baseline":
-        return cls(settings, spread_sites, tuple(views))
+    def of(cls, views: Iterable[QueueView], settings: UserJobsSettings, spread_sites: int,
+           tally: Tally | None = None) -> "Baseline":
+        return cls(settings, spread_sites, tuple(views), tally)
 
     @functools.cached_property
-    def _counts(self) -> tuple[dict[int, Counter[str]], Counter[str], dict[tuple[int, datetime], set[str]],
-                               frozenset[int]]:
-        settings = self.settings
-        failures: dict[int, Counter[str]] = defaultdict(Counter)
-        ended: Counter[str] = Counter()
-        site_codes = set()
-        for view in self.views:
-            for hour in view.user_jobs:
-                ended[view.name] += hour.ended
-                for code, (klass, jobs) in _heard_codes(hour).items():
-                    failures[code][view.name] += jobs
-                    if klass == "site":
-                        site_codes.add(code)
-        excess: dict[tuple[int, datetime], set[str]] = defaultdict(set)
-        least = min(2, settings.min_failures)
-        for view in self.views:  # two failures above the floor count here: a shared cause starts somewhere
-            for hour in view.user_jobs:
-                for code, (_, jobs) in _heard_codes(hour).items():
-                    if jobs >= least and jobs / hour.ended > settings.floor:
-                        excess[(code, hour.hour)].add(view.site)
-        return dict(failures), ended, dict(excess), frozenset(site_codes)
-
-    @property
-    def failures(self) -> dict[int, Counter[str]]:
-        """code -> queue -> failures"""
-        return self._counts[0]
-
-    @property
-    def ended(self) -> Counter[str]:
-        """queue -> users' jobs ended"""
-        return self._counts[1]
-
-    @property
-    def excess_sites(self) -> dict[tuple[int, datetime], set[str]]:
-        return self._counts[2]
-
-    @property
-    def site_codes(self) -> frozenset[int]:
-        """the codes heard that the error table calls the site's"""
-        return self._counts[3]
+    def _counts(self) -> Tally:
+        tally = self.tally if self.tally is not None else Tally(self.settings)
+        tally.update(self.views)
+        return tally
 
     def rate(self, code: int, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with `code`, never below `floor`."""
-        jobs = self._all_ended - self.ended[queue]
-        per_queue = self.failures.get(code, Counter())
-        seen = (self._code_failed.get(code, 0) - per_queue[queue]) / jobs if jobs > 0 else 0.0
+        counts = self._counts
+        jobs = counts.all_ended - counts.ended[queue]
+        per_queue = counts.failures.get(code, Counter())
+        seen = (counts.code_failed[code] - per_queue[queue]) / jobs if jobs > 0 else 0.0
         return max(seen, self.settings.floor)
 
     def site_rate(self, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with a site-class code, never below `floor`."""
-        jobs = self._all_ended - self.ended[queue]
+        counts = self._counts
+        jobs = counts.all_ended - counts.ended[queue]
         failed = self._site_failed[""] - self._site_failed[queue]
         return max(failed / jobs if jobs > 0 else 0.0, self.settings.floor)
 
     @functools.cached_property
-    def _all_ended(self) -> int:
-        return sum(self.ended.values())
-
-    @functools.cached_property
-    def _code_failed(self) -> dict[int, int]:
-        return {code: sum(per_queue.values()) for code, per_queue in self.failures.items()}
-
-    @functools.cached_property
     def _site_failed(self) -> Counter[str]:
         """Site-class failures per queue, and of all queues under ""."""
+        counts = self._counts
         found: Counter[str] = Counter()
-        for code in self.site_codes:
-            found.update(self.failures[code])
+        for code, entries in counts.site_entries.items():
+            if entries:
+                found.update(counts.failures[code])
         found[""] = sum(found.values())
         return found
 
     def shared(self, code: int, hour: datetime, site: str) -> bool:
-        return len(self.excess_sites.get((code, hour), set()) - {site}) >= self.spread_sites
+        sites = self._counts.excess.get((code, hour), {})
+        return len(sites) - (site in sites) >= self.spread_sites
 
 
 def without_shared(view: QueueView, baseline: Baseline) -> QueueView:
@@ -175,8 +195,8 @@ def watched(view: QueueView, now: datetime, settings: UserJobsSettings) -> bool:
     the best estimate; a queue whose users' jobs stopped ending falls below within the hour)."""
     this_hour = hour_of(now)
     before = 1 - (now - this_hour) / HOUR
-    ended = sum(h.ended if h.hour == this_hour else before * h.ended
-                for h in view.user_jobs if h.hour in (this_hour, this_hour - HOUR))
+    hours = (this_hour, this_hour - HOUR)
+    ended = sum(h.ended if h.hour == this_hour else before * h.ended for h in view.user_jobs if h.hour in hours)
     return ended >= max(1, settings.watched_jobs)
 
 

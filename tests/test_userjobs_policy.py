@@ -271,3 +271,35 @@ def test_a_step_of_quiet_queues_compares_no_users_jobs():
     views = grid({"ANALY_0": 20})  # a queue whose users' jobs point at its site asks for it
     users = ON.users(views)
     assert ON.decide(views[0], NOW, 0, ON.grid(views), users).action is Action.PEND and "_counts" in users.__dict__
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_users_sums_kept_between_steps_answer_as_counting_afresh(data):
+    # The engine's tally counts only the hours that changed since its last step (an hour read again,
+    # one out of the window, a queue retired or moved): it answers as a restarted robot's would.
+    tally = ON.tally()
+    views: dict[str, QueueView] = {}
+    for step in range(data.draw(st.integers(1, 6))):
+        for i in range(4):
+            name = f"ANALY_{i}"
+            kept = views[name].user_jobs if name in views else ()
+            if data.draw(st.booleans()):
+                kept = tuple(h for h in kept if data.draw(st.booleans()))
+                failing = data.draw(st.dictionaries(st.sampled_from(sorted(CODES)), st.integers(1, 10), max_size=3))
+                kept += (hour(name, NOW.replace(minute=0) - data.draw(st.integers(0, 3)) * HOUR,
+                              sum(failing.values()) + data.draw(st.integers(1, 20)),
+                              **{f"c{c}": n for c, n in failing.items()}),)
+            site = f"SITE-{data.draw(st.integers(0, 2))}"
+            views[name] = QueueView(name=name, site=site, cloud="DE", status="online", user_jobs=kept)
+            if data.draw(st.integers(0, 9)) == 0:
+                del views[name]  # retired
+        kept_up, afresh = ON.users(views.values(), tally), ON.users(views.values())
+        assert kept_up._counts.excess == afresh._counts.excess  # where each code was in excess, and how often
+        for code in CODES:
+            for view in views.values():
+                assert kept_up.rate(code, view.name) == afresh.rate(code, view.name)
+                assert kept_up.site_rate(view.name) == afresh.site_rate(view.name)
+                for back in range(4):
+                    when = NOW.replace(minute=0) - back * HOUR
+                    assert kept_up.shared(code, when, view.site) == afresh.shared(code, when, view.site)
