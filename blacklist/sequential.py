@@ -76,12 +76,16 @@ class Weights:
     exclude_at: float
 
     @classmethod
-    @functools.cache  # settings are frozen; the loop asks once per queue and step
     def of(cls, s: SequentialSettings) -> "Weights":
-        return cls(failure=math.log(s.p_broken / s.p_healthy),
-                   repeat=math.log(s.p_broken / (s.p_healthy * s.code_share)),
-                   success=math.log((1 - s.p_broken) / (1 - s.p_healthy)),
-                   exclude_at=math.log((1 - s.beta) / s.alpha))
+        # Settings are frozen; the loop asks once per queue and step, so they are looked up by
+        # identity (hashing a settings model costs more than the weights; it is held, so its id is its own).
+        kept = _WEIGHTS.get(id(s))
+        if kept is None or kept[0] is not s:
+            kept = _WEIGHTS[id(s)] = (s, cls(failure=math.log(s.p_broken / s.p_healthy),
+                                             repeat=math.log(s.p_broken / (s.p_healthy * s.code_share)),
+                                             success=math.log((1 - s.p_broken) / (1 - s.p_healthy)),
+                                             exclude_at=math.log((1 - s.beta) / s.alpha)))
+        return kept[1]
 
     def of_code(self, settings: SequentialSettings, rate: float, site_class: bool = True) -> float:
         """The weight of a failure with a code that fails at `rate` at the other sites: never more
@@ -89,6 +93,9 @@ class Weights:
         alternative for a code the error table puts on someone else."""
         most = self.repeat if site_class else self.failure
         return min(most, math.log(settings.p_broken / rate)) if rate > 0 else most
+
+
+_WEIGHTS: dict[int, tuple[SequentialSettings, Weights]] = {}
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,18 @@ class Tally:
         self.excess: dict[tuple[int, datetime], Counter[str]] = defaultdict(Counter)  # (code, hour) -> site -> hours
         self._counted: dict[str, tuple[str, tuple[StoredHour, ...]]] = {}  # queue -> its site and the hours counted
 
+    def _parts(self, hour: StoredHour) -> tuple[tuple[int, int, bool, bool], ...]:
+        """Per code heard in the hour: its failures, whether the table calls it the site's, and whether
+        it was in excess (two failures above the floor count here: a shared cause starts somewhere)."""
+        _, heard, answers = _kept(hour)
+        least, floor = min(2, self.settings.min_failures), self.settings.floor
+        question = ("parts", least, floor)
+        parts = answers.get(question)
+        if parts is None:
+            parts = answers[question] = tuple((code, jobs, klass == "site", jobs >= least and jobs / hour.ended > floor)
+                                              for code, (klass, jobs) in heard.items())
+        return parts
+
     def update(self, views: Iterable[QueueView]) -> None:
         """Count the queues' hours as `views` hold them now."""
         seen = set()
@@ -109,14 +121,12 @@ class Tally:
     def _count(self, queue: str, site: str, hour: StoredHour, sign: int) -> None:
         self.ended[queue] += sign * hour.ended
         self.all_ended += sign * hour.ended
-        least = min(2, self.settings.min_failures)
-        for code, (klass, jobs) in _heard_codes(hour).items():
+        for code, jobs, by_site, in_excess in self._parts(hour):
             self.failures[code][queue] += sign * jobs
             self.code_failed[code] += sign * jobs
-            if klass == "site":
+            if by_site:
                 self.site_entries[code] += sign
-            # two failures above the floor count here: a shared cause starts somewhere
-            if jobs >= least and jobs / hour.ended > self.settings.floor:
+            if in_excess:
                 sites = self.excess[(code, hour.hour)]
                 sites[site] += sign
                 if not sites[site]:
@@ -209,9 +219,14 @@ def _heard_codes(hour: StoredHour) -> dict[int, tuple[str, int]]:
 
     Worked out once per stored hour while it lives (not to be changed by the caller): every step asks
     it of every queue's hours several times, and the engine keeps the hours that did not change."""
+    return _kept(hour)[1]
+
+
+def _kept(hour: StoredHour) -> tuple[weakref.ref, dict[int, tuple[str, int]], dict]:
+    """What is kept of a live stored hour: its codes heard, and answers worked out from them (by key)."""
     kept = _HEARD.get(id(hour))
     if kept is not None:
-        return kept[1]
+        return kept
     found: dict[int, tuple[str, int]] = {}
     for entry in hour.codes:
         klass = entry.get("class")
@@ -219,11 +234,11 @@ def _heard_codes(hour: StoredHour) -> dict[int, tuple[str, int]]:
             code = int(entry["code"])
             found[code] = (KLASS.get(klass, "other"), found.get(code, ("", 0))[1] + int(entry["jobs"]))
     key = id(hour)  # forgotten as the hour dies, before another object can take its id
-    _HEARD[key] = (weakref.ref(hour, lambda _: _HEARD.pop(key, None)), found)
-    return found
+    kept = _HEARD[key] = (weakref.ref(hour, lambda _: _HEARD.pop(key, None)), found, {})
+    return kept
 
 
-_HEARD: dict[int, tuple[weakref.ref, dict[int, tuple[str, int]]]] = {}  # id of a live stored hour -> its codes
+_HEARD: dict[int, tuple[weakref.ref, dict[int, tuple[str, int]], dict]] = {}  # id of a live stored hour -> kept
 
 
 def _llr(k: int, n: int, p0: float) -> float:
@@ -242,12 +257,16 @@ def inconclusive(view: QueueView, settings: UserJobsSettings, exclude_at: float)
     other queues' users' jobs say: no code in it could be conclusive on its own even against the
     least rate it is compared with (`floor`; the ratio only falls as that rate rises towards the
     hour's own). Its users' jobs can then only speak for the queue."""
-    least, floor = settings.min_failures, settings.floor
+    question = ("loud", settings.min_failures, settings.floor, exclude_at)
     for hour in view.user_jobs:
-        n = hour.ended
-        for _, k in _heard_codes(hour).values():
-            if k >= least and n and k / n > floor and _llr(k, n, floor) >= exclude_at - MARGIN:
-                return False
+        _, heard, answers = _kept(hour)
+        loud = answers.get(question)
+        if loud is None:
+            least, floor, n = settings.min_failures, settings.floor, hour.ended
+            loud = answers[question] = any(k >= least and n and k / n > floor and _llr(k, n, floor) >= exclude_at - MARGIN
+                                           for _, k in heard.values())
+        if loud:
+            return False
     return True
 
 
