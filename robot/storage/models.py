@@ -40,10 +40,14 @@ class UTCDateTime(TypeDecorator[datetime]):
     def bind_processor(self, dialect: Any) -> Any:
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
-        to_naive = self.process_bind_param
+        to_naive, utc = self.process_bind_param, timezone.utc
 
         def process(value: datetime | None) -> str | None:
-            return None if value is None else to_naive(value, dialect).isoformat(" ", "microseconds")
+            if value is None:
+                return None
+            if value.tzinfo is utc:  # the usual case, without process_bind_param's call
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return to_naive(value, dialect).isoformat(" ", "microseconds")
 
         return process
 
