@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 
 import pytest
 
 from blacklist.simulate import BUILTIN, run
-from robot.backends.simulated import Scenario, SimulatedGrid, with_values
+from robot.backends.simulated import Scenario, SimulatedGrid, microseconds, with_values
 from robot.clock import ManualClock
 from robot.yamlconfig import ConfigError
 
@@ -120,3 +121,35 @@ def test_a_stuck_queues_users_jobs_stop_ending_once_the_running_ones_end():
     assert 0 < ended[2 * hour] < ended[hour]  # the jobs running at the onset end within the job's duration (40m)
     assert 3 * hour not in ended and 4 * hour not in ended  # then nothing ends
     assert ended[5 * hour] > 0  # unblocked
+
+
+def test_the_users_traffic_drawn_for_a_seed_stays_what_it_was():
+    """The users' jobs a seed draws are pinned (what the grid drew when these counts were written): runs
+    made before a change of the simulator must stay comparable with runs made after it. Read as the watch
+    reads (an hour cut at both ends, the hour cut by its start read whole), with a fault and a stuck queue."""
+    sc = scenario(faults=[{"queues": ["ANALY_DE-SITE000_1"], "onset": "2h", "duration": "3h", "mode": "stagein",
+                           "probability": 0.8},
+                          {"queues": ["ANALY_US-SITE001_1"], "onset": "1h", "duration": "2h", "mode": "stuck"}])
+    grid = SimulatedGrid(sc, ManualClock(sc.start), 3)
+    hour = timedelta(hours=1)
+    read = [(h.queue, h.hour - sc.start, h.ended, h.failed, h.errors)
+            for h in grid.user_job_stats(sc.start + timedelta(hours=1, minutes=30), sc.start + timedelta(hours=3, minutes=10))
+            if h.queue in ("ANALY_DE-SITE000_1", "ANALY_US-SITE001_1", "ANALY_DE-SITE002_1")]
+    assert read == [
+        ("ANALY_DE-SITE000_1", hour, 26, 5, {("pilot", 1305): 4, ("pilot", 1150): 1}),
+        ("ANALY_DE-SITE000_1", 2 * hour, 40, 30, {("pilot", 1099): 30}),
+        ("ANALY_DE-SITE000_1", 3 * hour, 7, 7, {("pilot", 1099): 6, ("pilot", 1235): 1}),
+        ("ANALY_US-SITE001_1", hour, 6, 0, {}),
+        ("ANALY_DE-SITE002_1", hour, 18, 1, {("pilot", 1305): 1}),
+        ("ANALY_DE-SITE002_1", 2 * hour, 38, 7, {("pilot", 1235): 1, ("pilot", 1150): 2, ("pilot", 1305): 2,
+                                                 ("pilot", 1349): 2}),
+        ("ANALY_DE-SITE002_1", 3 * hour, 4, 0, {})]
+    assert [list(h.errors) for h in grid.user_job_stats(sc.start + 2 * hour, sc.start + 3 * hour)
+            if h.queue == "ANALY_DE-SITE002_1"] == [[("pilot", 1235), ("pilot", 1150), ("pilot", 1305), ("pilot", 1349)]]
+
+
+def test_a_users_jobs_end_is_rounded_to_the_microsecond_as_timedelta_rounds_it():
+    ties = [(k + 0.5) / 1e6 for k in (0, 1, 2, 3, 123456, 3_599_999_998, 3_599_999_999)]
+    near = [math.nextafter(t, d) for t in ties for d in (0.0, 1e9)]
+    for seconds in [0.0, 1e-7, 0.4e-6, 0.6e-6, 1.5, 59.9999995, 3599.9999996, *ties, *near]:
+        assert microseconds(seconds) == timedelta(seconds=seconds) // timedelta(microseconds=1), seconds

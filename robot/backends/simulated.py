@@ -8,6 +8,8 @@ run on the same scenario and seed meet the same luck job for job ("common random
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 import re
@@ -28,6 +30,7 @@ from robot.downtimes import Downtime
 from robot.userjobs import HOUR, hour_of
 from robot.topology import EndpointInfo, QueueInfo, SiteInfo, Topology
 
+MICROSECOND = timedelta(microseconds=1)
 Probability = Annotated[float, Field(ge=0, le=1)]
 Weight = Annotated[float, Field(gt=0)]
 
@@ -316,15 +319,37 @@ def _pick(spec: list[str] | int, names: list[str], rng: random.Random) -> list[s
     return spec if isinstance(spec, list) else rng.sample(names, spec)
 
 
-def pick(errors: Sequence[ErrorSpec], u: float) -> ErrorSpec:
-    """The error of a weighted mix that the uniform draw `u` in [0, 1) falls on."""
-    total = sum(e.weight for e in errors)
-    threshold, running = u * total, 0.0
-    for error in errors:
-        running += error.weight
-        if threshold < running:
-            return error
-    return errors[-1]
+@dataclass(frozen=True)
+class _UserHour:
+    """The users' jobs that end at one queue in one hour: each one's end (microseconds into the hour), sorted,
+    and the failed ones' (end, error) in the order drawn, the order their errors are counted in."""
+
+    hour: datetime
+    ends: list[int]
+    failed: list[tuple[int, tuple[str, int]]]
+
+    def between(self, start: int, stop: int) -> tuple[int, int, dict[tuple[str, int], int]]:
+        """Jobs ended, failed and per error, of those ending in [start, stop) microseconds into the hour."""
+        ended = bisect.bisect_left(self.ends, stop) - bisect.bisect_left(self.ends, start)
+        errors: dict[tuple[str, int], int] = {}
+        for end, error in self.failed:
+            if start <= end < stop:
+                errors[error] = errors.get(error, 0) + 1
+        return ended, sum(errors.values()), errors
+
+    @property
+    def counts(self) -> tuple[int, int, dict[tuple[str, int], int]]:
+        errors: dict[tuple[str, int], int] = {}
+        for _, error in self.failed:
+            errors[error] = errors.get(error, 0) + 1
+        return len(self.ends), len(self.failed), errors
+
+
+def microseconds(seconds: float) -> int:
+    """`timedelta(seconds=seconds)` in whole microseconds, as it rounds them (the fraction of a second times
+    a million, half to even), without making the timedelta: the users' jobs draw a million of them a week."""
+    whole = int(seconds)
+    return whole * 1_000_000 + round((seconds - whole) * 1e6)
 
 
 @dataclass
@@ -362,8 +387,13 @@ class SimulatedGrid:
         self._flakiness = {q: random.Random(f"noise:{seed}:{q}").lognormvariate(0, spread) if spread else 1.0
                            for q in names}
         self._jobs: dict[int, _Job] = {}
-        self._user_jobs: dict[tuple[str, datetime], list[tuple[datetime, tuple[str, int] | None]]] = {}
+        # users' traffic: every hour drawn, as counts; and each queue's last hour read in part, job by job
         self._user_counts: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
+        self._user_parts: dict[str, _UserHour] = {}
+        # the draw below which a user's job fails with the site's noise, and with the users' own bugs
+        self._user_noise_below = {q: (site, site + scenario.users.failure)
+                                  for q in names for site in [min(1.0, scenario.noise.site * self._flakiness[q])]}
+        self._mixes: dict[int, tuple[Sequence[ErrorSpec], list[float]]] = {}  # id of a mix of errors -> running weights
         self._names: dict[str, int] = {}
         self._statuses: dict[str, QueueStatus] = {}
         self.submitted = 0
@@ -449,45 +479,57 @@ class SimulatedGrid:
         """Users' jobs that ended in [since, until), per queue and hour (within the scenario)."""
         if not self.scenario.users.jobs_per_hour:
             return []
-        found = []
         first, end = max(hour_of(since), hour_of(self.scenario.start)), min(until, self.scenario.start + self.scenario.duration)
+        hours = []
+        while first < end:
+            hours.append((first, since <= first and first + HOUR <= until))
+            first += HOUR
+        found = []
         for queue in self._site_of:
-            hour = first
-            while hour < end:
-                jobs = self._user_hour(queue, hour)
-                if since <= hour and hour + HOUR <= until:
-                    ended, failed, errors = self._user_counts[(queue, hour)]
+            for hour, whole in hours:
+                if whole:
+                    counts = self._user_counts.get((queue, hour)) or self._user_hour(queue, hour).counts
                 else:
-                    ended, failed, errors = _count([j for j in jobs if since <= j[0] < until])
-                if ended:
-                    found.append(UserJobHour(queue, hour, ended, failed, errors))
-                hour += HOUR
+                    counts = self._user_part(queue, hour).between((since - hour) // MICROSECOND,
+                                                                  (until - hour) // MICROSECOND)
+                if counts[0]:
+                    found.append(UserJobHour(queue, hour, *counts))
         return found
 
-    def _user_hour(self, queue: str, hour: datetime) -> list[tuple[datetime, tuple[str, int] | None]]:
-        """The users' jobs ending at `queue` in `hour`: (end, error or None), drawn once per (seed, queue, hour)."""
-        key = (queue, hour)
-        jobs = self._user_jobs.get(key)
-        if jobs is not None:
-            return jobs
+    def _user_part(self, queue: str, hour: datetime) -> _UserHour:
+        """The users' jobs of an hour read in part: the queue's last such hour is kept (the current one, which
+        every read cuts), another is drawn again."""
+        kept = self._user_parts.get(queue)
+        if kept is None or kept.hour != hour:
+            kept = self._user_parts[queue] = self._user_hour(queue, hour)
+        return kept
+
+    def _user_hour(self, queue: str, hour: datetime) -> _UserHour:
+        """The users' jobs ending at `queue` in `hour`, drawn from the stream of (seed, queue, hour): the same
+        jobs at every draw. Its counts are kept (`_user_counts`), its jobs' ends only by the caller."""
         users = self.scenario.users
         rng = random.Random(f"users:{self.seed}:{queue}:{hour:%Y%m%d%H}")
-        draw = rng.random
+        jobs = _poisson(rng, users.jobs_per_hour)
         quiet = self._quiet(queue, hour, hour + HOUR)  # only noise can fail them: no need to look further
         stuck = [f for f in self._faults_of[queue] if f.mode == "stuck"]
         duration = self.scenario.job.duration
-        jobs = []
-        for _ in range(_poisson(rng, users.jobs_per_hour)):
-            end = hour + timedelta(seconds=draw() * 3600)
-            u_fault, u_central, u_wave, u_noise, u_code = draw(), draw(), draw(), draw(), draw()
-            if stuck and any(f.active(end - duration) for f in stuck):
+        ends: list[int] = []
+        failed: list[tuple[int, tuple[str, int]]] = []
+        draws = iter(rng.random, None)  # per job, in this order: where in the hour it ends, then the five below
+        for _, u_end, u_fault, u_central, u_wave, u_noise, u_code in zip(range(jobs), *[draws] * 6):
+            end = microseconds(u_end * 3600)
+            if stuck and any(f.active(hour + timedelta(microseconds=end) - duration) for f in stuck):
                 continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
             errors = (self._user_noise(queue, u_noise) if quiet
-                      else self._user_failure(queue, end, u_fault, u_central, u_wave, u_noise))
-            jobs.append((end, ("pilot", pick(errors, u_code).code) if errors else None))
-        self._user_jobs[key] = jobs
-        self._user_counts[key] = _count(jobs)
-        return jobs
+                      else self._user_failure(queue, hour + timedelta(microseconds=end), u_fault, u_central, u_wave,
+                                              u_noise))
+            ends.append(end)
+            if errors:
+                failed.append((end, ("pilot", self._pick(errors, u_code).code)))
+        ends.sort()
+        drawn = _UserHour(hour, ends, failed)
+        self._user_counts[(queue, hour)] = drawn.counts
+        return drawn
 
     def _user_failure(self, queue: str, when: datetime, u_fault: float, u_central: float, u_wave: float,
                       u_noise: float) -> Sequence[ErrorSpec] | None:
@@ -507,10 +549,10 @@ class SimulatedGrid:
 
     def _user_noise(self, queue: str, u_noise: float) -> Sequence[ErrorSpec] | None:
         """What a user's job fails with when no fault, outage or wave is on: the site's noise, the users' own bugs."""
-        site = min(1.0, self.scenario.noise.site * self._flakiness[queue])
+        site, own = self._user_noise_below[queue]
         if u_noise < site:
             return self.scenario.noise.site_codes
-        if u_noise < site + self.scenario.users.failure:
+        if u_noise < own:
             return self.scenario.users.codes
         return None
 
@@ -539,7 +581,7 @@ class SimulatedGrid:
         timing = {"stagein": 60.0, "setup": 30.0, "stageout": 20.0}
 
         def failed(errors: Sequence[ErrorSpec]) -> _Job:
-            error = pick(errors, u_code)
+            error = self._pick(errors, u_code)
             end = start + {"start": fail_after, "payload": duration / 2, "end": duration}[error.at]
             final = replace(report, job_status=JobStatus.FAILED, start_time=start, end_time=end, pilot_timing=timing,
                             pilot_error_code=error.code, pilot_error_diag=error.diag or f"pilot error {error.code}",
@@ -582,6 +624,15 @@ class SimulatedGrid:
                 and not any(queue in hit and scenario.start + w.onset < end and start < scenario.start + w.onset + w.duration
                             for w, hit in zip(scenario.user_waves, self._wave_queues)))
 
+    def _pick(self, errors: Sequence[ErrorSpec], u: float) -> ErrorSpec:
+        """The error of a weighted mix that the uniform draw `u` in [0, 1) falls on: the first whose running
+        weight is above u times the total (each mix's running weights are summed once)."""
+        mix = self._mixes.get(id(errors))
+        if mix is None:  # kept with the mix: its id stays its own
+            mix = self._mixes[id(errors)] = (errors, list(itertools.accumulate(e.weight for e in errors)))
+        running = mix[1]
+        return errors[min(bisect.bisect_right(running, u * running[-1]), len(errors) - 1)]
+
     def _window_active(self, spec: WaveSpec | OutageSpec, when: datetime) -> bool:
         start = self.scenario.start + spec.onset
         return start <= when < start + spec.duration
@@ -597,10 +648,3 @@ def _poisson(rng: random.Random, mean: float) -> int:
         product *= rng.random()
     return k
 
-
-def _count(jobs: Sequence[tuple[datetime, tuple[str, int] | None]]) -> tuple[int, int, dict[tuple[str, int], int]]:
-    errors: dict[tuple[str, int], int] = {}
-    for _, error in jobs:
-        if error is not None:
-            errors[error] = errors.get(error, 0) + 1
-    return len(jobs), sum(errors.values()), errors
