@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -26,7 +26,6 @@ from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobH
 from robot.classify import ErrorTable, Verdict, classify, classify_report
 from robot.downtimes import Downtime, describe, windows_by_site
 from robot.jobstates import JobStatus
-from robot.storage.driver_rows import bound
 from robot.storage.models import Event, Queue, Site
 from robot.storage.models import UserJobHour as UserJobHourRow
 
@@ -73,30 +72,43 @@ def verdict(table: ErrorTable, source: str, code: int) -> Verdict:
 
 
 def store(session: Session, source: str, hours: Sequence[UserJobHour], since: datetime, table: ErrorTable,
-          now: datetime) -> int:
+          now: datetime, verdicts: dict[tuple[str, int], Verdict] | None = None) -> int:
     """Make the stored hours of the read (from `since` on) what the backend just counted; returns rows written.
 
     Each (queue, hour) the backend listed replaces its row; rows of hours it did not list are left
-    alone (jobs that ended do not disappear: a backend that lists nothing for an hour did not count it)."""
+    alone (jobs that ended do not disappear: a backend that lists nothing for an hour did not count it).
+    `verdicts`: the errors `table` classified so far, kept by the caller (each error is classified once)."""
     rows = []
-    verdicts: dict[tuple[str, int], Verdict] = {}  # each error classified once per read
+    verdicts = {} if verdicts is None else verdicts
+    # the failures per class and the codes of each set of errors counted, worked out once per read (many
+    # hours count the same few users' failures): the rows that counted alike share them
+    described: dict[tuple[tuple[tuple[str, int], int], ...], tuple[tuple[int, int, int, int], list[dict]]] = {}
     for hour in hours:
         if hour.hour < since:
             continue
-        classes = {"site": 0, "user": 0, "central": 0, "unknown": 0}
-        codes = []
-        for (error_source, code), jobs in sorted(hour.errors.items(), key=lambda item: -item[1]):
-            found = verdicts.get((error_source, code))
-            if found is None:
-                found = verdicts[(error_source, code)] = verdict(table, error_source, code)
-            klass = found.klass if found.klass in classes else "unknown"
-            classes[klass] += jobs
-            codes.append({"source": error_source, "code": code, "name": found.name, "class": klass, "jobs": jobs})
-        rows.append((hour.queue, hour.hour, source, hour.ended, hour.failed, classes["site"], classes["user"],
-                     classes["central"], classes["unknown"], codes, now))
+        errors = tuple(hour.errors.items())
+        found = described.get(errors)
+        if found is None:
+            found = described[errors] = _described(errors, table, verdicts)
+        rows.append((hour.queue, hour.hour, source, hour.ended, hour.failed, *found[0], found[1], now))
     if rows:
         _replace(session, rows)
     return len(rows)
+
+
+def _described(errors: tuple[tuple[tuple[str, int], int], ...], table: ErrorTable,
+               verdicts: dict[tuple[str, int], Verdict]) -> tuple[tuple[int, int, int, int], list[dict]]:
+    """Failures per class (site, user, central, unknown) and the codes, most jobs first, of an hour's errors."""
+    classes = {"site": 0, "user": 0, "central": 0, "unknown": 0}
+    codes = []
+    for (error_source, code), jobs in sorted(errors, key=lambda item: -item[1]):
+        found = verdicts.get((error_source, code))
+        if found is None:
+            found = verdicts[(error_source, code)] = verdict(table, error_source, code)
+        klass = found.klass if found.klass in classes else "unknown"
+        classes[klass] += jobs
+        codes.append({"source": error_source, "code": code, "name": found.name, "class": klass, "jobs": jobs})
+    return (classes["site"], classes["user"], classes["central"], classes["unknown"]), codes
 
 
 STORED = UserJobHourRow.__table__
@@ -107,15 +119,25 @@ ROW_COLUMNS = ("queue", "hour", "source", "ended", "failed", "failed_site", "fai
 def _replace(session: Session, rows: list[tuple]) -> None:
     """Each row (values in ROW_COLUMNS order) replaces the stored row of its (queue, hour), if there is one.
 
-    On SQLite in one executemany of the driver (robot.storage.driver_rows: SQLAlchemy's handling of each
-    row's parameters was most of the cost of the 200 hours a 200-queue grid's watch writes at every read);
-    elsewhere with Core statements."""
+    On SQLite in one executemany of the driver, each value bound as its column's type binds it (as
+    robot.storage.driver_rows does; SQLAlchemy's handling of each row's parameters was most of the cost of
+    the 200 hours a 200-queue grid's watch writes at every read), and each time and each list of codes
+    (shared by the hours that counted alike) converted once; elsewhere with Core statements."""
     connection = session.connection()
     dialect = connection.dialect
     if dialect.name == "sqlite":
+        time_text, json_text = STORED.c.hour.type.bind_processor(dialect), STORED.c.codes.type.bind_processor(dialect)
+        texts: dict[Any, str] = {}  # bound: a time by value, a list of codes by identity
+        for row in rows:
+            for key, value, process in ((row[1], row[1], time_text), (id(row[9]), row[9], json_text),
+                                        (row[10], row[10], time_text)):
+                if key not in texts:
+                    texts[key] = process(value)
         quote = dialect.identifier_preparer.quote
-        connection.exec_driver_sql(f"INSERT OR REPLACE INTO {quote(STORED.name)} ({', '.join(map(quote, ROW_COLUMNS))}) "
-                                   f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})", bound(dialect, STORED, ROW_COLUMNS, rows))
+        connection.exec_driver_sql(
+            f"INSERT OR REPLACE INTO {quote(STORED.name)} ({', '.join(map(quote, ROW_COLUMNS))}) "
+            f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})",
+            [(row[0], texts[row[1]], *row[2:9], texts[id(row[9])], texts[row[10]]) for row in rows])
         return
     by_hour: dict[datetime, list[str]] = defaultdict(list)
     for row in rows:
@@ -140,6 +162,7 @@ class UserJobWatch:
         self._stored: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
         self._wrote: tuple[datetime, datetime, int] | None = None  # the last write: its time, first hour, rows
         self._since: datetime | None = None  # the first hour of the last read
+        self._verdicts: dict[tuple[str, int], Verdict] = {}  # each error the table classified, once
 
     def __call__(self, session: Session, now: datetime) -> int | None:
         if self._read_at is not None and now - self._read_at < self.refresh:
@@ -158,7 +181,7 @@ class UserJobWatch:
             self._stored.clear()  # the step that wrote them was rolled back
         stored = self._stored
         fresh = [h for h in hours if h.hour >= since and stored.get((h.queue, h.hour)) != (h.ended, h.failed, h.errors)]
-        written = store(session, self.backend.name, fresh, since, self.table, now)
+        written = store(session, self.backend.name, fresh, since, self.table, now, self._verdicts)
         if since != self._since:  # hours before the read are not read again
             self._stored = stored = {key: counts for key, counts in stored.items() if key[1] >= since}
             self._since = since
