@@ -5,26 +5,35 @@ with an in-memory SQLite database. CPU time is the figure judged (the machine is
 time is printed beside it.
 
     python bench/simulate.py [--scenario configs/scenarios/week_200_queues.yaml] [--policy default]
-                             [--days N] [--seed N] [--record FILE]
+                             [--days N] [--seed N] [--record FILE] [--parts]
 
 `--record FILE` writes everything each run did (every transition, event, queue row, override, users'
 hour and job, without the job's random name, and the scores): two versions of the code that decide
 the same write the same file, which `cmp` checks.
+
+`--parts` prints where each run's CPU went, in ms per step: the step's parts (the users' jobs' watch, the
+exclusion engine, the submission, the polling, the commits), each with the time of the parts it calls, and
+some of those indented below it (the simulated grid's own share of each among them).
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import logging
 import resource
 import time
+from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from blacklist import engine, policies
 from blacklist.simulate import BUILTIN, run, summarize
-from robot.backends.simulated import load_scenario
+from robot import loop, userjobs
+from robot.backends.simulated import SimulatedGrid, load_scenario
 from robot.storage.models import Event, Job, Override, Queue, QueueTransition, UserJobHour
 
 TARGET_CPU_SECONDS = 10.0
@@ -39,6 +48,7 @@ def main() -> None:
     parser.add_argument("--days", type=float, help="simulate this many days instead of the scenario's duration")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--record", type=Path, help="write what each run did to this file (see above)")
+    parser.add_argument("--parts", action="store_true", help="print where each run's CPU went (see above)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     scenario = load_scenario(args.scenario)
@@ -48,7 +58,10 @@ def main() -> None:
     steps = int(scenario.duration / scenario.step)
     print(f"{scenario.name}: {scenario.queues.count} queues x {len(scenario.templates)} templates, "
           f"{scenario.duration.total_seconds() / 86400:g} days in {steps} steps of {scenario.step}")
+    parts = Parts() if args.parts else None
     for policy in args.policy or ["default", "hammercloud+safety"]:
+        if parts:
+            parts.spent.clear()
         began, cpu = time.perf_counter(), time.process_time()
         result = run(scenario, BUILTIN[policy], args.seed, policy,
                      record=(lambda session: recorded.extend([f"== {policy}", *what_it_did(session)])) if args.record else None)
@@ -60,10 +73,61 @@ def main() -> None:
               f"({1000 * cpu / steps:.0f} ms cpu/step)  "
               f"jobs {result.jobs}  exclusions detected {len(result.latencies)}/{result.faults}  "
               f"false {result.false_exclusions}  median detection {summary.detection_median_min} min")
+        if parts:
+            print(parts.report(steps))
     print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if args.record:
         args.record.write_text("\n".join(recorded) + "\n")
         print(f"what the runs did: {args.record}")
+
+
+# The parts `--parts` times: (owner, function, label); a label indented is a part of the one above it.
+PARTS = [
+    (userjobs.UserJobWatch, "__call__", "users' jobs watch"),
+    (SimulatedGrid, "user_job_stats", "  grid: users' counts"),
+    (userjobs, "store", "  storing the hours"),
+    (engine.ExclusionEngine, "__call__", "exclusion engine"),
+    (engine.QueueFacts, "load", "  facts (views)"),
+    (engine.UserHours, "read", "    users' hours read"),
+    (policies.Policy, "decide", "  decisions"),
+    (loop.Robot, "_submit", "submission"),
+    (loop.Robot, "_slot_states", "  slot states"),
+    (SimulatedGrid, "submit", "  grid: submit"),
+    (loop.Robot, "_poll", "polling"),
+    (SimulatedGrid, "status", "  grid: status"),
+    (loop.Robot, "_commit", "commits"),
+    (loop.Robot, "run_once", "step"),
+]
+
+
+class Parts:
+    """CPU time per part of the step, each part with the parts it calls (`--parts`)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = defaultdict(float)
+        for owner, name, label in PARTS:
+            self._wrap(owner, name, label)
+
+    def _wrap(self, owner: object, name: str, label: str) -> None:
+        static = isinstance(inspect.getattr_static(owner, name), staticmethod)
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: object, **kwargs: object) -> object:
+            began = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.spent[label] += time.process_time() - began
+
+        setattr(owner, name, staticmethod(timed) if static else timed)
+
+    def report(self, steps: int) -> str:
+        step = self.spent.get("step", 0.0)
+        named = sum(self.spent.get(label, 0.0) for _, _, label in PARTS if not label.startswith(" ") and label != "step")
+        lines = [f"  {label:28s} {1000 * self.spent.get(label, 0.0) / steps:6.1f} ms/step"
+                 for _, _, label in PARTS if label != "step"]
+        return "\n".join([*lines, f"  {'rest of the step':28s} {1000 * (step - named) / steps:6.1f} ms/step"])
 
 
 def what_it_did(session: Session) -> list[str]:
