@@ -22,9 +22,8 @@ from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
 from robot.downtimes import LOOK_BACK as OUTAGE_REACH  # the longest a job's life reaches back (stored that long)
 from robot.downtimes import Downtime, describe, windows_by_site
-from robot.userjobs import STORED_COLUMNS, StoredHour, as_stored, hour_of
+from robot.userjobs import StoredHour, hour_of, read_hours
 from robot.userjobs import outside_downtimes as users_outside_downtimes
-from robot.storage.models import UserJobHour as UserJobHourRow
 from robot.jobstates import QueueStatus
 from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
                                   Template, Test)
@@ -366,19 +365,11 @@ class UserHours:
         self._ordered: dict[str, tuple[StoredHour, ...]] = {}
         self._seen_until: datetime | None = None
         self._first: datetime | None = None
-        hours = select(USER_HOUR.c.source, *STORED_COLUMNS).where(USER_HOUR.c.hour >= bindparam("first"),
-                                                                  USER_HOUR.c.hour < bindparam("now"))
-        self._all, self._since = hours, hours.where(USER_HOUR.c.read_at >= bindparam("since"))
 
     def read(self, session: Session, now: datetime) -> dict[str, tuple[StoredHour, ...]]:
         first = hour_of(now - self.window)
-        if self._seen_until is None:
-            rows = session.execute(self._all, {"first": first, "now": now})
-        else:
-            rows = session.execute(self._since, {"first": first, "now": now, "since": self._seen_until - self.lag})
         changed = set()
-        for source, *values in rows:
-            hour = as_stored(values)
+        for source, hour in read_hours(session, first, now, None if self._seen_until is None else self._seen_until - self.lag):
             self._by_queue[hour.queue][(hour.hour, source)] = hour
             changed.add(hour.queue)
         self._seen_until = now
@@ -400,7 +391,7 @@ QUEUE_ROWS = (select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_sta
                      QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
               .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
               .where(QUEUE.c.retired_at.is_(None)))
-OVERRIDE, SILENCE, EVENT, USER_HOUR = Override.__table__, Silence.__table__, Event.__table__, UserJobHourRow.__table__
+OVERRIDE, SILENCE, EVENT = Override.__table__, Silence.__table__, Event.__table__
 OPEN_OVERRIDES = select(OVERRIDE.c.queue_id, OVERRIDE.c.actor, OVERRIDE.c.cleared_at).where(OVERRIDE.c.ended_at.is_(None))
 MANUAL = (select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
           .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))

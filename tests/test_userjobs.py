@@ -14,7 +14,7 @@ from robot.jobstates import JobStatus
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
 from robot.storage.models import Event
 from robot.storage.models import UserJobHour as Row
-from robot.userjobs import UserJobWatch, aggregate, hour_of, stored_hours, store
+from robot.userjobs import UserJobWatch, aggregate, hour_of, read_hours, stored_hours, store
 from tests.fakes import T0
 
 TABLE = load_table()
@@ -193,3 +193,24 @@ def test_why_names_the_users_jobs_of_the_last_hours(tiny_grid):
     shown = json.loads(run("why", "ANALY_A", "--json").output)["user_jobs"]
     assert [(r["ended"], r["failed"], r["site"], r["user"]) for r in shown] == [(40, 6, 4, 2)]
     assert "users' jobs" not in run("why", "ANALY_B").output
+
+
+def test_the_engines_read_gives_the_stored_hours_and_only_those_stored_since_when_asked(sessions):
+    hour = hour_of(T0)
+    alike = {("pilot", 1099): 2, ("exe", 1): 1}
+    with sessions() as session:
+        store(session, "panda", [UserJobHour("ANALY_A", hour - timedelta(hours=1), 30, 3, alike),
+                                 UserJobHour("ANALY_B", hour - timedelta(hours=1), 12, 0)], hour - timedelta(hours=1),
+              TABLE, T0)
+        store(session, "panda", [UserJobHour("ANALY_A", hour, 20, 3, alike), UserJobHour("ANALY_C", hour, 5, 5,
+                                                                                           {("pilot", 1324): 5})],
+              hour, TABLE, T0 + timedelta(minutes=10))
+        session.commit()
+        whole = stored_hours(session, hour - timedelta(hours=1), hour + timedelta(hours=1))
+        read = read_hours(session, hour - timedelta(hours=1), hour + timedelta(hours=1))
+        assert sorted((h.queue, h.hour, h) for _, h in read) == sorted(
+            (h.queue, h.hour, h) for hours in whole.values() for h in hours)
+        assert {source for source, _ in read} == {"panda"} and all(h.hour.tzinfo is not None for _, h in read)
+        since = read_hours(session, hour - timedelta(hours=1), hour + timedelta(hours=1), T0 + timedelta(minutes=10))
+        assert sorted((h.queue, h.hour) for _, h in since) == [("ANALY_A", hour), ("ANALY_C", hour)]
+        assert read_hours(session, hour, hour + timedelta(hours=1), T0 + timedelta(minutes=11)) == []
