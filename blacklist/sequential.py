@@ -191,6 +191,9 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
            grid: Spread | None = None, users: list[Counted] | None = None) -> Decision:
     """`users`: hours of users' own jobs pointing at the site (blacklist/userjobs.py), weighed with the
     test jobs; they never exclude alone: a test job's failure must be behind an exclusion."""
+    if (view.robot_state == "online" and not users and not view.waiting_since
+            and not any(r.failed for r in view.results)):
+        return Decision(view.name, Action.KEEP, HEALTHY, policy=NAME)  # no failure, no wait: every CUSUM is 0
     weights = Weights.of(settings)
     start = now - settings.window
     if view.last_robot_inclusion and view.last_robot_inclusion > start:

@@ -104,14 +104,12 @@ class Tally:
             site, hours = self._counted.get(view.name, (view.site, ()))
             if hours is view.user_jobs and site == view.site:
                 continue
-            now = {id(hour) for hour in view.user_jobs} if site == view.site else set()
-            before = {id(hour) for hour in hours} if site == view.site else set()
-            for hour in hours:
-                if id(hour) not in now:
-                    self._count(view.name, site, hour, -1)
+            gone = {id(hour): hour for hour in hours}  # the hours counted that are no longer the view's
             for hour in view.user_jobs:
-                if id(hour) not in before:
+                if site != view.site or gone.pop(id(hour), None) is None:
                     self._count(view.name, view.site, hour, 1)
+            for hour in gone.values():
+                self._count(view.name, site, hour, -1)
             self._counted[view.name] = (view.site, view.user_jobs)
         for queue in self._counted.keys() - seen:  # retired
             site, hours = self._counted.pop(queue)
