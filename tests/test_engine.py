@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from datetime import timedelta
 
 import pytest
@@ -399,3 +400,53 @@ def test_no_stall_is_judged_while_the_backend_cannot_be_read(tmp_path, clock, gr
                                   .where(QueueTransition.actor == "healthrobot")).all()
     assert reasons and {name for name, _ in reasons} == {"ANALY_C2"}
     assert all("STALLED" in reason for _, reason in reasons)
+
+
+def test_a_restarted_engine_reads_the_same_facts_and_decides_the_same(database_url):
+    # The engine keeps results, moves, users' hours and their sums from step to step and reads only
+    # what changed; a restarted robot reads them whole. At every step of a simulated run with faults
+    # and users' jobs both see the same queues and decide the same.
+    from blacklist.engine import QueueFacts
+    from blacklist.simulate import BUILTIN
+    from robot.backends.simulated import SimulatedGrid, load_scenario
+    from robot.classify import load_table
+    from robot.config import RobotConfig
+    from robot.storage.database import make_engine, make_sessionmaker, upgrade
+    from robot.userjobs import UserJobWatch
+
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "configs" / "scenarios" / "partial_failures.yaml")
+    scenario = scenario.model_copy(update={"duration": timedelta(hours=14), "step": timedelta(minutes=10),
+                                           "queues": scenario.queues.model_copy(update={"count": 12})})
+    clock = ManualClock(scenario.start)
+    grid = SimulatedGrid(scenario, clock, 1)
+    config = RobotConfig.model_validate({"data_dir": "/nonexistent", "database": {"url": database_url}, "templates": [
+        {"name": t, "category": "functional", "payload": "simulated", "input_dataset": "*", "events_per_job": scenario.job.events,
+         "max_wall_time": "1d",
+         "max_queue_time": "2h"} for t in scenario.templates]})
+    database = make_engine(database_url)
+    upgrade(database)
+    sessions = make_sessionmaker(database)
+    policy = Policy(BUILTIN["default"], tuple(scenario.templates))
+    engine = ExclusionEngine(policy, grid)
+    watch = UserJobWatch(grid, load_table(), timedelta(minutes=10), policy.window)
+    robot = Robot(config, sessions, grid, grid, grid, load_table(), evaluators=[watch, engine], rollup=False,
+                  shared=False)
+    now, decided = scenario.start, 0
+    while now < scenario.start + scenario.duration:
+        clock.set(now)
+        robot.run_once(now)
+        with sessions() as session:
+            engine.facts.moves.read(session, now)
+            kept = engine.facts.load(session, now)
+            fresh_facts = QueueFacts(policy)
+            fresh_facts.moves.read(session, now)
+            fresh = fresh_facts.load(session, now)
+        assert kept.flaps == fresh.flaps
+        spread = policy.grid(kept.views.values())
+        users_kept, users_fresh = policy.users(kept.views.values(), engine.tally), policy.users(fresh.views.values())
+        for name, view in kept.views.items():
+            assert (policy.decide(view, now, kept.flaps[name], spread, users_kept)
+                    == policy.decide(fresh.views[name], now, fresh.flaps[name], spread, users_fresh))
+            decided += 1
+        now += scenario.step
+    assert decided == 12 * 84
