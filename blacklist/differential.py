@@ -37,6 +37,13 @@ def code_of(result: Result) -> Code:
     return result.error_code if result.error_code is not None else (result.error_name or "")
 
 
+def widespread_at(sites: int, min_sites: int, fraction: float) -> int:
+    """How many *other* sites of a grid of `sites` failing with one code at once make it a shared
+    cause: `min_sites`, or `fraction` of the other sites if more (a large grid has several sites
+    broken at once by chance, each for its own reason)."""
+    return max(min_sites, math.ceil(fraction * (sites - 1)))
+
+
 @dataclass(frozen=True)
 class Spread:
     """Where and how often each failure code occurred across the grid in the policy window."""
@@ -75,7 +82,7 @@ class Spread:
     @functools.cached_property
     def threshold(self) -> int:
         """How many other sites failing with one code at once make it widespread."""
-        return max(self.min_sites, math.ceil(self.fraction * (len(self.jobs) - 1)))
+        return widespread_at(len(self.jobs), self.min_sites, self.fraction)
 
     def comparable(self, result: Result, site: str) -> bool:
         """Whether enough other sites completed the result's template to compare with (else the

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Iterable
 
 from blacklist import hammercloud, sequential, userjobs
-from blacklist.differential import Spread
+from blacklist.differential import Spread, widespread_at
 from blacklist.model import Action, Decision, QueueView
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
@@ -57,7 +57,10 @@ class Policy:
         `tally`: the sums kept from the last step (see userjobs.Tally)."""
         if not self.hears_users:
             return None
-        return userjobs.Baseline.of(views, self.settings.user_jobs, self.settings.default.spread_sites, tally)
+        views = tuple(views)
+        s = self.settings.default
+        shared_at = widespread_at(len({view.site for view in views}), s.spread_sites, s.spread_fraction)
+        return userjobs.Baseline.of(views, self.settings.user_jobs, shared_at, tally)
 
     def tally(self) -> userjobs.Tally:
         """Sums of users' jobs to keep from step to step, for `users`."""

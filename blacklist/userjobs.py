@@ -14,8 +14,9 @@ as the test jobs (blacklist/differential.py):
 - a central-class code, as in the test jobs, adds to a case that other evidence opened but never
   opens one; an unknown-class code weighs in its own code's alternative only (with the test
   jobs' failures of the same code), a site-class one also in "broken, whatever the code";
-- the same code failing at `spread_sites` (see SequentialSettings) or more other sites in the same
-  hour (two failures above `floor` are enough: a shared cause starts somewhere) is a shared cause
+- the same code failing at `spread_sites` (see SequentialSettings), or `spread_fraction` of the
+  other sites if more, or more other sites in the same hour (the test jobs' rule,
+  `differential.widespread_at`) (two failures above `floor` are enough: a shared cause starts somewhere) is a shared cause
   too and counts for no site; the test jobs' failures of that code in that hour count neither way
   either (`without_shared`);
 - the hour weighs `weight` times the log-likelihood ratio of "the queue fails with c at the rate

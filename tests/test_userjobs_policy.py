@@ -75,6 +75,16 @@ def test_a_code_failing_in_users_jobs_at_many_sites_at_once_is_a_shared_cause():
     assert all(decide(ON, views, f"ANALY_{i}").action is Action.KEEP for i in range(5))
 
 
+def test_on_a_large_grid_a_few_sites_broken_at_once_are_each_their_own_case_as_for_the_test_jobs():
+    """200 sites: four storage faults in the same hour are four sites' problems (week_200_queues' four
+    stage-in faults were each taken for a shared cause, and their test jobs' failures went unheard for
+    8 hours); a code at 5 % of the other sites (spread_fraction) or more is a shared cause."""
+    four = grid({f"ANALY_{i}": 15 for i in range(4)}, queues=200)
+    assert all(decide(ON, four, f"ANALY_{i}").action is Action.PEND for i in range(4))
+    many = grid({f"ANALY_{i}": 15 for i in range(11)}, queues=200)  # 10 other sites: ceil(5 % of 199)
+    assert all(decide(ON, many, f"ANALY_{i}").action is Action.KEEP for i in range(11))
+
+
 def test_a_few_failures_or_a_rate_like_the_others_weigh_nothing():
     assert decide(ON, grid({"ANALY_0": 2}), "ANALY_0").action is Action.KEEP  # fewer than min_failures
     views = grid({f"ANALY_{i}": 3 for i in range(2)}, ended=200)  # 1.5%: below the floor of 2%
