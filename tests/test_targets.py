@@ -8,9 +8,9 @@ from robot.cli import main
 
 
 def row(detection: float | None = None, jobs: float = 100.0, false: int = 0, premature: int = 0,
-        central: int = 0) -> dict:
+        central: int = 0, missed: int = 0) -> dict:
     return {"detection_median_min": detection, "jobs": jobs, "false_exclusions": false,
-            "premature_reinclusions": premature, "central_exclusions": central}
+            "premature_reinclusions": premature, "central_exclusions": central, "missed": missed}
 
 
 def test_targets_compare_the_policy_with_each_hammercloud_row_it_must_beat():
@@ -23,14 +23,17 @@ def test_targets_compare_the_policy_with_each_hammercloud_row_it_must_beat():
                      "default": row(None, 300.0)},
         "missed": {"hammercloud": row(40.0), "hammercloud+safety": row(40.0), "default": row(None, 40.0)},
         "no hammercloud": {"default": row(10.0)},
+        "some missed": {"hammercloud": row(60.0, missed=1), "hammercloud+safety": row(60.0),
+                        "default": row(20.0, 40.0, missed=4)},  # a fast median of the faults it caught
     }
-    met, short, quiet, missed = targets(report, "default")
+    met, short, quiet, missed, some = targets(report, "default")
     assert (met.detection_ratio, met.jobs_ratio, met.false_exclusions, met.premature) == (0.5, 0.48, (2, 2), (1, 1))
     assert met.short == ()
     assert short.detection_ratio == 1.25 and short.short == (
         "detection", "test jobs", "false exclusions", "premature re-inclusions", "central outages")
     assert quiet.detection_ratio is None and quiet.detected and quiet.short == ()
     assert missed.detected is False and missed.short == ("detection",)
+    assert some.detection_ratio < 0.5 and some.missed == (4, 1) and some.short == ("faults missed",)
 
 
 def test_simulate_prints_an_all_scenarios_row_and_the_targets_of_several_scenarios(tmp_path):

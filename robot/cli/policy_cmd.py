@@ -116,15 +116,16 @@ def _print_targets(report: dict[str, dict[str, dict]]) -> None:
     for label, rows in _targets(report).items():
         table = Table(title=f"{label} against the targets (detection and test jobs at most 0.5x hammercloud's, "
                             f"false exclusions at most hammercloud+safety's, premature re-inclusions at most "
-                            f"hammercloud's, none in central outages)", title_justify="left", header_style="bold")
+                            f"hammercloud's, none in central outages, faults missed at most hammercloud's)", title_justify="left", header_style="bold")
         for header in ("Scenario", "Detection vs hammercloud", "Test jobs vs hammercloud",
                        "False excl. vs hammercloud+safety", "Premature re-incl. vs hammercloud",
-                       "Excl. in central outages", "Short of"):
+                       "Excl. in central outages", "Missed vs hammercloud", "Short of"):
             table.add_column(header, justify="left" if header in ("Scenario", "Short of") else "right")
         for row in rows:
             detection = "none detected" if not row.detected else _times(row.detection_ratio)
             table.add_row(row.scenario, detection, _times(row.jobs_ratio), "{} vs {}".format(*row.false_exclusions),
-                          "{} vs {}".format(*row.premature), str(row.central_exclusions), ", ".join(row.short) or "-")
+                          "{} vs {}".format(*row.premature), str(row.central_exclusions),
+                          "{} vs {}".format(*row.missed), ", ".join(row.short) or "-")
         console.print(table)
 
 
