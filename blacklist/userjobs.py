@@ -14,10 +14,10 @@ as the test jobs (blacklist/differential.py):
 - a central-class code, as in the test jobs, adds to a case that other evidence opened but never
   opens one; an unknown-class code weighs in its own code's alternative only (with the test
   jobs' failures of the same code), a site-class one also in "broken, whatever the code";
-- the same code failing at `spread_sites` (see SequentialSettings), or `spread_fraction` of the
-  other sites if more, or more other sites in the same hour (the test jobs' rule,
-  `differential.widespread_at`) (two failures above `floor` are enough: a shared cause starts somewhere) is a shared cause
-  too and counts for no site; the test jobs' failures of that code in that hour count neither way
+- the same code failing in the same hour at as many other sites as make a test job's failure
+  widespread (`differential.widespread_at`: `spread_sites`, or `spread_fraction` of the other
+  sites if more; two failures above `floor` are enough there: a shared cause starts somewhere) is
+  a shared cause too and counts for no site; the test jobs' failures of that code in that hour count neither way
   either (`without_shared`);
 - the hour weighs `weight` times the log-likelihood ratio of "the queue fails with c at the rate
   seen" against "at the other queues' rate" (n times the Kullback-Leibler divergence), and never
@@ -142,14 +142,14 @@ class Baseline:
     between steps; the answers hold until its next update), else afresh."""
 
     settings: UserJobsSettings
-    spread_sites: int
+    shared_at: int  # other sites in excess with a code in one hour that make it a shared cause
     views: tuple[QueueView, ...] = field(default=(), compare=False, repr=False)
     tally: Tally | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, views: Iterable[QueueView], settings: UserJobsSettings, spread_sites: int,
+    def of(cls, views: Iterable[QueueView], settings: UserJobsSettings, shared_at: int,
            tally: Tally | None = None) -> "Baseline":
-        return cls(settings, spread_sites, tuple(views), tally)
+        return cls(settings, shared_at, tuple(views), tally)
 
     @functools.cached_property
     def _counts(self) -> Tally:
@@ -185,7 +185,7 @@ class Baseline:
 
     def shared(self, code: int, hour: datetime, site: str) -> bool:
         sites = self._counts.excess.get((code, hour), {})
-        return len(sites) - (site in sites) >= self.spread_sites
+        return len(sites) - (site in sites) >= self.shared_at
 
 
 def without_shared(view: QueueView, baseline: Baseline) -> QueueView:
