@@ -267,7 +267,6 @@ class ResultCache:
         self._ordered: dict[int, tuple[Result, ...]] = {}
         self._newest_start: dict[int, datetime | None] = {}
         self._seen_until: datetime | None = None
-        self._pruned_at: datetime | None = None
         columns = (JOB.c.id, JOB.c.queue_id, JOB.c.panda_id, TEMPLATE.c.name, JOB.c.end_time, JOB.c.outcome,
                    JOB.c.error_class, JOB.c.error_name, JOB.c.error_code, JOB.c.start_time, JOB.c.creation_time)
         final = (JOB.c.outcome.in_(["completed", "failed"]), TEMPLATE.c.name.in_(list(policy.templates)))
@@ -290,14 +289,14 @@ class ResultCache:
                                                      code, started, created)
                 changed.add(qid)
         self._seen_until = now
-        if self._pruned_at is None or now - self._pruned_at >= self.policy.window / 12:
-            self._pruned_at = now
-            for qid, results in self._by_queue.items():
-                old = [j for j, r in results.items() if r.end_time < start]
-                for job_id in old:
+        # Results that left the window go at once, so that every step sees exactly the window a
+        # restarted robot reads (the oldest of each queue's last ordering says where any are).
+        for qid, ordered in self._ordered.items():
+            if ordered and ordered[-1].end_time < start:
+                results = self._by_queue[qid]
+                for job_id in [j for j, r in results.items() if r.end_time < start]:
                     del results[job_id]
-                if old:
-                    changed.add(qid)
+                changed.add(qid)
         for qid in changed:
             results = self._by_queue[qid].values()
             self._ordered[qid] = tuple(sorted(results, key=END_TIME, reverse=True))
