@@ -16,7 +16,7 @@ from typing import Sequence
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from blacklist.model import END_TIME, Action, Decision, QueueView, Result
+from blacklist.model import END_TIME, Action, Decision, QueueView, Result, failed_codes
 from blacklist.policies import Policy
 from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
@@ -319,7 +319,10 @@ class RobotMoves:
         robot = select(TRANSITION.c.id, TRANSITION.c.queue_id, TRANSITION.c.time, TRANSITION.c.new,
                        TRANSITION.c.applied).where(TRANSITION.c.kind == "status", TRANSITION.c.actor == actor)
         self._all, self._since = robot, robot.where(TRANSITION.c.time >= bindparam("since"))
+        self._evidence = select(TRANSITION.c.id, TRANSITION.c.evidence).where(
+            TRANSITION.c.id.in_(bindparam("ids", expanding=True)))
         self._summary: dict[int, tuple[datetime | None, list[datetime], datetime | None]] = {}
+        self._excluded_for: dict[int, tuple[int, frozenset[int | str]]] = {}  # id -> last exclusion's id, codes
 
     def read(self, session: Session, now: datetime) -> None:
         rows = (session.execute(self._all) if self._seen_until is None
@@ -329,11 +332,19 @@ class RobotMoves:
             self._by_queue[qid][move_id] = (when, new, applied)
             changed.add(qid)
         self._seen_until = now
+        unread: dict[int, int] = {}  # the last exclusion's id -> queue id, where its evidence is not read yet
         for qid in changed:
-            moves = self._by_queue[qid].values()
-            exclusions = [when for when, new, _ in moves if new != "online"]
+            moves = self._by_queue[qid]
+            exclusions = [when for when, new, _ in moves.values() if new != "online"]
             self._summary[qid] = (max(exclusions, default=None), exclusions,
-                                  max((when for when, new, _ in moves if new == "online"), default=None))
+                                  max((when for when, new, _ in moves.values() if new == "online"), default=None))
+            last = max((m for m, (when, new, _) in moves.items() if new != "online"),
+                       key=lambda m: (moves[m][0], m), default=None)
+            if last is not None and self._excluded_for.get(qid, (None,))[0] != last:
+                unread[last] = qid
+        if unread:
+            for move_id, evidence in session.execute(self._evidence, {"ids": list(unread)}):
+                self._excluded_for[unread[move_id]] = (move_id, failed_codes(evidence))
 
     def of(self, queue_id: int, since: datetime) -> tuple[datetime | None, int, datetime | None]:
         """The queue's last exclusion, its exclusions from `since` on, and its last re-inclusion."""
@@ -342,6 +353,10 @@ class RobotMoves:
             return None, 0, None
         excluded, exclusions, included = summary
         return excluded, sum(1 for when in exclusions if when >= since), included
+
+    def excluded_for(self, queue_id: int) -> frozenset[int | str]:
+        """The codes of the failed jobs behind the queue's last exclusion by the robot."""
+        return self._excluded_for.get(queue_id, (None, frozenset()))[1]
 
     def last_set(self, queue_id: int) -> str | None:
         """The status the robot last set the queue to (None: never, or only in dry-run)."""
@@ -469,7 +484,8 @@ class QueueFacts:
                 if ended is not None and any(r.end_time >= ended for r in ordered):
                     ended = None  # tested since it ended
             hours = users.get(name, ())
-            key = (status, state, since, exempt, site, cloud, when, included, manual.get(qid), ordered,
+            excluded_for = self.moves.excluded_for(qid) if state == "excluded" else frozenset()
+            key = (status, state, since, exempt, site, cloud, when, included, excluded_for, manual.get(qid), ordered,
                    tuple(waiting.get(qid, ())), started, tuple(excused), active, ended, hours,
                    ("queue", name) in silenced or ("site", site) in silenced or ("cloud", cloud) in silenced)
             kept = self._views.get(qid)
@@ -479,7 +495,8 @@ class QueueFacts:
                 view = QueueView(
                     name=name, site=site, cloud=cloud, status=status, robot_state=state,
                     excluded_by_robot=state == "excluded", manual=manual.get(qid), silenced=key[-1],
-                    exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, state_since=since,
+                    exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, excluded_for=excluded_for,
+                    state_since=since,
                     results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
                     last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
                     user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))

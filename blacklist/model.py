@@ -58,6 +58,9 @@ class QueueView:
     exempt: bool = False
     last_robot_exclusion: datetime | None = None
     last_robot_inclusion: datetime | None = None  # evidence older than this was already judged
+    # The codes (else names) of the failed jobs behind the robot's last exclusion, from its stored
+    # evidence: while they still fail at the queue the fault is not gone, wherever else they fail.
+    excluded_for: frozenset[int | str] = frozenset()
     state_since: datetime | None = None  # when robot_state was entered
     results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only
     # when each job not started yet began to wait at the site, at a queue where one has waited `stall_after` (elsewhere none)
@@ -98,3 +101,13 @@ def evidence_of(results: list[Result]) -> list[dict[str, Any]]:
     return [{"panda_id": r.panda_id, "template": r.template, "end_time": r.end_time.isoformat(),
              "failed": r.failed, "error_class": r.error_class, "error": r.error_name, "code": r.error_code}
             for r in results]
+
+
+def failed_codes(evidence: Any) -> frozenset[int | str]:
+    """The codes (else error names) of the failed jobs in a decision's stored evidence (`evidence_of`'s
+    "jobs"); nothing for evidence of another shape (a person's, an older robot's)."""
+    jobs = evidence.get("jobs") if isinstance(evidence, dict) else None
+    if not isinstance(jobs, list):
+        return frozenset()
+    return frozenset(job["code"] if job.get("code") is not None else (job.get("error") or "")
+                     for job in jobs if isinstance(job, dict) and job.get("failed"))

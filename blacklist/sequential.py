@@ -41,10 +41,13 @@ One counted failure makes the queue PENDING: probe jobs go out at once so that t
 in minutes. A suspicion that finds no confirmation (every S back to 0, or max_pending elapsed)
 is cleared.
 Re-inclusion waits until the fault's signature is gone, not for a lucky streak: enough completed
-jobs in a row since the last counted failure that a queue still failing as often as it did while
-the fault was seen (and at least as often as `weak_fault`) would show such a streak with
+jobs in a row since the last failure pointing at the site that a queue still failing as often as it
+did while the fault was seen (and at least as often as `weak_fault`) would show such a streak with
 probability below `relapse_risk`; at least `include_successes`, as many again for each other
-exclusion within `flap_window` (hysteresis against flapping).
+exclusion within `flap_window` (hysteresis against flapping). While excluded, a failure with a code
+that excluded it points at the site whether or not it counts now (other sites failing with it as well
+do not make it gone here), and only jobs that started after the last such failure make the streak
+(a job that passed the broken step before it says nothing about the fault's end).
 """
 from __future__ import annotations
 
@@ -208,7 +211,7 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
         return Decision(view.name, Action.KEEP, HEALTHY, policy=NAME)  # nothing to weigh: every CUSUM is 0
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
-        return _reinclusion(view, window, settings, recent_exclusions)
+        return _reinclusion(view, relapses(view, recent, window), settings, recent_exclusions)
     score, failures = cusum(window + users, weights)
     tested = [r for r in failures if r.template != USERS]
     evidence = {"cusum": round(score, 2), "exclude_at": round(weights.exclude_at, 2),
@@ -252,18 +255,23 @@ def _named(result: Result, stalls: list[Counted], settings: SequentialSettings) 
             f"{format_duration(timedelta(minutes=round(waited / timedelta(minutes=1))))} in all")
 
 
-def streak_needed(window: list[Counted], settings: SequentialSettings, recent_exclusions: int) -> int:
-    """Completed jobs in a row after the last counted failure before the fault counts as gone.
+def streak_needed(window: list[Counted], settings: SequentialSettings, recent_exclusions: int,
+                  signature: frozenset[Code] = frozenset()) -> int:
+    """Completed jobs in a row after the last failure pointing at the site before the fault counts as gone.
 
     A queue still failing at a share f of its jobs shows n good jobs in a row with probability
-    (1-f)^n; n keeps that below `relapse_risk` for the fault as it was seen (f: the share of
-    counted failures from the first to the last one in the window, shrunk towards p_broken by one
-    pseudo-result) and for any fault at least as strong as `weak_fault` (a short run of failures
-    must not pass for a total outage). At least `include_successes`, as many again for each
-    other exclusion within `flap_window`.
+    (1-f)^n; n keeps that below `relapse_risk` for the fault as it was seen (f: the share of its
+    failures from the first to the last one in the window, shrunk towards p_broken by one
+    pseudo-result; its failures are those with a code of its `signature` where it has one in the
+    window, so that a noise failure hours later does not pass for a weaker fault) and for any
+    fault at least as strong as `weak_fault` (a short run of failures must not pass for a total
+    outage). At least `include_successes`, as many again for each other exclusion within
+    `flap_window`.
     """
     ordered = sorted(window, key=lambda c: c.result.end_time)
     failed = [i for i, c in enumerate(ordered) if c.result.failed]
+    named = [i for i in failed if code_of(ordered[i].result) in signature]
+    failed = named or failed
     floor = settings.include_successes * (1 + recent_exclusions)
     if not failed:
         return floor
@@ -272,15 +280,30 @@ def streak_needed(window: list[Counted], settings: SequentialSettings, recent_ex
     return max(floor, math.ceil(math.log(settings.relapse_risk) / math.log(1 - share)))
 
 
+def relapses(view: QueueView, recent: list[Result], window: list[Counted]) -> list[Counted]:
+    """What an excluded queue's re-inclusion weighs: its completed jobs, the failures pointing at the
+    site (a user- or central-class one only with a code its exclusion named: alone they never make
+    a case), and every failure with a code its exclusion named, counted now or not (other sites
+    failing with it too does not make it gone here)."""
+    signature = view.excluded_for
+    out = [c for c in window if not c.result.failed or c.klass not in SECONDARY or code_of(c.result) in signature]
+    if signature:
+        kept = {id(c.result) for c in window}
+        out += [Counted(r) for r in recent if r.failed and id(r) not in kept and code_of(r) in signature]
+    return out
+
+
 def _reinclusion(view: QueueView, window: list[Counted], settings: SequentialSettings,
                  recent_exclusions: int) -> Decision:
-    need = streak_needed(window, settings, recent_exclusions)
+    need = streak_needed(window, settings, recent_exclusions, view.excluded_for)
     newest_first = sorted((c.result for c in window), key=END_TIME, reverse=True)
+    last_failure = next((r for r in newest_first if r.failed), None)
     streak = []
     for result in newest_first:
         if result.failed:
             break
-        streak.append(result)
+        if last_failure is None or (result.start_time or result.end_time) >= last_failure.end_time:
+            streak.append(result)
     if len(streak) >= need:
         return Decision(view.name, Action.INCLUDE,
                         f"{len(streak)} test jobs completed in a row since the last failure pointing at the site "

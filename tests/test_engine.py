@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from blacklist.engine import ExclusionEngine
+from blacklist.engine import ExclusionEngine, QueueFacts
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings
 from robot.backends.base import BackendUnavailable
@@ -75,6 +75,15 @@ def test_broken_queue_is_excluded_with_reason_and_evidence_then_reincluded(tmp_p
     assert "STAGEINFAILED" in exclusion.reason and exclusion.policy == "default"
     assert {j["error"] for j in exclusion.evidence["jobs"]} == {"STAGEINFAILED"} and len(exclusion.evidence["jobs"]) >= 2
     assert (queue.status, queue.robot_state) == ("brokeroff", "excluded")
+    # the codes behind the exclusion are what its re-inclusion watches for, read from the stored evidence
+    engine = robot.evaluators[-1]
+    with robot.sessions() as session:
+        fresh = QueueFacts(engine.policy)
+        for facts in (engine.facts, fresh):
+            facts.moves.read(session, clock.now())
+            views = facts.load(session, clock.now()).views
+            assert views["ANALY_A1"].excluded_for == frozenset({1099})
+            assert views["ANALY_A2"].excluded_for == frozenset()
     # the site recovers: test jobs complete and the queue comes back online
     for _ in range(8):
         for pid in grid.in_queue("ANALY_A1"):
@@ -406,7 +415,6 @@ def test_a_restarted_engine_reads_the_same_facts_and_decides_the_same(database_u
     # The engine keeps results, moves, users' hours and their sums from step to step and reads only
     # what changed; a restarted robot reads them whole. At every step of a simulated run with faults
     # and users' jobs both see the same queues and decide the same.
-    from blacklist.engine import QueueFacts
     from blacklist.simulate import BUILTIN
     from robot.backends.simulated import SimulatedGrid, load_scenario
     from robot.classify import load_table

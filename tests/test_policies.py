@@ -546,6 +546,70 @@ def test_sequential_strong_fault_seen_long_needs_the_streak_of_its_own_rate():
     assert need == math.ceil(math.log(SEQ.relapse_risk) / math.log(1 - share)) > NEED
 
 
+def test_sequential_reinclusion_waits_while_the_excluding_code_fails_even_where_it_became_widespread():
+    # a queue excluded for a stage-in fault (1099, rare elsewhere then); an hour later other sites
+    # fail with 1099 too (their own faults, or noise), so its failures no longer count against the
+    # site. It still fails with the code that excluded it: the fault's signature is not gone.
+    excluded_for = same_code(BEFORE, 1099)
+    since = results("T1", "C" * 6 + "F" + "C" * 2 + "F", step=5 * MIN)
+    after = same_code(since, 1099)
+    others = [view(f"ANALY_O{i}", same_code(results("T1", "FCFCFCFCFC", step=10 * MIN), 1099))
+              for i in range(SEQ.spread_sites)]
+    v = view("ANALY_A", after, excluded_for, status="brokeroff", robot_state="excluded", excluded_by_robot=True,
+             state_since=EXCLUDED_AT, last_robot_exclusion=EXCLUDED_AT, excluded_for=frozenset({1099}))
+    grid = grid_of([v, *others, *healthy_grid()])
+    assert all(grid.widespread(r, v.site) for r in after if r.failed)  # none of them counts any more
+    decision = sequential.decide(v, SEQ, NOW, 0, grid)
+    assert decision.action is Action.NEEDS_JOBS and f"6 of {NEED}" in decision.reason
+    # a code the exclusion did not name, failing everywhere, does not hold the queue back
+    other_code = sequential.decide(replace(v, excluded_for=frozenset({1324})), SEQ, NOW, 0, grid)
+    assert other_code.action is Action.INCLUDE and "8 test jobs" in other_code.reason
+
+
+def test_sequential_reinclusion_counts_only_jobs_that_started_after_the_last_failure():
+    # jobs that passed the broken step before the failure and ended after it say nothing of the fault's end
+    failure = Result(next(_ids), "T1", NOW - 70 * MIN, True, "site", "STAGEINFAILED", 1099,
+                     start_time=NOW - 80 * MIN)
+
+    def completed(started_before: int) -> list[Result]:
+        out = []
+        for i in range(NEED):
+            end = NOW - i * 4 * MIN
+            start = failure.end_time - MIN if i >= NEED - started_before else end - 10 * MIN
+            out.append(Result(next(_ids), "T1", end, False, start_time=start))
+        return out
+
+    for started_before, action in ((0, Action.INCLUDE), (1, Action.NEEDS_JOBS), (5, Action.NEEDS_JOBS)):
+        decision = reinclude("", extra=[failure, *completed(started_before), *BEFORE])
+        assert decision.action is action, started_before
+        if action is Action.NEEDS_JOBS:
+            assert f"{NEED - started_before} of {NEED}" in decision.reason
+
+
+def test_sequential_reinclusion_is_not_held_back_by_noise_the_exclusion_did_not_name():
+    # excluded for a stage-in fault (1151); afterwards the queue completes its jobs but for a user
+    # error now and then, as every queue does, and one site-class failure of another code
+    fault = same_code(BEFORE, 1151)
+    user = same_code(results("T1", "F", newest=NOW - 33 * MIN, error_class="user"), 1305, "user")
+    clean = results("T1", "C" * NEED, step=5 * MIN)
+
+    def excluded(*rs: list[Result], signature: frozenset = frozenset({1151})) -> QueueView:
+        return view("ANALY_A", *rs, status="brokeroff", robot_state="excluded", excluded_by_robot=True,
+                    state_since=EXCLUDED_AT, last_robot_exclusion=EXCLUDED_AT, excluded_for=signature)
+
+    # a user error alone is no case against the site, nor a relapse of a fault it did not report
+    assert decide_in(excluded(fault, user, clean), healthy_grid()).action is Action.INCLUDE
+    # it is one when the exclusion named its code (a site fault reporting user codes part of the time)
+    decision = decide_in(excluded(fault, user, clean, signature=frozenset({1151, 1305})), healthy_grid())
+    assert decision.action is Action.NEEDS_JOBS and f"6 of {NEED}" in decision.reason
+    # a site-class failure of another code breaks the streak, but the fault as seen is its own
+    # failures', not diluted by that one two hours after them: the streak asked for stays
+    late = same_code(results("T1", "F", newest=NOW - 2 * MIN), 1213)
+    window = sequential.counted(excluded(fault, late, clean), [*fault, *late, *clean], SEQ, None)
+    assert sequential.streak_needed(window, SEQ, 0, frozenset({1151})) == NEED
+    assert sequential.streak_needed(window, SEQ, 0) > NEED  # read over all failures, the fault looks weaker
+
+
 def test_sequential_reinclusion_ignores_failures_not_of_the_site():
     rs = results("T1", "C" * 6 + "F" + "C" * 7, classes=("user",), step=5 * MIN)
     decision = sequential.decide(view("ANALY_A", rs, BEFORE, status="brokeroff", robot_state="excluded",
