@@ -160,7 +160,7 @@ class Parts:
 def measure_parts(parts: Parts, robot: Robot, grid: "NullGrid") -> None:
     """Time the step's parts (the parts' own CPU, median of the finishing steps)."""
     for name in ("_reconcile_unconfirmed", "_read_queue_status", "_poll", "_time_out_waiting_jobs", "_submit",
-                 "_slot_states", "_last_ends", "_submission_context"):
+                 "_slot_states", "_submission_context"):
         parts.wrap(Robot, name, name.strip("_"))
     parts.wrap(Workers, "step", "workers (beat, lease)")
     parts.wrap(rollup, "update", "rollup update")

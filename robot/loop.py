@@ -512,13 +512,12 @@ class Robot:
         A pair that holds all the jobs it may hold (in flight at least `max_running_jobs` plus the
         policy's probes, queued at least `min_queue_depth`) gets nothing from `jobs_to_submit`: it is
         left out in SQL. In a steady step that is most pairs, and reading every one of them was the
-        step's largest cost."""
+        step's largest cost. The same select reads when each pair's latest job ended, for the queues
+        the policy wants tested with a gap."""
         job = JOB.c
         pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None), {
             "now": now, **({} if self._owned is None else {"owned": self._owned}),
             **({} if queue_ids is None else {"queues": sorted(queue_ids)})}).all()
-        gaps = {row.queue_id: row.job_gap_seconds for row in pairs if row.job_gap_seconds}
-        last_end = self._last_ends(session, now, set(gaps), timedelta(seconds=max(gaps.values(), default=0)))
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
         totals: dict[tuple[int, int], int] = {}
         if counted:
@@ -528,25 +527,15 @@ class Robot:
                 .group_by(job.test_id, job.queue_id))}
         retries = pending_retries(session, sorted({row.test_id for row in pairs if row.max_jobs is not None}))
         slots = []
-        for test_id, queue_id, max_running, depth, resubmit, extra, gap, max_jobs, jobs, run in pairs:
+        for test_id, queue_id, max_running, depth, resubmit, extra, gap, max_jobs, jobs, run, last_end in pairs:
             key = (test_id, queue_id)
             slots.append(SlotState(
                 test_id=test_id, queue_id=queue_id, max_running_jobs=max_running, min_queue_depth=depth,
                 resubmit_enabled=resubmit, queued=jobs - run, running=run, total=totals.get(key, jobs),
                 extra_jobs=0 if max_jobs is not None else extra,
                 gap=timedelta(0) if max_jobs is not None else timedelta(seconds=gap),
-                last_end=last_end.get(key), max_jobs=max_jobs, retry_ids=tuple(retries.get(key, ()))))
+                last_end=last_end, max_jobs=max_jobs, retry_ids=tuple(retries.get(key, ()))))
         return slots
-
-    @staticmethod
-    def _last_ends(session: Session, now: datetime, queue_ids: set[int],
-                   longest_gap: timedelta) -> dict[tuple[int, int], datetime]:
-        """When the latest job of each pair ended (within the longest gap asked), for queues the policy
-        wants tested with a gap; an older end does not hold anything back."""
-        if not queue_ids:
-            return {}
-        rows = session.execute(LAST_ENDS, {"queues": sorted(queue_ids), "since": now - longest_gap})
-        return {(t, q): end for t, q, end in rows}
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
@@ -583,10 +572,6 @@ class Robot:
 
 
 # Selects of submission built once (the ids bound at each step, not rendered as literals into a new statement)
-LAST_ENDS = (select(JOB.c.test_id, JOB.c.queue_id, func.max(JOB.c.end_time))
-             .where(JOB.c.queue_id.in_(bindparam("queues", expanding=True)),
-                    JOB.c.end_time >= bindparam("since", type_=JOB.c.end_time.type))
-             .group_by(JOB.c.test_id, JOB.c.queue_id))
 QUEUES_ENDPOINTS = (select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
                     .select_from(QUEUE.outerjoin(queue_endpoint, queue_endpoint.c.queue_id == QUEUE.c.id)
                                  .outerjoin(ENDPOINT, ENDPOINT.c.id == queue_endpoint.c.endpoint_id))
@@ -611,6 +596,11 @@ def _slots_select(mine: bool, subset: bool) -> Any:
               .where(job.phase.in_(["recorded", "active"])).group_by(job.test_id, job.queue_id).subquery())
     in_flight, running = func.coalesce(flying.c.jobs, 0), func.coalesce(flying.c.running, 0)
     probes = case((pair.max_jobs.is_(None), queue.extra_jobs), else_=0)
+    # When the pair's latest job ended, for a queue the policy wants tested with a gap (robot.planning): found
+    # from the newest end of the queue down (its index), so a pair of a queue tested since reads a row or two.
+    last_end = case((queue.job_gap_seconds != 0, select(job.end_time)
+                     .where(job.queue_id == pair.queue_id, job.test_id == pair.test_id, job.end_time.is_not(None))
+                     .order_by(job.end_time.desc()).limit(1).scalar_subquery()))
     # As HammerCloud, no functional test goes to a site in an announced outage (robot.downtimes): the
     # exclusion engine has its queues tested at once when it ends. A stress test asked for goes all the same.
     down = queue.site_id.in_(select(SITE.c.id).join(DOWNTIME, DOWNTIME.c.site == SITE.c.name)
@@ -618,7 +608,7 @@ def _slots_select(mine: bool, subset: bool) -> Any:
     return (
         select(pair.test_id, pair.queue_id, pair.max_running_jobs, pair.min_queue_depth,
                pair.resubmit_enabled, queue.extra_jobs, queue.job_gap_seconds, pair.max_jobs,
-               in_flight, running)
+               in_flight, running, last_end)
         .join(TEST, test.id == pair.test_id).join(QUEUE, queue.id == pair.queue_id)
         .outerjoin(flying, and_(flying.c.test_id == pair.test_id, flying.c.queue_id == pair.queue_id))
         .where(test.state == "running", queue.retired_at.is_(None), queue.status != QueueStatus.OFFLINE.value,
