@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
@@ -71,18 +71,24 @@ def verdict(table: ErrorTable, source: str, code: int) -> Verdict:
     return classify(table)
 
 
+Described = dict[tuple[tuple[tuple[str, int], int], ...], tuple[tuple[int, int, int, int], list[dict]]]
+
+
 def store(session: Session, source: str, hours: Sequence[UserJobHour], since: datetime, table: ErrorTable,
-          now: datetime, verdicts: dict[tuple[str, int], Verdict] | None = None) -> int:
+          now: datetime, verdicts: dict[tuple[str, int], Verdict] | None = None, described: Described | None = None,
+          texts: dict[int, tuple[Any, str]] | None = None) -> int:
     """Make the stored hours of the read (from `since` on) what the backend just counted; returns rows written.
 
     Each (queue, hour) the backend listed replaces its row; rows of hours it did not list are left
     alone (jobs that ended do not disappear: a backend that lists nothing for an hour did not count it).
-    `verdicts`: the errors `table` classified so far, kept by the caller (each error is classified once)."""
+    `verdicts`: the errors `table` classified so far, kept by the caller (each error is classified once).
+    `described`: the failures per class and the codes of each set of errors counted so far (many hours
+    count the same few users' failures, and a growing hour its same failures at every read): the rows that
+    counted alike share them; `texts`: their codes as stored (see `_replace`). Both kept by the caller, or
+    worked out for this read alone."""
     rows = []
     verdicts = {} if verdicts is None else verdicts
-    # the failures per class and the codes of each set of errors counted, worked out once per read (many
-    # hours count the same few users' failures): the rows that counted alike share them
-    described: dict[tuple[tuple[tuple[str, int], int], ...], tuple[tuple[int, int, int, int], list[dict]]] = {}
+    described = {} if described is None else described
     for hour in hours:
         if hour.hour < since:
             continue
@@ -92,7 +98,7 @@ def store(session: Session, source: str, hours: Sequence[UserJobHour], since: da
             found = described[errors] = _described(errors, table, verdicts)
         rows.append((hour.queue, hour.hour, source, hour.ended, hour.failed, *found[0], found[1], now))
     if rows:
-        _replace(session, rows)
+        _replace(session, rows, {} if texts is None else texts)
     return len(rows)
 
 
@@ -116,28 +122,32 @@ ROW_COLUMNS = ("queue", "hour", "source", "ended", "failed", "failed_site", "fai
                "failed_unknown", "codes", "read_at")  # of the rows `store` writes, in their order
 
 
-def _replace(session: Session, rows: list[tuple]) -> None:
+def _replace(session: Session, rows: list[tuple], texts: dict[int, tuple[Any, str]]) -> None:
     """Each row (values in ROW_COLUMNS order) replaces the stored row of its (queue, hour), if there is one.
 
     On SQLite in one executemany of the driver, each value bound as its column's type binds it (as
     robot.storage.driver_rows does; SQLAlchemy's handling of each row's parameters was most of the cost of
-    the 200 hours a 200-queue grid's watch writes at every read), and each time and each list of codes
-    (shared by the hours that counted alike) converted once; elsewhere with Core statements."""
+    the 200 hours a 200-queue grid's watch writes at every read), each time converted once, and each list
+    of codes (shared by the hours that counted alike) once while `texts` keeps it (by identity, with the
+    list itself); elsewhere with Core statements."""
     connection = session.connection()
     dialect = connection.dialect
     if dialect.name == "sqlite":
         time_text, json_text = STORED.c.hour.type.bind_processor(dialect), STORED.c.codes.type.bind_processor(dialect)
-        texts: dict[Any, str] = {}  # bound: a time by value, a list of codes by identity
+        times = {when: time_text(when) for when in {row[1] for row in rows} | {row[10] for row in rows}}
+        codes = []
         for row in rows:
-            for key, value, process in ((row[1], row[1], time_text), (id(row[9]), row[9], json_text),
-                                        (row[10], row[10], time_text)):
-                if key not in texts:
-                    texts[key] = process(value)
+            listed = row[9]
+            kept = texts.get(id(listed))
+            if kept is None or kept[0] is not listed:
+                kept = texts[id(listed)] = (listed, json_text(listed))
+            codes.append(kept[1])
         quote = dialect.identifier_preparer.quote
-        connection.exec_driver_sql(
-            f"INSERT OR REPLACE INTO {quote(STORED.name)} ({', '.join(map(quote, ROW_COLUMNS))}) "
-            f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})",
-            [(row[0], texts[row[1]], *row[2:9], texts[id(row[9])], texts[row[10]]) for row in rows])
+        connection.exec_driver_sql(  # an upsert: a third cheaper than INSERT OR REPLACE's delete and insert
+            f"INSERT INTO {quote(STORED.name)} ({', '.join(map(quote, ROW_COLUMNS))}) "
+            f"VALUES ({', '.join('?' * len(ROW_COLUMNS))}) ON CONFLICT ({quote('queue')}, {quote('hour')}) DO UPDATE SET "
+            + ", ".join(f"{quote(name)} = excluded.{quote(name)}" for name in ROW_COLUMNS[2:]),
+            [(row[0], times[row[1]], *row[2:9], text, times[row[10]]) for row, text in zip(rows, codes)])
         return
     by_hour: dict[datetime, list[str]] = defaultdict(list)
     for row in rows:
@@ -163,6 +173,9 @@ class UserJobWatch:
         self._wrote: tuple[datetime, datetime, int] | None = None  # the last write: its time, first hour, rows
         self._since: datetime | None = None  # the first hour of the last read
         self._verdicts: dict[tuple[str, int], Verdict] = {}  # each error the table classified, once
+        # each set of errors counted since the first hour of the last read, described once (`store`)
+        self._described: Described = {}
+        self._texts: dict[int, tuple[Any, str]] = {}
 
     def __call__(self, session: Session, now: datetime) -> int | None:
         if self._read_at is not None and now - self._read_at < self.refresh:
@@ -181,10 +194,12 @@ class UserJobWatch:
             self._stored.clear()  # the step that wrote them was rolled back
         stored = self._stored
         fresh = [h for h in hours if h.hour >= since and stored.get((h.queue, h.hour)) != (h.ended, h.failed, h.errors)]
-        written = store(session, self.backend.name, fresh, since, self.table, now, self._verdicts)
         if since != self._since:  # hours before the read are not read again
             self._stored = stored = {key: counts for key, counts in stored.items() if key[1] >= since}
             self._since = since
+            self._described, self._texts = {}, {}  # the sets of errors of the hours gone, forgotten
+        written = store(session, self.backend.name, fresh, since, self.table, now, self._verdicts, self._described,
+                        self._texts)
         stored.update({(h.queue, h.hour): (h.ended, h.failed, dict(h.errors)) for h in fresh})
         self._wrote = (now, since, written)
         return written
@@ -192,8 +207,10 @@ class UserJobWatch:
 
 def _kept(session: Session, read_at: datetime, since: datetime, rows: int) -> bool:
     """Whether the `rows` rows a watch stored at `read_at` (of hours from `since` on) are in the database."""
-    row = UserJobHourRow.__table__.c
-    return session.execute(select(func.count()).where(row.hour >= since, row.read_at == read_at)).scalar() == rows
+    return session.execute(KEPT, {"since": since, "read_at": read_at}).scalar() == rows
+
+
+KEPT = select(func.count()).where(STORED.c.hour >= bindparam("since"), STORED.c.read_at == bindparam("read_at"))
 
 
 @dataclass(frozen=True)
@@ -230,15 +247,22 @@ STORED_COLUMNS = tuple(UserJobHourRow.__table__.c[name] for name in (
     "queue", "hour", "ended", "failed", "failed_site", "failed_user", "failed_central", "failed_unknown", "codes"))
 
 
+# Each list of codes `read_hours` parsed, by the stored text and the decoder that parsed it: the same few
+# recur in every read (forgotten all at once past PARSED_CODES_KEPT, a few hours of a 200-queue grid).
+PARSED_CODES: dict[tuple[Any, str], tuple[dict, ...]] = {}
+PARSED_CODES_KEPT = 20_000
+
+
 def read_hours(session: Session, first: datetime, until: datetime,
                stored_since: datetime | None = None) -> list[tuple[str, StoredHour]]:
     """The stored hours starting in [first, until), with the backend that counted each, in no order; only
     those stored (read from the backend) at or after `stored_since`, when it is given.
 
-    On SQLite with the driver, each time and each list of codes parsed once, as the columns' types parse them
-    (the hours that counted alike share their codes: not to be changed); SQLAlchemy's handling of each row
-    was most of the cost of the exclusion engine's read of the 200 hours a 200-queue grid's watch writes
-    at every read. Elsewhere with a Core select."""
+    On SQLite with the driver, each time parsed once per read and each list of codes once while `PARSED_CODES`
+    keeps it, as the columns' types parse them (the hours that counted alike share their codes, as does a
+    growing hour read again with no new failure: not to be changed); SQLAlchemy's handling of each row was
+    most of the cost of the exclusion engine's read of the 200 hours a 200-queue grid's watch writes at
+    every read. Elsewhere with a Core select."""
     connection = session.connection()
     dialect = connection.dialect
     if dialect.name != "sqlite":
@@ -254,15 +278,18 @@ def read_hours(session: Session, first: datetime, until: datetime,
         f"SELECT {columns} FROM {quote(STORED.name)} WHERE {quote('hour')} >= ? AND {quote('hour')} < ?"
         + (f" AND {quote('read_at')} >= ?" if stored_since is not None else ""),
         tuple(time_text(when) for when in (first, until, stored_since) if when is not None)).all()
-    parsed: dict[str, Any] = {}  # a time's text and a list of codes' text, parsed once
+    parsed: dict[str, datetime] = {}  # a time's text, parsed once
+    if len(PARSED_CODES) > PARSED_CODES_KEPT:
+        PARSED_CODES.clear()
+    decoder = getattr(dialect, "_json_deserializer", None)  # None: the default's, json.loads
     found = []
     for source, queue, hour, ended, failed, site, user, central, unknown, codes in rows:
         when = parsed.get(hour)
         if when is None:
             when = parsed[hour] = parse_time(hour)
-        listed = parsed.get(codes)
+        listed = PARSED_CODES.get((decoder, codes))
         if listed is None:
-            listed = parsed[codes] = tuple(parse_json(codes) or ())
+            listed = PARSED_CODES[(decoder, codes)] = tuple(parse_json(codes) or ())
         found.append((source, StoredHour(queue, when, ended, failed, {"site": site, "user": user, "central": central,
                                                                       "unknown": unknown}, listed)))
     return found
