@@ -203,9 +203,9 @@ class Robot:
                 _heartbeat(session, now, summary, self.config.loop.interval)
             self._commit(session)
 
-    def _mine(self, queue_id: Any) -> list[Any]:
-        """The WHERE clause that keeps this step to the queues this process owns."""
-        return [] if self._owned is None else [queue_id.in_(self._owned)]
+    def _mine(self) -> dict[str, Any]:
+        """The parameters of a select built by `_jobs_select` (the queues this process owns, if not all)."""
+        return {} if self._owned is None else {"owned": self._owned}
 
     # -- 1. topology, templates and tests ----------------------------------------------------
     def _refresh(self, session: Session, now: datetime) -> None:
@@ -235,8 +235,7 @@ class Robot:
         lost (never counted) once its submission is older than the backend's `lookup_grace` (the
         backend may still store it until then). While it cannot tell, the rows stay recorded and keep
         their slots, so nothing is sent twice."""
-        rows = session.execute(select(JOB.c.id, JOB.c.job_name, JOB.c.recorded_at, JOB.c.worker_id)
-                               .where(JOB.c.phase == "recorded", *self._mine(JOB.c.queue_id))).all()
+        rows = session.execute(_jobs_select("unconfirmed", self._owned is not None), self._mine()).all()
         live = self.workers.live_now(session, now, (row.worker_id for row in rows)) if self.workers else set()
         rows = [row for row in rows if self._shard.may_reconcile(row.worker_id, live)]  # not a live one's
         if not rows:
@@ -279,7 +278,7 @@ class Robot:
         except BackendUnavailable as exc:
             summary.backend_errors.append(f"queue status: {exc}")
             return
-        rows = session.execute(select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.retired_at.is_(None))).all()
+        rows = session.execute(LIVE_QUEUES).all()
         for queue_id, name, old in rows:
             new = statuses.get(name)
             if new is None or new.value == old:
@@ -291,8 +290,7 @@ class Robot:
 
     # -- 4. polling ------------------------------------------------------------------------------
     def _poll(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        active = session.execute(select(JOB.c.id, JOB.c.panda_id, JOB.c.job_status)
-                                 .where(JOB.c.phase == "active", *self._mine(JOB.c.queue_id))).all()
+        active = session.execute(_jobs_select("active", self._owned is not None), self._mine()).all()
         batch_size = self.config.loop.poll_batch_size
         changes: list[dict[str, Any]] = []  # of every batch read: one bulk update, also when a later batch fails
         for start in range(0, len(active), batch_size):
@@ -350,13 +348,8 @@ class Robot:
         central one. A job the backend will not kill (already final, or unknown to it) is polled again
         and recorded as it really ended; a kill that cannot be sent is tried again at the next step."""
         shortest = min((t.max_queue_time for t in self.config.templates), default=timedelta(hours=2))
-        waiting = session.execute(
-            select(JOB.c.id, JOB.c.panda_id, JOB.c.job_status, JOB.c.submitted_at, JOB.c.status_changed_at,
-                   TEMPLATE.c.settings)
-            .select_from(JOB.join(TEST, TEST.c.id == JOB.c.test_id).join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
-            .where(JOB.c.phase == "active", JOB.c.job_status.in_([s.value for s in QUEUED_STATES]),
-                   JOB.c.submitted_at <= now - shortest, *self._mine(JOB.c.queue_id))
-        ).all()
+        waiting = session.execute(_jobs_select("waiting", self._owned is not None),
+                                  {"submitted_before": now - shortest, **self._mine()}).all()
         expired = []
         for row in waiting:
             limit = parse_duration(row.settings.get("max_queue_time", 7200))
@@ -516,7 +509,7 @@ class Robot:
         the policy wants tested with a gap."""
         job = JOB.c
         pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None), {
-            "now": now, **({} if self._owned is None else {"owned": self._owned}),
+            "now": now, **self._mine(),
             **({} if queue_ids is None else {"queues": sorted(queue_ids)})}).all()
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
         totals: dict[tuple[int, int], int] = {}
@@ -579,6 +572,27 @@ QUEUES_ENDPOINTS = (select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
 TESTS_TEMPLATES = (select(TEST.c.id, TEMPLATE.c.settings)
                    .select_from(TEST.join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
                    .where(TEST.c.id.in_(bindparam("tests", expanding=True))))
+
+
+LIVE_QUEUES = select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.retired_at.is_(None))
+
+
+@functools.cache
+def _jobs_select(which: str, mine: bool) -> Any:
+    """The jobs a step reads, built once per shape (the step's queues only, `mine`, as bound `owned`):
+    `unconfirmed` (recorded, never confirmed submitted), `active` (to poll), and `waiting` (queued since
+    before the bound `submitted_before`, with their template's settings)."""
+    job = JOB.c
+    owned = [job.queue_id.in_(bindparam("owned", expanding=True))] if mine else []
+    if which == "unconfirmed":
+        return select(job.id, job.job_name, job.recorded_at, job.worker_id).where(job.phase == "recorded", *owned)
+    if which == "active":
+        return select(job.id, job.panda_id, job.job_status).where(job.phase == "active", *owned)
+    assert which == "waiting", which
+    return (select(job.id, job.panda_id, job.job_status, job.submitted_at, job.status_changed_at, TEMPLATE.c.settings)
+            .select_from(JOB.join(TEST, TEST.c.id == job.test_id).join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
+            .where(job.phase == "active", job.job_status.in_([s.value for s in QUEUED_STATES]),
+                   job.submitted_at <= bindparam("submitted_before", type_=job.submitted_at.type), *owned))
 
 
 @functools.cache
