@@ -387,8 +387,9 @@ class SimulatedGrid:
         self._flakiness = {q: random.Random(f"noise:{seed}:{q}").lognormvariate(0, spread) if spread else 1.0
                            for q in names}
         self._jobs: dict[int, _Job] = {}
-        # users' traffic: every hour drawn, as counts; and each queue's last hour read in part, job by job
-        self._user_counts: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
+        # users' traffic: every hour drawn, as the answer for the whole hour; and each queue's last hour read
+        # in part, job by job
+        self._user_counts: dict[tuple[str, datetime], UserJobHour] = {}
         self._user_parts: dict[str, _UserHour] = {}
         # the draw below which a user's job fails with the site's noise, and with the users' own bugs
         self._user_noise_below = {q: (site, site + scenario.users.failure)
@@ -482,18 +483,24 @@ class SimulatedGrid:
         if not self.scenario.users.jobs_per_hour:
             return []
         first, end = max(hour_of(since), hour_of(self.scenario.start)), min(until, self.scenario.start + self.scenario.duration)
-        hours = []
+        hours = []  # each hour, whether it is read whole, and if not the part read (microseconds into the hour)
         while first < end:
-            hours.append((first, since <= first and first + HOUR <= until))
+            hours.append((first, since <= first and first + HOUR <= until, (since - first) // MICROSECOND,
+                          (until - first) // MICROSECOND))
             first += HOUR
         found = []
+        whole_hours = self._user_counts
         for queue in self._site_of:
-            for hour, whole in hours:
-                if whole:
-                    counts = self._user_counts.get((queue, hour)) or self._user_hour(queue, hour).counts
-                else:
-                    counts = self._user_part(queue, hour).between((since - hour) // MICROSECOND,
-                                                                  (until - hour) // MICROSECOND)
+            for hour, whole, start, stop in hours:
+                if whole:  # an hour drawn is counted once, and the same answer given again
+                    counted = whole_hours.get((queue, hour))
+                    if counted is None:
+                        self._user_hour(queue, hour)
+                        counted = whole_hours[(queue, hour)]
+                    if counted.ended:
+                        found.append(counted)
+                    continue
+                counts = self._user_part(queue, hour).between(start, stop)
                 if counts[0]:
                     found.append(UserJobHour(queue, hour, *counts))
         return found
@@ -508,7 +515,8 @@ class SimulatedGrid:
 
     def _user_hour(self, queue: str, hour: datetime) -> _UserHour:
         """The users' jobs ending at `queue` in `hour`, drawn from the stream of (seed, queue, hour): the same
-        jobs at every draw. Its counts are kept (`_user_counts`), its jobs' ends only by the caller."""
+        jobs at every draw. Its counts are kept (`_user_counts`, as the whole hour's answer), its jobs' ends
+        only by the caller."""
         users = self.scenario.users
         rng = random.Random(f"users:{self.seed}:{queue}:{hour:%Y%m%d%H}")
         jobs = _poisson(rng, users.jobs_per_hour)
@@ -530,7 +538,7 @@ class SimulatedGrid:
                 failed.append((end, ("pilot", self._pick(errors, u_code).code)))
         ends.sort()
         drawn = _UserHour(hour, ends, failed)
-        self._user_counts[(queue, hour)] = drawn.counts
+        self._user_counts[(queue, hour)] = UserJobHour(queue, hour, *drawn.counts)
         return drawn
 
     def _user_failure(self, queue: str, when: datetime, u_fault: float, u_central: float, u_wave: float,
