@@ -397,18 +397,23 @@ class SimulatedGrid:
         self._mixes: dict[int, tuple[Sequence[ErrorSpec], list[float]]] = {}  # id of a mix of errors -> running weights
         self._names: dict[str, int] = {}
         self._statuses: dict[str, QueueStatus] = {}
+        self._topology: Topology | None = None
         self.submitted = 0
         self._files = tuple(InputFile(f"sim.{i}.root", f"guid-{i}", "hc_test", "mc23_sim.DAOD_PHYS", 10**8,
                                       scenario.job.events) for i in range(2))
 
     # -- topology and catalogue --------------------------------------------------------------------
     def topology(self) -> Topology:
-        sites = sorted(set(self._site_of.values()))
-        return Topology(
-            sites=tuple(SiteInfo(s, s.split("-")[0]) for s in sites),
-            endpoints=tuple(EndpointInfo(f"{s}_DATADISK", s) for s in sites),
-            queues=tuple(QueueInfo(q, s, self._cloud_of[q], (f"{s}_DATADISK",)) for q, s in self._site_of.items()),
-        )
+        """The scenario's grid, which never changes: made once, the same object at every read (the loop
+        compares each read with the last one)."""
+        if self._topology is None:
+            sites = sorted(set(self._site_of.values()))
+            self._topology = Topology(
+                sites=tuple(SiteInfo(s, s.split("-")[0]) for s in sites),
+                endpoints=tuple(EndpointInfo(f"{s}_DATADISK", s) for s in sites),
+                queues=tuple(QueueInfo(q, s, self._cloud_of[q], (f"{s}_DATADISK",)) for q, s in self._site_of.items()),
+            )
+        return self._topology
 
     def complete_datasets(self, endpoint: str, pattern: str) -> list[DatasetInfo]:
         return [DatasetInfo("hc_test", "mc23_sim.DAOD_PHYS", self._files)]
