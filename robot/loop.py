@@ -25,7 +25,7 @@ from robot.config import RobotConfig
 from robot.durations import parse_duration
 from robot.jobstates import FINAL_STATES, QUEUED_STATES, RUNNING_STATES, JobStatus, Outcome, QueueStatus
 from robot.results import final_values
-from robot.planning import SlotState, choose_input, jobs_to_submit
+from robot.planning import SlotState, choose_input, jobs_to_submit, resting
 from robot import rollup
 from robot.stress import pending_retries
 from robot.storage import settings
@@ -506,7 +506,8 @@ class Robot:
         policy's probes, queued at least `min_queue_depth`) gets nothing from `jobs_to_submit`: it is
         left out in SQL. In a steady step that is most pairs, and reading every one of them was the
         step's largest cost. The same select reads when each pair's latest job ended, for the queues
-        the policy wants tested with a gap."""
+        the policy wants tested with a gap; a pair in that pause (`resting`, most of the others where
+        the policy spaces the jobs of stable queues) is left out here."""
         job = JOB.c
         pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None), {
             "now": now, **self._mine(),
@@ -520,13 +521,16 @@ class Robot:
                 .group_by(job.test_id, job.queue_id))}
         retries = pending_retries(session, sorted({row.test_id for row in pairs if row.max_jobs is not None}))
         slots = []
+        pauses = {gap: timedelta(seconds=gap) for gap in {row.job_gap_seconds for row in pairs}}
         for test_id, queue_id, max_running, depth, resubmit, extra, gap, max_jobs, jobs, run, last_end in pairs:
+            if max_jobs is None and resubmit and resting(extra, pauses[gap], last_end, now):
+                continue
             key = (test_id, queue_id)
             slots.append(SlotState(
                 test_id=test_id, queue_id=queue_id, max_running_jobs=max_running, min_queue_depth=depth,
                 resubmit_enabled=resubmit, queued=jobs - run, running=run, total=totals.get(key, jobs),
                 extra_jobs=0 if max_jobs is not None else extra,
-                gap=timedelta(0) if max_jobs is not None else timedelta(seconds=gap),
+                gap=timedelta(0) if max_jobs is not None else pauses[gap],
                 last_end=last_end, max_jobs=max_jobs, retry_ids=tuple(retries.get(key, ()))))
         return slots
 

@@ -42,11 +42,17 @@ def jobs_to_submit(slot: SlotState, now: datetime) -> int:
         return min(max(0, slot.max_running_jobs - in_flight), budget)
     if not slot.resubmit_enabled:
         return max(0, slot.max_running_jobs - slot.total)
-    if not slot.extra_jobs and slot.gap and slot.last_end and now - slot.last_end < slot.gap:
+    if resting(slot.extra_jobs, slot.gap, slot.last_end, now):
         return 0
     fill = max(0, slot.max_running_jobs + slot.extra_jobs - in_flight)
     depth = max(0, slot.min_queue_depth - (slot.queued + fill))
     return fill + depth
+
+
+def resting(extra_jobs: int, gap: timedelta, last_end: datetime | None, now: datetime) -> bool:
+    """Whether a resubmitting pair is in the policy's pause: no probes asked, and its latest job ended
+    less than the gap ago (`jobs_to_submit` gives it nothing)."""
+    return not extra_jobs and bool(gap) and last_end is not None and now - last_end < gap
 
 
 def choose_input(datasets: list[DatasetInfo], sequence: int, events_per_job: int) -> tuple[DatasetInfo, tuple[InputFile, ...]]:
