@@ -11,12 +11,13 @@ from robot.storage.models import Setting
 SETTING = Setting.__table__
 UPDATE_SETTING = (update(SETTING).where(SETTING.c.name == bindparam("_name"))
                   .values(value=bindparam("_value"), actor=bindparam("_actor"), changed_at=bindparam("_changed_at")))
+STORED_NAMES = select(SETTING.c.name).where(SETTING.c.name.in_(bindparam("names", expanding=True)))
 
 
 def store(session: Session, values: dict[str, str], actor: str, now: datetime) -> None:
     """Each setting given at its value: two statements (which exist, then an update of those and an insert of
     the others), not an ORM read and flush of each (session.merge)."""
-    stored = set(session.scalars(select(SETTING.c.name).where(SETTING.c.name.in_(list(values)))))
+    stored = set(session.scalars(STORED_NAMES, {"names": list(values)}))
     if stored:
         session.execute(UPDATE_SETTING, [{"_name": name, "_value": value, "_actor": actor, "_changed_at": now}
                                          for name, value in values.items() if name in stored])
