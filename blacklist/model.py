@@ -58,8 +58,8 @@ class QueueView:
     exempt: bool = False
     last_robot_exclusion: datetime | None = None
     last_robot_inclusion: datetime | None = None  # evidence older than this was already judged
-    # The codes (else names) of the failed jobs behind the robot's last exclusion, from its stored
-    # evidence: while they still fail at the queue the fault is not gone, wherever else they fail.
+    # The codes (else names) of the failed jobs behind the robot's exclusion, from its stored evidence
+    # (set while the queue is excluded): while they still fail there the fault is not gone, wherever else they fail.
     excluded_for: frozenset[int | str] = frozenset()
     state_since: datetime | None = None  # when robot_state was entered
     results: tuple[Result, ...] = ()  # final results in the window, newest first, critical templates only

@@ -191,8 +191,11 @@ class Baseline:
 def without_shared(view: QueueView, baseline: Baseline) -> QueueView:
     """The view without the test jobs' failures whose code the users' jobs show as a shared cause in
     that hour: with sparse test jobs the users' jobs see a central cause (a data management outage
-    reporting 1099 everywhere) where the test jobs alone cannot; such failures count neither way."""
+    reporting 1099 everywhere) where the test jobs alone cannot; such failures count neither way. An
+    excluded queue keeps its failures with a code its exclusion named: while they go on its fault is
+    not gone, wherever else the code fails (see sequential.relapses)."""
     kept = tuple(r for r in view.results if not (r.failed and isinstance(r.error_code, int)
+                                                  and r.error_code not in view.excluded_for
                                                   and baseline.shared(r.error_code, hour_of(r.end_time), view.site)))
     return view if len(kept) == len(view.results) else replace(view, results=kept)
 

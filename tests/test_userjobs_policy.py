@@ -313,3 +313,26 @@ def test_the_users_sums_kept_between_steps_answer_as_counting_afresh(data):
                 for back in range(4):
                     when = NOW.replace(minute=0) - back * HOUR
                     assert kept_up.shared(code, when, view.site) == afresh.shared(code, when, view.site)
+
+
+def test_an_excluded_queue_still_failing_with_the_code_that_excluded_it_stays_out_when_users_jobs_show_it_everywhere():
+    """storage_outage, seed 5: three sites' storage broke at once; their users' jobs showed 1099 at
+    three sites in the hour, a shared cause, and the test jobs' 1099 failures were dropped with it, so
+    a queue excluded for them came back on 3 good jobs while still broken. The code that excluded a
+    queue is its fault's signature: its failures stay, wherever else the code fails."""
+    failure = Result(7001, "AFT", NOW - timedelta(minutes=40), True, "site", "STAGEINFAILED", 1099,
+                     start_time=NOW - timedelta(minutes=45))
+    good = tuple(Result(7100 + i, "AFT", NOW - timedelta(minutes=3 * i), False, start_time=NOW - timedelta(minutes=3 * i + 5))
+                 for i in range(1, 7))
+    completed = {f"ANALY_{i}": (Result(8000 + i, "AFT", NOW - timedelta(minutes=20), False),) for i in range(5, 8)}
+    views = grid({f"ANALY_{i}": 15 for i in range(5)}, results={"ANALY_0": (*good, failure), **completed})
+
+    def excluded(codes: frozenset) -> list[QueueView]:
+        out = QueueView(**{**views[0].__dict__, "status": "brokeroff", "robot_state": "excluded",
+                           "excluded_by_robot": True, "state_since": NOW - 2 * HOUR, "excluded_for": codes})
+        return [out, *views[1:]]
+
+    decision = decide(ON, excluded(frozenset({1099})), "ANALY_0")
+    assert decision.action is Action.NEEDS_JOBS and "6 of 13" in decision.reason
+    # excluded for another code, that 1099 is the shared cause's: it neither counts nor holds the queue out
+    assert decide(ON, excluded(frozenset({1137})), "ANALY_0").action is Action.INCLUDE
