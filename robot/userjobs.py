@@ -248,9 +248,9 @@ STORED_COLUMNS = tuple(UserJobHourRow.__table__.c[name] for name in (
 
 
 # Each list of codes `read_hours` parsed, by the stored text and the decoder that parsed it: the same few
-# recur in every read (forgotten all at once past PARSED_CODES_KEPT, a few hours of a 200-queue grid).
+# recur in every read (forgotten all at once past PARSED_CODES_KEPT, about a day and a half of a 200-queue grid).
 PARSED_CODES: dict[tuple[Any, str], tuple[dict, ...]] = {}
-PARSED_CODES_KEPT = 20_000
+PARSED_CODES_KEPT = 4_000
 
 
 def read_hours(session: Session, first: datetime, until: datetime,
