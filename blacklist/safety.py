@@ -91,7 +91,8 @@ def _mass_guard(decisions: list[Decision], views: dict[str, QueueView], settings
                 incidents.append(Incident("cloud_failure", f"{count} of {cloud_size[cloud]} queues of cloud {cloud} "
                                           "failing at once: exclusions held", tuple(sorted(queues)), {"cloud": cloud}))
     queues = excluding - held  # the share is judged on the exclusions it would hold, as the incident says
-    classes = Counter(r.error_class for q in queues for r in views[q].results if r.failed)
+    # in the queues' order, so that the stored detail lists the classes alike in every run
+    classes = Counter(r.error_class for q in sorted(queues) for r in views[q].results if r.failed)
     failures = sum(classes.values())
     if (len(queues) >= settings.mass_min_queues and failures
             and classes["central"] / failures >= settings.central_share):

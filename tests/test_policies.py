@@ -833,6 +833,19 @@ def test_central_errors_hold_exclusions(central, site, n, held):
         assert all(d.action is Action.EXCLUDE for d in decisions) and incidents == []
 
 
+@pytest.mark.parametrize("first", ["site", "central"])
+def test_central_errors_incident_lists_the_classes_in_the_queues_order(first):
+    # the stored detail is the same in every run, whatever order a set of names iterates in
+    # (it followed string hashing: two runs of one simulation stored different events)
+    second = "central" if first == "site" else "site"
+    per_queue = {"QCA0": first, "QDE0": second, "QFR0": "central", "QIT0": "central"}
+    views = fleet({"CA": 8, "DE": 8, "FR": 8, "IT": 8, "UK": 8},
+                  **{q: {"res": [results("T1", "FF", error_class=k)]} for q, k in per_queue.items()})
+    _, incidents = safety.guard([exclude(q) for q in reversed(per_queue)], views, SAFE, NOW)
+    assert [i.kind for i in incidents] == ["central_errors"]
+    assert list(incidents[0].evidence["classes"]) == [first, second]
+
+
 @pytest.mark.parametrize("cloud_class,other_class,others_held", [
     ("central", "site", False),  # the cloud's central errors do not make the others' site failures central
     ("site", "central", True),  # nor do the cloud's site failures dilute the others' central errors
