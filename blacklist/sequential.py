@@ -142,6 +142,28 @@ def counted(view: QueueView, results: list[Result], settings: SequentialSettings
     return out
 
 
+def settles(results: tuple[Result, ...], weights: Weights) -> bool:
+    """Whether every CUSUM of `cusum` over the counted test jobs among `results`, or among any of the
+    newest of them (a later window), ends at 0 whatever the grid says (an answer without comparing).
+
+    Each statistic is max(0, S + step), which only rises with each step, and over the newest results
+    alone it is at most what it is over all of them. So the CUSUM of the largest step any failure can
+    take in any alternative (see `counted`; a user- or central-class one only while a case is open)
+    bounds them all: when it ends at 0, so does each."""
+    bound, failure = 0.0, weights.failure
+    largest = max(weights.repeat, failure)
+    for result in sorted(results, key=END_TIME):
+        if not result.failed:
+            bound = max(0.0, bound + weights.success)
+        elif result.error_class == "site":
+            bound += largest
+        elif result.error_class not in SECONDARY:
+            bound += failure  # its own code's alternative alone, never more than one failure (`of_code`)
+        elif bound > 0:
+            bound += failure  # to a case already open, in "any code"
+    return bound == 0.0
+
+
 def cusum(items: list[Counted], weights: Weights) -> tuple[float, list[Result]]:
     """The highest CUSUM statistic over the alternatives, in time order, and the failures behind it
     (those since that statistic last was 0)."""
@@ -209,6 +231,8 @@ def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_
     if (view.robot_state == "online" and not stalls and not any(u.result.failed for u in users)
             and not any(r.failed for r in recent)):
         return Decision(view.name, Action.KEEP, HEALTHY, policy=NAME)  # nothing to weigh: every CUSUM is 0
+    if view.robot_state == "online" and not stalls and not users and settles(view.results, weights):
+        return Decision(view.name, Action.KEEP, HEALTHY, policy=NAME)  # every CUSUM ends at 0, whatever the grid says
     window = counted(view, recent, settings, grid) + stalls
     if view.robot_state == "excluded":
         return _reinclusion(view, relapses(view, recent, window), settings, recent_exclusions)

@@ -9,8 +9,11 @@ import itertools
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from unittest.mock import patch
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from blacklist import hammercloud, safety, sequential
 from blacklist.differential import Spread
@@ -480,6 +483,52 @@ def test_differential_a_code_common_everywhere_weighs_less():
     rs = same_code(results("T1", "FF"), 1305, "site")
     assert sequential.decide(view("ANALY_A", rs), SEQ, NOW, 0, grid_of([view("ANALY_A", rs), *noisy])).action \
         is Action.PEND
+
+
+
+CLASSES = ("site", "user", "central", "unknown", None)
+
+
+@st.composite
+def queues_of_a_grid(draw) -> list[QueueView]:
+    """A few online queues (some sharing a site) with results of a few codes, classes and templates, some
+    older than the window, some re-included within it."""
+    views = []
+    for i in range(draw(st.integers(1, 7))):
+        drawn = draw(st.lists(st.tuples(st.integers(0, 420), st.booleans(), st.integers(0, 4), st.sampled_from(["T1", "T2"])),
+                              max_size=14))
+        rs = [Result(next(_ids), template, NOW - minutes * MIN, failed, *((CLASSES[code], f"E{code}", 1000 + code)
+                                                                            if failed else ()))
+              for minutes, failed, code, template in drawn]
+        included = draw(st.one_of(st.none(), st.integers(0, 400)))
+        views.append(view(f"ANALY_{i}", rs, site=f"SITE-{draw(st.integers(0, 3))}",
+                          last_robot_inclusion=None if included is None else NOW - included * MIN))
+    return views
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(queues_of_a_grid(), st.integers(0, 180), st.booleans())
+def test_sequential_a_queue_whose_failures_cannot_add_up_is_decided_as_by_the_full_weighing(views, later, compare):
+    # `settles` answers "healthy" without comparing with the grid: whatever the grid says, at this step
+    # or a later one (fewer results in the window), as weighing every result does
+    grid = grid_of(views) if compare else None
+    for v in views:
+        with patch.object(sequential, "settles", return_value=False):
+            full = sequential.decide(v, SEQ, NOW + later * MIN, 0, grid)
+        assert sequential.decide(v, SEQ, NOW + later * MIN, 0, grid) == full
+        if sequential.settles(v.results, W):
+            assert full.action is Action.KEEP and full.reason == sequential.HEALTHY
+
+
+
+def test_sequential_a_user_class_failure_in_an_open_case_is_not_forgotten_by_the_shortcut():
+    # a site-class failure opens "any code" (2.8) and its code's alternative (4.2); a user-class one then
+    # adds 2.8 to "any code" alone: 8 completed jobs (-0.66 each) close the code's case, not that one
+    rs = results("T1", "C" * 8 + "FF", classes=("user", "site"))
+    decision = decide_in(view("ANALY_A", rs), healthy_grid())
+    assert decision.action is Action.PEND  # the user-class failure is still behind it
+    assert decision.evidence["cusum"] == pytest.approx(2 * W.failure + 8 * W.success, abs=0.01)
+    assert not sequential.settles(tuple(rs), W)
 
 
 # -- re-inclusion: the queue was excluded 2 h ago, with the failures that excluded it before that --
