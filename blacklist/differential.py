@@ -45,6 +45,21 @@ def widespread_at(sites: int, min_sites: int, fraction: float) -> int:
 
 
 @dataclass(frozen=True)
+class Part:
+    """What one queue's results add to a Spread: how many, the templates that completed, and each
+    failure's code and end, in the results' order."""
+
+    jobs: int
+    completed: tuple[str, ...]
+    failed: tuple[tuple[Code, datetime], ...]
+
+    @classmethod
+    def of(cls, results: tuple[Result, ...]) -> "Part":
+        completed = dict.fromkeys(r.template for r in results if not r.failed)  # in order, once each
+        return cls(len(results), tuple(completed), tuple((code_of(r), r.end_time) for r in results if r.failed))
+
+
+@dataclass(frozen=True)
 class Spread:
     """Where and how often each failure code occurred across the grid in the policy window."""
 
@@ -61,20 +76,28 @@ class Spread:
     _failed: dict[Code, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, views: Iterable[QueueView], window: timedelta, min_sites: int, fraction: float = 0.0) -> "Spread":
+    def of(cls, views: Iterable[QueueView], window: timedelta, min_sites: int, fraction: float = 0.0,
+           kept: dict[str, tuple[tuple[Result, ...], "Part"]] | None = None) -> "Spread":
+        """`kept`: each queue's part worked out at the last step (see `Part`), kept by the caller: a queue
+        whose results are the same tuple as then is not gone through again."""
         times: dict[Code, list[tuple[datetime, str, str]]] = defaultdict(list)
         failures: dict[Code, Counter[str]] = defaultdict(Counter)
         jobs: Counter[str] = Counter()
         completed: dict[str, set[str]] = defaultdict(set)
         for view in views:
-            jobs[view.site] += len(view.results)
-            for result in view.results:
-                if not result.failed:
-                    completed[result.template].add(view.site)
-                else:
-                    code = code_of(result)
-                    times[code].append((result.end_time, view.site, view.name))
-                    failures[code][view.site] += 1
+            known = kept.get(view.name) if kept is not None else None
+            if known is not None and known[0] is view.results:
+                part = known[1]
+            else:
+                part = Part.of(view.results)
+                if kept is not None:
+                    kept[view.name] = (view.results, part)
+            jobs[view.site] += part.jobs
+            for template in part.completed:
+                completed[template].add(view.site)
+            for code, end in part.failed:
+                times[code].append((end, view.site, view.name))
+                failures[code][view.site] += 1
         for entries in times.values():
             entries.sort()
         return cls(window, min_sites, fraction, dict(times), dict(failures), jobs, dict(completed))

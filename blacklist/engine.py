@@ -72,6 +72,7 @@ class ExclusionEngine:
         self.settings = policy.settings
         self.facts = QueueFacts(policy, lag)
         self.tally = policy.tally()  # the users' jobs' sums, kept as the views are
+        self.spread: dict = {}  # each queue's part of the grid's Spread, kept as its results are
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         self.facts.moves.read(session, now)
@@ -85,7 +86,7 @@ class ExclusionEngine:
             return summary
         facts = self.facts.load(session, now)
         views, ids, flaps = facts.views, facts.ids, facts.flaps
-        grid = self.policy.grid(views.values())  # every queue's results, for the differential evidence
+        grid = self.policy.grid(views.values(), self.spread)  # every queue's results, for the differential evidence
         users = self.policy.users(views.values(), self.tally)  # every queue's users' jobs, when the policy hears them
         decisions = []
         for view in views.values():
@@ -96,6 +97,8 @@ class ExclusionEngine:
         incidents += self.policy.incidents(grid, now)
         summary.decisions, summary.incidents = decisions, incidents
         for decision in decisions:
+            if decision.action not in STATE_AFTER:
+                continue  # nothing to change
             state = self._apply(session, decision, views[decision.queue], ids[decision.queue], mode, now)
             if state is not None:
                 views[decision.queue] = replace(views[decision.queue], robot_state=state, state_since=now)
@@ -485,9 +488,11 @@ class QueueFacts:
                     ended = None  # tested since it ended
             hours = users.get(name, ())
             excluded_for = self.moves.excluded_for(qid) if state == "excluded" else frozenset()
+            waits = waiting.get(qid, ())
             key = (status, state, since, exempt, site, cloud, when, included, excluded_for, manual.get(qid), ordered,
-                   tuple(waiting.get(qid, ())), started, tuple(excused), active, ended, hours,
-                   ("queue", name) in silenced or ("site", site) in silenced or ("cloud", cloud) in silenced)
+                   tuple(waits) if waits else (), started, tuple(excused) if excused else (), active, ended, hours,
+                   bool(silenced) and (("queue", name) in silenced or ("site", site) in silenced
+                                       or ("cloud", cloud) in silenced))
             kept = self._views.get(qid)
             if kept is not None and kept[0] == key:
                 view = kept[1]
@@ -497,7 +502,7 @@ class QueueFacts:
                     excluded_by_robot=state == "excluded", manual=manual.get(qid), silenced=key[-1],
                     exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, excluded_for=excluded_for,
                     state_since=since,
-                    results=ordered, waiting_since=waits_after(waiting.get(qid, ()), excused),
+                    results=ordered, waiting_since=waits_after(waits, excused),
                     last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
                     user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))
                 self._views[qid] = (key, view)

@@ -1,6 +1,7 @@
 """The policies behind one interface, chosen by name in the configuration."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Iterable
@@ -10,7 +11,7 @@ from blacklist.differential import Spread, widespread_at
 from blacklist.model import Action, Decision, QueueView
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
-from blacklist.settings import BlacklistSettings
+from blacklist.settings import BlacklistSettings, UserJobsSettings
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,14 @@ class Policy:
     def flap_window(self) -> timedelta:
         return self.settings.default.flap_window
 
-    def grid(self, views: Iterable[QueueView]) -> Spread | None:
+    def grid(self, views: Iterable[QueueView], kept: dict | None = None) -> Spread | None:
         """What every queue's results say about each failure code, for the differential evidence
-        (HammerCloud counts every failure and needs none)."""
+        (HammerCloud counts every failure and needs none); `kept`: each queue's part kept from the
+        last step (see Spread.of)."""
         if self.name == "hammercloud":
             return None
         s = self.settings.default
-        return Spread.of(views, s.spread_window, s.spread_sites, s.spread_fraction)
+        return Spread.of(views, s.spread_window, s.spread_sites, s.spread_fraction, kept)
 
     def incidents(self, grid: Spread | None, now: datetime) -> list[Incident]:
         """One incident per failure code the sites share now (see Spread.shared): such failures
@@ -103,5 +105,10 @@ class Policy:
         if (self.hears_users and view.robot_state == "online" and not cadence.extra_jobs
                 and cadence.gap == self.settings.default.stable_gap < users.watched_gap
                 and userjobs.watched(view, now, users)):
-            return Cadence(gap=users.watched_gap, reason="stable, and its users' jobs are watched")
+            return _watched(users)
         return cadence
+
+
+@functools.cache  # settings are frozen; most queues are watched at every step
+def _watched(users: UserJobsSettings) -> Cadence:
+    return Cadence(gap=users.watched_gap, reason="stable, and its users' jobs are watched")

@@ -89,49 +89,70 @@ class Tally:
         """Per code heard in the hour: its failures, whether the table calls it the site's, and whether
         it was in excess (two failures above the floor count here: a shared cause starts somewhere)."""
         _, heard, answers = _kept(hour)
-        least, floor = min(2, self.settings.min_failures), self.settings.floor
-        question = ("parts", least, floor)
-        parts = answers.get(question)
+        parts = answers.get(self._question)
         if parts is None:
-            parts = answers[question] = tuple((code, jobs, klass == "site", jobs >= least and jobs / hour.ended > floor)
-                                              for code, (klass, jobs) in heard.items())
+            least, floor = self._question[1:]
+            parts = answers[self._question] = tuple((code, jobs, klass == "site", jobs >= least and jobs / hour.ended > floor)
+                                                    for code, (klass, jobs) in heard.items())
         return parts
 
+    @functools.cached_property
+    def _question(self) -> tuple[str, int, float]:
+        return "parts", min(2, self.settings.min_failures), self.settings.floor
+
     def update(self, views: Iterable[QueueView]) -> None:
-        """Count the queues' hours as `views` hold them now."""
+        """Count the queues' hours as `views` hold them now: a queue's hours that are not the ones
+        counted (the same objects) are counted again (the sums do not depend on the order)."""
         seen = set()
+        counted, count = self._counted, self._count
         for view in views:
-            seen.add(view.name)
-            site, hours = self._counted.get(view.name, (view.site, ()))
-            if hours is view.user_jobs and site == view.site:
+            name, site, hours = view.name, view.site, view.user_jobs
+            seen.add(name)
+            before, old = counted.get(name, (site, ()))
+            if old is hours and before == site:
                 continue
-            gone = {id(hour): hour for hour in hours}  # the hours counted that are no longer the view's
-            for hour in view.user_jobs:
-                if site != view.site or gone.pop(id(hour), None) is None:
-                    self._count(view.name, view.site, hour, 1)
-            for hour in gone.values():
-                self._count(view.name, site, hour, -1)
-            self._counted[view.name] = (view.site, view.user_jobs)
-        for queue in self._counted.keys() - seen:  # retired
-            site, hours = self._counted.pop(queue)
+            if before != site:
+                for hour in old:
+                    count(name, before, hour, -1)
+                for hour in hours:
+                    count(name, site, hour, 1)
+            else:  # most often the hour still going on was read again, or the oldest left the window
+                first = hours[0] if hours else None
+                skip = 0 if not old or old[0] is first else next((i for i, was in enumerate(old) if was is first), 0)
+                for was in old[:skip]:
+                    count(name, site, was, -1)
+                for was, now in zip(old[skip:], hours):
+                    if was is not now:
+                        count(name, site, was, -1)
+                        count(name, site, now, 1)
+                for was in old[skip + len(hours):]:
+                    count(name, site, was, -1)
+                for now in hours[len(old) - skip:]:
+                    count(name, site, now, 1)
+            counted[name] = (site, hours)
+        for queue in counted.keys() - seen:  # retired
+            site, hours = counted.pop(queue)
             for hour in hours:
                 self._count(queue, site, hour, -1)
 
     def _count(self, queue: str, site: str, hour: StoredHour, sign: int) -> None:
-        self.ended[queue] += sign * hour.ended
-        self.all_ended += sign * hour.ended
+        ended = sign * hour.ended
+        self.ended[queue] += ended
+        self.all_ended += ended
         for code, jobs, by_site, in_excess in self._parts(hour):
-            self.failures[code][queue] += sign * jobs
-            self.code_failed[code] += sign * jobs
+            jobs *= sign
+            self.failures[code][queue] += jobs
+            self.code_failed[code] += jobs
             if by_site:
                 self.site_entries[code] += sign
             if in_excess:
-                sites = self.excess[(code, hour.hour)]
+                key = (code, hour.hour)
+                sites = self.excess[key]
                 sites[site] += sign
                 if not sites[site]:
                     del sites[site]
                     if not sites:
-                        del self.excess[(code, hour.hour)]
+                        del self.excess[key]
 
 
 @dataclass(frozen=True)
