@@ -41,10 +41,24 @@ def fired_rules(grouped: dict[str, list[Result]]) -> list[tuple[str, list[Result
     return fired
 
 
+def newest_failed(results: tuple[Result, ...], templates: list[str], start: datetime) -> bool:
+    """Whether the newest result from `start` on of a critical template failed (`results` newest first):
+    every rule needs one that did."""
+    seen: set[str] = set()
+    for result in results:
+        if result.end_time >= start and result.template in templates and result.template not in seen:
+            if result.failed:
+                return True
+            seen.add(result.template)
+            if len(seen) == len(templates):
+                break
+    return False
+
+
 def decide(view: QueueView, templates: list[str], settings: HammerCloudSettings, now: datetime) -> Decision:
     start = now - settings.window
-    if view.robot_state != "excluded" and not any(r.failed and r.end_time >= start for r in view.results):
-        return Decision(view.name, Action.KEEP, QUIET, policy=NAME)  # every rule needs a failure
+    if view.robot_state != "excluded" and not newest_failed(view.results, templates, start):
+        return Decision(view.name, Action.KEEP, QUIET, policy=NAME)  # no rule can fire
     recent = tuple(r for r in view.results if r.end_time >= start)
     grouped = by_template(recent, templates)
     fired = fired_rules(grouped)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from unittest.mock import patch
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from blacklist import hammercloud, safety, sequential
@@ -180,6 +180,22 @@ def test_hammercloud_keeps_a_queue_when_nothing_fires():
     templates, rs = hc_results("FC", "CF", "FCF")
     decision = hammercloud.decide(view("ANALY_A", rs), templates, HC, NOW)
     assert decision.action is Action.KEEP and not decision.changes_status
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 240), st.sampled_from([True, True, False]), st.sampled_from(["T1", "T2", "T3", "OTHER"])),
+                min_size=2, max_size=16),
+       st.sampled_from([["T1"], ["T1", "T2"], ["T1", "T2", "T3"]]), st.sampled_from(["online", "excluded"]),
+       st.one_of(st.none(), st.integers(0, 600)))
+@example([(5, False, "T1"), (10, True, "T2"), (20, True, "T2"), (30, True, "T2")], ["T1", "T2"], "online", None)
+def test_hammercloud_a_queue_no_rule_can_fire_at_is_decided_as_by_every_rule(drawn, templates, state, excluded_ago):
+    # the shortcut (no critical template's newest job in the window failed) decides as the rules do
+    rs = [Result(next(_ids), template, NOW - minutes * MIN, failed, *(("site", "ERR", 1099) if failed else ()))
+          for minutes, failed, template in drawn]
+    v = view("ANALY_A", rs, robot_state=state, last_robot_exclusion=None if excluded_ago is None else NOW - excluded_ago * MIN)
+    with patch.object(hammercloud, "newest_failed", return_value=True):
+        full = hammercloud.decide(v, templates, HC, NOW)
+    assert hammercloud.decide(v, templates, HC, NOW) == full
 
 
 @pytest.mark.parametrize("ago,action", [(5 * HOUR, Action.KEEP), (7 * HOUR, Action.EXCLUDE)])
