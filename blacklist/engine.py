@@ -58,8 +58,11 @@ class EvaluationSummary:
 
 def effective_mode(session: Session, configured: str) -> str:
     """The exclusion mode: an operator's runtime switch, else the configuration."""
-    stored = session.get(Setting, MODE_SETTING)
-    return stored.value if stored else configured
+    stored = session.execute(STORED_MODE).scalar()
+    return configured if stored is None else stored
+
+
+STORED_MODE = select(Setting.__table__.c.value).where(Setting.__table__.c.name == MODE_SETTING)
 
 
 class ExclusionEngine:
@@ -251,8 +254,11 @@ def waits_after(waiting: list[datetime] | tuple[datetime, ...], downtimes: list[
 
 
 def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> None:
-    session.execute(update(Queue).where(Queue.id == queue_id).values(robot_state=state, robot_state_since=now)
-                    .execution_options(synchronize_session=False))
+    session.execute(SET_STATE, {"queue_id": queue_id, "state": state, "since": now})
+
+
+SET_STATE = (QUEUE.update().where(QUEUE.c.id == bindparam("queue_id"))
+             .values(robot_state=bindparam("state"), robot_state_since=bindparam("since")))
 
 
 class ResultCache:
@@ -288,9 +294,11 @@ class ResultCache:
         changed = set()
         for job_id, qid, panda_id, template, end, outcome, klass, name, code, started, created in rows:
             if end >= start:
-                self._by_queue[qid][job_id] = Result(panda_id or 0, template, end, outcome == "failed", klass, name,
-                                                     code, started, created)
-                changed.add(qid)
+                result = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code, started, created)
+                results = self._by_queue[qid]
+                if results.get(job_id) != result:  # one read again as it was (changed at the last read's time) changes nothing
+                    results[job_id] = result
+                    changed.add(qid)
         self._seen_until = now
         # Results that left the window go at once, so that every step sees exactly the window a
         # restarted robot reads (the oldest of each queue's last ordering says where any are).
@@ -385,10 +393,15 @@ class UserHours:
 
     def read(self, session: Session, now: datetime) -> dict[str, tuple[StoredHour, ...]]:
         first = hour_of(now - self.window)
-        changed = set()
+        changed, grown = set(), set()
         for source, hour in read_hours(session, first, now, None if self._seen_until is None else self._seen_until - self.lag):
-            self._by_queue[hour.queue][(hour.hour, source)] = hour
+            hours, key = self._by_queue[hour.queue], (hour.hour, source)
+            if key not in hours:
+                grown.add(hour.queue)
+            hours[key] = hour  # an hour read again keeps its place
             changed.add(hour.queue)
+        for queue in grown:  # each queue's hours are kept in order
+            self._by_queue[queue] = dict(sorted(self._by_queue[queue].items()))  # keys unique
         self._seen_until = now
         if first != self._first:
             self._first = first
@@ -399,7 +412,7 @@ class UserHours:
                 if old:
                     changed.add(queue)
         for queue in changed:
-            self._ordered[queue] = tuple(hour for _, hour in sorted(self._by_queue[queue].items()))  # keys unique
+            self._ordered[queue] = tuple(self._by_queue[queue].values())
         return self._ordered
 
 

@@ -11,7 +11,7 @@ from blacklist.differential import Spread, widespread_at
 from blacklist.model import Action, Decision, QueueView
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
-from blacklist.settings import BlacklistSettings, UserJobsSettings
+from blacklist.settings import BlacklistSettings, HammerCloudSettings, UserJobsSettings
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,7 @@ class Policy:
         """HammerCloud tests every queue the same way (one job per template in flight, or a fixed gap
         between them); ours adapts (see sequential.cadence)."""
         if self.name == "hammercloud":
-            gap = self.settings.hammercloud.job_gap
-            return Cadence(gap=gap, reason="HammerCloud's fixed gap" if gap else "")
+            return _fixed(self.settings.hammercloud)
         cadence = sequential.cadence(view, self.settings.default, now)
         users = self.settings.user_jobs
         if (self.hears_users and view.robot_state == "online" and not cadence.extra_jobs
@@ -107,6 +106,11 @@ class Policy:
                 and userjobs.watched(view, now, users)):
             return _watched(users)
         return cadence
+
+
+@functools.cache  # settings are frozen
+def _fixed(settings: HammerCloudSettings) -> Cadence:
+    return Cadence(gap=settings.job_gap, reason="HammerCloud's fixed gap" if settings.job_gap else "")
 
 
 @functools.cache  # settings are frozen; most queues are watched at every step

@@ -282,7 +282,7 @@ def inconclusive(view: QueueView, settings: UserJobsSettings, exclude_at: float)
     hour's own). Its users' jobs can then only speak for the queue."""
     question = ("loud", settings.min_failures, settings.floor, exclude_at)
     for hour in view.user_jobs:
-        _, heard, answers = _kept(hour)
+        _, heard, answers = _HEARD.get(id(hour)) or _kept(hour)
         loud = answers.get(question)
         if loud is None:
             least, floor, n = settings.min_failures, settings.floor, hour.ended

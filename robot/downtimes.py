@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable
@@ -297,12 +297,17 @@ class _Reading:
 def windows_by_site(session: Session, since: datetime, until: datetime) -> dict[str, list[Downtime]]:
     """Stored outages overlapping [since, until], per site."""
     found: dict[str, list[Downtime]] = defaultdict(list)
-    for row in session.scalars(select(DowntimeRow).where(DowntimeRow.end > since, DowntimeRow.start <= until)
-                               .order_by(DowntimeRow.start)):
+    # Rows, not ORM entities: the exclusion engine reads them at every step.
+    for row in session.execute(WINDOWS, {"since": since, "until": until}):
         found[row.site].append(Downtime(key=row.key, site=row.site, start=row.start, end=row.end,
                                         description=row.description, classification=row.classification,
                                         severity=row.severity))
     return found
+
+
+_ROW = DowntimeRow.__table__.c
+WINDOWS = (select(_ROW.key, _ROW.site, _ROW.start, _ROW.end, _ROW.description, _ROW.classification, _ROW.severity)
+           .where(_ROW.end > bindparam("since"), _ROW.start <= bindparam("until")).order_by(_ROW.start))
 
 
 def describe(downtime: Downtime) -> str:

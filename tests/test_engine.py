@@ -412,8 +412,8 @@ def test_no_stall_is_judged_while_the_backend_cannot_be_read(tmp_path, clock, gr
 
 
 def test_a_restarted_engine_reads_the_same_facts_and_decides_the_same(database_url):
-    # The engine keeps results, moves, users' hours and their sums from step to step and reads only
-    # what changed; a restarted robot reads them whole. At every step of a simulated run with faults
+    # The engine keeps results, moves, users' hours, their sums and each queue's part of the grid from
+    # step to step and reads only what changed; a restarted robot reads them whole. At every step of a simulated run with faults
     # and users' jobs both see the same queues and decide the same.
     from blacklist.simulate import BUILTIN
     from robot.backends.simulated import SimulatedGrid, load_scenario
@@ -451,7 +451,8 @@ def test_a_restarted_engine_reads_the_same_facts_and_decides_the_same(database_u
             fresh = fresh_facts.load(session, now)
         assert kept.flaps == fresh.flaps
         assert kept.views == fresh.views  # results that left the window go at once, not some steps later
-        spread, spread_fresh = policy.grid(kept.views.values()), policy.grid(fresh.views.values())
+        spread, spread_fresh = policy.grid(kept.views.values(), engine.spread), policy.grid(fresh.views.values())
+        assert spread == spread_fresh  # each queue's part kept from the steps before, or worked out afresh
         users_kept, users_fresh = policy.users(kept.views.values(), engine.tally), policy.users(fresh.views.values())
         for name, view in kept.views.items():
             assert (policy.decide(view, now, kept.flaps[name], spread, users_kept)
