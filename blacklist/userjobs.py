@@ -123,8 +123,7 @@ class Tally:
                     count(name, site, was, -1)
                 for was, now in zip(old[skip:], hours):
                     if was is not now:
-                        count(name, site, was, -1)
-                        count(name, site, now, 1)
+                        self._swap(name, site, was, now)
                 for was in old[skip + len(hours):]:
                     count(name, site, was, -1)
                 for now in hours[len(old) - skip:]:
@@ -134,6 +133,17 @@ class Tally:
             site, hours = counted.pop(queue)
             for hour in hours:
                 self._count(queue, site, hour, -1)
+
+    def _swap(self, queue: str, site: str, was: StoredHour, now: StoredHour) -> None:
+        """Count `now` instead of `was`: most often the same hour read again with more jobs ended and the
+        same failures heard, which changes the jobs ended alone."""
+        if was.hour == now.hour and self._parts(was) == self._parts(now):
+            ended = now.ended - was.ended
+            self.ended[queue] += ended
+            self.all_ended += ended
+        else:
+            self._count(queue, site, was, -1)
+            self._count(queue, site, now, 1)
 
     def _count(self, queue: str, site: str, hour: StoredHour, sign: int) -> None:
         ended = sign * hour.ended
