@@ -105,9 +105,12 @@ def evidence_of(results: list[Result]) -> list[dict[str, Any]]:
 
 def failed_codes(evidence: Any) -> frozenset[int | str]:
     """The codes (else error names) of the failed jobs in a decision's stored evidence (`evidence_of`'s
-    "jobs"); nothing for evidence of another shape (a person's, an older robot's)."""
+    "jobs") that speak of the site: not user- or central-class ones, which every queue shows now
+    and then and which alone never point at a site; nothing for evidence of another shape (a
+    person's, an older robot's)."""
     jobs = evidence.get("jobs") if isinstance(evidence, dict) else None
     if not isinstance(jobs, list):
         return frozenset()
     return frozenset(job["code"] if job.get("code") is not None else (job.get("error") or "")
-                     for job in jobs if isinstance(job, dict) and job.get("failed"))
+                     for job in jobs if isinstance(job, dict) and job.get("failed")
+                     and job.get("error_class") not in ("user", "central"))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from blacklist import hammercloud, safety, sequential
 from blacklist.differential import Spread
-from blacklist.model import Action, Decision, QueueView, Result, by_template
+from blacklist.model import Action, Decision, QueueView, Result, by_template, evidence_of, failed_codes
 from blacklist.settings import HammerCloudSettings, SafetySettings, SequentialSettings
 from robot.durations import format_duration
 
@@ -664,9 +664,11 @@ def test_sequential_reinclusion_is_not_held_back_by_noise_the_exclusion_did_not_
 
     # a user error alone is no case against the site, nor a relapse of a fault it did not report
     assert decide_in(excluded(fault, user, clean), healthy_grid()).action is Action.INCLUDE
-    # it is one when the exclusion named its code (a site fault reporting user codes part of the time)
-    decision = decide_in(excluded(fault, user, clean, signature=frozenset({1151, 1305})), healthy_grid())
-    assert decision.action is Action.NEEDS_JOBS and f"6 of {NEED}" in decision.reason
+    # nor is it part of the signature when it was behind the exclusion: users' own errors show at
+    # every queue now and then (a healthy queue excluded on noise with a 1305 among it stayed out 28 h
+    # in ddm_outage, seed 4, each 1305 breaking its streak and making the "fault" look 3 % strong)
+    evidence = {"jobs": evidence_of([*fault, *user])}
+    assert failed_codes(evidence) == {1151}
     # a site-class failure of another code breaks the streak, but the fault as seen is its own
     # failures', not diluted by that one two hours after them: the streak asked for stays
     late = same_code(results("T1", "F", newest=NOW - 2 * MIN), 1213)
