@@ -44,10 +44,11 @@ Re-inclusion waits until the fault's signature is gone, not for a lucky streak: 
 jobs in a row since the last failure pointing at the site that a queue still failing as often as it
 did while the fault was seen (and at least as often as `weak_fault`) would show such a streak with
 probability below `relapse_risk`; at least `include_successes`, as many again for each other
-exclusion within `flap_window` (hysteresis against flapping). While excluded, a failure with a code
-that excluded it points at the site whether or not it counts now (other sites failing with it as well
-do not make it gone here), and only jobs that started after the last such failure make the streak
-(a job that passed the broken step before it says nothing about the fault's end).
+exclusion within `flap_window` (hysteresis against flapping). While excluded, a failure with one of
+the site's codes behind the exclusion (its signature, `QueueView.excluded_for`) points at the site
+whether or not it counts now (other sites failing with it as well do not make it gone here), and
+only jobs that started after the last such failure make the streak (a job that passed the broken
+step before it says nothing about the fault's end).
 """
 from __future__ import annotations
 
@@ -305,10 +306,10 @@ def streak_needed(window: list[Counted], settings: SequentialSettings, recent_ex
 
 
 def relapses(view: QueueView, recent: list[Result], window: list[Counted]) -> list[Counted]:
-    """What an excluded queue's re-inclusion weighs: its completed jobs, the failures pointing at the
-    site (a user- or central-class one only with a code its exclusion named: alone they never make
-    a case), and every failure with a code its exclusion named, counted now or not (other sites
-    failing with it too does not make it gone here)."""
+    """What an excluded queue's re-inclusion weighs: its completed jobs, the counted failures of
+    site and unknown class (a user- or central-class one alone never makes a case), and every
+    failure with a code of the exclusion's signature, counted now or not (other sites failing with
+    it too does not make it gone here)."""
     signature = view.excluded_for
     out = [c for c in window if not c.result.failed or c.klass not in SECONDARY or code_of(c.result) in signature]
     if signature:
