@@ -346,13 +346,12 @@ class RobotMoves:
         unread: dict[int, int] = {}  # the last exclusion's id -> queue id, where its evidence is not read yet
         for qid in changed:
             moves = self._by_queue[qid]
-            exclusions = [when for when, new, _ in moves.values() if new != "online"]
-            self._summary[qid] = (max(exclusions, default=None), exclusions,
+            exclusions = [(when, move_id) for move_id, (when, new, _) in moves.items() if new != "online"]
+            last = max(exclusions, default=None)  # the latest, and of two at one time the later stored
+            self._summary[qid] = (last and last[0], [when for when, _ in exclusions],
                                   max((when for when, new, _ in moves.values() if new == "online"), default=None))
-            last = max((m for m, (when, new, _) in moves.items() if new != "online"),
-                       key=lambda m: (moves[m][0], m), default=None)
-            if last is not None and self._excluded_for.get(qid, (None,))[0] != last:
-                unread[last] = qid
+            if last is not None and self._excluded_for.get(qid, (None,))[0] != last[1]:
+                unread[last[1]] = qid
         if unread:
             for move_id, evidence in session.execute(self._evidence, {"ids": list(unread)}):
                 self._excluded_for[unread[move_id]] = (move_id, failed_codes(evidence))
