@@ -496,3 +496,25 @@ def test_a_silence_or_an_override_in_the_history_changes_the_replay(tmp_path):
         overridden = replay(session, policy, T0, clock.now())
         assert all(m.time >= T0 + timedelta(hours=2) for m in overridden)  # a person's inclusion wins meanwhile
         session.rollback()
+
+
+def test_the_simulated_grids_reports_are_those_the_constructor_makes():
+    """The grid makes its reports without JobReport's constructor (robot.backends.simulated._report): the same
+    objects, each with its own timing dict, and a job killed before it was ever asked for starts from its report
+    as submitted."""
+    from robot.backends.base import JobReport
+    from robot.backends.simulated import _report
+    values = {"panda_id": 7, "job_status": JobStatus.FAILED, "queue": "Q", "creation_time": T0, "end_time": T0,
+              "pilot_error_code": 1099, "pilot_timing": {"stagein": 60.0}}
+    assert vars(_report(**values)) == vars(JobReport(**values)) and _report(**values) == JobReport(**values)
+    first, second = _report(panda_id=1, job_status=JobStatus.RUNNING), _report(panda_id=2, job_status=JobStatus.RUNNING)
+    assert first.pilot_timing == {} and first.pilot_timing is not second.pilot_timing
+    scenario = Scenario(name="kill", duration=timedelta(hours=2), queues={"count": 1})
+    clock = ManualClock(scenario.start)
+    grid = SimulatedGrid(scenario, clock, seed=1)
+    [panda_id] = grid.submit([JobRequest(job_name="j", queue="ANALY_DE-SITE000_1", payload="p", dataset="d", files=(),
+                                         max_events=1, max_wall_seconds=60, processing_type="t")])
+    assert grid.kill([panda_id]) == {panda_id: True}
+    killed = grid.status([panda_id])[panda_id]
+    assert (killed.job_status, killed.creation_time, killed.queue, killed.end_time) == (
+        JobStatus.CANCELLED, scenario.start, "ANALY_DE-SITE000_1", scenario.start)

@@ -13,7 +13,7 @@ import itertools
 import math
 import random
 import re
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
@@ -352,13 +352,39 @@ def microseconds(seconds: float) -> int:
     return whole * 1_000_000 + round((seconds - whole) * 1e6)
 
 
-@dataclass
 class _Job:
-    report: JobReport  # what the job reports now (activated until it starts)
-    start: datetime
-    end: datetime
-    final: JobReport  # what the job reports once it has ended
-    started: bool = False
+    """A submitted job's drawn life, and what it reports now (`report`, as last asked: None while it waits and has
+    not been asked, then activated until it starts; made only when asked)."""
+
+    __slots__ = ("panda_id", "queue", "created", "start", "end", "final", "report", "started")
+
+    def __init__(self, panda_id: int, queue: str, created: datetime, start: datetime, end: datetime,
+                 final: JobReport):
+        self.panda_id, self.queue, self.created, self.start, self.end = panda_id, queue, created, start, end
+        self.final = final  # what the job reports once it has ended
+        self.report: JobReport | None = None
+        self.started = False
+
+    def waiting(self) -> JobReport:
+        """What it reports while it waits at the queue, as submitted."""
+        return _report(panda_id=self.panda_id, job_status=JobStatus.ACTIVATED, queue=self.queue,
+                       creation_time=self.created)
+
+
+_REPORT_DEFAULTS = {f.name: f.default for f in fields(JobReport) if f.default is not MISSING}
+_REPORT_FACTORIES = {f.name: f.default_factory for f in fields(JobReport) if f.default_factory is not MISSING}
+
+
+def _report(**values: Any) -> JobReport:
+    """`JobReport(**values)`, the same object, without its constructor: a frozen dataclass sets each of its 24
+    fields through object.__setattr__ (about 5 us a report, and the draws make two or three per job)."""
+    report = object.__new__(JobReport)
+    attributes = report.__dict__
+    attributes.update(_REPORT_DEFAULTS)
+    for name, factory in _REPORT_FACTORIES.items():
+        attributes[name] = factory()
+    attributes.update(values)
+    return report
 
 
 class SimulatedGrid:
@@ -394,6 +420,20 @@ class SimulatedGrid:
         # the draw below which a user's job fails with the site's noise, and with the users' own bugs
         self._user_noise_below = {q: (site, site + scenario.users.failure)
                                   for q in names for site in [min(1.0, scenario.noise.site * self._flakiness[q])]}
+        # per queue, the central outages and user waves that hit it, each with its window (start, end) in absolute
+        # time, in the scenario's order: a draw looks only at its queue's (most queues have none)
+        self._outages_of = {q: [(o, *self._window(o)) for o, hit in zip(scenario.central_outages, self._outage_queues)
+                                if q in hit] for q in names}
+        self._waves_of = {q: [(w, *self._window(w)) for w, hit in zip(scenario.user_waves, self._wave_queues)
+                              if q in hit] for q in names}
+        # per queue, the draws below which a test job fails with the site's, users' and unknown noise
+        noise = scenario.noise
+        self._noise_below = {q: (site, site + noise.user, site + noise.user + unknown) for q in names
+                             for site, unknown in [(min(1.0, noise.site * self._flakiness[q]),
+                                                    min(1.0, noise.unknown * self._flakiness[q]))]}
+        shape = scenario.job
+        self._wait_rate = 1 / max(1.0, shape.queue_wait.total_seconds())
+        self._fail_rate = 1 / max(1.0, shape.fail_after.total_seconds())
         self._mixes: dict[int, tuple[Sequence[ErrorSpec], list[float]]] = {}  # id of a mix of errors -> running weights
         self._names: dict[str, int] = {}
         self._statuses: dict[str, QueueStatus] = {}
@@ -432,24 +472,26 @@ class SimulatedGrid:
 
     def status(self, panda_ids: Sequence[int]) -> dict[int, JobReport | None]:
         now = self.clock.now()
+        jobs = self._jobs
         found: dict[int, JobReport | None] = {}
         for panda_id in panda_ids:
-            job = self._jobs.get(panda_id)
+            job = jobs.get(panda_id)
             if job is None:
                 found[panda_id] = None
-            elif job.report.job_status in FINAL_STATES or now >= job.end:
-                if job.report.job_status not in FINAL_STATES:
-                    job.report = job.final
-                found[panda_id] = job.report
+                continue
+            report = job.report
+            if report is not None and report.job_status in FINAL_STATES:
+                pass
+            elif now >= job.end:
+                report = job.report = job.final
             elif now >= job.start:
                 if not job.started:
-                    waiting = job.report  # as submitted (dataclasses.replace is a tenth of a step's cost here)
-                    job.report = JobReport(panda_id=waiting.panda_id, job_status=JobStatus.RUNNING, queue=waiting.queue,
-                                           creation_time=waiting.creation_time, start_time=job.start)
+                    report = job.report = _report(panda_id=panda_id, job_status=JobStatus.RUNNING, queue=job.queue,
+                                                  creation_time=job.created, start_time=job.start)
                     job.started = True
-                found[panda_id] = job.report
-            else:
-                found[panda_id] = job.report
+            elif report is None:
+                report = job.report = job.waiting()
+            found[panda_id] = report
         return found
 
     def find(self, job_names: Sequence[str]) -> dict[str, int | None]:
@@ -460,11 +502,11 @@ class SimulatedGrid:
         done = {}
         for panda_id in panda_ids:
             job = self._jobs.get(panda_id)
-            if job is None or job.report.job_status in FINAL_STATES or now >= job.end:
+            if job is None or (job.report is not None and job.report.job_status in FINAL_STATES) or now >= job.end:
                 done[panda_id] = False
                 continue
-            job.report = replace(job.report, job_status=JobStatus.CANCELLED, end_time=now, task_buffer_error_code=100,
-                                 task_buffer_error_diag="killed on request")
+            job.report = replace(job.report or job.waiting(), job_status=JobStatus.CANCELLED, end_time=now,
+                                 task_buffer_error_code=100, task_buffer_error_diag="killed on request")
             done[panda_id] = True
         return done
 
@@ -552,12 +594,10 @@ class SimulatedGrid:
         fault = next((f for f in self._faults_of[queue] if f.active(when) and f.errors), None)
         if fault and u_fault < fault.probability:
             return fault.errors
-        outage = next((o for o, hit in zip(self.scenario.central_outages, self._outage_queues)
-                       if queue in hit and self._window_active(o, when)), None)
+        outage = _active(self._outages_of[queue], when)
         if outage and u_central < outage.probability:
             return outage.codes
-        wave = max((w for w, hit in zip(self.scenario.user_waves, self._wave_queues)
-                    if queue in hit and self._window_active(w, when)), key=lambda w: w.probability, default=None)
+        wave = _strongest(self._waves_of[queue], when)
         if wave and u_wave < wave.probability:
             return wave.codes
         return self._user_noise(queue, u_noise)
@@ -581,56 +621,51 @@ class SimulatedGrid:
         k = self._sequence[queue]
         self._sequence[queue] = k + 1
         rng = random.Random(f"{self.seed}:{queue}:{k}")
-        shape, noise = self.scenario.job, self.scenario.noise
-        wait = timedelta(seconds=rng.expovariate(1 / max(1.0, shape.queue_wait.total_seconds())))
+        shape = self.scenario.job
+        wait = timedelta(seconds=rng.expovariate(self._wait_rate))
         duration = shape.duration * rng.lognormvariate(0, shape.duration_spread)
-        fail_after = timedelta(seconds=rng.expovariate(1 / max(1.0, shape.fail_after.total_seconds())))
+        fail_after = timedelta(seconds=rng.expovariate(self._fail_rate))
         u_fault, u_central, u_wave, u_noise, u_code = rng.random(), rng.random(), rng.random(), rng.random(), rng.random()
 
         start = now + wait
-        fault = next((f for f in self._faults_of[queue] if f.active(start)), None)
+        faults = self._faults_of[queue]
+        fault = next((f for f in faults if f.active(start)), None) if faults else None
         if fault and fault.mode == "stuck":
             start = max(start, fault.end) + wait  # nothing starts until the queue is unblocked
-            fault = next((f for f in self._faults_of[queue] if f.active(start)), None)
-        # what it reports while it waits, and once it has ended (made whole: dataclasses.replace costs more)
-        report = JobReport(panda_id=panda_id, job_status=JobStatus.ACTIVATED, queue=queue, creation_time=now)
-        timing = {"stagein": 60.0, "setup": 30.0, "stageout": 20.0}
-
-        def failed(errors: Sequence[ErrorSpec]) -> _Job:
-            error = self._pick(errors, u_code)
-            end = start + {"start": fail_after, "payload": duration / 2, "end": duration}[error.at]
-            final = JobReport(panda_id=panda_id, job_status=JobStatus.FAILED, queue=queue, creation_time=now,
-                              start_time=start, end_time=end, pilot_timing=timing, pilot_error_code=error.code,
-                              pilot_error_diag=error.diag or f"pilot error {error.code}", exe_error_code=error.exe_code,
-                              exe_error_diag="Traceback (most recent call last) ..." if error.exe_code else "")
-            return _Job(report, start, end, final)
-
+            fault = next((f for f in faults if f.active(start)), None)
+        errors: Sequence[ErrorSpec] | None = None
         if fault and fault.errors and u_fault < fault.probability:
-            return failed(fault.errors)
-        outage = next((o for o, hit in zip(self.scenario.central_outages, self._outage_queues)
-                       if queue in hit and self._window_active(o, start)), None)
-        if outage and u_central < outage.probability:
-            return failed(outage.codes)
-        wave = max((w for w, hit in zip(self.scenario.user_waves, self._wave_queues)
-                    if queue in hit and self._window_active(w, start)), key=lambda w: w.probability, default=None)
-        if wave and u_wave < wave.probability:
-            return failed(wave.codes)
-        flaky = self._flakiness[queue]
-        site, unknown = min(1.0, noise.site * flaky), min(1.0, noise.unknown * flaky)
-        if u_noise < site:
-            return failed(noise.site_codes)
-        if u_noise < site + noise.user:
-            return failed(noise.user_codes)
-        if u_noise < site + noise.user + unknown:
-            return failed(noise.unknown_codes)
+            errors = fault.errors
+        elif (outage := _active(self._outages_of[queue], start)) and u_central < outage.probability:
+            errors = outage.codes
+        elif (wave := _strongest(self._waves_of[queue], start)) and u_wave < wave.probability:
+            errors = wave.codes
+        else:
+            noise = self.scenario.noise
+            site, user, unknown = self._noise_below[queue]
+            if u_noise < site:
+                errors = noise.site_codes
+            elif u_noise < user:
+                errors = noise.user_codes
+            elif u_noise < unknown:
+                errors = noise.unknown_codes
+        timing = {"stagein": 60.0, "setup": 30.0, "stageout": 20.0}
+        if errors is not None:
+            error = self._pick(errors, u_code)
+            end = start + (fail_after if error.at == "start" else duration / 2 if error.at == "payload" else duration)
+            final = _report(panda_id=panda_id, job_status=JobStatus.FAILED, queue=queue, creation_time=now,
+                            start_time=start, end_time=end, pilot_timing=timing, pilot_error_code=error.code,
+                            pilot_error_diag=error.diag or f"pilot error {error.code}", exe_error_code=error.exe_code,
+                            exe_error_diag="Traceback (most recent call last) ..." if error.exe_code else "")
+            return _Job(panda_id, queue, now, start, end, final)
         if fault and fault.mode == "slow":
             duration *= fault.slowdown
         end = start + duration
-        final = JobReport(panda_id=panda_id, job_status=JobStatus.FINISHED, queue=queue, creation_time=now,
-                          start_time=start, end_time=end, trans_exit_code=0, n_events=shape.events,
-                          cpu_consumption_time=duration.total_seconds() * 0.85,
-                          pilot_timing={**timing, "payload": duration.total_seconds() - 110})
-        return _Job(report, start, end, final)
+        final = _report(panda_id=panda_id, job_status=JobStatus.FINISHED, queue=queue, creation_time=now,
+                        start_time=start, end_time=end, trans_exit_code=0, n_events=shape.events,
+                        cpu_consumption_time=duration.total_seconds() * 0.85,
+                        pilot_timing={**timing, "payload": duration.total_seconds() - 110})
+        return _Job(panda_id, queue, now, start, end, final)
 
     def _quiet(self, queue: str, start: datetime, end: datetime) -> bool:
         """Whether no failing fault, central outage or user wave hits `queue` at any time in [start, end)."""
@@ -650,9 +685,21 @@ class SimulatedGrid:
         running = mix[1]
         return errors[min(bisect.bisect_right(running, u * running[-1]), len(errors) - 1)]
 
-    def _window_active(self, spec: WaveSpec | OutageSpec, when: datetime) -> bool:
+    def _window(self, spec: WaveSpec | OutageSpec) -> tuple[datetime, datetime]:
         start = self.scenario.start + spec.onset
-        return start <= when < start + spec.duration
+        return start, start + spec.duration
+
+
+def _active(windows: list[tuple[OutageSpec, datetime, datetime]], when: datetime) -> OutageSpec | None:
+    """The first of a queue's central outages on at `when`."""
+    return next((spec for spec, start, end in windows if start <= when < end), None) if windows else None
+
+
+def _strongest(windows: list[tuple[WaveSpec, datetime, datetime]], when: datetime) -> WaveSpec | None:
+    """The most probable of a queue's user waves on at `when` (the first of equals)."""
+    if not windows:
+        return None
+    return max((spec for spec, start, end in windows if start <= when < end), key=lambda w: w.probability, default=None)
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
