@@ -42,6 +42,7 @@ ROBOT_NOT_STARTED_IN_TIME = 1
 ROBOT_UNKNOWN_TO_BACKEND = 2
 ROBOT_NOT_ACTIVATED_IN_TIME = 3
 WARN_AGAIN_AFTER = timedelta(hours=1)
+NOT_READ = object()  # a stored value not read
 # A step that runs after polling, before submission, on the same session (e.g. the exclusion engine).
 Evaluator = Callable[[Session, datetime], Any]
 LAST_STEP_SETTING = "loop.last_step_at"  # heartbeat: the time of the last step (ISO 8601)
@@ -296,7 +297,7 @@ class Robot:
         for start in range(0, len(active), batch_size):
             batch = active[start : start + batch_size]
             try:
-                reports = self.backend.status([panda_id for _, panda_id, _ in batch])
+                reports = self.backend.status([panda_id for _, panda_id, _, _ in batch])
             except BackendUnavailable as exc:
                 summary.backend_errors.append(f"status: {exc}")
                 self._event(session, now, "backend_unreachable", self.backend.name,
@@ -304,12 +305,12 @@ class Robot:
                 break
             summary.polled += len(batch)
             forgotten = []
-            for job_id, panda_id, status in batch:
+            for job_id, panda_id, status, end_time in batch:
                 report = reports.get(panda_id)
                 if report is None:
                     forgotten.append(job_id)
                 elif report.job_status != status or report.job_status in FINAL_STATES:
-                    changes.append(self._from_report(job_id, report, now))
+                    changes.append(self._from_report(job_id, report, now, end_time))
                     summary.finished += report.job_status in FINAL_STATES
             for job_id in self._unknown_for_too_long(session, forgotten, now):
                 changes.append(self._unknown(job_id, now))
@@ -324,11 +325,15 @@ class Robot:
         return list(session.scalars(select(JOB.c.id).where(
             JOB.c.id.in_(job_ids), JOB.c.submitted_at <= now - self.config.loop.unknown_after)))
 
-    def _from_report(self, job_id: int, report: JobReport, now: datetime) -> dict[str, Any]:
+    def _from_report(self, job_id: int, report: JobReport, now: datetime, stored_end: Any = NOT_READ) -> dict[str, Any]:
+        """The job's columns as `report` gives them; not its end time when it is the one stored (`stored_end`,
+        when read: None while the job runs): writing it again would rewrite its entries in two indexes."""
         values: dict[str, Any] = {
             "id": job_id, "job_status": report.job_status.value, "status_changed_at": now,
-            "creation_time": report.creation_time, "start_time": report.start_time, "end_time": report.end_time,
+            "creation_time": report.creation_time, "start_time": report.start_time,
         }
+        if report.end_time != stored_end:
+            values["end_time"] = report.end_time
         if report.job_status in FINAL_STATES:
             values.update(final_values(report, self.error_table))
         return values
@@ -584,14 +589,14 @@ LIVE_QUEUES = select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.ret
 @functools.cache
 def _jobs_select(which: str, mine: bool) -> Any:
     """The jobs a step reads, built once per shape (the step's queues only, `mine`, as bound `owned`):
-    `unconfirmed` (recorded, never confirmed submitted), `active` (to poll), and `waiting` (queued since
-    before the bound `submitted_before`, with their template's settings)."""
+    `unconfirmed` (recorded, never confirmed submitted), `active` (to poll, with their stored end time), and
+    `waiting` (queued since before the bound `submitted_before`, with their template's settings)."""
     job = JOB.c
     owned = [job.queue_id.in_(bindparam("owned", expanding=True))] if mine else []
     if which == "unconfirmed":
         return select(job.id, job.job_name, job.recorded_at, job.worker_id).where(job.phase == "recorded", *owned)
     if which == "active":
-        return select(job.id, job.panda_id, job.job_status).where(job.phase == "active", *owned)
+        return select(job.id, job.panda_id, job.job_status, job.end_time).where(job.phase == "active", *owned)
     assert which == "waiting", which
     return (select(job.id, job.panda_id, job.job_status, job.submitted_at, job.status_changed_at, TEMPLATE.c.settings)
             .select_from(JOB.join(TEST, TEST.c.id == job.test_id).join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))

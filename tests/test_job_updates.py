@@ -42,7 +42,7 @@ def test_a_bulk_update_stores_what_sqlalchemys_update_stores(tmp_path, clock: Ma
 
 def test_jobs_recorded_in_bulk_are_stored_as_sqlalchemys_insert_stores_them(tmp_path, clock: ManualClock):
     """The loop's record of the jobs it is about to send (robot.storage.job_updates.record_jobs): on SQLite
-    the driver's own insert, given the model's defaults, and the ids read back by name."""
+    the driver's own insert, given the model's defaults, and the ids those rows took."""
     grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE")})
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
     robot.run_once(clock.now())
@@ -67,3 +67,22 @@ def test_jobs_recorded_in_bulk_are_stored_as_sqlalchemys_insert_stores_them(tmp_
     assert ({k: v for k, v in stored["hc.bulk.0"].items() if k not in differs}
             == {k: v for k, v in stored["hc.core"].items() if k not in differs})
     assert stored["hc.core"]["core_count"] == 1 and stored["hc.core"]["recorded_at"] == recorded_at
+
+
+def test_jobs_recorded_in_bulk_get_their_own_ids_when_sqlite_picks_them_at_random(tmp_path, clock: ManualClock):
+    """Once the largest possible id is taken, SQLite gives new rows ids at random, not the ones after the largest:
+    record_jobs then reads each row's id by its name."""
+    grid = ScriptedGrid(clock, {"ANALY_A": ("SITE-A", "DE")})
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}))
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        if session.get_bind().dialect.name != "sqlite":
+            pytest.skip("PostgreSQL returns the ids of the rows it inserts")
+        model = session.execute(select(Job.test_id, Job.queue_id, Job.worker_id)).one()
+        rows = [{"test_id": model.test_id, "queue_id": model.queue_id, "job_name": f"hc.random.{i}",
+                 "worker_id": model.worker_id, "phase": "recorded", "dataset": "d", "n_files": i,
+                 "recorded_at": T0, "retry_of": None} for i in range(20)]
+        session.execute(insert(Job.__table__), [{**rows[0], "job_name": "hc.largest", "id": 2**63 - 1}])
+        ids = record_jobs(session, rows)
+        stored = dict(session.execute(select(Job.job_name, Job.id).where(Job.job_name.like("hc.random.%"))).all())
+    assert ids == stored and len(set(ids.values())) == 20

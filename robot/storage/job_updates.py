@@ -24,8 +24,8 @@ NAMED = (select(JOB.c.job_name, JOB.c.id)  # the ids of the jobs named in `names
 def record_jobs(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
     """Insert new jobs (the same columns in each row; the model's defaults for the others); their ids by job name.
 
-    On SQLite one executemany of the driver and one read of the ids by name (robot.storage.driver_rows),
-    not SQLAlchemy's handling of each row's parameters; elsewhere an INSERT ... RETURNING."""
+    On SQLite one executemany of the driver (robot.storage.driver_rows), not SQLAlchemy's handling of each row's
+    parameters, and the ids known from the last one inserted; elsewhere an INSERT ... RETURNING."""
     if not rows:
         return {}
     if session.get_bind().dialect.name != "sqlite":
@@ -34,7 +34,17 @@ def record_jobs(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
     columns = [*given, *(name for name in DEFAULTS if name not in rows[0])]
     defaults = tuple(DEFAULTS[name] for name in columns[len(given):])
     append(session, JOB, columns, [(*(row[name] for name in given), *defaults) for row in rows])
+    # One executemany in this transaction, which holds SQLite's single write lock: each row took the id after the
+    # largest, so they hold the ids up to the last inserted, in order. Checked at both ends (SQLite picks ids at
+    # random only once the largest possible one is taken): a read of two rows, not of all of them by name.
+    connection = session.connection()
+    last = connection.exec_driver_sql("SELECT last_insert_rowid()").scalar()
+    first = last - len(rows) + 1
+    if dict(connection.execute(ENDS, {"first": first, "last": last}).all()) == {
+            first: rows[0]["job_name"], last: rows[-1]["job_name"]}:
+        return {row["job_name"]: job_id for job_id, row in enumerate(rows, first)}
     return dict(session.execute(NAMED, {"names": json.dumps([row["job_name"] for row in rows])}).all())
+ENDS = select(JOB.c.id, JOB.c.job_name).where(JOB.c.id.in_([bindparam("first"), bindparam("last")]))
 # An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
 UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 
