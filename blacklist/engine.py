@@ -76,6 +76,7 @@ class ExclusionEngine:
         self.facts = QueueFacts(policy, lag)
         self.tally = policy.tally()  # the users' jobs' sums, kept as the views are
         self.spread: dict = {}  # each queue's part of the grid's Spread, kept as its results are
+        self.quiet: dict = {}  # whether each queue's results alone make it healthy (Policy.quiet), kept as they are
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         self.facts.moves.read(session, now)
@@ -92,10 +93,11 @@ class ExclusionEngine:
         grid = self.policy.grid(views.values(), self.spread)  # every queue's results, for the differential evidence
         users = self.policy.users(views.values(), self.tally)  # every queue's users' jobs, when the policy hears them
         decisions = []
+        policy, quiet = self.policy, self.quiet
         for view in views.values():
             why = hands_off(view)
-            decisions.append(Decision(view.name, Action.KEEP, why, policy=self.policy.name) if why
-                             else self.policy.decide(view, now, flaps.get(view.name, 0), grid, users))
+            decisions.append(Decision(view.name, Action.KEEP, why, policy=policy.name) if why
+                             else policy.quiet(view, quiet) or policy.decide(view, now, flaps.get(view.name, 0), grid, users))
         decisions, incidents = guard(decisions, views, self.settings.safety, now)
         incidents += self.policy.incidents(grid, now)
         summary.decisions, summary.incidents = decisions, incidents

@@ -8,7 +8,7 @@ from typing import Iterable
 
 from blacklist import hammercloud, sequential, userjobs
 from blacklist.differential import Spread, widespread_at
-from blacklist.model import Action, Decision, QueueView
+from blacklist.model import Action, Decision, QueueView, Result
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
 from blacklist.settings import BlacklistSettings, HammerCloudSettings, UserJobsSettings
@@ -49,7 +49,7 @@ class Policy:
                          "sites at once: a shared cause (central service, release, user wave), not the sites",
                          tuple(queues), {"code": code}) for code, queues in grid.shared(now).items()]
 
-    @property
+    @functools.cached_property  # settings are frozen; asked of every queue at every step
     def hears_users(self) -> bool:
         """Whether users' own jobs are evidence (the default policy, with blacklist.user_jobs.enabled)."""
         return self.name == "default" and self.settings.user_jobs.enabled
@@ -67,6 +67,35 @@ class Policy:
     def tally(self) -> userjobs.Tally:
         """Sums of users' jobs to keep from step to step, for `users`."""
         return userjobs.Tally(self.settings.user_jobs)
+
+    def quiet(self, view: QueueView, kept: dict[str, tuple[tuple[Result, ...], Decision | None]]) -> Decision | None:
+        """The decision `decide` takes when the view alone makes it "healthy", whatever the time, the
+        queue's recent exclusions, the grid and the other queues' users' jobs say (None: not so, or
+        HammerCloud): the queue is online, no job of its waits, its test jobs' failures cannot add up
+        to a case at this step or a later one (sequential.settles) and, when users' jobs are heard, no
+        hour of them can point at its site (userjobs.inconclusive). Most queues at most steps.
+        `kept`: per queue, the results last weighed and the answer for them, kept by the caller from
+        step to step: results that are the same tuple are not weighed again (a pure function of them)."""
+        if self._hammercloud or view.robot_state != "online" or view.waiting_since:
+            return None
+        known = kept.get(view.name)
+        if known is None or known[0] is not view.results:
+            results = view.results
+            healthy = not any(r.failed for r in results) or sequential.settles(results, self._weights)
+            known = kept[view.name] = (results, Decision(view.name, Action.KEEP, sequential.HEALTHY, policy=sequential.NAME)
+                                       if healthy else None)
+        if known[1] is None or (self.hears_users and not userjobs.inconclusive(view, self.settings.user_jobs,
+                                                                              self._weights.exclude_at)):
+            return None
+        return known[1]
+
+    @functools.cached_property
+    def _hammercloud(self) -> bool:
+        return self.name == "hammercloud"
+
+    @functools.cached_property
+    def _weights(self) -> sequential.Weights:
+        return sequential.Weights.of(self.settings.default)
 
     def decide(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None = None,
                users: userjobs.Baseline | None = None) -> Decision:

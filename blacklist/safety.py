@@ -47,6 +47,8 @@ def hands_off(view: QueueView) -> str | None:
 
 def guard(decisions: list[Decision], views: dict[str, QueueView], settings: SafetySettings,
           now: datetime) -> tuple[list[Decision], list[Incident]]:
+    if not any(decision.action is Action.EXCLUDE for decision in decisions):
+        return list(decisions), []  # every rule holds exclusions only (most steps)
     result: list[Decision] = []
     for decision in decisions:
         view = views[decision.queue]

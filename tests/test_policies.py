@@ -842,6 +842,20 @@ def test_guard_lets_other_decisions_of_exempt_queues_through():
     assert safety.guard(decisions, views, SAFE, NOW) == (decisions, [])
 
 
+def test_guard_passes_a_step_without_exclusions_as_it_is_whatever_the_grid_holds():
+    # the shortcut for steps that exclude nothing: every rule only ever holds an exclusion, even on a
+    # grid in a mass event and over the cap
+    out = NOW - 10 * MIN
+    views = fleet(SPREAD, **{f"Q{c}{i}": {"robot_state": "excluded", "last_robot_exclusion": out, "exempt": i == 3}
+                             for c in SPREAD for i in range(4) if c != "UK" or i < 2})
+    decisions = [Decision(name, action, "why") for name, action in zip(views, itertools.cycle(
+        [a for a in Action if a is not Action.EXCLUDE]))]
+    assert safety.guard(decisions, views, SAFE, NOW) == (decisions, [])
+    with_one = [*decisions[:-1], exclude(decisions[-1].queue)]
+    held, incidents = safety.guard(with_one, views, SAFE, NOW)
+    assert held[:-1] == decisions[:-1] and held[-1].action is Action.KEEP and incidents
+
+
 def test_mass_guard_holds_many_simultaneous_exclusions():
     views = fleet(SPREAD)
     failing = ["QCA0", "QDE0", "QFR0", "QIT0"]  # 4 of 20 = 20 % >= 15 %

@@ -1,6 +1,7 @@
 """Users' own jobs as evidence for the default policy (blacklist/userjobs.py), as pure functions."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -281,6 +282,35 @@ def test_a_step_of_quiet_queues_compares_no_users_jobs():
     views = grid({"ANALY_0": 20})  # a queue whose users' jobs point at its site asks for it
     users = ON.users(views)
     assert ON.decide(views[0], NOW, 0, ON.grid(views), users).action is Action.PEND and "_counts" in users.__dict__
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grids(), st.integers(0, 180), st.integers(0, 3), st.integers(-1, 120))
+def test_a_queue_quiet_on_its_view_alone_is_decided_as_by_the_full_weighing(views, later, flaps, waited):
+    # Policy.quiet answers "healthy" from the queue's view alone, its results' answer kept from step to
+    # step, without the grid or the other queues' users' jobs: as `decide` does at this step or a later
+    # one, whatever the queue's recent exclusions, with users' jobs heard or not
+    if waited >= 0:  # a job waiting at the first queue
+        views[0] = replace(views[0], waiting_since=(NOW - timedelta(minutes=waited),))
+    for policy in (ON, OFF):
+        spread, users = policy.grid(views), policy.users(views)
+        kept: dict = {}
+        for view in views:
+            quiet = policy.quiet(view, kept)
+            assert policy.quiet(replace(view, user_jobs=view.user_jobs), kept) == quiet  # the kept answer, for a new view
+            if quiet is not None:
+                assert policy.decide(view, NOW + timedelta(minutes=later), flaps, spread, users) == quiet
+                assert quiet.action is Action.KEEP and quiet.reason == sequential.HEALTHY
+
+
+def test_a_healthy_queue_is_quiet_and_one_with_a_case_or_a_loud_hour_is_not():
+    views = grid({"ANALY_0": 20}, results=completed_elsewhere())
+    kept: dict = {}
+    assert ON.quiet(views[0], kept) is None  # its users' jobs point at its site
+    assert OFF.quiet(views[0], kept) is not None and ON.quiet(views[1], kept) is not None
+    pending = replace(views[1], robot_state="pending")
+    assert ON.quiet(pending, kept) is None and OFF.quiet(pending, kept) is None
+    assert Policy(BlacklistSettings(mode="enforce", policy="hammercloud"), ("AFT",)).quiet(views[1], {}) is None
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
