@@ -512,10 +512,11 @@ class Robot:
         left out in SQL. In a steady step that is most pairs, and reading every one of them was the
         step's largest cost. The same select reads when each pair's latest job ended, for the queues
         the policy wants tested with a gap; a pair in that pause (`resting`, most of the others where
-        the policy spaces the jobs of stable queues) is left out here."""
+        the policy spaces the jobs of stable queues) is left out in SQL too, by each gap's time bound."""
         job = JOB.c
-        pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None), {
-            "now": now, **self._mine(),
+        gaps = tuple(session.scalars(QUEUE_GAPS))
+        pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None, gaps), {
+            "now": now, **self._mine(), **{f"rests_{gap}": now - timedelta(seconds=gap) for gap in gaps},
             **({} if queue_ids is None else {"queues": sorted(queue_ids)})}).all()
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
         totals: dict[tuple[int, int], int] = {}
@@ -604,10 +605,17 @@ def _jobs_select(which: str, mine: bool) -> Any:
                    job.submitted_at <= bindparam("submitted_before", type_=job.submitted_at.type), *owned))
 
 
+# The gaps between jobs the policy asks of live queues, each once (a few values of its settings: `_slots_select`
+# is built once per set of them)
+QUEUE_GAPS = (select(QUEUE.c.job_gap_seconds).where(QUEUE.c.retired_at.is_(None), QUEUE.c.job_gap_seconds != 0)
+              .distinct().order_by(QUEUE.c.job_gap_seconds))
+
+
 @functools.cache
-def _slots_select(mine: bool, subset: bool) -> Any:
+def _slots_select(mine: bool, subset: bool, gaps: tuple[int, ...] = ()) -> Any:
     """The select of `Robot._slot_states`, built once per shape (the step's queues only, `mine`, as bound
-    `owned`; some queues only, `subset`, as bound `queues`); the step's time is bound as `now`."""
+    `owned`; some queues only, `subset`, as bound `queues`; the queues' `gaps`); the step's time is bound as
+    `now`, and for each gap `g` the time a job must have ended by for its pair to be due again, as `rests_g`."""
     test, queue, pair, job = TEST.c, QUEUE.c, TEST_QUEUE.c, JOB.c
     now = bindparam("now", type_=test.end_time.type)
     # A stress test sends until its end, and to an excluded queue only if it was asked to.
@@ -640,7 +648,20 @@ def _slots_select(mine: bool, subset: bool) -> Any:
                *([pair.queue_id.in_(bindparam("owned", expanding=True))] if mine else []),
                *([pair.queue_id.in_(bindparam("queues", expanding=True))] if subset else []),
                or_(in_flight < pair.max_running_jobs + probes,
-                   in_flight - running < pair.min_queue_depth)))
+                   in_flight - running < pair.min_queue_depth),
+               *([_not_resting(last_end, gaps)] if gaps else [])))
+
+
+def _not_resting(last_end: Any, gaps: tuple[int, ...]) -> Any:
+    """Leaves out the pairs in their pause after a job (robot.planning.resting; most pairs, where the policy spaces
+    jobs): the latest end after the bound `rests_g` of the queue's gap `g`. The times are compared as stored, with
+    no date arithmetic (not the same in SQLite and PostgreSQL); a gap not listed (changed since `gaps` was read)
+    keeps its pairs, which `resting` then judges."""
+    pair, queue = TEST_QUEUE.c, QUEUE.c
+    due_by = case({gap: bindparam(f"rests_{gap}", type_=JOB.c.end_time.type) for gap in gaps},
+                  value=queue.job_gap_seconds, else_=bindparam("now", type_=JOB.c.end_time.type))
+    return or_(pair.max_jobs.is_not(None), pair.resubmit_enabled.is_(False), queue.extra_jobs != 0,
+               queue.job_gap_seconds == 0, last_end.is_(None), last_end <= due_by)
 
 
 def _random_suffixes(count: int) -> Iterator[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from robot.backends.base import BackendUnavailable
 from robot.clock import ManualClock
@@ -498,3 +498,25 @@ def test_the_catalogue_is_read_with_no_transaction_open_and_no_lock_held(tmp_pat
     if grid.locks is not None:
         grid.locks.close()
         grid.locks.engine.dispose()
+
+
+def test_a_pair_resting_after_its_job_gets_the_next_once_the_gap_has_passed(tmp_path, clock, grid):
+    """The policy's pause between a pair's jobs (the queue's job_gap_seconds, robot.planning.resting): nothing
+    while its latest job ended less than the gap ago, the next job once it ended the gap ago or more, each queue
+    at its own gap; probes asked (extra_jobs) do not wait."""
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT", "queues": ["ANALY_A", "ANALY_B", "ANALY_C"]}))
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        for name, gap in (("ANALY_A", 600), ("ANALY_B", 900), ("ANALY_C", 900)):
+            session.execute(update(Queue).where(Queue.name == name).values(job_gap_seconds=gap))
+        session.commit()
+    for pid in list(grid.jobs):
+        grid.finish(pid)
+    assert step(robot, clock).submitted == 0  # polled: all three ended 60 s ago
+    assert step(robot, clock, 540 - 1e-6).submitted == 0  # A's gap is 1 us away
+    assert step(robot, clock, 1e-6).submitted == 1 and len(grid.in_queue("ANALY_A")) == 1  # A's job ended 600 s ago
+    with robot.sessions() as session:
+        session.execute(update(Queue).where(Queue.name == "ANALY_C").values(extra_jobs=1))
+        session.commit()
+    assert step(robot, clock).submitted == 2 and len(grid.in_queue("ANALY_C")) == 2  # probes: one job and one more
+    assert step(robot, clock, 240).submitted == 1 and len(grid.in_queue("ANALY_B")) == 1  # B's 900 s
