@@ -22,9 +22,10 @@ from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
 from robot.downtimes import LOOK_BACK as OUTAGE_REACH  # the longest a job's life reaches back (stored that long)
 from robot.downtimes import Downtime, describe, windows_by_site
-from robot.userjobs import StoredHour, hour_of, read_hours
+from robot.userjobs import StoredHour, hour_of, hour_rows
 from robot.userjobs import outside_downtimes as users_outside_downtimes
 from robot.jobstates import QueueStatus
+from robot.storage.driver_select import DriverSelect
 from robot.storage.models import (Cloud, Event, Job, Override, Queue, QueueTransition, Setting, Silence, Site,
                                   Template, Test)
 
@@ -283,22 +284,28 @@ class ResultCache:
         final = (JOB.c.outcome.in_(["completed", "failed"]), TEMPLATE.c.name.in_(list(policy.templates)))
         joined = (select(*columns).select_from(JOB.join(TEST, TEST.c.id == JOB.c.test_id)
                                                .join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id)))
-        self._window = joined.where(*final, JOB.c.end_time >= bindparam("start"))
+        self._window = DriverSelect(joined.where(*final, JOB.c.end_time >= bindparam("start")))
         # Later reads select on the time of the state change alone (its index), the window in Python.
-        self._changed = joined.where(*final, JOB.c.status_changed_at >= bindparam("since"))
+        self._changed = DriverSelect(joined.where(*final, JOB.c.status_changed_at >= bindparam("since")))
+        self._stored: dict[int, tuple] = {}  # each kept result's row as the driver gave it (by job id)
+        self.changed: set[int] = set()  # the queues whose results changed since the owner last took them
 
     def read(self, session: Session, now: datetime) -> dict[int, tuple[Result, ...]]:
         start = now - self.policy.window
         if self._seen_until is None:
-            rows = session.execute(self._window, {"start": start})
+            rows, convert = self._window.rows(session.connection(), {"start": start})
         else:
-            rows = session.execute(self._changed, {"since": self._seen_until - self.lag})
-        changed = set()
-        for job_id, qid, panda_id, template, end, outcome, klass, name, code, started, created in rows:
+            rows, convert = self._changed.rows(session.connection(), {"since": self._seen_until - self.lag})
+        changed, stored = set(), self._stored
+        for row in rows:
+            if stored.get(row[0]) == row:
+                continue  # read again as it was (changed at the last read's time): changes nothing
+            job_id, qid, panda_id, template, end, outcome, klass, name, code, started, created = convert(row)
             if end >= start:
                 result = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code, started, created)
                 results = self._by_queue[qid]
-                if results.get(job_id) != result:  # one read again as it was (changed at the last read's time) changes nothing
+                stored[job_id] = row
+                if results.get(job_id) != result:
                     results[job_id] = result
                     changed.add(qid)
         self._seen_until = now
@@ -309,11 +316,13 @@ class ResultCache:
                 results = self._by_queue[qid]
                 for job_id in [j for j, r in results.items() if r.end_time < start]:
                     del results[job_id]
+                    stored.pop(job_id, None)
                 changed.add(qid)
         for qid in changed:
             results = self._by_queue[qid].values()
             self._ordered[qid] = tuple(sorted(results, key=END_TIME, reverse=True))
             self._newest_start[qid] = max((r.start_time for r in results if r.start_time), default=None)
+        self.changed |= changed
         return self._ordered
 
     def newest_start(self, queue_id: int) -> datetime | None:
@@ -331,17 +340,18 @@ class RobotMoves:
         self._seen_until: datetime | None = None
         robot = select(TRANSITION.c.id, TRANSITION.c.queue_id, TRANSITION.c.time, TRANSITION.c.new,
                        TRANSITION.c.applied).where(TRANSITION.c.kind == "status", TRANSITION.c.actor == actor)
-        self._all, self._since = robot, robot.where(TRANSITION.c.time >= bindparam("since"))
+        self._all, self._since = DriverSelect(robot), DriverSelect(robot.where(TRANSITION.c.time >= bindparam("since")))
         self._evidence = select(TRANSITION.c.id, TRANSITION.c.evidence).where(
             TRANSITION.c.id.in_(bindparam("ids", expanding=True)))
         self._summary: dict[int, tuple[datetime | None, list[datetime], datetime | None]] = {}
         self._excluded_for: dict[int, tuple[int, frozenset[int | str]]] = {}  # id -> last exclusion's id, codes
+        self.changed: set[int] = set()  # the queues with moves read since the owner last took them
 
     def read(self, session: Session, now: datetime) -> None:
-        rows = (session.execute(self._all) if self._seen_until is None
-                else session.execute(self._since, {"since": self._seen_until - self.lag}))
+        rows, convert = (self._all.rows(session.connection()) if self._seen_until is None
+                         else self._since.rows(session.connection(), {"since": self._seen_until - self.lag}))
         changed = set()
-        for move_id, qid, when, new, applied in rows:
+        for move_id, qid, when, new, applied in map(convert, rows):
             self._by_queue[qid][move_id] = (when, new, applied)
             changed.add(qid)
         self._seen_until = now
@@ -357,6 +367,7 @@ class RobotMoves:
         if unread:
             for move_id, evidence in session.execute(self._evidence, {"ids": list(unread)}):
                 self._excluded_for[unread[move_id]] = (move_id, failed_codes(evidence))
+        self.changed |= changed
 
     def of(self, queue_id: int, since: datetime) -> tuple[datetime | None, int, datetime | None]:
         """The queue's last exclusion, its exclusions from `since` on, and its last re-inclusion."""
@@ -382,20 +393,29 @@ class RobotMoves:
 class UserHours:
     """The stored hours of users' jobs in the policy window, per queue, oldest first, read as results
     are: all at the first read, then the rows stored since (the watch stores an hour again each time
-    it reads it, while the hour grows)."""
+    it reads it, while the hour grows); a row read again as it was keeps its hour."""
 
     def __init__(self, window: timedelta, lag: timedelta = timedelta(0)):
         self.window = window
         self.lag = lag
         self._by_queue: dict[str, dict[tuple[datetime, str], StoredHour]] = defaultdict(dict)
         self._ordered: dict[str, tuple[StoredHour, ...]] = {}
+        self._rows: dict[tuple, tuple[tuple, StoredHour]] = {}  # each kept hour's row as the driver gave it
         self._seen_until: datetime | None = None
         self._first: datetime | None = None
+        self.changed: set[str] = set()  # the queues whose hours changed since the owner last took them
 
     def read(self, session: Session, now: datetime) -> dict[str, tuple[StoredHour, ...]]:
         first = hour_of(now - self.window)
-        changed, grown = set(), set()
-        for source, hour in read_hours(session, first, now, None if self._seen_until is None else self._seen_until - self.lag):
+        changed, grown, kept = set(), set(), self._rows
+        rows, convert = hour_rows(session, first, now, None if self._seen_until is None else self._seen_until - self.lag)
+        for row in rows:
+            at = (row[1], row[2], row[0])  # queue, hour, source
+            known = kept.get(at)
+            if known is not None and known[0] == row:
+                continue
+            source, hour = convert(row)
+            kept[at] = (row, hour)
             hours, key = self._by_queue[hour.queue], (hour.hour, source)
             if key not in hours:
                 grown.add(hour.queue)
@@ -412,31 +432,36 @@ class UserHours:
                     del hours[key]
                 if old:
                     changed.add(queue)
+            self._rows = {at: known for at, known in kept.items() if known[1].hour >= first}
         for queue in changed:
             self._ordered[queue] = tuple(self._by_queue[queue].values())
+        self.changed |= changed
         return self._ordered
 
 
 EXCLUDED = select(QUEUE.c.id, QUEUE.c.status).where(QUEUE.c.robot_state == "excluded", QUEUE.c.retired_at.is_(None))
-QUEUE_ROWS = (select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_state, QUEUE.c.robot_state_since,
-                     QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
-              .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
-              .where(QUEUE.c.retired_at.is_(None)))
 OVERRIDE, SILENCE, EVENT = Override.__table__, Silence.__table__, Event.__table__
 OPEN_OVERRIDES = select(OVERRIDE.c.queue_id, OVERRIDE.c.actor, OVERRIDE.c.cleared_at).where(OVERRIDE.c.ended_at.is_(None))
-MANUAL = (select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
-          .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))
-          .order_by(OVERRIDE.c.created_at))
-SILENCED = select(SILENCE.c.scope, SILENCE.c.name).where(SILENCE.c.cleared_at.is_(None),
-                                                         SILENCE.c.until > bindparam("now"))
-UNREACHABLE = select(func.count()).select_from(EVENT).where(EVENT.c.kind == "backend_unreachable",
-                                                            EVENT.c.time == bindparam("now"))
+# What QueueFacts reads at every step, through the driver (robot.storage.driver_select).
+QUEUE_ROWS = DriverSelect(
+    select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_state, QUEUE.c.robot_state_since,
+           QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
+    .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
+    .where(QUEUE.c.retired_at.is_(None)))
+MANUAL = DriverSelect(
+    select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
+    .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))
+    .order_by(OVERRIDE.c.created_at))
+SILENCED = DriverSelect(select(SILENCE.c.scope, SILENCE.c.name).where(SILENCE.c.cleared_at.is_(None),
+                                                                      SILENCE.c.until > bindparam("now")))
+UNREACHABLE = DriverSelect(select(func.count()).select_from(EVENT).where(EVENT.c.kind == "backend_unreachable",
+                                                                         EVENT.c.time == bindparam("now")))
 # Only jobs waiting at the site (activated; since activation): before activation the wait is the
 # server's or the data's.
-WAITING = select(JOB.c.queue_id, JOB.c.status_changed_at).where(JOB.c.phase == "active",
-                                                                JOB.c.job_status == "activated")
-LAST_START = (select(JOB.c.queue_id, func.max(JOB.c.start_time))
-              .where(JOB.c.phase == "active", JOB.c.start_time.is_not(None)).group_by(JOB.c.queue_id))
+WAITING = DriverSelect(select(JOB.c.queue_id, JOB.c.status_changed_at).where(JOB.c.phase == "active",
+                                                                             JOB.c.job_status == "activated"))
+LAST_START = DriverSelect(select(JOB.c.queue_id, func.max(JOB.c.start_time))
+                          .where(JOB.c.phase == "active", JOB.c.start_time.is_not(None)).group_by(JOB.c.queue_id))
 
 
 @dataclass
@@ -454,7 +479,12 @@ class QueueFacts:
     """What the policies read of every live queue: status, the robot's state and moves, overrides,
     silences, recent results, waits. Results and moves are kept between steps and read as they
     change (a pure mirror of stored rows: a restart reads them whole and decides the same); a queue
-    whose facts did not change keeps its view object."""
+    whose facts did not change keeps its view object.
+
+    Each step reads every fact again; a queue's view is looked at again only where one of its facts
+    changed since the last load: its row, results, moves, users' hours, override, waits or last start,
+    any silence, or an announced outage of its site (read, or in force, at this load or the last one:
+    what it excuses depends on the time)."""
 
     def __init__(self, policy: Policy, lag: timedelta = timedelta(0)):
         self.policy = policy
@@ -462,66 +492,121 @@ class QueueFacts:
         self.moves = RobotMoves(policy.settings.actor, lag)
         self.users = UserHours(policy.window, lag)
         self._views: dict[int, tuple[tuple, QueueView]] = {}
+        # The facts of the last load, to tell which queues' changed.
+        self._raw_rows: list[tuple] = []  # QUEUE_ROWS as the driver gave them
+        self._rows: dict[int, tuple[tuple, tuple]] = {}  # queue id -> its row as the driver gave it, converted
+        self._ids: dict[str, int] = {}
+        self._manual: dict[int, str] = {}
+        self._silenced: set[tuple[str, str]] | None = None
+        self._waiting: dict[int, list[datetime]] = {}
+        self._last_start: dict[int, datetime] = {}
+        self._excusing: set[str] = set()  # the sites with announced outages read
 
     def load(self, session: Session, now: datetime) -> Views:
         policy = self.policy
         session.flush()  # the step's own changes so far, as the ORM's reads would see them
+        connection = session.connection()
         results = self.results.read(session, now)
-        rows = session.execute(QUEUE_ROWS).all()
-        manual = dict(session.execute(MANUAL, {"now": now}).all())
-        silenced = {(scope, name) for scope, name in session.execute(SILENCED, {"now": now})}
+        users = self.users.read(session, now) if policy.hears_users else {}
+        changed = self.results.changed | self.moves.changed  # queue ids
+        self.results.changed, self.moves.changed = set(), set()
+        raw_rows, convert = QUEUE_ROWS.rows(connection)
+        if raw_rows != self._raw_rows:
+            known, self._rows = self._rows, {}
+            for raw in raw_rows:
+                row = known.get(raw[0])
+                if row is None or row[0] != raw:
+                    row = (raw, convert(raw))
+                    changed.add(raw[0])
+                self._rows[raw[0]] = row
+            self._raw_rows = raw_rows
+            self._ids = {row[1]: qid for qid, (_, row) in self._rows.items()}
+            self._views = {qid: kept for qid, kept in self._views.items() if qid in self._rows}  # a retired queue's go
+        ids = self._ids
+        changed.update(ids[name] for name in self.users.changed if name in ids)
+        self.users.changed = set()
+        rows, convert = MANUAL.rows(connection, {"now": now})
+        manual = dict(map(convert, rows))
+        changed.update(_differ(manual, self._manual))
+        rows, convert = SILENCED.rows(connection, {"now": now})
+        silenced = {convert(row) for row in rows}
+        everything, self._silenced = silenced != self._silenced, silenced
         waiting: dict[int, list[datetime]] = defaultdict(list)
         # A stall is judged only on job states read in this step: while the backend cannot be reached,
         # the stored states are old news, and jobs that "wait" may long have started.
-        if session.execute(UNREACHABLE, {"now": now}).scalar() == 0:
-            for qid, activated in session.execute(WAITING):
+        if UNREACHABLE.rows(connection, {"now": now})[0][0][0] == 0:
+            rows, convert = WAITING.rows(connection)
+            for qid, activated in map(convert, rows):
                 waiting[qid].append(activated)
             # Only where a job has waited `stall_after` can the queue be stalled; there every waiting job counts.
             stall_from = now - policy.settings.default.stall_after
             waiting = {qid: times for qid, times in waiting.items() if min(times) <= stall_from}
-        last_start: dict[int, datetime] = dict(session.execute(LAST_START).all())
+        changed.update(_differ(waiting, self._waiting))
+        rows, convert = LAST_START.rows(connection)
+        last_start: dict[int, datetime] = dict(map(convert, rows))
+        changed.update(_differ(last_start, self._last_start))
+        self._manual, self._waiting, self._last_start = manual, waiting, last_start
         # Outages before the window too: a job that waited or ran in one may end inside the window.
         downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)
-        users = self.users.read(session, now) if policy.hears_users else {}
+        excusing, self._excusing = self._excusing | downtimes.keys(), set(downtimes)
         flap_since = now - policy.flap_window
         found = Views({}, {}, {}, {})
-        for qid, name, status, state, since, exempt, site, cloud, extra, gap in rows:
+        for qid, (_, (_, name, status, state, since, exempt, site, cloud, extra, gap)) in self._rows.items():
             when, count, included = self.moves.of(qid, flap_since)
-            excused = downtimes.get(site, [])
-            ordered = results.get(qid, ())
-            newest = self.results.newest_start(qid)
-            started = last_start.get(qid)
-            if newest and (started is None or newest > started):
-                started = newest
-            active = ended = None
-            if excused:
-                ordered = tuple(outside_downtimes(list(ordered), excused))
-                active = next((d for d in excused if d.covers(now)), None)
-                ended = max((d.end for d in excused if now - policy.window < d.end <= now), default=None)
-                if ended is not None and any(r.end_time >= ended for r in ordered):
-                    ended = None  # tested since it ended
-            hours = users.get(name, ())
-            excluded_for = self.moves.excluded_for(qid) if state == "excluded" else frozenset()
-            waits = waiting.get(qid, ())
-            key = (status, state, since, exempt, site, cloud, when, included, excluded_for, manual.get(qid), ordered,
-                   tuple(waits) if waits else (), started, tuple(excused) if excused else (), active, ended, hours,
-                   bool(silenced) and (("queue", name) in silenced or ("site", site) in silenced
-                                       or ("cloud", cloud) in silenced))
             kept = self._views.get(qid)
-            if kept is not None and kept[0] == key:
+            if kept is not None and not everything and qid not in changed and site not in excusing:
                 view = kept[1]
             else:
-                view = QueueView(
-                    name=name, site=site, cloud=cloud, status=status, robot_state=state,
-                    excluded_by_robot=state == "excluded", manual=manual.get(qid), silenced=key[-1],
-                    exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, excluded_for=excluded_for,
-                    state_since=since,
-                    results=ordered, waiting_since=waits_after(waits, excused),
-                    last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
-                    user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))
-                self._views[qid] = (key, view)
+                view = self._view(qid, name, status, state, since, exempt, site, cloud, when, included, now,
+                                  results, users, downtimes.get(site, []), manual, waiting, last_start, silenced)
             found.views[name] = view
             found.ids[name] = qid
             found.flaps[name] = max(0, count - 1) if state == "excluded" else count
             found.cadence[name] = (extra, gap)
         return found
+
+    def _view(self, qid: int, name: str, status: str, state: str, since: datetime | None, exempt: bool, site: str,
+              cloud: str, when: datetime | None, included: datetime | None, now: datetime,
+              results: dict[int, tuple[Result, ...]], users: dict[str, tuple[StoredHour, ...]],
+              excused: list[Downtime], manual: dict[int, str], waiting: dict[int, list[datetime]],
+              last_start: dict[int, datetime], silenced: set[tuple[str, str]]) -> QueueView:
+        """The queue's view from its facts: the one kept if they are all as they were."""
+        ordered = results.get(qid, ())
+        newest = self.results.newest_start(qid)
+        started = last_start.get(qid)
+        if newest and (started is None or newest > started):
+            started = newest
+        active = ended = None
+        if excused:
+            ordered = tuple(outside_downtimes(list(ordered), excused))
+            active = next((d for d in excused if d.covers(now)), None)
+            ended = max((d.end for d in excused if now - self.policy.window < d.end <= now), default=None)
+            if ended is not None and any(r.end_time >= ended for r in ordered):
+                ended = None  # tested since it ended
+        hours = users.get(name, ())
+        excluded_for = self.moves.excluded_for(qid) if state == "excluded" else frozenset()
+        waits = waiting.get(qid, ())
+        key = (status, state, since, exempt, site, cloud, when, included, excluded_for, manual.get(qid), ordered,
+               tuple(waits) if waits else (), started, tuple(excused) if excused else (), active, ended, hours,
+               bool(silenced) and (("queue", name) in silenced or ("site", site) in silenced
+                                   or ("cloud", cloud) in silenced))
+        kept = self._views.get(qid)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        view = QueueView(
+            name=name, site=site, cloud=cloud, status=status, robot_state=state,
+            excluded_by_robot=state == "excluded", manual=manual.get(qid), silenced=key[-1],
+            exempt=exempt, last_robot_exclusion=when, last_robot_inclusion=included, excluded_for=excluded_for,
+            state_since=since,
+            results=ordered, waiting_since=waits_after(waits, excused),
+            last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
+            user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))
+        self._views[qid] = (key, view)
+        return view
+
+
+def _differ(new: dict, old: dict) -> set:
+    """The keys whose values differ between two dicts (present in one only included)."""
+    if new == old:
+        return set()
+    return {key for key in new.keys() | old.keys() if new.get(key) != old.get(key)}

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from robot.backends.base import BackendUnavailable
 from robot.backoff import request_with_retries
+from robot.storage.driver_select import DriverSelect
 from robot.storage.models import Downtime as DowntimeRow
 from robot.storage.models import Event
 
@@ -297,17 +298,18 @@ class _Reading:
 def windows_by_site(session: Session, since: datetime, until: datetime) -> dict[str, list[Downtime]]:
     """Stored outages overlapping [since, until], per site."""
     found: dict[str, list[Downtime]] = defaultdict(list)
-    # Rows, not ORM entities: the exclusion engine reads them at every step.
-    for row in session.execute(WINDOWS, {"since": since, "until": until}):
-        found[row.site].append(Downtime(key=row.key, site=row.site, start=row.start, end=row.end,
-                                        description=row.description, classification=row.classification,
-                                        severity=row.severity))
+    # Through the driver, not ORM entities: the exclusion engine reads them at every step.
+    rows, convert = WINDOWS.rows(session.connection(), {"since": since, "until": until})
+    for key, site, start, end, description, classification, severity in map(convert, rows):
+        found[site].append(Downtime(key=key, site=site, start=start, end=end, description=description,
+                                    classification=classification, severity=severity))
     return found
 
 
 _ROW = DowntimeRow.__table__.c
-WINDOWS = (select(_ROW.key, _ROW.site, _ROW.start, _ROW.end, _ROW.description, _ROW.classification, _ROW.severity)
-           .where(_ROW.end > bindparam("since"), _ROW.start <= bindparam("until")).order_by(_ROW.start))
+WINDOWS = DriverSelect(
+    select(_ROW.key, _ROW.site, _ROW.start, _ROW.end, _ROW.description, _ROW.classification, _ROW.severity)
+    .where(_ROW.end > bindparam("since"), _ROW.start <= bindparam("until")).order_by(_ROW.start))
 
 
 def describe(downtime: Downtime) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobH
 from robot.classify import ErrorTable, Verdict, classify, classify_report
 from robot.downtimes import Downtime, describe, windows_by_site
 from robot.jobstates import JobStatus
+from robot.storage.driver_select import DriverSelect
 from robot.storage.models import Event, Queue, Site
 from robot.storage.models import UserJobHour as UserJobHourRow
 
@@ -256,43 +257,54 @@ PARSED_CODES_KEPT = 4_000
 def read_hours(session: Session, first: datetime, until: datetime,
                stored_since: datetime | None = None) -> list[tuple[str, StoredHour]]:
     """The stored hours starting in [first, until), with the backend that counted each, in no order; only
-    those stored (read from the backend) at or after `stored_since`, when it is given.
+    those stored (read from the backend) at or after `stored_since`, when it is given."""
+    rows, convert = hour_rows(session, first, until, stored_since)
+    return [convert(row) for row in rows]
 
-    On SQLite with the driver, each time parsed once per read and each list of codes once while `PARSED_CODES`
-    keeps it, as the columns' types parse them (the hours that counted alike share their codes, as does a
-    growing hour read again with no new failure: not to be changed); SQLAlchemy's handling of each row was
-    most of the cost of the exclusion engine's read of the 200 hours a 200-queue grid's watch writes at
-    every read. Elsewhere with a Core select."""
+
+def hour_rows(session: Session, first: datetime, until: datetime, stored_since: datetime | None = None
+              ) -> tuple[list[tuple], Callable[[tuple], tuple[str, StoredHour]]]:
+    """The rows of `read_hours` as the database driver gives them (a row stored again alike is equal to the
+    one read before: a caller that keeps them converts only those that changed), and the function that
+    makes one the backend's name and its StoredHour.
+
+    On SQLite through the driver (robot.storage.driver_select), each time parsed once per read and each
+    list of codes once while `PARSED_CODES` keeps it, as the columns' types parse them (the hours that
+    counted alike share their codes, as does a growing hour read again with no new failure: not to be
+    changed). Elsewhere with a Core select."""
     connection = session.connection()
     dialect = connection.dialect
+    rows, _ = (HOURS.rows(connection, {"first": first, "until": until}) if stored_since is None
+               else HOURS_SINCE.rows(connection, {"first": first, "until": until, "since": stored_since}))
     if dialect.name != "sqlite":
-        query = select(STORED.c.source, *STORED_COLUMNS).where(STORED.c.hour >= first, STORED.c.hour < until)
-        if stored_since is not None:
-            query = query.where(STORED.c.read_at >= stored_since)
-        return [(source, as_stored(values)) for source, *values in connection.execute(query)]
-    time_text = STORED.c.hour.type.bind_processor(dialect)
+        return rows, _as_read
     parse_time, parse_json = STORED.c.hour.type.result_processor(dialect, None), STORED.c.codes.type.result_processor(dialect, None)
-    quote = dialect.identifier_preparer.quote
-    columns = ", ".join(quote(c.name) for c in (STORED.c.source, *STORED_COLUMNS))
-    rows = connection.exec_driver_sql(
-        f"SELECT {columns} FROM {quote(STORED.name)} WHERE {quote('hour')} >= ? AND {quote('hour')} < ?"
-        + (f" AND {quote('read_at')} >= ?" if stored_since is not None else ""),
-        tuple(time_text(when) for when in (first, until, stored_since) if when is not None)).all()
     parsed: dict[str, datetime] = {}  # a time's text, parsed once
     if len(PARSED_CODES) > PARSED_CODES_KEPT:
         PARSED_CODES.clear()
     decoder = getattr(dialect, "_json_deserializer", None)  # None: the default's, json.loads
-    found = []
-    for source, queue, hour, ended, failed, site, user, central, unknown, codes in rows:
+
+    def convert(row: tuple) -> tuple[str, StoredHour]:
+        source, queue, hour, ended, failed, site, user, central, unknown, codes = row
         when = parsed.get(hour)
         if when is None:
             when = parsed[hour] = parse_time(hour)
         listed = PARSED_CODES.get((decoder, codes))
         if listed is None:
             listed = PARSED_CODES[(decoder, codes)] = tuple(parse_json(codes) or ())
-        found.append((source, StoredHour(queue, when, ended, failed, {"site": site, "user": user, "central": central,
-                                                                      "unknown": unknown}, listed)))
-    return found
+        return source, StoredHour(queue, when, ended, failed, {"site": site, "user": user, "central": central,
+                                                               "unknown": unknown}, listed)
+
+    return rows, convert
+
+
+def _as_read(row: tuple) -> tuple[str, StoredHour]:
+    return row[0], as_stored(row[1:])
+
+
+_HOURS = select(STORED.c.source, *STORED_COLUMNS).where(STORED.c.hour >= bindparam("first"),
+                                                        STORED.c.hour < bindparam("until"))
+HOURS, HOURS_SINCE = DriverSelect(_HOURS), DriverSelect(_HOURS.where(STORED.c.read_at >= bindparam("since")))
 
 
 def as_stored(values: Sequence) -> StoredHour:
