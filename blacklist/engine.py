@@ -256,6 +256,14 @@ def waits_after(waiting: list[datetime] | tuple[datetime, ...], downtimes: list[
     return tuple(max([since, *(d.end for d in downtimes if d.covers(since))]) for since in waiting)
 
 
+def _pair_end(pair: tuple[int, Result]) -> datetime:
+    """The sort key of (job id, result) pairs."""
+    return pair[1].end_time
+
+
+_AGAIN = object()  # the newest start is to be worked out again
+
+
 def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> None:
     session.execute(SET_STATE, {"queue_id": queue_id, "state": state, "since": now})
 
@@ -277,6 +285,7 @@ class ResultCache:
         self.lag = lag
         self._by_queue: dict[int, dict[int, Result]] = defaultdict(dict)
         self._ordered: dict[int, tuple[Result, ...]] = {}
+        self._ordered_ids: dict[int, tuple[int, ...]] = {}  # the job ids of each ordering, in its order
         self._newest_start: dict[int, datetime | None] = {}
         self._seen_until: datetime | None = None
         columns = (JOB.c.id, JOB.c.queue_id, JOB.c.panda_id, TEMPLATE.c.name, JOB.c.end_time, JOB.c.outcome,
@@ -296,7 +305,8 @@ class ResultCache:
             rows, convert = self._window.rows(session.connection(), {"start": start})
         else:
             rows, convert = self._changed.rows(session.connection(), {"since": self._seen_until - self.lag})
-        changed, stored = set(), self._stored
+        changed, stored, replaced = set(), self._stored, set()
+        added: dict[int, list[int]] = defaultdict(list)  # queue id -> the job ids new to it, in the order read
         for row in rows:
             if stored.get(row[0]) == row:
                 continue  # read again as it was (changed at the last read's time): changes nothing
@@ -305,25 +315,64 @@ class ResultCache:
                 result = Result(panda_id or 0, template, end, outcome == "failed", klass, name, code, started, created)
                 results = self._by_queue[qid]
                 stored[job_id] = row
-                if results.get(job_id) != result:
+                old = results.get(job_id)
+                if old != result:
                     results[job_id] = result
                     changed.add(qid)
+                    if old is None:
+                        added[qid].append(job_id)
+                    else:
+                        replaced.add(qid)
         self._seen_until = now
         # Results that left the window go at once, so that every step sees exactly the window a
         # restarted robot reads (the oldest of each queue's last ordering says where any are).
+        kept: dict[int, int] = {}  # queue id -> how many of its last ordering stay
         for qid, ordered in self._ordered.items():
             if ordered and ordered[-1].end_time < start:
                 results = self._by_queue[qid]
-                for job_id in [j for j, r in results.items() if r.end_time < start]:
+                if qid in replaced:  # its last ordering is not what it holds now
+                    gone = [j for j, r in results.items() if r.end_time < start]
+                else:  # the oldest of its last ordering, all of them (what it read since is in the window)
+                    stays = len(ordered) - 1
+                    while stays and ordered[stays - 1].end_time < start:
+                        stays -= 1
+                    kept[qid] = stays
+                    gone = self._ordered_ids[qid][stays:]
+                for job_id in gone:
                     del results[job_id]
                     stored.pop(job_id, None)
                 changed.add(qid)
         for qid in changed:
-            results = self._by_queue[qid].values()
-            self._ordered[qid] = tuple(sorted(results, key=END_TIME, reverse=True))
-            self._newest_start[qid] = max((r.start_time for r in results if r.start_time), default=None)
+            self._order(qid, kept.get(qid), added.get(qid, ()), qid in replaced)
         self.changed |= changed
         return self._ordered
+
+    def _order(self, qid: int, stays: int | None, added: Sequence[int], replaced: bool) -> None:
+        """The queue's results newest first, as a stable sort of them in the order they were first read
+        gives them: its last ordering without the `stays`.. oldest and with the `added` (read since, in
+        that order) each put after those that did not end before it; sorted again if one was `replaced`."""
+        results = self._by_queue[qid]
+        if replaced or qid not in self._ordered:
+            pairs = sorted(results.items(), key=_pair_end, reverse=True)
+            self._ordered[qid], self._ordered_ids[qid] = tuple(r for _, r in pairs), tuple(j for j, _ in pairs)
+            self._newest_start[qid] = max((r.start_time for r in results.values() if r.start_time), default=None)
+            return
+        ordered, ids, newest = list(self._ordered[qid]), list(self._ordered_ids[qid]), self._newest_start.get(qid)
+        if stays is not None:
+            if newest is not None and any(r.start_time == newest for r in ordered[stays:]):
+                newest = _AGAIN
+            del ordered[stays:], ids[stays:]
+        for job_id in added:
+            result, at = results[job_id], 0
+            while at < len(ordered) and ordered[at].end_time >= result.end_time:
+                at += 1
+            ordered.insert(at, result)
+            ids.insert(at, job_id)
+            if newest is not _AGAIN and result.start_time and (newest is None or result.start_time > newest):
+                newest = result.start_time
+        if newest is _AGAIN:
+            newest = max((r.start_time for r in results.values() if r.start_time), default=None)
+        self._ordered[qid], self._ordered_ids[qid], self._newest_start[qid] = tuple(ordered), tuple(ids), newest
 
     def newest_start(self, queue_id: int) -> datetime | None:
         """When the latest of the queue's results started."""
