@@ -230,9 +230,9 @@ class ExclusionEngine:
     def _set_cadence(self, session: Session, views: dict[str, QueueView], ids: dict[str, int],
                      current: dict[str, tuple[int, int]], now: datetime) -> None:
         changed = []
+        cadence = self.policy.cadence
         for name, view in views.items():
-            cadence = self.policy.cadence(view, now)
-            wanted = (cadence.extra_jobs, int(cadence.gap.total_seconds()))
+            wanted = cadence(view, now).applied
             if view.downtime_ended is not None:  # back from an announced outage: tested at once
                 wanted = (max(wanted[0], 1), 0)
             if current.get(name) != wanted:

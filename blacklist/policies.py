@@ -11,7 +11,7 @@ from blacklist.differential import Spread, widespread_at
 from blacklist.model import Action, Decision, QueueView, Result
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
-from blacklist.settings import BlacklistSettings, HammerCloudSettings, UserJobsSettings
+from blacklist.settings import BlacklistSettings
 
 
 @dataclass(frozen=True)
@@ -126,22 +126,25 @@ class Policy:
     def cadence(self, view: QueueView, now: datetime) -> Cadence:
         """HammerCloud tests every queue the same way (one job per template in flight, or a fixed gap
         between them); ours adapts (see sequential.cadence)."""
-        if self.name == "hammercloud":
-            return _fixed(self.settings.hammercloud)
+        if self._hammercloud:
+            return self._fixed
         cadence = sequential.cadence(view, self.settings.default, now)
-        users = self.settings.user_jobs
-        if (self.hears_users and view.robot_state == "online" and not cadence.extra_jobs
-                and cadence.gap == self.settings.default.stable_gap < users.watched_gap
-                and userjobs.watched(view, now, users)):
-            return _watched(users)
+        if (self._watching and view.robot_state == "online" and not cadence.extra_jobs
+                and cadence.gap == self.settings.default.stable_gap and userjobs.watched(view, now, self.settings.user_jobs)):
+            return self._watched
         return cadence
 
+    # Made once per policy (settings are frozen): asked of every queue at every step.
+    @functools.cached_property
+    def _watching(self) -> bool:
+        """Whether a stable queue can be watched by its users' jobs (and so tested less often)."""
+        return self.hears_users and self.settings.default.stable_gap < self.settings.user_jobs.watched_gap
 
-@functools.cache  # settings are frozen
-def _fixed(settings: HammerCloudSettings) -> Cadence:
-    return Cadence(gap=settings.job_gap, reason="HammerCloud's fixed gap" if settings.job_gap else "")
+    @functools.cached_property
+    def _fixed(self) -> Cadence:
+        job_gap = self.settings.hammercloud.job_gap
+        return Cadence(gap=job_gap, reason="HammerCloud's fixed gap" if job_gap else "")
 
-
-@functools.cache  # settings are frozen; most queues are watched at every step
-def _watched(users: UserJobsSettings) -> Cadence:
-    return Cadence(gap=users.watched_gap, reason="stable, and its users' jobs are watched")
+    @functools.cached_property
+    def _watched(self) -> Cadence:
+        return Cadence(gap=self.settings.user_jobs.watched_gap, reason="stable, and its users' jobs are watched")

@@ -212,6 +212,11 @@ class Cadence:
     gap: timedelta = timedelta(0)
     reason: str = ""
 
+    @functools.cached_property
+    def applied(self) -> tuple[int, int]:
+        """As the loop stores it: extra jobs, and the gap in whole seconds."""
+        return self.extra_jobs, int(self.gap.total_seconds())
+
 
 def decide(view: QueueView, settings: SequentialSettings, now: datetime, recent_exclusions: int = 0,
            grid: Spread | None = None, users: list[Counted] | None = None) -> Decision:
@@ -366,6 +371,13 @@ def cadence(view: QueueView, settings: SequentialSettings, now: datetime) -> Cad
     return Cadence()
 
 
-@functools.cache  # settings are frozen; most queues are stable at every step
 def _stable(settings: SequentialSettings) -> Cadence:
-    return Cadence(gap=settings.stable_gap, reason=f"stable for {settings.stable_after}")
+    """A stable queue's cadence, made once per settings (frozen; most queues are stable at every step,
+    so they are looked up by identity, as in Weights.of)."""
+    kept = _STABLE.get(id(settings))
+    if kept is None or kept[0] is not settings:
+        kept = _STABLE[id(settings)] = (settings, Cadence(gap=settings.stable_gap, reason=f"stable for {settings.stable_after}"))
+    return kept[1]
+
+
+_STABLE: dict[int, tuple[SequentialSettings, Cadence]] = {}

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -88,12 +87,15 @@ class Tally:
     def _parts(self, hour: StoredHour) -> tuple[tuple[int, int, bool, bool], ...]:
         """Per code heard in the hour: its failures, whether the table calls it the site's, and whether
         it was in excess (two failures above the floor count here: a shared cause starts somewhere)."""
-        _, heard, answers = _kept(hour)
-        parts = answers.get(self._question)
+        _, heard, answers = _HEARD.get(id(hour.codes)) or _kept(hour.codes)
+        if not heard:
+            return ()
+        key = (self._question, hour.ended)
+        parts = answers.get(key)
         if parts is None:
             least, floor = self._question[1:]
-            parts = answers[self._question] = tuple((code, jobs, klass == "site", jobs >= least and jobs / hour.ended > floor)
-                                                    for code, (klass, jobs) in heard.items())
+            parts = answers[key] = tuple((code, jobs, klass == "site", jobs >= least and jobs / hour.ended > floor)
+                                         for code, (klass, jobs) in heard.items())
         return parts
 
     @functools.cached_property
@@ -236,11 +238,16 @@ def watched(view: QueueView, now: datetime, settings: UserJobsSettings) -> bool:
     watch between test jobs (a site fault shows in them first): this hour's so far, and the hour
     before's for the share of it still within the 60 minutes (hours are counted whole, so this is
     the best estimate; a queue whose users' jobs stopped ending falls below within the hour)."""
-    this_hour = hour_of(now)
-    before = 1 - (now - this_hour) / HOUR
-    hours = (this_hour, this_hour - HOUR)
+    this_hour, before, hours = _watch_hours(now)
     ended = sum(h.ended if h.hour == this_hour else before * h.ended for h in view.user_jobs if h.hour in hours)
     return ended >= max(1, settings.watched_jobs)
+
+
+@functools.lru_cache(maxsize=2)  # every queue asks at every step
+def _watch_hours(now: datetime) -> tuple[datetime, float, tuple[datetime, datetime]]:
+    """The hour going on at `now`, the share of the hour before still within the last 60 minutes, and both hours."""
+    this_hour = hour_of(now)
+    return this_hour, 1 - (now - this_hour) / HOUR, (this_hour, this_hour - HOUR)
 
 
 # The error table's classes as the sequential test weighs them (blacklist/sequential.py's `klass`).
@@ -250,28 +257,32 @@ KLASS = {"site": "site", "central": "central"}  # any other (unknown, none): "ot
 def _heard_codes(hour: StoredHour) -> dict[int, tuple[str, int]]:
     """The hour's failures per code, with the code's class, for every class but user (see the module).
 
-    Worked out once per stored hour while it lives (not to be changed by the caller): every step asks
-    it of every queue's hours several times, and the engine keeps the hours that did not change."""
-    return _kept(hour)[1]
+    Worked out once per list of codes (not to be changed by the caller): every step asks it of every
+    queue's hours several times, and hours counted alike share their codes (robot.userjobs.read_hours),
+    as does an hour read again while it grows with no new failure."""
+    return (_HEARD.get(id(hour.codes)) or _kept(hour.codes))[1]
 
 
-def _kept(hour: StoredHour) -> tuple[weakref.ref, dict[int, tuple[str, int]], dict]:
-    """What is kept of a live stored hour: its codes heard, and answers worked out from them (by key)."""
-    kept = _HEARD.get(id(hour))
-    if kept is not None:
-        return kept
+def _kept(codes: tuple[dict, ...]) -> tuple[tuple[dict, ...], dict[int, tuple[str, int]], dict]:
+    """What is kept of a stored hour's list of codes: the list itself (held, so that no other object
+    takes its id while it is kept), its codes heard, and answers worked out from them (by key, with
+    the hour's jobs ended where they depend on them)."""
+    if len(_HEARD) >= HEARD_KEPT:
+        _HEARD.clear()
     found: dict[int, tuple[str, int]] = {}
-    for entry in hour.codes:
+    for entry in codes:
         klass = entry.get("class")
         if klass != "user":
             code = int(entry["code"])
             found[code] = (KLASS.get(klass, "other"), found.get(code, ("", 0))[1] + int(entry["jobs"]))
-    key = id(hour)  # forgotten as the hour dies, before another object can take its id
-    kept = _HEARD[key] = (weakref.ref(hour, lambda _: _HEARD.pop(key, None)), found, {})
+    kept = _HEARD[id(codes)] = (codes, found, {})
     return kept
 
 
-_HEARD: dict[int, tuple[weakref.ref, dict[int, tuple[str, int]], dict]] = {}  # id of a live stored hour -> kept
+# id of a list of codes -> what is kept of it; at most HEARD_KEPT lists (a 200-queue grid's 6 h window
+# holds about 1,400 hours, many sharing one list)
+_HEARD: dict[int, tuple[tuple[dict, ...], dict[int, tuple[str, int]], dict]] = {}
+HEARD_KEPT = 10_000
 
 
 def _llr(k: int, n: int, p0: float) -> float:
@@ -290,12 +301,15 @@ def inconclusive(view: QueueView, settings: UserJobsSettings, exclude_at: float)
     other queues' users' jobs say: no code in it could be conclusive on its own even against the
     least rate it is compared with (`floor`; the ratio only falls as that rate rises towards the
     hour's own). Its users' jobs can then only speak for the queue."""
-    question = ("loud", settings.min_failures, settings.floor, exclude_at)
     for hour in view.user_jobs:
-        _, heard, answers = _HEARD.get(id(hour)) or _kept(hour)
+        _, heard, answers = _HEARD.get(id(hour.codes)) or _kept(hour.codes)
+        if not heard:
+            continue  # most hours: no failure of a class that is heard
+        n = hour.ended
+        question = ("loud", settings.min_failures, settings.floor, exclude_at, n)
         loud = answers.get(question)
         if loud is None:
-            least, floor, n = settings.min_failures, settings.floor, hour.ended
+            least, floor = settings.min_failures, settings.floor
             loud = answers[question] = any(k >= least and n and k / n > floor and _llr(k, n, floor) >= exclude_at - MARGIN
                                            for _, k in heard.values())
         if loud:
