@@ -124,7 +124,13 @@ class Tally:
                 for was in old[:skip]:
                     count(name, site, was, -1)
                 for was, now in zip(old[skip:], hours):
-                    if was is not now:
+                    if was is now:
+                        continue
+                    if was.codes is now.codes and was.hour == now.hour and not _heard_codes(now):
+                        ended = now.ended - was.ended  # nothing heard in it, before or now: the jobs ended alone
+                        self.ended[name] += ended
+                        self.all_ended += ended
+                    else:
                         self._swap(name, site, was, now)
                 for was in old[skip + len(hours):]:
                     count(name, site, was, -1)
