@@ -561,38 +561,40 @@ class QueueFacts:
         self.results.changed, self.moves.changed = set(), set()
         raw_rows, convert = QUEUE_ROWS.rows(connection)
         if raw_rows != self._raw_rows:
-            known, self._rows = self._rows, {}
-            for raw in raw_rows:
-                row = known.get(raw[0])
-                if row is None or row[0] != raw:
-                    row = (raw, convert(raw))
-                    changed.add(raw[0])
-                self._rows[raw[0]] = row
+            if [raw[0] for raw in raw_rows] == list(self._rows):  # the same queues in the same order: a few changed
+                for raw, was in zip(raw_rows, self._raw_rows):
+                    if raw != was:
+                        self._rows[raw[0]] = (raw, convert(raw))
+                        changed.add(raw[0])
+            else:
+                known, self._rows = self._rows, {}
+                for raw in raw_rows:
+                    row = known.get(raw[0])
+                    if row is None or row[0] != raw:
+                        row = (raw, convert(raw))
+                        changed.add(raw[0])
+                    self._rows[raw[0]] = row
+                self._views = {qid: kept for qid, kept in self._views.items() if qid in self._rows}  # a retired queue's go
             self._raw_rows = raw_rows
             self._ids = {row[1]: qid for qid, (_, row) in self._rows.items()}
-            self._views = {qid: kept for qid, kept in self._views.items() if qid in self._rows}  # a retired queue's go
         ids = self._ids
-        changed.update(ids[name] for name in self.users.changed if name in ids)
+        heard = {ids[name] for name in self.users.changed if name in ids}  # queues whose users' hours changed
         self.users.changed = set()
-        rows, convert = MANUAL.rows(connection, {"now": now})
-        manual = dict(map(convert, rows))
+        manual = dict(MANUAL.converted(connection, {"now": now}))
         changed.update(_differ(manual, self._manual))
-        rows, convert = SILENCED.rows(connection, {"now": now})
-        silenced = {convert(row) for row in rows}
+        silenced = set(SILENCED.converted(connection, {"now": now}))
         everything, self._silenced = silenced != self._silenced, silenced
         waiting: dict[int, list[datetime]] = defaultdict(list)
         # A stall is judged only on job states read in this step: while the backend cannot be reached,
         # the stored states are old news, and jobs that "wait" may long have started.
         if UNREACHABLE.rows(connection, {"now": now})[0][0][0] == 0:
-            rows, convert = WAITING.rows(connection)
-            for qid, activated in map(convert, rows):
+            for qid, activated in WAITING.converted(connection):
                 waiting[qid].append(activated)
             # Only where a job has waited `stall_after` can the queue be stalled; there every waiting job counts.
             stall_from = now - policy.settings.default.stall_after
             waiting = {qid: times for qid, times in waiting.items() if min(times) <= stall_from}
         changed.update(_differ(waiting, self._waiting))
-        rows, convert = LAST_START.rows(connection)
-        last_start: dict[int, datetime] = dict(map(convert, rows))
+        last_start: dict[int, datetime] = dict(LAST_START.converted(connection))
         changed.update(_differ(last_start, self._last_start))
         self._manual, self._waiting, self._last_start = manual, waiting, last_start
         # Outages before the window too: a job that waited or ran in one may end inside the window.
@@ -603,11 +605,13 @@ class QueueFacts:
         for qid, (_, (_, name, status, state, since, exempt, site, cloud, extra, gap)) in self._rows.items():
             when, count, included = self.moves.of(qid, flap_since)
             kept = self._views.get(qid)
-            if kept is not None and not everything and qid not in changed and site not in excusing:
-                view = kept[1]
-            else:
+            if kept is None or everything or qid in changed or site in excusing:
                 view = self._view(qid, name, status, state, since, exempt, site, cloud, when, included, now,
                                   results, users, downtimes.get(site, []), manual, waiting, last_start, silenced)
+            elif qid in heard:  # most often the users' hour going on, read again
+                view = self._with_hours(qid, kept, users.get(name, ()))
+            else:
+                view = kept[1]
             found.views[name] = view
             found.ids[name] = qid
             found.flaps[name] = max(0, count - 1) if state == "excluded" else count
@@ -652,6 +656,19 @@ class QueueFacts:
             user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))
         self._views[qid] = (key, view)
         return view
+
+    def _with_hours(self, qid: int, kept: tuple[tuple, QueueView], hours: tuple[StoredHour, ...]) -> QueueView:
+        """The view `_view` makes of a queue whose users' hours alone changed (its site in no announced
+        outage, so they all count): the kept one with them."""
+        key, view = kept
+        if hours == key[_HOURS]:
+            return view
+        view = QueueView(**{**vars(view), "user_jobs": hours})
+        self._views[qid] = (key[:_HOURS] + (hours,) + key[_HOURS + 1:], view)
+        return view
+
+
+_HOURS = 16  # where a view's key (QueueFacts._view) holds the users' hours
 
 
 def _differ(new: dict, old: dict) -> set:

@@ -26,6 +26,7 @@ class DriverSelect:
         # per dialect (its JSON decoder may be the engine's own), forgotten with the engine
         self._prepared: weakref.WeakKeyDictionary[Any, tuple[str, list[tuple[str | None, Any]], Converter]] = (
             weakref.WeakKeyDictionary())
+        self._last: weakref.WeakKeyDictionary[Any, dict[tuple, tuple]] = weakref.WeakKeyDictionary()  # `converted`
 
     def rows(self, connection: Connection, params: Mapping[str, Any] | None = None) -> tuple[list[tuple], Converter]:
         """The rows as the driver gives them, and the function that converts one as SQLAlchemy would."""
@@ -38,6 +39,19 @@ class DriverSelect:
         sql, binds, convert = prepared
         values = [value if name is None else (value(params[name]) if value else params[name]) for name, value in binds]
         return connection.connection.driver_connection.execute(sql, values).fetchall(), convert
+
+    def converted(self, connection: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """The rows converted, a row as the driver gave it at the last call not converted again (for selects
+        whose stored values are hashable: no JSON)."""
+        rows, convert = self.rows(connection, params)
+        if convert is _as_is:
+            return rows
+        last = self._last.get(connection.dialect, {})
+        kept = self._last[connection.dialect] = {}
+        for row in rows:
+            value = last.get(row)
+            kept[row] = convert(row) if value is None else value
+        return [kept[row] for row in rows]
 
     def _prepare(self, dialect: Any, params: Mapping[str, Any]) -> tuple[str, list[tuple[str | None, Any]], Converter]:
         """The SQL with its lists (IN) expanded (they are fixed), each place bound either a fixed value (name
