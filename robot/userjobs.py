@@ -171,7 +171,7 @@ class UserJobWatch:
         # The counts this watch stored per (queue, hour): an hour read again unchanged is not written again
         # (the hour before the current one, at every read). Forgotten if the last write was not kept.
         self._stored: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
-        self._wrote: tuple[datetime, datetime, int] | None = None  # the last write: its time, first hour, rows
+        self._wrote: tuple[datetime, datetime, int] | None = None  # the last write: its time, first hour written, rows
         self._since: datetime | None = None  # the first hour of the last read
         self._verdicts: dict[tuple[str, int], Verdict] = {}  # each error the table classified, once
         # each set of errors counted since the first hour of the last read, described once (`store`)
@@ -202,7 +202,7 @@ class UserJobWatch:
         written = store(session, self.backend.name, fresh, since, self.table, now, self._verdicts, self._described,
                         self._texts)
         stored.update({(h.queue, h.hour): (h.ended, h.failed, dict(h.errors)) for h in fresh})
-        self._wrote = (now, since, written)
+        self._wrote = (now, min((h.hour for h in fresh), default=since), written)  # most reads write the current hour
         return written
 
 
