@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import zlib
+from collections import namedtuple
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from robot.planning import SlotState, choose_input, jobs_to_submit, resting
 from robot import rollup
 from robot.stress import pending_retries
 from robot.storage import settings
+from robot.storage.driver_select import DriverSelect
 from robot.storage.job_updates import record_jobs, update_jobs
 from robot.storage.models import (Downtime, Event, Job, Queue, QueueTransition, Site, StorageEndpoint,
                                   Template, Test, TestQueue, queue_endpoint)
@@ -236,7 +238,7 @@ class Robot:
         lost (never counted) once its submission is older than the backend's `lookup_grace` (the
         backend may still store it until then). While it cannot tell, the rows stay recorded and keep
         their slots, so nothing is sent twice."""
-        rows = session.execute(_jobs_select("unconfirmed", self._owned is not None), self._mine()).all()
+        rows = _rows(session, _jobs_select("unconfirmed", self._owned is not None), self._mine(), Unconfirmed._make)
         live = self.workers.live_now(session, now, (row.worker_id for row in rows)) if self.workers else set()
         rows = [row for row in rows if self._shard.may_reconcile(row.worker_id, live)]  # not a live one's
         if not rows:
@@ -279,7 +281,7 @@ class Robot:
         except BackendUnavailable as exc:
             summary.backend_errors.append(f"queue status: {exc}")
             return
-        rows = session.execute(LIVE_QUEUES).all()
+        rows = _rows(session, LIVE_QUEUES, {})
         for queue_id, name, old in rows:
             new = statuses.get(name)
             if new is None or new.value == old:
@@ -291,7 +293,8 @@ class Robot:
 
     # -- 4. polling ------------------------------------------------------------------------------
     def _poll(self, session: Session, now: datetime, summary: StepSummary) -> None:
-        active = session.execute(_jobs_select("active", self._owned is not None), self._mine()).all()
+        # as stored: the end time is only compared with None
+        active = _rows(session, _jobs_select("active", self._owned is not None), self._mine(), converted=False)
         batch_size = self.config.loop.poll_batch_size
         changes: list[dict[str, Any]] = []  # of every batch read: one bulk update, also when a later batch fails
         for start in range(0, len(active), batch_size):
@@ -326,13 +329,13 @@ class Robot:
             JOB.c.id.in_(job_ids), JOB.c.submitted_at <= now - self.config.loop.unknown_after)))
 
     def _from_report(self, job_id: int, report: JobReport, now: datetime, stored_end: Any = NOT_READ) -> dict[str, Any]:
-        """The job's columns as `report` gives them; not its end time when it is the one stored (`stored_end`,
-        when read: None while the job runs): writing it again would rewrite its entries in two indexes."""
+        """The job's columns as `report` gives them; not its end time when neither the report nor the row has one
+        (`stored_end`, when read: a running job's): writing it again would rewrite its entries in two indexes."""
         values: dict[str, Any] = {
             "id": job_id, "job_status": report.job_status.value, "status_changed_at": now,
             "creation_time": report.creation_time, "start_time": report.start_time,
         }
-        if report.end_time != stored_end:
+        if report.end_time is not None or stored_end is not None:
             values["end_time"] = report.end_time
         if report.job_status in FINAL_STATES:
             values.update(final_values(report, self.error_table))
@@ -353,8 +356,8 @@ class Robot:
         central one. A job the backend will not kill (already final, or unknown to it) is polled again
         and recorded as it really ended; a kill that cannot be sent is tried again at the next step."""
         shortest = min((t.max_queue_time for t in self.config.templates), default=timedelta(hours=2))
-        waiting = session.execute(_jobs_select("waiting", self._owned is not None),
-                                  {"submitted_before": now - shortest, **self._mine()}).all()
+        waiting = _rows(session, _jobs_select("waiting", self._owned is not None),
+                        {"submitted_before": now - shortest, **self._mine()}, Waiting._make)
         expired = []
         for row in waiting:
             limit = parse_duration(row.settings.get("max_queue_time", 7200))
@@ -514,10 +517,10 @@ class Robot:
         the policy wants tested with a gap; a pair in that pause (`resting`, most of the others where
         the policy spaces the jobs of stable queues) is left out in SQL too, by each gap's time bound."""
         job = JOB.c
-        gaps = tuple(session.scalars(QUEUE_GAPS))
-        pairs = session.execute(_slots_select(self._owned is not None, queue_ids is not None, gaps), {
+        gaps = tuple(gap for gap, in _rows(session, QUEUE_GAPS, {}))
+        pairs = _rows(session, _slots_select(self._owned is not None, queue_ids is not None, gaps), {
             "now": now, **self._mine(), **{f"rests_{gap}": now - timedelta(seconds=gap) for gap in gaps},
-            **({} if queue_ids is None else {"queues": sorted(queue_ids)})}).all()
+            **({} if queue_ids is None else {"queues": sorted(queue_ids)})}, Pair._make)
         counted = sorted({row.test_id for row in pairs if not row.resubmit_enabled or row.max_jobs is not None})
         totals: dict[tuple[int, int], int] = {}
         if counted:
@@ -584,7 +587,7 @@ TESTS_TEMPLATES = (select(TEST.c.id, TEMPLATE.c.settings)
                    .where(TEST.c.id.in_(bindparam("tests", expanding=True))))
 
 
-LIVE_QUEUES = select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.retired_at.is_(None))
+LIVE_QUEUES = DriverSelect(select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.retired_at.is_(None)))
 
 
 @functools.cache
@@ -595,20 +598,23 @@ def _jobs_select(which: str, mine: bool) -> Any:
     job = JOB.c
     owned = [job.queue_id.in_(bindparam("owned", expanding=True))] if mine else []
     if which == "unconfirmed":
-        return select(job.id, job.job_name, job.recorded_at, job.worker_id).where(job.phase == "recorded", *owned)
+        return DriverSelect(select(job.id, job.job_name, job.recorded_at, job.worker_id)
+                            .where(job.phase == "recorded", *owned))
     if which == "active":
-        return select(job.id, job.panda_id, job.job_status, job.end_time).where(job.phase == "active", *owned)
+        return DriverSelect(select(job.id, job.panda_id, job.job_status, job.end_time).where(job.phase == "active", *owned))
     assert which == "waiting", which
-    return (select(job.id, job.panda_id, job.job_status, job.submitted_at, job.status_changed_at, TEMPLATE.c.settings)
-            .select_from(JOB.join(TEST, TEST.c.id == job.test_id).join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
-            .where(job.phase == "active", job.job_status.in_([s.value for s in QUEUED_STATES]),
-                   job.submitted_at <= bindparam("submitted_before", type_=job.submitted_at.type), *owned))
+    return DriverSelect(
+        select(job.id, job.panda_id, job.job_status, job.submitted_at, job.status_changed_at, TEMPLATE.c.settings)
+        .select_from(JOB.join(TEST, TEST.c.id == job.test_id).join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
+        .where(job.phase == "active", job.job_status.in_([s.value for s in QUEUED_STATES]),
+               job.submitted_at <= bindparam("submitted_before", type_=job.submitted_at.type), *owned))
 
 
 # The gaps between jobs the policy asks of live queues, each once (a few values of its settings: `_slots_select`
 # is built once per set of them)
-QUEUE_GAPS = (select(QUEUE.c.job_gap_seconds).where(QUEUE.c.retired_at.is_(None), QUEUE.c.job_gap_seconds != 0)
-              .distinct().order_by(QUEUE.c.job_gap_seconds))
+QUEUE_GAPS = DriverSelect(select(QUEUE.c.job_gap_seconds)
+                          .where(QUEUE.c.retired_at.is_(None), QUEUE.c.job_gap_seconds != 0)
+                          .distinct().order_by(QUEUE.c.job_gap_seconds))
 
 
 @functools.cache
@@ -636,7 +642,7 @@ def _slots_select(mine: bool, subset: bool, gaps: tuple[int, ...] = ()) -> Any:
     # exclusion engine has its queues tested at once when it ends. A stress test asked for goes all the same.
     down = queue.site_id.in_(select(SITE.c.id).join(DOWNTIME, DOWNTIME.c.site == SITE.c.name)
                              .where(DOWNTIME.c.start <= now, DOWNTIME.c.end > now))
-    return (
+    return DriverSelect(
         select(pair.test_id, pair.queue_id, pair.max_running_jobs, pair.min_queue_depth,
                pair.resubmit_enabled, queue.extra_jobs, queue.job_gap_seconds, pair.max_jobs,
                in_flight, running, last_end)
@@ -662,6 +668,25 @@ def _not_resting(last_end: Any, gaps: tuple[int, ...]) -> Any:
                   value=queue.job_gap_seconds, else_=bindparam("now", type_=JOB.c.end_time.type))
     return or_(pair.max_jobs.is_not(None), pair.resubmit_enabled.is_(False), queue.extra_jobs != 0,
                queue.job_gap_seconds == 0, last_end.is_(None), last_end <= due_by)
+
+
+# The rows of the step's selects that are read by name
+Unconfirmed = namedtuple("Unconfirmed", "id job_name recorded_at worker_id")
+Waiting = namedtuple("Waiting", "id panda_id job_status submitted_at status_changed_at settings")
+Pair = namedtuple("Pair", "test_id queue_id max_running_jobs min_queue_depth resubmit_enabled extra_jobs"
+                          " job_gap_seconds max_jobs jobs running last_end")
+
+
+def _rows(session: Session, select_: DriverSelect, params: dict[str, Any], make: Callable[[Any], Any] = tuple,
+          converted: bool = True) -> list:
+    """The rows of one of the step's selects, each converted as SQLAlchemy would and `make` of it; or as stored
+    (`converted` False: values only compared with None). On SQLite through the driver (robot.storage.driver_select),
+    unless a list is bound (the queues of one worker among several): SQLAlchemy's handling of a select and of each
+    of its rows cost more than SQLite's own work, at every step."""
+    if any(isinstance(value, list) for value in params.values()):
+        return [make(values) for values in session.execute(select_.statement, params)]
+    found, convert = select_.rows(session.connection(), params)
+    return [make(convert(values)) for values in found] if converted else found
 
 
 def _random_suffixes(count: int) -> Iterator[str]:

@@ -520,3 +520,32 @@ def test_a_pair_resting_after_its_job_gets_the_next_once_the_gap_has_passed(tmp_
         session.commit()
     assert step(robot, clock).submitted == 2 and len(grid.in_queue("ANALY_C")) == 2  # probes: one job and one more
     assert step(robot, clock, 240).submitted == 1 and len(grid.in_queue("ANALY_B")) == 1  # B's 900 s
+
+
+def test_the_steps_selects_run_by_the_driver_give_what_sqlalchemy_gives(tmp_path, clock, grid):
+    """The loop reads its selects through the SQLite driver (robot.loop._rows): the same rows, of the same types."""
+    from robot.loop import LIVE_QUEUES, QUEUE_GAPS, _jobs_select, _rows, _slots_select
+    from robot.storage.job_updates import record_jobs
+    robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2", "queues": ["ANALY_A"]}))
+    robot.run_once(clock.now())
+    with robot.sessions() as session:
+        session.execute(update(Queue).where(Queue.name == "ANALY_A").values(job_gap_seconds=600))
+        session.commit()
+    grid.finish(grid.in_queue("ANALY_A")[0])
+    step(robot, clock)  # A's first job ended: its pair rests
+    with robot.sessions() as session:
+        test_id, queue_id = session.execute(select(Job.test_id, Job.queue_id).join(Queue, Queue.id == Job.queue_id)
+                                            .where(Queue.name == "ANALY_B")).first()
+        record_jobs(session, [{"test_id": test_id, "queue_id": queue_id, "job_name": "hc.unconfirmed", "worker_id": 0,
+                               "phase": "recorded", "dataset": "d", "n_files": 1, "recorded_at": clock.now(),
+                               "retry_of": None}])
+        later = clock.now() + timedelta(hours=1)
+        selects = [(LIVE_QUEUES, {}), (QUEUE_GAPS, {}), (_jobs_select("active", False), {}),
+                   (_jobs_select("unconfirmed", False), {}),
+                   (_jobs_select("waiting", False), {"submitted_before": later}),
+                   (_slots_select(False, False, (600,)), {"now": later, "rests_600": later - timedelta(seconds=600)})]
+        for select_, params in selects:
+            expected = [tuple(row) for row in session.execute(select_.statement, params)]
+            found = _rows(session, select_, params)
+            assert found and found == expected and [tuple(map(type, row)) for row in found] == [
+                tuple(map(type, row)) for row in expected], select_.statement
