@@ -117,7 +117,9 @@ class Policy:
                users: userjobs.Baseline) -> Decision:
         """The default's decision with the queue's users' jobs weighed against the other queues'."""
         view = userjobs.without_shared(view, users)
-        items, shown = userjobs.evidence(view, users, self.settings.default, now)
+        # an excluded queue's re-inclusion weighs no users' jobs (they stop reaching it; sequential.decide):
+        # only the hours that point at its site are shown with the decision
+        items, shown = userjobs.evidence(view, users, self.settings.default, now, against=view.robot_state != "excluded")
         decision = sequential.decide(view, self.settings.default, now, recent_exclusions, grid, items)
         if shown and decision.evidence:
             decision = replace(decision, evidence={**decision.evidence, "user_jobs": shown})

@@ -198,18 +198,30 @@ class Baseline:
 
     def rate(self, code: int, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with `code`, never below `floor`."""
-        counts = self._counts
-        jobs = counts.all_ended - counts.ended[queue]
-        per_queue = counts.failures.get(code, Counter())
-        seen = (counts.code_failed[code] - per_queue[queue]) / jobs if jobs > 0 else 0.0
-        return max(seen, self.settings.floor)
+        key = (code, queue)
+        rate = self._rates.get(key)
+        if rate is None:  # a queue asks once per hour of its own with the code
+            counts = self._counts
+            jobs = counts.all_ended - counts.ended[queue]
+            per_queue = counts.failures.get(code)
+            seen = (counts.code_failed[code] - (per_queue[queue] if per_queue else 0)) / jobs if jobs > 0 else 0.0
+            rate = self._rates[key] = max(seen, self.settings.floor)
+        return rate
 
     def site_rate(self, queue: str) -> float:
         """The share of the other queues' users' jobs that failed with a site-class code, never below `floor`."""
-        counts = self._counts
-        jobs = counts.all_ended - counts.ended[queue]
-        failed = self._site_failed[""] - self._site_failed[queue]
-        return max(failed / jobs if jobs > 0 else 0.0, self.settings.floor)
+        rate = self._rates.get(queue)
+        if rate is None:  # a queue asks once per hour of its own
+            counts = self._counts
+            jobs = counts.all_ended - counts.ended[queue]
+            failed = self._site_failed[""] - self._site_failed[queue]
+            rate = self._rates[queue] = max(failed / jobs if jobs > 0 else 0.0, self.settings.floor)
+        return rate
+
+    @functools.cached_property
+    def _rates(self) -> dict[tuple[int, str] | str, float]:
+        """The rates answered so far (by code and queue; by queue for the site-class rate)."""
+        return {}
 
     @functools.cached_property
     def _site_failed(self) -> Counter[str]:
@@ -324,9 +336,10 @@ def inconclusive(view: QueueView, settings: UserJobsSettings, exclude_at: float)
 
 
 def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
-             now: datetime) -> tuple[list[Counted], list[dict[str, Any]]]:
+             now: datetime, against: bool = True) -> tuple[list[Counted], list[dict[str, Any]]]:
     """The queue's users' hours that point at the site, as weighted failures for the sequential
-    test, and what each was given (for the decision's evidence)."""
+    test, and what each was given (for the decision's evidence); with `against`, also the hours that
+    speak for the queue (see `_against`), where there is anything to speak against."""
     weights = Weights.of(settings)
     items, shown = [], []
     for hour in view.user_jobs:
@@ -349,7 +362,7 @@ def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,
                                  klass, any_weight=step))
             shown.append({"hour": hour.hour.isoformat(), "ended": n, "failed": hour.failed, "code": code,
                           "error": name, "class": klass, "failures": k, "baseline": round(p0, 4), "weight": round(step, 2)})
-    if items or view.robot_state != "online" or any(r.failed for r in view.results):  # else nothing to speak against
+    if against and (items or view.robot_state != "online" or any(r.failed for r in view.results)):  # else nothing to speak against
         items += [_against(view, hour, baseline, settings, min(hour.hour + HOUR, now)) for hour in view.user_jobs
                   if hour.ended]
     return items, shown
