@@ -106,7 +106,7 @@ class Tally:
         """Count the queues' hours as `views` hold them now: a queue's hours that are not the ones
         counted (the same objects) are counted again (the sums do not depend on the order)."""
         seen = set()
-        counted, count = self._counted, self._count
+        counted, count, ended_at = self._counted, self._count, self.ended
         for view in views:
             name, site, hours = view.name, view.site, view.user_jobs
             seen.add(name)
@@ -126,9 +126,9 @@ class Tally:
                 for was, now in zip(old[skip:], hours):
                     if was is now:
                         continue
-                    if was.codes is now.codes and was.hour == now.hour and not _heard_codes(now):
+                    if was.hour == now.hour and not _heard_codes(now) and (was.codes is now.codes or not _heard_codes(was)):
                         ended = now.ended - was.ended  # nothing heard in it, before or now: the jobs ended alone
-                        self.ended[name] += ended
+                        ended_at[name] += ended
                         self.all_ended += ended
                     else:
                         self._swap(name, site, was, now)
