@@ -103,11 +103,11 @@ class Policy:
             return hammercloud.decide(view, list(self.templates), self.settings.hammercloud, now)
         if users is None:
             return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
-        if view.robot_state == "online" and userjobs.inconclusive(
-                view, self.settings.user_jobs, sequential.Weights.of(self.settings.default).exclude_at):
+        if view.robot_state == "online" and not users.worked_out and userjobs.inconclusive(
+                view, self.settings.user_jobs, self._weights.exclude_at):
             # Its users' jobs can then only speak for the queue, and that (as the shared failures they
             # take out) lowers every CUSUM: if every CUSUM is at 0 without them, it is with them, and the
-            # other queues' users' jobs need not be compared (most queues, at most steps).
+            # other queues' users' jobs need not be compared (at steps where no other queue has asked).
             plain = sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
             if plain.action is Action.KEEP and plain.reason == sequential.HEALTHY:
                 return plain

@@ -190,6 +190,11 @@ class Baseline:
            tally: Tally | None = None) -> "Baseline":
         return cls(settings, shared_at, tuple(views), tally)
 
+    @property
+    def worked_out(self) -> bool:
+        """Whether a question has been answered already (the sums are counted: more cost nothing)."""
+        return "_counts" in self.__dict__
+
     @functools.cached_property
     def _counts(self) -> Tally:
         tally = self.tally if self.tally is not None else Tally(self.settings)
