@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
@@ -426,6 +426,10 @@ class RobotMoves:
         excluded, exclusions, included = summary
         return excluded, sum(1 for when in exclusions if when >= since), included
 
+    def queues(self) -> Iterable[int]:
+        """The queues the robot ever excluded or re-included (ids)."""
+        return self._summary.keys()
+
     def excluded_for(self, queue_id: int) -> frozenset[int | str]:
         """The codes of the failed jobs behind the queue's last exclusion by the robot."""
         return self._excluded_for.get(queue_id, (None, frozenset()))[1]
@@ -540,11 +544,13 @@ class QueueFacts:
         self.results = ResultCache(policy, lag)
         self.moves = RobotMoves(policy.settings.actor, lag)
         self.users = UserHours(policy.window, lag)
-        self._views: dict[int, tuple[tuple, QueueView]] = {}
+        # Each queue's view, with the facts it was made of (QueueFacts._view): most, and those that change most often.
+        self._views: dict[int, tuple[tuple, tuple, QueueView]] = {}
         # The facts of the last load, to tell which queues' changed.
         self._raw_rows: list[tuple] = []  # QUEUE_ROWS as the driver gave them
         self._rows: dict[int, tuple[tuple, tuple]] = {}  # queue id -> its row as the driver gave it, converted
         self._ids: dict[str, int] = {}
+        self._cadence: dict[str, tuple[int, int]] = {}
         self._manual: dict[int, str] = {}
         self._silenced: set[tuple[str, str]] | None = None
         self._waiting: dict[int, list[datetime]] = {}
@@ -557,7 +563,9 @@ class QueueFacts:
         connection = session.connection()
         results = self.results.read(session, now)
         users = self.users.read(session, now) if policy.hears_users else {}
-        changed = self.results.changed | self.moves.changed  # queue ids
+        # The queues whose facts changed since the last load (ids): any, or only those a view's results,
+        # last start and users' hours come from (`moved`).
+        changed, moved = set(self.moves.changed), set(self.results.changed)
         self.results.changed, self.moves.changed = set(), set()
         raw_rows, convert = QUEUE_ROWS.rows(connection)
         if raw_rows != self._raw_rows:
@@ -577,8 +585,9 @@ class QueueFacts:
                 self._views = {qid: kept for qid, kept in self._views.items() if qid in self._rows}  # a retired queue's go
             self._raw_rows = raw_rows
             self._ids = {row[1]: qid for qid, (_, row) in self._rows.items()}
+            self._cadence = {row[1]: (row[8], row[9]) for _, row in self._rows.values()}
         ids = self._ids
-        heard = {ids[name] for name in self.users.changed if name in ids}  # queues whose users' hours changed
+        moved.update(ids[name] for name in self.users.changed if name in ids)
         self.users.changed = set()
         manual = dict(MANUAL.converted(connection, {"now": now}))
         changed.update(_differ(manual, self._manual))
@@ -595,27 +604,30 @@ class QueueFacts:
             waiting = {qid: times for qid, times in waiting.items() if min(times) <= stall_from}
         changed.update(_differ(waiting, self._waiting))
         last_start: dict[int, datetime] = dict(LAST_START.converted(connection))
-        changed.update(_differ(last_start, self._last_start))
+        moved.update(_differ(last_start, self._last_start))
         self._manual, self._waiting, self._last_start = manual, waiting, last_start
         # Outages before the window too: a job that waited or ran in one may end inside the window.
         downtimes = windows_by_site(session, now - policy.window - OUTAGE_REACH, now)
         excusing, self._excusing = self._excusing | downtimes.keys(), set(downtimes)
         flap_since = now - policy.flap_window
-        found = Views({}, {}, {}, {})
-        for qid, (_, (_, name, status, state, since, exempt, site, cloud, extra, gap)) in self._rows.items():
-            when, count, included = self.moves.of(qid, flap_since)
+        found = Views({}, dict(self._ids), dict.fromkeys(self._ids, 0), dict(self._cadence))
+        for qid in self.moves.queues():
+            row = self._rows.get(qid)
+            if row is not None:
+                count = self.moves.of(qid, flap_since)[1]
+                found.flaps[row[1][1]] = max(0, count - 1) if row[1][3] == "excluded" else count
+        views = found.views
+        for qid, (_, (_, name, status, state, since, exempt, site, cloud, _, _)) in self._rows.items():
             kept = self._views.get(qid)
             if kept is None or everything or qid in changed or site in excusing:
-                view = self._view(qid, name, status, state, since, exempt, site, cloud, when, included, now,
-                                  results, users, downtimes.get(site, []), manual, waiting, last_start, silenced)
-            elif qid in heard:  # most often the users' hour going on, read again
-                view = self._with_hours(qid, kept, users.get(name, ()))
+                when, _, included = self.moves.of(qid, flap_since)
+                views[name] = self._view(qid, name, status, state, since, exempt, site, cloud, when, included, now,
+                                         results, users, downtimes.get(site, []), manual, waiting, last_start, silenced)
+            elif qid in moved:  # most often new results, or the users' hour going on read again
+                views[name] = self._moved(qid, kept, (results.get(qid, ()), self._started(qid, last_start),
+                                                      users.get(name, ())))
             else:
-                view = kept[1]
-            found.views[name] = view
-            found.ids[name] = qid
-            found.flaps[name] = max(0, count - 1) if state == "excluded" else count
-            found.cadence[name] = (extra, gap)
+                views[name] = kept[2]
         return found
 
     def _view(self, qid: int, name: str, status: str, state: str, since: datetime | None, exempt: bool, site: str,
@@ -625,10 +637,7 @@ class QueueFacts:
               last_start: dict[int, datetime], silenced: set[tuple[str, str]]) -> QueueView:
         """The queue's view from its facts: the one kept if they are all as they were."""
         ordered = results.get(qid, ())
-        newest = self.results.newest_start(qid)
-        started = last_start.get(qid)
-        if newest and (started is None or newest > started):
-            started = newest
+        started = self._started(qid, last_start)
         active = ended = None
         if excused:
             ordered = tuple(outside_downtimes(list(ordered), excused))
@@ -639,13 +648,14 @@ class QueueFacts:
         hours = users.get(name, ())
         excluded_for = self.moves.excluded_for(qid) if state == "excluded" else frozenset()
         waits = waiting.get(qid, ())
-        key = (status, state, since, exempt, site, cloud, when, included, excluded_for, manual.get(qid), ordered,
-               tuple(waits) if waits else (), started, tuple(excused) if excused else (), active, ended, hours,
+        key = (status, state, since, exempt, site, cloud, when, included, excluded_for, manual.get(qid),
+               tuple(waits) if waits else (), tuple(excused) if excused else (), active, ended,
                bool(silenced) and (("queue", name) in silenced or ("site", site) in silenced
                                    or ("cloud", cloud) in silenced))
+        moving = (ordered, started, hours)  # what changes most often (`_moved`)
         kept = self._views.get(qid)
-        if kept is not None and kept[0] == key:
-            return kept[1]
+        if kept is not None and kept[0] == key and kept[1] == moving:
+            return kept[2]
         view = QueueView(
             name=name, site=site, cloud=cloud, status=status, robot_state=state,
             excluded_by_robot=state == "excluded", manual=manual.get(qid), silenced=key[-1],
@@ -654,21 +664,24 @@ class QueueFacts:
             results=ordered, waiting_since=waits_after(waits, excused),
             last_start=started, downtime=describe(active) if active else None, downtime_ended=ended,
             user_jobs=hours if not excused else tuple(users_outside_downtimes(hours, excused)))
-        self._views[qid] = (key, view)
+        self._views[qid] = (key, moving, view)
         return view
 
-    def _with_hours(self, qid: int, kept: tuple[tuple, QueueView], hours: tuple[StoredHour, ...]) -> QueueView:
-        """The view `_view` makes of a queue whose users' hours alone changed (its site in no announced
-        outage, so they all count): the kept one with them."""
-        key, view = kept
-        if hours == key[_HOURS]:
+    def _started(self, qid: int, last_start: dict[int, datetime]) -> datetime | None:
+        """When a job last started at the queue: one in flight, or one of its results."""
+        newest, started = self.results.newest_start(qid), last_start.get(qid)
+        return newest if newest and (started is None or newest > started) else started
+
+    def _moved(self, qid: int, kept: tuple[tuple, tuple, QueueView], moving: tuple) -> QueueView:
+        """The view `_view` makes of a queue whose results, last start or users' hours (`moving`) alone
+        changed, its site in no announced outage (so they all count as they are): the kept one with them."""
+        key, was, view = kept
+        if moving == was:
             return view
-        view = QueueView(**{**vars(view), "user_jobs": hours})
-        self._views[qid] = (key[:_HOURS] + (hours,) + key[_HOURS + 1:], view)
+        ordered, started, hours = moving
+        view = QueueView(**{**vars(view), "results": ordered, "last_start": started, "user_jobs": hours})
+        self._views[qid] = (key, moving, view)
         return view
-
-
-_HOURS = 16  # where a view's key (QueueFacts._view) holds the users' hours
 
 
 def _differ(new: dict, old: dict) -> set:
