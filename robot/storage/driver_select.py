@@ -4,8 +4,8 @@ The exclusion engine issues the same few selects at every step, and most of thei
 were at the last one. SQLAlchemy's handling of a select (its execution context, a `Row` per row, each
 value converted by its column's type) costs more than SQLite's own work on these small tables; the
 driver's rows are plain tuples of stored values that compare cheaply with the last step's, so that only
-a row that changed needs converting (`DriverSelect.convert`, with the column types' own result
-conversion: the same values SQLAlchemy would give).
+a row that changed needs converting (by the function `DriverSelect.rows` returns with them, or at once
+by `DriverSelect.converted`: each column type's own result conversion, the values SQLAlchemy would give).
 
 Elsewhere (PostgreSQL) the select is run by SQLAlchemy, whose rows are already converted."""
 from __future__ import annotations
