@@ -69,25 +69,36 @@ class Policy:
         return userjobs.Tally(self.settings.user_jobs)
 
     def quiet(self, view: QueueView, kept: dict[str, tuple[tuple[Result, ...], Decision | None]]) -> Decision | None:
-        """The decision `decide` takes when the view alone makes it "healthy", whatever the time, the
-        queue's recent exclusions, the grid and the other queues' users' jobs say (None: not so, or
-        HammerCloud): the queue is online, no job of its waits, its test jobs' failures cannot add up
-        to a case at this step or a later one (sequential.settles) and, when users' jobs are heard, no
-        hour of them can point at its site (userjobs.inconclusive). Most queues at most steps.
+        """The decision `decide` takes when the view alone makes it "nothing to do", whatever the time,
+        the queue's recent exclusions, the grid and the other queues' users' jobs say (None: not so).
+        Ours: the queue is online, no job of its waits, its test jobs' failures cannot add up to a case
+        at this step or a later one (sequential.settles) and, when users' jobs are heard, no hour of
+        them can point at its site (userjobs.inconclusive). HammerCloud's: the queue is not excluded
+        and none of its jobs failed (every rule needs a failure). Most queues at most steps.
         `kept`: per queue, the results last weighed and the answer for them, kept by the caller from
         step to step: results that are the same tuple are not weighed again (a pure function of them)."""
-        if self._hammercloud or view.robot_state != "online" or view.waiting_since:
+        if self._hammercloud:
+            if view.robot_state == "excluded":
+                return None
+        elif view.robot_state != "online" or view.waiting_since:
             return None
         known = kept.get(view.name)
         if known is None or known[0] is not view.results:
-            results = view.results
-            healthy = not any(r.failed for r in results) or sequential.settles(results, self._weights)
-            known = kept[view.name] = (results, Decision(view.name, Action.KEEP, sequential.HEALTHY, policy=sequential.NAME)
-                                       if healthy else None)
+            known = kept[view.name] = (view.results, self._quiet(view))
         if known[1] is None or (self.hears_users and not userjobs.inconclusive(view, self.settings.user_jobs,
                                                                               self._weights.exclude_at)):
             return None
         return known[1]
+
+    def _quiet(self, view: QueueView) -> Decision | None:
+        """The decision on the queue's results alone, if they make it (see `quiet`)."""
+        results = view.results
+        if self._hammercloud:
+            return None if any(r.failed for r in results) else Decision(view.name, Action.KEEP, hammercloud.QUIET,
+                                                                         policy=hammercloud.NAME)
+        if any(r.failed for r in results) and not sequential.settles(results, self._weights):
+            return None
+        return Decision(view.name, Action.KEEP, sequential.HEALTHY, policy=sequential.NAME)
 
     @functools.cached_property
     def _hammercloud(self) -> bool:

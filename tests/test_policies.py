@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from blacklist import hammercloud, safety, sequential
 from blacklist.differential import Spread
 from blacklist.model import Action, Decision, QueueView, Result, by_template, evidence_of, failed_codes
-from blacklist.settings import HammerCloudSettings, SafetySettings, SequentialSettings
+from blacklist.policies import Policy
+from blacklist.settings import BlacklistSettings, HammerCloudSettings, SafetySettings, SequentialSettings
 from robot.durations import format_duration
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -196,6 +197,25 @@ def test_hammercloud_a_queue_no_rule_can_fire_at_is_decided_as_by_every_rule(dra
     with patch.object(hammercloud, "newest_failed", return_value=True):
         full = hammercloud.decide(v, templates, HC, NOW)
     assert hammercloud.decide(v, templates, HC, NOW) == full
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 240), st.sampled_from([True, False, False]), st.sampled_from(["T1", "T2", "OTHER"])),
+                max_size=10),
+       st.sampled_from(["online", "excluded"]), st.one_of(st.none(), st.integers(0, 600)), st.integers(0, 300))
+def test_hammercloud_a_queue_quiet_on_its_results_alone_is_decided_as_by_every_rule(drawn, state, excluded_ago, later):
+    # Policy.quiet (the engine's, its answer kept while the results are the same tuple) keeps a queue
+    # none of whose jobs failed as the rules do, at this step or a later one
+    rs = [Result(next(_ids), template, NOW - minutes * MIN, failed, *(("site", "ERR", 1099) if failed else ()))
+          for minutes, failed, template in drawn]
+    v = view("ANALY_A", rs, robot_state=state, last_robot_exclusion=None if excluded_ago is None else NOW - excluded_ago * MIN)
+    policy = Policy(BlacklistSettings(policy="hammercloud"), ("T1", "T2"))
+    kept: dict = {}
+    quiet = policy.quiet(v, kept)
+    assert policy.quiet(replace(v, waiting_since=(NOW,)), kept) == quiet  # the kept answer, for a new view
+    if quiet is not None:
+        assert quiet == policy.decide(v, NOW + later * MIN, 0) and quiet.reason == hammercloud.QUIET
+    assert (quiet is None) == (state == "excluded" or any(r.failed for r in rs))
 
 
 @pytest.mark.parametrize("ago,action", [(5 * HOUR, Action.KEEP), (7 * HOUR, Action.EXCLUDE)])
