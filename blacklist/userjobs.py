@@ -81,6 +81,9 @@ class Tally:
         self.ended: Counter[str] = Counter()  # queue -> users' jobs ended
         self.all_ended = 0
         self.site_entries: Counter[int] = Counter()  # code -> hours in which the error table called it the site's
+        # queue -> failures with a code the table called the site's in any hour (site_entries not 0), and of all queues
+        self.site_failed: Counter[str] = Counter()
+        self.all_site_failed = 0
         self.excess: dict[tuple[int, datetime], Counter[str]] = defaultdict(Counter)  # (code, hour) -> site -> hours
         self._counted: dict[str, tuple[str, tuple[StoredHour, ...]]] = {}  # queue -> its site and the hours counted
 
@@ -159,10 +162,20 @@ class Tally:
         self.all_ended += ended
         for code, jobs, by_site, in_excess in self._parts(hour):
             jobs *= sign
-            self.failures[code][queue] += jobs
+            per_queue = self.failures[code]
+            per_queue[queue] += jobs
             self.code_failed[code] += jobs
+            was_site = self.site_entries[code] != 0
             if by_site:
                 self.site_entries[code] += sign
+            if was_site:
+                self.site_failed[queue] += jobs
+                self.all_site_failed += jobs
+            if was_site != (self.site_entries[code] != 0):  # the code became the site's, or no longer is
+                turn = 1 if was_site else -1  # its failures at every queue out of the site-class sums, or in
+                for other, failed in per_queue.items():
+                    self.site_failed[other] -= turn * failed
+                    self.all_site_failed -= turn * failed
             if in_excess:
                 key = (code, hour.hour)
                 sites = self.excess[key]
@@ -219,7 +232,7 @@ class Baseline:
         if rate is None:  # a queue asks once per hour of its own
             counts = self._counts
             jobs = counts.all_ended - counts.ended[queue]
-            failed = self._site_failed[""] - self._site_failed[queue]
+            failed = counts.all_site_failed - counts.site_failed[queue]
             rate = self._rates[queue] = max(failed / jobs if jobs > 0 else 0.0, self.settings.floor)
         return rate
 
@@ -227,17 +240,6 @@ class Baseline:
     def _rates(self) -> dict[tuple[int, str] | str, float]:
         """The rates answered so far (by code and queue; by queue for the site-class rate)."""
         return {}
-
-    @functools.cached_property
-    def _site_failed(self) -> Counter[str]:
-        """Site-class failures per queue, and of all queues under ""."""
-        counts = self._counts
-        found: Counter[str] = Counter()
-        for code, entries in counts.site_entries.items():
-            if entries:
-                found.update(counts.failures[code])
-        found[""] = sum(found.values())
-        return found
 
     def shared(self, code: int, hour: datetime, site: str) -> bool:
         sites = self._counts.excess.get((code, hour), {})

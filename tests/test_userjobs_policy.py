@@ -1,6 +1,7 @@
 """Users' own jobs as evidence for the default policy (blacklist/userjobs.py), as pure functions."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -342,15 +343,23 @@ def test_the_users_sums_kept_between_steps_answer_as_counting_afresh(data):
             if data.draw(st.booleans()):
                 kept = tuple(h for h in kept if data.draw(st.booleans()))
                 failing = data.draw(st.dictionaries(st.sampled_from(sorted(CODES)), st.integers(1, 10), max_size=3))
-                kept += (hour(name, NOW.replace(minute=0) - data.draw(st.integers(0, 3)) * HOUR,
-                              sum(failing.values()) + data.draw(st.integers(1, 20)),
-                              **{f"c{c}": n for c, n in failing.items()}),)
+                new = hour(name, NOW.replace(minute=0) - data.draw(st.integers(0, 3)) * HOUR,
+                           sum(failing.values()) + data.draw(st.integers(1, 20)), **{f"c{c}": n for c, n in failing.items()})
+                if data.draw(st.booleans()):  # another source calls the crash the site's: 1203 is then site-class
+                    new = replace(new, codes=tuple({**e, "class": "site"} if e["code"] == 1203 else e for e in new.codes))
+                kept += (new,)
             site = f"SITE-{data.draw(st.integers(0, 2))}"
             views[name] = QueueView(name=name, site=site, cloud="DE", status="online", user_jobs=kept)
             if data.draw(st.integers(0, 9)) == 0:
                 del views[name]  # retired
         kept_up, afresh = ON.users(views.values(), tally), ON.users(views.values())
         assert kept_up._counts.excess == afresh._counts.excess  # where each code was in excess, and how often
+        for counts in (kept_up._counts, afresh._counts):  # the site-class failures kept as codes turn the site's or not
+            site_failed = Counter()
+            for code, entries in counts.site_entries.items():
+                if entries:
+                    site_failed.update(counts.failures[code])
+            assert counts.site_failed == site_failed and counts.all_site_failed == sum(site_failed.values())
         for code in CODES:
             for view in views.values():
                 assert kept_up.rate(code, view.name) == afresh.rate(code, view.name)
