@@ -13,7 +13,8 @@ the same write the same file, which `cmp` checks.
 
 `--parts` prints where each run's CPU went, in ms per step: the step's parts (the users' jobs' watch, the
 exclusion engine, the submission, the polling, the commits), each with the time of the parts it calls, and
-some of those indented below it (the simulated grid's own share of each among them).
+some of those indented below it: the simulated grid's own share of each, and the engine's decisions in two, those
+a queue's view alone settles (`Policy.quiet`) and those weighed against the grid and the users' jobs (`Policy.decide`).
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ PARTS = [
     (engine.ExclusionEngine, "__call__", "exclusion engine"),
     (engine.QueueFacts, "load", "  facts (views)"),
     (engine.UserHours, "read", "    users' hours read"),
-    (policies.Policy, "decide", "  decisions"),
+    (policies.Policy, "quiet", "  decisions, view alone"),
+    (policies.Policy, "decide", "  decisions, weighed"),
     (loop.Robot, "_submit", "submission"),
     (loop.Robot, "_slot_states", "  slot states"),
     (SimulatedGrid, "submit", "  grid: submit"),
