@@ -109,7 +109,7 @@ class Tally:
         """Count the queues' hours as `views` hold them now: a queue's hours that are not the ones
         counted (the same objects) are counted again (the sums do not depend on the order)."""
         seen = set()
-        counted, count, ended_at = self._counted, self._count, self.ended
+        counted, count = self._counted, self._count
         for view in views:
             name, site, hours = view.name, view.site, view.user_jobs
             seen.add(name)
@@ -127,13 +127,7 @@ class Tally:
                 for was in old[:skip]:
                     count(name, site, was, -1)
                 for was, now in zip(old[skip:], hours):
-                    if was is now:
-                        continue
-                    if was.hour == now.hour and not _heard_codes(now) and (was.codes is now.codes or not _heard_codes(was)):
-                        ended = now.ended - was.ended  # nothing heard in it, before or now: the jobs ended alone
-                        ended_at[name] += ended
-                        self.all_ended += ended
-                    else:
+                    if was is not now:
                         self._swap(name, site, was, now)
                 for was in old[skip + len(hours):]:
                     count(name, site, was, -1)
@@ -147,19 +141,19 @@ class Tally:
 
     def _swap(self, queue: str, site: str, was: StoredHour, now: StoredHour) -> None:
         """Count `now` instead of `was`: most often the same hour read again with more jobs ended and the
-        same failures heard, which changes the jobs ended alone."""
+        same failures heard (most often none), which changes the jobs ended alone."""
         if was.hour == now.hour and self._parts(was) == self._parts(now):
-            ended = now.ended - was.ended
-            self.ended[queue] += ended
-            self.all_ended += ended
+            self._add_ended(queue, now.ended - was.ended)
         else:
             self._count(queue, site, was, -1)
             self._count(queue, site, now, 1)
 
-    def _count(self, queue: str, site: str, hour: StoredHour, sign: int) -> None:
-        ended = sign * hour.ended
+    def _add_ended(self, queue: str, ended: int) -> None:
         self.ended[queue] += ended
         self.all_ended += ended
+
+    def _count(self, queue: str, site: str, hour: StoredHour, sign: int) -> None:
+        self._add_ended(queue, sign * hour.ended)
         for code, jobs, by_site, in_excess in self._parts(hour):
             jobs *= sign
             per_queue = self.failures[code]
