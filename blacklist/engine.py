@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from heapq import heappop, heappush
 from typing import Iterable, Sequence
 
 from sqlalchemy import Row, bindparam, func, select, update
@@ -78,6 +79,7 @@ class ExclusionEngine:
         self.tally = policy.tally()  # the users' jobs' sums, kept as the views are
         self.spread: dict = {}  # each queue's part of the grid's Spread, kept as its results are
         self.quiet: dict = {}  # whether each queue's results alone make it healthy (Policy.quiet), kept as they are
+        self.cadences: dict[str, tuple[QueueView, tuple[int, int]]] = {}  # each queue's view and cadence, where lasting
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         self.facts.moves.read(session, now)
@@ -229,16 +231,26 @@ class ExclusionEngine:
 
     def _set_cadence(self, session: Session, views: dict[str, QueueView], ids: dict[str, int],
                      current: dict[str, tuple[int, int]], now: datetime) -> None:
+        """Store the cadence the policy asks for each queue where it is not the one stored. A queue's
+        cadence that does not depend on the time (Policy.lasting) is kept while its view is the same object."""
         changed = []
-        cadence = self.policy.cadence
+        policy, kept = self.policy, self.cadences
         for name, view in views.items():
-            wanted = cadence(view, now).applied
-            if view.downtime_ended is not None:  # back from an announced outage: tested at once
-                wanted = (max(wanted[0], 1), 0)
+            known = kept.get(name)
+            if known is not None and known[0] is view:
+                wanted = known[1]
+            else:
+                wanted = policy.cadence(view, now).applied
+                if view.downtime_ended is not None:  # back from an announced outage: tested at once
+                    wanted = (max(wanted[0], 1), 0)
+                if policy.lasting(view):
+                    kept[name] = (view, wanted)
+                elif known is not None:
+                    del kept[name]
             if current.get(name) != wanted:
-                changed.append({"id": ids[name], "extra_jobs": wanted[0], "job_gap_seconds": wanted[1]})
+                changed.append({"queue_id": ids[name], "extra_jobs": wanted[0], "job_gap_seconds": wanted[1]})
         if changed:
-            session.execute(update(Queue), changed)
+            session.connection().execute(SET_CADENCE, changed)
 
 
 def outside_downtimes(results: list[Result], downtimes: list[Downtime]) -> list[Result]:
@@ -268,6 +280,8 @@ def _set_state(session: Session, queue_id: int, state: str, now: datetime) -> No
     session.execute(SET_STATE, {"queue_id": queue_id, "state": state, "since": now})
 
 
+SET_CADENCE = (QUEUE.update().where(QUEUE.c.id == bindparam("queue_id"))
+               .values(extra_jobs=bindparam("extra_jobs"), job_gap_seconds=bindparam("job_gap_seconds")))
 SET_STATE = (QUEUE.update().where(QUEUE.c.id == bindparam("queue_id"))
              .values(robot_state=bindparam("state"), robot_state_since=bindparam("since")))
 
@@ -287,6 +301,9 @@ class ResultCache:
         self._ordered: dict[int, tuple[Result, ...]] = {}
         self._ordered_ids: dict[int, tuple[int, ...]] = {}  # the job ids of each ordering, in its order
         self._newest_start: dict[int, datetime | None] = {}
+        # (the end of the oldest result of a queue's ordering, queue id) for each ordering made: a heap, so
+        # that a step looks only at the queues whose oldest result left the window (and drops the stale)
+        self._oldest: list[tuple[datetime, int]] = []
         self._seen_until: datetime | None = None
         columns = (JOB.c.id, JOB.c.queue_id, JOB.c.panda_id, TEMPLATE.c.name, JOB.c.end_time, JOB.c.outcome,
                    JOB.c.error_class, JOB.c.error_name, JOB.c.error_code, JOB.c.start_time, JOB.c.creation_time)
@@ -327,21 +344,27 @@ class ResultCache:
         # Results that left the window go at once, so that every step sees exactly the window a
         # restarted robot reads (the oldest of each queue's last ordering says where any are).
         kept: dict[int, int] = {}  # queue id -> how many of its last ordering stay
-        for qid, ordered in self._ordered.items():
-            if ordered and ordered[-1].end_time < start:
-                results = self._by_queue[qid]
-                if qid in replaced:  # its last ordering is not what it holds now
-                    gone = [j for j, r in results.items() if r.end_time < start]
-                else:  # the oldest of its last ordering, all of them (what it read since is in the window)
-                    stays = len(ordered) - 1
-                    while stays and ordered[stays - 1].end_time < start:
-                        stays -= 1
-                    kept[qid] = stays
-                    gone = self._ordered_ids[qid][stays:]
-                for job_id in gone:
-                    del results[job_id]
-                    stored.pop(job_id, None)
-                changed.add(qid)
+        oldest, due = self._oldest, set()
+        while oldest and oldest[0][0] < start:
+            end, qid = heappop(oldest)
+            ordered = self._ordered[qid]
+            if ordered and ordered[-1].end_time == end:  # else its ordering changed since: another entry holds its oldest
+                due.add(qid)
+        for qid in due:
+            ordered = self._ordered[qid]
+            results = self._by_queue[qid]
+            if qid in replaced:  # its last ordering is not what it holds now
+                gone = [j for j, r in results.items() if r.end_time < start]
+            else:  # the oldest of its last ordering, all of them (what it read since is in the window)
+                stays = len(ordered) - 1
+                while stays and ordered[stays - 1].end_time < start:
+                    stays -= 1
+                kept[qid] = stays
+                gone = self._ordered_ids[qid][stays:]
+            for job_id in gone:
+                del results[job_id]
+                stored.pop(job_id, None)
+            changed.add(qid)
         for qid in changed:
             self._order(qid, kept.get(qid), added.get(qid, ()), qid in replaced)
         self.changed |= changed
@@ -356,6 +379,8 @@ class ResultCache:
             pairs = sorted(results.items(), key=_pair_end, reverse=True)
             self._ordered[qid], self._ordered_ids[qid] = tuple(r for _, r in pairs), tuple(j for j, _ in pairs)
             self._newest_start[qid] = max((r.start_time for r in results.values() if r.start_time), default=None)
+            if pairs:
+                heappush(self._oldest, (pairs[-1][1].end_time, qid))
             return
         ordered, ids, newest = list(self._ordered[qid]), list(self._ordered_ids[qid]), self._newest_start.get(qid)
         if stays is not None:
@@ -373,6 +398,8 @@ class ResultCache:
         if newest is _AGAIN:
             newest = max((r.start_time for r in results.values() if r.start_time), default=None)
         self._ordered[qid], self._ordered_ids[qid], self._newest_start[qid] = tuple(ordered), tuple(ids), newest
+        if ordered:
+            heappush(self._oldest, (ordered[-1].end_time, qid))
 
     def newest_start(self, queue_id: int) -> datetime | None:
         """When the latest of the queue's results started."""
@@ -679,9 +706,22 @@ class QueueFacts:
         if moving == was:
             return view
         ordered, started, hours = moving
-        view = QueueView(**{**vars(view), "results": ordered, "last_start": started, "user_jobs": hours})
+        view = _view_of({**vars(view), "results": ordered, "last_start": started, "user_jobs": hours})
         self._views[qid] = (key, moving, view)
         return view
+
+
+def _view_of(fields: dict) -> QueueView:
+    """The view `QueueView(**fields)` makes, for `fields` that are all of a view's (`vars` of another with
+    some changed), without running the constructor (a fifth of its cost, for the ~200 views a step
+    makes): QueueView is a plain frozen dataclass, with no __post_init__ nor slots (tests/test_engine_facts.py
+    holds the two equal)."""
+    view = _NEW(QueueView)
+    _SET(view, "__dict__", fields)
+    return view
+
+
+_NEW, _SET = object.__new__, object.__setattr__
 
 
 def _differ(new: dict, old: dict) -> set:

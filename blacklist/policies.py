@@ -147,6 +147,12 @@ class Policy:
             return self._watched
         return cadence
 
+    def lasting(self, view: QueueView) -> bool:
+        """Whether `cadence(view, now)` is the same at every `now` (the caller may keep it while the view
+        is the same): HammerCloud's always; ours for a queue in doubt or excluded (an online one's
+        depends on how long ago it was put back, and on its users' jobs of the last 60 minutes)."""
+        return self._hammercloud or view.robot_state in ("pending", "excluded")
+
     # Made once per policy (settings are frozen): asked of every queue at every step.
     @functools.cached_property
     def _watching(self) -> bool:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 
-from blacklist.engine import ResultCache
-from blacklist.model import END_TIME
+from blacklist.engine import ResultCache, _view_of
+from blacklist.model import END_TIME, QueueView, Result
 from blacklist.policies import Policy
 from blacklist.simulate import BUILTIN
 from robot.storage.database import make_engine, make_sessionmaker, upgrade
@@ -64,3 +64,16 @@ def test_the_result_cache_orders_each_queues_results_as_a_sort_of_what_it_holds(
                 assert cache.newest_start(queue.id) == max((r.start_time for r in held if r.start_time), default=None)
             now += STEP
         assert len(jobs) > 100
+
+
+def test_a_view_copied_without_its_constructor_is_the_one_the_constructor_makes():
+    """The views' fast path (QueueFacts._moved) copies a view's fields without QueueView's constructor:
+    the copy must be the same value, hash and fields (it stops working, here first, if QueueView gains
+    slots, a __post_init__ or a field set outside __init__)."""
+    view = QueueView(name="ANALY_0", site="SITE-A", cloud="DE", status="online", robot_state="pending",
+                     excluded_for=frozenset({1099}), state_since=T0)
+    result = Result(1, "t", T0, True, "site", "ERR", 1099, T0 - STEP, T0 - 2 * STEP)
+    fields = {**vars(view), "results": (result,), "last_start": T0, "user_jobs": ()}
+    made, copied = QueueView(**fields), _view_of(fields)
+    assert type(copied) is QueueView and copied == made and hash(copied) == hash(made) and vars(copied) == vars(made)
+    assert copied.results == (result,) and view.results == ()  # the original is left as it was

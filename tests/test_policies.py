@@ -780,6 +780,21 @@ def test_hammercloud_cadence_is_fixed_whatever_the_queue():
     assert hc.grid([view("ANALY_A")]) is None
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["default", "hammercloud"]), st.sampled_from(["online", "pending", "excluded"]),
+       st.sampled_from(["CCCC", "FFC", "CCF", "CF", ""]), st.one_of(st.none(), st.integers(0, 3000)),
+       st.one_of(st.none(), st.integers(0, 3000)), st.lists(st.integers(-600, 3000), min_size=1, max_size=4))
+def test_a_lasting_cadence_is_the_same_at_every_time(name, state, pattern, since, included, later):
+    # the engine keeps a queue's cadence while its view is the same object where Policy.lasting says
+    # the time does not change it: it must not, at any later or earlier step
+    policy = Policy(BlacklistSettings(policy=name), ("T1",))
+    v = view("ANALY_A", results("T1", pattern), robot_state=state, state_since=None if since is None else NOW - since * MIN,
+             last_robot_inclusion=None if included is None else NOW - included * MIN)
+    if policy.lasting(v):
+        assert {policy.cadence(v, NOW + minutes * MIN) for minutes in later} == {policy.cadence(v, NOW)}
+    assert policy.lasting(v) == (name == "hammercloud" or state != "online")
+
+
 # ================================================================================================
 # 3. Safety rules
 # ================================================================================================
