@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from heapq import heappop, heappush
 from typing import Iterable, Sequence
 
-from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from blacklist.model import END_TIME, Action, Decision, QueueView, Result, failed_codes
@@ -60,11 +60,13 @@ class EvaluationSummary:
 
 def effective_mode(session: Session, configured: str) -> str:
     """The exclusion mode: an operator's runtime switch, else the configuration."""
-    stored = session.execute(STORED_MODE).scalar()
+    session.flush()  # the session's changes, as the ORM's select would see them (the engine asks at every step)
+    rows = STORED_MODE.rows(session.connection())[0]
+    stored = rows[0][0] if rows else None
     return configured if stored is None else stored
 
 
-STORED_MODE = select(Setting.__table__.c.value).where(Setting.__table__.c.name == MODE_SETTING)
+STORED_MODE = DriverSelect(select(Setting.__table__.c.value).where(Setting.__table__.c.name == MODE_SETTING))
 
 
 class ExclusionEngine:
@@ -80,10 +82,14 @@ class ExclusionEngine:
         self.spread: dict = {}  # each queue's part of the grid's Spread, kept as its results are
         self.quiet: dict = {}  # whether each queue's results alone make it healthy (Policy.quiet), kept as they are
         self.cadences: dict[str, tuple[QueueView, tuple[int, int]]] = {}  # each queue's view and cadence, where lasting
+        # each queue's view and the decision it alone made (hands_off, Policy.quiet: pure functions of the view),
+        # kept while the view is the same object
+        self.settled: dict[str, tuple[QueueView, Decision]] = {}
 
     def __call__(self, session: Session, now: datetime) -> EvaluationSummary:
         self.facts.moves.read(session, now)
-        open_overrides = session.execute(OPEN_OVERRIDES).all()
+        session.flush()  # what the session holds, as the ORM's reads would see it (the reads below are the driver's)
+        open_overrides = OPEN_OVERRIDES.rows(session.connection())[0]
         self._notice_outside_changes(session, now, open_overrides)
         if open_overrides:  # one the step just recorded (an outside change) is applied already
             self._apply_overrides(session, now)
@@ -96,11 +102,21 @@ class ExclusionEngine:
         grid = self.policy.grid(views.values(), self.spread)  # every queue's results, for the differential evidence
         users = self.policy.users(views.values(), self.tally)  # every queue's users' jobs, when the policy hears them
         decisions = []
-        policy, quiet = self.policy, self.quiet
-        for view in views.values():
+        policy, quiet, settled = self.policy, self.quiet, self.settled
+        for name, view in views.items():
+            known = settled.get(name)
+            if known is not None and known[0] is view:  # its view alone decided it at the last step
+                decisions.append(known[1])
+                continue
             why = hands_off(view)
-            decisions.append(Decision(view.name, Action.KEEP, why, policy=policy.name) if why
-                             else policy.quiet(view, quiet) or policy.decide(view, now, flaps.get(view.name, 0), grid, users))
+            decision = Decision(name, Action.KEEP, why, policy=policy.name) if why else policy.quiet(view, quiet)
+            if decision is not None:
+                settled[name] = (view, decision)
+            else:
+                decision = policy.decide(view, now, flaps.get(name, 0), grid, users)
+                if known is not None:
+                    del settled[name]
+            decisions.append(decision)
         decisions, incidents = guard(decisions, views, self.settings.safety, now)
         incidents += self.policy.incidents(grid, now)
         summary.decisions, summary.incidents = decisions, incidents
@@ -188,13 +204,13 @@ class ExclusionEngine:
                         continue
                 override.ended_at = now
 
-    def _notice_outside_changes(self, session: Session, now: datetime, open_overrides: Sequence[Row]) -> None:
+    def _notice_outside_changes(self, session: Session, now: datetime, open_overrides: Sequence[tuple]) -> None:
         """A queue the robot excluded whose status someone else changed (a person set it `test` at CRIC)
         becomes that person's override: recorded, and the robot leaves the queue alone (it neither lifts
         nor repeats its exclusion) until the override is cleared or the status changes again outside.
-        `open_overrides`: the overrides not ended (OPEN_OVERRIDES), as the step began."""
-        excluded = dict(session.execute(EXCLUDED).all())
-        ruled = {row.queue_id for row in open_overrides}
+        `open_overrides`: the overrides not ended (OPEN_OVERRIDES: queue id, actor, cleared or None), as the step began."""
+        excluded = dict(EXCLUDED.rows(session.connection())[0])
+        ruled = {queue_id for queue_id, _, _ in open_overrides}
         asked = [queue_id for queue_id in excluded if queue_id not in ruled]
         for queue_id in asked:
             observed = excluded[queue_id]
@@ -212,7 +228,7 @@ class ExclusionEngine:
             log.warning("%s", reason)
         # An outside decision ends when the status changes again outside (e.g. back online by the person).
         # One recorded just now holds the status seen now: only those open before the step can end.
-        if not any(row.actor == OUTSIDE and row.cleared_at is None for row in open_overrides):
+        if not any(actor == OUTSIDE and cleared is None for _, actor, cleared in open_overrides):
             return
         for override, observed in session.execute(
             select(Override, Queue.status).join(Queue, Queue.id == Override.queue_id)
@@ -519,10 +535,13 @@ class UserHours:
         return self._ordered
 
 
-EXCLUDED = select(QUEUE.c.id, QUEUE.c.status).where(QUEUE.c.robot_state == "excluded", QUEUE.c.retired_at.is_(None))
+# What the engine and QueueFacts read at every step, through the driver (robot.storage.driver_select), their
+# rows as the driver gives them where the values are text, numbers, or only asked whether they are NULL.
+EXCLUDED = DriverSelect(select(QUEUE.c.id, QUEUE.c.status).where(QUEUE.c.robot_state == "excluded",
+                                                                 QUEUE.c.retired_at.is_(None)))
 OVERRIDE, SILENCE, EVENT = Override.__table__, Silence.__table__, Event.__table__
-OPEN_OVERRIDES = select(OVERRIDE.c.queue_id, OVERRIDE.c.actor, OVERRIDE.c.cleared_at).where(OVERRIDE.c.ended_at.is_(None))
-# What QueueFacts reads at every step, through the driver (robot.storage.driver_select).
+OPEN_OVERRIDES = DriverSelect(select(OVERRIDE.c.queue_id, OVERRIDE.c.actor, OVERRIDE.c.cleared_at)
+                              .where(OVERRIDE.c.ended_at.is_(None)))
 QUEUE_ROWS = DriverSelect(
     select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status, QUEUE.c.robot_state, QUEUE.c.robot_state_since,
            QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)

@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from blacklist.engine import ExclusionEngine, QueueFacts
+from blacklist.model import Action, Decision
 from blacklist.policies import Policy
+from blacklist.safety import hands_off
 from blacklist.settings import BlacklistSettings
 from robot.backends.base import BackendUnavailable
 from robot.cli import main
@@ -439,7 +441,7 @@ def test_a_restarted_engine_reads_the_same_facts_and_decides_the_same(database_u
     watch = UserJobWatch(grid, load_table(), timedelta(minutes=10), policy.window)
     robot = Robot(config, sessions, grid, grid, grid, load_table(), evaluators=[watch, engine], rollup=False,
                   shared=False)
-    now, decided = scenario.start, 0
+    now, decided, kept_alike = scenario.start, 0, 0
     while now < scenario.start + scenario.duration:
         clock.set(now)
         robot.run_once(now)
@@ -459,6 +461,12 @@ def test_a_restarted_engine_reads_the_same_facts_and_decides_the_same(database_u
             decision = policy.decide(fresh.views[name], now, fresh.flaps[name], spread_fresh, users_fresh)
             assert policy.decide(view, now, kept.flaps[name], spread, users_kept) == decision
             assert policy.quiet(view, engine.quiet) in (None, decision)  # its results' answer kept from the steps before
+            settled = engine.settled.get(name)
+            if settled is not None and settled[0] is view:  # the decision its view alone made, kept while it is the same
+                why = hands_off(fresh.views[name])
+                assert settled[1] == (Decision(name, Action.KEEP, why, policy=policy.name) if why else decision)
+                kept_alike += 1
             decided += 1
         now += scenario.step
     assert decided == 12 * 84
+    assert kept_alike > 12 * 84 / 2
