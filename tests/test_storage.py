@@ -93,3 +93,10 @@ def test_sqlite_stores_times_as_sqlalchemys_datetime_text(sqlite_engine):
     with sessions() as session:
         read = [event.time for event in session.query(Event).order_by(Event.message)]
     assert read == times and all(when.tzinfo is timezone.utc for when in read)
+    # text SQLAlchemy did not write (SQL's own CURRENT_TIMESTAMP: no microseconds) is read as its DATETIME reads it, in UTC
+    with sqlite_engine.begin() as connection:
+        connection.execute(text("INSERT INTO event (time, kind, subject, message, details) VALUES ('2026-11-01 14:00:05', 'k', '', 'z', '{}')"))
+    with sessions() as session:
+        by_hand = session.query(Event).filter(Event.message == "z").one().time
+    assert by_hand == DATETIME().result_processor(dialect, None)("2026-11-01 14:00:05").replace(tzinfo=timezone.utc)
+    assert by_hand.tzinfo is timezone.utc

@@ -57,7 +57,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         parse, utc = datetime.fromisoformat, timezone.utc
 
         def process(value: str | None) -> datetime | None:
-            return None if value is None else parse(value).replace(tzinfo=utc)
+            if value is None:
+                return None
+            if len(value) == 26:  # as written, with its microseconds: read as UTC in one call (a fifth of the cost)
+                return parse(value + "+00:00")
+            return parse(value).replace(tzinfo=utc)
 
         return process
 
