@@ -239,8 +239,8 @@ class ExclusionEngine:
 
     def _record_incidents(self, session: Session, incidents: list[Incident], now: datetime) -> None:
         for incident in incidents:
-            recent = session.scalar(select(func.count()).select_from(Event).where(
-                Event.kind == incident.kind, Event.time > now - INCIDENT_REPEAT))
+            session.flush()  # one just recorded counts (as the ORM's select would see it)
+            recent = RECENT.rows(session.connection(), {"kind": incident.kind, "since": now - INCIDENT_REPEAT})[0][0][0]
             if not recent:
                 session.add(Event(time=now, kind=incident.kind, subject="central", message=incident.message,
                                   details={"queues": list(incident.queues), **incident.evidence}))
@@ -547,6 +547,8 @@ QUEUE_ROWS = DriverSelect(
            QUEUE.c.exempt, SITE.c.name, CLOUD.c.name, QUEUE.c.extra_jobs, QUEUE.c.job_gap_seconds)
     .select_from(QUEUE.join(SITE, SITE.c.id == QUEUE.c.site_id).join(CLOUD, CLOUD.c.id == SITE.c.cloud_id))
     .where(QUEUE.c.retired_at.is_(None)))
+RECENT = DriverSelect(select(func.count()).select_from(EVENT).where(EVENT.c.kind == bindparam("kind"),
+                                                                   EVENT.c.time > bindparam("since")))
 MANUAL = DriverSelect(
     select(OVERRIDE.c.queue_id, OVERRIDE.c.action)
     .where(OVERRIDE.c.cleared_at.is_(None), OVERRIDE.c.until.is_(None) | (OVERRIDE.c.until > bindparam("now")))
