@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from blacklist import hammercloud, sequential, userjobs
@@ -12,6 +12,9 @@ from blacklist.model import Action, Decision, QueueView, Result
 from blacklist.safety import Incident
 from blacklist.sequential import Cadence
 from blacklist.settings import BlacklistSettings
+
+
+EVER = datetime.min.replace(tzinfo=timezone.utc)  # before any result
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class Policy:
         Ours: the queue is online, no job of its waits, its test jobs' failures cannot add up to a case
         at this step or a later one (sequential.settles) and, when users' jobs are heard, no hour of
         them can point at its site (userjobs.inconclusive). HammerCloud's: the queue is not excluded
-        and none of its jobs failed (every rule needs a failure). Most queues at most steps.
+        and the newest job of no critical template failed (every rule needs one that did; a later
+        window only drops the oldest). Most queues at most steps.
         `kept`: per queue, the results last weighed and the answer for them, kept by the caller from
         step to step: results that are the same tuple are not weighed again (a pure function of them)."""
         if self._hammercloud:
@@ -94,8 +98,9 @@ class Policy:
         """The decision on the queue's results alone, if they make it (see `quiet`)."""
         results = view.results
         if self._hammercloud:
-            return None if any(r.failed for r in results) else Decision(view.name, Action.KEEP, hammercloud.QUIET,
-                                                                         policy=hammercloud.NAME)
+            if hammercloud.newest_failed(results, self._critical, EVER):
+                return None
+            return Decision(view.name, Action.KEEP, hammercloud.QUIET, policy=hammercloud.NAME)
         if any(r.failed for r in results) and not sequential.settles(results, self._weights):
             return None
         return Decision(view.name, Action.KEEP, sequential.HEALTHY, policy=sequential.NAME)
@@ -103,6 +108,10 @@ class Policy:
     @functools.cached_property
     def _hammercloud(self) -> bool:
         return self.name == "hammercloud"
+
+    @functools.cached_property
+    def _critical(self) -> list[str]:
+        return list(self.templates)
 
     @functools.cached_property
     def _weights(self) -> sequential.Weights:
