@@ -71,7 +71,7 @@ class Policy:
         """Sums of users' jobs to keep from step to step, for `users`."""
         return userjobs.Tally(self.settings.user_jobs)
 
-    def quiet(self, view: QueueView, kept: dict[str, tuple[tuple[Result, ...], Decision | None]]) -> Decision | None:
+    def quiet(self, view: QueueView, kept: dict[str, tuple]) -> Decision | None:
         """The decision `decide` takes when the view alone makes it "nothing to do", whatever the time,
         the queue's recent exclusions, the grid and the other queues' users' jobs say (None: not so).
         Ours: the queue is online, no job of its waits, its test jobs' failures cannot add up to a case
@@ -79,8 +79,10 @@ class Policy:
         them can point at its site (userjobs.inconclusive). HammerCloud's: the queue is not excluded
         and the newest job of no critical template failed (every rule needs one that did; a later
         window only drops the oldest). Most queues at most steps.
-        `kept`: per queue, the results last weighed and the answer for them, kept by the caller from
-        step to step: results that are the same tuple are not weighed again (a pure function of them)."""
+        `kept`: per queue, the results last weighed and the answer for them, and the users' hours last
+        looked at and whether they were inconclusive, kept by the caller from step to step: results that are
+        the same tuple are not weighed again (a pure function of them), and of hours that are those last
+        looked at but the newest (see `_inconclusive`) only the newest is looked at."""
         if self._hammercloud:
             if view.robot_state == "excluded":
                 return None
@@ -88,11 +90,29 @@ class Policy:
             return None
         known = kept.get(view.name)
         if known is None or known[0] is not view.results:
-            known = kept[view.name] = (view.results, self._quiet(view))
-        if known[1] is None or (self.hears_users and not userjobs.inconclusive(view, self.settings.user_jobs,
-                                                                              self._weights.exclude_at)):
+            known = kept[view.name] = (view.results, self._quiet(view), *(known[2:] if known else ((), True)))
+        if known[1] is None:
             return None
+        if self.hears_users:
+            hours = view.user_jobs
+            if hours is not known[2]:
+                known = kept[view.name] = (*known[:2], hours, self._inconclusive(hours, known[2], known[3]))
+            if not known[3]:
+                return None
         return known[1]
+
+    def _inconclusive(self, hours: tuple, before: tuple, was: bool) -> bool:
+        """userjobs.inconclusive of a view with these users' hours, knowing it (`was`) of one with the hours
+        `before`: where all of `hours` but the newest are hours of `before` in its order, the last of them
+        or the one before the last (the newest hour read again as it grew, or a new hour after them, the
+        oldest gone), only the newest is looked at; every hour is a pure function of its own fields."""
+        settings, exclude_at = self.settings.user_jobs, self._weights.exclude_at
+        if was and hours:
+            rest, end = len(hours) - 1, len(before)
+            if (end - 1 - rest >= 0 and hours[:-1] == before[end - 1 - rest:end - 1]) or (
+                    end - rest >= 0 and hours[:-1] == before[end - rest:]):
+                return not userjobs.loud(hours[-1], settings, exclude_at)
+        return not any(userjobs.loud(hour, settings, exclude_at) for hour in hours)
 
     def _quiet(self, view: QueueView) -> Decision | None:
         """The decision on the queue's results alone, if they make it (see `quiet`)."""

@@ -321,19 +321,24 @@ def inconclusive(view: QueueView, settings: UserJobsSettings, exclude_at: float)
     least rate it is compared with (`floor`; the ratio only falls as that rate rises towards the
     hour's own). Its users' jobs can then only speak for the queue."""
     for hour in view.user_jobs:
-        _, heard, answers = _HEARD.get(id(hour.codes)) or _kept(hour.codes)
-        if not heard:
-            continue  # most hours: no failure of a class that is heard
-        n = hour.ended
-        question = ("loud", settings.min_failures, settings.floor, exclude_at, n)
-        loud = answers.get(question)
-        if loud is None:
-            least, floor = settings.min_failures, settings.floor
-            loud = answers[question] = any(k >= least and n and k / n > floor and _llr(k, n, floor) >= exclude_at - MARGIN
-                                           for _, k in heard.values())
-        if loud:
+        if loud(hour, settings, exclude_at):
             return False
     return True
+
+
+def loud(hour: StoredHour, settings: UserJobsSettings, exclude_at: float) -> bool:
+    """Whether the hour can point at the site (see `inconclusive`): a pure function of the hour."""
+    _, heard, answers = _HEARD.get(id(hour.codes)) or _kept(hour.codes)
+    if not heard:
+        return False  # most hours: no failure of a class that is heard
+    n = hour.ended
+    question = ("loud", settings.min_failures, settings.floor, exclude_at, n)
+    found = answers.get(question)
+    if found is None:
+        least, floor = settings.min_failures, settings.floor
+        found = answers[question] = any(k >= least and n and k / n > floor and _llr(k, n, floor) >= exclude_at - MARGIN
+                                        for _, k in heard.values())
+    return found
 
 
 def evidence(view: QueueView, baseline: Baseline, settings: SequentialSettings,

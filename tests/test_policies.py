@@ -15,12 +15,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from blacklist import hammercloud, safety, sequential
+from blacklist import hammercloud, safety, sequential, userjobs
 from blacklist.differential import Spread
 from blacklist.model import Action, Decision, QueueView, Result, by_template, evidence_of, failed_codes
 from blacklist.policies import Policy
 from blacklist.settings import BlacklistSettings, HammerCloudSettings, SafetySettings, SequentialSettings
 from robot.durations import format_duration
+from robot.userjobs import StoredHour
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -781,6 +782,45 @@ def test_hammercloud_cadence_is_fixed_whatever_the_queue():
     slow = Policy(BlacklistSettings(policy="hammercloud", hammercloud=HammerCloudSettings(job_gap=HOUR)), ("T1",))
     assert slow.cadence(view("ANALY_A"), NOW).gap == HOUR
     assert hc.grid([view("ANALY_A")]) is None
+
+
+def users_hour(start: datetime, ended: int, site_failures: int = 0, user_failures: int = 0) -> StoredHour:
+    codes = tuple({"source": "pilot", "code": code, "name": name, "class": klass, "jobs": jobs}
+                  for code, name, klass, jobs in ((1099, "STAGEINFAILED", "site", site_failures),
+                                                  (1305, "PAYLOADEXECUTIONFAILURE", "user", user_failures)) if jobs)
+    by_class = {"site": site_failures, "user": user_failures, "central": 0, "unknown": 0}
+    return StoredHour("ANALY_A", start, ended, site_failures + user_failures, by_class, codes)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["grow", "next", "drop", "same", "equal", "middle"]),
+                          st.integers(1, 40), st.sampled_from([0, 0, 0, 2, 20]), st.sampled_from([0, 3])),
+                min_size=1, max_size=30))
+def test_users_hours_looked_at_step_by_step_are_judged_as_afresh(steps):
+    # Policy.quiet keeps whether a queue's users' hours were inconclusive, and of hours that are those
+    # kept but the newest (grown, or a new one after them, the oldest gone) looks only at the newest:
+    # at every step its answer is that of userjobs.inconclusive on the hours as they are
+    policy = Policy(BlacklistSettings(), ("T1",))
+    s, at = policy.settings.user_jobs, sequential.Weights.of(policy.settings.default).exclude_at
+    kept: dict = {}
+    hours: tuple[StoredHour, ...] = (users_hour(NOW, 10),)
+    for what, ended, site, user in steps:
+        newest = hours[-1].hour if hours else NOW
+        if what == "grow" and hours:
+            hours = (*hours[:-1], users_hour(newest, hours[-1].ended + ended, site, user))
+        elif what == "next":
+            hours = (*hours, users_hour(newest + HOUR, ended, site, user))
+        elif what == "drop":
+            hours = hours[1:]
+        elif what == "equal":  # the same hours, not the same objects
+            hours = tuple(replace(h) for h in hours)
+        elif what == "middle" and len(hours) > 2:  # an hour read again before the newest
+            hours = (hours[0], users_hour(hours[1].hour, ended, site, user), *hours[2:])
+        v = view("ANALY_A", user_jobs=hours)
+        afresh = userjobs.inconclusive(v, s, at)
+        assert policy.quiet(v, kept) == policy.quiet(v, {}) == (Decision("ANALY_A", Action.KEEP, sequential.HEALTHY,
+                                                                       policy=sequential.NAME) if afresh else None)
+        assert kept["ANALY_A"][2:] == (hours, afresh)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
