@@ -655,19 +655,24 @@ def _slots_select(mine: bool, subset: bool, gaps: tuple[int, ...] = ()) -> Any:
                *([pair.queue_id.in_(bindparam("queues", expanding=True))] if subset else []),
                or_(in_flight < pair.max_running_jobs + probes,
                    in_flight - running < pair.min_queue_depth),
-               *([_not_resting(last_end, gaps)] if gaps else [])))
+               *([_not_resting(gaps)] if gaps else [])))
 
 
-def _not_resting(last_end: Any, gaps: tuple[int, ...]) -> Any:
+def _not_resting(gaps: tuple[int, ...]) -> Any:
     """Leaves out the pairs in their pause after a job (robot.planning.resting; most pairs, where the policy spaces
-    jobs): the latest end after the bound `rests_g` of the queue's gap `g`. The times are compared as stored, with
-    no date arithmetic (not the same in SQLite and PostgreSQL); a gap not listed (changed since `gaps` was read)
-    keeps its pairs, which `resting` then judges."""
-    pair, queue = TEST_QUEUE.c, QUEUE.c
-    due_by = case({gap: bindparam(f"rests_{gap}", type_=JOB.c.end_time.type) for gap in gaps},
-                  value=queue.job_gap_seconds, else_=bindparam("now", type_=JOB.c.end_time.type))
+    jobs): a job of the pair ended after the bound `rests_g` of the queue's gap `g` (its latest end is after it).
+    Asked as "no such job" (NOT EXISTS), not of the latest end: that reads only the queue's jobs ended since, from
+    its index, not its latest job's end twice over (ordered, then compared) for each of the pairs, most of them
+    resting (the select's largest cost). The times are compared as stored, with no date arithmetic (not the same
+    in SQLite and PostgreSQL); a gap not listed (changed since `gaps` was read) keeps its pairs, which `resting`
+    then judges."""
+    pair, queue, job = TEST_QUEUE.c, QUEUE.c, JOB.c
+    due_by = case({gap: bindparam(f"rests_{gap}", type_=job.end_time.type) for gap in gaps},
+                  value=queue.job_gap_seconds, else_=bindparam("now", type_=job.end_time.type))
+    ended_since = (select(job.id)
+                   .where(job.queue_id == pair.queue_id, job.test_id == pair.test_id, job.end_time > due_by).exists())
     return or_(pair.max_jobs.is_not(None), pair.resubmit_enabled.is_(False), queue.extra_jobs != 0,
-               queue.job_gap_seconds == 0, last_end.is_(None), last_end <= due_by)
+               queue.job_gap_seconds == 0, ~ended_since)
 
 
 # The rows of the step's selects that are read by name
