@@ -11,6 +11,7 @@ from sqlalchemy import Connection, String, bindparam, func, insert, literal_colu
 from sqlalchemy.orm import Session
 
 from robot.storage.driver_rows import append, bound
+from robot.storage.driver_select import DriverSelect
 from robot.storage.models import Job
 
 JOB = Job.__table__
@@ -37,13 +38,13 @@ def record_jobs(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
     # One executemany in this transaction, which holds SQLite's single write lock: each row took the id after the
     # largest, so they hold the ids up to the last inserted, in order. Checked at both ends (SQLite picks ids at
     # random only once the largest possible one is taken): a read of two rows, not of all of them by name.
-    ends = dict(session.execute(ENDS, {"count": len(rows)}).all())  # id -> name, of the first and the last
+    ends = dict(ENDS.rows(session.connection(), {"count": len(rows)})[0])  # id -> name, of the first and the last
     first = min(ends, default=0)
     if ends == {first: rows[0]["job_name"], first + len(rows) - 1: rows[-1]["job_name"]}:
         return {row["job_name"]: job_id for job_id, row in enumerate(rows, first)}
     return dict(session.execute(NAMED, {"names": json.dumps([row["job_name"] for row in rows])}).all())
-ENDS = select(JOB.c.id, JOB.c.job_name).where(JOB.c.id.in_(  # on SQLite: the rows at both ends of the last insert
-    [func.last_insert_rowid(), func.last_insert_rowid() - bindparam("count") + 1]))
+ENDS = DriverSelect(select(JOB.c.id, JOB.c.job_name).where(JOB.c.id.in_(  # on SQLite: the rows at both ends of the
+    [func.last_insert_rowid(), func.last_insert_rowid() - bindparam("count") + 1])))  # last insert, by the driver
 # An UPDATE of jobs by id whose SET clause is the columns of its parameters (one executemany per set).
 UPDATE_JOB_BY_ID = update(JOB).where(JOB.c.id == bindparam("_id"))
 
