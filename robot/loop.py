@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import logging
 import os
 import zlib
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import String, and_, bindparam, case, func, literal_column, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -161,7 +162,8 @@ class Robot:
         """After each phase of a step (the next may call a remote service): beat, then commit what the phase
         did; a worker fenced meanwhile commits nothing of it (its queues are others' now) and stops."""
         self._check()
-        session.commit()
+        if _written(session):
+            session.commit()
 
     def _step(self, now: datetime, summary: StepSummary) -> None:
         shard = self._shard = self.workers.step(now) if self.workers else SOLO
@@ -545,11 +547,19 @@ class Robot:
 
     @staticmethod
     def _submission_context(session: Session, queue_ids: set[int], test_ids: set[int]) -> "SubmissionContext":
+        """The names and storage endpoints of the queues, and the templates' settings of the tests, to send to. On
+        SQLite through the driver (robot.storage.driver_select), the ids bound as one JSON list: SQLAlchemy's handling
+        of the two selects cost more than SQLite's own work, at every step that sends."""
+        if session.get_bind().dialect.name == "sqlite":
+            ids = {"queues": json.dumps(sorted(queue_ids)), "tests": json.dumps(sorted(test_ids))}
+            found, settings_of = _rows(session, QUEUES_ENDPOINTS_JSON, ids), _rows(session, TESTS_TEMPLATES_JSON, ids)
+        else:
+            found = session.execute(QUEUES_ENDPOINTS, {"queues": sorted(queue_ids)}).all()
+            settings_of = session.execute(TESTS_TEMPLATES, {"tests": sorted(test_ids)}).all()
         queues: dict[int, tuple[str, list[str]]] = {}
-        for queue_id, name, endpoint in session.execute(QUEUES_ENDPOINTS, {"queues": sorted(queue_ids)}):
+        for queue_id, name, endpoint in found:
             queues.setdefault(queue_id, (name, []))[1].extend([endpoint] if endpoint else [])
-        templates = dict(session.execute(TESTS_TEMPLATES, {"tests": sorted(test_ids)}).all())
-        return SubmissionContext(queues=queues, templates=templates)
+        return SubmissionContext(queues=queues, templates=dict(settings_of))
 
     def _datasets(self, cache: dict[tuple[str, str], list[DatasetInfo]], endpoint: str, pattern: str,
                   outage: BackendUnavailable | None = None) -> list[DatasetInfo]:
@@ -578,13 +588,22 @@ class Robot:
 
 
 # Selects of submission built once (the ids bound at each step, not rendered as literals into a new statement)
-QUEUES_ENDPOINTS = (select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
-                    .select_from(QUEUE.outerjoin(queue_endpoint, queue_endpoint.c.queue_id == QUEUE.c.id)
-                                 .outerjoin(ENDPOINT, ENDPOINT.c.id == queue_endpoint.c.endpoint_id))
-                    .where(QUEUE.c.id.in_(bindparam("queues", expanding=True))))
-TESTS_TEMPLATES = (select(TEST.c.id, TEMPLATE.c.settings)
-                   .select_from(TEST.join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
-                   .where(TEST.c.id.in_(bindparam("tests", expanding=True))))
+QUEUES_WITH_ENDPOINTS = (select(QUEUE.c.id, QUEUE.c.name, ENDPOINT.c.name)
+                         .select_from(QUEUE.outerjoin(queue_endpoint, queue_endpoint.c.queue_id == QUEUE.c.id)
+                                      .outerjoin(ENDPOINT, ENDPOINT.c.id == queue_endpoint.c.endpoint_id)))
+TESTS_WITH_TEMPLATES = select(TEST.c.id, TEMPLATE.c.settings).select_from(TEST.join(TEMPLATE, TEMPLATE.c.id == TEST.c.template_id))
+QUEUES_ENDPOINTS = QUEUES_WITH_ENDPOINTS.where(QUEUE.c.id.in_(bindparam("queues", expanding=True)))
+TESTS_TEMPLATES = TESTS_WITH_TEMPLATES.where(TEST.c.id.in_(bindparam("tests", expanding=True)))
+
+
+def _in_json(column: Any, name: str) -> Any:
+    """`column` IN the ids of the JSON list bound as `name` (SQLite's json_each): a select the driver runs as it is."""
+    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String))))
+
+
+# The same on SQLite, run by the driver
+QUEUES_ENDPOINTS_JSON = DriverSelect(QUEUES_WITH_ENDPOINTS.where(_in_json(QUEUE.c.id, "queues")))
+TESTS_TEMPLATES_JSON = DriverSelect(TESTS_WITH_TEMPLATES.where(_in_json(TEST.c.id, "tests")))
 
 
 LIVE_QUEUES = DriverSelect(select(QUEUE.c.id, QUEUE.c.name, QUEUE.c.status).where(QUEUE.c.retired_at.is_(None)))
@@ -680,6 +699,21 @@ Unconfirmed = namedtuple("Unconfirmed", "id job_name recorded_at worker_id")
 Waiting = namedtuple("Waiting", "id panda_id job_status submitted_at status_changed_at settings")
 Pair = namedtuple("Pair", "test_id queue_id max_running_jobs min_queue_depth resubmit_enabled extra_jobs"
                           " job_gap_seconds max_jobs jobs running last_end")
+
+
+def _written(session: Session) -> bool:
+    """Whether a phase of the step left anything to commit (`Robot._commit`). On SQLite the driver opens a
+    transaction only to write (a select runs outside one, and holds no lock once read): a phase that only read (at
+    most steps the crash recovery, the queue status and the time-outs) has nothing to commit, and SQLAlchemy's
+    commit (the connection given back to the pool, then taken again by the next phase, about 50 us each) is not
+    done. Elsewhere always. (Before the catalogue is read the submission commits all the same: no transaction of
+    SQLAlchemy's is open while a remote service answers.)"""
+    if not session.in_transaction():
+        return False  # nothing was run: a commit would begin a transaction only to end it
+    if session.new or session.deleted or session.dirty:
+        return True
+    connection = session.connection()
+    return connection.dialect.name != "sqlite" or connection.connection.driver_connection.in_transaction
 
 
 def _rows(session: Session, select_: DriverSelect, params: dict[str, Any], make: Callable[[Any], Any] = tuple,
