@@ -708,10 +708,10 @@ def _written(session: Session) -> bool:
     commit (the connection given back to the pool, then taken again by the next phase, about 50 us each) is not
     done. Elsewhere always. (Before the catalogue is read the submission commits all the same: no transaction of
     SQLAlchemy's is open while a remote service answers.)"""
+    if session.new or session.deleted or session.dirty:  # to flush
+        return True
     if not session.in_transaction():
         return False  # nothing was run: a commit would begin a transaction only to end it
-    if session.new or session.deleted or session.dirty:
-        return True
     connection = session.connection()
     return connection.dialect.name != "sqlite" or connection.connection.driver_connection.in_transaction
 

@@ -549,3 +549,35 @@ def test_the_steps_selects_run_by_the_driver_give_what_sqlalchemy_gives(tmp_path
             found = _rows(session, select_, params)
             assert found and found == expected and [tuple(map(type, row)) for row in found] == [
                 tuple(map(type, row)) for row in expected], select_.statement
+
+
+def test_a_phase_of_the_step_is_committed_when_it_wrote_anything(database_url):
+    """`Robot._commit` commits a phase that added an object (not flushed yet) or wrote a row, and on SQLite not one
+    that only read (the driver opened no transaction: nothing to commit); on PostgreSQL always. Settings stored
+    (the heartbeat's: updated where they exist, inserted where not) are all there after the commit."""
+    from robot.loop import _written
+    from robot.storage import settings
+    from robot.storage.database import make_sessionmaker, upgrade
+    from robot.storage.models import Setting
+
+    engine = make_engine(database_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    only_read_is_written = engine.dialect.name != "sqlite"
+    with sessions() as session:
+        assert not _written(session)  # nothing run
+        session.add(Event(time=T0, kind="test", subject="", message="added, not flushed", details={}))
+        assert _written(session)
+        session.commit()
+        session.execute(select(Event.id)).all()
+        assert _written(session) is only_read_is_written
+        for values in ({"a": "1"}, {"a": "2", "b": "3"}, {"a": "4", "b": "5"}):  # new; one of two new; none new
+            settings.store(session, values, "robot", T0)
+            assert _written(session)
+            session.commit()
+            assert dict(session.execute(select(Setting.name, Setting.value)).all()) == values
+            session.execute(select(Event.id)).all()
+            assert _written(session) is only_read_is_written
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 1
+    engine.dispose()
