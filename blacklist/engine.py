@@ -23,7 +23,7 @@ from blacklist.safety import Incident, guard, hands_off
 from robot.backends.base import Backend, BackendUnavailable
 from robot.downtimes import LOOK_BACK as OUTAGE_REACH  # the longest a job's life reaches back (stored that long)
 from robot.downtimes import Downtime, describe, windows_by_site
-from robot.userjobs import StoredHour, hour_of, hour_rows
+from robot.userjobs import HourMirror, StoredHour, hour_of
 from robot.userjobs import outside_downtimes as users_outside_downtimes
 from robot.jobstates import QueueStatus
 from robot.storage.driver_select import DriverSelect
@@ -497,6 +497,7 @@ class UserHours:
         self._by_queue: dict[str, dict[tuple[datetime, str], StoredHour]] = defaultdict(dict)
         self._ordered: dict[str, tuple[StoredHour, ...]] = {}
         self._rows: dict[tuple, tuple[tuple, StoredHour]] = {}  # each kept hour's row as the driver gave it
+        self._mirror = HourMirror()  # the rows stored since the last read: most often just written by this process
         self._seen_until: datetime | None = None
         self._first: datetime | None = None
         self.changed: set[str] = set()  # the queues whose hours changed since the owner last took them
@@ -504,7 +505,8 @@ class UserHours:
     def read(self, session: Session, now: datetime) -> dict[str, tuple[StoredHour, ...]]:
         first = hour_of(now - self.window)
         changed, grown, kept = set(), set(), self._rows
-        rows, convert = hour_rows(session, first, now, None if self._seen_until is None else self._seen_until - self.lag)
+        rows, convert = self._mirror.rows(session, first, now,
+                                          None if self._seen_until is None else self._seen_until - self.lag)
         for row in rows:
             at = (row[1], row[2], row[0])  # queue, hour, source
             known = kept.get(at)

@@ -14,12 +14,13 @@ is never a failure of any queue.
 """
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, delete, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from robot.backends.base import Backend, BackendUnavailable, JobReport, UserJobHour
@@ -143,12 +144,16 @@ def _replace(session: Session, rows: list[tuple], texts: dict[int, tuple[Any, st
             if kept is None or kept[0] is not listed:
                 kept = texts[id(listed)] = (listed, json_text(listed))
             codes.append(kept[1])
-        quote = dialect.identifier_preparer.quote
-        connection.exec_driver_sql(  # an upsert: a third cheaper than INSERT OR REPLACE's delete and insert
-            f"INSERT INTO {quote(STORED.name)} ({', '.join(map(quote, ROW_COLUMNS))}) "
-            f"VALUES ({', '.join('?' * len(ROW_COLUMNS))}) ON CONFLICT ({quote('queue')}, {quote('hour')}) DO UPDATE SET "
-            + ", ".join(f"{quote(name)} = excluded.{quote(name)}" for name in ROW_COLUMNS[2:]),
-            [(row[0], times[row[1]], *row[2:9], text, times[row[10]]) for row, text in zip(rows, codes)])
+        sql = _UPSERTS.get(dialect)
+        if sql is None:
+            quote = dialect.identifier_preparer.quote
+            sql = _UPSERTS[dialect] = (  # an upsert: a third cheaper than INSERT OR REPLACE's delete and insert
+                f"INSERT INTO {quote(STORED.name)} ({', '.join(map(quote, ROW_COLUMNS))}) "
+                f"VALUES ({', '.join('?' * len(ROW_COLUMNS))}) ON CONFLICT ({quote('queue')}, {quote('hour')}) DO UPDATE SET "
+                + ", ".join(f"{quote(name)} = excluded.{quote(name)}" for name in ROW_COLUMNS[2:]))
+        values = [(row[0], times[row[1]], *row[2:9], text, times[row[10]]) for row, text in zip(rows, codes)]
+        connection.exec_driver_sql(sql, values)
+        _journal(connection).wrote(values)
         return
     by_hour: dict[datetime, list[str]] = defaultdict(list)
     for row in rows:
@@ -156,6 +161,134 @@ def _replace(session: Session, rows: list[tuple], texts: dict[int, tuple[Any, st
     for hour_start, queues in by_hour.items():
         connection.execute(delete(STORED).where(STORED.c.hour == hour_start, STORED.c.queue.in_(queues)))
     connection.execute(insert(STORED), [dict(zip(ROW_COLUMNS, row)) for row in rows])
+
+
+# Each dialect's upsert of `_replace` (SQLite), made once.
+_UPSERTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+JOURNAL = "robot.userjobs.journal"  # the key of a SQLite connection's Journal in its `info`
+JOURNAL_KEPT = 20_000  # rows (a 200-queue grid's 100 hours): past it the journal starts again, its readers select once
+
+
+class Journal:
+    """The rows `_replace` wrote on one SQLite connection, the last of each (queue, hour), as the select of
+    `hour_rows` gives them, in the order written, with the number of the write (`seq`); for `HourMirror`.
+
+    Kept in the connection's `info` (it lives as long as the driver's connection) and dropped at once, so
+    that its readers select again, when the connection rolls back (a transaction or a savepoint), when it
+    runs any other statement that writes users' hours, or when a written value is not of the type the
+    select gives back (it would not compare, or show, alike)."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.rows: dict[tuple[str, str], tuple[int, str, tuple]] = {}  # (queue, hour) -> seq, read_at, row
+
+    def wrote(self, values: list[tuple]) -> None:
+        """Keep the rows of one write (values in ROW_COLUMNS order, as bound)."""
+        self.seq += 1
+        seq, rows = self.seq, self.rows
+        for queue, hour, source, ended, failed, site, user, central, unknown, codes, read_at in values:
+            if not (type(queue) is type(hour) is type(source) is type(codes) is type(read_at) is str
+                    and type(ended) is type(failed) is type(site) is type(user) is type(central) is type(unknown) is int):
+                self.drop()
+                return
+            key = (queue, hour)
+            rows.pop(key, None)  # the last write of each row goes last
+            rows[key] = (seq, read_at, (source, queue, hour, ended, failed, site, user, central, unknown, codes))
+        if len(rows) > JOURNAL_KEPT:
+            self.drop()
+
+    def drop(self) -> None:
+        self.seq, self.rows = -1, {}  # readers select again (`since` answers None), then a new one is kept
+
+    def since(self, seq: int, first: str, until: str, stored_since: str) -> list[tuple] | None:
+        """The rows written after write `seq` that the select of `hour_rows` gives (hours in [first, until),
+        stored at or after `stored_since`; times as stored), None if one of them is for an hour from `until`
+        on (a later select gives it: not known to the reader) or the journal was dropped since."""
+        if self.seq < seq or seq < 0:
+            return None
+        found = []
+        for written, read_at, row in reversed(self.rows.values()):
+            if written <= seq:
+                break
+            if row[2] >= until:
+                return None
+            if row[2] >= first and read_at >= stored_since:
+                found.append(row)
+        return found
+
+
+def _journal(connection: Connection) -> Journal:
+    """The connection's journal (a new one, its engine then watched for rollbacks and other writes, if none)."""
+    journal = connection.info.get(JOURNAL)
+    if journal is None or journal.seq < 0:
+        journal = connection.info[JOURNAL] = Journal()
+        engine = connection.engine
+        if not event.contains(engine, "rollback", _rolled_back):
+            event.listen(engine, "rollback", _rolled_back)
+            event.listen(engine, "rollback_savepoint", _rolled_back)
+            event.listen(engine, "before_cursor_execute", _other_write)
+            event.listen(engine.pool, "reset", _reset)
+    return journal
+
+
+def _rolled_back(connection: Connection, *_: Any) -> None:
+    journal = connection.info.get(JOURNAL)
+    if journal is not None:
+        journal.drop()
+
+
+def _reset(driver: Any, record: Any, state: Any) -> None:
+    """A connection returned to the pool with writes not committed (the pool rolls them back)."""
+    journal = record.info.get(JOURNAL)
+    if journal is not None and getattr(driver, "in_transaction", True):
+        journal.drop()
+
+
+def _other_write(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
+    """Drop the journal at any statement on users' hours but a select and `_replace`'s upsert."""
+    if STORED.name in statement and not statement.lstrip()[:6].upper() == "SELECT" and statement not in _UPSERTS.values():
+        _rolled_back(connection)
+
+
+class HourMirror:
+    """The rows of `hour_rows` stored since a reader's last read (the engine's, see blacklist.engine.UserHours),
+    taken on SQLite from the journal of what `store` wrote on the same connection since, not selected again
+    (the watch stores every queue's current hour at every read: the same process wrote them just before),
+    when that is certainly what the select would give: the same driver connection with its journal kept
+    whole since the last read (nothing rolled back, no other statement wrote users' hours on it), no other
+    connection committed anything since (SQLite's `data_version`, read before the last read), the bounds
+    only moved forward, and no row was stored, as the last select found, for an hour not yet read. A row
+    stored before the last read and unchanged is then one the reader had (its select gave it, or it was
+    written since an earlier one); one written since is in the journal. Anything else: the select, as
+    before. Elsewhere (PostgreSQL) always the select."""
+
+    def __init__(self) -> None:
+        # after the last read: its journal, data_version, the journal's write then, and the bounds (as stored)
+        self._chain: tuple[Journal, int, int, str, str, str] | None = None
+
+    def rows(self, session: Session, first: datetime, until: datetime, stored_since: datetime | None
+             ) -> tuple[list[tuple], Callable[[tuple], tuple[str, StoredHour]]]:
+        """`hour_rows(session, first, until, stored_since)`."""
+        connection = session.connection()
+        dialect = connection.dialect
+        if dialect.name != "sqlite":
+            return hour_rows(session, first, until, stored_since)
+        driver = connection.connection.driver_connection
+        version = driver.execute("PRAGMA data_version").fetchone()[0]
+        journal = _journal(connection)
+        text = STORED.c.hour.type.bind_processor(dialect)
+        bounds = (text(first), text(until), text(stored_since) if stored_since is not None else None)
+        chain, self._chain = self._chain, None
+        if (chain is not None and bounds[2] is not None and chain[0] is journal and chain[1] == version
+                and chain[3] <= bounds[0] and chain[4] <= bounds[1] and chain[5] <= bounds[2]):
+            found = journal.since(chain[2], *bounds)
+            if found is not None:
+                self._chain = (journal, version, journal.seq, *bounds)
+                return found, _converter(dialect)
+        rows, convert = hour_rows(session, first, until, stored_since)
+        if bounds[2] is not None and not driver.execute(LATER, (bounds[1],)).fetchone():
+            self._chain = (journal, version, journal.seq, *bounds)
+        return rows, convert
 
 
 class UserJobWatch:
@@ -278,6 +411,11 @@ def hour_rows(session: Session, first: datetime, until: datetime, stored_since: 
                else HOURS_SINCE.rows(connection, {"first": first, "until": until, "since": stored_since}))
     if dialect.name != "sqlite":
         return rows, _as_read
+    return rows, _converter(dialect)
+
+
+def _converter(dialect: Any) -> Callable[[tuple], tuple[str, StoredHour]]:
+    """The conversion of `hour_rows`' rows on SQLite (see there)."""
     parse_time, parse_json = STORED.c.hour.type.result_processor(dialect, None), STORED.c.codes.type.result_processor(dialect, None)
     parsed: dict[str, datetime] = {}  # a time's text, parsed once
     if len(PARSED_CODES) > PARSED_CODES_KEPT:
@@ -295,7 +433,7 @@ def hour_rows(session: Session, first: datetime, until: datetime, stored_since: 
         return source, StoredHour(queue, when, ended, failed, {"site": site, "user": user, "central": central,
                                                                "unknown": unknown}, listed)
 
-    return rows, convert
+    return convert
 
 
 def _as_read(row: tuple) -> tuple[str, StoredHour]:
@@ -305,6 +443,7 @@ def _as_read(row: tuple) -> tuple[str, StoredHour]:
 _HOURS = select(STORED.c.source, *STORED_COLUMNS).where(STORED.c.hour >= bindparam("first"),
                                                         STORED.c.hour < bindparam("until"))
 HOURS, HOURS_SINCE = DriverSelect(_HOURS), DriverSelect(_HOURS.where(STORED.c.read_at >= bindparam("since")))
+LATER = f"SELECT 1 FROM {STORED.name} WHERE hour >= ? LIMIT 1"  # a row for an hour from a time on (SQLite)
 
 
 def as_stored(values: Sequence) -> StoredHour:

@@ -214,3 +214,54 @@ def test_the_engines_read_gives_the_stored_hours_and_only_those_stored_since_whe
         since = read_hours(session, hour - timedelta(hours=1), hour + timedelta(hours=1), T0 + timedelta(minutes=10))
         assert sorted((h.queue, h.hour) for _, h in since) == [("ANALY_A", hour), ("ANALY_C", hour)]
         assert read_hours(session, hour, hour + timedelta(hours=1), T0 + timedelta(minutes=11)) == []
+
+
+def test_the_engines_users_hours_kept_step_by_step_are_what_reading_them_afresh_gives(database_url, monkeypatch):
+    """The engine reads the hours stored since its last read; on SQLite those this process just stored are
+    taken from what it wrote, not selected again (robot.userjobs.HourMirror). Whatever else happens between
+    two reads (another process stores hours, one for an hour not yet read among them; a write is rolled back;
+    this connection writes hours another way), what it keeps is what a restarted engine reads afresh."""
+    from blacklist.engine import UserHours
+    from robot import userjobs
+
+    selects = []
+    select_rows = userjobs.hour_rows
+    monkeypatch.setattr(userjobs, "hour_rows", lambda *args: selects.append(args[1:]) or select_rows(*args))
+    ours, theirs = make_engine(database_url), make_engine(database_url)
+    upgrade(ours)
+    window, queues = timedelta(hours=2), ["ANALY_A", "ANALY_B", "ANALY_C"]
+    kept, now = UserHours(window), hour_of(T0) + timedelta(minutes=5)
+    sqlite = ours.dialect.name == "sqlite"
+    with make_sessionmaker(ours)() as session, make_sessionmaker(theirs)() as other:
+        for step in range(30):
+            now += timedelta(minutes=10)
+            hour = hour_of(now)
+            counted = [UserJobHour(q, hour, 10 * step + i, step % 3, {("pilot", 1099): step % 3} if step % 3 else {})
+                       for i, q in enumerate(queues)]
+            store(session, "panda", counted, hour, TABLE, now)
+            session.commit()
+            what = step % 6  # at xx:15, xx:25, ... xx:05
+            if what == 1:  # another process stores an hour
+                store(other, "other", [UserJobHour("ANALY_D", hour, 3, 1, {("pilot", 1324): 1})], hour, TABLE, now)
+                other.commit()
+            elif what == 2:  # a write rolled back
+                store(session, "panda", [UserJobHour("ANALY_A", hour, 999, 0)], hour, TABLE, now)
+                session.rollback()
+            elif what == 3:  # this connection writes users' hours another way
+                session.execute(Row.__table__.update().where(Row.queue == "ANALY_B", Row.hour == hour)
+                                .values(ended=77, read_at=now))
+                session.commit()
+            elif what == 4:  # another process, its clock 10 minutes ahead, stores the hour to come at xx:55
+                store(other, "other", [UserJobHour("ANALY_E", hour + timedelta(hours=1), 4, 0)], hour, TABLE,
+                      now + timedelta(minutes=10))
+                other.commit()
+            before = len(selects)
+            read = dict(kept.read(session, now))
+            session.commit()
+            if sqlite and what == 0 and step:
+                assert len(selects) == before, f"step {step}: the rows just stored were selected again"
+            afresh = dict(UserHours(window).read(session, now))
+            session.commit()
+            assert {q: h for q, h in read.items() if h} == {q: h for q, h in afresh.items() if h}, f"step {step}"
+    ours.dispose()
+    theirs.dispose()
