@@ -116,12 +116,17 @@ class Tally:
             before, old = counted.get(name, (site, ()))
             if old is hours and before == site:
                 continue
-            if before != site:
+            if before == site and len(old) == len(hours) and old[:-1] == hours[:-1]:
+                # most often only the hour still going on was read again: it alone is swapped (the others are
+                # the same objects, or equal ones, which count the same)
+                if old and old[-1] is not hours[-1]:
+                    self._swap(name, site, old[-1], hours[-1])
+            elif before != site:
                 for hour in old:
                     count(name, before, hour, -1)
                 for hour in hours:
                     count(name, site, hour, 1)
-            else:  # most often the hour still going on was read again, or the oldest left the window
+            else:  # the oldest left the window, or a new hour came
                 first = hours[0] if hours else None
                 skip = 0 if not old or old[0] is first else next((i for i, was in enumerate(old) if was is first), 0)
                 for was in old[:skip]:

@@ -340,6 +340,11 @@ def test_the_users_sums_kept_between_steps_answer_as_counting_afresh(data):
             if kept and data.draw(st.booleans()):  # an hour read again as it grows, its failures (codes) the same
                 i = data.draw(st.integers(0, len(kept) - 1))
                 kept = (*kept[:i], replace(kept[i], ended=kept[i].ended + data.draw(st.integers(0, 300))), *kept[i + 1:])
+            if kept and data.draw(st.booleans()):  # the hour going on read again with new failures
+                failing = data.draw(st.dictionaries(st.sampled_from(sorted(CODES)), st.integers(1, 10), max_size=3))
+                grown = hour(name, kept[-1].hour, sum(failing.values()) + data.draw(st.integers(1, 20)),
+                             **{f"c{c}": n for c, n in failing.items()})
+                kept = (*kept[:-1], grown)
             if data.draw(st.booleans()):
                 kept = tuple(h for h in kept if data.draw(st.booleans()))
                 failing = data.draw(st.dictionaries(st.sampled_from(sorted(CODES)), st.integers(1, 10), max_size=3))
