@@ -274,7 +274,7 @@ class HourMirror:
         if dialect.name != "sqlite":
             return hour_rows(session, first, until, stored_since)
         driver = connection.connection.driver_connection
-        version = driver.execute("PRAGMA data_version").fetchone()[0]
+        version = _data_version(connection)
         journal = _journal(connection)
         text = STORED.c.hour.type.bind_processor(dialect)
         bounds = (text(first), text(until), text(stored_since) if stored_since is not None else None)
@@ -291,6 +291,9 @@ class HourMirror:
         return rows, convert
 
 
+DESCRIBED_KEPT = 20_000  # sets of errors a watch keeps described
+
+
 class UserJobWatch:
     """Loop step: read the users' jobs from the backend every `refresh`; never fails the step."""
 
@@ -305,9 +308,10 @@ class UserJobWatch:
         # (the hour before the current one, at every read). Forgotten if the last write was not kept.
         self._stored: dict[tuple[str, datetime], tuple[int, int, dict[tuple[str, int], int]]] = {}
         self._wrote: tuple[datetime, datetime, int] | None = None  # the last write: its time, first hour written, rows
+        self._mark: tuple[Journal, int, int] | None = None  # and the database then (`journal_mark`)
         self._since: datetime | None = None  # the first hour of the last read
         self._verdicts: dict[tuple[str, int], Verdict] = {}  # each error the table classified, once
-        # each set of errors counted since the first hour of the last read, described once (`store`)
+        # each set of errors counted, described once (`store`; forgotten all at once past DESCRIBED_KEPT)
         self._described: Described = {}
         self._texts: dict[int, tuple[Any, str]] = {}
 
@@ -324,19 +328,47 @@ class UserJobWatch:
                               message=f"users' jobs could not be read, the stored counts are kept: {exc}"))
             return None
         self._complete_until = hour_of(now)
-        if self._wrote is not None and not _kept(session, *self._wrote):
+        if self._wrote is not None and not (unchanged_since(session, self._mark) or _kept(session, *self._wrote)):
             self._stored.clear()  # the step that wrote them was rolled back
         stored = self._stored
         fresh = [h for h in hours if h.hour >= since and stored.get((h.queue, h.hour)) != (h.ended, h.failed, h.errors)]
         if since != self._since:  # hours before the read are not read again
             self._stored = stored = {key: counts for key, counts in stored.items() if key[1] >= since}
             self._since = since
-            self._described, self._texts = {}, {}  # the sets of errors of the hours gone, forgotten
+            if len(self._described) > DESCRIBED_KEPT:  # most sets of errors recur from hour to hour
+                self._described, self._texts = {}, {}
         written = store(session, self.backend.name, fresh, since, self.table, now, self._verdicts, self._described,
                         self._texts)
         stored.update({(h.queue, h.hour): (h.ended, h.failed, dict(h.errors)) for h in fresh})
         self._wrote = (now, min((h.hour for h in fresh), default=since), written)  # most reads write the current hour
+        self._mark = journal_mark(session)
         return written
+
+
+def journal_mark(session: Session) -> tuple[Journal, int, int] | None:
+    """On SQLite, right after a write: the connection's journal, its last write and `data_version` (while
+    the write is not committed, no other connection can commit: SQLite has one writer at a time)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return None
+    journal = _journal(connection)
+    return journal, journal.seq, _data_version(connection)
+
+
+def unchanged_since(session: Session, mark: tuple[Journal, int, int] | None) -> bool:
+    """Whether the users' hours stored are certainly as they were at `mark` (`journal_mark`): the same
+    connection's journal kept whole (nothing rolled back, no users' hours written another way on it),
+    nothing written through it since, and no other connection committed anything since."""
+    if mark is None:
+        return False
+    connection = session.connection()
+    journal = connection.info.get(JOURNAL)
+    return journal is mark[0] and journal.seq == mark[1] and _data_version(connection) == mark[2]
+
+
+def _data_version(connection: Connection) -> int:
+    """SQLite's count of the commits of other connections (PRAGMA data_version), as this connection sees it."""
+    return connection.connection.driver_connection.execute("PRAGMA data_version").fetchone()[0]
 
 
 def _kept(session: Session, read_at: datetime, since: datetime, rows: int) -> bool:

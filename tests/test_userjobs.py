@@ -109,12 +109,13 @@ def test_the_watch_reads_new_hours_again_until_they_are_over_and_a_failing_sourc
         assert len(events) == 1 and "stored counts are kept" in events[0].message
 
 
-def test_the_watch_writes_an_hour_again_only_when_its_counts_changed_or_its_last_write_was_lost(sessions):
+def test_the_watch_writes_an_hour_again_only_when_its_counts_changed_or_its_last_write_was_lost(sessions, database_url):
     source = Source()
-    watch = UserJobWatch(source, TABLE, refresh=timedelta(minutes=10), look_back=timedelta(hours=6))
-    now = T0 + timedelta(minutes=30)
+    watch = UserJobWatch(source, TABLE, refresh=timedelta(minutes=2), look_back=timedelta(hours=6))
+    now = T0 + timedelta(minutes=10)
     source.hours = [UserJobHour("ANALY_A", T0 - timedelta(hours=1), 20, 1, {("pilot", 1099): 1}),
                     UserJobHour("ANALY_A", T0, 8, 0)]
+    other = make_engine(database_url)
     with sessions() as session:
         assert watch(session, now) == 2
         session.commit()
@@ -125,6 +126,27 @@ def test_the_watch_writes_an_hour_again_only_when_its_counts_changed_or_its_last
         session.commit()
         rows = {r.hour: (r.ended, r.failed) for r in session.scalars(select(Row))}
         assert rows == {T0 - timedelta(hours=1): (20, 1), T0: (9, 1)}
+        now += timedelta(minutes=20)  # from here on every 2 minutes, in the same hour
+        assert watch(session, now + timedelta(minutes=2)) == 0  # nothing changed: nothing written
+        session.commit()
+        with other.begin() as connection:  # another process deletes what the last write stored (none: kept)
+            connection.execute(Row.__table__.delete().where(Row.hour == T0))
+        assert watch(session, now + timedelta(minutes=4)) == 0
+        session.commit()
+        source.hours[-1] = UserJobHour("ANALY_A", T0, 10, 1, {("pilot", 1099): 1})
+        assert watch(session, now + timedelta(minutes=6)) == 1
+        session.commit()
+        with other.begin() as connection:  # and now what the last write stored: written again, with the rest
+            connection.execute(Row.__table__.delete().where(Row.hour == T0))
+        assert watch(session, now + timedelta(minutes=8)) == 2
+        session.commit()
+        session.execute(Row.__table__.delete().where(Row.hour == T0))  # this process, another way
+        session.commit()
+        assert watch(session, now + timedelta(minutes=10)) == 2
+        session.commit()
+        rows = {r.hour: (r.ended, r.failed) for r in session.scalars(select(Row))}
+        assert rows == {T0 - timedelta(hours=1): (20, 1), T0: (10, 1)}
+    other.dispose()
 
 
 # -- the embedded grid's background users ------------------------------------------------------------
