@@ -1,6 +1,7 @@
 """The loop step's bookkeeping, against a scripted grid in virtual time."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -524,7 +525,8 @@ def test_a_pair_resting_after_its_job_gets_the_next_once_the_gap_has_passed(tmp_
 
 def test_the_steps_selects_run_by_the_driver_give_what_sqlalchemy_gives(tmp_path, clock, grid):
     """The loop reads its selects through the SQLite driver (robot.loop._rows): the same rows, of the same types."""
-    from robot.loop import LIVE_QUEUES, QUEUE_GAPS, _jobs_select, _rows, _slots_select
+    from robot.loop import (LIVE_QUEUES, QUEUE_GAPS, QUEUES_ENDPOINTS, QUEUES_ENDPOINTS_JSON, TESTS_TEMPLATES,
+                            TESTS_TEMPLATES_JSON, _jobs_select, _rows, _slots_select)
     from robot.storage.job_updates import record_jobs
     robot = make_robot(tmp_path, grid, templates({"name": "AFT"}, {"name": "AFT_2", "queues": ["ANALY_A"]}))
     robot.run_once(clock.now())
@@ -549,6 +551,15 @@ def test_the_steps_selects_run_by_the_driver_give_what_sqlalchemy_gives(tmp_path
             found = _rows(session, select_, params)
             assert found and found == expected and [tuple(map(type, row)) for row in found] == [
                 tuple(map(type, row)) for row in expected], select_.statement
+        if session.get_bind().dialect.name != "sqlite":  # elsewhere the submission binds its lists as they are
+            return
+        # the submission's on SQLite, the ids bound as one JSON list: the rows of the same select with the list bound
+        queues, tests = sorted(session.scalars(select(Queue.id))), sorted(set(session.scalars(select(Job.test_id))))
+        for by_driver, by_list, name, ids in ((QUEUES_ENDPOINTS_JSON, QUEUES_ENDPOINTS, "queues", queues),
+                                              (TESTS_TEMPLATES_JSON, TESTS_TEMPLATES, "tests", tests)):
+            expected = [tuple(row) for row in session.execute(by_list, {name: ids})]
+            assert len(expected) == len(ids) > 1 and _rows(session, by_driver, {name: json.dumps(ids)}) == expected
+            assert _rows(session, by_driver, {name: json.dumps(ids[1:])}) == expected[1:]
 
 
 def test_a_phase_of_the_step_is_committed_when_it_wrote_anything(database_url):
