@@ -319,34 +319,23 @@ def _pick(spec: list[str] | int, names: list[str], rng: random.Random) -> list[s
     return spec if isinstance(spec, list) else rng.sample(names, spec)
 
 
+@dataclass(frozen=True)
 class _UserHour:
     """The users' jobs that end at one queue in one hour: each one's end (microseconds into the hour), sorted,
     and the failed ones' (end, error) in the order drawn, the order their errors are counted in."""
 
-    __slots__ = ("hour", "ends", "failed", "_failed_ends", "_last")
-
-    def __init__(self, hour: datetime, ends: list[int], failed: list[tuple[int, tuple[str, int]]]):
-        self.hour, self.ends, self.failed = hour, ends, failed
-        self._failed_ends = sorted(end for end, _ in failed)
-        # the errors of the last part counted: (start, failures in it, errors); a part that ends later with no
-        # more failure in it has the same errors (each part's failures are those of the hour's failures sorted by
-        # end that fall in it: as many from the same start are the same ones)
-        self._last: tuple[int, int, dict[tuple[str, int], int]] | None = None
+    hour: datetime
+    ends: list[int]
+    failed: list[tuple[int, tuple[str, int]]]
 
     def between(self, start: int, stop: int) -> tuple[int, int, dict[tuple[str, int], int]]:
-        """Jobs ended, failed and per error, of those ending in [start, stop) microseconds into the hour (the
-        errors not to be changed by the caller: the same dict is answered again while no failure is added)."""
+        """Jobs ended, failed and per error, of those ending in [start, stop) microseconds into the hour."""
         ended = bisect.bisect_left(self.ends, stop) - bisect.bisect_left(self.ends, start)
-        failures = bisect.bisect_left(self._failed_ends, stop) - bisect.bisect_left(self._failed_ends, start)
-        last = self._last
-        if last is not None and last[0] == start and last[1] == failures:
-            return ended, failures, last[2]
         errors: dict[tuple[str, int], int] = {}
         for end, error in self.failed:
             if start <= end < stop:
                 errors[error] = errors.get(error, 0) + 1
-        self._last = (start, failures, errors)
-        return ended, failures, errors
+        return ended, sum(errors.values()), errors
 
     @property
     def counts(self) -> tuple[int, int, dict[tuple[str, int], int]]:
@@ -585,28 +574,17 @@ class SimulatedGrid:
         duration = self.scenario.job.duration
         ends: list[int] = []
         failed: list[tuple[int, tuple[str, int]]] = []
-        # per job, in this order: where in the hour it ends, then the five below
-        if quiet and not stuck:  # most hours: only the noise can fail a job (`_user_noise` and `microseconds`, inline)
-            draw = rng.random
-            drawn = [draw() for _ in range(6 * jobs)]  # the same draws as the loop below takes
-            ends = [int(seconds) * 1_000_000 + round((seconds - int(seconds)) * 1e6)
-                    for seconds in [u_end * 3600 for u_end in drawn[0::6]]]
-            site, own = self._user_noise_below[queue]
-            site_codes, own_codes, pick = self.scenario.noise.site_codes, users.codes, self._pick
-            failed = [(ends[i], ("pilot", pick(site_codes if u_noise < site else own_codes, drawn[6 * i + 5]).code))
-                      for i, u_noise in enumerate(drawn[4::6]) if u_noise < own]
-        else:
-            draws = iter(rng.random, None)
-            for _, u_end, u_fault, u_central, u_wave, u_noise, u_code in zip(range(jobs), *[draws] * 6):
-                end = microseconds(u_end * 3600)
-                if stuck and any(f.active(hour + timedelta(microseconds=end) - duration) for f in stuck):
-                    continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
-                errors = (self._user_noise(queue, u_noise) if quiet
-                          else self._user_failure(queue, hour + timedelta(microseconds=end), u_fault, u_central, u_wave,
-                                                  u_noise))
-                ends.append(end)
-                if errors:
-                    failed.append((end, ("pilot", self._pick(errors, u_code).code)))
+        draws = iter(rng.random, None)  # per job, in this order: where in the hour it ends, then the five below
+        for _, u_end, u_fault, u_central, u_wave, u_noise, u_code in zip(range(jobs), *[draws] * 6):
+            end = microseconds(u_end * 3600)
+            if stuck and any(f.active(hour + timedelta(microseconds=end) - duration) for f in stuck):
+                continue  # a stuck queue starts nothing: its users' jobs stop ending once the running ones end
+            errors = (self._user_noise(queue, u_noise) if quiet
+                      else self._user_failure(queue, hour + timedelta(microseconds=end), u_fault, u_central, u_wave,
+                                              u_noise))
+            ends.append(end)
+            if errors:
+                failed.append((end, ("pilot", self._pick(errors, u_code).code)))
         ends.sort()
         drawn = _UserHour(hour, ends, failed)
         self._user_counts[(queue, hour)] = UserJobHour(queue, hour, *drawn.counts)
