@@ -139,8 +139,8 @@ class Policy:
 
     def decide(self, view: QueueView, now: datetime, recent_exclusions: int, grid: Spread | None = None,
                users: userjobs.Baseline | None = None) -> Decision:
-        if self.name == "hammercloud":
-            return hammercloud.decide(view, list(self.templates), self.settings.hammercloud, now)
+        if self._hammercloud:
+            return hammercloud.decide(view, self._critical, self.settings.hammercloud, now)
         if users is None:
             return sequential.decide(view, self.settings.default, now, recent_exclusions, grid)
         if view.robot_state == "online" and not users.worked_out and userjobs.inconclusive(
